@@ -1,0 +1,32 @@
+# One-word tools. Each works on a fresh machine with only Python and pip.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-dev
+
+.PHONY: demo test test-fast install clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## make demo: train digits-cnn on the embedded digits, export, classify a folder
+demo: $(STAMP)
+	$(PY) -m cnnedge.demo runs/demo
+
+## make test: the whole test suite
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+## make test-fast: skip tests marked slow
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+clean:
+	rm -rf runs build *.egg-info .pytest_cache

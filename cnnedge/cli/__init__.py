@@ -1,0 +1,1 @@
+"""Thin command-line front ends; each parses, calls the library, prints."""

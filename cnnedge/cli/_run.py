@@ -1,0 +1,41 @@
+"""One place that turns exceptions into messages and exit codes for every CLI."""
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from typing import Callable, Sequence, TextIO
+
+from ..errors import CnnEdgeError, ExitCode
+
+
+def run_cli(prog: str, main: Callable[[Sequence[str]], int | None], argv: Sequence[str] | None = None,
+            stderr: TextIO | None = None) -> int:
+    """Call ``main(argv)``; a user error becomes ``prog: error: message`` and its exit code.
+
+    ``--traceback`` anywhere in argv (or CNNEDGE_TRACEBACK=1) shows the real traceback.
+    """
+    err = stderr or sys.stderr
+    args = list(sys.argv[1:] if argv is None else argv)
+    show_tb = "--traceback" in args or os.environ.get("CNNEDGE_TRACEBACK") == "1"
+    args = [a for a in args if a != "--traceback"]
+    try:
+        code = main(args)
+        return int(code or 0)
+    except CnnEdgeError as exc:
+        if show_tb:
+            traceback.print_exc(file=err)
+        print(f"{prog}: error: {exc}", file=err)
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=err)
+        return int(ExitCode.INTERRUPTED)
+    except BrokenPipeError:
+        return int(ExitCode.OK)
+
+
+def entry(prog: str, main: Callable[[Sequence[str]], int | None]) -> Callable[[], None]:
+    """A console-script entry point for ``main``."""
+    def _entry() -> None:
+        sys.exit(run_cli(prog, main))
+    return _entry

@@ -1,0 +1,55 @@
+"""Exceptions that mean "the user asked for something that cannot be done".
+
+The CLIs turn a :class:`CnnEdgeError` into a one-line message and an exit code;
+anything else is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    FAILURE = 1
+    USAGE = 2
+    INTERRUPTED = 130
+
+
+class CnnEdgeError(Exception):
+    """A user-facing failure: the message says what was expected, found, and what to do."""
+
+    exit_code: ExitCode = ExitCode.FAILURE
+
+
+class UsageError(CnnEdgeError):
+    """A bad flag, path or value given by the user."""
+
+    exit_code = ExitCode.USAGE
+
+
+class CardError(CnnEdgeError):
+    """A model card that is missing, malformed or of an unknown version."""
+
+
+class DataError(UsageError):
+    """A dataset or image source that cannot be used as given."""
+
+
+class ModelLoadError(CnnEdgeError):
+    """A model file that cannot (or must not) be loaded."""
+
+
+class MissingDependency(CnnEdgeError):
+    """An optional package needed for this feature is not installed."""
+
+
+class ExportError(CnnEdgeError):
+    """A conversion or a parity check failed."""
+
+
+class BackendUnavailable(CnnEdgeError):
+    """The requested inference backend cannot run on this machine."""
+
+
+class FileExistsRefused(UsageError):
+    """Writing would overwrite something the user made, and --force was not given."""

@@ -1,0 +1,87 @@
+"""Reading images from strangers: OpenCV decode with limits, and flagged damage.
+
+OpenCV returns None for garbage, a half-grey image for a truncated JPEG and
+raises for a pixel bomb; each becomes an :class:`ImageError` that a folder run
+reports and skips.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pbm")
+MAX_FILE_BYTES = 256 << 20
+MAX_PIXELS = 64_000_000  # about 8000x8000: larger headers are treated as pixel bombs
+
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_PIXELS))
+
+_REDUCED = {1: None, 2: "IMREAD_REDUCED_COLOR_2", 4: "IMREAD_REDUCED_COLOR_4", 8: "IMREAD_REDUCED_COLOR_8"}
+
+
+class ImageError(DataError):
+    """One image file that cannot be used; a folder run reports it and goes on."""
+
+    def __init__(self, path: str | os.PathLike | None, reason: str):
+        self.path = None if path is None else str(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}" if path is not None else reason)
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def _jpeg_truncated(data: bytes) -> bool:
+    if not data.startswith(b"\xff\xd8"):
+        return False
+    return b"\xff\xd9" not in data[-64:]
+
+
+def _png_truncated(data: bytes) -> bool:
+    if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return False
+    return b"IEND" not in data[-32:]
+
+
+def decode_image(data: bytes, path: str | os.PathLike | None = None, reduce: int = 1) -> np.ndarray:
+    """Decode bytes to a BGR uint8 HxWx3 array (OpenCV's order), or raise ImageError.
+
+    ``reduce`` (1, 2, 4 or 8) asks libjpeg to decode at 1/reduce size, which is much
+    cheaper when the model input is far smaller than the photo.
+    """
+    import cv2
+
+    if not data:
+        raise ImageError(path, "empty file")
+    if _jpeg_truncated(data) or _png_truncated(data):
+        raise ImageError(path, "truncated image (no end marker); OpenCV would half-decode it")
+    flag = cv2.IMREAD_COLOR if reduce == 1 else getattr(cv2, _REDUCED[reduce])
+    try:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+    except cv2.error as exc:
+        msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else "decode failed"
+        raise ImageError(path, f"cannot decode ({'too many pixels' if 'pixels' in msg.lower() else msg})") from None
+    if img is None:
+        raise ImageError(path, "not a readable image")
+    return img
+
+
+def read_image(path: str | os.PathLike, reduce: int = 1) -> np.ndarray:
+    """Read and decode one image file with the size and damage checks of decode_image."""
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise ImageError(p, f"{size} bytes is over the {MAX_FILE_BYTES}-byte image limit")
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise ImageError(p, "no such file") from None
+    except IsADirectoryError:
+        raise ImageError(p, "is a folder, not an image") from None
+    except OSError as exc:
+        raise ImageError(p, f"cannot read ({exc.strerror or exc})") from None
+    return decode_image(data, p, reduce)

@@ -1,0 +1,79 @@
+"""The model card: round trips, strict validation, bounded untrusted reads."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cnnedge.card import (CARD_VERSION, MAX_CARD_BYTES, InputSpec, ModelCard, Preprocess, Provenance,
+                          card_path_for)
+from cnnedge.errors import CardError
+
+
+def make_card(**kw) -> ModelCard:
+    base = dict(name="digits-cnn", classes=[str(i) for i in range(10)],
+                input=InputSpec(height=32, width=32, channels=3, dtype="float32", color="RGB"),
+                preprocess=Preprocess(resize="stretch", scale=1 / 255, mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25]),
+                provenance=Provenance(dataset="digits", versions={"keras": "3"}, created="2026-11-23T00:00:00+00:00"))
+    base.update(kw)
+    return ModelCard(**base)
+
+
+def test_round_trip_json_and_file(tmp_path):
+    card = make_card()
+    assert ModelCard.from_json(card.to_json()) == card
+    path = card.save(tmp_path / "card.json")
+    assert ModelCard.load(path) == card
+    assert json.loads(path.read_text())["version"] == CARD_VERSION
+
+
+def test_replace_nested():
+    card = make_card()
+    onnx_card = card.replace(input={"dtype": "uint8"}, precision="int8")
+    assert onnx_card.input.dtype == "uint8" and onnx_card.input.height == 32
+    assert onnx_card.precision == "int8" and card.precision == "fp32"
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: d.update(version=99), "version 99 is not supported"),
+    (lambda d: d.pop("classes"), "missing field 'classes'"),
+    (lambda d: d["input"].pop("height"), "missing field 'input.height'"),
+    (lambda d: d["input"].update(height="32"), "input.height must be an integer"),
+    (lambda d: d["input"].update(height=True), "input.height must be an integer, found a boolean"),
+    (lambda d: d["input"].update(layout="HWC"), "input.layout is 'HWC'"),
+    (lambda d: d["preprocess"].update(resize="squash"), "preprocess.resize is 'squash'"),
+    (lambda d: d["preprocess"].update(std=[0, 1, 1]), "std must not contain 0"),
+    (lambda d: d["preprocess"].update(mean=[0.1, 0.2]), "mean has 2 values for 3 channel(s)"),
+    (lambda d: d.update(output="softmax"), "output is 'softmax'"),
+    (lambda d: d.update(classes=["only"]), "at least 2 classes"),
+    (lambda d: d.update(classes=["a", "a", "b"]), "duplicates"),
+    (lambda d: d.update(surprise=1), "unknown field(s) surprise"),
+    (lambda d: d["provenance"].update(versions={"keras": 3}), "provenance.versions['keras'] must be a string"),
+    (lambda d: d["input"].update(channels=1), "does not fit 1 channel"),
+])
+def test_invalid_cards_are_refused(mutate, message):
+    d = make_card().to_dict()
+    mutate(d)
+    with pytest.raises(CardError) as exc:
+        ModelCard.from_dict(d)
+    assert message in str(exc.value)
+
+
+def test_garbage_and_oversized_files(tmp_path):
+    bad = tmp_path / "card.json"
+    bad.write_text("{not json")
+    with pytest.raises(CardError, match="not valid JSON"):
+        ModelCard.load(bad)
+    bad.write_text("[1, 2]")
+    with pytest.raises(CardError, match="must be an object"):
+        ModelCard.load(bad)
+    bad.write_bytes(b" " * (MAX_CARD_BYTES + 1))
+    with pytest.raises(CardError, match="larger than"):
+        ModelCard.load(bad)
+    with pytest.raises(CardError, match="cannot read"):
+        ModelCard.load(tmp_path / "missing.json")
+
+
+def test_card_paths():
+    assert card_path_for("run/model.keras").as_posix() == "run/card.json"
+    assert card_path_for("run/model.int8.engine").as_posix() == "run/model.int8.engine.json"
