@@ -1,0 +1,63 @@
+"""Loading Keras models from strangers, and the card that sits beside them.
+
+A ``.keras`` file is code-adjacent: it loads with ``safe_mode=True`` only (no
+Lambda bytecode) and no custom objects unless the caller names them. Legacy
+``.h5`` ignores safe mode, so it is refused unless the user says ``trust``.
+"""
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+from typing import Any, Mapping
+
+from .card import ModelCard, card_path_for
+from .errors import CardError, ModelLoadError, UsageError
+
+
+def load_keras_model(path: str | os.PathLike, trust: bool = False,
+                     custom_objects: Mapping[str, Any] | None = None) -> Any:
+    """Load a Keras model safely, or raise a ModelLoadError that says why and what to do."""
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"{p}: no such file")
+    if p.is_dir():
+        raise UsageError(f"{p}: is a folder; give the model file (e.g. {p / 'model.keras'})")
+    suffix = p.suffix.lower()
+    if suffix in (".h5", ".hdf5"):
+        if not trust:
+            raise ModelLoadError(f"{p}: legacy HDF5 models ignore Keras safe mode and can run arbitrary code; "
+                                 "re-save it as .keras, or pass --trust if you trust where it came from")
+    elif suffix != ".keras":
+        raise ModelLoadError(f"{p}: not a Keras model (expected a .keras file)")
+    elif not zipfile.is_zipfile(p):
+        raise ModelLoadError(f"{p}: not a valid .keras archive (truncated or corrupt?)")
+
+    from ._lazy import require
+
+    keras = require("keras", "loading Keras models")
+    try:
+        if suffix == ".keras":
+            return keras.saving.load_model(p, custom_objects=dict(custom_objects or {}), compile=False,
+                                           safe_mode=True)
+        return keras.saving.load_model(p, custom_objects=dict(custom_objects or {}), compile=False)
+    except (ValueError, TypeError, KeyError, OSError, zipfile.BadZipFile, AttributeError) as exc:
+        text = str(exc)
+        if "Lambda" in text or "safe_mode" in text or "unsafe" in text.lower():
+            raise ModelLoadError(f"{p}: refused by Keras safe mode (the model contains a Lambda layer or other "
+                                 "serialized code); rebuild it without Lambda layers") from None
+        if "Unknown" in text or "custom" in text.lower() or "Could not locate" in text:
+            first = text.strip().splitlines()[0][:300]
+            raise ModelLoadError(f"{p}: uses a custom layer or object Keras cannot load ({first}); "
+                                 "cnnedge loads only built-in Keras layers") from None
+        first = text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__
+        raise ModelLoadError(f"{p}: cannot load Keras model ({first})") from None
+
+
+def load_card_for(model_path: str | os.PathLike) -> ModelCard:
+    """The card beside a Keras model (``card.json`` in its folder)."""
+    path = card_path_for(model_path)
+    if not path.is_file():
+        raise CardError(f"{model_path}: no model card at {path}; models trained with cnn-train have one "
+                        "(give the card's values as flags otherwise)")
+    return ModelCard.load(path)
