@@ -1,5 +1,29 @@
-"""The light runtime: preprocessing, backends, sources, sinks and the Classifier API.
+"""The light runtime: preprocessing, backends, sources, pipeline, sinks and the Classifier API.
 
-Importing this package must not import TensorFlow or TensorRT.
+Importing this package imports neither TensorFlow/Keras nor TensorRT: heavy
+packages load inside the functions that need them.
+
+- :class:`Classifier` (``cnnedge.runtime.classifier``): load a model, predict.
+- :func:`load_backend` (``cnnedge.runtime.backends``): the backend interface.
+- :func:`open_source` (``cnnedge.runtime.sources``): images, folders, videos, cameras, streams.
 """
 from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["Classifier", "Prediction", "Result", "load_backend", "open_source", "run_pipeline"]
+
+_WHERE = {
+    "Classifier": "classifier", "Prediction": "classifier", "Result": "classifier",
+    "CardMissingWarning": "classifier", "load_backend": "backends", "open_source": "sources",
+    "run_pipeline": "pipeline",
+}
+
+
+def __getattr__(name: str) -> Any:
+    mod = _WHERE.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'cnnedge.runtime' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"{__name__}.{mod}"), name)

@@ -1,0 +1,125 @@
+"""The backend interface: load an artifact, say what it takes, run a batch, release.
+
+See :mod:`cnnedge.runtime.backends` for the contract that cnn-bench and the
+Classifier rely on.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ...card import ModelCard
+from ...errors import UsageError
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One tensor: its name, its shape (``None`` for a dynamic dimension) and numpy dtype name."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: str
+
+    @property
+    def batch(self) -> int | None:
+        """The fixed batch size, or None when the batch dimension is dynamic."""
+        return self.shape[0] if self.shape else None
+
+
+def plan_batches(n: int, fixed: int | None = None, max_batch: int | None = None) -> list[tuple[int, int, int]]:
+    """Split ``n`` rows into chunks a model accepts: ``(start, stop, padded_size)`` each.
+
+    A fixed-batch model gets chunks of exactly ``fixed`` rows (the last one padded);
+    a model with a maximum batch (a TensorRT profile) gets chunks of at most
+    ``max_batch``; otherwise one chunk.
+    """
+    if n < 1:
+        raise ValueError("an empty batch cannot be planned")
+    if fixed is not None:
+        return [(s, min(s + fixed, n), fixed) for s in range(0, n, fixed)]
+    if max_batch is not None and n > max_batch:
+        return [(s, min(s + max_batch, n), min(s + max_batch, n) - s) for s in range(0, n, max_batch)]
+    return [(0, n, n)]
+
+
+class Backend:
+    """Base class. Subclasses set the attributes in ``__init__`` and write ``_infer_impl``.
+
+    Attributes: ``name`` (e.g. ``"ort-cpu"``), ``path``, ``input_spec`` and
+    ``output_spec`` (:class:`TensorSpec`), ``fixed_batch`` (the only batch size the
+    artifact takes, or None), ``max_batch`` (the largest it takes, or None),
+    ``card`` (the :class:`ModelCard` the artifact carries, or None) and
+    ``thread_safe`` (whether ``infer`` may be called from several threads at once).
+    """
+
+    name: str = "base"
+    thread_safe: bool = False
+
+    def __init__(self) -> None:
+        self.path: str = ""
+        self.input_spec: TensorSpec
+        self.output_spec: TensorSpec
+        self.fixed_batch: int | None = None
+        self.max_batch: int | None = None
+        self.min_batch: int = 1
+        self.card: ModelCard | None = None
+        self._closed = False
+
+    # public ------------------------------------------------------------------------
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """Run one preprocessed batch (the model's layout and dtype); return the raw output.
+
+        Batches larger than the artifact takes are split, fixed-batch models are fed
+        padded chunks of their size; the output has one row per input row.
+        """
+        if self._closed:
+            raise UsageError(f"{self.name} backend for {self.path} is closed")
+        spec = self.input_spec
+        if not isinstance(batch, np.ndarray):
+            raise UsageError(f"infer() takes a numpy array, got {type(batch).__name__}")
+        if batch.dtype != spec.dtype:
+            raise UsageError(f"{self.path}: input {spec.name!r} takes {spec.dtype}, got {batch.dtype}")
+        if batch.ndim != len(spec.shape) or any(
+                d is not None and d != b for d, b in zip(spec.shape[1:], batch.shape[1:])):
+            want = "x".join("N" if d is None else str(d) for d in (None,) + tuple(spec.shape[1:]))
+            raise UsageError(f"{self.path}: input {spec.name!r} takes shape {want}, got "
+                             f"{'x'.join(map(str, batch.shape))}")
+        n = batch.shape[0]
+        if n == 0:
+            raise UsageError("infer() got an empty batch")
+        if not batch.flags.c_contiguous:
+            batch = np.ascontiguousarray(batch)
+        plan = plan_batches(n, self.fixed_batch, self.max_batch)
+        if len(plan) == 1 and plan[0][2] == n:
+            return self._infer_impl(batch)
+        outs = []
+        for start, stop, size in plan:
+            chunk = batch[start:stop]
+            if size != stop - start:
+                pad = np.repeat(chunk[-1:], size - (stop - start), axis=0)
+                chunk = np.concatenate([chunk, pad])
+            outs.append(self._infer_impl(chunk)[:stop - start])
+        return np.concatenate(outs)
+
+    def _infer_impl(self, batch: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the session, engine and buffers; idempotent."""
+        if not self._closed:
+            self._closed = True
+            self._close_impl()
+
+    def _close_impl(self) -> None:
+        pass
+
+    def __enter__(self) -> "Backend":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} {self.path} input={self.input_spec}>"

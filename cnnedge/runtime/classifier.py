@@ -1,0 +1,366 @@
+"""The Classifier: what a robot's process embeds.
+
+    clf = Classifier("model.int8.onnx")        # .onnx, .engine or .keras; backend="auto"
+    pred = clf.predict(frame)                  # BGR uint8 HxWx3 (as OpenCV gives) or an image path
+    preds = clf.predict_batch(frames)          # one batched inference
+    out = clf.infer(tensor)                    # raw output for an already-preprocessed batch
+    for r in clf.stream("video.mp4", batch=8): # Results with source, frame/path, timestamp, prediction, latency
+        ...
+"""
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from ..card import InputSpec, ModelCard, Preprocess, RESIZE_MODES
+from ..errors import CardError, ModelLoadError, UsageError
+from .backends import Backend, load_backend
+from .images import decode_image, read_file, reduce_factor
+from .preprocess import prepare_image, to_model_input
+
+
+class CardMissingWarning(UserWarning):
+    """The model carries no card: preprocessing comes from arguments and defaults."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One classified image: the top class, its score and the top-k list."""
+
+    label: str
+    score: float
+    index: int
+    topk: list[tuple[str, float]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.index < 0:
+            raise ValueError(f"Prediction.index must be >= 0, got {self.index}")
+
+
+@dataclass
+class Result:
+    """One item out of :meth:`Classifier.stream`: a prediction, or an error for an unusable input."""
+
+    source: str
+    timestamp: float
+    frame: int | None = None
+    path: str | None = None
+    prediction: Prediction | None = None
+    latency_ms: float | None = None
+    error: str | None = None
+    image: np.ndarray | None = field(default=None, repr=False)  # the original, when a sink needs it
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"source": self.source}
+        if self.path is not None:
+            d["path"] = self.path
+        if self.frame is not None:
+            d["frame"] = self.frame
+        d["timestamp"] = round(self.timestamp, 6)
+        if self.error is not None:
+            d["error"] = self.error
+            return d
+        p = self.prediction
+        assert p is not None
+        d.update(index=p.index, label=p.label, score=round(p.score, 6),
+                 topk=[[lab, round(s, 6)] for lab, s in p.topk],
+                 latency_ms=None if self.latency_ms is None else round(self.latency_ms, 3))
+        return d
+
+
+def read_labels(labels: Sequence[str] | str | os.PathLike | None) -> tuple[str, ...] | None:
+    """A list of class names, or a text file with one name per line."""
+    if labels is None:
+        return None
+    if isinstance(labels, (str, os.PathLike)):
+        p = Path(labels)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"--labels {p}: cannot read ({exc.strerror or exc})") from None
+        names = tuple(line.strip() for line in text.splitlines() if line.strip())
+    else:
+        names = tuple(str(x) for x in labels)
+    if len(names) < 2:
+        raise UsageError(f"labels: need at least 2 class names, found {len(names)}")
+    if len(set(names)) != len(names):
+        raise UsageError("labels: class names must be unique")
+    return names
+
+
+def _layout_from_shape(shape: tuple[int | None, ...]) -> str:
+    a, c = shape[1], shape[3]
+    if c in (1, 3) and a not in (1, 3):
+        return "NHWC"
+    if a in (1, 3) and c not in (1, 3):
+        return "NCHW"
+    return "NHWC"
+
+
+def _fits(spec: InputSpec, shape: tuple[int | None, ...]) -> bool:
+    return all(d is None or d == s for d, s in zip(shape[1:], spec.shape))
+
+
+def resolve_card(backend: Backend, *, labels: Any = None, scale: float | None = None,
+                 mean: Sequence[float] | float | None = None, std: Sequence[float] | float | None = None,
+                 rgb: bool | None = None, resize: str | None = None, output: str | None = None
+                 ) -> tuple[ModelCard, bool]:
+    """The card to run ``backend`` with, and whether the output kind must be detected.
+
+    With a card in the artifact, it is checked against the graph. Without one, the
+    input's layout, size and channels come from the graph and the rest from the
+    arguments (the same as cnn-infer's flags); a CardMissingWarning says so.
+    """
+    path = backend.path
+    shape = backend.input_spec.shape
+    names = read_labels(labels)
+    if len(shape) != 4:
+        raise ModelLoadError(f"{path}: input {backend.input_spec.name!r} has shape {shape}; an image classifier "
+                             "takes a 4-D NHWC or NCHW tensor")
+    given = {k: v for k, v in dict(scale=scale, mean=mean, std=std, rgb=rgb, resize=resize,
+                                   output=output).items() if v is not None}
+    card = backend.card
+    if card is not None:
+        if given:
+            raise UsageError(f"{path} carries a model card, which fixes {', '.join(sorted(given))}; drop "
+                             f"{', '.join('--' + k for k in sorted(given))} (they are for models without a card)")
+        spec = card.input
+        if not _fits(spec, shape):
+            other = InputSpec(spec.height, spec.width, spec.channels,
+                              "NCHW" if spec.layout == "NHWC" else "NHWC", spec.dtype, spec.color)
+            if not _fits(other, shape):
+                raise CardError(f"{path}: the card says input {spec.layout} {spec.height}x{spec.width}x"
+                                f"{spec.channels}, the graph takes {shape}; re-export the model")
+            card = card.replace(input={"layout": other.layout})
+        if names is not None:
+            if len(names) != card.num_classes:
+                raise UsageError(f"labels: {len(names)} names given, the model's card has {card.num_classes} classes")
+            card = card.replace(classes=names)
+        return card, False
+
+    warnings.warn(f"{path} carries no model card; input size and layout come from the graph, preprocessing from "
+                  "arguments (scale, mean, std, rgb, resize) and defaults", CardMissingWarning, stacklevel=3)
+    layout = _layout_from_shape(shape)
+    h, w, c = (shape[1], shape[2], shape[3]) if layout == "NHWC" else (shape[2], shape[3], shape[1])
+    if h is None or w is None or c is None:
+        raise ModelLoadError(f"{path}: input {backend.input_spec.name!r} has a dynamic size {shape}; cnnedge needs a "
+                             "fixed height, width and channel count")
+    if c not in (1, 3):
+        raise ModelLoadError(f"{path}: input has {c} channels; cnnedge feeds 1 (gray) or 3 (colour)")
+    dtype = backend.input_spec.dtype
+    if dtype not in ("uint8", "float32", "float16"):
+        raise ModelLoadError(f"{path}: input type {dtype} is not an image type (uint8, float32, float16)")
+    if resize is not None and resize not in RESIZE_MODES:
+        raise UsageError(f"resize {resize!r}: expected one of {', '.join(RESIZE_MODES)}")
+    color = "GRAY" if c == 1 else ("BGR" if rgb is False else "RGB")
+
+    def _tuple(v: Any, default: tuple[float, ...]) -> tuple[float, ...]:
+        if v is None:
+            return default
+        return (float(v),) if isinstance(v, (int, float)) else tuple(float(x) for x in v)
+
+    pre = Preprocess(resize=resize or "stretch", scale=1 / 255 if scale is None else float(scale),
+                     mean=_tuple(mean, (0.0,)), std=_tuple(std, (1.0,)), in_graph=dtype == "uint8",
+                     name="arguments")
+    n_out = backend.output_spec.shape[-1] if len(backend.output_spec.shape) >= 2 else None
+    if names is None:
+        if n_out is None:
+            names = ("0", "1")  # replaced after the warm-up tells the real count
+        else:
+            names = tuple(str(i) for i in range(n_out))
+    elif n_out is not None and len(names) != n_out:
+        raise UsageError(f"labels: {len(names)} names given, the model outputs {n_out} classes")
+    if output is not None and output not in ("probabilities", "logits"):
+        raise UsageError(f"output {output!r}: expected probabilities or logits")
+    try:
+        card = ModelCard(name=Path(path).stem, classes=names,
+                         input=InputSpec(h, w, c, layout, dtype, color), preprocess=pre,
+                         output=output or "probabilities")
+    except CardError as exc:
+        raise UsageError(str(exc).replace("model card: ", "")) from None
+    return card, output is None
+
+
+def _looks_like_probabilities(out: np.ndarray) -> bool:
+    out = out.reshape(out.shape[0], -1).astype(np.float64)
+    return bool(np.all(out >= -1e-6) and np.all(out <= 1 + 1e-6) and np.allclose(out.sum(1), 1.0, atol=1e-3))
+
+
+class Classifier:
+    """Load a model and classify images with it. See the module docstring.
+
+    ``backend``: ``"auto"``, ``"ort-cpu"``, ``"ort-cuda"``, ``"ort-trt"``, ``"trt"`` or ``"keras"``.
+    ``labels``, ``scale``, ``mean``, ``std``, ``rgb``, ``resize``, ``output``: for models
+    without a card. ``topk``: length of each prediction's top-k list.
+    ``reduce_decode``: decode large JPEG files at 1/2..1/8 size when they are at
+    least twice the model input. Other keyword arguments go to the backend
+    (``threads``, ``fp16``, ``cache_dir``, ``device_id``, ``trust``).
+    """
+
+    def __init__(self, model: str | os.PathLike, backend: str = "auto", *, labels: Any = None,
+                 scale: float | None = None, mean: Any = None, std: Any = None, rgb: bool | None = None,
+                 resize: str | None = None, output: str | None = None, topk: int = 5, warmup: bool = True,
+                 reduce_decode: bool = True, **backend_opts: Any) -> None:
+        if topk < 1:
+            raise UsageError(f"topk must be at least 1, got {topk}")
+        self.backend: Backend = load_backend(model, backend, **backend_opts)
+        try:
+            self.card, detect = resolve_card(self.backend, labels=labels, scale=scale, mean=mean, std=std,
+                                             rgb=rgb, resize=resize, output=output)
+            be = self.backend
+            self._spec = InputSpec(self.card.input.height, self.card.input.width, self.card.input.channels,
+                                   self.card.input.layout, be.input_spec.dtype, self.card.input.color)
+            self._pre = self.card.preprocess
+            self._logits = self.card.output == "logits"
+            self.topk = topk
+            self.reduce_decode = reduce_decode
+            self._lock = None if be.thread_safe else threading.Lock()
+            self._closed = False
+            if warmup or detect or self.card.classes == ("0", "1") and be.output_spec.shape[-1] is None:
+                self._warmup(detect, labels is not None)
+        except BaseException:
+            self.backend.close()
+            raise
+
+    # properties ----------------------------------------------------------------------
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self._spec.height, self._spec.width
+
+    def __repr__(self) -> str:
+        return f"<Classifier {self.card.name} on {self.backend_name}: {self.card.num_classes} classes>"
+
+    # core ----------------------------------------------------------------------------
+    def _warmup(self, detect: bool, labelled: bool) -> None:
+        n = self.backend.fixed_batch or 1
+        rng = np.random.default_rng(0)
+        pixels = rng.integers(0, 256, (n, self._spec.height, self._spec.width, self._spec.channels), np.uint8)
+        out = self._run(to_model_input(pixels, self._spec, self._pre))
+        out = out.reshape(out.shape[0], -1)
+        if out.shape[1] != self.card.num_classes:
+            if labelled or self.backend.card is not None:
+                raise CardError(f"{self.backend.path}: the model outputs {out.shape[1]} classes, its labels name "
+                                f"{self.card.num_classes}")
+            self.card = self.card.replace(classes=tuple(str(i) for i in range(out.shape[1])))
+        if detect:
+            kind = "probabilities" if _looks_like_probabilities(out) else "logits"
+            self.card = self.card.replace(output=kind)
+            self._logits = kind == "logits"
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        if self._lock is None:
+            return self.backend.infer(x)
+        with self._lock:
+            return self.backend.infer(x)
+
+    def load_image(self, path: str | os.PathLike) -> np.ndarray:
+        """Read an image file (decode limits, damage flagged), at reduced size when that is safe."""
+        return self.decode(read_file(path), Path(path))
+
+    def decode(self, data: bytes, path: str | os.PathLike | None = None) -> np.ndarray:
+        """Decode image bytes, at reduced size for a JPEG at least twice the model input."""
+        r = reduce_factor(data, self._spec.height, self._spec.width) if self.reduce_decode else 1
+        return decode_image(data, path, r)
+
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """One BGR/gray/BGRA uint8 image -> HxWxC uint8 in the model's colour order and size."""
+        if not isinstance(image, np.ndarray):
+            raise UsageError(f"expected an image array or a path, got {type(image).__name__}")
+        if image.dtype != np.uint8:
+            raise UsageError(f"expected a uint8 image (as OpenCV decodes), got {image.dtype}")
+        return prepare_image(image, self._spec, self._pre)
+
+    def infer(self, tensor: np.ndarray) -> np.ndarray:
+        """Raw model output for an already-preprocessed batch (the model's layout and dtype)."""
+        return self._run(tensor)
+
+    def infer_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """Raw output for an NHWC uint8 batch of prepared images (see :meth:`prepare`)."""
+        return self._run(to_model_input(pixels, self._spec, self._pre))
+
+    def postprocess(self, out: np.ndarray, topk: int | None = None) -> list[Prediction]:
+        """Model output -> Predictions (softmax only when the card says logits)."""
+        k = min(topk or self.topk, self.card.num_classes)
+        out = out.reshape(out.shape[0], -1)
+        if out.shape[1] != self.card.num_classes:
+            raise CardError(f"{self.backend.path}: the model output has {out.shape[1]} values per image, the card "
+                            f"names {self.card.num_classes} classes")
+        if self._logits:
+            z = out.astype(np.float32) - out.max(axis=1, keepdims=True)
+            np.exp(z, out=z)
+            out = z / z.sum(axis=1, keepdims=True)
+        else:
+            out = out.astype(np.float32, copy=False)
+        if k == 1:
+            idx = out.argmax(axis=1)[:, None]
+        else:
+            idx = np.argsort(-out, axis=1, kind="stable")[:, :k]
+        classes = self.card.classes
+        preds = []
+        rows = np.take_along_axis(out, idx, axis=1).tolist()
+        for ids, scores in zip(idx.tolist(), rows):
+            top = [(classes[i], s) for i, s in zip(ids, scores)]
+            preds.append(Prediction(top[0][0], top[0][1], ids[0], top))
+        return preds
+
+    def predict(self, image: np.ndarray | str | os.PathLike, topk: int | None = None) -> Prediction:
+        """Classify one image: a BGR uint8 HxWx3 array (gray and BGRA are converted) or a path."""
+        if not isinstance(image, np.ndarray):
+            image = self.load_image(image)
+        pixels = self.prepare(image)[None]
+        return self.postprocess(self.infer_pixels(pixels), topk)[0]
+
+    def predict_batch(self, images: Iterable[np.ndarray | str | os.PathLike], topk: int | None = None
+                      ) -> list[Prediction]:
+        """Classify several images in one batched inference; a list in, a list out."""
+        imgs = [im if isinstance(im, np.ndarray) else self.load_image(im) for im in images]
+        if not imgs:
+            return []
+        pixels = np.stack([self.prepare(im) for im in imgs])
+        return self.postprocess(self.infer_pixels(pixels), topk)
+
+    def stream(self, source: Any, batch: int = 8, **options: Any) -> Iterator[Result]:
+        """Classify a source (path, folder, list file, video, camera index, URL, GStreamer
+        string, or a list of these) through the batched pipeline; yields Results.
+
+        Options: ``max_wait_ms``, ``workers``, ``glob``, ``max_frames``, ``duration``,
+        ``keep_images``, ``open_timeout_ms``, ``read_timeout_ms``, ``topk`` (see
+        :func:`cnnedge.runtime.pipeline.run_pipeline`).
+        """
+        from .pipeline import run_pipeline
+
+        return run_pipeline(self, source, batch=batch, **options)
+
+    # lifecycle -----------------------------------------------------------------------
+    def close(self) -> None:
+        if not getattr(self, "_closed", True):
+            self._closed = True
+            self.backend.close()
+
+    def __enter__(self) -> "Classifier":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    z = x - x.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+

@@ -1,0 +1,360 @@
+"""Sources: where frames come from. One factory, :func:`open_source`, one table:
+
+=========================  ===============================================
+``photo.jpg``              one image file
+``photos/`` (+ ``glob``)   a folder, recursive, sorted; each file once, in order
+``list.txt``               a list file: one image path a line (relative to the list)
+``clip.mp4``               a video file, every frame in order (``live=True``: newest only)
+``0``, ``camera:0``        a camera by index (``/dev/video0``, ``v4l2:///dev/video0``)
+``rtsp://``, ``http://``   a network stream (RTSP, HTTP MJPEG, ...)
+``csi://0``                a Jetson CSI camera (composes the nvarguscamerasrc pipeline)
+``... ! appsink``          a GStreamer pipeline string
+=========================  ===============================================
+
+Live sources (cameras, streams, GStreamer, ``live=True`` videos) read in their
+own thread and keep only the newest frame: a slow model never builds a backlog,
+and each overwritten frame is counted in ``dropped``. Reads never block longer
+than the open/read timeouts; a dropped stream reconnects with back-off (the
+frame size is re-checked) and no frame is ever invented or delivered twice.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+
+from ..errors import DataError
+from .images import IMAGE_SUFFIXES, is_image_file
+
+log = logging.getLogger("cnnedge.runtime")
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts",
+                  ".mjpeg", ".mjpg", ".h264", ".h265", ".3gp")
+LIST_SUFFIXES = (".txt", ".lst", ".list")
+STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
+OPEN_TIMEOUT_MS = 10_000
+READ_TIMEOUT_MS = 5_000
+
+
+class SourceError(DataError):
+    """A source that cannot be opened (missing camera, unreachable URL, unknown path)."""
+
+
+@dataclass
+class Frame:
+    """One unit of work: a file to decode, or a captured frame."""
+
+    source: str
+    timestamp: float  # wall clock at capture / file read
+    t0: float  # perf_counter at capture / file read, for latency
+    frame: int | None = None
+    path: str | None = None
+    image: np.ndarray | None = field(default=None, repr=False)
+
+
+class Source:
+    """Base: an iterator of Frames with ``name``, ``live``, ``total`` (None if unknown),
+    ``dropped`` and ``reconnects`` counters, and ``close()``."""
+
+    live = False
+    name = ""
+    total: int | None = None
+    dropped = 0
+    reconnects = 0
+
+    def __iter__(self) -> Iterator[Frame]:
+        return self
+
+    def __next__(self) -> Frame:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class FileSource(Source):
+    """Image files, each yielded once in the given order (decoding happens in the pool)."""
+
+    def __init__(self, paths: Sequence[str | os.PathLike], name: str, skipped: int = 0) -> None:
+        self.paths = [str(p) for p in paths]
+        self.name = name
+        self.total = len(self.paths)
+        self.skipped = skipped  # non-image files left out of a folder
+        self._i = 0
+
+    def __next__(self) -> Frame:
+        if self._i >= len(self.paths):
+            raise StopIteration
+        p = self.paths[self._i]
+        self._i += 1
+        return Frame(self.name, time.time(), time.perf_counter(), path=p)
+
+
+def _cv2() -> Any:
+    import cv2
+
+    return cv2
+
+
+def _redact(url: str) -> str:
+    """A URL without its password, for names and messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _capture(target: Any, api: int, params: list[int]) -> Any:
+    cv2 = _cv2()
+    cap = cv2.VideoCapture(target, api, params) if params else cv2.VideoCapture(target, api)
+    if not cap.isOpened():
+        cap.release()
+        return None
+    return cap
+
+
+class VideoFileSource(Source):
+    """Every frame of a video file, in order (not live: nothing is dropped)."""
+
+    def __init__(self, path: str | os.PathLike, name: str | None = None) -> None:
+        cv2 = _cv2()
+        self.name = name or str(path)
+        self.cap = _capture(str(path), cv2.CAP_ANY, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, OPEN_TIMEOUT_MS,
+                                                      cv2.CAP_PROP_READ_TIMEOUT_MSEC, READ_TIMEOUT_MS])
+        if self.cap is None:
+            raise SourceError(f"{path}: cannot open as a video (not a video file, or a codec OpenCV lacks)")
+        n = int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        self.total = n if n > 0 else None
+        self._i = 0
+
+    def __next__(self) -> Frame:
+        if self.cap is None:
+            raise StopIteration
+        ok, img = self.cap.read()
+        if not ok or img is None:
+            self.close()
+            raise StopIteration
+        f = Frame(self.name, time.time(), time.perf_counter(), frame=self._i, image=img)
+        self._i += 1
+        return f
+
+    def close(self) -> None:
+        if self.cap is not None:
+            self.cap.release()
+            self.cap = None
+
+
+class LiveSource(Source):
+    """A capture read in its own thread; ``get`` returns the newest frame not yet taken.
+
+    ``reconnect``: reopen with back-off (``backoff`` seconds, doubling up to
+    ``max_backoff``) when reads fail; a file target ends at its last frame instead.
+    """
+
+    live = True
+
+    def __init__(self, target: Any, name: str, api: int | None = None, *, timeouts: bool = True,
+                 open_timeout_ms: int = OPEN_TIMEOUT_MS, read_timeout_ms: int = READ_TIMEOUT_MS,
+                 reconnect: bool = True, backoff: float = 0.25, max_backoff: float = 4.0) -> None:
+        cv2 = _cv2()
+        self.target, self.name = target, name
+        self.api = cv2.CAP_ANY if api is None else api
+        self.params = ([cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(open_timeout_ms),
+                        cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(read_timeout_ms)] if timeouts else [])
+        self.reconnect, self.backoff, self.max_backoff = reconnect, backoff, max_backoff
+        self.dropped = self.reconnects = self.frames = self.size_changes = 0
+        self.size: tuple[int, ...] | None = None
+        self._cap = _capture(target, self.api, self.params)
+        if self._cap is None:
+            raise SourceError(f"{name}: cannot open (no such camera, unreachable address, or a format OpenCV "
+                              "cannot read)")
+        self._cond = threading.Condition()
+        self._latest: Frame | None = None
+        self._ended = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"capture {name}", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        try:
+            while not self._stop.is_set():
+                ok, img = self._cap.read() if self._cap is not None else (False, None)
+                if not ok or img is None or img.size == 0:
+                    if self._cap is not None:
+                        self._cap.release()
+                        self._cap = None
+                    if not self.reconnect or not self._reopen():
+                        break
+                    continue
+                self._publish(img)
+        finally:
+            if self._cap is not None:
+                self._cap.release()
+                self._cap = None
+            with self._cond:
+                self._ended = True
+                self._cond.notify_all()
+
+    def _publish(self, img: np.ndarray) -> None:
+        ts, t0 = time.time(), time.perf_counter()
+        if self.size is None:
+            self.size = img.shape
+        elif img.shape != self.size:
+            self.size_changes += 1
+            log.warning("%s: frame size changed from %s to %s; frames are resized to the model input",
+                        self.name, "x".join(map(str, self.size)), "x".join(map(str, img.shape)))
+            self.size = img.shape
+        with self._cond:
+            if self._latest is not None:
+                self.dropped += 1
+            self._latest = Frame(self.name, ts, t0, frame=self.frames, image=img)
+            self.frames += 1
+            self._cond.notify_all()
+
+    def _reopen(self) -> bool:
+        delay = self.backoff
+        log.warning("%s: stream lost; reconnecting", self.name)
+        while not self._stop.wait(delay):
+            cap = _capture(self.target, self.api, self.params)
+            if cap is not None:
+                self._cap = cap
+                self.reconnects += 1
+                log.warning("%s: reconnected (attempt after %.2f s back-off)", self.name, delay)
+                return True
+            delay = min(delay * 2, self.max_backoff)
+        return False
+
+    def get(self, timeout: float | None = None) -> Frame | None:
+        """The newest frame not yet taken; None on timeout. StopIteration once ended."""
+        with self._cond:
+            if self._latest is None and not self._ended:
+                self._cond.wait(timeout)
+            f, self._latest = self._latest, None
+            if f is None and self._ended:
+                raise StopIteration
+            return f
+
+    def __next__(self) -> Frame:
+        while True:
+            f = self.get(0.5)
+            if f is not None:
+                return f
+
+    def close(self) -> None:
+        self._stop.set()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout=max(2.0, self.params[3] / 1000 + 1 if self.params else 2.0))
+
+
+def csi_pipeline(sensor_id: int = 0, width: int = 1280, height: int = 720, fps: int = 30, flip: int = 0) -> str:
+    """The usual Jetson CSI camera pipeline, ending in an appsink that drops old frames."""
+    return (f"nvarguscamerasrc sensor-id={sensor_id} ! video/x-raw(memory:NVMM), width=(int){width}, "
+            f"height=(int){height}, framerate=(fraction){fps}/1 ! nvvidconv flip-method={flip} ! "
+            "video/x-raw, format=(string)BGRx ! videoconvert ! video/x-raw, format=(string)BGR ! "
+            "appsink drop=true max-buffers=1 sync=false")
+
+
+def has_gstreamer() -> bool:
+    info = _cv2().getBuildInformation()
+    m = re.search(r"GStreamer:\s*(\S+)", info)
+    return bool(m and m.group(1).upper() != "NO")
+
+
+def folder_files(folder: Path, glob: str | None = None) -> tuple[list[Path], int]:
+    """Files under ``folder`` (recursive, sorted) matching ``glob``; without a glob, image
+    files only. Returns the files and how many non-image files were left out."""
+    pattern = glob or "*"
+    files = sorted(p for p in folder.rglob(pattern) if p.is_file() and not p.name.startswith("."))
+    if glob:
+        return files, 0
+    images = [p for p in files if is_image_file(p)]
+    return images, len(files) - len(images)
+
+
+def read_list_file(path: Path) -> list[Path]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SourceError(f"{path}: cannot read list file ({getattr(exc, 'strerror', None) or exc})") from None
+    out = []
+    for line in lines:
+        line = line.strip()
+        if line and not line.startswith("#"):
+            p = Path(line)
+            out.append(p if p.is_absolute() else path.parent / p)
+    return out
+
+
+def open_source(spec: Any, *, glob: str | None = None, live: bool = False,
+                open_timeout_ms: int = OPEN_TIMEOUT_MS, read_timeout_ms: int = READ_TIMEOUT_MS) -> Source:
+    """A Source from a path, URL, camera index, ``csi://N`` or GStreamer string (see the table above)."""
+    if isinstance(spec, Source):
+        return spec
+    cv2 = _cv2()
+    if isinstance(spec, (list, tuple)):
+        return FileSource([Path(p) for p in spec], name="files")
+    if isinstance(spec, int) or (isinstance(spec, str) and spec.isdigit()):
+        return _camera(int(spec))
+    s = str(spec)
+    if s.startswith("camera:") and s[7:].isdigit():
+        return _camera(int(s[7:]))
+    if s.startswith("v4l2://"):
+        dev = s[len("v4l2://"):]
+        return LiveSource(dev, s, cv2.CAP_V4L2, timeouts=False)
+    if s.startswith("csi://"):
+        if not s[6:].isdigit():
+            raise SourceError(f"{s}: expected csi://N with N the sensor id")
+        return gstreamer(csi_pipeline(int(s[6:])), name=s)
+    if "!" in s and ("appsink" in s or "src" in s.split("!")[0]):
+        return gstreamer(s)
+    scheme = urlsplit(s).scheme.lower()
+    if scheme in STREAM_SCHEMES:
+        return LiveSource(s, _redact(s), cv2.CAP_FFMPEG, open_timeout_ms=open_timeout_ms,
+                          read_timeout_ms=read_timeout_ms)
+    if scheme == "file":
+        s = urlsplit(s).path
+    p = Path(s)
+    if s.startswith("/dev/video"):
+        return LiveSource(s, s, cv2.CAP_V4L2, timeouts=False)
+    if p.is_dir():
+        files, skipped = folder_files(p, glob)
+        return FileSource(files, name=str(p), skipped=skipped)
+    if not p.exists():
+        raise SourceError(f"{p}: no such file or folder (a source is an image, folder, list file, video, "
+                          "camera index, URL, csi://N or GStreamer pipeline)")
+    suffix = p.suffix.lower()
+    if suffix in VIDEO_SUFFIXES:
+        if live:
+            return LiveSource(str(p), str(p), cv2.CAP_ANY, open_timeout_ms=open_timeout_ms,
+                              read_timeout_ms=read_timeout_ms, reconnect=False)
+        return VideoFileSource(p)
+    if suffix in LIST_SUFFIXES:
+        return FileSource(read_list_file(p), name=str(p))
+    if suffix in IMAGE_SUFFIXES or p.is_file():
+        return FileSource([p], name=str(p))
+    raise SourceError(f"{p}: not a file, folder or stream")
+
+
+def _camera(index: int) -> LiveSource:
+    cv2 = _cv2()
+    try:
+        return LiveSource(index, f"camera:{index}", cv2.CAP_ANY, timeouts=False)
+    except SourceError:
+        raise SourceError(f"camera {index}: cannot open (no such camera, or it is in use)") from None
+
+
+def gstreamer(pipeline: str, name: str | None = None) -> LiveSource:
+    cv2 = _cv2()
+    if not has_gstreamer():
+        raise SourceError("this OpenCV build has no GStreamer support (opencv-python-headless from PyPI has none); "
+                          "use an OpenCV built with GStreamer (on Jetson: the system python3-opencv)")
+    return LiveSource(pipeline, name or "gstreamer", cv2.CAP_GSTREAMER, timeouts=False)
