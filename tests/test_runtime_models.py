@@ -122,8 +122,8 @@ def helper_model(path: Path) -> Path:
     return path
 
 
-def write_jpegs(folder: Path, n: int = 20, offset: int = 0) -> tuple[list[Path], list[int]]:
-    """Digits test images written as JPEG files into class-named sub-folders."""
+def write_images(folder: Path, n: int = 20, offset: int = 0) -> tuple[list[Path], list[int]]:
+    """Digits test images written as PNG files into class-named sub-folders."""
     import cv2
 
     _, _, xte, yte = split()

@@ -1,17 +1,240 @@
-"""`cnn-infer`: not yet available (see the project's issues)."""
+"""`cnn-infer`: classify images, folders, videos, cameras and streams with any cnnedge model.
+
+Examples::
+
+    cnn-infer runs/digits/model.int8.onnx --source photos/ --eval
+    cnn-infer model.engine --camera 0 --camera 1 --batch 2 --max-wait-ms 20 --json out.jsonl
+    cnn-infer third_party.onnx --source img.jpg --scale 1/255 --mean 0.5 --std 0.5 --labels labels.txt
+"""
 from __future__ import annotations
 
 import argparse
-from typing import Sequence
+import logging
+import sys
+import warnings
+from fractions import Fraction
+from typing import Any, Sequence, TextIO
 
-from ..errors import CnnEdgeError
+from ..errors import ExitCode, UsageError
 from ._run import entry
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cnn-infer", description="Not yet available in this version of cnnedge.")
-    parser.parse_args(argv)
-    raise CnnEdgeError("cnn-infer is not yet available in this version of cnnedge")
+PROG = "cnn-infer"
 
 
-console = entry("cnn-infer", main)
+def _number(text: str) -> float:
+    try:
+        return float(Fraction(text.strip()))
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"expected a number or a fraction such as 1/255, got {text!r}") from None
+
+
+def _numbers(text: str) -> list[float]:
+    return [_number(t) for t in text.split(",")]
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ..card import RESIZE_MODES
+    from ..runtime.backends import BACKENDS
+
+    p = argparse.ArgumentParser(
+        prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Classify images, folders, videos, cameras and streams with a .onnx, .engine or .keras model. "
+                    "The model's card says everything about the model; flags for preprocessing are only for "
+                    "models without one.",
+        epilog="examples:\n  cnn-infer model.int8.onnx --source photos/ --eval\n"
+               "  cnn-infer model.engine --camera 0 --json out.jsonl --max-frames 100\n"
+               "  cnn-infer other.onnx --source img.jpg --scale 1/255 --mean 0.5 --std 0.5 --labels labels.txt")
+    p.add_argument("model", help="model file: .onnx, .engine or .keras (e.g. runs/digits/model.int8.onnx)")
+    src = p.add_argument_group("sources (several may be given; they share batches)")
+    src.add_argument("--source", action="append", default=[], metavar="SRC",
+                     help="image, folder (recursive), list file, video, URL (rtsp://, http://) or csi://N "
+                          "(e.g. --source photos/)")
+    src.add_argument("--camera", action="append", type=int, default=[], metavar="N",
+                     help="camera by index; repeat for several (e.g. --camera 0 --camera 1)")
+    src.add_argument("--gst", action="append", default=[], metavar="PIPELINE",
+                     help="GStreamer pipeline ending in appsink (e.g. --gst 'v4l2src ! videoconvert ! appsink')")
+    src.add_argument("--csi", action="append", type=int, default=[], metavar="N",
+                     help="Jetson CSI camera by sensor id; composes the nvarguscamerasrc pipeline (e.g. --csi 0)")
+    src.add_argument("--glob", metavar="PATTERN", help="only files matching this in folders (e.g. --glob '*.jpg')")
+    src.add_argument("--live", action="store_true",
+                     help="read video files as live sources: newest frame only, dropping what the model cannot "
+                          "keep up with (e.g. --source clip.mp4 --live)")
+    src.add_argument("--max-frames", type=_positive, metavar="N", help="stop after N results (e.g. --max-frames 500)")
+    src.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (e.g. --duration 60)")
+    src.add_argument("--open-timeout-ms", type=_positive, default=10000, metavar="MS",
+                     help="give up opening a stream after MS (default 10000; e.g. --open-timeout-ms 3000)")
+    src.add_argument("--read-timeout-ms", type=_positive, default=5000, metavar="MS",
+                     help="a stream read that blocks longer than MS counts as a drop and reconnects "
+                          "(default 5000; e.g. --read-timeout-ms 2000)")
+
+    run = p.add_argument_group("inference")
+    run.add_argument("--backend", default="auto", choices=BACKENDS,
+                     help="auto picks TensorRT for .engine and the best ONNX Runtime provider for .onnx "
+                          "(e.g. --backend ort-cpu)")
+    run.add_argument("--batch", type=_positive, default=8, metavar="N", help="images per inference (default 8; "
+                     "e.g. --batch 16)")
+    run.add_argument("--max-wait-ms", type=float, default=10.0, metavar="MS",
+                     help="close a batch this long after its first frame (default 10; e.g. --max-wait-ms 20)")
+    run.add_argument("--workers", type=_positive, metavar="N", help="decode threads (default: CPU cores, 2..8; "
+                     "e.g. --workers 4)")
+    run.add_argument("--threads", type=_positive, metavar="N",
+                     help="ONNX Runtime intra-op threads (default: half the cores; e.g. --threads 1)")
+    run.add_argument("--fp16", action="store_true", help="TensorRT execution provider builds FP16 kernels "
+                     "(e.g. --backend ort-trt --fp16)")
+    run.add_argument("--no-reduce-decode", dest="reduce_decode", action="store_false",
+                     help="always decode JPEGs at full size (default: at 1/2..1/8 when at least 2x the input)")
+    run.add_argument("--trust", action="store_true", help="allow legacy .h5 Keras models (they ignore safe mode; "
+                     "e.g. --trust)")
+
+    third = p.add_argument_group("models without a card (third-party ONNX)")
+    third.add_argument("--labels", metavar="FILE", help="class names, one a line (e.g. --labels labels.txt)")
+    third.add_argument("--scale", type=_number, metavar="X", help="pixel scale (e.g. --scale 1/255)")
+    third.add_argument("--mean", type=_numbers, metavar="M", help="mean, one or per channel (e.g. --mean "
+                       "0.485,0.456,0.406)")
+    third.add_argument("--std", type=_numbers, metavar="S", help="std, one or per channel (e.g. --std 0.5)")
+    third.add_argument("--rgb", action=argparse.BooleanOptionalAction, default=None,
+                       help="feed RGB (default) or BGR with --no-rgb (e.g. --no-rgb)")
+    third.add_argument("--resize", choices=RESIZE_MODES, help="resize mode (default stretch; e.g. --resize "
+                       "center-crop)")
+    third.add_argument("--output", choices=("probabilities", "logits"),
+                       help="what the model outputs (default: detected; e.g. --output logits)")
+
+    out = p.add_argument_group("output")
+    out.add_argument("--topk", type=_positive, default=1, metavar="K", help="show the K best classes "
+                     "(e.g. --topk 3)")
+    out.add_argument("--json", metavar="FILE", help="write one JSON object per result (e.g. --json out.jsonl)")
+    out.add_argument("--csv", metavar="FILE", help="write a CSV row per result (e.g. --csv out.csv)")
+    out.add_argument("--save-dir", metavar="DIR", help="write annotated images (e.g. --save-dir annotated/)")
+    out.add_argument("--save-video", metavar="FILE", help="write an annotated video (e.g. --save-video out.mp4)")
+    out.add_argument("--fps", type=float, default=25.0, help="frame rate of --save-video (default 25; e.g. --fps 30)")
+    out.add_argument("--show", action="store_true", help="show annotated frames in a window (needs OpenCV with GUI)")
+    out.add_argument("--eval", action="store_true",
+                     help="accuracy, per-class recall and confusion matrix, true classes from folder names "
+                          "(e.g. --source test/ --eval)")
+    out.add_argument("--labels-csv", metavar="FILE",
+                     help="true classes for --eval as path,label rows (e.g. --labels-csv truth.csv)")
+    out.add_argument("--quiet", "-q", action="store_true", help="no line per result, only the summary")
+    out.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                     help="progress bar on stderr for folders (default: when stderr is a terminal)")
+    out.add_argument("--force", action="store_true", help="overwrite existing --json/--csv/--save-video files")
+    return p
+
+
+class _StderrHandler(logging.Handler):
+    def __init__(self, err: TextIO) -> None:
+        super().__init__(logging.WARNING)
+        self.err = err
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"{PROG}: warning: {record.getMessage()}", file=self.err)
+
+
+def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+    out, err = stdout or sys.stdout, stderr or sys.stderr
+    args = build_parser().parse_args(argv)
+
+    sources: list[Any] = list(args.source) + list(args.camera) + list(args.gst)
+    sources += [f"csi://{n}" for n in args.csi]
+    if not sources:
+        raise UsageError("no source: give --source PATH|URL, --camera N, --gst PIPELINE or --csi N "
+                         "(e.g. --source photos/)")
+    if args.labels_csv and not args.eval:
+        raise UsageError("--labels-csv is for --eval; add --eval")
+    handler = _StderrHandler(err)
+    logger = logging.getLogger("cnnedge")
+    logger.addHandler(handler)
+    try:
+        return _run(args, sources, out, err)
+    finally:
+        logger.removeHandler(handler)
+
+
+def _run(args: argparse.Namespace, sources: list[Any], out: TextIO, err: TextIO) -> int:
+    from contextlib import ExitStack
+
+    from ..runtime.classifier import Classifier
+    from ..runtime.pipeline import PipelineStats, run_pipeline
+    from ..runtime import sinks as S
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        clf = Classifier(args.model, args.backend, labels=args.labels, scale=args.scale, mean=args.mean,
+                         std=args.std, rgb=args.rgb, resize=args.resize, output=args.output, topk=args.topk,
+                         reduce_decode=args.reduce_decode, threads=args.threads, fp16=args.fp16 or None,
+                         **({"trust": True} if args.trust else {}))
+    for w in caught:
+        print(f"{PROG}: warning: {w.message}", file=err)
+    stats = PipelineStats()
+    with clf, ExitStack() as stack:
+        sinks: list[S.Sink] = []
+        if not args.quiet:
+            sinks.append(S.LineSink(out, err, args.topk))
+        else:
+            sinks.append(_ErrorsOnly(err))
+        if args.json:
+            sinks.append(stack.enter_context(S.JsonlSink(args.json, args.force)))
+        if args.csv:
+            sinks.append(stack.enter_context(S.CsvSink(args.csv, args.force)))
+        if args.save_dir:
+            sinks.append(S.SaveDirSink(args.save_dir))
+        if args.save_video:
+            sinks.append(stack.enter_context(S.VideoSink(args.save_video, args.fps, args.force)))
+        show = None
+        if args.show:
+            show = stack.enter_context(S.ShowSink())
+            sinks.append(show)
+        ev = S.EvalSink(clf.card.classes, args.labels_csv) if args.eval else None
+        if ev is not None:
+            sinks.append(ev)
+        print(f"{PROG}: {clf.card.name} ({clf.card.num_classes} classes, {clf.card.input.height}x"
+              f"{clf.card.input.width}) on {clf.backend_name}", file=err)
+        results = run_pipeline(clf, sources, batch=args.batch, max_wait_ms=args.max_wait_ms, workers=args.workers,
+                               glob=args.glob, max_frames=args.max_frames, duration=args.duration,
+                               keep_images=any(s.needs_images for s in sinks), live=args.live,
+                               open_timeout_ms=args.open_timeout_ms, read_timeout_ms=args.read_timeout_ms,
+                               stats=stats)
+        show_progress = args.progress if args.progress is not None else err.isatty()
+        if show_progress and stats.total:
+            sinks.append(stack.enter_context(S.Progress(stats.total, err)))
+        interrupted = False
+        try:
+            for r in results:
+                for s in sinks:
+                    s.write(r)
+                if show is not None and show.stopped:
+                    break
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            results.close()
+    print(f"{PROG}: " + ("interrupted; " if interrupted else "") + stats.summary(), file=err)
+    if ev is not None:
+        print(ev.format(), file=out)
+    if stats.done == 0:
+        print(f"{PROG}: error: nothing could be processed", file=err)
+        return int(ExitCode.FAILURE)
+    return int(ExitCode.OK)
+
+
+class _ErrorsOnly:
+    needs_images = False
+
+    def __init__(self, err: TextIO) -> None:
+        self.err = err
+
+    def write(self, r: Any) -> None:
+        if r.error is not None:
+            print(f"skipped {r.path or r.source}: {r.error}", file=self.err)
+
+
+console = entry(PROG, main)

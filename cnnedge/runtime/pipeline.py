@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import UsageError
 from .classifier import Result
-from .images import ImageError, read_file
+from .images import ImageError, is_image_file, read_file
 from .sources import FileSource, Frame, LiveSource, Source, open_source
 
 if TYPE_CHECKING:
@@ -127,9 +127,8 @@ def run_pipeline(clf: "Classifier", source: Any, batch: int = 8, *, max_wait_ms:
 
 
 def _all_specs(seq: Any) -> bool:
-    """A list of sources (several cameras, streams, folders) rather than a list of image paths."""
-    return any(isinstance(x, int) or (isinstance(x, str) and ("://" in x or x.isdigit() or
-                                                              os.path.isdir(x) or "!" in x)) for x in seq)
+    """A list of sources (cameras, streams, folders, videos) rather than a list of image files."""
+    return not all(isinstance(x, (str, os.PathLike)) and is_image_file(x) for x in seq)
 
 
 def _run(clf: "Classifier", sources: list[Source], batch: int, max_wait_ms: float, workers: int,
