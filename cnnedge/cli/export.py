@@ -1,17 +1,105 @@
-"""`cnn-export`: not yet available (see the project's issues)."""
+"""`cnn-export`: a Keras model -> ONNX FP32/FP16/INT8 and TensorRT engines, each checked against Keras."""
 from __future__ import annotations
 
 import argparse
-from typing import Sequence
+import sys
+from typing import Sequence, TextIO
 
-from ..errors import CnnEdgeError
 from ._run import entry
 
+EXAMPLES = """examples:
+  cnn-export runs/digits/model.keras --int8
+  cnn-export model.keras --fp16 --int8 --engine --gpu sm89 --calib photos/ --batch 1,8,32
+  cnn-export model.keras --input float32 --out exported/ --force
+  cnn-export model.keras --fp16 --triton model_repository/
+"""
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cnn-export", description="Not yet available in this version of cnnedge.")
-    parser.parse_args(argv)
-    raise CnnEdgeError("cnn-export is not yet available in this version of cnnedge")
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cnn-export", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES,
+        description="Export a Keras image classifier (with its card.json) to ONNX FP32 (always), FP16 and INT8 "
+                    "ONNX and TensorRT engines; every artifact is checked against Keras and reported in "
+                    "export_report.json.")
+    p.add_argument("model", help="the Keras model, e.g. runs/digits/model.keras (card.json beside it)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: the model's folder), e.g. --out exported/")
+    p.add_argument("--fp16", action="store_true", help="also write model.fp16.onnx (half-precision weights/compute)")
+    p.add_argument("--int8", action="store_true", help="also write model.int8.onnx (static Q/DQ, symmetric, "
+                   "per-channel), calibrated on --calib or the card's training data")
+    p.add_argument("--engine", action="store_true", help="also build TensorRT engines from the FP16/INT8 ONNX "
+                   "(FP32 if neither), e.g. --fp16 --int8 --engine --gpu sm89")
+    p.add_argument("--input", dest="input_dtype", default="uint8", choices=("uint8", "float32"),
+                   help="input tensor type: uint8 NHWC pixels, scaled inside the graph (default), or float32 "
+                        "pixels 0..255, e.g. --input float32")
+    p.add_argument("--calib", metavar="DIR|DATASET", help="calibration images: a folder of image files or a "
+                   "dataset (digits, mnist, fashion_mnist, cifar10, cifar100); default: the card's training "
+                   "data, e.g. --calib photos/")
+    p.add_argument("--calib-size", type=int, default=300, metavar="N",
+                   help="calibration images to use (default 300), e.g. --calib-size 500")
+    p.add_argument("--calib-method", default="entropy", metavar="METHOD",
+                   help="entropy (default), minmax or percentile, e.g. --calib-method minmax")
+    p.add_argument("--verify", metavar="DIR|DATASET", help="held-out images for the parity check (default: the "
+                   "calibration source's or the card's test split), e.g. --verify val_photos/")
+    p.add_argument("--verify-size", type=int, default=1000, metavar="N",
+                   help="parity images to use (default 1000), e.g. --verify-size 200")
+    p.add_argument("--batch", default="1,8,32", metavar="MIN,OPT,MAX",
+                   help="engine optimization profile and Triton max batch (default 1,8,32), e.g. --batch 1,4,16")
+    p.add_argument("--gpu", metavar="SMXY,...", help="GPU generations to build engines for (default: the GPU "
+                   "present), e.g. --gpu sm86,sm89")
+    p.add_argument("--workspace", type=int, default=1024, metavar="MIB",
+                   help="TensorRT builder workspace limit in MiB (default 1024), e.g. --workspace 512")
+    p.add_argument("--timing-cache", metavar="FILE", help="TensorRT timing cache reused across builds (default: "
+                   "tensorrt.timing.cache in the output folder; TensorRT-RTX has none), e.g. --timing-cache t.cache")
+    p.add_argument("--triton", metavar="REPO", help="also write a Triton model repository entry per artifact, "
+                   "e.g. --triton model_repository/")
+    p.add_argument("--opset", type=int, metavar="N", help="ONNX opset (default 17), e.g. --opset 18")
+    p.add_argument("--no-cleanup", action="store_true", help="skip onnxslim graph simplification")
+    p.add_argument("--trust", action="store_true", help="allow legacy .h5 models, which ignore Keras safe mode "
+                   "(only for files you trust), e.g. cnn-export old.h5 --trust")
+    p.add_argument("--force", action="store_true", help="overwrite existing output files")
+    p.add_argument("--min-agreement-fp32", type=float, default=1.0, metavar="F",
+                   help="FP32 top-1 agreement with Keras (default 1.0), e.g. 0.999")
+    p.add_argument("--max-diff-fp32", type=float, default=1e-4, metavar="F",
+                   help="FP32 max abs output difference (default 1e-4), e.g. 1e-3")
+    p.add_argument("--min-agreement-fp16", type=float, default=0.995, metavar="F",
+                   help="FP16 top-1 agreement (default 0.995), e.g. 0.99")
+    p.add_argument("--min-agreement-int8", type=float, default=0.98, metavar="F",
+                   help="INT8 top-1 agreement (default 0.98), e.g. 0.95")
+    p.add_argument("--max-drop-int8", type=float, default=1.0, metavar="POINTS",
+                   help="INT8 accuracy drop in percentage points (default 1.0), e.g. 2")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress lines, only the final table")
+    return p
+
+
+def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+    out, err = stdout or sys.stdout, stderr or sys.stderr
+    args = build_parser().parse_args(argv)
+    from ..export.parity import Thresholds
+    from ..export.pipeline import ParityFailure, export
+
+    thresholds = Thresholds(fp32_agreement=args.min_agreement_fp32, fp32_max_diff=args.max_diff_fp32,
+                            fp16_agreement=args.min_agreement_fp16, int8_agreement=args.min_agreement_int8,
+                            int8_accuracy_drop=args.max_drop_int8 / 100.0)
+
+    def progress(msg: str) -> None:
+        if not args.quiet:
+            print(f"cnn-export: {msg}", file=err, flush=True)
+
+    try:
+        report = export(args.model, args.out, fp16=args.fp16, int8=args.int8, engine=args.engine,
+                        input_dtype=args.input_dtype, calib=args.calib, calib_size=args.calib_size,
+                        calib_method=args.calib_method, verify=args.verify, verify_size=args.verify_size,
+                        batch=args.batch, gpu=args.gpu, workspace_mib=args.workspace,
+                        timing_cache=args.timing_cache, triton=args.triton, thresholds=thresholds,
+                        opset=args.opset, cleanup=not args.no_cleanup, trust=args.trust, force=args.force,
+                        progress=progress)
+    except ParityFailure as exc:
+        print(exc.report.table(), file=out)
+        raise
+    print(report.table(), file=out)
+    total = sum(s["seconds"] for s in report.steps)
+    print(f"wrote {report.out_dir}/export_report.json ({total:.1f} s)", file=out)
+    return 0
 
 
 console = entry("cnn-export", main)

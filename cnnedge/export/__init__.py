@@ -1,1 +1,33 @@
-"""Keras -> ONNX (FP32, FP16, INT8 Q/DQ) -> TensorRT engines, each checked against Keras."""
+"""Keras -> ONNX (FP32, FP16, INT8 Q/DQ) -> TensorRT engines, each checked against Keras.
+
+>>> from cnnedge.export import export
+>>> report = export("runs/digits/model.keras", fp16=True, int8=True, engine=True, gpu="sm89")
+>>> print(report.table())
+
+Steps, one module each: :mod:`.keras2onnx` (tf2onnx), :mod:`.cleanup` (onnxslim),
+:mod:`.fp16`, :mod:`.int8` (calibration, Q/DQ, range cache), :mod:`.engine`
+(TensorRT / TensorRT-RTX plans and sidecars), :mod:`.triton` (model repository),
+:mod:`.parity` (checks and table), chained by :mod:`.pipeline`. Importing this
+package loads none of the heavy libraries.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["export", "ExportReport", "ParityFailure", "Thresholds", "ArtifactResult", "read_card"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("export", "ExportReport", "ParityFailure"):
+        from . import pipeline
+
+        return getattr(pipeline, name)
+    if name in ("Thresholds", "ArtifactResult"):
+        from . import parity
+
+        return getattr(parity, name)
+    if name == "read_card":
+        from .onnx_io import read_card
+
+        return read_card
+    raise AttributeError(f"module 'cnnedge.export' has no attribute {name!r}")

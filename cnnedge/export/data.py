@@ -1,0 +1,152 @@
+"""Images for calibration and parity checks: a folder, a dataset the trainer knows, or the card's own data.
+
+Every image is an OpenCV BGR uint8 array and becomes a model input only through
+:func:`cnnedge.runtime.preprocess.preprocess_batch`, the runtime's own path, so a
+training/deployment preprocessing mismatch shows up in the parity report.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from ..card import InputSpec, ModelCard
+from ..errors import DataError, UsageError
+
+DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100")
+
+
+@dataclass
+class ImageSet:
+    """Decoded images, labels in the card's class order where known, and where they came from."""
+
+    images: list[np.ndarray]
+    labels: np.ndarray | None
+    source: str
+    skipped: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.images:
+            raise DataError(f"{self.source}: no images")
+        if self.labels is not None and len(self.labels) != len(self.images):
+            raise DataError(f"{self.source}: {len(self.labels)} labels for {len(self.images)} images")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def inputs(self, spec: InputSpec, card: ModelCard) -> np.ndarray:
+        """The whole set as one model-input batch for ``spec`` (the runtime's preprocessing)."""
+        from ..runtime.preprocess import preprocess_batch
+
+        return preprocess_batch(self.images, spec, card.preprocess)
+
+    def batches(self, spec: InputSpec, card: ModelCard, size: int = 32) -> Iterator[np.ndarray]:
+        """Re-startable: each call starts again from the first image."""
+        from ..runtime.preprocess import preprocess_batch
+
+        for i in range(0, len(self.images), size):
+            yield preprocess_batch(self.images[i:i + size], spec, card.preprocess)
+
+    def fingerprint(self, spec: InputSpec, card: ModelCard) -> str:
+        """sha256 of the preprocessed pixels: the calibration cache key's data part."""
+        h = hashlib.sha256()
+        for b in self.batches(spec, card, 256):
+            h.update(np.ascontiguousarray(b).tobytes())
+        return h.hexdigest()
+
+    def describe(self) -> dict[str, Any]:
+        return {"source": self.source, "images": len(self.images), "labels": self.labels is not None,
+                "skipped": self.skipped}
+
+
+def pixel_spec(card: ModelCard, dtype: str = "uint8") -> InputSpec:
+    from dataclasses import replace
+
+    return replace(card.input, dtype=dtype)
+
+
+def load_images(source: str | None, card: ModelCard, split: str, limit: int | None, flag: str) -> ImageSet:
+    """``source``: a folder of images, a dataset name, or None for the data recorded in the card.
+
+    ``flag`` names the option in messages (``--calib`` / ``--verify``).
+    """
+    if source is None:
+        spec = dict(card.provenance.dataset_spec or {})
+        if not spec.get("source"):
+            raise UsageError(f"the model card records no training data to use; pass {flag} DIR (a folder of "
+                             f"images) or {flag} DATASET ({', '.join(DATASETS)})")
+        return _from_spec(spec, split, limit, card, f"{card.provenance.dataset or spec['source']} ({split} split)")
+    p = Path(source).expanduser()
+    if p.is_dir():
+        return read_folder(p, card, limit, flag)
+    if source in DATASETS:
+        return _from_spec(_spec_for(source, card), split, limit, card, f"{source} ({split} split)")
+    if p.exists():
+        raise UsageError(f"{flag} {source}: a file; give a folder of images or a dataset name "
+                         f"({', '.join(DATASETS)})")
+    import difflib
+
+    close = difflib.get_close_matches(source, DATASETS, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise UsageError(f"{flag} {source}: no such folder and not a dataset{hint}; give a folder of images or one of "
+                     f"{', '.join(DATASETS)}")
+
+
+def _spec_for(name: str, card: ModelCard) -> dict[str, Any]:
+    recorded = dict(card.provenance.dataset_spec or {})
+    if recorded.get("source") == name:
+        return recorded  # same seed and split fractions as training: its test split is held out
+    from ..trainer.data import make_spec
+
+    size = (card.input.height, card.input.width) if name == "digits" else None
+    return make_spec(name, size=size)
+
+
+def _from_spec(spec: dict[str, Any], split: str, limit: int | None, card: ModelCard, label: str) -> ImageSet:
+    try:
+        from ..trainer.data import load_split
+    except ImportError as exc:  # the trainer extra is missing
+        raise UsageError(f"cannot read the {spec.get('source')} dataset ({exc}); pass a folder of images") from None
+    s = load_split(spec, split, limit)
+    labels = _map_labels(s.labels, list(s.classes), card)
+    return ImageSet(list(s.images), labels, label, len(s.skipped))
+
+
+def _map_labels(labels: np.ndarray, names: Sequence[str], card: ModelCard) -> np.ndarray | None:
+    """Dataset label ids -> the card's class ids (by name); None when the names do not match."""
+    index = {c: i for i, c in enumerate(card.classes)}
+    if not set(names) <= set(index):
+        return None
+    table = np.array([index[n] for n in names], dtype=np.int64)
+    return table[np.asarray(labels, dtype=np.int64)]
+
+
+def read_folder(root: Path, card: ModelCard, limit: int | None, flag: str) -> ImageSet:
+    """Every image file under ``root`` (sorted); labels when each sits in a folder named after a card class."""
+    from ..runtime.images import ImageError, is_image_file, read_image
+
+    files = sorted(f for f in root.rglob("*") if f.is_file() and not f.name.startswith("."))
+    images: list[np.ndarray] = []
+    labels: list[int | None] = []
+    index = {c: i for i, c in enumerate(card.classes)}
+    skipped: list[str] = []
+    for f in files:
+        if limit is not None and len(images) >= limit:
+            break
+        if not is_image_file(f):
+            skipped.append(f"{f.name}: not an image file")
+            continue
+        try:
+            images.append(read_image(f))
+        except ImageError as exc:
+            skipped.append(f"{f.name}: {exc.reason}")
+            continue
+        labels.append(index.get(f.parent.name) if f.parent != root else None)
+    if not images:
+        why = f" ({len(skipped)} file(s) skipped, e.g. {skipped[0]})" if skipped else ""
+        raise DataError(f"{flag} {root}: no readable images{why}")
+    lab = np.array(labels, dtype=np.int64) if all(v is not None for v in labels) else None
+    return ImageSet(images, lab, str(root), len(skipped))

@@ -1,0 +1,202 @@
+"""Step 5 (``--engine``): a TensorRT plan from an ONNX file, with its ``<engine>.json`` sidecar.
+
+The same code drives ``tensorrt`` (Jetson, data-centre GPUs) and
+``tensorrt_rtx`` (RTX PCs); ``tensorrt`` wins when both import. Networks are
+strongly typed, so precision comes from the ONNX types (FP16 weights, Q/DQ
+nodes); TensorRT-RTX has no precision flags at all. One optimization profile
+covers ``--batch MIN,OPT,MAX``. TensorRT-RTX builds for named GPU generations on
+a machine without a GPU; full TensorRT builds for the GPU present. The plan is
+written as TensorRT serialized it (no header), so ``trtexec`` and Triton read it.
+
+Builder errors arrive only through the logger, and TensorRT keeps the first
+logger it is given for the whole process: one logger per module, whose messages
+are collected per build.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Sequence
+
+from ..card import ModelCard, sha256_file
+from ..errors import ExportError, MissingDependency, UsageError
+from ..sidecar import EngineSidecar
+
+FLAVOURS = (("tensorrt", "tensorrt"), ("tensorrt_rtx", "tensorrt_rtx"))  # (module, sidecar flavour)
+INSTALL_HINT = ("pip install 'cnnedge[trt-rtx]' (TensorRT for RTX) or 'cnnedge[tensorrt]' (TensorRT, "
+                "on Jetson use JetPack's)")
+_LOGGERS: dict[str, Any] = {}
+
+
+@dataclass(frozen=True)
+class Profile:
+    min: int = 1
+    opt: int = 8
+    max: int = 32
+
+    def __post_init__(self) -> None:
+        for k in ("min", "opt", "max"):
+            v = getattr(self, k)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise UsageError(f"--batch {k} must be a positive integer, found {v!r}")
+        if not self.min <= self.opt <= self.max:
+            raise UsageError(f"--batch {self.min},{self.opt},{self.max}: values must be in order MIN <= OPT <= MAX "
+                             "(e.g. --batch 1,8,32)")
+
+    @classmethod
+    def parse(cls, text: str) -> "Profile":
+        parts = [p.strip() for p in str(text).split(",")]
+        if len(parts) != 3 or not all(re.fullmatch(r"\d+", p) for p in parts):
+            raise UsageError(f"--batch {text!r}: expected three positive integers MIN,OPT,MAX (e.g. --batch 1,8,32)")
+        return cls(*(int(p) for p in parts))
+
+    def as_dict(self) -> dict[str, int]:
+        return {"min": self.min, "opt": self.opt, "max": self.max}
+
+
+@dataclass(frozen=True)
+class Toolkit:
+    module: ModuleType
+    flavour: str
+    version: str
+
+
+def toolkit() -> Toolkit:
+    """``tensorrt`` if it imports, else ``tensorrt_rtx``, else a MissingDependency naming the install."""
+    import importlib
+
+    errors = []
+    for mod, flavour in FLAVOURS:
+        try:
+            m = importlib.import_module(mod)
+        except ImportError as exc:
+            errors.append(f"{mod}: {exc}")
+            continue
+        return Toolkit(m, flavour, str(m.__version__))
+    raise MissingDependency(f"--engine needs TensorRT, and neither tensorrt nor tensorrt_rtx imports; {INSTALL_HINT}")
+
+
+def parse_gpus(text: str | None, flavour: str) -> tuple[str, ...]:
+    """``sm86,sm89`` -> ("sm86", "sm89"); None -> the GPU present, or a UsageError naming --gpu."""
+    if text:
+        gpus = tuple(dict.fromkeys(g.strip().lower() for g in text.split(",") if g.strip()))
+        bad = [g for g in gpus if not re.fullmatch(r"sm\d{2,3}", g)]
+        if bad or not gpus:
+            raise UsageError(f"--gpu {text!r}: expected compute capabilities like sm86,sm89")
+        return gpus
+    present = detect_gpu()
+    if present is None:
+        choices = "sm80, sm86, sm89, sm120" if flavour == "tensorrt_rtx" else "the GPU the engine will run on"
+        raise UsageError(f"--engine: no GPU found to build for; name the target with --gpu (e.g. --gpu sm89; "
+                         f"{choices})")
+    return (present,)
+
+
+def detect_gpu() -> str | None:
+    """The first GPU's compute capability as ``smXY``, from nvidia-smi; None without one."""
+    exe = shutil.which("nvidia-smi")
+    if not exe:
+        return None
+    try:
+        out = subprocess.run([exe, "--query-gpu=compute_cap", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=20, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.match(r"\s*(\d+)\.(\d+)", out or "")
+    return f"sm{m.group(1)}{m.group(2)}" if m else None
+
+
+def _logger(trt: ModuleType) -> Any:
+    key = trt.__name__
+    if key not in _LOGGERS:
+        class _Collect(trt.ILogger):
+            def __init__(self) -> None:
+                trt.ILogger.__init__(self)
+                self.messages: list[tuple[Any, str]] = []
+
+            def log(self, severity: Any, msg: str) -> None:
+                self.messages.append((severity, msg))
+
+        _LOGGERS[key] = _Collect()
+    return _LOGGERS[key]
+
+
+def _errors(trt: ModuleType, logger: Any) -> str:
+    sev = trt.ILogger.Severity
+    errs = [m for s, m in logger.messages if s in (sev.ERROR, sev.INTERNAL_ERROR)]
+    return errs[-1].strip()[:400] if errs else "no error message from the builder"
+
+
+def build(onnx_path: Path, engine_path: Path, card: ModelCard, kit: Toolkit, gpus: Sequence[str], profile: Profile,
+          workspace_mib: int, timing_cache: Path | None) -> EngineSidecar:
+    """Build ``engine_path`` (plan) from ``onnx_path`` and write its sidecar beside it."""
+    from ..atomic import write_bytes
+
+    trt = kit.module
+    logger = _logger(trt)
+    logger.messages.clear()
+    builder = trt.Builder(logger)
+    flags = 0
+    if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errs = "; ".join(parser.get_error(i).desc() for i in range(parser.num_errors)) or _errors(trt, logger)
+        raise ExportError(f"{kit.flavour} cannot parse {onnx_path.name}: {errs[:400]}")
+    if network.num_inputs != 1 or network.num_outputs != 1:
+        raise ExportError(f"{onnx_path.name}: expected one input and one output, found {network.num_inputs} and "
+                          f"{network.num_outputs}")
+    inp, out = network.get_input(0), network.get_output(0)
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) << 20)
+    _set_targets(trt, kit, config, gpus)
+    cache = None
+    if kit.flavour == "tensorrt" and timing_cache is not None:  # a no-op (deprecated) in TensorRT-RTX
+        blob = timing_cache.read_bytes() if timing_cache.is_file() else b""
+        cache = config.create_timing_cache(blob)
+        config.set_timing_cache(cache, ignore_mismatch=False)
+    shape = tuple(inp.shape)[1:]
+    if any(d < 0 for d in shape):
+        raise ExportError(f"{onnx_path.name}: input {inp.name} has dynamic dims besides the batch: {tuple(inp.shape)}")
+    prof = builder.create_optimization_profile()
+    prof.set_shape(inp.name, (profile.min, *shape), (profile.opt, *shape), (profile.max, *shape))
+    config.add_optimization_profile(prof)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise ExportError(f"{kit.flavour} {kit.version} could not build {engine_path.name} for "
+                          f"{','.join(gpus)}: {_errors(trt, logger)}")
+    write_bytes(engine_path, bytes(memoryview(plan)))
+    if cache is not None and timing_cache is not None:
+        write_bytes(timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
+    side = EngineSidecar(card=card, plan_sha256=sha256_file(engine_path), flavour=kit.flavour,
+                         trt_version=kit.version, compute_capabilities=tuple(gpus), input_name=inp.name,
+                         output_name=out.name, profile=profile.as_dict(), source_onnx_sha256=sha256_file(onnx_path))
+    side.save(engine_path)
+    return side
+
+
+def _set_targets(trt: ModuleType, kit: Toolkit, config: Any, gpus: Sequence[str]) -> None:
+    if kit.flavour == "tensorrt_rtx":
+        caps = []
+        for g in gpus:
+            cap = getattr(trt.ComputeCapability, g.upper(), None)
+            if cap is None:
+                known = [c.lower() for c in dir(trt.ComputeCapability) if re.fullmatch(r"SM\d+", c)]
+                raise UsageError(f"--gpu {g}: {kit.flavour} {kit.version} cannot target it; choose from "
+                                 f"{', '.join(known)}")
+            caps.append(cap)
+        config.num_compute_capabilities = len(caps)
+        for i, cap in enumerate(caps):
+            config.set_compute_capability(cap, i)
+        return
+    present = detect_gpu()
+    if present is None:
+        raise UsageError(f"--engine with {kit.flavour}: it builds for the GPU present, and none was found; build on "
+                         "the target machine (TensorRT-RTX can build for named GPUs without one)")
+    if list(gpus) != [present]:
+        raise UsageError(f"--gpu {','.join(gpus)}: {kit.flavour} builds only for the GPU present ({present})")

@@ -1,0 +1,81 @@
+"""Step 1: a Keras model -> an FP32 ONNX graph, via a ``tf.function`` with an explicit signature.
+
+``tf2onnx.convert.from_keras`` fails on Keras 3 (KeyError on output names), so the
+model is wrapped in a ``tf.function`` whose input signature fixes the dtype and
+the image shape and leaves the batch dimension dynamic. With ``input_dtype``
+"uint8" the graph takes uint8 NHWC pixels and casts them inside; the model does
+its own scaling (card.preprocess.in_graph).
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from ..card import ModelCard
+from ..errors import ExportError
+
+DEFAULT_OPSET = 17  # ONNX Runtime >= 1.14 and TensorRT 8.6+/10.x/RTX all read it; Q/DQ per-channel needs >= 13
+INPUT_NAME = "images"
+
+
+def check_image_model(model: Any, card: ModelCard) -> None:
+    """Refuse a model whose input is not one NHWC image batch of the card's size."""
+    inputs = list(getattr(model, "inputs", None) or [])
+    if len(inputs) != 1:
+        raise ExportError(f"model has {len(inputs)} inputs; cnn-export takes image classifiers with one image input")
+    shape = tuple(inputs[0].shape)
+    want = (card.input.height, card.input.width, card.input.channels)
+    if len(shape) != 4 or tuple(shape[1:]) != want:
+        raise ExportError(f"model input shape {shape} is not an image batch of (batch, {want[0]}, {want[1]}, "
+                          f"{want[2]}) as its card says; cnn-export takes NHWC image classifiers")
+    outputs = list(getattr(model, "outputs", None) or [])
+    if len(outputs) != 1 or len(outputs[0].shape) != 2 or outputs[0].shape[1] != card.num_classes:
+        found = [tuple(o.shape) for o in outputs]
+        raise ExportError(f"model outputs {found} do not match the card's {card.num_classes} classes "
+                          f"(expected one (batch, {card.num_classes}) output)")
+    if card.input.layout != "NHWC":
+        raise ExportError(f"card input layout {card.input.layout}: Keras models here are NHWC")
+    if not card.preprocess.in_graph:
+        raise ExportError("card says preprocess.in_graph is false; cnn-export expects the Keras model to scale its "
+                          "own input (models from cnn-train do)")
+
+
+def keras_to_onnx(model: Any, card: ModelCard, input_dtype: str = "uint8", opset: int = DEFAULT_OPSET,
+                  output_name: str | None = None) -> Any:
+    """Convert; return an ``onnx.ModelProto`` with input ``images`` and one output named after card.output."""
+    from .._lazy import require
+
+    tf = require("tensorflow", "exporting Keras models")
+    tf2onnx = require("tf2onnx", "exporting to ONNX")
+    check_image_model(model, card)
+    out_name = output_name or card.output
+    dtype = {"uint8": tf.uint8, "float32": tf.float32}.get(input_dtype)
+    if dtype is None:
+        raise ExportError(f"input dtype {input_dtype!r}; expected uint8 or float32")
+    spec = tf.TensorSpec([None, card.input.height, card.input.width, card.input.channels], dtype, name=INPUT_NAME)
+
+    @tf.function(input_signature=[spec])
+    def serve(x):
+        return {out_name: model(tf.cast(x, tf.float32), training=False)}
+
+    try:
+        proto, _ = tf2onnx.convert.from_function(serve, input_signature=serve.input_signature, opset=opset)
+    except Exception as exc:
+        raise ExportError(f"tf2onnx cannot convert the model: {_conversion_reason(exc)}") from None
+    if len(proto.graph.output) != 1:
+        raise ExportError(f"converted graph has {len(proto.graph.output)} outputs; expected 1")
+    proto.graph.output[0].name  # noqa: B018 - tf2onnx names it after the dict key
+    proto.producer_name = "cnnedge"
+    return proto
+
+
+def _conversion_reason(exc: Exception) -> str:
+    text = str(exc)
+    ops = re.findall(r"(?:op|Op)\s*\[?'?([A-Za-z0-9_]+)'?\]?\s*(?:is not supported|not supported)", text)
+    counter = re.findall(r"Unsupported ops: Counter\(\{([^}]*)\}", text)
+    if counter:
+        return f"unsupported TensorFlow op(s) {counter[0]}"
+    if ops:
+        return f"unsupported TensorFlow op {', '.join(sorted(set(ops)))}"
+    first = text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__
+    return first

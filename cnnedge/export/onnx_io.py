@@ -1,0 +1,86 @@
+"""ONNX files: the card in ``metadata_props``, atomic saves, node counts, sessions."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ..card import ONNX_KEY, ModelCard
+from ..errors import CardError, ModelLoadError
+
+
+def embed_card(model: Any, card: ModelCard) -> Any:
+    """Put ``card`` in the model's ``metadata_props`` under :data:`cnnedge.card.ONNX_KEY` (replacing any)."""
+    props = [p for p in model.metadata_props if p.key != ONNX_KEY]
+    del model.metadata_props[:]
+    for p in props:
+        model.metadata_props.add(key=p.key, value=p.value)
+    model.metadata_props.add(key=ONNX_KEY, value=card.to_json())
+    return model
+
+
+def card_from_model(model: Any) -> ModelCard:
+    for p in model.metadata_props:
+        if p.key == ONNX_KEY:
+            return ModelCard.from_json(p.value)
+    raise CardError(f"ONNX model has no '{ONNX_KEY}' metadata; it was not written by cnn-export")
+
+
+def read_card(path: str | os.PathLike) -> ModelCard:
+    """The card embedded in an ONNX file (reads the graph header only, no weights needed)."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError and friends
+        raise ModelLoadError(f"{path}: not a readable ONNX file ({type(exc).__name__})") from None
+    return card_from_model(model)
+
+
+def save(model: Any, path: str | os.PathLike) -> Path:
+    """Write an ONNX model atomically (single file; these models are far below 2 GB)."""
+    import onnx
+
+    from ..atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        onnx.save_model(model, str(tmp))
+    return Path(path)
+
+
+def node_count(model: Any) -> int:
+    return len(model.graph.node)
+
+
+def io_names(model: Any) -> tuple[str, str]:
+    init = {i.name for i in model.graph.initializer}
+    inputs = [i.name for i in model.graph.input if i.name not in init]
+    if len(inputs) != 1 or len(model.graph.output) != 1:
+        raise ModelLoadError(f"expected one input and one output, found {len(inputs)} and {len(model.graph.output)}")
+    return inputs[0], model.graph.output[0].name
+
+
+def session(path_or_bytes: Any, threads: int = 1) -> Any:
+    """An ONNX Runtime CPU session (one intra-op thread: steadier latency on small models)."""
+    from .._lazy import require
+
+    ort = require("onnxruntime", "running ONNX models")
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    src = str(path_or_bytes) if isinstance(path_or_bytes, (str, os.PathLike)) else path_or_bytes
+    try:
+        return ort.InferenceSession(src, sess_options=so, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"ONNX Runtime cannot load {path_or_bytes if isinstance(src, str) else 'the model'}: "
+                             f"{first}") from None
+
+
+def run(sess: Any, x: Any, batch: int = 64) -> Any:
+    import numpy as np
+
+    name = sess.get_inputs()[0].name
+    outs = [sess.run(None, {name: x[i:i + batch]})[0] for i in range(0, len(x), batch)]
+    return np.concatenate(outs).astype(np.float32)
