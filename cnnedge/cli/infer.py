@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import warnings
 from fractions import Fraction
@@ -141,6 +142,8 @@ class _StderrHandler(logging.Handler):
 
 def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     out, err = stdout or sys.stdout, stderr or sys.stderr
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # stream errors are reported by cnn-infer itself
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
     args = build_parser().parse_args(argv)
 
     sources: list[Any] = list(args.source) + list(args.camera) + list(args.gst)

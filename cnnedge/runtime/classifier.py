@@ -55,6 +55,7 @@ class Result:
     latency_ms: float | None = None
     error: str | None = None
     image: np.ndarray | None = field(default=None, repr=False)  # the original, when a sink needs it
+    batch: int | None = None  # which inference call produced it (several sources share batches)
 
     @property
     def ok(self) -> bool:

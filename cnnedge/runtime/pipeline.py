@@ -234,7 +234,8 @@ def _run(clf: "Classifier", sources: list[Source], batch: int, max_wait_ms: floa
                 lat = (now - f.t0) * 1000.0
                 stats.done += 1
                 stats.latencies_ms.append(lat)
-                out.append(Result(f.source, f.timestamp, f.frame, f.path, next(gi), lat, image=it.image))
+                out.append(Result(f.source, f.timestamp, f.frame, f.path, next(gi), lat, image=it.image,
+                                  batch=stats.batches))
         return out
 
     try:

@@ -1,0 +1,239 @@
+"""Backends: choice, checks, third-party ONNX, batch planning, external data, TensorRT guards."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cnnedge.card import sha256_file
+from cnnedge.errors import BackendUnavailable, ModelLoadError, UsageError
+from cnnedge.runtime.backends import load_backend, plan_batches
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_runtime_models import helper_model, models  # noqa: E402
+
+ort = pytest.importorskip("onnxruntime")
+
+
+def test_import_runtime_loads_no_heavy_package():
+    code = ("import sys, cnnedge, cnnedge.runtime, cnnedge.runtime.backends, cnnedge.runtime.classifier, "
+            "cnnedge.runtime.pipeline, cnnedge.runtime.sinks, cnnedge.runtime.sources, cnnedge.cli.infer\n"
+            "from cnnedge import Classifier\n"
+            "heavy = [m for m in ('tensorflow', 'keras', 'tf2onnx', 'tensorrt', 'tensorrt_rtx', 'onnx', 'torch') "
+            "if m in sys.modules]\nprint(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_plan_batches():
+    assert plan_batches(5) == [(0, 5, 5)]
+    assert plan_batches(5, fixed=1) == [(i, i + 1, 1) for i in range(5)]
+    assert plan_batches(5, fixed=4) == [(0, 4, 4), (4, 5, 4)]  # last chunk padded to the fixed size
+    assert plan_batches(10, max_batch=4) == [(0, 4, 4), (4, 8, 4), (8, 10, 2)]
+    assert plan_batches(3, max_batch=4) == [(0, 3, 3)]
+    with pytest.raises(ValueError):
+        plan_batches(0)
+
+
+def test_fixed_batch_model_is_fed_its_batch_size(tmp_path):
+    path = helper_model(tmp_path / "fixed1.onnx")
+    x = np.random.default_rng(0).normal(size=(5, 1, 8, 8)).astype(np.float32)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    with pytest.raises(Exception):
+        sess.run(None, {"x": x})  # the bare session refuses a batch of 5
+    with load_backend(path) as be:
+        assert be.name == "ort-cpu" and be.fixed_batch == 1 and be.card is None
+        assert be.input_spec.shape == (1, 1, 8, 8) and be.input_spec.dtype == "float32"
+        out = be.infer(x)
+    ref = np.concatenate([sess.run(None, {"x": x[i:i + 1]})[0] for i in range(5)])
+    np.testing.assert_array_equal(out, ref)
+
+
+def test_infer_checks_dtype_and_shape():
+    with load_backend(models()["onnx"], "ort-cpu") as be:
+        assert be.input_spec.shape == (None, 32, 32, 3) and be.input_spec.dtype == "uint8"
+        assert be.card is not None and be.card.num_classes == 10
+        with pytest.raises(UsageError, match="takes uint8, got float32"):
+            be.infer(np.zeros((1, 32, 32, 3), np.float32))
+        with pytest.raises(UsageError, match="takes shape Nx32x32x3"):
+            be.infer(np.zeros((1, 3, 32, 32), np.uint8))
+        assert be.infer(np.zeros((3, 32, 32, 3), np.uint8)).shape == (3, 10)
+    with pytest.raises(UsageError, match="closed"):
+        be.infer(np.zeros((1, 32, 32, 3), np.uint8))
+
+
+def test_backend_choice_and_errors(tmp_path):
+    onnx_path = models()["onnx"]
+    with load_backend(onnx_path) as be:
+        assert be.name == "ort-cpu"  # the only provider on this machine
+    with pytest.raises(UsageError, match="did you mean 'ort-cpu'"):
+        load_backend(onnx_path, "ort-cpux")
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        with pytest.raises(BackendUnavailable, match="CUDAExecutionProvider"):
+            load_backend(onnx_path, "ort-cuda")
+    with pytest.raises(UsageError, match="cannot run a .onnx"):
+        load_backend(onnx_path, "trt")
+    with pytest.raises(UsageError, match="no option"):
+        load_backend(onnx_path, "ort-cpu", trust=True)
+    fake = tmp_path / "model.onnx"
+    fake.write_bytes(b"this is not a protobuf at all" * 10)
+    with pytest.raises(ModelLoadError, match="not a"):
+        load_backend(fake)
+    other = tmp_path / "weights.bin"
+    other.write_bytes(b"\0" * 10)
+    with pytest.raises(ModelLoadError, match="not a model file"):
+        load_backend(other)
+    with pytest.raises(UsageError, match="no such file"):
+        load_backend(tmp_path / "absent.onnx")
+
+
+def test_external_data_outside_model_folder_is_refused(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((64, 4), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["x"], ["f"], axis=1), helper.make_node("MatMul", ["f", "w"], ["y"])],
+        "ext", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 1, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])], [w])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    inside = tmp_path / "ok"
+    inside.mkdir()
+    onnx.save(m, str(inside / "m.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="m.data", size_threshold=0)
+    with load_backend(inside / "m.onnx") as be:  # external data beside the model: fine
+        assert be.infer(np.ones((2, 1, 8, 8), np.float32))[0, 0] == 64.0
+
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    (tmp_path / "secret.data").write_bytes((inside / "m.data").read_bytes())
+    m2 = onnx.load(str(inside / "m.onnx"), load_external_data=False)
+    for t in m2.graph.initializer:
+        for e in t.external_data:
+            if e.key == "location":
+                e.value = "../secret.data"
+    onnx.save(m2, str(evil / "m.onnx"))
+    with pytest.raises(ModelLoadError, match="outside the model's folder"):
+        load_backend(evil / "m.onnx")
+    with pytest.raises(Exception):  # and ONNX Runtime refuses it by itself as well
+        ort.InferenceSession(str(evil / "m.onnx"), providers=["CPUExecutionProvider"])
+
+
+# --- TensorRT: everything around execution, which needs a GPU ---------------------------------------------
+def _engine_with_sidecar(tmp_path: Path, **changes):
+    from cnnedge.runtime.backends.trt import import_tensorrt
+    from cnnedge.runtime.classifier import Classifier
+    from cnnedge.sidecar import EngineSidecar
+
+    trt, flavour = import_tensorrt()
+    eng = tmp_path / "model.engine"
+    eng.write_bytes(b"not really a plan; never deserialized without passing the checks")
+    card = Classifier(models()["onnx"]).card
+    fields = dict(card=card, plan_sha256=sha256_file(eng), flavour=flavour, trt_version=trt.__version__,
+                  compute_capabilities=("sm89",), input_name="image", output_name="output",
+                  profile={"min": 1, "opt": 8, "max": 32})
+    fields.update(changes)
+    EngineSidecar(**fields).save(eng)
+    return eng
+
+
+def test_trt_engine_checks_before_deserializing(tmp_path):
+    pytest.importorskip("tensorrt_rtx" if not _has("tensorrt") else "tensorrt")
+    eng = _engine_with_sidecar(tmp_path)
+    # hash, flavour and version match: the next check is the GPU, which this machine lacks
+    with pytest.raises((BackendUnavailable, ModelLoadError)) as info:
+        load_backend(eng)
+    assert "GPU" in str(info.value) or "cuda-python" in str(info.value)
+    eng.write_bytes(eng.read_bytes() + b"tampered")
+    with pytest.raises(ModelLoadError, match="altered or replaced.*rebuild"):
+        load_backend(eng)
+    (tmp_path / "v").mkdir()
+    eng2 = _engine_with_sidecar(tmp_path / "v", trt_version="0.0.1")
+    with pytest.raises(ModelLoadError, match="0.0.1.*rebuild"):
+        load_backend(eng2)
+    (tmp_path / "f").mkdir()
+    other = "tensorrt" if _has("tensorrt_rtx") and not _has("tensorrt") else "tensorrt_rtx"
+    with pytest.raises(ModelLoadError, match=f"built with {other}.*rebuild"):
+        load_backend(_engine_with_sidecar(tmp_path / "f", flavour=other))
+    (tmp_path / "n").mkdir()
+    eng3 = tmp_path / "n" / "model.engine"
+    eng3.write_bytes(b"plan")
+    with pytest.raises(ModelLoadError, match="no sidecar"):
+        load_backend(eng3)
+    with pytest.raises(UsageError, match="cannot run a .engine"):
+        load_backend(eng, "ort-cpu")
+
+
+def _has(mod: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(mod) is not None
+
+
+def test_trt_profile_handling():
+    from cnnedge.runtime.backends.trt import check_profile_against_sidecar, profile_batch_range
+    from cnnedge.sidecar import EngineSidecar
+
+    assert profile_batch_range((1, 32, 32, 3), (8, 32, 32, 3), (32, 32, 32, 3), -1) == (1, 8, 32)
+    assert profile_batch_range((4, 32, 32, 3), (4, 32, 32, 3), (4, 32, 32, 3), 4) == (4, 4, 4)
+    with pytest.raises(ModelLoadError, match="invalid batch range"):
+        profile_batch_range((8,), (4,), (2,), -1)
+    card = load_backend(models()["onnx"]).card
+    side = EngineSidecar(card, "0" * 64, "tensorrt", "10.0", ("sm87",), "image", "out",
+                         {"min": 1, "opt": 8, "max": 32})
+    check_profile_against_sidecar(side, (1, 8, 32))
+    with pytest.raises(ModelLoadError, match="does not match its sidecar"):
+        check_profile_against_sidecar(side, (1, 8, 16))
+    # a batch larger than the profile's maximum is split (what TrtBackend.infer does through plan_batches)
+    assert [c[2] for c in plan_batches(70, max_batch=32)] == [32, 32, 6]
+
+
+def _gpu_trt_reason() -> str | None:
+    if not _has("tensorrt"):
+        return "needs `tensorrt` (TensorRT-RTX cannot execute on this machine's GPUs, and there is no GPU here)"
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        return "needs cuda-python"
+    err, n = cudart.cudaGetDeviceCount()
+    return None if int(err) == 0 and n else "needs an NVIDIA GPU"
+
+
+@pytest.mark.tensorrt
+@pytest.mark.gpu
+@pytest.mark.skipif(_gpu_trt_reason() is not None, reason=str(_gpu_trt_reason()))
+def test_trt_engine_matches_onnx_runtime(tmp_path):  # pragma: no cover - runs where TensorRT and a GPU exist
+    import tensorrt as trt
+    from cuda.bindings import runtime as cudart
+
+    from cnnedge.runtime.classifier import Classifier
+    from cnnedge.sidecar import EngineSidecar
+
+    onnx_path = models()["onnx"]
+    logger = trt.Logger(trt.Logger.ERROR)
+    builder = trt.Builder(logger)
+    net = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    parser = trt.OnnxParser(net, logger)
+    assert parser.parse(onnx_path.read_bytes())
+    cfg = builder.create_builder_config()
+    prof = builder.create_optimization_profile()
+    name = net.get_input(0).name
+    prof.set_shape(name, (1, 32, 32, 3), (8, 32, 32, 3), (16, 32, 32, 3))
+    cfg.add_optimization_profile(prof)
+    plan = builder.build_serialized_network(net, cfg)
+    eng = tmp_path / "model.engine"
+    eng.write_bytes(bytes(plan))
+    major = cudart.cudaDeviceGetAttribute(cudart.cudaDeviceAttr.cudaDevAttrComputeCapabilityMajor, 0)[1]
+    minor = cudart.cudaDeviceGetAttribute(cudart.cudaDeviceAttr.cudaDevAttrComputeCapabilityMinor, 0)[1]
+    ref = Classifier(onnx_path)
+    EngineSidecar(ref.card, sha256_file(eng), "tensorrt", trt.__version__, (f"sm{major}{minor}",), name,
+                  net.get_output(0).name, {"min": 1, "opt": 8, "max": 16}).save(eng)
+    x = np.random.default_rng(0).integers(0, 256, (40, 32, 32, 3), np.uint8)  # 40 > 16: split
+    with Classifier(eng) as clf:
+        assert clf.backend_name == "trt"
+        np.testing.assert_allclose(clf.infer(x), ref.infer(x), atol=1e-3)
