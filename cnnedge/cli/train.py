@@ -1,0 +1,134 @@
+"""`cnn-train`: train a classic tutorial CNN on a dataset into a run folder with a model card."""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from typing import Sequence
+
+from ..errors import UsageError
+from ._run import entry
+
+EXAMPLES = """examples:
+  cnn-train --preset digits-cnn --data digits --out runs/digits
+  cnn-train --preset mnist-cnn --data mnist --out runs/mnist --epochs 10
+  cnn-train --preset food101-cnn --data ~/food-101/images --out runs/food --val-split 0.2 --flip --rotation 15
+  cnn-train --preset mobilenetv2-transfer --data photos/ --out runs/mnv2 --weights imagenet --img-size 160
+  cnn-train --resume runs/food --epochs 30
+  cnn-train --list
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see cnn-train --help)")
+
+
+def _size(text: str) -> tuple[int, int]:
+    m = re.fullmatch(r"\s*(\d+)\s*(?:[xX,]\s*(\d+))?\s*", text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"expected H or HxW (e.g. 32 or 224x224), found {text!r}")
+    h = int(m.group(1))
+    return h, int(m.group(2) or h)
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    parts = re.split(r"[xX,]", text.strip())
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW or HxWxC (e.g. 28x28), found {text!r}") from None
+    if len(shape) not in (2, 3) or min(shape) <= 0:
+        raise argparse.ArgumentTypeError(f"expected HxW or HxWxC (e.g. 28x28), found {text!r}")
+    return shape
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="cnn-train", description="Train an image-classification CNN (a classic tutorial network) "
+                "into a run folder: model.keras, card.json, history.csv, plots and metrics.json.",
+                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--list", action="store_true", help="name the presets, one line each, and exit")
+    p.add_argument("--preset", metavar="NAME", help="network to train, e.g. --preset digits-cnn (see --list)")
+    p.add_argument("--data", metavar="SOURCE", default="digits",
+                   help="digits (embedded, default), mnist, fashion_mnist, cifar10, cifar100, a folder with one "
+                        "sub-folder per class, or a Fashion-MNIST-layout .csv; e.g. --data ~/imagenette/train")
+    p.add_argument("--out", metavar="RUN_DIR", help="run folder to create, e.g. --out runs/digits")
+    p.add_argument("--epochs", type=int, metavar="N", help="maximum epochs (default: the preset's), e.g. --epochs 20")
+    p.add_argument("--batch-size", type=int, metavar="N", help="batch size (default: the preset's), e.g. --batch-size 64")
+    p.add_argument("--img-size", type=_size, metavar="H[xW]",
+                   help="model input size (default: the data's own size, else the preset's), e.g. --img-size 224x224")
+    p.add_argument("--channels", type=int, choices=(1, 3), default=3,
+                   help="3 colour channels (default) or 1 for a grayscale model, e.g. --channels 1")
+    p.add_argument("--val-split", type=float, metavar="F",
+                   help="fraction held out (stratified) for validation, e.g. --val-split 0.2 (default 0.2 for "
+                        "folders and CSV, 0.15 for digits, 0.1 for keras datasets)")
+    p.add_argument("--test-split", type=float, metavar="F",
+                   help="fraction held out as a separate test set, e.g. --test-split 0.1 (folders without "
+                        "test/ measure test accuracy on the validation split otherwise)")
+    p.add_argument("--csv-shape", type=_shape, metavar="HxW[xC]",
+                   help="image shape of a CSV's pixel columns when not square gray/colour, e.g. --csv-shape 28x28")
+    p.add_argument("--seed", type=int, default=0, help="seed for the split, shuffling and weights, e.g. --seed 1")
+    p.add_argument("--patience", type=int, default=5,
+                   help="stop after N epochs without a better val_loss (0: never), e.g. --patience 3")
+    p.add_argument("--learning-rate", type=float, metavar="LR", help="Adam learning rate (default 1e-3), e.g. 3e-4")
+    p.add_argument("--weights", metavar="W",
+                   help="transfer presets: imagenet (default, downloads once), none, or a path to a weights "
+                        "file, e.g. --weights none")
+    aug = p.add_argument_group("augmentation (training input pipeline only; never in the saved model)")
+    aug.add_argument("--flip", action="store_true", help="random horizontal flips, e.g. --flip")
+    aug.add_argument("--rotation", type=float, default=0.0, metavar="DEG", help="random rotation up to +-DEG, e.g. --rotation 15")
+    aug.add_argument("--zoom", type=float, default=0.0, metavar="F", help="random zoom up to +-F, e.g. --zoom 0.1")
+    aug.add_argument("--shift", type=float, default=0.0, metavar="F",
+                     help="random shift up to +-F of height and width, e.g. --shift 0.1")
+    aug.add_argument("--shear", type=float, default=0.0, metavar="F", help="random shear up to +-F, e.g. --shear 0.1")
+    p.add_argument("--mixed-precision", action="store_true",
+                   help="train in mixed float16 (needs a GPU), e.g. --mixed-precision")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run, e.g. --resume runs/food --epochs 30")
+    p.add_argument("--force", action="store_true", help="overwrite an existing run folder, e.g. --force")
+    p.add_argument("--quiet", action="store_true", help="one line per epoch instead of a progress bar")
+    p.add_argument("--traceback", action="store_true", help="show the full traceback of an error")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.list:
+        from ..trainer.presets import list_presets
+
+        print("\n".join(list_presets()))
+        return 0
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+    from ..trainer.loop import TrainConfig, resume, train
+    from ..trainer.pipeline import Augment
+
+    verbose = 2 if args.quiet else None
+    if args.resume:
+        if args.preset or args.out:
+            raise UsageError("--resume continues a run with its own settings; give only --resume RUN_DIR "
+                             "(and --epochs N)")
+        result = resume(args.resume, epochs=args.epochs, verbose=verbose)
+    else:
+        if not args.preset:
+            raise UsageError("--preset is required, e.g. --preset digits-cnn (cnn-train --list names them)")
+        if not args.out:
+            raise UsageError("--out is required, e.g. --out runs/digits")
+        cfg = TrainConfig(
+            preset=args.preset, data=args.data, out=args.out, epochs=args.epochs, batch_size=args.batch_size,
+            img_size=args.img_size, channels=args.channels, val_split=args.val_split, test_split=args.test_split,
+            seed=args.seed, patience=args.patience, weights=args.weights,
+            augment=Augment(flip=args.flip, rotation=args.rotation, zoom=args.zoom, shift=args.shift,
+                            shear=args.shear),
+            learning_rate=args.learning_rate, mixed_precision=args.mixed_precision, csv_shape=args.csv_shape,
+            force=args.force, verbose=verbose)
+        result = train(cfg)
+    print(f"cnn-train: {result.summary()}", flush=True)
+    sys.stdout.flush()
+    return 0
+
+
+console = entry("cnn-train", main)
+
+
+if __name__ == "__main__":
+    console()

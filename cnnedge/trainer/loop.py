@@ -1,0 +1,386 @@
+"""The training loop and its run directory.
+
+A run directory holds ``model.keras`` (the best checkpoint so far, written
+atomically), ``card.json`` beside it, ``train_config.json`` (what was asked, for
+``--resume``), ``history.csv``, ``loss.png``, ``accuracy.png``, ``confusion.png``
+and ``metrics.json``. Ctrl-C or a crash keeps the best model so far and a valid
+card; ``metrics.json`` appears only when a run completes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..atomic import atomic_path
+from ..card import CARD_FILENAME, InputSpec, ModelCard, Preprocess, Provenance, now_iso, sha256_file
+from ..errors import DataError, FileExistsRefused, UsageError
+from . import data as data_mod
+from .pipeline import Augment, make_dataset, prepare_pixels
+from .presets import create_model, get_preset
+from .report import metrics_from, plot_confusion, plot_history, read_history, write_history, write_json
+
+MODEL_FILE = "model.keras"
+CONFIG_FILE = "train_config.json"
+METRICS_FILE = "metrics.json"
+HISTORY_FILE = "history.csv"
+ARTIFACTS = (MODEL_FILE, CARD_FILENAME, CONFIG_FILE, METRICS_FILE, HISTORY_FILE, "loss.png", "accuracy.png",
+             "confusion.png")
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs; the CLI fills it from flags."""
+
+    preset: str
+    data: str = "digits"
+    out: str = "runs/train"
+    epochs: int | None = None          # None: the preset's default
+    batch_size: int | None = None      # None: the preset's default
+    img_size: tuple[int, int] | None = None  # None: the data's own size, else the preset's
+    channels: int = 3
+    val_split: float | None = None
+    test_split: float | None = None
+    seed: int = 0
+    patience: int = 5
+    weights: str | None = None         # transfer presets: imagenet | none | PATH
+    augment: Augment = field(default_factory=Augment)
+    learning_rate: float | None = None
+    mixed_precision: bool = False
+    csv_shape: tuple[int, ...] | None = None
+    force: bool = False
+    verbose: int | None = None         # Keras fit verbosity; None: a bar on a terminal, a line per epoch otherwise
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    test_accuracy: float
+    metrics: dict[str, Any]
+    card: ModelCard
+    epochs_run: int
+    skipped: list[tuple[str, str]]
+
+    def summary(self) -> str:
+        m = self.metrics
+        return (f"{self.card.name}: test accuracy {self.test_accuracy:.2%} ({m['test_correct']}/{m['test_images']} "
+                f"test images) -> {self.run_dir}")
+
+
+def is_complete(run_dir: str | os.PathLike) -> bool:
+    """True when ``run_dir`` holds a finished run (model, card and metrics)."""
+    d = Path(run_dir)
+    return all((d / f).is_file() for f in (MODEL_FILE, CARD_FILENAME, METRICS_FILE))
+
+
+def _parse_size(size: Any) -> tuple[int, int] | None:
+    if size is None:
+        return None
+    h, w = (int(v) for v in size)
+    return h, w
+
+
+# ---------------------------------------------------------------------------------------------
+def train(cfg: TrainConfig, callbacks: Sequence[Any] = (), log: Callable[[str], None] | None = None) -> TrainResult:
+    """Train ``cfg.preset`` on ``cfg.data`` into ``cfg.out``; returns the test metrics.
+
+    ``callbacks`` are extra Keras callbacks, run after the checkpointing one.
+    """
+    log = log or (lambda s: print(s, flush=True))
+    preset = get_preset(cfg.preset)
+    out = Path(cfg.out)
+    _check_out(out, cfg.force)
+    _check_numbers(cfg)
+    spec = data_mod.make_spec(cfg.data, seed=cfg.seed, val_split=cfg.val_split, test_split=cfg.test_split,
+                              size=cfg.img_size, csv_shape=cfg.csv_shape)
+    epochs = cfg.epochs or preset.epochs
+    batch = cfg.batch_size or preset.batch_size
+    weights = cfg.weights if cfg.weights is not None else ("imagenet" if preset.transfer else None)
+    settings = {"preset": preset.name, "epochs": epochs, "batch_size": batch, "channels": cfg.channels,
+                "img_size": list(cfg.img_size) if cfg.img_size else None, "seed": cfg.seed,
+                "patience": cfg.patience, "weights": weights, "augment": cfg.augment.to_dict(),
+                "learning_rate": cfg.learning_rate or preset.learning_rate,
+                "mixed_precision": cfg.mixed_precision, "data": cfg.data, "dataset_spec": spec}
+    if cfg.force and out.exists():
+        for name in ARTIFACTS:
+            (out / name).unlink(missing_ok=True)
+    return _run(settings, out, callbacks, log, resume=False, verbose=cfg.verbose)
+
+
+def resume(run_dir: str | os.PathLike, epochs: int | None = None, callbacks: Sequence[Any] = (),
+           log: Callable[[str], None] | None = None, verbose: int | None = None) -> TrainResult:
+    """Continue an interrupted run from its best checkpoint, up to ``epochs`` in all."""
+    log = log or (lambda s: print(s, flush=True))
+    d = Path(run_dir)
+    if not d.is_dir():
+        raise UsageError(f"--resume {d}: no such run folder")
+    if not (d / CONFIG_FILE).is_file() or not (d / MODEL_FILE).is_file():
+        raise UsageError(f"--resume {d}: not a cnn-train run with a checkpoint (needs {CONFIG_FILE} and "
+                         f"{MODEL_FILE}); start a new run instead")
+    try:
+        settings = json.loads((d / CONFIG_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--resume {d}: cannot read {CONFIG_FILE} ({exc})") from None
+    if epochs is not None:
+        _positive("--epochs", epochs)
+        settings["epochs"] = int(epochs)
+    return _run(settings, d, callbacks, log, resume=True, verbose=verbose)
+
+
+# ---------------------------------------------------------------------------------------------
+def _check_out(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a folder")
+    if out.is_dir() and not force:
+        ours = [n for n in ARTIFACTS if (out / n).exists()]
+        if ours:
+            raise FileExistsRefused(f"--out {out}: already holds a run ({', '.join(ours[:4])}); pass --force to "
+                                    f"overwrite it, --resume {out} to continue it, or choose another --out")
+
+
+def _positive(name: str, v: Any) -> None:
+    if v is not None and (not isinstance(v, int) or v <= 0):
+        raise UsageError(f"{name} must be a positive integer, found {v}")
+
+
+def _check_numbers(cfg: TrainConfig) -> None:
+    _positive("--epochs", cfg.epochs)
+    _positive("--batch-size", cfg.batch_size)
+    if cfg.patience < 0:
+        raise UsageError(f"--patience must be >= 0 (0: no early stopping), found {cfg.patience}")
+    if cfg.channels not in (1, 3):
+        raise UsageError(f"--channels must be 1 or 3, found {cfg.channels}")
+    if cfg.img_size is not None:
+        h, w = cfg.img_size
+        if not (4 <= h <= 4096 and 4 <= w <= 4096):
+            raise UsageError(f"--img-size {h}x{w} is impossible; give H[xW] between 4 and 4096 (e.g. 32 or 224x224)")
+    if cfg.learning_rate is not None and not 0 < cfg.learning_rate < 10:
+        raise UsageError(f"--learning-rate must be a small positive number, found {cfg.learning_rate}")
+
+
+def _native_size(spec: dict, train_images: Sequence[np.ndarray]) -> tuple[int, int] | None:
+    src = spec["source"]
+    if src == "digits":
+        return _parse_size(spec["size"])
+    if src == "csv":
+        return int(spec["shape"][0]), int(spec["shape"][1])
+    if src in data_mod.KERAS_DATASETS and train_images:
+        return tuple(train_images[0].shape[:2])  # type: ignore[return-value]
+    return None  # folders: images of any size; the preset's size
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for mod in ("cnnedge", "tensorflow", "keras", "numpy", "cv2"):
+        m = sys.modules.get(mod)
+        v = getattr(m, "__version__", None) if m else None
+        if v:
+            out["opencv" if mod == "cv2" else mod] = str(v)
+    return out
+
+
+def _require_gpu() -> None:
+    from .._lazy import require
+
+    tf = require("tensorflow", "training")
+    if not tf.config.list_physical_devices("GPU"):
+        raise UsageError("--mixed-precision needs a GPU, and TensorFlow sees none here; drop the flag to train "
+                         "in float32 on the CPU (install 'cnnedge[train-gpu]' on a GPU machine)")
+
+
+def _load_splits(spec: dict, log: Callable[[str], None]) -> dict[str, data_mod.Split]:
+    splits = {}
+    t0 = time.perf_counter()
+    for name in data_mod.SPLITS:
+        splits[name] = data_mod.load_split(spec, name)
+    skipped = [s for sp in splits.values() for s in sp.skipped]
+    if not len(splits["train"]):
+        raise DataError(f"{data_mod.describe(spec)}: no readable training images")
+    if not len(splits["val"]):
+        raise DataError(f"{data_mod.describe(spec)}: the validation split is empty; give --val-split (e.g. 0.2) "
+                        "or a val/ folder")
+    counts = ", ".join(f"{k} {len(v)}" for k, v in splits.items())
+    log(f"data: {data_mod.describe(spec)}: {len(splits['train'].classes)} classes; {counts} images "
+        f"({time.perf_counter() - t0:.1f}s)")
+    if skipped:
+        names = "; ".join(f"{p} ({why})" for p, why in skipped[:5])
+        more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+        log(f"data: skipped {len(skipped)} unreadable image(s): {names}{more}")
+    return splits
+
+
+def _run(settings: dict[str, Any], out: Path, callbacks: Sequence[Any], log: Callable[[str], None], *,
+         resume: bool, verbose: int | None) -> TrainResult:
+    from .._lazy import require
+
+    preset = get_preset(settings["preset"])
+    spec = settings["dataset_spec"]
+    if settings.get("mixed_precision"):
+        _require_gpu()
+    splits = _load_splits(spec, log)
+    classes = splits["train"].classes
+    channels = int(settings["channels"])
+    if resume:
+        card = ModelCard.load(out / CARD_FILENAME)
+        if card.classes != tuple(classes):
+            raise DataError(f"--resume {out}: the data's classes changed since the run started")
+    else:
+        size = (_parse_size(settings.get("img_size")) or _native_size(spec, splits["train"].images)
+                or tuple(preset.size))
+        color = "GRAY" if channels == 1 else preset.color
+        card = ModelCard(
+            name=preset.name,
+            classes=tuple(classes),
+            input=InputSpec(height=int(size[0]), width=int(size[1]), channels=channels, layout="NHWC",
+                            dtype="float32", color=color),
+            preprocess=Preprocess(resize="stretch", scale=preset.scale, mean=preset.mean, std=preset.std,
+                                  in_graph=True, name=preset.preprocess_name),
+            output="probabilities",
+            precision="mixed" if settings.get("mixed_precision") else "fp32",
+            provenance=Provenance(dataset=data_mod.describe(spec), dataset_spec=spec, created=now_iso()),
+        )
+    t0 = time.perf_counter()
+    pix = {k: prepare_pixels(v.images, card.input, card.preprocess) for k, v in splits.items()}
+    labels = {k: v.labels for k, v in splits.items()}
+    log(f"data: prepared {card.input.height}x{card.input.width}x{card.input.channels} {card.input.color} "
+        f"pixels ({time.perf_counter() - t0:.1f}s)")
+
+    keras = require("keras", "training")
+    keras.utils.set_random_seed(int(settings["seed"]))
+    policy = keras.mixed_precision.global_policy().name
+    if settings.get("mixed_precision"):
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        history = read_history(out / HISTORY_FILE) if resume else []
+        if resume:
+            model = keras.saving.load_model(out / MODEL_FILE, compile=True, safe_mode=True)
+        else:
+            model = create_model(preset.name, card.input.shape, len(classes), settings.get("weights"))
+            from ..atomic import write_text
+
+            write_text(out / CONFIG_FILE, json.dumps(settings, indent=2, sort_keys=True) + "\n")
+        if not resume or getattr(model, "optimizer", None) is None or not model.compiled:
+            model.compile(optimizer=keras.optimizers.Adam(float(settings["learning_rate"])),
+                          loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        epochs = int(settings["epochs"])
+        done = len(history)
+        if resume:
+            log(f"resume: {out}: {done} epoch(s) done, training to {epochs}")
+        batch = int(settings["batch_size"])
+        seed = int(settings["seed"])
+        aug = Augment(**settings.get("augment", {}))
+        train_ds = make_dataset(pix["train"], labels["train"], batch, shuffle=True, seed=seed, augment=aug)
+        val_ds = make_dataset(pix["val"], labels["val"], batch)
+        ckpt = _BestCheckpoint(out, card, settings, int(settings["patience"]), history, log)
+        if done < epochs:
+            n_params = model.count_params()
+            log(f"train: {preset.name} ({n_params:,} parameters) for up to {epochs} epochs, batch {batch}, "
+                f"patience {settings['patience']} -> {out}")
+            if verbose is None:
+                verbose = 1 if sys.stdout.isatty() else 2
+            try:
+                model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=done,
+                          callbacks=[ckpt, *callbacks], verbose=verbose, shuffle=False)
+            except BaseException as exc:
+                _finish_history(out, ckpt.history, preset.name)
+                where = (f"best model so far (epoch {ckpt.best_epoch}, val_loss {ckpt.best:.4f}) kept in "
+                         f"{out / MODEL_FILE}" if ckpt.best_epoch else "no epoch finished, no model saved")
+                kind = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"stopped by {type(exc).__name__}"
+                log(f"train: {kind}: {where}; continue with cnn-train --resume {out}")
+                raise
+            if ckpt.best_weights is not None:
+                model.set_weights(ckpt.best_weights)
+            elif (out / MODEL_FILE).is_file():  # resumed and never improved: the best is on disk
+                model = keras.saving.load_model(out / MODEL_FILE, compile=False, safe_mode=True)
+        else:
+            log(f"train: {out}: all {epochs} epochs already done")
+        _finish_history(out, ckpt.history, preset.name)
+        if not (out / MODEL_FILE).is_file():
+            ckpt.save(model)
+
+        # test metrics on the best model
+        test_pix, test_y = pix["test"], labels["test"]
+        probs = model.predict(make_dataset(test_pix, test_y, batch), verbose=0) if len(test_y) else np.zeros((0, 1))
+        y_pred = np.argmax(probs, axis=1) if len(test_y) else np.zeros(0, np.int64)
+        metrics = metrics_from(test_y, y_pred, classes)
+        same_as_val = spec["source"] in ("folder", "csv") and splits["test"].labels.size == splits["val"].labels.size \
+            and not spec.get("test_split") and not spec.get("has_test_dir")
+        skipped = [s for sp in splits.values() for s in sp.skipped]
+        metrics.update({
+            "preset": preset.name, "classes": list(classes), "test_split": "val" if same_as_val else "test",
+            "train_images": int(len(labels["train"])), "val_images": int(len(labels["val"])),
+            "epochs_run": len(ckpt.history), "best_epoch": ckpt.best_epoch,
+            "skipped_images": len(skipped), "skipped": [{"path": p, "reason": r} for p, r in skipped],
+            "dataset_spec": spec,
+        })
+        plot_confusion(np.asarray(metrics["confusion_matrix"]), classes, out / "confusion.png",
+                       f"{preset.name}: test accuracy {metrics['test_accuracy']:.2%}")
+        write_json(out / METRICS_FILE, metrics)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    result = TrainResult(out, metrics["test_accuracy"], metrics, ModelCard.load(out / CARD_FILENAME),
+                         len(ckpt.history), skipped)
+    if skipped:
+        log(f"data: {len(skipped)} unreadable image(s) skipped (listed in {out / METRICS_FILE})")
+    return result
+
+
+def _finish_history(out: Path, rows: list[dict[str, Any]], title: str) -> None:
+    if rows:
+        write_history(out / HISTORY_FILE, rows)
+        plot_history(rows, out, title)
+
+
+def _BestCheckpoint(out: Path, card: ModelCard, settings: dict, patience: int, history: list, log: Callable
+                    ) -> Any:
+    """A Keras callback: save the best model (lowest val_loss) atomically with its card, write
+    history.csv every epoch, and stop after ``patience`` epochs without improvement."""
+    from .._lazy import require
+
+    keras = require("keras", "training")
+
+    class BestCheckpoint(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.history = list(history)
+            prev = [r for r in self.history if "val_loss" in r]
+            best_row = min(prev, key=lambda r: r["val_loss"]) if prev else None
+            self.best = best_row["val_loss"] if best_row else np.inf
+            self.best_epoch = int(best_row["epoch"]) if best_row else 0
+            self.best_weights = None
+            self.wait = len(self.history) - self.best_epoch if best_row else 0
+
+        def save(self, model: Any) -> None:
+            path = out / MODEL_FILE
+            with atomic_path(path) as tmp:
+                model.save(tmp)
+            sha = sha256_file(path)
+            c = card.replace(provenance={"source_sha256": sha, "versions": _versions()})
+            c.save(out / CARD_FILENAME)
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            logs = dict(logs or {})
+            row = {"epoch": epoch + 1, **{k: float(v) for k, v in logs.items() if np.isscalar(v)}}
+            self.history.append(row)
+            write_history(out / HISTORY_FILE, self.history)
+            val = float(logs.get("val_loss", np.inf))
+            if val < self.best:
+                self.best, self.best_epoch, self.wait = val, epoch + 1, 0
+                self.best_weights = self.model.get_weights()
+                self.save(self.model)
+            else:
+                self.wait += 1
+                if patience and self.wait >= patience:
+                    log(f"train: no val_loss improvement in {patience} epochs; stopping (best epoch "
+                        f"{self.best_epoch})")
+                    self.model.stop_training = True
+
+    return BestCheckpoint()
