@@ -1,0 +1,270 @@
+"""`cnn-infer` end to end: folders with damage, sinks parsed back, videos, live streams, errors."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import socket
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from cnnedge.cli._run import run_cli
+from cnnedge.cli.infer import main
+from cnnedge.runtime.classifier import Classifier
+from cnnedge.runtime.pipeline import PipelineStats, run_pipeline
+from cnnedge.runtime.sources import open_source
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_runtime_models import models, split, write_images  # noqa: E402
+
+pytest.importorskip("onnxruntime")
+
+
+def cli(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = run_cli("cnn-infer", lambda a: main(a, out, err), list(argv), stderr=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    d = tmp_path_factory.mktemp("photos")
+    paths, labels = write_images(d, 40)
+    _, _, xte, _ = split()
+    ok, jpg = cv2.imencode(".jpg", cv2.resize(xte[0], (256, 256)))
+    (d / "3").mkdir(exist_ok=True)
+    (d / "3" / "truncated.jpg").write_bytes(jpg.tobytes()[: len(jpg) // 2])
+    (d / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00garbage" * 20)
+    (d / "empty.jpg").write_bytes(b"")
+    (d / "notes.jpg").write_text("a text file with an image name")
+    (d / "README.txt").write_text("not an image and not named like one")
+    return d, paths, labels
+
+
+def test_folder_with_damaged_files_sinks_and_eval(folder, tmp_path):
+    d, paths, labels = folder
+    jl, cs = tmp_path / "out.jsonl", tmp_path / "out.csv"
+    code, out, err = cli(str(models()["onnx"]), "--source", str(d), "--json", str(jl), "--csv", str(cs),
+                         "--topk", "3", "--eval", "--batch", "8", "--save-dir", str(tmp_path / "ann"))
+    assert code == 0, err
+    rows = [json.loads(line) for line in jl.read_text().splitlines()]
+    good = [r for r in rows if "error" not in r]
+    bad = {Path(r["path"]).name: r["error"] for r in rows if "error" in r}
+    assert len(good) == 40 and set(bad) == {"truncated.jpg", "corrupt.png", "empty.jpg", "notes.jpg"}
+    assert "truncated" in bad["truncated.jpg"] and "empty" in bad["empty.jpg"]
+    for r in good:
+        assert {"source", "path", "timestamp", "index", "label", "score", "topk", "latency_ms"} <= set(r)
+        assert len(r["topk"]) == 3 and r["topk"][0] == [r["label"], r["score"]]
+    # each file exactly once, in sorted order
+    assert [r["path"] for r in rows] == sorted(r["path"] for r in rows)
+    assert sorted(r["path"] for r in good) == sorted(str(p) for p in paths)
+    # the same answers as the Python API
+    with Classifier(models()["onnx"]) as clf:
+        direct = {str(p): clf.predict(p).label for p in paths}
+    assert all(direct[r["path"]] == r["label"] for r in good)
+    with open(cs, newline="") as fh:
+        csv_rows = list(csv.DictReader(fh))
+    assert [r["path"] for r in csv_rows] == [r["path"] for r in rows]
+    assert all(c["label"] == j.get("label", "") for c, j in zip(csv_rows, rows))
+    # stdout: one line per good file; stderr: each damaged file with its reason, and the summary
+    assert len(out.splitlines()) >= 40 and all(str(p) in out for p in paths)
+    for name in bad:
+        assert f"{name}: " in err
+    assert "40 done; 4 failed" in err and "p50" in err and "p99" in err and "images/s" in err
+    acc = np.mean([direct[str(p)] == str(t) for p, t in zip(paths, labels)])
+    assert f"accuracy {acc:.4f}" in out and "confusion" in out and "per-class recall" in out
+    saved = sorted((tmp_path / "ann").glob("*.jpg"))
+    assert len(saved) == 40 and cv2.imread(str(saved[0])) is not None
+
+
+def test_nothing_processed_exits_non_zero(tmp_path):
+    (tmp_path / "bad.jpg").write_bytes(b"junk")
+    code, _, err = cli(str(models()["onnx"]), "--source", str(tmp_path))
+    assert code == 1 and "nothing could be processed" in err and "Traceback" not in err
+
+
+def test_one_line_errors(tmp_path):
+    onnx = str(models()["onnx"])
+    notmodel = tmp_path / "model.onnx"
+    notmodel.write_text("hello")
+    cases = [
+        ([str(notmodel), "--source", str(tmp_path)], "not a"),
+        ([onnx, "--camera", "57"], "camera 57: cannot open"),
+        ([onnx, "--source", f"http://127.0.0.1:{_free_port()}/stream.mjpg", "--open-timeout-ms", "2000"],
+         "cannot open"),
+        ([onnx, "--source", str(tmp_path / "absent")], "no such file or folder"),
+        ([onnx], "no source"),
+        ([onnx, "--source", str(tmp_path), "--show"], "GUI"),
+        ([onnx, "--gst", "videotestsrc ! appsink"], "GStreamer"),
+        ([onnx, "--source", str(tmp_path), "--scale", "1/255"], "carries a model card"),
+    ]
+    for argv, msg in cases:
+        code, _, err = cli(*argv)
+        lines = [ln for ln in err.splitlines() if ln.startswith("cnn-infer: error:")]
+        assert code != 0 and len(lines) == 1 and msg in lines[0], (argv, err)
+        assert "Traceback" not in err
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _write_video(path: Path, n: int, size=(64, 48)) -> None:
+    _, _, xte, _ = split()
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30, size)
+    assert w.isOpened()
+    for i in range(n):
+        w.write(cv2.resize(xte[i], size))
+    w.release()
+
+
+def test_video_file_every_frame_and_as_live_source(tmp_path):
+    vid = tmp_path / "clip.avi"
+    _write_video(vid, 60)
+    jl = tmp_path / "v.jsonl"
+    code, _, err = cli(str(models()["onnx"]), "--source", str(vid), "--json", str(jl), "--quiet",
+                       "--save-video", str(tmp_path / "ann.avi"))
+    assert code == 0, err
+    frames = [json.loads(line)["frame"] for line in jl.read_text().splitlines()]
+    assert frames == list(range(60))
+    cap = cv2.VideoCapture(str(tmp_path / "ann.avi"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 60
+    # as a live source: newest frame only, never a frame twice, never one that is not in the file
+    with Classifier(models()["onnx"]) as clf:
+        stats = PipelineStats()
+        res = list(run_pipeline(clf, str(vid), batch=1, live=True, stats=stats))
+        src = stats.sources[0]
+    got = [r.frame for r in res]
+    assert got == sorted(set(got)) and all(0 <= f < 60 for f in got)
+    assert src.live and len(got) + src.dropped == 60 == src.frames
+
+
+def test_two_sources_share_batches(tmp_path):
+    a, b = tmp_path / "a.avi", tmp_path / "b.avi"
+    _write_video(a, 40)
+    _write_video(b, 40, size=(80, 60))
+    with Classifier(models()["onnx"]) as clf:
+        stats = PipelineStats()
+        res = list(run_pipeline(clf, [str(a), str(b)], batch=8, max_wait_ms=50, stats=stats))
+    by_src = {s: [r.frame for r in res if r.source == s] for s in (str(a), str(b))}
+    assert all(v == list(range(40)) for v in by_src.values())
+    mixed = {r.batch for r in res if r.source == str(a)} & {r.batch for r in res if r.source == str(b)}
+    assert mixed, "no inference call carried frames from both sources"
+    assert stats.batches < 80
+
+
+# --- a live MJPEG-over-HTTP stream, stopped and restarted while cnn-infer reads it ------------------------
+BITS = 12
+
+
+def _frame(n: int) -> np.ndarray:
+    img = np.full((120, 160, 3), (40, 80, 120), np.uint8)
+    for b in range(BITS):
+        r, c = divmod(b, 4)
+        img[10 + r * 30:34 + r * 30, 10 + c * 36:40 + c * 36] = 255 if (n >> b) & 1 else 0
+    return img
+
+
+def _number(img: np.ndarray) -> int:
+    return sum(1 << b for b in range(BITS) if img[22 + divmod(b, 4)[0] * 30, 25 + divmod(b, 4)[1] * 36].mean() > 128)
+
+
+class MjpegServer:
+    """multipart/x-mixed-replace JPEG frames numbered by a counter that survives restarts."""
+
+    def __init__(self, fps: float = 40) -> None:
+        self.fps, self.counter, self.sent, self.port, self.stopping = fps, 0, set(), 0, False
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                self.send_response(200)
+                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+                self.end_headers()
+                try:
+                    while not server.stopping:
+                        with server.lock:
+                            n = server.counter
+                            server.counter += 1
+                        data = cv2.imencode(".jpg", _frame(n), [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+                        self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n"
+                                         % len(data) + data + b"\r\n")
+                        server.sent.add(n)
+                        time.sleep(1 / server.fps)
+                except OSError:
+                    pass
+        self.handler = Handler
+
+    def start(self) -> None:
+        self.stopping = False
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), self.handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.mark.slow
+def test_live_stream_reconnects_without_duplicated_or_invented_frames():
+    srv = MjpegServer()
+    srv.start()
+    url = f"http://127.0.0.1:{srv.port}/live.mjpg"
+
+    restarted_at: list[int] = []
+
+    def restart():
+        time.sleep(1.5)
+        srv.stop()
+        time.sleep(1.0)
+        restarted_at.append(srv.counter)
+        srv.start()
+    threading.Thread(target=restart, daemon=True).start()
+    try:
+        with Classifier(models()["onnx"]) as clf:
+            stats = PipelineStats()
+            results = list(run_pipeline(clf, url, batch=2, duration=4.5, keep_images=True, read_timeout_ms=1000,
+                                        open_timeout_ms=2000, stats=stats))
+        src = stats.sources[0]
+        numbers = [_number(r.image) for r in results]
+        assert len(numbers) > 20
+        assert all(b > a for a, b in zip(numbers, numbers[1:])), "a frame was duplicated or reordered"
+        assert set(numbers) <= srv.sent, "a frame was invented"
+        assert src.reconnects >= 1
+        assert [r.frame for r in results] == sorted(set(r.frame for r in results))
+        assert restarted_at and any(n >= restarted_at[0] for n in numbers)  # frames after the restart
+        assert any(n < restarted_at[0] for n in numbers)  # and before it
+        # and through the CLI: a bounded run on the same stream
+        code, out, err = cli(str(models()["onnx"]), "--source", url, "--max-frames", "10", "--batch", "2")
+        assert code == 0 and len(out.splitlines()) == 10 and "reconnects" in err, err
+    finally:
+        srv.stop()
+
+
+def test_open_source_table(tmp_path):
+    from cnnedge.runtime.sources import FileSource, csi_pipeline
+
+    paths, _ = write_images(tmp_path / "d", 5)
+    lst = tmp_path / "list.txt"
+    lst.write_text("\n".join(str(p.relative_to(tmp_path)) for p in paths[::-1]) + "\n# a comment\n")
+    src = open_source(lst)
+    assert isinstance(src, FileSource) and src.paths == [str(p) for p in paths[::-1]]
+    src = open_source(tmp_path / "d", glob="*.png")
+    assert src.total == 5
+    assert "sensor-id=1" in csi_pipeline(1) and csi_pipeline(1).endswith("appsink drop=true max-buffers=1 sync=false")
