@@ -32,10 +32,22 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
+        _set_mode(tmp_path, target)
         os.replace(tmp_path, target)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+
+
+def _set_mode(tmp: Path, target: Path) -> None:
+    """mkstemp makes 0600 files; give the new file the target's mode, or what the umask allows."""
+    try:
+        mode = target.stat().st_mode & 0o777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    os.chmod(tmp, mode)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -84,3 +84,35 @@ def run(sess: Any, x: Any, batch: int = 64) -> Any:
     name = sess.get_inputs()[0].name
     outs = [sess.run(None, {name: x[i:i + batch]})[0] for i in range(0, len(x), batch)]
     return np.concatenate(outs).astype(np.float32)
+
+
+def canonical_names(model: Any) -> Any:
+    """Rename nodes, intermediate tensors and initializers by position (graph inputs and outputs keep theirs).
+
+    tf2onnx and Keras name tensors with per-process counters (``BiasAdd__6`` in one run, ``BiasAdd__44`` in the
+    next), which would make identical models differ and cached calibration ranges (keyed by tensor name) miss.
+    """
+    keep = {i.name for i in model.graph.input} | {o.name for o in model.graph.output}
+    rename: dict[str, str] = {}
+    inits = {i.name for i in model.graph.initializer}
+    for i, node in enumerate(model.graph.node):
+        for name in node.input:
+            if name and name in inits and name not in rename:
+                rename[name] = f"w{len(rename)}"
+        node.name = f"{node.op_type}_{i}"
+        for j, name in enumerate(node.output):
+            if name and name not in keep:
+                rename[name] = f"{node.op_type}_{i}:{j}"
+    for init in model.graph.initializer:
+        init.name = rename.get(init.name, init.name)
+    for node in model.graph.node:
+        node.input[:] = [rename.get(n, n) for n in node.input]
+        node.output[:] = [rename.get(n, n) for n in node.output]
+    for vi in model.graph.value_info:
+        vi.name = rename.get(vi.name, vi.name)
+    params: dict[str, str] = {}
+    for vi in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
+        for k, dim in enumerate(vi.type.tensor_type.shape.dim):
+            if dim.dim_param:
+                dim.dim_param = params.setdefault(dim.dim_param, "batch" if k == 0 else f"dim{len(params)}")
+    return model

@@ -8,6 +8,7 @@ outputs are refused up front unless ``force``.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -221,6 +222,8 @@ def _run(report: ExportReport, timer: "_Steps", model: Any, card: ModelCard, bas
 
             proto, res = simplify(proto, x[:64])
             report.cleanup = asdict(res)
+    onnx_io.canonical_names(proto)
+    graph_sha = hashlib.sha256(proto.graph.SerializeToString()).hexdigest()
     onnx_io.embed_card(proto, base_card)
     paths["fp32"] = onnx_io.save(proto, staging / ONNX_NAMES["fp32"])
     if fp16:
@@ -236,7 +239,7 @@ def _run(report: ExportReport, timer: "_Steps", model: Any, card: ModelCard, bas
             from .int8 import cache_name, quantize
 
             spec = pixel_spec(card, base_card.input.dtype)
-            name = cache_name(sha256_file(paths["fp32"]), cset.fingerprint(spec, card), calib_method)
+            name = cache_name(graph_sha, cset.fingerprint(spec, card), calib_method)
             target = staging / ONNX_NAMES["int8"]
             res8 = quantize(paths["fp32"], target, cset, card, spec, calib_method, out / name, staging / name)
             calib_info = {**cset.describe(), "method": calib_method, "data_sha256": res8.data_sha256,
