@@ -223,6 +223,7 @@ class MjpegServer:
 
 @pytest.mark.slow
 def test_live_stream_reconnects_without_duplicated_or_invented_frames():
+    models()  # built before the stream's clock starts
     srv = MjpegServer()
     srv.start()
     url = f"http://127.0.0.1:{srv.port}/live.mjpg"
