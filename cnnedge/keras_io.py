@@ -15,9 +15,8 @@ from .card import ModelCard, card_path_for
 from .errors import CardError, ModelLoadError, UsageError
 
 
-def load_keras_model(path: str | os.PathLike, trust: bool = False,
-                     custom_objects: Mapping[str, Any] | None = None) -> Any:
-    """Load a Keras model safely, or raise a ModelLoadError that says why and what to do."""
+def check_model_file(path: str | os.PathLike, trust: bool = False) -> str:
+    """The cheap checks of :func:`load_keras_model`, without importing Keras; returns the suffix."""
     p = Path(path)
     if not p.exists():
         raise UsageError(f"{p}: no such file")
@@ -32,6 +31,14 @@ def load_keras_model(path: str | os.PathLike, trust: bool = False,
         raise ModelLoadError(f"{p}: not a Keras model (expected a .keras file)")
     elif not zipfile.is_zipfile(p):
         raise ModelLoadError(f"{p}: not a valid .keras archive (truncated or corrupt?)")
+    return suffix
+
+
+def load_keras_model(path: str | os.PathLike, trust: bool = False,
+                     custom_objects: Mapping[str, Any] | None = None) -> Any:
+    """Load a Keras model safely, or raise a ModelLoadError that says why and what to do."""
+    p = Path(path)
+    suffix = check_model_file(p, trust)
 
     from ._lazy import require
 

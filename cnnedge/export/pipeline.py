@@ -129,6 +129,9 @@ def export(model_path: str | os.PathLike, out_dir: str | os.PathLike | None = No
         gpus = parse_gpus(gpu, kit.flavour)
     elif gpu:
         raise UsageError("--gpu applies to --engine builds; add --engine or drop --gpu")
+    from ..keras_io import check_model_file
+
+    check_model_file(model_path, trust)
     out = Path(out_dir) if out_dir is not None else model_path.parent
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: exists and is not a folder")
@@ -144,6 +147,9 @@ def export(model_path: str | os.PathLike, out_dir: str | os.PathLike | None = No
     with timer("load Keras model"):
         model = load_keras_model(model_path, trust=trust)
     card = load_card_for(model_path) if model_path.suffix.lower() == ".keras" else _card_beside(model_path)
+    from .keras2onnx import check_image_model
+
+    check_image_model(model, card)
     from .data import load_images, pixel_spec
 
     with timer("read verification images"):

@@ -1,0 +1,211 @@
+"""cnn-export refuses bad input with one line, a non-zero exit code and no partial files.
+
+Models come from strangers: a Lambda layer, a legacy .h5, something that is not
+a Keras file, a truncated archive, a model that does not take images. Bad flags
+are refused before anything is loaded.
+"""
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SIZE = 16
+
+
+def _card(**kw):
+    from cnnedge.card import InputSpec, ModelCard, Preprocess, Provenance
+
+    base = dict(name="tiny", classes=tuple(str(i) for i in range(10)), input=InputSpec(SIZE, SIZE, 3),
+                preprocess=Preprocess(scale=1 / 255),
+                provenance=Provenance(dataset="digits", dataset_spec={"source": "digits", "size": [SIZE, SIZE],
+                                                                      "seed": 0, "val_split": 0.15,
+                                                                      "test_split": 0.15}))
+    base.update(kw)
+    return ModelCard(**base)
+
+
+def _save(model, folder: Path, card=None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save(folder / "model.keras")
+    (card or _card()).save(folder / "card.json")
+    return folder / "model.keras"
+
+
+@pytest.fixture(scope="module")
+def keras():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import keras
+
+    return keras
+
+
+@pytest.fixture(scope="module")
+def tiny(keras, tmp_path_factory) -> Path:
+    """An untrained image classifier with a card: enough for every check that happens before conversion."""
+    model = keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.Rescaling(1 / 255),
+                              keras.layers.Conv2D(4, 3, activation="relu"), keras.layers.Flatten(),
+                              keras.layers.Dense(10, activation="softmax")])
+    return _save(model, tmp_path_factory.mktemp("tiny") / "run")
+
+
+def cli(argv: list[str]) -> tuple[int, str]:
+    from cnnedge.cli._run import run_cli
+    from cnnedge.cli.export import main
+
+    err = io.StringIO()
+    code = run_cli("cnn-export", lambda a: main(a, stdout=io.StringIO(), stderr=io.StringIO()), argv, stderr=err)
+    return code, err.getvalue()
+
+
+def assert_one_line_error(code: int, err: str, *needles: str) -> None:
+    assert code != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cnn-export: error: "), err
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def listing(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+@pytest.mark.slow  # Keras
+def test_lambda_layer_is_refused_by_safe_mode(keras, tmp_path):
+    model = keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.Lambda(lambda x: x / 255.0),
+                              keras.layers.Flatten(), keras.layers.Dense(10, activation="softmax")])
+    path = _save(model, tmp_path / "run")
+    code, err = cli([str(path)])
+    assert_one_line_error(code, err, "safe mode", "Lambda")
+    assert code == 1
+    assert listing(tmp_path / "run") == ["card.json", "model.keras"]
+
+
+def test_legacy_h5_needs_trust(tmp_path):
+    (tmp_path / "model.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 64)
+    code, err = cli([str(tmp_path / "model.h5")])
+    assert_one_line_error(code, err, "--trust", "safe mode")
+    assert listing(tmp_path) == ["model.h5"]
+
+
+def test_not_a_keras_file(tmp_path):
+    (tmp_path / "model.onnx").write_bytes(b"not really")
+    code, err = cli([str(tmp_path / "model.onnx")])
+    assert_one_line_error(code, err, "not a Keras model")
+
+
+@pytest.mark.slow  # Keras
+def test_truncated_keras_archive(tiny, tmp_path):
+    data = tiny.read_bytes()
+    (tmp_path / "model.keras").write_bytes(data[: len(data) // 2])
+    shutil.copy(tiny.parent / "card.json", tmp_path / "card.json")
+    code, err = cli([str(tmp_path / "model.keras")])
+    assert_one_line_error(code, err, "truncated or corrupt")
+    assert listing(tmp_path) == ["card.json", "model.keras"]
+
+
+@pytest.mark.slow  # Keras
+def test_corrupt_keras_archive(tiny, tmp_path):
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "model.keras", "w") as z:
+        z.writestr("config.json", "{ this is not json")
+        z.writestr("model.weights.h5", b"junk")
+    shutil.copy(tiny.parent / "card.json", tmp_path / "card.json")
+    code, err = cli([str(tmp_path / "model.keras")])
+    assert_one_line_error(code, err, "model.keras")
+    assert listing(tmp_path) == ["card.json", "model.keras"]
+
+
+@pytest.mark.slow  # Keras
+def test_model_that_does_not_take_images(keras, tmp_path):
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(10, activation="softmax")])
+    path = _save(model, tmp_path / "run")
+    code, err = cli([str(path), "--verify", "digits"])
+    assert_one_line_error(code, err, "is not an image batch")
+    assert listing(tmp_path / "run") == ["card.json", "model.keras"]
+
+
+@pytest.mark.parametrize("batch", ["8,1,32", "1,32,8", "1,8", "0,1,2", "a,b,c"])
+def test_bad_batch_is_refused_before_loading(tmp_path, batch):
+    (tmp_path / "model.keras").write_bytes(b"never read")
+    tiny = tmp_path / "model.keras"
+    code, err = cli([str(tiny), "--engine", "--gpu", "sm89", "--batch", batch])
+    assert_one_line_error(code, err, "--batch")
+    assert code == 2
+    assert listing(tmp_path) == ["model.keras"]
+
+
+@pytest.mark.slow  # Keras
+def test_calibration_folder_without_readable_images(tiny, tmp_path):
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    (calib / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage IEND")
+    (calib / "b.jpg").write_bytes(b"")
+    (calib / "readme.txt").write_text("hello")
+    code, err = cli([str(tiny), "--int8", "--calib", str(calib), "--out", str(tmp_path / "out")])
+    assert_one_line_error(code, err, "--calib", "no readable images", "3 file(s) skipped")
+    assert code == 2
+    assert not (tmp_path / "out").exists() or listing(tmp_path / "out") == []
+
+
+@pytest.mark.slow  # Keras
+def test_int8_without_any_calibration_source(keras, tiny, tmp_path):
+    import cv2
+    import numpy as np
+
+    from cnnedge.card import Provenance
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(tiny, run / "model.keras")
+    _card(provenance=Provenance()).save(run / "card.json")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    cv2.imwrite(str(photos / "x.png"), np.zeros((20, 20, 3), np.uint8))
+    code, err = cli([str(run / "model.keras"), "--int8", "--verify", str(photos)])
+    assert_one_line_error(code, err, "--int8 needs calibration images", "--calib")
+    assert listing(run) == ["card.json", "model.keras"]
+
+
+@pytest.mark.slow  # Keras
+def test_bad_option_values(tiny):
+    code, err = cli([str(tiny), "--int8", "--calib-method", "entropi"])
+    assert_one_line_error(code, err, "did you mean 'entropy'")
+    code, err = cli([str(tiny), "--gpu", "sm89"])
+    assert_one_line_error(code, err, "--gpu applies to --engine")
+    code, err = cli([str(tiny), "--engine", "--gpu", "volta"])
+    assert_one_line_error(code, err, "--gpu 'volta'")
+    code, err = cli([str(tiny), "--calib", "digitz", "--int8"])
+    assert_one_line_error(code, err, "did you mean 'digits'")
+    assert listing(tiny.parent) == ["card.json", "model.keras"]
+
+
+@pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="a GPU is present: the default target exists")
+@pytest.mark.slow  # Keras
+def test_engine_without_gpu_names_the_flag(tiny):
+    code, err = cli([str(tiny), "--engine"])
+    assert_one_line_error(code, err, "no GPU found", "--gpu sm89")
+
+
+@pytest.mark.slow  # Keras
+def test_sm75_fp32_refusal_is_reported_and_leaves_nothing(tiny, tmp_path):
+    """TensorRT-RTX refuses FP32 GEMMs for sm75: the builder's own message reaches the user, no files stay."""
+    out = tmp_path / "out"
+    code, err = cli([str(tiny), "--engine", "--gpu", "sm75", "--out", str(out), "--verify", "digits",
+                     "--verify-size", "20"])
+    assert_one_line_error(code, err, "could not build model.engine for sm75")
+    assert listing(out) == []
+
+
+def test_importing_the_exporter_loads_no_heavy_library():
+    code = ("import sys, cnnedge.export, cnnedge.cli.export; "
+            "heavy = [m for m in ('tensorflow', 'keras', 'tf2onnx', 'onnx', 'onnxruntime', 'tensorrt_rtx') "
+            "if m in sys.modules]; print(heavy); sys.exit(1 if heavy else 0)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
