@@ -195,12 +195,17 @@ def _require_gpu() -> None:
                          "in float32 on the CPU (install 'cnnedge[train-gpu]' on a GPU machine)")
 
 
+def _skipped(splits: dict[str, data_mod.Split]) -> list[tuple[str, str]]:
+    # the test split may be the validation split: name each skipped file once
+    return list(dict.fromkeys(s for sp in splits.values() for s in sp.skipped))
+
+
 def _load_splits(spec: dict, log: Callable[[str], None]) -> dict[str, data_mod.Split]:
     splits = {}
     t0 = time.perf_counter()
     for name in data_mod.SPLITS:
         splits[name] = data_mod.load_split(spec, name)
-    skipped = [s for sp in splits.values() for s in sp.skipped]
+    skipped = _skipped(splits)
     if not len(splits["train"]):
         raise DataError(f"{data_mod.describe(spec)}: no readable training images")
     if not len(splits["val"]):
@@ -313,7 +318,7 @@ def _run(settings: dict[str, Any], out: Path, callbacks: Sequence[Any], log: Cal
         metrics = metrics_from(test_y, y_pred, classes)
         same_as_val = spec["source"] in ("folder", "csv") and splits["test"].labels.size == splits["val"].labels.size \
             and not spec.get("test_split") and not spec.get("has_test_dir")
-        skipped = [s for sp in splits.values() for s in sp.skipped]
+        skipped = _skipped(splits)
         metrics.update({
             "preset": preset.name, "classes": list(classes), "test_split": "val" if same_as_val else "test",
             "train_images": int(len(labels["train"])), "val_images": int(len(labels["val"])),

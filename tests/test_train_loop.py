@@ -1,0 +1,209 @@
+"""The training loop end to end: the digits accuracy target, the run folder, interruption keeping
+the best checkpoint, --resume, and training on folders (with a corrupt file) and CSV files."""
+from __future__ import annotations
+
+import io
+import json
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cnnedge.card import ModelCard, sha256_file
+from cnnedge.cli._run import run_cli
+from cnnedge.cli.train import main
+from cnnedge.keras_io import load_keras_model
+from cnnedge.trainer.data import split_images
+from cnnedge.trainer.loop import ARTIFACTS, TrainConfig, resume, train
+from cnnedge.trainer.pipeline import Augment
+
+keras = pytest.importorskip("keras")
+
+
+def _cli(argv: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out):
+        code = run_cli("cnn-train", main, argv, stderr=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("digits") / "run"
+    code, stdout, stderr = _cli(["--preset", "digits-cnn", "--data", "digits", "--out", str(out), "--quiet"])
+    assert code == 0, stderr
+    return out, stdout
+
+
+@pytest.mark.slow
+def test_digits_cnn_reaches_97_percent_and_writes_the_run_folder(digits_run: tuple[Path, str]) -> None:
+    out, stdout = digits_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    print(f"digits-cnn test accuracy: {metrics['test_accuracy']:.4f} on {metrics['test_images']} images")
+    assert metrics["test_accuracy"] >= 0.97
+    assert metrics["test_images"] == 269 and len(metrics["per_class"]) == 10
+    assert all(0.0 <= v["precision"] <= 1.0 and 0.0 <= v["recall"] <= 1.0 for v in metrics["per_class"].values())
+    for name in ARTIFACTS:
+        assert (out / name).is_file(), name
+    import cv2
+
+    for png in ("loss.png", "accuracy.png", "confusion.png"):
+        assert cv2.imread(str(out / png)) is not None
+    last = stdout.strip().splitlines()[-1]
+    assert last.startswith("cnn-train: digits-cnn: test accuracy") and str(out) in last
+    card = ModelCard.load(out / "card.json")
+    assert card.classes == tuple(str(i) for i in range(10))
+    assert (card.input.height, card.input.width, card.input.channels) == (32, 32, 3)
+    assert (card.input.dtype, card.input.layout, card.input.color) == ("float32", "NHWC", "RGB")
+    assert card.preprocess.in_graph and card.preprocess.scale == pytest.approx(1 / 255)
+    assert card.output == "probabilities" and card.provenance.dataset_spec["source"] == "digits"
+    assert card.provenance.source_sha256 == sha256_file(out / "model.keras")
+    header = (out / "history.csv").read_text().splitlines()[0]
+    assert header.startswith("epoch,loss,accuracy,val_loss,val_accuracy")
+
+
+@pytest.mark.slow
+def test_recorded_split_and_runtime_preprocessing_reproduce_the_test_accuracy(digits_run: tuple[Path, str]) -> None:
+    from cnnedge.runtime.preprocess import preprocess_batch
+
+    out, _ = digits_run
+    card = ModelCard.load(out / "card.json")
+    model = load_keras_model(out / "model.keras")
+    images, labels, classes = split_images(card.provenance.dataset_spec, "test")
+    probs = model.predict(preprocess_batch(images, card.input, card.preprocess), verbose=0)
+    acc = float((probs.argmax(axis=1) == labels).mean())
+    assert acc == pytest.approx(json.loads((out / "metrics.json").read_text())["test_accuracy"], abs=1e-9)
+
+
+@pytest.mark.slow
+def test_existing_run_is_not_overwritten_and_demo_reuses_it(digits_run: tuple[Path, str]) -> None:
+    from cnnedge import demo
+
+    out, _ = digits_run
+    before = {n: (out / n).stat().st_mtime_ns for n in ARTIFACTS}
+    code, _, err = _cli(["--preset", "digits-cnn", "--out", str(out), "--epochs", "1"])
+    assert code == 2 and "--force" in err and err.count("\n") == 1 and "Traceback" not in err
+    assert before == {n: (out / n).stat().st_mtime_ns for n in ARTIFACTS}
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        assert demo.main([str(out)]) == 0
+    assert "reusing the completed run" in buf.getvalue() and "=== [1/" in buf.getvalue()
+    assert before == {n: (out / n).stat().st_mtime_ns for n in ARTIFACTS}
+
+
+class _InterruptAfter(keras.callbacks.Callback):
+    def __init__(self, epochs: int, exc: type[BaseException] = KeyboardInterrupt) -> None:
+        super().__init__()
+        self.epochs, self.exc = epochs, exc
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if epoch + 1 >= self.epochs:
+            raise self.exc("stopped by the test")
+
+
+@pytest.mark.slow
+def test_interrupt_keeps_the_best_checkpoint_and_resume_continues(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    cfg = TrainConfig(preset="digits-cnn", data="digits", out=str(out), epochs=4, img_size=(16, 16), patience=0,
+                      verbose=0)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, callbacks=[_InterruptAfter(2)], log=lambda s: None)
+    assert not (out / "metrics.json").exists()
+    history = (out / "history.csv").read_text().strip().splitlines()
+    assert len(history) == 3  # header + 2 epochs
+    card = ModelCard.load(out / "card.json")
+    assert card.provenance.source_sha256 == sha256_file(out / "model.keras")
+    rows = [dict(zip(history[0].split(","), map(float, line.split(",")))) for line in history[1:]]
+    best = min(r["val_loss"] for r in rows)
+    model = load_keras_model(out / "model.keras")
+    images, labels, _ = split_images(card.provenance.dataset_spec, "val")
+    from cnnedge.runtime.preprocess import preprocess_batch
+
+    probs = model.predict(preprocess_batch(images, card.input, card.preprocess), verbose=0)
+    loss = float(np.mean(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-7, 1.0))))
+    assert loss == pytest.approx(best, rel=1e-3, abs=1e-4)  # the saved model is the best epoch's
+
+    # a crash also keeps what was saved; then --resume finishes the run
+    result = resume(out, epochs=4, log=lambda s: None, verbose=0)
+    assert result.epochs_run == 4 and (out / "metrics.json").is_file()
+    assert len((out / "history.csv").read_text().strip().splitlines()) == 5
+    assert 0.0 <= result.test_accuracy <= 1.0
+
+
+@pytest.mark.slow
+def test_crash_mid_run_keeps_a_valid_card(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    cfg = TrainConfig(preset="mnist-dense", data="digits", out=str(out), epochs=3, img_size=(8, 8), verbose=0)
+    with pytest.raises(RuntimeError, match="stopped by the test"):
+        train(cfg, callbacks=[_InterruptAfter(1, RuntimeError)], log=lambda s: None)
+    assert ModelCard.load(out / "card.json").name == "mnist-dense"
+    load_keras_model(out / "model.keras")
+
+
+def _folder(root: Path) -> Path:
+    import cv2
+
+    rng = np.random.default_rng(0)
+    for ci, c in enumerate(("circle", "square")):
+        (root / c).mkdir(parents=True)
+        for i in range(24):
+            img = np.zeros((40, 48, 3), np.uint8)
+            cx, cy = rng.integers(14, 34), rng.integers(14, 26)
+            colour = tuple(int(v) for v in rng.integers(120, 255, 3))
+            if c == "circle":
+                cv2.circle(img, (int(cx), int(cy)), 10, colour, -1)
+            else:
+                cv2.rectangle(img, (int(cx) - 9, int(cy) - 9), (int(cx) + 9, int(cy) + 9), colour, -1)
+            assert cv2.imwrite(str(root / c / f"{i:02d}.jpg"), img)
+    (root / "circle" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    return root
+
+
+@pytest.mark.slow
+def test_folder_training_with_augmentation_reports_the_corrupt_file(tmp_path: Path) -> None:
+    data = _folder(tmp_path / "shapes")
+    out = tmp_path / "run"
+    code, stdout, err = _cli(["--preset", "mnist-cnn", "--data", str(data), "--out", str(out), "--img-size", "24",
+                              "--epochs", "3", "--val-split", "0.25", "--flip", "--rotation", "10", "--zoom", "0.1",
+                              "--shift", "0.1", "--shear", "0.1", "--quiet"])
+    assert code == 0, err
+    assert "skipped 1 unreadable image" in stdout and "broken.jpg" in stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["skipped_images"] == 1 and metrics["skipped"][0]["path"].endswith("broken.jpg")
+    assert metrics["test_images"] == metrics["val_images"] == 11 and metrics["test_split"] == "val"  # 12 - broken
+    card = ModelCard.load(out / "card.json")
+    assert card.classes == ("circle", "square") and (card.input.height, card.input.width) == (24, 24)
+    model = load_keras_model(out / "model.keras")
+    assert not any(type(layer).__name__.startswith("Random") for layer in model.layers)  # no augmentation inside
+
+
+@pytest.mark.slow
+def test_csv_training_end_to_end(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    lines = ["label," + ",".join(f"pixel{i}" for i in range(64))]
+    for i in range(60):
+        img = np.zeros((8, 8), np.uint8)
+        if i % 2:
+            img[:, 2:6] = 200  # vertical bar
+        else:
+            img[2:6, :] = 200  # horizontal bar
+        img = np.clip(img.astype(int) + rng.integers(0, 40, (8, 8)), 0, 255)
+        lines.append(f"{i % 2}," + ",".join(map(str, img.reshape(-1))))
+    (tmp_path / "bars.csv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "run"
+    code, stdout, err = _cli(["--preset", "mnist-dense", "--data", str(tmp_path / "bars.csv"), "--out", str(out),
+                              "--epochs", "8", "--channels", "1", "--quiet"])
+    assert code == 0, err
+    card = ModelCard.load(out / "card.json")
+    assert (card.input.height, card.input.width, card.input.channels, card.input.color) == (8, 8, 1, "GRAY")
+    assert json.loads((out / "metrics.json").read_text())["test_accuracy"] >= 0.9
+
+
+def test_augment_values_are_checked() -> None:
+    from cnnedge.errors import UsageError
+
+    with pytest.raises(UsageError, match="--zoom"):
+        Augment(zoom=1.5)
+    with pytest.raises(UsageError, match="--rotation"):
+        Augment(rotation=-3)
