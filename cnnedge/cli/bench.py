@@ -1,17 +1,166 @@
-"""`cnn-bench`: not yet available (see the project's issues)."""
+"""`cnn-bench`: latency and throughput per artifact, backend, precision and batch size.
+
+Examples::
+
+    cnn-bench runs/demo                                  # every artifact in the run folder, every backend
+    cnn-bench model.onnx model.int8.onnx --backends ort-cpu --batch 1,8,32 --iters 500 --json bench.json
+    cnn-bench runs/demo --end-to-end photos/ --plot bench.png --markdown bench.md
+"""
 from __future__ import annotations
 
 import argparse
-from typing import Sequence
+import os
+import sys
+from pathlib import Path
+from typing import Sequence, TextIO
 
-from ..errors import CnnEdgeError
+from ..errors import UsageError
 from ._run import entry
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cnn-bench", description="Not yet available in this version of cnnedge.")
-    parser.parse_args(argv)
-    raise CnnEdgeError("cnn-bench is not yet available in this version of cnnedge")
+PROG = "cnn-bench"
 
 
-console = entry("cnn-bench", main)
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _non_negative(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
+    return v
+
+
+def _seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {v}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Latency (p50/p90/p99/max, no outliers removed) and throughput of model files on every "
+                    "backend that can run them here, at several batch sizes. Combinations that cannot run "
+                    "(no GPU, TensorRT missing) are listed with the reason.",
+        epilog="examples:\n  cnn-bench runs/demo\n"
+               "  cnn-bench model.onnx model.int8.onnx --backends ort-cpu --batch 1,8,32 --iters 500 --json b.json\n"
+               "  cnn-bench runs/demo --end-to-end photos/ --plot bench.png --markdown bench.md")
+    p.add_argument("models", nargs="+", metavar="MODEL",
+                   help="model files (.keras, .onnx, .fp16.onnx, .int8.onnx, .engine) or run folders, whose "
+                        "every artifact is measured (e.g. runs/demo or runs/demo/model.int8.onnx)")
+    what = p.add_argument_group("what to measure")
+    what.add_argument("--backends", default="auto", metavar="LIST",
+                      help="auto (every backend that opens each file) or a comma list of ort-cpu, ort-cuda, "
+                           "ort-trt, trt, keras (default auto; e.g. --backends ort-cpu,keras). keras adds the "
+                           "tutorial baselines model.predict(x) and model(x)")
+    what.add_argument("--batch", default="1,8,32", metavar="LIST",
+                      help="batch sizes (default 1,8,32; e.g. --batch 1,8,32,128); above an engine's profile "
+                           "max, the max is used and said so")
+    what.add_argument("--end-to-end", metavar="DIR",
+                      help="also run the whole pipeline (read, decode, resize, batch, infer) on a folder of images, "
+                           "next to the decode+resize-only bound (e.g. --end-to-end photos/)")
+    what.add_argument("--e2e-batch", type=_positive, metavar="N",
+                      help="batch size of the end-to-end run (default: the largest --batch; e.g. --e2e-batch 8)")
+    what.add_argument("--workers", type=_positive, metavar="N",
+                      help="decode threads for --end-to-end (default: CPU cores, 2..8; e.g. --workers 2)")
+    how = p.add_argument_group("how")
+    how.add_argument("--iters", type=_positive, metavar="N",
+                     help="timed calls per combination, split over --repeats runs (e.g. --iters 300)")
+    how.add_argument("--duration", type=_seconds, metavar="S",
+                     help="seconds of timed calls per combination instead of --iters (default 2; e.g. --duration 5)")
+    how.add_argument("--warmup", type=_non_negative, default=10, metavar="N",
+                     help="untimed calls before timing (default 10; e.g. --warmup 50)")
+    how.add_argument("--repeats", type=_positive, default=3, metavar="N",
+                     help="timed runs per combination; a large spread between them is warned about "
+                          "(default 3; e.g. --repeats 5)")
+    how.add_argument("--threads", type=_positive, metavar="N",
+                     help="ONNX Runtime intra-op threads, and TensorFlow's for .keras (default: half the cores; "
+                          "e.g. --threads 1)")
+    how.add_argument("--seed", type=int, default=0, metavar="N",
+                     help="seed of the fixed random inputs (default 0; e.g. --seed 1)")
+    how.add_argument("--no-copy", dest="copy", action="store_false",
+                     help="GPU backends: time with input and output already on the device (default: host-to-"
+                          "device and device-to-host copies timed apart from the compute)")
+    how.add_argument("--trust", action="store_true",
+                     help="allow legacy .h5 Keras models (they ignore safe mode; e.g. --trust)")
+    out = p.add_argument_group("output (the table always goes to stdout)")
+    out.add_argument("--json", metavar="FILE", help="every figure plus machine facts (e.g. --json bench.json)")
+    out.add_argument("--markdown", metavar="FILE", help="the table as Markdown (e.g. --markdown bench.md)")
+    out.add_argument("--plot", metavar="FILE.png",
+                     help="latency and throughput vs batch size, one line per artifact/backend (e.g. --plot "
+                          "bench.png)")
+    out.add_argument("--force", action="store_true", help="overwrite existing --json/--markdown/--plot files")
+    out.add_argument("--quiet", "-q", action="store_true", help="no progress lines on stderr")
+    return p
+
+
+def check_output(flag: str, path: str | None, force: bool, suffix: str | None = None) -> None:
+    """Refuse an output path that cannot be written, before anything is measured."""
+    if path is None:
+        return
+    p = Path(path)
+    if suffix and p.suffix.lower() != suffix:
+        raise UsageError(f"{flag} {p}: expected a {suffix} file name (e.g. {flag} bench{suffix})")
+    if p.is_dir():
+        raise UsageError(f"{flag} {p}: is a folder; give a file name")
+    if p.exists() and not force:
+        raise UsageError(f"{flag} {p}: exists; pass --force to overwrite it")
+    parent = p.parent if str(p.parent) else Path(".")
+    probe = parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"{flag} {p}: cannot write there ({probe} is not a folder)")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {p}: cannot write there ({probe} is not writable)")
+
+
+def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+    out, err = stdout or sys.stdout, stderr or sys.stderr
+    args = build_parser().parse_args(argv)
+    from ..bench.core import BenchConfig, run_bench
+    from ..bench.plan import parse_backends, parse_batches
+
+    backends = parse_backends(args.backends)
+    batches = parse_batches(args.batch)
+    if args.iters is not None and args.duration is not None:
+        raise UsageError("give --iters or --duration, not both (e.g. --iters 300)")
+    check_output("--json", args.json, args.force)
+    check_output("--markdown", args.markdown, args.force)
+    check_output("--plot", args.plot, args.force, ".png")
+    cfg = BenchConfig(models=list(args.models), backends=backends, batches=batches, iters=args.iters,
+                      duration=args.duration, warmup=args.warmup, repeats=args.repeats, threads=args.threads,
+                      seed=args.seed, copy=args.copy, end_to_end=args.end_to_end, e2e_batch=args.e2e_batch,
+                      workers=args.workers, trust=args.trust)
+    log = None if args.quiet else (lambda m: print(f"{PROG}: {m}", file=err, flush=True))
+    report = run_bench(cfg, log)
+    print(report.table(), file=out)
+    for w in report.warnings:
+        print(f"{PROG}: warning: {w}", file=err)
+    if args.json:
+        report.write_json(args.json)
+    if args.markdown:
+        report.write_markdown(args.markdown)
+    if args.plot:
+        report.plot(args.plot)
+    written = [f for f in (args.json, args.markdown, args.plot) if f]
+    if written and log:
+        log(f"wrote {', '.join(written)}")
+    return 0
+
+
+console = entry(PROG, main)

@@ -1,0 +1,214 @@
+"""The benchmark: every (artifact, backend, batch) that can run here, timed the same way."""
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..errors import BackendUnavailable, MissingDependency, UsageError
+from . import machine, measure, plan
+from .report import BenchReport, Row, Skipped
+from .stats import MAX_SAMPLES_KEPT, latency, spread
+
+DEFAULT_DURATION_S = 2.0
+DEFAULT_WARMUP = 10
+DEFAULT_REPEATS = 3
+MAX_SPREAD = 0.25
+KERAS_METHODS = ("tf.function", "predict", "call")
+
+
+@dataclass
+class BenchConfig:
+    """What to measure and how; the CLI fills it from flags (see ``cnn-bench --help``)."""
+
+    models: list[str]
+    backends: list[str] = field(default_factory=lambda: ["auto"])
+    batches: list[int] = field(default_factory=lambda: [1, 8, 32])
+    iters: int | None = None                # timed calls per combination; None: use duration
+    duration: float | None = None           # seconds per combination; DEFAULT_DURATION_S when iters is None too
+    warmup: int = DEFAULT_WARMUP
+    repeats: int = DEFAULT_REPEATS
+    threads: int | None = None              # ONNX Runtime intra-op threads (and TensorFlow's, for .keras)
+    seed: int = 0
+    copy: bool = True                       # GPU: time host<->device copies (False: device-resident buffers)
+    end_to_end: str | None = None
+    e2e_batch: int | None = None
+    workers: int | None = None
+    trust: bool = False
+    max_spread: float = MAX_SPREAD
+    keep_samples: bool = True
+
+    def check(self) -> None:
+        if self.iters is not None and self.duration is not None:
+            raise UsageError("give --iters or --duration, not both")
+        if self.iters is not None and self.iters < 1:
+            raise UsageError(f"--iters must be at least 1, got {self.iters}")
+        if self.duration is not None and not self.duration > 0:
+            raise UsageError(f"--duration must be positive, got {self.duration}")
+        if self.warmup < 0:
+            raise UsageError(f"--warmup must be >= 0, got {self.warmup}")
+        if self.repeats < 1:
+            raise UsageError(f"--repeats must be at least 1, got {self.repeats}")
+        if self.threads is not None and self.threads < 1:
+            raise UsageError(f"--threads must be at least 1, got {self.threads}")
+        if self.iters is None and self.duration is None:
+            self.duration = DEFAULT_DURATION_S
+
+
+def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> BenchReport:
+    """Measure every combination of ``cfg`` that can run here; return the report (nothing is written)."""
+    say = log or (lambda _m: None)
+    cfg.check()
+    backends = plan.parse_backends(",".join(cfg.backends))
+    batches = plan.parse_batches(cfg.batches)
+    artifacts = plan.find_artifacts(cfg.models)
+    plan.preflight(artifacts, cfg.trust)
+    pairs = plan.expand(artifacts, backends)
+    files = None
+    if cfg.end_to_end is not None:
+        from .e2e import list_images
+
+        files = list_images(cfg.end_to_end)
+
+    from ..runtime.backends.ort import default_threads
+
+    threads = cfg.threads or default_threads()
+    report = BenchReport(started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), machine=machine.facts())
+    report.settings = {**{k: v for k, v in asdict(cfg).items() if k not in ("keep_samples",)},
+                       "backends": backends, "batches": batches, "threads": threads,
+                       "load_before": machine.load_average()}
+    t_all = time.perf_counter()
+    bounds: dict[Any, Any] = {}
+    for art, backend in pairs:
+        say(f"{art.name} on {backend} ...")
+        opts: dict[str, Any] = {}
+        if backend.startswith("ort-"):
+            opts["threads"] = threads
+        if backend == "keras":
+            _tensorflow_threads(cfg.threads, report)
+            if cfg.trust:
+                opts["trust"] = True
+        try:
+            from ..runtime.backends import load_backend
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                be = load_backend(art.path, backend, **opts)
+        except (BackendUnavailable, MissingDependency) as exc:
+            report.skipped.append(Skipped(art.name, backend, str(exc)))
+            continue
+        try:
+            precision = be.card.precision if be.card is not None else art.precision
+            _measure_artifact(cfg, report, art, backend, be, batches, precision)
+            if files is not None:
+                _end_to_end(cfg, report, art, backend, be, files, batches, threads, bounds, say)
+        finally:
+            be.close()
+    report.seconds = time.perf_counter() - t_all
+    report.settings["load_after"] = machine.load_average()
+    if not report.rows and not report.skipped:
+        raise UsageError("nothing to measure")
+    return report
+
+
+def _tensorflow_threads(threads: int | None, report: BenchReport) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from .._lazy import require
+
+    tf = require("tensorflow", "benchmarking .keras models")
+    if threads is not None:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+        except RuntimeError:
+            pass  # TensorFlow already started in this process; its own setting stays and is recorded below
+    report.settings["tensorflow_threads"] = {"intra_op": tf.config.threading.get_intra_op_parallelism_threads() or
+                                             "TensorFlow default (all cores)",
+                                             "inter_op": tf.config.threading.get_inter_op_parallelism_threads() or
+                                             "TensorFlow default"}
+
+
+def _fallback_dims(be: Any) -> tuple[int, ...] | None:
+    card = be.card
+    return None if card is None else tuple(card.input.shape)
+
+
+def _measure_artifact(cfg: BenchConfig, report: BenchReport, art: plan.Artifact, backend: str, be: Any,
+                      batches: list[int], precision: str) -> None:
+    methods = KERAS_METHODS if backend == "keras" else ("infer",)
+    done: dict[int, list[int]] = {}
+    for b in batches:
+        eff, note = plan.effective_batch(b, be.fixed_batch, getattr(be, "min_batch", 1) or 1, be.max_batch)
+        if note:
+            report.notes.append(f"{art.name} on {backend}: {note}")
+        done.setdefault(eff, []).append(b)
+    for eff, requested in sorted(done.items()):
+        x = measure.make_input(be.input_spec.shape, be.input_spec.dtype, eff, cfg.seed, _fallback_dims(be))
+        for method in methods:
+            call: measure.Call
+            if method == "predict":
+                call = measure.keras_predict_call(be.model, x)
+            elif method == "call":
+                call = measure.keras_direct_call(be.model, x)
+            elif backend in ("ort-cuda", "ort-trt"):
+                call = measure.ort_device_call(be, x, cfg.copy)
+            elif backend == "trt":
+                call = measure.trt_device_call(be, x, cfg.copy) or measure.plain_call(be, x)
+            else:
+                call = measure.plain_call(be, x)
+            t = measure.time_calls(call, warmup=cfg.warmup, iters=cfg.iters, duration=cfg.duration,
+                                   repeats=cfg.repeats)
+            report.rows.append(_row(cfg, report, art, backend, method, precision, eff, requested, t))
+
+
+def _row(cfg: BenchConfig, report: BenchReport, art: plan.Artifact, backend: str, method: str, precision: str,
+         batch: int, requested: list[int], t: measure.Timing) -> Row:
+    lat = latency(t.samples_ms)
+    run_p50 = [float(np.median(t.samples_ms[a:b])) for a, b in t.runs]
+    sp = spread(run_p50)
+    throughput = batch * t.calls / sum(t.wall_s)
+    stages = None
+    if t.stages_ms:
+        stages = {k: {"p50": round(float(np.median(v)), 6), "mean": round(float(np.mean(v)), 6)}
+                  for k, v in t.stages_ms.items()}
+    row = Row(art.name, str(art.path), backend, method, precision, batch, requested, lat, throughput, run_p50, sp,
+              stages, cfg.copy if stages else None,
+              t.samples_ms if cfg.keep_samples and t.calls <= MAX_SAMPLES_KEPT else None)
+    if sp is not None and sp > cfg.max_spread:
+        load = machine.load_average()
+        report.warnings.append(
+            f"{art.name} {row.label} batch {batch}: p50 varied {sp:.0%} between {len(run_p50)} runs "
+            f"({min(run_p50):.3g}-{max(run_p50):.3g} ms); the machine is noisy (load average "
+            f"{load[0] if load else '?'}): measure again with --duration, fewer --threads or when it is quieter")
+    return row
+
+
+def _end_to_end(cfg: BenchConfig, report: BenchReport, art: plan.Artifact, backend: str, be: Any,
+                files: list[str], batches: list[int], threads: int, bounds: dict, say: Callable[[str], None]) -> None:
+    """The pipeline through the Classifier, on the same artifact and backend (a second session)."""
+    from ..runtime.classifier import Classifier
+    from ..runtime.pipeline import default_workers
+    from .e2e import bound, run_end_to_end
+
+    want = cfg.e2e_batch or max(batches)
+    eff, note = plan.effective_batch(want, be.fixed_batch, getattr(be, "min_batch", 1) or 1, be.max_batch)
+    if note:
+        report.notes.append(f"{art.name} on {backend} end-to-end: {note}")
+    workers = cfg.workers or default_workers()
+    opts: dict[str, Any] = {"threads": threads} if backend.startswith("ort-") else {}
+    if backend == "keras" and cfg.trust:
+        opts["trust"] = True
+    say(f"{art.name} on {backend}: end-to-end on {len(files)} images, batch {eff}, {workers} workers ...")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clf = Classifier(art.path, backend, topk=1, **opts)
+    with clf:
+        key = (clf.card.input, clf.card.preprocess.resize, clf.reduce_decode, workers)
+        if key not in bounds:
+            bounds[key] = bound(clf, files, workers)
+        report.end_to_end.append(run_end_to_end(clf, art.name, files, str(cfg.end_to_end), eff, workers,
+                                                bounds[key]))
