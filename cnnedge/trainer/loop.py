@@ -103,6 +103,11 @@ def train(cfg: TrainConfig, callbacks: Sequence[Any] = (), log: Callable[[str], 
     epochs = cfg.epochs or preset.epochs
     batch = cfg.batch_size or preset.batch_size
     weights = cfg.weights if cfg.weights is not None else ("imagenet" if preset.transfer else None)
+    if weights not in (None, "none") and not preset.transfer:
+        raise UsageError(f"--weights applies to the transfer presets (vgg16-transfer, vgg19-transfer, "
+                         f"mobilenetv2-transfer), not to {preset.name}")
+    if weights not in (None, "none", "imagenet") and not Path(weights).expanduser().is_file():
+        raise UsageError(f"--weights {weights}: no such file; give imagenet, none or a path to a weights file")
     settings = {"preset": preset.name, "epochs": epochs, "batch_size": batch, "channels": cfg.channels,
                 "img_size": list(cfg.img_size) if cfg.img_size else None, "seed": cfg.seed,
                 "patience": cfg.patience, "weights": weights, "augment": cfg.augment.to_dict(),

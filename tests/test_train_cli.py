@@ -1,0 +1,103 @@
+"""cnn-train's command line: --list, and one-line errors with exit code 2 for user mistakes."""
+from __future__ import annotations
+
+import io
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import pytest
+
+from cnnedge.cli._run import run_cli
+from cnnedge.cli.train import build_parser, main
+from cnnedge.trainer.presets import PRESETS
+
+
+def _cli(argv: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out):
+        code = run_cli("cnn-train", main, argv, stderr=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def _usage_error(argv: list[str], *needles: str) -> str:
+    code, _, err = _cli(argv)
+    assert code == 2, err
+    assert err.startswith("cnn-train: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    for n in needles:
+        assert n in err, err
+    return err
+
+
+def test_list_names_every_preset() -> None:
+    code, out, _ = _cli(["--list"])
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert len(lines) == len(PRESETS)
+    assert {line.split()[0] for line in lines} == set(PRESETS)
+
+
+def test_every_option_has_help_with_an_example() -> None:
+    for action in build_parser()._actions:
+        if action.dest in ("help", "list", "quiet", "traceback"):
+            continue
+        assert action.help and "e.g." in action.help, action.dest
+
+
+def test_unknown_preset_suggests_the_closest(tmp_path: Path) -> None:
+    _usage_error(["--preset", "digit-cnn", "--out", str(tmp_path / "r")], "unknown preset 'digit-cnn'",
+                 "did you mean digits-cnn")
+    assert not (tmp_path / "r").exists()
+
+
+def test_missing_and_bad_data(tmp_path: Path) -> None:
+    out = str(tmp_path / "r")
+    _usage_error(["--preset", "mnist-cnn", "--data", str(tmp_path / "nope"), "--out", out], "no such file or folder")
+    _usage_error(["--preset", "mnist-cnn", "--data", "cifar-10", "--out", out], "did you mean 'cifar10'")
+    (tmp_path / "empty").mkdir()
+    _usage_error(["--preset", "mnist-cnn", "--data", str(tmp_path / "empty"), "--out", out], "empty folder")
+    (tmp_path / "one" / "cats").mkdir(parents=True)
+    (tmp_path / "one" / "cats" / "a.png").write_bytes(b"x")
+    _usage_error(["--preset", "mnist-cnn", "--data", str(tmp_path / "one"), "--out", out], "only one class")
+    (tmp_path / "odd.csv").write_text("label,p1,p2,p3\n0,1,2,3\n1,3,2,1\n")
+    _usage_error(["--preset", "mnist-cnn", "--data", str(tmp_path / "odd.csv"), "--out", out],
+                 "3 pixel columns do not form")
+    assert not (tmp_path / "r").exists()
+
+
+def test_impossible_numbers(tmp_path: Path) -> None:
+    base = ["--preset", "digits-cnn", "--out", str(tmp_path / "r")]
+    _usage_error(base + ["--img-size", "big"], "--img-size", "expected H or HxW")
+    _usage_error(base + ["--img-size", "2x2"], "impossible")
+    _usage_error(base + ["--epochs", "0"], "--epochs must be a positive integer")
+    _usage_error(base + ["--batch-size", "-4"], "--batch-size must be a positive integer")
+    _usage_error(base + ["--val-split", "1.2"], "--val-split must be a fraction")
+    _usage_error(base + ["--zoom", "3"], "--zoom")
+    _usage_error(base + ["--channels", "2"], "--channels")
+    _usage_error(["--out", str(tmp_path / "r")], "--preset is required")
+    _usage_error(["--preset", "digits-cnn"], "--out is required")
+    _usage_error(["--preset", "digits-cnn", "--out", "x", "--bogus"], "unrecognized arguments: --bogus")
+
+
+def test_weights_only_for_transfer_presets(tmp_path: Path) -> None:
+    _usage_error(["--preset", "mobilenetv2-transfer", "--out", str(tmp_path / "r"), "--weights",
+                  str(tmp_path / "w.h5"), "--epochs", "1"], "no such file")
+
+
+def test_existing_run_needs_force_and_resume_needs_a_run(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.keras").write_bytes(b"precious")
+    _usage_error(["--preset", "digits-cnn", "--out", str(run)], "--force", "--resume")
+    assert (run / "model.keras").read_bytes() == b"precious"
+    _usage_error(["--resume", str(tmp_path / "missing")], "no such run folder")
+    _usage_error(["--resume", str(run)], "not a cnn-train run")
+    _usage_error(["--resume", str(run), "--preset", "digits-cnn"], "give only --resume")
+
+
+@pytest.mark.slow
+def test_mixed_precision_without_a_gpu_is_a_clear_error(tmp_path: Path) -> None:
+    tf = pytest.importorskip("tensorflow")
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("a GPU is present: --mixed-precision is allowed here")
+    _usage_error(["--preset", "digits-cnn", "--out", str(tmp_path / "r"), "--mixed-precision"],
+                 "--mixed-precision needs a GPU")
