@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Sequence, TextIO
 
-from ..errors import UsageError
+from ..errors import ExitCode, UsageError
 from ._run import entry
 
 PROG = "cnn-bench"
@@ -160,7 +160,10 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
     written = [f for f in (args.json, args.markdown, args.plot) if f]
     if written and log:
         log(f"wrote {', '.join(written)}")
-    return 0
+    if not report.rows:
+        print(f"{PROG}: error: no combination could run here (reasons above)", file=err)
+        return int(ExitCode.FAILURE)
+    return int(ExitCode.OK)
 
 
 console = entry(PROG, main)
