@@ -7,6 +7,7 @@ Lambda bytecode) and no custom objects unless the caller names them. Legacy
 from __future__ import annotations
 
 import os
+import re
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -54,7 +55,10 @@ def load_keras_model(path: str | os.PathLike, trust: bool = False,
             raise ModelLoadError(f"{p}: refused by Keras safe mode (the model contains a Lambda layer or other "
                                  "serialized code); rebuild it without Lambda layers") from None
         if "Unknown" in text or "custom" in text.lower() or "Could not locate" in text:
-            first = text.strip().splitlines()[0][:300]
+            named = re.search(r"Could not locate (?:class|function) '([^']+)'|Unknown (?:layer|object)[^']*'([^']+)'",
+                              text)
+            first = (f"unknown {named.group(1) or named.group(2)!r}" if named
+                     else text.strip().splitlines()[0][:300])
             raise ModelLoadError(f"{p}: uses a custom layer or object Keras cannot load ({first}); "
                                  "cnnedge loads only built-in Keras layers") from None
         first = text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__

@@ -98,6 +98,12 @@ def test_every_artifact_meets_default_thresholds(exported):
     assert report.calibration["images"] == 300 and report.calibration["cache_hit"] is False
     assert (out / report.calibration["cache_file"]).is_file()
     assert not [p for p in out.iterdir() if p.name.startswith(".")], "staging files left behind"
+    for name in ("model.fp16.engine", "model.int8.engine"):
+        eng = report.artifact(name)
+        if shutil.which("nvidia-smi") is None:  # no GPU: engines are built, never pretended to be run
+            assert eng.passed is None and eng.top1_agreement is None and "not run here" in eng.note
+        else:
+            assert eng.passed is not False, eng.failures
 
 
 @pytest.mark.parametrize("name,min_agree,max_diff", [("model.onnx", 1.0, 1e-4), ("model.fp16.onnx", 0.995, 5e-3),

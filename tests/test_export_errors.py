@@ -123,6 +123,22 @@ def test_corrupt_keras_archive(tiny, tmp_path):
 
 
 @pytest.mark.slow  # Keras
+def test_custom_layer_keras_cannot_load(keras, tmp_path):
+    @keras.saving.register_keras_serializable(package="cnnedge_test")
+    class Doubler(keras.layers.Layer):
+        def call(self, x):
+            return x * 2.0
+
+    model = keras.Sequential([keras.Input((SIZE, SIZE, 3)), Doubler(), keras.layers.Flatten(),
+                              keras.layers.Dense(10, activation="softmax")])
+    path = _save(model, tmp_path / "run")
+    keras.saving.get_custom_objects().pop("cnnedge_test>Doubler")  # as on a machine without that code
+    code, err = cli([str(path)])
+    assert_one_line_error(code, err, "custom layer", "Doubler")
+    assert listing(tmp_path / "run") == ["card.json", "model.keras"]
+
+
+@pytest.mark.slow  # Keras
 def test_model_that_does_not_take_images(keras, tmp_path):
     model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(10, activation="softmax")])
     path = _save(model, tmp_path / "run")

@@ -124,3 +124,41 @@ def _size(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return str(n)
+
+
+def compare_engine(path: Path, precision: str, x: np.ndarray, ref: np.ndarray, labels: np.ndarray | None,
+                   thresholds: Thresholds) -> ArtifactResult:
+    """Run an engine through the runtime's TensorRT backend where this machine can (a GPU it was built for,
+    TensorRT of the same flavour and version, cuda-python); otherwise say why it was not run."""
+    from ..errors import BackendUnavailable, CnnEdgeError
+
+    res = ArtifactResult(str(path), "engine", precision, path.stat().st_size)
+    t0 = time.perf_counter()
+    try:
+        from ..runtime.backends.trt import TrtBackend
+
+        backend = TrtBackend(path)
+    except (BackendUnavailable, CnnEdgeError, ImportError) as exc:
+        res.note = f"not run here ({str(exc).strip().splitlines()[0][:200]})"
+        return res
+    try:
+        out = np.asarray(backend.infer(x), dtype=np.float32)
+        res.max_abs_diff = float(np.max(np.abs(out - ref)))
+        res.top1_agreement = float(np.mean(top1(out) == top1(ref)))
+        if labels is not None:
+            res.keras_accuracy = float(np.mean(top1(ref) == labels))
+            res.accuracy = float(np.mean(top1(out) == labels))
+            res.accuracy_drop = res.keras_accuracy - res.accuracy
+        times = []
+        for _ in range(50):
+            t = time.perf_counter()
+            backend.infer(x[:1])
+            times.append(time.perf_counter() - t)
+        res.latency_ms_b1 = float(np.median(times) * 1e3)
+        res.note = "GPU latency through the runtime's TensorRT backend"
+    finally:
+        backend.close()
+    res.failures = thresholds.check(precision, None, res.top1_agreement, res.accuracy_drop)
+    res.passed = not res.failures
+    res.seconds = round(time.perf_counter() - t0, 3)
+    return res

@@ -215,7 +215,7 @@ def _run(report: ExportReport, timer: "_Steps", model: Any, card: ModelCard, bas
          opset: int, thresholds: Thresholds, force: bool) -> None:
     from . import onnx_io
     from .data import pixel_spec
-    from .parity import compare_onnx
+    from .parity import compare_engine, compare_onnx
 
     paths: dict[str, Path] = {}
     with timer("Keras -> ONNX (tf2onnx)"):
@@ -273,10 +273,14 @@ def _run(report: ExportReport, timer: "_Steps", model: Any, card: ModelCard, bas
                 t0 = time.perf_counter()
                 build(paths[precision], target, ecard, kit, gpus, profile, workspace_mib,
                       Path(timing_cache) if timing_cache else out / "tensorrt.timing.cache")
-                r = ArtifactResult(str(out / target.name), "engine", precision, target.stat().st_size,
-                                   seconds=round(time.perf_counter() - t0, 3))
-                r.note = (f"built for {','.join(gpus)} with {kit.flavour} {kit.version}; not run by the exporter "
-                          f"(needs that GPU): its numerics are those of {paths[precision].name}, checked above")
+                built = round(time.perf_counter() - t0, 3)
+            with timer(f"parity {target.name}"):
+                r = compare_engine(target, precision, x, ref, vset.labels, thresholds)
+                r.path = str(out / target.name)
+                if r.passed is None:
+                    r.note = (f"built for {','.join(gpus)} with {kit.flavour} {kit.version}; {r.note}: it is built "
+                              f"from {paths[precision].name}, checked above")
+                r.seconds = built if r.seconds is None else r.seconds + built
                 report.artifacts.append(r)
 
 
