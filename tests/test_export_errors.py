@@ -139,6 +139,17 @@ def test_custom_layer_keras_cannot_load(keras, tmp_path):
 
 
 @pytest.mark.slow  # Keras
+def test_op_tf2onnx_cannot_convert_is_named(keras, tmp_path):
+    model = keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.Resizing(8, 8, interpolation="lanczos3"),
+                              keras.layers.Flatten(), keras.layers.Dense(10, activation="softmax")])
+    path = _save(model, tmp_path / "run")
+    code, err = cli([str(path), "--verify", "digits", "--verify-size", "10"])
+    assert_one_line_error(code, err, "ScaleAndTranslate")
+    assert code == 1
+    assert listing(tmp_path / "run") == ["card.json", "model.keras"]
+
+
+@pytest.mark.slow  # Keras
 def test_model_that_does_not_take_images(keras, tmp_path):
     model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(10, activation="softmax")])
     path = _save(model, tmp_path / "run")

@@ -58,10 +58,21 @@ def keras_to_onnx(model: Any, card: ModelCard, input_dtype: str = "uint8", opset
     def serve(x):
         return {out_name: model(tf.cast(x, tf.float32), training=False)}
 
+    import logging
+
+    log = logging.getLogger("tf2onnx")
+    level = log.level
+    log.setLevel(logging.CRITICAL)  # it logs unsupported ops as errors; they are reported below, in one line
     try:
         proto, _ = tf2onnx.convert.from_function(serve, input_signature=serve.input_signature, opset=opset)
     except Exception as exc:
         raise ExportError(f"tf2onnx cannot convert the model: {_conversion_reason(exc)}") from None
+    finally:
+        log.setLevel(level)
+    unknown = sorted({n.op_type for n in proto.graph.node if not _known_op(n.op_type, n.domain)})
+    if unknown:  # tf2onnx logs these and still returns a graph that nothing can load
+        raise ExportError(f"tf2onnx cannot convert the TensorFlow op(s) {', '.join(unknown)} to ONNX opset "
+                          f"{opset}; replace the layer that uses them (or try another --opset)")
     if len(proto.graph.output) != 1:
         raise ExportError(f"converted graph has {len(proto.graph.output)} outputs; expected 1")
     proto.graph.output[0].name  # noqa: B018 - tf2onnx names it after the dict key
@@ -69,8 +80,21 @@ def keras_to_onnx(model: Any, card: ModelCard, input_dtype: str = "uint8", opset
     return proto
 
 
+def _known_op(op_type: str, domain: str) -> bool:
+    import onnx
+
+    if domain not in ("", "ai.onnx"):
+        return domain == "ai.onnx.ml" and onnx.defs.has(op_type, domain)
+    return onnx.defs.has(op_type)
+
+
 def _conversion_reason(exc: Exception) -> str:
-    text = str(exc)
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    errors = re.findall(r"^\s*(?:\w+Error|\w+Exception): (.*)$", text, flags=re.M)
+    if "in user code" in text and errors:  # a TensorFlow trace: the innermost error is the reason
+        tail = text[text.rindex(errors[-1]):].strip().splitlines()
+        detail = next((ln.strip() for ln in tail[1:] if ln.strip()), "")
+        return f"{errors[-1].strip()} {detail}".strip()[:300]
     ops = re.findall(r"(?:op|Op)\s*\[?'?([A-Za-z0-9_]+)'?\]?\s*(?:is not supported|not supported)", text)
     counter = re.findall(r"Unsupported ops: Counter\(\{([^}]*)\}", text)
     if counter:
