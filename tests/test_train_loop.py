@@ -161,7 +161,11 @@ def _folder(root: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_folder_training_with_augmentation_reports_the_corrupt_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["in-memory", "streamed"])
+def test_folder_training_with_augmentation_reports_the_corrupt_file(tmp_path: Path, mode: str,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    if mode == "streamed":  # too large to hold: decoded from the files every epoch
+        monkeypatch.setenv("CNNEDGE_MAX_TRAIN_BYTES", "1")
     data = _folder(tmp_path / "shapes")
     out = tmp_path / "run"
     code, stdout, err = _cli(["--preset", "mnist-cnn", "--data", str(data), "--out", str(out), "--img-size", "24",
@@ -171,7 +175,8 @@ def test_folder_training_with_augmentation_reports_the_corrupt_file(tmp_path: Pa
     assert "skipped 1 unreadable image" in stdout and "broken.jpg" in stdout
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["skipped_images"] == 1 and metrics["skipped"][0]["path"].endswith("broken.jpg")
-    assert metrics["test_images"] == metrics["val_images"] == 11 and metrics["test_split"] == "val"  # 12 - broken
+    assert metrics["test_images"] == 11 and metrics["test_split"] == "val"  # 12 minus the broken file
+    assert ("streamed" in stdout) == (mode == "streamed")
     card = ModelCard.load(out / "card.json")
     assert card.classes == ("circle", "square") and (card.input.height, card.input.width) == (24, 24)
     model = load_keras_model(out / "model.keras")

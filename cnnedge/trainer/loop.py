@@ -13,6 +13,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -23,7 +24,7 @@ from ..atomic import atomic_path
 from ..card import CARD_FILENAME, InputSpec, ModelCard, Preprocess, Provenance, now_iso, sha256_file
 from ..errors import DataError, FileExistsRefused, UsageError
 from . import data as data_mod
-from .pipeline import Augment, make_dataset, prepare_pixels
+from .pipeline import Augment, make_dataset, prepare_pixels, stream_dataset
 from .presets import create_model, get_preset
 from .report import metrics_from, plot_confusion, plot_history, read_history, write_history, write_json
 
@@ -200,30 +201,81 @@ def _require_gpu() -> None:
                          "in float32 on the CPU (install 'cnnedge[train-gpu]' on a GPU machine)")
 
 
-def _skipped(splits: dict[str, data_mod.Split]) -> list[tuple[str, str]]:
+@dataclass
+class _Prepared:
+    """One split ready for tf.data: prepared pixels in memory, or files decoded while streaming."""
+
+    pixels: np.ndarray | None
+    labels: np.ndarray
+    files: list[Path] | None = None
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def max_train_bytes() -> int:
+    """Prepared pixels above this size stream from the files each epoch instead of living in memory."""
+    try:
+        return int(os.environ.get("CNNEDGE_MAX_TRAIN_BYTES", 3 << 30))
+    except ValueError:
+        raise UsageError("CNNEDGE_MAX_TRAIN_BYTES must be a number of bytes") from None
+
+
+def _prepare_folder(spec: dict, card: ModelCard) -> dict[str, _Prepared]:
+    """Decode and prepare each file once, keeping only the model-size pixels (or stream them)."""
+    from ..runtime.images import ImageError, read_image
+    from ..runtime.preprocess import prepare_image
+
+    lists = {k: data_mod.folder_files(spec, k)[:2] for k in data_mod.SPLITS}
+    n = len({f for files, _ in lists.values() for f in files})
+    if n * card.input.height * card.input.width * card.input.channels > max_train_bytes():
+        return {k: _Prepared(None, np.asarray(lab, np.int64), list(files)) for k, (files, lab) in lists.items()}
+    cache: dict[Path, np.ndarray | tuple[str, str]] = {}
+    out = {}
+    for k, (files, lab) in lists.items():
+        arrays, keep, skipped = [], [], []
+        for i, f in enumerate(files):
+            if f not in cache:
+                try:
+                    cache[f] = prepare_image(read_image(f), card.input, card.preprocess)
+                except ImageError as exc:
+                    cache[f] = (str(f), exc.reason)
+            item = cache[f]
+            if isinstance(item, tuple):
+                skipped.append(item)
+            else:
+                arrays.append(item)
+                keep.append(i)
+        shape = (0, card.input.height, card.input.width, card.input.channels)
+        pixels = np.stack(arrays).astype(np.uint8, copy=False) if arrays else np.zeros(shape, np.uint8)
+        out[k] = _Prepared(pixels, np.asarray(lab, np.int64)[keep], None, skipped)
+    return out
+
+
+def _skipped(data: dict[str, _Prepared]) -> list[tuple[str, str]]:
     # the test split may be the validation split: name each skipped file once
-    return list(dict.fromkeys(s for sp in splits.values() for s in sp.skipped))
+    return list(dict.fromkeys(s for sp in data.values() for s in sp.skipped))
 
 
-def _load_splits(spec: dict, log: Callable[[str], None]) -> dict[str, data_mod.Split]:
-    splits = {}
-    t0 = time.perf_counter()
-    for name in data_mod.SPLITS:
-        splits[name] = data_mod.load_split(spec, name)
-    skipped = _skipped(splits)
-    if not len(splits["train"]):
-        raise DataError(f"{data_mod.describe(spec)}: no readable training images")
-    if not len(splits["val"]):
-        raise DataError(f"{data_mod.describe(spec)}: the validation split is empty; give --val-split (e.g. 0.2) "
-                        "or a val/ folder")
-    counts = ", ".join(f"{k} {len(v)}" for k, v in splits.items())
-    log(f"data: {data_mod.describe(spec)}: {len(splits['train'].classes)} classes; {counts} images "
-        f"({time.perf_counter() - t0:.1f}s)")
+def _log_skipped(skipped: list[tuple[str, str]], log: Callable[[str], None]) -> None:
     if skipped:
         names = "; ".join(f"{p} ({why})" for p, why in skipped[:5])
         more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
         log(f"data: skipped {len(skipped)} unreadable image(s): {names}{more}")
-    return splits
+
+
+def _check_sizes(spec: dict, data: dict[str, _Prepared], n_classes: int, log: Callable[[str], None],
+                 seconds: float) -> None:
+    if not len(data["train"]):
+        raise DataError(f"{data_mod.describe(spec)}: no readable training images")
+    if not len(data["val"]):
+        raise DataError(f"{data_mod.describe(spec)}: the validation split is empty; give --val-split (e.g. 0.2) "
+                        "or a val/ folder")
+    counts = ", ".join(f"{k} {len(v)}" for k, v in data.items())
+    streamed = " (streamed from the files each epoch)" if data["train"].files is not None else ""
+    log(f"data: {data_mod.describe(spec)}: {n_classes} classes; {counts} images{streamed} ({seconds:.1f}s)")
+    _log_skipped(_skipped(data), log)
 
 
 def _run(settings: dict[str, Any], out: Path, callbacks: Sequence[Any], log: Callable[[str], None], *,
@@ -234,16 +286,22 @@ def _run(settings: dict[str, Any], out: Path, callbacks: Sequence[Any], log: Cal
     spec = settings["dataset_spec"]
     if settings.get("mixed_precision"):
         _require_gpu()
-    splits = _load_splits(spec, log)
-    classes = splits["train"].classes
+    t0 = time.perf_counter()
+    raw: dict[str, data_mod.Split] | None = None
+    if spec["source"] == "folder":
+        classes = list(spec["classes"])
+        native = None
+    else:  # small images: load, then prepare
+        raw = {k: data_mod.load_split(spec, k) for k in data_mod.SPLITS}
+        classes = raw["train"].classes
+        native = _native_size(spec, raw["train"].images)
     channels = int(settings["channels"])
     if resume:
         card = ModelCard.load(out / CARD_FILENAME)
         if card.classes != tuple(classes):
             raise DataError(f"--resume {out}: the data's classes changed since the run started")
     else:
-        size = (_parse_size(settings.get("img_size")) or _native_size(spec, splits["train"].images)
-                or tuple(preset.size))
+        size = _parse_size(settings.get("img_size")) or native or tuple(preset.size)
         color = "GRAY" if channels == 1 else preset.color
         card = ModelCard(
             name=preset.name,
@@ -256,11 +314,25 @@ def _run(settings: dict[str, Any], out: Path, callbacks: Sequence[Any], log: Cal
             precision="mixed" if settings.get("mixed_precision") else "fp32",
             provenance=Provenance(dataset=data_mod.describe(spec), dataset_spec=spec, created=now_iso()),
         )
-    t0 = time.perf_counter()
-    pix = {k: prepare_pixels(v.images, card.input, card.preprocess) for k, v in splits.items()}
-    labels = {k: v.labels for k, v in splits.items()}
-    log(f"data: prepared {card.input.height}x{card.input.width}x{card.input.channels} {card.input.color} "
-        f"pixels ({time.perf_counter() - t0:.1f}s)")
+    if raw is not None:
+        data = {k: _Prepared(prepare_pixels(v.images, card.input, card.preprocess), v.labels, None, v.skipped)
+                for k, v in raw.items()}
+        del raw
+    else:
+        data = _prepare_folder(spec, card)
+    _check_sizes(spec, data, len(classes), log, time.perf_counter() - t0)
+    log(f"data: model input {card.input.height}x{card.input.width}x{card.input.channels} {card.input.color}")
+    stream_skips: dict[tuple[str, str], None] = {}
+
+    def dataset(split: str, shuffle: bool = False, augment: Augment | None = None) -> Any:
+        d = data[split]
+        if d.pixels is not None:
+            return make_dataset(d.pixels, d.labels, batch, shuffle=shuffle, seed=seed, augment=augment)
+        return stream_dataset(d.files or [], d.labels, card.input, card.preprocess, batch, shuffle=shuffle,
+                              seed=seed, augment=augment, skipped=stream_skips)
+
+    batch = int(settings["batch_size"])
+    seed = int(settings["seed"])
 
     keras = require("keras", "training")
     keras.utils.set_random_seed(int(settings["seed"]))
@@ -284,11 +356,9 @@ def _run(settings: dict[str, Any], out: Path, callbacks: Sequence[Any], log: Cal
         done = len(history)
         if resume:
             log(f"resume: {out}: {done} epoch(s) done, training to {epochs}")
-        batch = int(settings["batch_size"])
-        seed = int(settings["seed"])
         aug = Augment(**settings.get("augment", {}))
-        train_ds = make_dataset(pix["train"], labels["train"], batch, shuffle=True, seed=seed, augment=aug)
-        val_ds = make_dataset(pix["val"], labels["val"], batch)
+        train_ds = dataset("train", shuffle=True, augment=aug)
+        val_ds = dataset("val")
         ckpt = _BestCheckpoint(out, card, settings, int(settings["patience"]), history, log)
         if done < epochs:
             n_params = model.count_params()
@@ -297,8 +367,10 @@ def _run(settings: dict[str, Any], out: Path, callbacks: Sequence[Any], log: Cal
             if verbose is None:
                 verbose = 1 if sys.stdout.isatty() else 2
             try:
-                model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=done,
-                          callbacks=[ckpt, *callbacks], verbose=verbose, shuffle=False)
+                with warnings.catch_warnings():  # streamed data has no known length until the first epoch ends
+                    warnings.filterwarnings("ignore", message="Your input ran out of data")
+                    model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=done,
+                              callbacks=[ckpt, *callbacks], verbose=verbose, shuffle=False)
             except BaseException as exc:
                 _finish_history(out, ckpt.history, preset.name)
                 where = (f"best model so far (epoch {ckpt.best_epoch}, val_loss {ckpt.best:.4f}) kept in "
@@ -317,16 +389,19 @@ def _run(settings: dict[str, Any], out: Path, callbacks: Sequence[Any], log: Cal
             ckpt.save(model)
 
         # test metrics on the best model
-        test_pix, test_y = pix["test"], labels["test"]
-        probs = model.predict(make_dataset(test_pix, test_y, batch), verbose=0) if len(test_y) else np.zeros((0, 1))
-        y_pred = np.argmax(probs, axis=1) if len(test_y) else np.zeros(0, np.int64)
+        ys, preds = [], []
+        for x, y in dataset("test"):
+            ys.append(np.asarray(y))
+            preds.append(np.argmax(np.asarray(model.predict_on_batch(x)), axis=1))
+        test_y = np.concatenate(ys).astype(np.int64) if ys else np.zeros(0, np.int64)
+        y_pred = np.concatenate(preds).astype(np.int64) if preds else np.zeros(0, np.int64)
         metrics = metrics_from(test_y, y_pred, classes)
-        same_as_val = spec["source"] in ("folder", "csv") and splits["test"].labels.size == splits["val"].labels.size \
-            and not spec.get("test_split") and not spec.get("has_test_dir")
-        skipped = _skipped(splits)
+        same_as_val = spec["source"] in ("folder", "csv") and not spec.get("test_split") \
+            and not spec.get("has_test_dir")
+        skipped = list(dict.fromkeys(_skipped(data) + list(stream_skips)))
         metrics.update({
             "preset": preset.name, "classes": list(classes), "test_split": "val" if same_as_val else "test",
-            "train_images": int(len(labels["train"])), "val_images": int(len(labels["val"])),
+            "train_images": int(len(data["train"])), "val_images": int(len(data["val"])),
             "epochs_run": len(ckpt.history), "best_epoch": ckpt.best_epoch,
             "skipped_images": len(skipped), "skipped": [{"path": p, "reason": r} for p, r in skipped],
             "dataset_spec": spec,
@@ -338,8 +413,8 @@ def _run(settings: dict[str, Any], out: Path, callbacks: Sequence[Any], log: Cal
         keras.mixed_precision.set_global_policy(policy)
     result = TrainResult(out, metrics["test_accuracy"], metrics, ModelCard.load(out / CARD_FILENAME),
                          len(ckpt.history), skipped)
-    if skipped:
-        log(f"data: {len(skipped)} unreadable image(s) skipped (listed in {out / METRICS_FILE})")
+    if stream_skips:  # found while streaming; in-memory splits reported theirs up front
+        _log_skipped(list(stream_skips), log)
     return result
 
 

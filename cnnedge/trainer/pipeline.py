@@ -89,3 +89,46 @@ def make_dataset(pixels: np.ndarray, labels: np.ndarray, batch_size: int, *, shu
 
         ds = ds.map(_aug, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def stream_dataset(files: Sequence[Any], labels: np.ndarray, spec: InputSpec, pre: Preprocess, batch_size: int, *,
+                   shuffle: bool = False, seed: int = 0, augment: Augment | None = None,
+                   skipped: dict | None = None) -> Any:
+    """Like :func:`make_dataset`, for datasets too large to hold: each epoch decodes the files with
+    the runtime's reader and preprocessing; unreadable ones are skipped and added to ``skipped``."""
+    from .._lazy import require
+    from ..runtime.images import ImageError, read_image
+    from ..runtime.preprocess import prepare_image
+
+    tf = require("tensorflow", "training")
+    files = [str(f) for f in files]
+    labels = np.asarray(labels, np.int32)
+    epoch = [0]
+
+    def gen() -> Any:
+        order = np.arange(len(files))
+        if shuffle:
+            order = np.random.default_rng(seed + epoch[0]).permutation(len(files))
+            epoch[0] += 1
+        for i in order:
+            try:
+                img = prepare_image(read_image(files[i]), spec, pre)
+            except ImageError as exc:
+                if skipped is not None:
+                    skipped[(files[i], exc.reason)] = None
+                continue
+            yield img, labels[i]
+
+    sig = (tf.TensorSpec((spec.height, spec.width, spec.channels), tf.uint8), tf.TensorSpec((), tf.int32))
+    ds = tf.data.Dataset.from_generator(gen, output_signature=sig).batch(batch_size)
+    ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
+    if augment is not None and augment.active:
+        aug_layers = augment.layers(seed)
+
+        def _aug(x: Any, y: Any) -> tuple[Any, Any]:
+            for layer in aug_layers:
+                x = layer(x, training=True)
+            return tf.clip_by_value(x, 0.0, 255.0), y
+
+        ds = ds.map(_aug, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
