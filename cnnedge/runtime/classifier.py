@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import math
 import os
 import threading
 import warnings
@@ -23,6 +24,9 @@ from ..errors import CardError, ModelLoadError, UsageError
 from .backends import Backend, load_backend
 from .images import decode_image, read_file, reduce_factor
 from .preprocess import prepare_image, to_model_input
+
+
+_UINT8 = np.dtype(np.uint8)
 
 
 class CardMissingWarning(UserWarning):
@@ -226,6 +230,14 @@ class Classifier:
             self.topk = topk
             self.reduce_decode = reduce_decode
             self._lock = None if be.thread_safe else threading.Lock()
+            import cv2
+
+            self._cv2 = cv2
+            self._hwc = (self._spec.height, self._spec.width, 3)
+            self._cvt = {"RGB": cv2.COLOR_BGR2RGB, "BGR": None, "GRAY": cv2.COLOR_BGR2GRAY}[self._spec.color]
+            if self._spec.color == "GRAY":
+                self._hwc = (-1,)  # gray models take the general path
+            self._direct = (self._pre.in_graph and self._spec.layout == "NHWC" and self._spec.dtype == "uint8")
             self._closed = False
             if warmup or detect or self.card.classes == ("0", "1") and be.output_spec.shape[-1] is None:
                 self._warmup(detect, labels is not None)
@@ -279,9 +291,9 @@ class Classifier:
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
         """One BGR/gray/BGRA uint8 image -> HxWxC uint8 in the model's colour order and size."""
-        if not isinstance(image, np.ndarray):
+        if type(image) is not np.ndarray and not isinstance(image, np.ndarray):
             raise UsageError(f"expected an image array or a path, got {type(image).__name__}")
-        if image.dtype != np.uint8:
+        if image.dtype != _UINT8:
             raise UsageError(f"expected a uint8 image (as OpenCV decodes), got {image.dtype}")
         return prepare_image(image, self._spec, self._pre)
 
@@ -320,10 +332,40 @@ class Classifier:
 
     def predict(self, image: np.ndarray | str | os.PathLike, topk: int | None = None) -> Prediction:
         """Classify one image: a BGR uint8 HxWx3 array (gray and BGRA are converted) or a path."""
-        if not isinstance(image, np.ndarray):
-            image = self.load_image(image)
-        pixels = self.prepare(image)[None]
-        return self.postprocess(self.infer_pixels(pixels), topk)[0]
+        if type(image) is not np.ndarray:
+            image = self.load_image(image)  # type: ignore[arg-type]
+        sh = image.shape  # type: ignore[union-attr]
+        if sh == self._hwc and image.dtype == _UINT8:  # type: ignore[union-attr]
+            # already the model's size: only the colour order changes (the common camera-at-size case)
+            pixels = (self._cv2.cvtColor(image, self._cvt) if self._cvt is not None else image)[None]
+        else:
+            pixels = self.prepare(image)[None]
+        if self._direct:  # uint8 NHWC with normalisation in the graph: the pixels are the input
+            out = self._run(pixels)
+        else:
+            out = self._run(to_model_input(pixels, self._spec, self._pre))
+        return self._post_one(out.reshape(-1), topk or self.topk)
+
+    def _post_one(self, row: np.ndarray, k: int) -> Prediction:
+        """postprocess for one image, in plain Python for small class counts (fewer numpy calls)."""
+        n = self.card.num_classes
+        if row.shape[0] != n or n > 64:
+            return self.postprocess(row[None], k)[0]
+        vals = row.tolist()
+        if self._logits:
+            m = max(vals)
+            e = [math.exp(v - m) for v in vals]
+            t = sum(e)
+            vals = [v / t for v in e]
+        k = min(k, n)
+        if k == 1:
+            i = vals.index(max(vals))
+            order = [i]
+        else:
+            order = sorted(range(n), key=vals.__getitem__, reverse=True)[:k]
+        classes = self.card.classes
+        top = [(classes[i], vals[i]) for i in order]
+        return Prediction(top[0][0], top[0][1], order[0], top)
 
     def predict_batch(self, images: Iterable[np.ndarray | str | os.PathLike], topk: int | None = None
                       ) -> list[Prediction]:

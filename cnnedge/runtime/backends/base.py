@@ -74,6 +74,15 @@ class Backend:
         Batches larger than the artifact takes are split, fixed-batch models are fed
         padded chunks of their size; the output has one row per input row.
         """
+        fast = self.__dict__.get("_fast")
+        if fast is None:
+            fast = self._fast = self._fast_checks()
+        np_dtype, tail, unbounded = fast
+        # hot path: one attribute walk, no allocation, for the common well-formed batch
+        if (not self._closed and type(batch) is np.ndarray and batch.dtype == np_dtype and batch.shape[1:] == tail
+                and batch.flags.c_contiguous and batch.shape[0] > 0
+                and (unbounded or (self.max_batch is not None and batch.shape[0] <= self.max_batch))):
+            return self._infer_impl(batch)
         if self._closed:
             raise UsageError(f"{self.name} backend for {self.path} is closed")
         spec = self.input_spec
@@ -102,6 +111,13 @@ class Backend:
                 chunk = np.concatenate([chunk, pad])
             outs.append(self._infer_impl(chunk)[:stop - start])
         return np.concatenate(outs)
+
+    def _fast_checks(self) -> tuple[np.dtype, tuple | None, bool]:
+        """What the hot path compares against: dtype, the fixed non-batch shape (None when a
+        dimension is dynamic: then the full check runs), and whether any batch size goes."""
+        tail = tuple(self.input_spec.shape[1:])
+        return (np.dtype(self.input_spec.dtype), None if None in tail else tail,
+                self.fixed_batch is None and self.max_batch is None)
 
     def _infer_impl(self, batch: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
