@@ -263,3 +263,23 @@ def test_cli_float32_input_calibration_folder_and_threshold_failure(trained, tmp
     assert code == 1
     assert "model.onnx: max abs diff" in err.getvalue() and "> 1e-12" in err.getvalue()
     assert json.loads((tmp_path / "strict" / "export_report.json").read_text())["passed"] is False
+
+
+def test_trainer_digits_cnn_preset_exports_within_thresholds(tmp_path):
+    """The network `make demo` trains (BatchNorm, 32x32), briefly trained with the trainer's own API."""
+    from cnnedge.export import export, read_card
+    from cnnedge.trainer.loop import TrainConfig, train
+
+    run = tmp_path / "demo"
+    result = train(TrainConfig(preset="digits-cnn", data="digits", out=str(run), epochs=8, verbose=0),
+                   log=lambda s: None)
+    report = export(run / "model.keras", fp16=True, int8=True, engine=True, gpu="sm86,sm89")
+    assert report.passed, report.failures
+    int8 = report.artifact("model.int8.onnx")
+    assert int8.keras_accuracy == pytest.approx(result.test_accuracy, abs=1e-6)  # same test split as training
+    assert report.verify["images"] == result.metrics["test_images"]
+    assert report.artifact("model.onnx").max_abs_diff <= 1e-4
+    assert read_card(run / "model.int8.onnx").name == "digits-cnn"
+    from cnnedge.sidecar import EngineSidecar
+
+    assert EngineSidecar.load(run / "model.int8.engine").compute_capabilities == ("sm86", "sm89")
