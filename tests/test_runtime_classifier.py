@@ -60,6 +60,8 @@ def test_logits_get_softmax_probabilities_do_not(data):
     for p, q in zip(a, b):
         assert p.index == q.index and p.score == pytest.approx(q.score, abs=1e-5)
         assert sum(s for _, s in p.topk) == pytest.approx(1.0, abs=1e-5)
+    one = logit_clf.predict(x[0], topk=10)  # the single-image path computes the softmax in Python
+    assert one.index == a[0].index and [s for _, s in one.topk] == pytest.approx([s for _, s in a[0].topk], abs=1e-6)
     # with a card that says probabilities, no softmax is applied on top
     card_clf = Classifier(models()["onnx"])
     raw = card_clf.infer(x[:5, :, :, ::-1].copy())
@@ -110,6 +112,8 @@ def test_predict_paths_arrays_gray_bgra_and_infer(tmp_path, data):
         gray = cv2.cvtColor(x[1], cv2.COLOR_BGR2GRAY)
         assert clf.predict(gray) == clf.predict(cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR))
         assert clf.predict(cv2.cvtColor(x[2], cv2.COLOR_BGR2BGRA)) == clf.predict(x[2])
+        for i in range(5, 15):  # the at-size fast path and the batch path give the same answer
+            assert clf.predict(x[i]) == clf.predict_batch([x[i]])[0]
         big = cv2.resize(x[3], (97, 61))  # any size is resized, not refused
         assert clf.predict(big).label in clf.card.classes
         with pytest.raises(UsageError, match="uint8"):
