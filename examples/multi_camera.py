@@ -30,7 +30,7 @@ from cnnedge.cli._run import run_cli  # noqa: E402
 from cnnedge.errors import UsageError  # noqa: E402
 from cnnedge.runtime import Classifier, Result, open_source  # noqa: E402
 from cnnedge.runtime.pipeline import PipelineStats  # noqa: E402
-from cnnedge.runtime.sources import Source  # noqa: E402
+from cnnedge.runtime.sources import Source, SourceError  # noqa: E402
 
 
 @dataclass
@@ -61,7 +61,11 @@ def open_cameras(args: argparse.Namespace) -> list[Source]:
             sources.append(VideoCamera(v, fps=args.fps, name=f"cam{len(sources)}:{v}"))
         if not args.video:
             for c in args.camera or ["0"]:  # an index, /dev/videoN, a URL, csi://N: the runtime's live sources
-                sources.append(open_source(c))
+                try:
+                    sources.append(open_source(c))
+                except SourceError as exc:
+                    raise SourceError(f"{exc}; without cameras, give video files: --video a.avi --video b.avi"
+                                      ) from None
     except BaseException:
         for s in sources:
             s.close()

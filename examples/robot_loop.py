@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # video_camera.py besi
 from cnnedge.cli._run import run_cli  # noqa: E402
 from cnnedge.errors import UsageError  # noqa: E402
 from cnnedge.runtime import Classifier, Prediction, open_source  # noqa: E402
+from cnnedge.runtime.sources import SourceError  # noqa: E402
 
 
 def decide(pred: Prediction, act_on: set[str], threshold: float) -> str:
@@ -50,7 +51,10 @@ def open_camera(args: argparse.Namespace):
         from video_camera import VideoCamera
 
         return VideoCamera(args.video, fps=args.fps)
-    return open_source(args.camera)  # a camera index, /dev/videoN, rtsp://... or csi://N: a live source
+    try:
+        return open_source(args.camera)  # a camera index, /dev/videoN, rtsp://... or csi://N: a live source
+    except SourceError as exc:
+        raise SourceError(f"{exc}; without a camera, give a video file: --video clip.avi") from None
 
 
 def main(argv: list[str]) -> int:
