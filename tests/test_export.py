@@ -214,11 +214,14 @@ def test_triton_configs_parse_with_tritons_schema(exported):
         assert sha256_file(repo / name / "1" / "model.onnx") == sha256_file(out / artifact)
 
 
-def test_existing_outputs_are_kept_and_calibration_is_cached(exported, trained):
+def test_existing_outputs_are_kept_and_calibration_is_cached(exported, trained, tmp_path):
     from cnnedge.errors import FileExistsRefused
     from cnnedge.export import export
 
-    _, out, _ = exported
+    _, out, repo = exported
+    with pytest.raises(FileExistsRefused, match="config.pbtxt exists"):  # refused before anything is written
+        export(trained, tmp_path / "new", triton=repo)
+    assert not (tmp_path / "new").exists()
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     with pytest.raises(FileExistsRefused, match="--force"):
         export(trained, out, int8=True)
@@ -247,8 +250,14 @@ def test_cli_float32_input_calibration_folder_and_threshold_failure(trained, tmp
     out, err = io.StringIO(), io.StringIO()
     code = run_cli("cnn-export", lambda a: main(a, stdout=out, stderr=err),
                    [str(trained), "--out", str(tmp_path / "f32"), "--input", "float32", "--int8", "--calib",
-                    str(calib), "--calib-method", "minmax", "-q"], stderr=err)
+                    str(calib), "--calib-method", "minmax", "--engine", "--gpu", "sm80", "--batch", "2,4,8", "-q"],
+                   stderr=err)
     assert code == 0, err.getvalue()
+    from cnnedge.sidecar import EngineSidecar
+
+    side = EngineSidecar.load(tmp_path / "f32" / "model.int8.engine")
+    assert side.card.input.dtype == "float32" and side.card.precision == "int8"
+    assert side.compute_capabilities == ("sm80",) and side.profile == {"min": 2, "opt": 4, "max": 8}
     assert "model.int8.onnx" in out.getvalue() and "ok" in out.getvalue()
     card = read_card(tmp_path / "f32" / "model.int8.onnx")
     assert card.input.dtype == "float32"

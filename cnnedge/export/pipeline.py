@@ -90,105 +90,151 @@ def engine_precisions(fp16: bool, int8: bool) -> list[str]:
     return (["fp16"] if fp16 else []) + (["int8"] if int8 else []) or ["fp32"]
 
 
+@dataclass(frozen=True)
+class ExportOptions:
+    """What to export and how; validated on construction, before anything is loaded or written."""
+
+    fp16: bool = False
+    int8: bool = False
+    engine: bool = False
+    input_dtype: str = "uint8"
+    calib: str | None = None
+    calib_size: int = 300
+    calib_method: str = "entropy"
+    verify: str | None = None
+    verify_size: int = 1000
+    batch: Any = "1,8,32"  # "MIN,OPT,MAX" or an engine.Profile; a Profile after validation
+    gpu: str | None = None
+    workspace_mib: int = 1024
+    timing_cache: str | os.PathLike | None = None
+    triton: str | os.PathLike | None = None
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    opset: int | None = None
+    cleanup: bool = True
+    trust: bool = False
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        from .engine import Profile
+        from .int8 import METHODS
+
+        if self.input_dtype not in INPUT_DTYPES:
+            raise UsageError(f"--input {self.input_dtype!r}; expected one of {', '.join(INPUT_DTYPES)}")
+        if self.calib_method not in METHODS:
+            import difflib
+
+            close = difflib.get_close_matches(self.calib_method, METHODS, n=1)
+            raise UsageError(f"--calib-method {self.calib_method!r}; expected one of {', '.join(METHODS)}"
+                             + (f" (did you mean {close[0]!r}?)" if close else ""))
+        for flag, n in (("--calib-size", self.calib_size), ("--verify-size", self.verify_size),
+                        ("--workspace", self.workspace_mib)):
+            if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+                raise UsageError(f"{flag} must be a positive integer, found {n!r}")
+        if self.opset is not None and not 13 <= self.opset <= 21:
+            raise UsageError(f"--opset {self.opset}: expected 13..21 (Q/DQ per-channel needs 13; default 17)")
+        if not isinstance(self.batch, Profile):
+            object.__setattr__(self, "batch", Profile.parse(self.batch))
+        if self.gpu and not self.engine:
+            raise UsageError("--gpu applies to --engine builds; add --engine or drop --gpu")
+
+
+@dataclass
+class _Job:
+    """The state one export shares between its steps."""
+
+    opts: ExportOptions
+    report: ExportReport
+    timer: "_Steps"
+    model: Any
+    card: ModelCard  # as trained
+    base_card: ModelCard  # as exported: input dtype, provenance
+    out: Path
+    staging: Path
+    x: Any  # verification images as the artifacts take them
+    ref: Any  # Keras outputs on them
+    vset: Any
+    cset: Any
+    kit: Any
+    gpus: tuple[str, ...] | None
+    paths: dict[str, Path] = field(default_factory=dict)
+    graph_sha: str = ""
+
+
 def export(model_path: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, fp16: bool = False,
            int8: bool = False, engine: bool = False, input_dtype: str = "uint8", calib: str | None = None,
            calib_size: int = 300, calib_method: str = "entropy", verify: str | None = None,
-           verify_size: int = 1000, batch: str = "1,8,32", gpu: str | None = None, workspace_mib: int = 1024,
+           verify_size: int = 1000, batch: Any = "1,8,32", gpu: str | None = None, workspace_mib: int = 1024,
            timing_cache: str | os.PathLike | None = None, triton: str | os.PathLike | None = None,
            thresholds: Thresholds | None = None, opset: int | None = None, cleanup: bool = True,
            trust: bool = False, force: bool = False, check: bool = True,
            progress: Callable[[str], None] | None = None) -> ExportReport:
     """Export a Keras model to ONNX FP32 (always), FP16 / INT8 ONNX and TensorRT engines, each checked against Keras.
 
-    Returns the :class:`ExportReport` (also written as ``export_report.json``). With ``check`` (the default) a
-    missed parity threshold raises :class:`ParityFailure` after the files and report are written.
+    Writes into ``out_dir`` (default: the model's folder); the options are those of ``cnn-export`` (see
+    :class:`ExportOptions`). Returns the :class:`ExportReport` (also written as ``export_report.json``). With
+    ``check`` (the default) a missed parity threshold raises :class:`ParityFailure` after the files and the
+    report are written. ``progress`` receives one line per step.
     """
-    from .engine import Profile, parse_gpus, toolkit
-    from .int8 import METHODS
-    from .keras2onnx import DEFAULT_OPSET
+    opts = ExportOptions(fp16=fp16, int8=int8, engine=engine, input_dtype=input_dtype, calib=calib,
+                         calib_size=calib_size, calib_method=calib_method, verify=verify, verify_size=verify_size,
+                         batch=batch, gpu=gpu, workspace_mib=workspace_mib, timing_cache=timing_cache,
+                         triton=triton, thresholds=thresholds or Thresholds(), opset=opset, cleanup=cleanup,
+                         trust=trust, force=force)
+    return run(model_path, out_dir, opts, check=check, progress=progress)
 
-    say = progress or (lambda _msg: None)
-    thresholds = thresholds or Thresholds()
+
+def run(model_path: str | os.PathLike, out_dir: str | os.PathLike | None, opts: ExportOptions, *,
+        check: bool = True, progress: Callable[[str], None] | None = None) -> ExportReport:
+    """:func:`export` with the options as one :class:`ExportOptions`."""
+    from ..atomic import refuse_overwrite
+    from ..keras_io import check_model_file, load_card_for, load_keras_model
+    from .engine import parse_gpus, toolkit
+
     model_path = Path(model_path)
-    # --- arguments first: nothing is loaded or written before they are all valid -------------------------
-    if input_dtype not in INPUT_DTYPES:
-        raise UsageError(f"--input {input_dtype!r}; expected one of {', '.join(INPUT_DTYPES)}")
-    if calib_method not in METHODS:
-        import difflib
-
-        close = difflib.get_close_matches(calib_method, METHODS, n=1)
-        raise UsageError(f"--calib-method {calib_method!r}; expected one of {', '.join(METHODS)}"
-                         + (f" (did you mean {close[0]!r}?)" if close else ""))
-    for flag, n in (("--calib-size", calib_size), ("--verify-size", verify_size), ("--workspace", workspace_mib)):
-        if not isinstance(n, int) or n < 1:
-            raise UsageError(f"{flag} must be a positive integer, found {n!r}")
-    profile = batch if isinstance(batch, Profile) else Profile.parse(batch)
     kit = gpus = None
-    if engine:
+    if opts.engine:
         kit = toolkit()
-        gpus = parse_gpus(gpu, kit.flavour)
-    elif gpu:
-        raise UsageError("--gpu applies to --engine builds; add --engine or drop --gpu")
-    from ..keras_io import check_model_file
-
-    check_model_file(model_path, trust)
+        gpus = parse_gpus(opts.gpu, kit.flavour)
+    check_model_file(model_path, opts.trust)
     out = Path(out_dir) if out_dir is not None else model_path.parent
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: exists and is not a folder")
-    from ..atomic import refuse_overwrite
-
-    for name in planned_outputs(fp16, int8, engine):
-        refuse_overwrite(out / name, force)
-    # --- load ----------------------------------------------------------------------------------------------
-    from ..keras_io import load_card_for, load_keras_model
-
-    report = ExportReport(model=str(model_path), out_dir=str(out), thresholds=asdict(thresholds), created=now_iso())
-    timer = _Steps(report, say)
+    for name in planned_outputs(opts.fp16, opts.int8, opts.engine):
+        refuse_overwrite(out / name, opts.force)
+    # --- load: nothing is written until every input has been read and checked ------------------------------
+    report = ExportReport(model=str(model_path), out_dir=str(out), thresholds=asdict(opts.thresholds),
+                          created=now_iso(), versions=_versions(kit))
+    timer = _Steps(report, progress or (lambda _msg: None))
     with timer("load Keras model"):
-        model = load_keras_model(model_path, trust=trust)
+        model = load_keras_model(model_path, trust=opts.trust)
     card = load_card_for(model_path) if model_path.suffix.lower() == ".keras" else _card_beside(model_path)
     from .keras2onnx import check_image_model
 
     check_image_model(model, card)
-    from .data import load_images, pixel_spec
+    if opts.triton is not None:
+        _check_triton(Path(opts.triton), card, opts)
+    vset, cset = _read_images(opts, card, timer, report)
+    from .data import pixel_spec
+    from .parity import keras_outputs
 
-    with timer("read verification images"):
-        vsrc = verify if verify is not None else (calib if calib is not None and not _is_dir(calib) else None)
-        try:
-            vset = load_images(vsrc, card, "test", verify_size, "--verify")
-        except UsageError:
-            if verify is None and calib is not None:  # only a calibration folder: check on those images
-                vset = load_images(calib, card, "test", verify_size, "--verify")
-            else:
-                raise
-        report.verify = vset.describe()
-    cset = None
-    if int8:
-        with timer("read calibration images"):
-            try:
-                cset = load_images(calib, card, "train", calib_size, "--calib")
-            except UsageError as exc:
-                if calib is None:
-                    raise UsageError(f"--int8 needs calibration images and none are available: {exc}") from None
-                raise
-    versions = _versions(kit)
-    report.versions = versions
-    spec_in = pixel_spec(card, input_dtype)
     with timer("Keras reference outputs"):
-        from .parity import keras_outputs
-
         ref = keras_outputs(model, vset.inputs(pixel_spec(card, "float32"), card))
-        x = vset.inputs(spec_in, card)
-    source_sha = sha256_file(model_path)
-    base_card = card.replace(input={"dtype": input_dtype}, precision="fp32",
-                             provenance={"source_sha256": source_sha, "parent": model_path.name,
-                                         "versions": {**card.provenance.versions, **versions}})
+        x = vset.inputs(pixel_spec(card, opts.input_dtype), card)
+    base_card = card.replace(input={"dtype": opts.input_dtype}, precision="fp32",
+                             provenance={"source_sha256": sha256_file(model_path), "parent": model_path.name,
+                                         "versions": {**card.provenance.versions, **report.versions}})
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".cnn-export-", dir=out))
+    job = _Job(opts, report, timer, model, card, base_card, out, staging, x, ref, vset, cset, kit, gpus)
     try:
-        _run(report, timer, model, card, base_card, staging, out, x, ref, vset, cset, fp16, int8, engine,
-             kit, gpus, profile, workspace_mib, timing_cache, calib_method, cleanup, opset or DEFAULT_OPSET,
-             thresholds, force)
+        _to_onnx(job)
+        if opts.fp16:
+            _to_fp16(job)
+        if opts.int8:
+            _to_int8(job)
+        _check_onnx(job)
+        if opts.engine:
+            _build_engines(job)
         from ..atomic import write_text
 
         write_text(staging / REPORT_NAME, json.dumps(report.to_dict(), indent=2) + "\n")
@@ -197,9 +243,9 @@ def export(model_path: str | os.PathLike, out_dir: str | os.PathLike | None = No
                 os.replace(f, out / f.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    if triton is not None:
+    if opts.triton is not None:
         with timer("Triton model repository"):
-            report.triton = _write_triton(Path(triton), report, base_card, profile, force)
+            report.triton = _write_triton(Path(opts.triton), report, base_card, opts.batch, opts.force)
         from ..atomic import write_text
 
         write_text(out / REPORT_NAME, json.dumps(report.to_dict(), indent=2) + "\n")
@@ -209,79 +255,133 @@ def export(model_path: str | os.PathLike, out_dir: str | os.PathLike | None = No
     return report
 
 
-def _run(report: ExportReport, timer: "_Steps", model: Any, card: ModelCard, base_card: ModelCard, staging: Path,
-         out: Path, x: Any, ref: Any, vset: Any, cset: Any, fp16: bool, int8: bool, engine: bool, kit: Any,
-         gpus: Any, profile: Any, workspace_mib: int, timing_cache: Any, calib_method: str, cleanup: bool,
-         opset: int, thresholds: Thresholds, force: bool) -> None:
+def _read_images(opts: ExportOptions, card: ModelCard, timer: "_Steps", report: ExportReport) -> tuple[Any, Any]:
+    """Verification images (held out) and, for INT8, calibration images."""
+    from .data import load_images
+
+    with timer("read verification images"):
+        calib_is_dir = opts.calib is not None and Path(opts.calib).expanduser().is_dir()
+        source = opts.verify if opts.verify is not None else (None if calib_is_dir else opts.calib)
+        try:
+            vset = load_images(source, card, "test", opts.verify_size, "--verify")
+        except UsageError:
+            if opts.verify is None and calib_is_dir:  # nothing else to check on: the calibration folder
+                vset = load_images(opts.calib, card, "test", opts.verify_size, "--verify")
+                vset.source += " (the calibration images: no held-out set given)"
+            else:
+                raise
+        report.verify = vset.describe()
+    cset = None
+    if opts.int8:
+        with timer("read calibration images"):
+            try:
+                cset = load_images(opts.calib, card, "train", opts.calib_size, "--calib")
+            except UsageError as exc:
+                if opts.calib is None:
+                    raise UsageError(f"--int8 needs calibration images and none are available: {exc}") from None
+                raise
+    return vset, cset
+
+
+def _to_onnx(job: _Job) -> None:
     from . import onnx_io
-    from .data import pixel_spec
-    from .parity import compare_engine, compare_onnx
+    from .keras2onnx import DEFAULT_OPSET, keras_to_onnx
 
-    paths: dict[str, Path] = {}
-    with timer("Keras -> ONNX (tf2onnx)"):
-        from .keras2onnx import keras_to_onnx
-
-        proto = keras_to_onnx(model, card, base_card.input.dtype, opset)
-    if cleanup:
-        with timer("graph cleanup (onnxslim)"):
+    with job.timer("Keras -> ONNX (tf2onnx)"):
+        proto = keras_to_onnx(job.model, job.card, job.opts.input_dtype, job.opts.opset or DEFAULT_OPSET)
+    if job.opts.cleanup:
+        with job.timer("graph cleanup (onnxslim)"):
             from .cleanup import simplify
 
-            proto, res = simplify(proto, x[:64])
-            report.cleanup = asdict(res)
+            proto, res = simplify(proto, job.x[:64])
+            job.report.cleanup = asdict(res)
     onnx_io.canonical_names(proto)
-    graph_sha = hashlib.sha256(proto.graph.SerializeToString()).hexdigest()
-    onnx_io.embed_card(proto, base_card)
-    paths["fp32"] = onnx_io.save(proto, staging / ONNX_NAMES["fp32"])
-    if fp16:
-        with timer("FP16 ONNX"):
-            from .fp16 import to_fp16
+    job.graph_sha = hashlib.sha256(proto.graph.SerializeToString()).hexdigest()
+    onnx_io.embed_card(proto, job.base_card)
+    job.paths["fp32"] = onnx_io.save(proto, job.staging / ONNX_NAMES["fp32"])
 
-            half = onnx_io.embed_card(to_fp16(proto), base_card.replace(precision="fp16"))
-            paths["fp16"] = onnx_io.save(half, staging / ONNX_NAMES["fp16"])
-    if int8:
-        with timer(f"INT8 ONNX (calibrating on {len(cset)} images, {calib_method})"):
-            import onnx
 
-            from .int8 import cache_name, quantize
+def _to_fp16(job: _Job) -> None:
+    import onnx
 
-            spec = pixel_spec(card, base_card.input.dtype)
-            name = cache_name(graph_sha, cset.fingerprint(spec, card), calib_method)
-            target = staging / ONNX_NAMES["int8"]
-            res8 = quantize(paths["fp32"], target, cset, card, spec, calib_method, out / name, staging / name)
-            calib_info = {**cset.describe(), "method": calib_method, "data_sha256": res8.data_sha256,
-                          "cache_file": res8.cache_file, "cache_hit": res8.cache_hit}
-            report.calibration = calib_info
-            q = onnx.load(str(target))
-            onnx_io.embed_card(q, base_card.replace(precision="int8", provenance={"calibration": calib_info}))
-            paths["int8"] = onnx_io.save(q, target)
-    for precision, p in paths.items():
-        with timer(f"parity {p.name}"):
-            r = compare_onnx(p, precision, x, ref, vset.labels, thresholds)
-            r.path = str(out / p.name)
-            report.artifacts.append(r)
-    if engine:
-        from .engine import build
+    from . import onnx_io
+    from .fp16 import to_fp16
 
-        report.engines = {"flavour": kit.flavour, "version": kit.version, "gpus": list(gpus),
-                          "profile": profile.as_dict(), "workspace_mib": workspace_mib,
-                          "timing_cache": None if kit.flavour == "tensorrt_rtx" else str(timing_cache or
-                                                                                        out / "tensorrt.timing.cache")}
-        for precision in engine_precisions(fp16, int8):
-            target = staging / ENGINE_NAMES[precision]
-            with timer(f"{kit.flavour} engine {target.name} for {','.join(gpus)}"):
-                ecard = onnx_io.card_from_model(__import__("onnx").load(str(paths[precision])))
-                t0 = time.perf_counter()
-                build(paths[precision], target, ecard, kit, gpus, profile, workspace_mib,
-                      Path(timing_cache) if timing_cache else out / "tensorrt.timing.cache")
-                built = round(time.perf_counter() - t0, 3)
-            with timer(f"parity {target.name}"):
-                r = compare_engine(target, precision, x, ref, vset.labels, thresholds)
-                r.path = str(out / target.name)
-                if r.passed is None:
-                    r.note = (f"built for {','.join(gpus)} with {kit.flavour} {kit.version}; {r.note}: it is built "
-                              f"from {paths[precision].name}, checked above")
-                r.seconds = built if r.seconds is None else r.seconds + built
-                report.artifacts.append(r)
+    with job.timer("FP16 ONNX"):
+        half = to_fp16(onnx.load(str(job.paths["fp32"])))
+        onnx_io.embed_card(half, job.base_card.replace(precision="fp16"))
+        job.paths["fp16"] = onnx_io.save(half, job.staging / ONNX_NAMES["fp16"])
+
+
+def _to_int8(job: _Job) -> None:
+    import onnx
+
+    from . import onnx_io
+    from .data import pixel_spec
+    from .int8 import cache_name, quantize
+
+    cset, method = job.cset, job.opts.calib_method
+    with job.timer(f"INT8 ONNX (calibrating on {len(cset)} images, {method})"):
+        spec = pixel_spec(job.card, job.opts.input_dtype)
+        name = cache_name(job.graph_sha, cset.fingerprint(spec, job.card), method)
+        target = job.staging / ONNX_NAMES["int8"]
+        res = quantize(job.paths["fp32"], target, cset, job.card, spec, method, job.out / name, job.staging / name)
+        info = {**cset.describe(), "method": method, "data_sha256": res.data_sha256, "cache_file": res.cache_file,
+                "cache_hit": res.cache_hit}
+        job.report.calibration = info
+        q = onnx.load(str(target))
+        onnx_io.embed_card(q, job.base_card.replace(precision="int8", provenance={"calibration": info}))
+        job.paths["int8"] = onnx_io.save(q, target)
+
+
+def _check_onnx(job: _Job) -> None:
+    from .parity import compare_onnx
+
+    for precision, p in job.paths.items():
+        with job.timer(f"parity {p.name}"):
+            r = compare_onnx(p, precision, job.x, job.ref, job.vset.labels, job.opts.thresholds)
+            r.path = str(job.out / p.name)
+            job.report.artifacts.append(r)
+
+
+def _build_engines(job: _Job) -> None:
+    import onnx
+
+    from . import onnx_io
+    from .engine import build
+    from .parity import compare_engine
+
+    kit, gpus, opts = job.kit, job.gpus, job.opts
+    cache = Path(opts.timing_cache) if opts.timing_cache else job.out / "tensorrt.timing.cache"
+    job.report.engines = {"flavour": kit.flavour, "version": kit.version, "gpus": list(gpus),
+                          "profile": opts.batch.as_dict(), "workspace_mib": opts.workspace_mib,
+                          "timing_cache": None if kit.flavour == "tensorrt_rtx" else str(cache)}
+    for precision in engine_precisions(opts.fp16, opts.int8):
+        source = job.paths[precision]
+        target = job.staging / ENGINE_NAMES[precision]
+        with job.timer(f"{kit.flavour} engine {target.name} for {','.join(gpus)}"):
+            t0 = time.perf_counter()
+            build(source, target, onnx_io.card_from_model(onnx.load(str(source))), kit, gpus, opts.batch,
+                  opts.workspace_mib, cache)
+            built = round(time.perf_counter() - t0, 3)
+        with job.timer(f"parity {target.name}"):
+            r = compare_engine(target, precision, job.x, job.ref, job.vset.labels, opts.thresholds)
+            r.path = str(job.out / target.name)
+            if r.passed is None:
+                r.note = (f"built for {','.join(gpus)} with {kit.flavour} {kit.version}; {r.note}: it is built "
+                          f"from {source.name}, checked above")
+            r.seconds = built if r.seconds is None else r.seconds + built
+            job.report.artifacts.append(r)
+
+
+def _check_triton(repo: Path, card: ModelCard, opts: ExportOptions) -> None:
+    """Refuse up front (not after the export) to overwrite a Triton model without --force."""
+    from ..atomic import refuse_overwrite
+    from .triton import model_name
+
+    precisions = ["fp32"] + (["fp16"] if opts.fp16 else []) + (["int8"] if opts.int8 else [])
+    for p in precisions:
+        refuse_overwrite(repo / model_name(card, p, False) / "config.pbtxt", opts.force)
 
 
 def _write_triton(repo: Path, report: ExportReport, card: ModelCard, profile: Any, force: bool) -> list[str]:
@@ -323,10 +423,6 @@ class _Steps:
         dt = time.perf_counter() - t0
         self.report.steps.append({"step": name, "seconds": round(dt, 3)})
         self.say(f"{name}: {dt:.1f} s")
-
-
-def _is_dir(source: str) -> bool:
-    return Path(source).expanduser().is_dir()
 
 
 def _card_beside(model_path: Path) -> ModelCard:
