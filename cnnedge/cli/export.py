@@ -23,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "export_report.json.")
     p.add_argument("model", help="the Keras model, e.g. runs/digits/model.keras (card.json beside it)")
     p.add_argument("--out", metavar="DIR", help="output folder (default: the model's folder), e.g. --out exported/")
-    p.add_argument("--fp16", action="store_true", help="also write model.fp16.onnx (half-precision weights/compute)")
+    p.add_argument("--fp16", action="store_true", help="also write model.fp16.onnx (half-precision weights and "
+                   "compute), e.g. cnn-export model.keras --fp16")
     p.add_argument("--int8", action="store_true", help="also write model.int8.onnx (static Q/DQ, symmetric, "
                    "per-channel), calibrated on --calib or the card's training data")
     p.add_argument("--engine", action="store_true", help="also build TensorRT engines from the FP16/INT8 ONNX "
@@ -53,10 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--triton", metavar="REPO", help="also write a Triton model repository entry per artifact, "
                    "e.g. --triton model_repository/")
     p.add_argument("--opset", type=int, metavar="N", help="ONNX opset (default 17), e.g. --opset 18")
-    p.add_argument("--no-cleanup", action="store_true", help="skip onnxslim graph simplification")
+    p.add_argument("--no-cleanup", action="store_true", help="skip onnxslim graph simplification, e.g. when "
+                   "it fails on an unusual graph: --no-cleanup")
     p.add_argument("--trust", action="store_true", help="allow legacy .h5 models, which ignore Keras safe mode "
                    "(only for files you trust), e.g. cnn-export old.h5 --trust")
-    p.add_argument("--force", action="store_true", help="overwrite existing output files")
+    p.add_argument("--force", action="store_true", help="overwrite existing output files (and Triton "
+                   "entries), e.g. cnn-export model.keras --int8 --force")
     p.add_argument("--min-agreement-fp32", type=float, default=1.0, metavar="F",
                    help="FP32 top-1 agreement with Keras (default 1.0), e.g. 0.999")
     p.add_argument("--max-diff-fp32", type=float, default=1e-4, metavar="F",
@@ -67,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="INT8 top-1 agreement (default 0.98), e.g. 0.95")
     p.add_argument("--max-drop-int8", type=float, default=1.0, metavar="POINTS",
                    help="INT8 accuracy drop in percentage points (default 1.0), e.g. 2")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress lines, only the final table")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress lines, only the final table, "
+                   "e.g. -q")
     return p
 
 

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["export", "ExportReport", "ParityFailure", "Thresholds", "ArtifactResult", "read_card"]
+__all__ = ["export", "ExportOptions", "ExportReport", "ParityFailure", "Thresholds", "ArtifactResult", "read_card"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("export", "ExportReport", "ParityFailure"):
+    if name in ("export", "run", "ExportOptions", "ExportReport", "ParityFailure"):
         from . import pipeline
 
         return getattr(pipeline, name)
