@@ -250,3 +250,24 @@ def test_a_noisy_run_is_warned_about():
     _row(BenchConfig(models=["x"], max_spread=10.0), quiet, Artifact(Path("m.onnx"), "onnx"), "ort-cpu", "infer",
          "fp32", 1, [1], t)
     assert quiet.warnings == []
+
+
+@pytest.mark.slow
+def test_a_fixed_batch_model_is_measured_at_its_batch_and_says_so(run_dir, tmp_path):
+    import onnx
+
+    m = onnx.load(str(run_dir / "model.onnx"))
+    for t in (m.graph.input[0], m.graph.output[0]):
+        d = t.type.tensor_type.shape.dim[0]
+        d.ClearField("dim_param")
+        d.dim_value = 1
+    onnx.save(m, str(tmp_path / "fixed.onnx"))
+    j = tmp_path / "f.json"
+    code, out, err = bench([str(tmp_path / "fixed.onnx"), "--batch", "1,4,8", "--iters", "4", "--json", str(j), "-q"])
+    assert code == 0, err
+    data = json.loads(j.read_text())
+    (row,) = [r for r in data["rows"]]
+    assert row["batch"] == 1 and row["requested"] == [1, 4, 8]
+    check_row(row)
+    assert "fixed.onnx on ort-cpu: takes only batch 1; batch 4 measured at 1" in data["notes"]
+    assert "note: fixed.onnx on ort-cpu: takes only batch 1; batch 8 measured at 1" in out
