@@ -236,3 +236,16 @@ def test_importing_the_exporter_loads_no_heavy_library():
             "if m in sys.modules]; print(heavy); sys.exit(1 if heavy else 0)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_engine_without_any_tensorrt_names_the_install(tmp_path):
+    """A machine where neither TensorRT imports (the modules are blocked from importing in a fresh interpreter)."""
+    (tmp_path / "model.keras").write_bytes(b"never read")
+    code = ("import sys; sys.modules['tensorrt'] = None; sys.modules['tensorrt_rtx'] = None\n"
+            "from cnnedge.cli._run import run_cli; from cnnedge.cli.export import main\n"
+            f"sys.exit(run_cli('cnn-export', main, [{str(tmp_path / 'model.keras')!r}, '--engine', '--gpu', 'sm89']))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1
+    assert_one_line_error(res.returncode, res.stderr, "neither tensorrt nor tensorrt_rtx",
+                          "pip install 'cnnedge[trt-rtx]'")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.keras"]
