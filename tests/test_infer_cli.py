@@ -269,3 +269,24 @@ def test_open_source_table(tmp_path):
     src = open_source(tmp_path / "d", glob="*.png")
     assert src.total == 5
     assert "sensor-id=1" in csi_pipeline(1) and csi_pipeline(1).endswith("appsink drop=true max-buffers=1 sync=false")
+
+
+def test_eval_with_labels_csv_and_topk_lines(tmp_path):
+    paths, labels = write_images(tmp_path / "flat", 12)
+    flat = tmp_path / "imgs"
+    flat.mkdir()
+    rows = ["path,label"]
+    for i, (p, t) in enumerate(zip(paths, labels)):
+        q = flat / f"{i:03d}.png"
+        q.write_bytes(p.read_bytes())
+        rows.append(f"imgs/{q.name},{t}")
+    truth = tmp_path / "truth.csv"
+    truth.write_text("\n".join(rows) + "\n")
+    code, out, err = cli(str(models()["onnx"]), "--source", str(flat), "--eval", "--labels-csv", str(truth),
+                         "--topk", "2")
+    assert code == 0, err
+    with Classifier(models()["onnx"]) as clf:
+        acc = np.mean([clf.predict(p).index == t for p, t in zip(paths, labels)])
+    assert f"eval: 12 images, accuracy {acc:.4f}" in out
+    lines = [ln for ln in out.splitlines() if ln.startswith(str(flat))]
+    assert len(lines) == 12 and all(ln.count("[") == 1 for ln in lines)
