@@ -54,6 +54,7 @@ def test_digits_split_is_stratified_deterministic_and_bgr_uint8() -> None:
     assert not np.array_equal(other, labels1)
 
 
+@pytest.mark.slow
 def test_split_images_does_not_import_tensorflow() -> None:
     code = ("import sys; from cnnedge.trainer.data import make_spec, split_images; "
             "im, y, c = split_images(make_spec('digits'), 'val', limit=4); "

@@ -212,3 +212,17 @@ def test_augment_values_are_checked() -> None:
         Augment(zoom=1.5)
     with pytest.raises(UsageError, match="--rotation"):
         Augment(rotation=-3)
+
+
+def test_augmentation_changes_training_batches_only() -> None:
+    from cnnedge.trainer.pipeline import make_dataset
+
+    img = np.zeros((4, 16, 16, 3), np.uint8)
+    img[:, :, :5] = 255  # a bright left edge: a flip or rotation moves it
+    y = np.arange(4) % 2
+    plain = next(iter(make_dataset(img, y, 4)))[0].numpy()
+    np.testing.assert_array_equal(plain, img.astype(np.float32))
+    aug = Augment(flip=True, rotation=30, zoom=0.2, shift=0.2, shear=0.2)
+    seen = [next(iter(make_dataset(img, y, 4, shuffle=True, seed=s, augment=aug)))[0].numpy() for s in range(3)]
+    assert all(x.shape == img.shape and x.min() >= 0 and x.max() <= 255 for x in seen)
+    assert any(not np.allclose(x, img) for x in seen)
