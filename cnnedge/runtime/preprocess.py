@@ -63,7 +63,12 @@ def resize(img: np.ndarray, height: int, width: int, mode: str = "stretch") -> n
 
 def prepare_image(img: np.ndarray, spec: InputSpec, pre: Preprocess) -> np.ndarray:
     """One BGR/gray/BGRA uint8 image -> HxWxC uint8 in the card's colour and size."""
-    out = resize(to_color(img, spec.color), spec.height, spec.width, pre.resize)
+    if spec.color == "GRAY":  # fewer bytes to resize after the conversion
+        out = resize(to_color(img, spec.color), spec.height, spec.width, pre.resize)
+    else:
+        # Resizing works per channel, so a channel swap (BGR->RGB, gray->RGB, dropping alpha) commutes with it
+        # exactly: converting the small image instead of the full frame saves a full-size copy.
+        out = to_color(resize(img, spec.height, spec.width, pre.resize), spec.color)
     if out.ndim == 2:
         out = out[:, :, None]
     return out
