@@ -180,10 +180,13 @@ def trt_device_call(be: Any, x: np.ndarray, copy: bool) -> Call | None:
     flat = np.ascontiguousarray(x).reshape(-1).view(np.uint8)
     clock = time.perf_counter_ns
 
-    def sync() -> None:
-        err, = cudart.cudaStreamSynchronize(stream)
+    def check(result: Any, what: str) -> None:
+        err = result[0] if isinstance(result, tuple) else result
         if int(err) != 0:
-            raise RuntimeError(f"cudaStreamSynchronize failed: {err}")
+            raise RuntimeError(f"{be.path}: CUDA {what} failed: {getattr(err, 'name', err)}")
+
+    def sync() -> None:
+        check(cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
 
     def run() -> None:
         if not be.context.execute_async_v3(int(stream)):
@@ -192,7 +195,7 @@ def trt_device_call(be: Any, x: np.ndarray, copy: bool) -> Call | None:
 
     if not copy:
         be._h_in[:nin] = flat
-        cudart.cudaMemcpyAsync(be._d_in, be._h_in_ptr, nin, h2d, stream)
+        check(cudart.cudaMemcpyAsync(be._d_in, be._h_in_ptr, nin, h2d, stream), "copy to device")
         sync()
 
         def resident() -> tuple[int, int, int]:
@@ -204,12 +207,12 @@ def trt_device_call(be: Any, x: np.ndarray, copy: bool) -> Call | None:
     def copied() -> tuple[int, int, int]:
         t0 = clock()
         be._h_in[:nin] = flat
-        cudart.cudaMemcpyAsync(be._d_in, be._h_in_ptr, nin, h2d, stream)
+        check(cudart.cudaMemcpyAsync(be._d_in, be._h_in_ptr, nin, h2d, stream), "copy to device")
         sync()
         t1 = clock()
         run()
         t2 = clock()
-        cudart.cudaMemcpyAsync(be._h_out_ptr, be._d_out, nout, d2h, stream)
+        check(cudart.cudaMemcpyAsync(be._h_out_ptr, be._d_out, nout, d2h, stream), "copy to host")
         sync()
         return t1 - t0, t2 - t1, clock() - t2
     return copied

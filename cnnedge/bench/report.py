@@ -25,12 +25,13 @@ class Row:
     batch: int
     requested: list[int]
     latency: Latency
-    throughput: float         # images/s over the timed calls (batch * calls / their wall time)
+    throughput: float         # images/s: batch / mean call latency (calls back to back)
     run_p50_ms: list[float]
     spread: float | None
     stages_ms: dict[str, dict[str, float]] | None = None   # GPU: h2d / compute / d2h, p50 and mean
     copy: bool | None = None
     samples_ms: list[float] | None = None
+    wall_s: float | None = None          # wall time of the timed loop, harness between calls included
 
     def __post_init__(self) -> None:
         if self.batch < 1 or self.throughput <= 0:
@@ -51,6 +52,7 @@ class Row:
             "latency_ms": self.latency.to_dict(), "throughput": round(self.throughput, 3),
             "run_p50_ms": [round(v, 6) for v in self.run_p50_ms],
             "spread": None if self.spread is None else round(self.spread, 4),
+            "wall_s": None if self.wall_s is None else round(self.wall_s, 6),
         }
         if self.stages_ms is not None:
             d["stages_ms"] = self.stages_ms
@@ -163,7 +165,8 @@ class BenchReport:
         groups: dict[tuple[str, str], list[str]] = {}
         for s in self.skipped:
             groups.setdefault((s.backend, s.reason), []).append(s.artifact)
-        return [f"cannot run here: {backend} ({', '.join(arts)}): {reason}" for (backend, reason), arts in groups.items()]
+        return [f"cannot run here: {backend} ({', '.join(arts)}): {reason}"
+                for (backend, reason), arts in groups.items()]
 
     def _stage_lines(self) -> list[str]:
         lines = []
@@ -179,7 +182,8 @@ class BenchReport:
         lines = []
         for e in self.end_to_end:
             s = e.stages_ms
-            lines.append(f"end-to-end {e.artifact} {e.backend} batch {e.batch}, {e.workers} workers, {e.images} images: "
+            lines.append(f"end-to-end {e.artifact} {e.backend} batch {e.batch}, {e.workers} workers, "
+                         f"{e.images} images: "
                          f"{e.throughput:,.0f} images/s vs decode+resize bound {e.bound_throughput:,.0f} images/s "
                          f"({e.throughput / e.bound_throughput:.0%}); latency p50 {_ms(e.latency_ms['p50'])} ms, "
                          f"p99 {_ms(e.latency_ms['p99'])} ms; per image read {_ms(s['read'])} ms, decode "

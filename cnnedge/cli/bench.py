@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="seed of the fixed random inputs (default 0; e.g. --seed 1)")
     how.add_argument("--no-copy", dest="copy", action="store_false",
                      help="GPU backends: time with input and output already on the device (default: host-to-"
-                          "device and device-to-host copies timed apart from the compute)")
+                          "device and device-to-host copies timed apart from the compute; "
+                          "e.g. --backends ort-cuda --no-copy)")
     how.add_argument("--trust", action="store_true",
                      help="allow legacy .h5 Keras models (they ignore safe mode; e.g. --trust)")
     out = p.add_argument_group("output (the table always goes to stdout)")
@@ -103,8 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--plot", metavar="FILE.png",
                      help="latency and throughput vs batch size, one line per artifact/backend (e.g. --plot "
                           "bench.png)")
-    out.add_argument("--force", action="store_true", help="overwrite existing --json/--markdown/--plot files")
-    out.add_argument("--quiet", "-q", action="store_true", help="no progress lines on stderr")
+    out.add_argument("--force", action="store_true",
+                     help="overwrite existing --json/--markdown/--plot files (e.g. --json b.json --force)")
+    out.add_argument("--quiet", "-q", action="store_true", help="no progress lines on stderr (e.g. -q)")
     return p
 
 
