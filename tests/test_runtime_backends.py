@@ -193,6 +193,19 @@ def test_trt_profile_handling():
     assert [c[2] for c in plan_batches(70, max_batch=32)] == [32, 32, 6]
 
 
+def test_trt_logger_keeps_errors():
+    from cnnedge.runtime.backends.trt import _Logger, import_tensorrt
+
+    try:
+        trt, _ = import_tensorrt()
+    except BackendUnavailable as exc:
+        pytest.skip(str(exc))
+    log = _Logger(trt)
+    log.log(trt.ILogger.Severity.WARNING, "just a warning")
+    log.log(trt.ILogger.Severity.ERROR, "engine plan is from another version")
+    assert log.errors == ["engine plan is from another version"]
+
+
 def _gpu_trt_reason() -> str | None:
     if not _has("tensorrt"):
         return "needs `tensorrt` (TensorRT-RTX cannot execute on this machine's GPUs, and there is no GPU here)"

@@ -106,7 +106,7 @@ class _Logger:
                 self.errors: list[str] = []
 
             def log(self, severity: Any, msg: str) -> None:
-                if severity <= trt.ILogger.Severity.ERROR:
+                if int(severity) <= int(trt.ILogger.Severity.ERROR):
                     self.errors.append(msg)
         return L()
 
