@@ -13,6 +13,7 @@ import os
 import platform
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -231,16 +232,19 @@ def _prepare_folder(spec: dict, card: ModelCard) -> dict[str, _Prepared]:
     n = len({f for files, _ in lists.values() for f in files})
     if n * card.input.height * card.input.width * card.input.channels > max_train_bytes():
         return {k: _Prepared(None, np.asarray(lab, np.int64), list(files)) for k, (files, lab) in lists.items()}
-    cache: dict[Path, np.ndarray | tuple[str, str]] = {}
+    def load(f: Path) -> np.ndarray | tuple[str, str]:
+        try:
+            return prepare_image(read_image(f), card.input, card.preprocess)
+        except ImageError as exc:
+            return (str(f), exc.reason)
+
+    unique = list(dict.fromkeys(f for files, _ in lists.values() for f in files))
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # OpenCV releases the GIL
+        cache = dict(zip(unique, pool.map(load, unique, chunksize=64)))
     out = {}
     for k, (files, lab) in lists.items():
         arrays, keep, skipped = [], [], []
         for i, f in enumerate(files):
-            if f not in cache:
-                try:
-                    cache[f] = prepare_image(read_image(f), card.input, card.preprocess)
-                except ImageError as exc:
-                    cache[f] = (str(f), exc.reason)
             item = cache[f]
             if isinstance(item, tuple):
                 skipped.append(item)
