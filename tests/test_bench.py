@@ -243,6 +243,10 @@ def test_a_noisy_run_is_warned_about():
 
     t = time_calls(call, warmup=0, iters=12, duration=None, repeats=3)
     assert t.calls == 12 and [b - a for a, b in t.runs] == [4, 4, 4]
+    assert [b - a for a, b in time_calls(lambda: None, warmup=0, iters=7, duration=None, repeats=3).runs] == [3, 2, 2]
+    assert time_calls(lambda: None, warmup=0, iters=2, duration=None, repeats=3).calls == 2
+    timed = time_calls(lambda: time.sleep(0.002), warmup=1, iters=None, duration=0.06, repeats=3)
+    assert len(timed.runs) == 3 and all(w >= 0.02 for w in timed.wall_s) and timed.calls >= 9
     report = BenchReport()
     row = _row(BenchConfig(models=["x"]), report, Artifact(Path("m.onnx"), "onnx"), "ort-cpu", "infer", "fp32", 1,
                [1], t)

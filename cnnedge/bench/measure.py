@@ -7,7 +7,6 @@ compute on buffers that already live on the device.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -36,18 +35,21 @@ class Timing:
 
 
 def time_calls(call: Call, *, warmup: int, iters: int | None, duration: float | None, repeats: int) -> Timing:
-    """``warmup`` untimed calls, then ``repeats`` runs of ``iters / repeats`` calls (or ``duration / repeats`` s)."""
+    """``warmup`` untimed calls, then ``repeats`` runs sharing ``iters`` calls (or ``duration`` seconds)."""
     if repeats < 1:
         raise UsageError(f"--repeats must be at least 1, got {repeats}")
     for _ in range(warmup):
         call()
-    per_run = None if iters is None else max(1, math.ceil(iters / repeats))
+    if iters is not None:
+        repeats = min(repeats, iters)  # exactly ``iters`` calls, spread as evenly as the runs allow
+    sizes = None if iters is None else [iters // repeats + (1 if i < iters % repeats else 0) for i in range(repeats)]
     per_run_s = None if duration is None else duration / repeats
     samples: list[float] = []
     stages: dict[str, list[float]] = {s: [] for s in STAGES}
     runs, walls = [], []
     clock = time.perf_counter_ns
-    for _ in range(repeats):
+    for r in range(repeats):
+        per_run = None if sizes is None else sizes[r]
         start = len(samples)
         t_run = clock()
         while True:
