@@ -278,3 +278,22 @@ def test_a_fixed_batch_model_is_measured_at_its_batch_and_says_so(run_dir, tmp_p
     check_row(row)
     assert "fixed.onnx on ort-cpu: takes only batch 1; batch 4 measured at 1" in data["notes"]
     assert "note: fixed.onnx on ort-cpu: takes only batch 1; batch 8 measured at 1" in out
+
+
+@pytest.mark.slow
+def test_copy_and_compute_are_timed_apart_through_io_binding(run_dir):
+    """The GPU path's steps (OrtValue upload, IO-binding run, download) on ONNX Runtime's CPU provider."""
+    from cnnedge.bench.measure import make_input, ort_device_call, time_calls
+    from cnnedge.runtime.backends import load_backend
+
+    with load_backend(run_dir / "model.onnx", "ort-cpu", threads=1) as be:
+        x = make_input(be.input_spec.shape, be.input_spec.dtype, 4, 0)
+        copied = time_calls(ort_device_call(be, x, True, device="cpu"), warmup=2, iters=6, duration=None, repeats=2)
+        resident = time_calls(ort_device_call(be, x, False, device="cpu"), warmup=2, iters=6, duration=None,
+                              repeats=2)
+    assert set(copied.stages_ms) == {"h2d", "compute", "d2h"}
+    for i, total in enumerate(copied.samples_ms):
+        parts = [copied.stages_ms[k][i] for k in ("h2d", "compute", "d2h")]
+        assert all(p > 0 for p in parts) and sum(parts) == pytest.approx(total)
+    assert all(v == 0 for v in resident.stages_ms["h2d"] + resident.stages_ms["d2h"])
+    assert resident.samples_ms == pytest.approx(resident.stages_ms["compute"])

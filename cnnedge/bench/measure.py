@@ -118,13 +118,14 @@ def keras_direct_call(model: Any, x: np.ndarray) -> Call:
 
 # --- GPU paths: written against the documented APIs; they need an NVIDIA GPU to run -----------------------
 
-def ort_device_call(be: Any, x: np.ndarray, copy: bool, device_id: int = 0) -> Call:
+def ort_device_call(be: Any, x: np.ndarray, copy: bool, device_id: int = 0, device: str = "cuda") -> Call:
     """ONNX Runtime CUDA / TensorRT EP through IO binding, copies timed apart from the compute.
 
     ``copy=True``: per call, H2D (``OrtValue.ortvalue_from_numpy(x, "cuda")`` and
     ``synchronize_inputs``), compute (``run_with_iobinding`` and
     ``synchronize_outputs``), D2H (``OrtValue.numpy()``). ``copy=False``: input and
-    output stay on the device; only the compute is timed.
+    output stay on the device; only the compute is timed. ``device="cpu"`` runs the
+    same steps on ONNX Runtime's CPU provider (what the tests can check without a GPU).
     """
     import onnxruntime as ort
 
@@ -133,9 +134,9 @@ def ort_device_call(be: Any, x: np.ndarray, copy: bool, device_id: int = 0) -> C
     binding = sess.io_binding()
     clock = time.perf_counter_ns
     if not copy:
-        x_dev = ort.OrtValue.ortvalue_from_numpy(x, "cuda", device_id)
+        x_dev = ort.OrtValue.ortvalue_from_numpy(x, device, device_id)
         binding.bind_ortvalue_input(in_name, x_dev)
-        binding.bind_output(out_name, "cuda", device_id)
+        binding.bind_output(out_name, device, device_id)
 
         def resident() -> tuple[int, int, int]:
             t0 = clock()
@@ -146,9 +147,9 @@ def ort_device_call(be: Any, x: np.ndarray, copy: bool, device_id: int = 0) -> C
 
     def copied() -> tuple[int, int, int]:
         t0 = clock()
-        x_dev = ort.OrtValue.ortvalue_from_numpy(x, "cuda", device_id)
+        x_dev = ort.OrtValue.ortvalue_from_numpy(x, device, device_id)
         binding.bind_ortvalue_input(in_name, x_dev)
-        binding.bind_output(out_name, "cuda", device_id)
+        binding.bind_output(out_name, device, device_id)
         binding.synchronize_inputs()
         t1 = clock()
         sess.run_with_iobinding(binding)
