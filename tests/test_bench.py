@@ -257,6 +257,10 @@ def test_a_noisy_run_is_warned_about():
     _row(BenchConfig(models=["x"], max_spread=10.0), quiet, Artifact(Path("m.onnx"), "onnx"), "ort-cpu", "infer",
          "fp32", 1, [1], t)
     assert quiet.warnings == []
+    report.rows.append(row)
+    line = report.noise_summary(0.25)
+    assert line is not None and "on 1 of 1 rows" in line and "m.onnx ort-cpu batch 1" in line
+    assert report.noise_summary(10.0) is None
 
 
 @pytest.mark.slow

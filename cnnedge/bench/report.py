@@ -160,6 +160,18 @@ class BenchReport:
         out += [f"note: {n}" for n in self.notes]
         return "\n".join(out)
 
+    def noise_summary(self, max_spread: float) -> str | None:
+        """One line for all the rows whose runs disagreed by more than ``max_spread``, or None."""
+        noisy = [r for r in self.rows if r.spread is not None and r.spread > max_spread]
+        if not noisy:
+            return None
+        worst = max(noisy, key=lambda r: r.spread or 0.0)
+        load = self.settings.get("load_after") or self.settings.get("load_before")
+        return (f"p50 varied more than {max_spread:.0%} between runs on {len(noisy)} of {len(self.rows)} rows "
+                f"(worst: {worst.artifact} {worst.label} batch {worst.batch}, {worst.spread:.0%}); the machine is "
+                f"noisy (load average {load[0] if load else '?'}): measure again with --duration, fewer --threads "
+                "or when it is quieter (each row's spread is in the JSON)")
+
     def skipped_lines(self) -> list[str]:
         """One line per backend and reason: the files it could not run."""
         groups: dict[tuple[str, str], list[str]] = {}

@@ -151,8 +151,9 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
     log = None if args.quiet else (lambda m: print(f"{PROG}: {m}", file=err, flush=True))
     report = run_bench(cfg, log)
     print(report.table(), file=out)
-    for w in report.warnings:
-        print(f"{PROG}: warning: {w}", file=err)
+    noise = report.noise_summary(cfg.max_spread)
+    if noise:
+        print(f"{PROG}: warning: {noise}", file=err)
     if args.json:
         report.write_json(args.json)
     if args.markdown:
