@@ -1,7 +1,6 @@
 """Backends: choice, checks, third-party ONNX, batch planning, external data, TensorRT guards."""
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path

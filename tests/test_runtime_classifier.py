@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from cnnedge.errors import CardError, UsageError
+from cnnedge.errors import UsageError
 from cnnedge.runtime.classifier import CardMissingWarning, Classifier, Prediction
 
 sys.path.insert(0, str(Path(__file__).parent))
