@@ -42,8 +42,55 @@ def step_train(run_dir: Path) -> None:
                            f"(delete {run_dir} to train again)")
 
 
+DEMO_GPU = "sm89"  # TensorRT-RTX builds for a named GPU even on a machine without one
+
+
+def step_export(run_dir: Path) -> None:
+    """Export FP32, FP16 and INT8 ONNX (and TensorRT engines where a builder is installed),
+    each checked against Keras on the digits test split."""
+    import importlib.util
+
+    from .export import export
+
+    model = run_dir / "model.keras"
+    if (run_dir / "export_report.json").is_file() and (run_dir / "model.int8.onnx").is_file():
+        print(f"reusing the export in {run_dir} (delete export_report.json to export again)")
+        return
+    has_trt = any(importlib.util.find_spec(m) for m in ("tensorrt", "tensorrt_rtx"))
+    if not has_trt:
+        print("no TensorRT builder installed: exporting ONNX only (pip install 'cnnedge[trt-rtx]' for engines)")
+    report = export(model, fp16=True, int8=True, engine=has_trt, gpu=DEMO_GPU if has_trt else None, force=True)
+    print(report.table())
+
+
+def step_infer(run_dir: Path) -> None:
+    """Classify a folder of real digit images (the held-out test split, written as PNGs
+    in one folder per class) with the INT8 model, as a user would with cnn-infer."""
+    import cv2
+
+    from .cli.infer import main as infer_main
+    from .keras_io import load_card_for
+    from .trainer.data import split_images
+
+    card = load_card_for(run_dir / "model.keras")
+    images, labels, classes = split_images(card.provenance.dataset_spec, "test")
+    folder = run_dir / "images"
+    for i, (img, label) in enumerate(zip(images, labels)):
+        path = folder / classes[int(label)] / f"{i:04d}.png"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(path), img)
+    argv = [str(run_dir / "model.int8.onnx"), "--source", str(folder), "--eval", "--quiet"]
+    print("cnn-infer " + " ".join(argv))
+    code = infer_main(argv)
+    if code:
+        raise CnnEdgeError(f"demo: cnn-infer exited with {code}")
+
+
 STEPS: list[tuple[str, Callable[[Path], None]]] = [
     ("train digits-cnn on the embedded digits (cnn-train)", step_train),
+    ("export FP32/FP16/INT8 ONNX and TensorRT engines, checked against Keras (cnn-export)", step_export),
+    ("classify a folder of test images with the INT8 model (cnn-infer)", step_infer),
 ]
 
 
