@@ -293,3 +293,35 @@ def test_eval_with_labels_csv_and_topk_lines(tmp_path):
     assert f"eval: 12 images, accuracy {acc:.4f}" in out
     lines = [ln for ln in out.splitlines() if ln.startswith(str(flat))]
     assert len(lines) == 12 and all(ln.count("[") == 1 for ln in lines)
+
+
+def test_third_party_model_flags_and_missing_card_warning(folder):
+    d, paths, _ = folder
+    code, out, err = cli(str(models()["nchw"]), "--source", str(paths[0]), "--scale", "1/255", "--rgb")
+    assert code == 0, err
+    assert "warning:" in err and "no model card" in err
+    with pytest.warns(Warning):
+        with Classifier(models()["nchw"], scale=1 / 255) as clf:
+            assert out.split("\t")[1] == clf.predict(paths[0]).label
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_cleanly_with_a_summary():
+    import signal
+    import subprocess
+
+    models()
+    srv = MjpegServer(fps=30)
+    srv.start()
+    try:
+        code = "import sys; from cnnedge.cli.infer import console; sys.argv[0] = 'cnn-infer'; console()"
+        proc = subprocess.Popen([sys.executable, "-c", code, str(models()["onnx"]), "--source",
+                                 f"http://127.0.0.1:{srv.port}/s.mjpg", "--quiet"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(6.0)  # start-up (imports, model load) and a few seconds of frames
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        srv.stop()
+    assert proc.returncode == 0, err
+    assert "interrupted;" in err and " done; 0 failed" in err and "Traceback" not in err
