@@ -78,6 +78,8 @@ def test_backend_choice_and_errors(tmp_path):
         load_backend(onnx_path, "trt")
     with pytest.raises(UsageError, match="no option"):
         load_backend(onnx_path, "ort-cpu", trust=True)
+    with pytest.raises(UsageError, match="fp16 applies to .*ort-trt"):
+        load_backend(onnx_path, "ort-cpu", fp16=True)
     fake = tmp_path / "model.onnx"
     fake.write_bytes(b"this is not a protobuf at all" * 10)
     with pytest.raises(ModelLoadError, match="not a"):

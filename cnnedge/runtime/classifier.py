@@ -332,8 +332,8 @@ class Classifier:
 
     def predict(self, image: np.ndarray | str | os.PathLike, topk: int | None = None) -> Prediction:
         """Classify one image: a BGR uint8 HxWx3 array (gray and BGRA are converted) or a path."""
-        if type(image) is not np.ndarray:
-            image = self.load_image(image)  # type: ignore[arg-type]
+        if type(image) is not np.ndarray and not isinstance(image, np.ndarray):
+            image = self.load_image(image)
         sh = image.shape  # type: ignore[union-attr]
         if sh == self._hwc and image.dtype == _UINT8:  # type: ignore[union-attr]
             # already the model's size: only the colour order changes (the common camera-at-size case)

@@ -97,6 +97,9 @@ class OrtBackend(Backend):
         if backend not in PROVIDERS:
             raise UsageError(f"unknown ONNX Runtime backend {backend!r}; expected one of {', '.join(PROVIDERS)}")
         provider = PROVIDERS[backend]
+        if fp16 and backend != "ort-trt":
+            raise UsageError(f"fp16 applies to ONNX Runtime's TensorRT provider (ort-trt), not {backend}; to run "
+                             "in FP16 there, use the exported model.fp16.onnx")
         if provider not in ort.get_available_providers():
             pkg = "onnxruntime-gpu" if backend != "ort-cpu" else "onnxruntime"
             raise BackendUnavailable(f"backend {backend} needs ONNX Runtime's {provider}, which this install lacks "
