@@ -77,7 +77,8 @@ def test_folder_with_damaged_files_sinks_and_eval(folder, tmp_path):
     assert len(out.splitlines()) >= 40 and all(str(p) in out for p in paths)
     for name in bad:
         assert f"{name}: " in err
-    assert "40 done; 4 failed" in err and "p50" in err and "p99" in err and "images/s" in err
+    assert "skipped 1 file(s) whose names are not images (README.txt)" in err
+    assert "40 done; 4 failed; 1 non-image files ignored" in err and "p50" in err and "p99" in err and "images/s" in err
     acc = np.mean([direct[str(p)] == str(t) for p, t in zip(paths, labels)])
     assert f"accuracy {acc:.4f}" in out and "confusion" in out and "per-class recall" in out
     saved = sorted((tmp_path / "ann").glob("*.jpg"))

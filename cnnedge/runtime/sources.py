@@ -269,15 +269,15 @@ def has_gstreamer() -> bool:
     return bool(m and m.group(1).upper() != "NO")
 
 
-def folder_files(folder: Path, glob: str | None = None) -> tuple[list[Path], int]:
+def folder_files(folder: Path, glob: str | None = None) -> tuple[list[Path], list[Path]]:
     """Files under ``folder`` (recursive, sorted) matching ``glob``; without a glob, image
-    files only. Returns the files and how many non-image files were left out."""
+    files only. Returns the files and the non-image files that were left out."""
     pattern = glob or "*"
     files = sorted(p for p in folder.rglob(pattern) if p.is_file() and not p.name.startswith("."))
     if glob:
-        return files, 0
+        return files, []
     images = [p for p in files if is_image_file(p)]
-    return images, len(files) - len(images)
+    return images, [p for p in files if not is_image_file(p)]
 
 
 def read_list_file(path: Path) -> list[Path]:
@@ -326,8 +326,12 @@ def open_source(spec: Any, *, glob: str | None = None, live: bool = False,
     if s.startswith("/dev/video"):
         return LiveSource(s, s, cv2.CAP_V4L2, timeouts=False)
     if p.is_dir():
-        files, skipped = folder_files(p, glob)
-        return FileSource(files, name=str(p), skipped=skipped)
+        files, others = folder_files(p, glob)
+        if others:
+            shown = ", ".join(str(o.relative_to(p)) for o in others[:5]) + (", ..." if len(others) > 5 else "")
+            log.warning("%s: skipped %d file(s) whose names are not images (%s); use --glob to include them",
+                        p, len(others), shown)
+        return FileSource(files, name=str(p), skipped=len(others))
     if not p.exists():
         raise SourceError(f"{p}: no such file or folder (a source is an image, folder, list file, video, "
                           "camera index, URL, csi://N or GStreamer pipeline)")
