@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--fp16", action="store_true", help="TensorRT execution provider builds FP16 kernels "
                      "(e.g. --backend ort-trt --fp16)")
     run.add_argument("--no-reduce-decode", dest="reduce_decode", action="store_false",
-                     help="always decode JPEGs at full size (default: at 1/2..1/8 when at least 2x the input)")
+                     help="always decode JPEGs at full size (default: at 1/2..1/8 when at least 2x the input; "
+                          "e.g. --no-reduce-decode)")
     run.add_argument("--trust", action="store_true", help="allow legacy .h5 Keras models (they ignore safe mode; "
                      "e.g. --trust)")
 
@@ -118,16 +119,16 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--save-dir", metavar="DIR", help="write annotated images (e.g. --save-dir annotated/)")
     out.add_argument("--save-video", metavar="FILE", help="write an annotated video (e.g. --save-video out.mp4)")
     out.add_argument("--fps", type=float, default=25.0, help="frame rate of --save-video (default 25; e.g. --fps 30)")
-    out.add_argument("--show", action="store_true", help="show annotated frames in a window (needs OpenCV with GUI)")
+    out.add_argument("--show", action="store_true", help="show annotated frames in a window; needs OpenCV with GUI (e.g. --camera 0 --show)")
     out.add_argument("--eval", action="store_true",
                      help="accuracy, per-class recall and confusion matrix, true classes from folder names "
                           "(e.g. --source test/ --eval)")
     out.add_argument("--labels-csv", metavar="FILE",
                      help="true classes for --eval as path,label rows (e.g. --labels-csv truth.csv)")
-    out.add_argument("--quiet", "-q", action="store_true", help="no line per result, only the summary")
+    out.add_argument("--quiet", "-q", action="store_true", help="no line per result, only the summary (e.g. --source photos/ --quiet)")
     out.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                     help="progress bar on stderr for folders (default: when stderr is a terminal)")
-    out.add_argument("--force", action="store_true", help="overwrite existing --json/--csv/--save-video files")
+                     help="progress bar on stderr for folders (default: when stderr is a terminal; e.g. --no-progress)")
+    out.add_argument("--force", action="store_true", help="overwrite existing --json/--csv/--save-video files (e.g. --json out.jsonl --force)")
     return p
 
 
