@@ -147,7 +147,10 @@ class TrtBackend(Backend):
             raise ModelLoadError(f"{p}: a classifier engine has one input and an output; found {ins} / {outs}")
         self._in, self._out = ins[0], (side.output_name if side.output_name in outs else outs[0])
         in_shape = tuple(self.engine.get_tensor_shape(self._in))
-        rng = profile_batch_range(*self.engine.get_tensor_profile_shape(self._in, 0), in_shape[0])
+        if in_shape[0] > 0:  # a static batch: no profile to ask
+            rng = profile_batch_range((), (), (), in_shape[0])
+        else:
+            rng = profile_batch_range(*self.engine.get_tensor_profile_shape(self._in, 0), in_shape[0])
         check_profile_against_sidecar(side, rng)
         self.min_batch, opt, self.max_batch = rng
         self.fixed_batch = in_shape[0] if in_shape[0] > 0 else None
