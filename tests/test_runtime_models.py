@@ -7,8 +7,10 @@ normalisation in the graph), a third-party style NCHW float ONNX with no card
 """
 from __future__ import annotations
 
+import atexit
 import functools
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -54,6 +56,7 @@ def models() -> dict[str, Path]:
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     out = Path(tempfile.mkdtemp(prefix="cnnedge-runtime-test-"))
+    atexit.register(shutil.rmtree, out, True)
     xtr, ytr, _, _ = split()
     rgb = np.stack([cv2.cvtColor(im, cv2.COLOR_BGR2RGB) for im in xtr]).astype(np.float32)
     keras.utils.set_random_seed(0)
