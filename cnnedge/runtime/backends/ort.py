@@ -150,9 +150,7 @@ class OrtBackend(Backend):
         self._in_name = inputs[0].name
         self.fixed_batch = self.input_spec.batch
         self.card = self._read_card(p)
-        self._binding = None
-        if backend != "ort-cpu":
-            self._binding = self.session.io_binding()
+        self._gpu = backend != "ort-cpu"  # GPU providers run through IO binding (outputs copied back once)
 
     def _read_card(self, p: Path) -> ModelCard | None:
         meta = self.session.get_modelmeta().custom_metadata_map
@@ -165,9 +163,10 @@ class OrtBackend(Backend):
             raise CardError(f"{p}: embedded {exc}") from None
 
     def _infer_impl(self, batch: np.ndarray) -> np.ndarray:
-        if self._binding is None:
+        if not self._gpu:
             return self.session.run(self._out_names, {self._in_name: batch})[0]
-        # GPU: bind the host batch once, let ORT copy it and keep the output on the host.
+        # GPU: bind the host batch, let ORT copy it in and the output back; one binding per call keeps
+        # concurrent calls independent.
         b = self.session.io_binding()
         b.bind_cpu_input(self._in_name, batch)
         b.bind_output(self._out_names[0], "cpu")
@@ -176,7 +175,6 @@ class OrtBackend(Backend):
 
     def _close_impl(self) -> None:
         self.session = None  # type: ignore[assignment]
-        self._binding = None
 
 
 def _spec(arg: Any, p: Path) -> TensorSpec:
