@@ -15,39 +15,12 @@ from pathlib import Path
 from typing import Sequence, TextIO
 
 from ..errors import ExitCode, UsageError
+from ._args import non_negative_int as _non_negative
+from ._args import positive_int as _positive
+from ._args import positive_seconds as _seconds
 from ._run import entry
 
 PROG = "cnn-bench"
-
-
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
-
-
-def _non_negative(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
-    return v
-
-
-def _seconds(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {v}")
-    return v
 
 
 def build_parser() -> argparse.ArgumentParser:

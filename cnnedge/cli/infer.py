@@ -13,34 +13,15 @@ import logging
 import os
 import sys
 import warnings
-from fractions import Fraction
 from typing import Any, Sequence, TextIO
 
 from ..errors import ExitCode, UsageError
+from ._args import number as _number
+from ._args import numbers as _numbers
+from ._args import positive_int as _positive
 from ._run import entry
 
 PROG = "cnn-infer"
-
-
-def _number(text: str) -> float:
-    try:
-        return float(Fraction(text.strip()))
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f"expected a number or a fraction such as 1/255, got {text!r}") from None
-
-
-def _numbers(text: str) -> list[float]:
-    return [_number(t) for t in text.split(",")]
-
-
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
 
 
 def build_parser() -> argparse.ArgumentParser:

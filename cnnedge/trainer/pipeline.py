@@ -78,17 +78,7 @@ def make_dataset(pixels: np.ndarray, labels: np.ndarray, batch_size: int, *, shu
     if shuffle:
         ds = ds.shuffle(min(len(labels), 20000), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
-    ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
-    if augment is not None and augment.active:
-        aug_layers = augment.layers(seed)
-
-        def _aug(x: Any, y: Any) -> tuple[Any, Any]:
-            for layer in aug_layers:
-                x = layer(x, training=True)
-            return tf.clip_by_value(x, 0.0, 255.0), y
-
-        ds = ds.map(_aug, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return _to_float_and_augment(tf, ds, augment, seed)
 
 
 def stream_dataset(files: Sequence[Any], labels: np.ndarray, spec: InputSpec, pre: Preprocess, batch_size: int, *,
@@ -121,6 +111,12 @@ def stream_dataset(files: Sequence[Any], labels: np.ndarray, spec: InputSpec, pr
 
     sig = (tf.TensorSpec((spec.height, spec.width, spec.channels), tf.uint8), tf.TensorSpec((), tf.int32))
     ds = tf.data.Dataset.from_generator(gen, output_signature=sig).batch(batch_size)
+    return _to_float_and_augment(tf, ds, augment, seed)
+
+
+def _to_float_and_augment(tf: Any, ds: Any, augment: Augment | None, seed: int) -> Any:
+    """The shared tail of both pipelines: uint8 batches to float pixels, augmentation
+    (training only, never in the saved model), prefetch."""
     ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
     if augment is not None and augment.active:
         aug_layers = augment.layers(seed)
