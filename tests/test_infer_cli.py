@@ -19,7 +19,7 @@ from cnnedge.cli._run import run_cli
 from cnnedge.cli.infer import main
 from cnnedge.runtime.classifier import Classifier
 from cnnedge.runtime.pipeline import PipelineStats, run_pipeline
-from cnnedge.runtime.sources import open_source
+from cnnedge.runtime.sources import LiveSource, open_source
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_runtime_models import models, split, write_images  # noqa: E402
@@ -147,6 +147,26 @@ def test_video_file_every_frame_and_as_live_source(tmp_path):
     got = [r.frame for r in res]
     assert got == sorted(set(got)) and all(0 <= f < 60 for f in got)
     assert src.live and len(got) + src.dropped == 60 == src.frames
+
+
+def test_live_source_paced_at_a_frame_rate_delivers_every_frame_once(tmp_path):
+    vid = tmp_path / "paced.avi"
+    _write_video(vid, 12)
+    src = LiveSource(str(vid), "paced", cv2.CAP_ANY, timeouts=False, reconnect=False, fps=20)
+    got, t0 = [], time.perf_counter()
+    try:
+        while True:
+            try:
+                f = src.get(1.0)
+            except StopIteration:
+                break
+            if f is not None:
+                got.append(f.frame)
+    finally:
+        src.close()
+    # 12 frames at 20 fps cannot arrive in less than 11 periods; a reader this fast misses none
+    assert time.perf_counter() - t0 >= 11 / 20 - 0.02
+    assert got == list(range(12)) and src.dropped == 0
 
 
 def test_two_sources_share_batches(tmp_path):

@@ -158,19 +158,23 @@ class LiveSource(Source):
 
     ``reconnect``: reopen with back-off (``backoff`` seconds, doubling up to
     ``max_backoff``) when reads fail; a file target ends at its last frame instead.
+    ``fps``: deliver no faster than this (a video file replayed as a camera would
+    deliver it); None reads as fast as the capture gives frames.
     """
 
     live = True
 
     def __init__(self, target: Any, name: str, api: int | None = None, *, timeouts: bool = True,
                  open_timeout_ms: int = OPEN_TIMEOUT_MS, read_timeout_ms: int = READ_TIMEOUT_MS,
-                 reconnect: bool = True, backoff: float = 0.25, max_backoff: float = 4.0) -> None:
+                 reconnect: bool = True, backoff: float = 0.25, max_backoff: float = 4.0,
+                 fps: float | None = None) -> None:
         cv2 = _cv2()
         self.target, self.name = target, name
         self.api = cv2.CAP_ANY if api is None else api
         self.params = ([cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(open_timeout_ms),
                         cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(read_timeout_ms)] if timeouts else [])
         self.reconnect, self.backoff, self.max_backoff = reconnect, backoff, max_backoff
+        self.period = 1.0 / fps if fps else 0.0
         self.dropped = self.reconnects = self.frames = self.size_changes = 0
         self.size: tuple[int, ...] | None = None
         self._cap = _capture(target, self.api, self.params)
@@ -185,6 +189,7 @@ class LiveSource(Source):
         self._thread.start()
 
     def _loop(self) -> None:
+        due = time.perf_counter()
         try:
             while not self._stop.is_set():
                 ok, img = self._cap.read() if self._cap is not None else (False, None)
@@ -195,6 +200,10 @@ class LiveSource(Source):
                     if not self.reconnect or not self._reopen():
                         break
                     continue
+                if self.period:
+                    if self._stop.wait(max(0.0, due - time.perf_counter())):
+                        break
+                    due = max(due, time.perf_counter()) + self.period  # late frames never burst
                 self._publish(img)
         finally:
             if self._cap is not None:
