@@ -90,17 +90,22 @@ def compare_onnx(path: Path, precision: str, x: np.ndarray, ref: np.ndarray, lab
     sess = onnx_io.session(path)
     out = onnx_io.run(sess, x)
     res = ArtifactResult(str(path), "onnx", precision, path.stat().st_size)
+    _score(res, out, ref, labels)
+    res.latency_ms_b1 = latency_ms(sess, x[:1])
+    res.failures = thresholds.check(precision, res.max_abs_diff, res.top1_agreement, res.accuracy_drop)
+    res.passed = not res.failures
+    res.seconds = round(time.perf_counter() - t0, 3)
+    return res
+
+
+def _score(res: ArtifactResult, out: np.ndarray, ref: np.ndarray, labels: np.ndarray | None) -> None:
+    """Fill the comparison columns of ``res``: the artifact's outputs against Keras's."""
     res.max_abs_diff = float(np.max(np.abs(out - ref)))
     res.top1_agreement = float(np.mean(top1(out) == top1(ref)))
     if labels is not None:
         res.keras_accuracy = float(np.mean(top1(ref) == labels))
         res.accuracy = float(np.mean(top1(out) == labels))
         res.accuracy_drop = res.keras_accuracy - res.accuracy
-    res.latency_ms_b1 = latency_ms(sess, x[:1])
-    res.failures = thresholds.check(precision, res.max_abs_diff, res.top1_agreement, res.accuracy_drop)
-    res.passed = not res.failures
-    res.seconds = round(time.perf_counter() - t0, 3)
-    return res
 
 
 def table(results: list[ArtifactResult]) -> str:
@@ -143,12 +148,7 @@ def compare_engine(path: Path, precision: str, x: np.ndarray, ref: np.ndarray, l
         return res
     try:
         out = np.asarray(backend.infer(x), dtype=np.float32)
-        res.max_abs_diff = float(np.max(np.abs(out - ref)))
-        res.top1_agreement = float(np.mean(top1(out) == top1(ref)))
-        if labels is not None:
-            res.keras_accuracy = float(np.mean(top1(ref) == labels))
-            res.accuracy = float(np.mean(top1(out) == labels))
-            res.accuracy_drop = res.keras_accuracy - res.accuracy
+        _score(res, out, ref, labels)
         times = []
         for _ in range(50):
             t = time.perf_counter()
