@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import io
 import json
-from contextlib import redirect_stdout
+import re
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import numpy as np
@@ -85,11 +86,20 @@ def test_existing_run_is_not_overwritten_and_demo_reuses_it(digits_run: tuple[Pa
     code, _, err = _cli(["--preset", "digits-cnn", "--out", str(out), "--epochs", "1"])
     assert code == 2 and "--force" in err and err.count("\n") == 1 and "Traceback" not in err
     assert before == {n: (out / n).stat().st_mtime_ns for n in ARTIFACTS}
-    buf = io.StringIO()
-    with redirect_stdout(buf):
+    buf, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(buf), redirect_stderr(err):
         assert demo.main([str(out)]) == 0
-    assert "reusing the completed run" in buf.getvalue() and "=== [1/" in buf.getvalue()
+    said = buf.getvalue() + err.getvalue()
+    assert "reusing the completed run" in said and "=== [1/3]" in said and "=== [3/3]" in said
     assert before == {n: (out / n).stat().st_mtime_ns for n in ARTIFACTS}
+    # the demo goes on: export checked against Keras, then the INT8 model classifies the test folder
+    report = json.loads((out / "export_report.json").read_text())
+    onnx_rows = {Path(a["path"]).name: a for a in report["artifacts"] if a["path"].endswith(".onnx")}
+    assert set(onnx_rows) == {"model.onnx", "model.fp16.onnx", "model.int8.onnx"}
+    assert all(a["passed"] for a in onnx_rows.values())
+    assert len(list((out / "images").rglob("*.png"))) == 269
+    acc = float(re.search(r"eval: 269 images, accuracy ([0-9.]+)", said).group(1))
+    assert acc >= 0.97
 
 
 class _InterruptAfter(keras.callbacks.Callback):
