@@ -169,6 +169,29 @@ def test_live_source_paced_at_a_frame_rate_delivers_every_frame_once(tmp_path):
     assert got == list(range(12)) and src.dropped == 0
 
 
+def test_live_source_never_builds_a_backlog_behind_a_slow_model(tmp_path):
+    vid = tmp_path / "fast.avi"
+    _write_video(vid, 250)
+    delay = 0.1
+    with Classifier(models()["onnx"]) as clf:
+        run = clf.backend._infer_impl
+
+        def slow(batch):  # the real backend, made as slow as a big model on a small board
+            time.sleep(delay)
+            return run(batch)
+
+        clf.backend._infer_impl = slow
+        src = LiveSource(str(vid), "cam", cv2.CAP_ANY, timeouts=False, reconnect=False, fps=100)
+        res = list(clf.stream(src, batch=8, max_wait_ms=10, duration=2.0))
+    lat = sorted(r.latency_ms for r in res)
+    frames = [r.frame for r in res]
+    assert frames == sorted(set(frames)) and src.dropped > 0
+    # at most one frame per live source waits while the model runs: latency stays near one
+    # inference call, it does not grow with a queue of stale frames (that gave 3-6 calls)
+    assert lat[len(lat) // 2] < 2.0 * delay * 1000, lat
+    assert lat[-1] < 3.0 * delay * 1000, lat
+
+
 def test_two_sources_share_batches(tmp_path):
     a, b = tmp_path / "a.avi", tmp_path / "b.avi"
     _write_video(a, 40)

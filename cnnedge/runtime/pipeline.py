@@ -77,11 +77,12 @@ class PipelineStats:
 
 
 class _Item:
-    __slots__ = ("frame", "pixels", "error", "image")
+    __slots__ = ("frame", "pixels", "error", "image", "gate")
 
     def __init__(self, frame: Frame, pixels: np.ndarray | None = None, error: str | None = None,
                  image: np.ndarray | None = None) -> None:
         self.frame, self.pixels, self.error, self.image = frame, pixels, error, image
+        self.gate: threading.Event | None = None  # a live source's: set when the batcher takes the item
 
 
 def default_workers() -> int:
@@ -187,12 +188,24 @@ def _run(clf: "Classifier", sources: list[Source], batch: int, max_wait_ms: floa
     def feed_frames(src: Source) -> None:
         try:
             if isinstance(src, LiveSource):
+                # At most one frame of a live source waits for the batcher: the next one is taken
+                # from the source (its newest, older ones counted as dropped) only once the batcher
+                # has taken this one, so a slow model never works through a backlog of stale frames.
+                gate = threading.Event()
+                gate.set()
                 while not stop.is_set():
+                    if not gate.wait(0.1):
+                        continue
                     try:
                         f = src.get(0.1)
                     except StopIteration:
                         break
-                    if f is not None and not put(prepare(f)):
+                    if f is None:
+                        continue
+                    item = prepare(f)
+                    item.gate = gate
+                    gate.clear()
+                    if not put(item):
                         break
             else:
                 for f in src:
@@ -214,6 +227,11 @@ def _run(clf: "Classifier", sources: list[Source], batch: int, max_wait_ms: floa
     emitted = 0
     deadline = None if duration is None else stats.started + duration
     wait_s = max_wait_ms / 1000.0
+
+    def take(item: Any) -> Any:
+        if item is not _END and item.gate is not None:
+            item.gate.set()
+        return item
 
     def finish(items: list[_Item]) -> list[Result]:
         out: list[Result] = []
@@ -243,7 +261,7 @@ def _run(clf: "Classifier", sources: list[Source], batch: int, max_wait_ms: floa
             if deadline is not None and time.perf_counter() >= deadline:
                 break
             try:
-                first = ready.get(timeout=0.1)
+                first = take(ready.get(timeout=0.1))
             except queue.Empty:
                 continue
             if first is _END:
@@ -255,7 +273,7 @@ def _run(clf: "Classifier", sources: list[Source], batch: int, max_wait_ms: floa
             while len([i for i in items if i.error is None]) < limit:
                 remaining = close_at - time.perf_counter()
                 try:
-                    nxt = ready.get(timeout=remaining) if remaining > 0 else ready.get_nowait()
+                    nxt = take(ready.get(timeout=remaining) if remaining > 0 else ready.get_nowait())
                 except queue.Empty:
                     break
                 if nxt is _END:
