@@ -7,7 +7,34 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from .errors import FileExistsRefused
+from .errors import FileExistsRefused, UsageError
+
+
+def check_output(flag: str, path: str | os.PathLike | None, force: bool, suffix: str | None = None,
+                 folder: bool = False) -> None:
+    """Refuse an output path that cannot be written, before any work is done: a one-line
+    UsageError naming the flag, instead of a failure (or a traceback) at the end of a run.
+    ``folder``: the path is a folder to create or fill, not a file."""
+    if path is None:
+        return
+    p = Path(path)
+    if suffix and p.suffix.lower() != suffix:
+        raise UsageError(f"{flag} {p}: expected a {suffix} file name (e.g. {flag} out{suffix})")
+    if folder:
+        if p.exists() and not p.is_dir():
+            raise UsageError(f"{flag} {p}: exists and is not a folder")
+    else:
+        if p.is_dir():
+            raise UsageError(f"{flag} {p}: is a folder; give a file name")
+        if p.exists() and not force:
+            raise UsageError(f"{flag} {p}: exists; pass --force to overwrite it")
+    probe = p.parent if str(p.parent) else Path(".")
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"{flag} {p}: cannot write there ({probe} is not a folder)")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {p}: cannot write there ({probe} is not writable)")
 
 
 def refuse_overwrite(path: str | os.PathLike, force: bool, flag: str = "--force") -> None:

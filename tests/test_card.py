@@ -77,3 +77,22 @@ def test_garbage_and_oversized_files(tmp_path):
 def test_card_paths():
     assert card_path_for("run/model.keras").as_posix() == "run/card.json"
     assert card_path_for("run/model.int8.engine").as_posix() == "run/model.int8.engine.json"
+
+
+def test_cli_turns_file_system_errors_into_one_line(tmp_path):
+    import io
+
+    from cnnedge.cli._run import run_cli
+
+    def main(argv):
+        (tmp_path / "missing" / "x.txt").write_text("x")
+
+    err = io.StringIO()
+    assert run_cli("cnn-test", main, [], stderr=err) == 1
+    assert err.getvalue().count("\n") == 1 and "missing/x.txt: No such file or directory" in err.getvalue()
+
+    def bug(argv):
+        raise OSError("no file involved: a bug keeps its traceback")
+
+    with pytest.raises(OSError):
+        run_cli("cnn-test", bug, [], stderr=io.StringIO())

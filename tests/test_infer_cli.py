@@ -105,6 +105,9 @@ def test_one_line_errors(tmp_path):
         ([onnx, "--source", str(tmp_path), "--show"], "GUI"),
         ([onnx, "--gst", "videotestsrc ! appsink"], "GStreamer"),
         ([onnx, "--source", str(tmp_path), "--scale", "1/255"], "carries a model card"),
+        ([onnx, "--source", str(tmp_path), "--json", str(notmodel / "out.jsonl")], "is not a folder"),
+        ([onnx, "--source", str(tmp_path), "--save-dir", str(notmodel)], "exists and is not a folder"),
+        ([onnx, "--source", str(tmp_path), "--csv", str(notmodel)], "exists; pass --force"),
     ]
     for argv, msg in cases:
         code, _, err = cli(*argv)

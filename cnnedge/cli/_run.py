@@ -27,6 +27,14 @@ def run_cli(prog: str, main: Callable[[Sequence[str]], int | None], argv: Sequen
             traceback.print_exc(file=err)
         print(f"{prog}: error: {exc}", file=err)
         return int(exc.exit_code)
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        if show_tb:
+            traceback.print_exc(file=err)
+        where = exc.filename if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
+        print(f"{prog}: error: {where}: {exc.strerror or exc}", file=err)
+        return int(ExitCode.FAILURE)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=err)
         return int(ExitCode.INTERRUPTED)

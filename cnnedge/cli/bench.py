@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Sequence, TextIO
 
+from ..atomic import check_output
 from ..errors import ExitCode, UsageError
 from ._args import non_negative_int as _non_negative
 from ._args import positive_int as _positive
@@ -81,27 +82,6 @@ def build_parser() -> argparse.ArgumentParser:
                      help="overwrite existing --json/--markdown/--plot files (e.g. --json b.json --force)")
     out.add_argument("--quiet", "-q", action="store_true", help="no progress lines on stderr (e.g. -q)")
     return p
-
-
-def check_output(flag: str, path: str | None, force: bool, suffix: str | None = None) -> None:
-    """Refuse an output path that cannot be written, before anything is measured."""
-    if path is None:
-        return
-    p = Path(path)
-    if suffix and p.suffix.lower() != suffix:
-        raise UsageError(f"{flag} {p}: expected a {suffix} file name (e.g. {flag} bench{suffix})")
-    if p.is_dir():
-        raise UsageError(f"{flag} {p}: is a folder; give a file name")
-    if p.exists() and not force:
-        raise UsageError(f"{flag} {p}: exists; pass --force to overwrite it")
-    parent = p.parent if str(p.parent) else Path(".")
-    probe = parent
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise UsageError(f"{flag} {p}: cannot write there ({probe} is not a folder)")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise UsageError(f"{flag} {p}: cannot write there ({probe} is not writable)")
 
 
 def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:

@@ -15,6 +15,7 @@ import sys
 import warnings
 from typing import Any, Sequence, TextIO
 
+from ..atomic import check_output
 from ..errors import ExitCode, UsageError
 from ._args import number as _number
 from ._args import numbers as _numbers
@@ -151,6 +152,9 @@ def _run(args: argparse.Namespace, sources: list[Any], out: TextIO, err: TextIO)
     from ..runtime.pipeline import PipelineStats, run_pipeline
     from ..runtime import sinks as S
 
+    for flag, path in (("--json", args.json), ("--csv", args.csv), ("--save-video", args.save_video)):
+        check_output(flag, path, args.force)
+    check_output("--save-dir", args.save_dir, args.force, folder=True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         clf = Classifier(args.model, args.backend, labels=args.labels, scale=args.scale, mean=args.mean,
