@@ -18,6 +18,7 @@ import dataclasses
 import datetime as _dt
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ CARD_VERSION = 1
 CARD_FILENAME = "card.json"
 ONNX_KEY = "cnnedge.card"
 MAX_CARD_BYTES = 1 << 20
+MAX_SIDE = 16384  # pixels: larger inputs are a malformed card, not a model
 
 LAYOUTS = ("NHWC", "NCHW")
 DTYPES = ("uint8", "float32", "float16")
@@ -70,8 +72,9 @@ class InputSpec:
     def __post_init__(self) -> None:
         for name in ("height", "width", "channels"):
             _check_type(f"input.{name}", getattr(self, name), (int,))
-            if getattr(self, name) <= 0:
-                raise CardError(f"model card: input.{name} must be positive, found {getattr(self, name)}")
+            if not 0 < getattr(self, name) <= MAX_SIDE:
+                raise CardError(f"model card: input.{name} must be between 1 and {MAX_SIDE}, "
+                                f"found {getattr(self, name)}")
         if self.channels not in (1, 3):
             raise CardError(f"model card: input.channels must be 1 or 3, found {self.channels}")
         _choice("input.layout", self.layout, LAYOUTS)
@@ -101,6 +104,8 @@ class Preprocess:
     def __post_init__(self) -> None:
         _choice("preprocess.resize", self.resize, RESIZE_MODES)
         _check_type("preprocess.scale", self.scale, (int, float))
+        if not (math.isfinite(self.scale) and self.scale > 0):
+            raise CardError(f"model card: preprocess.scale must be a finite positive number, found {self.scale}")
         _check_type("preprocess.in_graph", self.in_graph, (bool,))
         _check_type("preprocess.name", self.name, (str,))
         for key in ("mean", "std"):
@@ -110,9 +115,11 @@ class Preprocess:
                 raise CardError(f"model card: preprocess.{key} must not be empty")
             for i, v in enumerate(seq):
                 _check_type(f"preprocess.{key}[{i}]", v, (int, float))
+                if not math.isfinite(v):
+                    raise CardError(f"model card: preprocess.{key}[{i}] must be finite, found {v}")
             object.__setattr__(self, key, tuple(float(v) for v in seq))
-        if any(s == 0 for s in self.std):
-            raise CardError("model card: preprocess.std must not contain 0")
+        if any(s <= 0 for s in self.std):
+            raise CardError("model card: preprocess.std must be positive (it must not contain 0)")
         object.__setattr__(self, "scale", float(self.scale))
 
 
@@ -168,6 +175,8 @@ class ModelCard:
             raise CardError(f"model card: classes must name at least 2 classes, found {len(self.classes)}")
         for i, c in enumerate(self.classes):
             _check_type(f"classes[{i}]", c, (str,))
+            if not c.strip():
+                raise CardError(f"model card: classes[{i}] is an empty name")
         if len(set(self.classes)) != len(self.classes):
             raise CardError("model card: classes contains duplicates")
         object.__setattr__(self, "classes", tuple(self.classes))
@@ -218,10 +227,7 @@ class ModelCard:
     def from_json(cls, text: str | bytes) -> "ModelCard":
         if len(text) > MAX_CARD_BYTES:
             raise CardError(f"model card: {len(text)} bytes is larger than the {MAX_CARD_BYTES}-byte limit")
-        try:
-            data = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise CardError(f"model card: not valid JSON ({exc})") from None
+        data = parse_json(text, "model card")
         return cls.from_dict(data)
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -264,6 +270,16 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
             value = _build(_NESTED[name], value, f"{prefix}{name}.")
         kwargs[name] = value
     return cls(**kwargs)
+
+
+def parse_json(text: str | bytes, what: str) -> Any:
+    """``json.loads`` for untrusted text: any failure, deep nesting included, is a CardError."""
+    try:
+        return json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CardError(f"{what}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise CardError(f"{what}: not valid JSON (nested too deeply)") from None
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

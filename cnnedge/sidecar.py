@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .card import MAX_CARD_BYTES, ModelCard, card_path_for, sha256_file
+from .card import MAX_CARD_BYTES, ModelCard, card_path_for, parse_json, sha256_file
 from .errors import CardError, ModelLoadError
 
 SIDECAR_VERSION = 1
@@ -68,10 +68,7 @@ class EngineSidecar:
                                  f"checked before loading; {REBUILD}")
         if path.stat().st_size > MAX_CARD_BYTES:
             raise CardError(f"{path}: larger than the {MAX_CARD_BYTES}-byte sidecar limit")
-        try:
-            data: Any = json.loads(path.read_bytes())
-        except ValueError as exc:
-            raise CardError(f"{path}: not valid JSON ({exc})") from None
+        data: Any = parse_json(path.read_bytes(), str(path))
         if not isinstance(data, dict):
             raise CardError(f"{path}: expected a JSON object")
         if data.get("version") != SIDECAR_VERSION:

@@ -42,7 +42,7 @@ def test_replace_nested():
     (lambda d: d["input"].update(height=True), "input.height must be an integer, found a boolean"),
     (lambda d: d["input"].update(layout="HWC"), "input.layout is 'HWC'"),
     (lambda d: d["preprocess"].update(resize="squash"), "preprocess.resize is 'squash'"),
-    (lambda d: d["preprocess"].update(std=[0, 1, 1]), "std must not contain 0"),
+    (lambda d: d["preprocess"].update(std=[0, 1, 1]), "std must be positive (it must not contain 0)"),
     (lambda d: d["preprocess"].update(mean=[0.1, 0.2]), "mean has 2 values for 3 channel(s)"),
     (lambda d: d.update(output="softmax"), "output is 'softmax'"),
     (lambda d: d.update(classes=["only"]), "at least 2 classes"),
@@ -50,6 +50,12 @@ def test_replace_nested():
     (lambda d: d.update(surprise=1), "unknown field(s) surprise"),
     (lambda d: d["provenance"].update(versions={"keras": 3}), "provenance.versions['keras'] must be a string"),
     (lambda d: d["input"].update(channels=1), "does not fit 1 channel"),
+    (lambda d: d["input"].update(height=10**9), "input.height must be between 1 and"),
+    (lambda d: d["preprocess"].update(scale=float("nan")), "scale must be a finite positive number"),
+    (lambda d: d["preprocess"].update(scale=-1), "scale must be a finite positive number"),
+    (lambda d: d["preprocess"].update(std=[float("inf")] * 3), "std[0] must be finite"),
+    (lambda d: d["preprocess"].update(std=[-1, 1, 1]), "std must be positive"),
+    (lambda d: d.update(classes=["a", " "]), "classes[1] is an empty name"),
 ])
 def test_invalid_cards_are_refused(mutate, message):
     d = make_card().to_dict()
@@ -72,6 +78,19 @@ def test_garbage_and_oversized_files(tmp_path):
         ModelCard.load(bad)
     with pytest.raises(CardError, match="cannot read"):
         ModelCard.load(tmp_path / "missing.json")
+    bad.write_text("[" * 200_000 + "]" * 200_000)  # under the size limit, deeper than the parser's stack
+    with pytest.raises(CardError, match="nested too deeply"):
+        ModelCard.load(bad)
+
+
+def test_engine_sidecar_garbage_is_a_card_error(tmp_path):
+    from cnnedge.sidecar import EngineSidecar
+
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"plan")
+    (tmp_path / "model.engine.json").write_text("{" * 100_000)
+    with pytest.raises(CardError, match="not valid JSON"):
+        EngineSidecar.load(engine)
 
 
 def test_card_paths():
