@@ -105,3 +105,26 @@ def test_float_nchw_preprocessing_matches_numpy():
     ref = ((ref.astype(np.float32) / 255 - 0.5) / 0.25).transpose(2, 0, 1)[None]
     assert x.shape == (1, 3, 8, 8) and x.dtype == np.float32
     np.testing.assert_allclose(x, ref, atol=1e-5)
+
+
+def test_valid_files_with_trailing_bytes_are_not_truncated(tmp_path):
+    """A phone "motion photo" JPEG carries a video after its EOI; padding after EOI or
+    IEND is harmless too: the structure walk finds the end marker where it is."""
+    img = _photo()[:200, :240]
+    jpeg = _jpeg(img)
+    # an EXIF-like APP1 segment holding a thumbnail JPEG (with its own FFD9) after SOI
+    thumb = _jpeg(cv2.resize(img, (32, 32)))
+    app1 = b"Exif\x00\x00" + thumb
+    with_thumb = jpeg[:2] + b"\xff\xe1" + (len(app1) + 2).to_bytes(2, "big") + app1 + jpeg[2:]
+    motion = jpeg + b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 40  # an MP4 after the image
+    for data in (jpeg + bytes(100), motion, with_thumb):
+        assert decode_image(data, "x.jpg").shape == (200, 240, 3)
+    ok, png = cv2.imencode(".png", img)
+    assert decode_image(png.tobytes() + bytes(40), "x.png").shape == (200, 240, 3)
+    # still flagged: cut inside the scan (the thumbnail's FFD9 in APP1 must not count), cut inside PNG chunks
+    with pytest.raises(ImageError, match="truncated"):
+        decode_image(with_thumb[: len(with_thumb) - 200], "cut.jpg")
+    with pytest.raises(ImageError, match="truncated"):
+        decode_image(png.tobytes()[:-6], "cut.png")
+    with pytest.raises(ImageError, match="truncated"):
+        decode_image(png.tobytes()[: len(png) // 2] + bytes(40), "cut.png")

@@ -36,15 +36,61 @@ def is_image_file(path: str | os.PathLike) -> bool:
 
 
 def _jpeg_truncated(data: bytes) -> bool:
+    """True when a JPEG has no end-of-image marker where its structure says it should.
+
+    The marker segments are walked from SOI to the first scan (SOS), skipping APPn
+    segments whole (an EXIF thumbnail carries its own FFD9); after the scan header,
+    entropy-coded data stuffs every FF as FF00, so the first FFD9 is the EOI
+    (progressive files have several scans; their EOI is still the first FFD9).
+    Bytes after the EOI (a phone's "motion photo" video, padding) are allowed.
+    """
     if not data.startswith(b"\xff\xd8"):
         return False
-    return b"\xff\xd9" not in data[-64:]
+    i, n = 2, len(data)
+    while True:
+        if i + 2 > n:
+            return True  # ended inside the headers
+        if data[i] != 0xFF:
+            # not the structure we know: fall back to "an EOI somewhere after the header"
+            return data.find(b"\xff\xd9", 2) == -1
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0xD9:  # EOI before any scan: nothing to half-decode
+            return False
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        if i + 4 > n:
+            return True
+        seg = int.from_bytes(data[i + 2:i + 4], "big")
+        if seg < 2:
+            return data.find(b"\xff\xd9", 2) == -1
+        i += 2 + seg
+        if i > n:
+            return True
+        if marker == 0xDA:  # SOS: entropy-coded data follows
+            return data.find(b"\xff\xd9", i) == -1
 
 
 def _png_truncated(data: bytes) -> bool:
+    """True when a PNG's chunk walk (length, type, data, CRC) runs out before IEND.
+    Bytes after IEND are allowed."""
     if not data.startswith(b"\x89PNG\r\n\x1a\n"):
         return False
-    return b"IEND" not in data[-32:]
+    i, n = 8, len(data)
+    while True:
+        if i + 8 > n:
+            return True
+        length = int.from_bytes(data[i:i + 4], "big")
+        ctype = data[i + 4:i + 8]
+        end = i + 12 + length
+        if end > n:
+            return True
+        if ctype == b"IEND":
+            return False
+        i = end
 
 
 def image_size(data: bytes) -> tuple[int, int] | None:
