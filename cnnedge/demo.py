@@ -52,10 +52,21 @@ def step_export(run_dir: Path) -> None:
 
     from .export import export
 
+    from .card import sha256_file
+    from .errors import CardError
+    from .export import read_card
+
     model = run_dir / "model.keras"
-    if (run_dir / "export_report.json").is_file() and (run_dir / "model.int8.onnx").is_file():
-        print(f"reusing the export in {run_dir} (delete export_report.json to export again)")
-        return
+    done = run_dir / "model.int8.onnx"
+    if (run_dir / "export_report.json").is_file() and done.is_file():
+        try:
+            current = read_card(done).provenance.source_sha256 == sha256_file(model)
+        except CardError:
+            current = False
+        if current:
+            print(f"reusing the export in {run_dir}: it was made from this model.keras")
+            return
+        print(f"the ONNX files in {run_dir} were exported from another model.keras: exporting again")
     has_trt = any(importlib.util.find_spec(m) for m in ("tensorrt", "tensorrt_rtx"))
     if not has_trt:
         print("no TensorRT builder installed: exporting ONNX only (pip install 'cnnedge[trt-rtx]' for engines)")
