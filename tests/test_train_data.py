@@ -204,3 +204,23 @@ def test_keras_dataset_offline_error_says_where_keras_caches(tmp_path: Path) -> 
     line = [s for s in out.stdout.splitlines() if s.startswith("ERR")][0]
     assert "cannot load fashion_mnist" in line and str(tmp_path / "kh" / "datasets") in line
     assert "fashion-mnist/" in line
+
+
+def test_csv_value_errors_name_the_line_in_the_file(tmp_path: Path) -> None:
+    lines = ["label," + ",".join(f"p{i}" for i in range(4))]
+    lines += [f"{i % 2},1,2,3,4" for i in range(20)]
+    bad, big = list(lines), list(lines)
+    bad[12] = "0,1,x,3,4"  # line 13 of the file (the header is line 1)
+    big[7] = "1,1,2,300,4"  # line 8
+    for name, rows, needle in (("bad", bad, "line 13 holds a value that is not a number"),
+                               ("big", big, "line 8: pixel values must be 0..255")):
+        p = tmp_path / f"{name}.csv"
+        p.write_text("\n".join(rows) + "\n")
+        spec = make_spec(str(p), val_split=0.2, test_split=0.2)
+        errors = []
+        for split in SPLITS:
+            try:
+                load_split(spec, split)
+            except DataError as exc:
+                errors.append(str(exc))
+        assert len(errors) == 1 and needle in errors[0], errors

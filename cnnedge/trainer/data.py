@@ -528,9 +528,11 @@ def _csv_split(spec: dict, split: str, limit: int | None) -> Split:
     h, w, c = (int(v) for v in spec["shape"])
     classes = list(spec["classes"])
     index = {name: i for i, name in enumerate(classes)}
-    rows, labels = [], []
+    rows, labels, linenos = [], [], []
     with open(path, newline="") as fh:
-        for lineno, row in enumerate(csv.reader(fh), 1):
+        reader = csv.reader(fh)
+        for row in reader:
+            lineno = reader.line_num  # the file's line number (a quoted field may span lines)
             if not row or (lineno == 1 and not _is_number(row[-1])):
                 continue
             lab = row[0].strip()
@@ -542,6 +544,7 @@ def _csv_split(spec: dict, split: str, limit: int | None) -> Split:
                 raise DataError(f"{path}: line {lineno} has {len(row) - 1} pixel columns; expected {h * w * c}")
             rows.append(row[1:])
             labels.append(index[lab])
+            linenos.append(lineno)
     y = np.asarray(labels, np.int64)
     idx = stratified_indices(y, float(spec.get("val_split", 0.2)), float(spec.get("test_split", 0.0)),
                              int(spec.get("seed", 0)))
@@ -554,9 +557,10 @@ def _csv_split(spec: dict, split: str, limit: int | None) -> Split:
         try:
             px = np.asarray(rows[i], dtype=np.float64)
         except ValueError:
-            raise DataError(f"{path}: row {i + 1} holds a value that is not a number") from None
+            raise DataError(f"{path}: line {linenos[i]} holds a value that is not a number") from None
         if px.min() < 0 or px.max() > 255:
-            raise DataError(f"{path}: pixel values must be 0..255, found {px.min():g}..{px.max():g}")
+            raise DataError(f"{path}: line {linenos[i]}: pixel values must be 0..255, found "
+                            f"{px.min():g}..{px.max():g}")
         im = np.round(px).astype(np.uint8).reshape(h, w, c)
         images.append(_gray_to_bgr(im[:, :, 0]) if c == 1 else np.ascontiguousarray(im[:, :, ::-1]))
     return Split(images, y[sel], classes)
