@@ -38,6 +38,51 @@ def test_plan_batches():
         plan_batches(0)
 
 
+def test_plan_batches_pads_up_to_a_profile_minimum():
+    # a TensorRT profile built with --batch 4,8,16: 1 to 3 rows must be padded to 4
+    assert plan_batches(1, max_batch=16, min_batch=4) == [(0, 1, 4)]
+    assert plan_batches(6, max_batch=16, min_batch=4) == [(0, 6, 6)]
+    assert plan_batches(18, max_batch=16, min_batch=4) == [(0, 16, 16), (16, 18, 4)]  # short last chunk padded
+    assert plan_batches(2, min_batch=3) == [(0, 2, 3)]
+
+
+class _RangeBackend:
+    """A tiny Backend whose 'engine' refuses batches outside min..max, like a TensorRT profile."""
+
+    @staticmethod
+    def make(lo: int, hi: int):
+        from cnnedge.runtime.backends import Backend, TensorSpec
+
+        class B(Backend):
+            name = "range"
+
+            def __init__(self) -> None:
+                super().__init__()
+                self.path = "range.engine"
+                self.input_spec = TensorSpec("x", (None, 2), "float32")
+                self.output_spec = TensorSpec("y", (None, 2), "float32")
+                self.min_batch, self.max_batch = lo, hi
+                self.seen: list[int] = []
+
+            def _infer_impl(self, batch):
+                if not lo <= batch.shape[0] <= hi:
+                    raise RuntimeError(f"profile refuses batch {batch.shape[0]}")
+                self.seen.append(batch.shape[0])
+                return batch * 2
+
+        return B()
+
+
+def test_backend_with_profile_minimum_pads_and_returns_real_rows():
+    be = _RangeBackend.make(4, 8)
+    x = np.arange(2 * 11, dtype=np.float32).reshape(11, 2)
+    for n in (1, 3, 4, 8, 11):
+        out = be.infer(x[:n])
+        assert out.shape == (n, 2)
+        np.testing.assert_array_equal(out, x[:n] * 2)
+    assert be.seen == [4, 4, 4, 8, 8, 4]
+
+
 def test_fixed_batch_model_is_fed_its_batch_size(tmp_path):
     path = helper_model(tmp_path / "fixed1.onnx")
     x = np.random.default_rng(0).normal(size=(5, 1, 8, 8)).astype(np.float32)

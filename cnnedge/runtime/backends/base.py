@@ -28,20 +28,25 @@ class TensorSpec:
         return self.shape[0] if self.shape else None
 
 
-def plan_batches(n: int, fixed: int | None = None, max_batch: int | None = None) -> list[tuple[int, int, int]]:
+def plan_batches(n: int, fixed: int | None = None, max_batch: int | None = None,
+                 min_batch: int = 1) -> list[tuple[int, int, int]]:
     """Split ``n`` rows into chunks a model accepts: ``(start, stop, padded_size)`` each.
 
     A fixed-batch model gets chunks of exactly ``fixed`` rows (the last one padded);
-    a model with a maximum batch (a TensorRT profile) gets chunks of at most
-    ``max_batch``; otherwise one chunk.
+    a model with a batch range (a TensorRT profile) gets chunks of at most
+    ``max_batch`` rows, each padded up to ``min_batch`` when it is shorter (a
+    profile built with ``--batch 4,8,16`` refuses 1 to 3 rows); otherwise one chunk.
+    The caller keeps only the first ``stop - start`` output rows of each chunk.
     """
     if n < 1:
         raise ValueError("an empty batch cannot be planned")
     if fixed is not None:
         return [(s, min(s + fixed, n), fixed) for s in range(0, n, fixed)]
-    if max_batch is not None and n > max_batch:
-        return [(s, min(s + max_batch, n), min(s + max_batch, n) - s) for s in range(0, n, max_batch)]
-    return [(0, n, n)]
+    lo = max(1, int(min_batch or 1))
+    if max_batch is not None and lo > max_batch:
+        raise ValueError(f"min_batch {lo} is above max_batch {max_batch}")
+    step = max_batch if max_batch is not None and n > max_batch else n
+    return [(s, min(s + step, n), max(min(s + step, n) - s, lo)) for s in range(0, n, step)]
 
 
 class Backend:
@@ -81,7 +86,8 @@ class Backend:
         # hot path: one attribute walk, no allocation, for the common well-formed batch
         if (not self._closed and type(batch) is np.ndarray and batch.dtype == np_dtype and batch.shape[1:] == tail
                 and batch.flags.c_contiguous and batch.shape[0] > 0
-                and (unbounded or (self.max_batch is not None and batch.shape[0] <= self.max_batch))):
+                and (unbounded or (self.max_batch is not None
+                                   and self.min_batch <= batch.shape[0] <= self.max_batch))):
             return self._infer_impl(batch)
         if self._closed:
             raise UsageError(f"{self.name} backend for {self.path} is closed")
@@ -100,7 +106,7 @@ class Backend:
             raise UsageError("infer() got an empty batch")
         if not batch.flags.c_contiguous:
             batch = np.ascontiguousarray(batch)
-        plan = plan_batches(n, self.fixed_batch, self.max_batch)
+        plan = plan_batches(n, self.fixed_batch, self.max_batch, self.min_batch)
         if len(plan) == 1 and plan[0][2] == n:
             return self._infer_impl(batch)
         outs = []
@@ -117,7 +123,7 @@ class Backend:
         dimension is dynamic: then the full check runs), and whether any batch size goes."""
         tail = tuple(self.input_spec.shape[1:])
         return (np.dtype(self.input_spec.dtype), None if None in tail else tail,
-                self.fixed_batch is None and self.max_batch is None)
+                self.fixed_batch is None and self.max_batch is None and self.min_batch <= 1)
 
     def _infer_impl(self, batch: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
