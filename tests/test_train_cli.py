@@ -101,3 +101,23 @@ def test_mixed_precision_without_a_gpu_is_a_clear_error(tmp_path: Path) -> None:
         pytest.skip("a GPU is present: --mixed-precision is allowed here")
     _usage_error(["--preset", "digits-cnn", "--out", str(tmp_path / "r"), "--mixed-precision"],
                  "--mixed-precision needs a GPU")
+
+
+def test_resume_with_a_malformed_config_is_a_one_line_error(tmp_path: Path) -> None:
+    import json
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.keras").write_bytes(b"a checkpoint")
+    good = {"preset": "digits-cnn", "epochs": 2, "batch_size": 32, "channels": 3, "seed": 0, "patience": 5,
+            "learning_rate": 0.001, "img_size": None, "weights": None, "augment": {}, "mixed_precision": False,
+            "data": "digits", "dataset_spec": {"source": "digits", "size": [8, 8], "seed": 0}}
+    cases = [({}, "missing preset"), ([], "expected a JSON object"),
+             ({**good, "epochs": "2"}, "epochs must be a positive integer"),
+             ({**good, "dataset_spec": {}}, "dataset_spec must be an object with a 'source'"),
+             ({**good, "dataset_spec": {"source": "folder"}}, "lacks path, classes"),
+             ({**good, "augment": {"zoom": "x"}}, "augment must be"),
+             ({**good, "img_size": [8]}, "img_size must be")]
+    for config, needle in cases:
+        (run / "train_config.json").write_text(json.dumps(config))
+        _usage_error(["--resume", str(run)], "train_config.json", "not a valid cnn-train config", needle)

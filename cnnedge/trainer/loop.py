@@ -135,6 +135,7 @@ def resume(run_dir: str | os.PathLike, epochs: int | None = None, callbacks: Seq
         settings = json.loads((d / CONFIG_FILE).read_text())
     except (OSError, ValueError) as exc:
         raise UsageError(f"--resume {d}: cannot read {CONFIG_FILE} ({exc})") from None
+    _check_settings(settings, d / CONFIG_FILE)
     if epochs is not None:
         _positive("--epochs", epochs)
         settings["epochs"] = int(epochs)
@@ -142,6 +143,64 @@ def resume(run_dir: str | os.PathLike, epochs: int | None = None, callbacks: Seq
 
 
 # ---------------------------------------------------------------------------------------------
+def _check_settings(settings: Any, path: Path) -> None:
+    """A one-line UsageError unless ``settings`` (a train_config.json) is what :func:`train` writes."""
+    def bad(what: str) -> UsageError:
+        return UsageError(f"--resume: {path} is not a valid cnn-train config ({what}); start a new run with "
+                          f"--force instead")
+
+    if not isinstance(settings, dict):
+        raise bad(f"expected a JSON object, found {type(settings).__name__}")
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def is_num(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    checks: dict[str, tuple[Callable[[Any], bool], str]] = {
+        "preset": (lambda v: isinstance(v, str) and bool(v), "a preset name"),
+        "epochs": (lambda v: is_int(v) and v > 0, "a positive integer"),
+        "batch_size": (lambda v: is_int(v) and v > 0, "a positive integer"),
+        "channels": (lambda v: v in (1, 3) and is_int(v), "1 or 3"),
+        "seed": (is_int, "an integer"),
+        "patience": (lambda v: is_int(v) and v >= 0, "an integer >= 0"),
+        "learning_rate": (lambda v: is_num(v) and 0 < v < 10, "a small positive number"),
+        "dataset_spec": (lambda v: isinstance(v, dict) and isinstance(v.get("source"), str),
+                         "an object with a 'source'"),
+    }
+    missing = [k for k in checks if k not in settings]
+    if missing:
+        raise bad(f"missing {', '.join(missing)}")
+    for key, (ok, want) in checks.items():
+        if not ok(settings[key]):
+            raise bad(f"{key} must be {want}, found {settings[key]!r}")
+    spec = settings["dataset_spec"]
+    need = {"folder": ("path", "classes"), "csv": ("path", "classes", "shape")}.get(spec["source"], ())
+    lacking = [k for k in need if k not in spec]
+    if lacking:
+        raise bad(f"dataset_spec of a {spec['source']} source lacks {', '.join(lacking)}")
+    if "classes" in need and not (isinstance(spec["classes"], list) and all(isinstance(c, str) for c in spec["classes"])):
+        raise bad(f"dataset_spec classes must be a list of names, found {spec['classes']!r}")
+    if "shape" in need and not (isinstance(spec["shape"], list) and len(spec["shape"]) == 3
+                                and all(is_int(v) and v > 0 for v in spec["shape"])):
+        raise bad(f"dataset_spec shape must be [height, width, channels], found {spec['shape']!r}")
+    size = settings.get("img_size")
+    if size is not None and not (isinstance(size, list) and len(size) == 2 and all(is_int(v) and v > 0 for v in size)):
+        raise bad(f"img_size must be null or [height, width], found {size!r}")
+    if not isinstance(settings.get("weights"), (str, type(None))):
+        raise bad(f"weights must be null or a string, found {settings['weights']!r}")
+    if not isinstance(settings.get("mixed_precision", False), bool):
+        raise bad(f"mixed_precision must be true or false, found {settings['mixed_precision']!r}")
+    aug = settings.get("augment", {})
+    try:
+        if not isinstance(aug, dict):
+            raise TypeError
+        Augment(**aug)
+    except (TypeError, ValueError, UsageError):
+        raise bad(f"augment must be an object of augmentation settings, found {aug!r}") from None
+
+
 def _check_out(out: Path, force: bool) -> None:
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: exists and is not a folder")
