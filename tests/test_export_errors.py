@@ -249,3 +249,21 @@ def test_engine_without_any_tensorrt_names_the_install(tmp_path):
     assert_one_line_error(res.returncode, res.stderr, "neither tensorrt nor tensorrt_rtx",
                           "pip install 'cnnedge[trt-rtx]'")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.keras"]
+
+
+@pytest.mark.parametrize("flag, value", [("--min-agreement-fp32", "5"), ("--min-agreement-int8", "-0.1"),
+                                         ("--max-drop-int8", "-1"), ("--max-diff-fp32", "x")])
+def test_thresholds_out_of_range_are_usage_errors(tmp_path, flag, value, capsys):
+    (tmp_path / "model.keras").write_bytes(b"never read")
+    with pytest.raises(SystemExit) as exc:
+        cli([str(tmp_path / "model.keras"), flag, value])
+    assert exc.value.code == 2
+    assert f"argument {flag}" in capsys.readouterr().err
+    assert listing(tmp_path) == ["model.keras"]
+
+
+@pytest.mark.slow  # Keras
+def test_missing_calibration_source_names_calib(tiny, tmp_path):
+    code, err = cli([str(tiny), "--int8", "--calib", str(tmp_path / "absent"), "--out", str(tmp_path / "out")])
+    assert_one_line_error(code, err, "--calib")
+    assert "--verify" not in err and not (tmp_path / "out").exists()

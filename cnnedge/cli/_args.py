@@ -44,3 +44,18 @@ def number(text: str) -> float:
 def numbers(text: str) -> list[float]:
     """Comma-separated numbers, e.g. ``0.485,0.456,0.406``."""
     return [number(t) for t in text.split(",")]
+
+
+def fraction(text: str) -> float:
+    """A number from 0 to 1, e.g. a top-1 agreement of ``0.995``."""
+    v = number(text)
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction from 0 to 1, got {text!r}")
+    return v
+
+
+def non_negative_float(text: str) -> float:
+    v = number(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return v

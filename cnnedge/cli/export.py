@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Sequence, TextIO
 
+from ._args import fraction, non_negative_float
 from ._run import entry
 
 EXAMPLES = """examples:
@@ -60,15 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "(only for files you trust), e.g. cnn-export old.h5 --trust")
     p.add_argument("--force", action="store_true", help="overwrite existing output files (and Triton "
                    "entries), e.g. cnn-export model.keras --int8 --force")
-    p.add_argument("--min-agreement-fp32", type=float, default=1.0, metavar="F",
+    p.add_argument("--min-agreement-fp32", type=fraction, default=1.0, metavar="F",
                    help="FP32 top-1 agreement with Keras (default 1.0), e.g. 0.999")
-    p.add_argument("--max-diff-fp32", type=float, default=1e-4, metavar="F",
+    p.add_argument("--max-diff-fp32", type=non_negative_float, default=1e-4, metavar="F",
                    help="FP32 max abs output difference (default 1e-4), e.g. 1e-3")
-    p.add_argument("--min-agreement-fp16", type=float, default=0.995, metavar="F",
+    p.add_argument("--min-agreement-fp16", type=fraction, default=0.995, metavar="F",
                    help="FP16 top-1 agreement (default 0.995), e.g. 0.99")
-    p.add_argument("--min-agreement-int8", type=float, default=0.98, metavar="F",
+    p.add_argument("--min-agreement-int8", type=fraction, default=0.98, metavar="F",
                    help="INT8 top-1 agreement (default 0.98), e.g. 0.95")
-    p.add_argument("--max-drop-int8", type=float, default=1.0, metavar="POINTS",
+    p.add_argument("--max-drop-int8", type=non_negative_float, default=1.0, metavar="POINTS",
                    help="INT8 accuracy drop in percentage points (default 1.0), e.g. 2")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress lines, only the final table, "
                    "e.g. -q")
@@ -78,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     out, err = stdout or sys.stdout, stderr or sys.stderr
     args = build_parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     from ..export.parity import Thresholds
     from ..export.pipeline import ParityFailure, export
 

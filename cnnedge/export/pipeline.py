@@ -262,8 +262,9 @@ def _read_images(opts: ExportOptions, card: ModelCard, timer: "_Steps", report: 
     with timer("read verification images"):
         calib_is_dir = opts.calib is not None and Path(opts.calib).expanduser().is_dir()
         source = opts.verify if opts.verify is not None else (None if calib_is_dir else opts.calib)
+        flag = "--calib" if opts.verify is None and source is not None else "--verify"
         try:
-            vset = load_images(source, card, "test", opts.verify_size, "--verify")
+            vset = load_images(source, card, "test", opts.verify_size, flag)
         except UsageError:
             if opts.verify is None and calib_is_dir:  # nothing else to check on: the calibration folder
                 vset = load_images(opts.calib, card, "test", opts.verify_size, "--verify")
