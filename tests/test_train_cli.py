@@ -121,3 +121,15 @@ def test_resume_with_a_malformed_config_is_a_one_line_error(tmp_path: Path) -> N
     for config, needle in cases:
         (run / "train_config.json").write_text(json.dumps(config))
         _usage_error(["--resume", str(run)], "train_config.json", "not a valid cnn-train config", needle)
+
+
+def test_resume_refuses_flags_it_would_ignore(tmp_path: Path) -> None:
+    run = str(tmp_path / "run")
+    for extra, flag in ((["--data", "digits"], "--data"), (["--seed", "0"], "--seed"), (["--force"], "--force"),
+                        (["--batch-size", "8"], "--batch-size"), (["--bat", "8"], "--batch-size"),
+                        (["--img-size=16"], "--img-size"), (["--flip"], "--flip"), (["--out", run], "--out"),
+                        (["--learning-rate", "0.1"], "--learning-rate"), (["--channels", "3"], "--channels")):
+        err = _usage_error(["--resume", run, "--epochs", "3", *extra], f"{flag} cannot change them")
+        assert "--epochs" in err.split("cannot change")[1]  # the usage names what is allowed
+    # --epochs, --patience and --quiet are for the continued run: the run folder is checked next
+    _usage_error(["--resume", run, "--epochs", "3", "--patience", "2", "--quiet"], "no such run folder")

@@ -91,7 +91,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# flags that mean something when continuing a run; every other one belongs to the run's own settings
+RESUME_FLAGS = ("resume", "epochs", "patience", "quiet", "traceback", "help")
+
+
+def _given(argv: Sequence[str]) -> list[str]:
+    """The option strings of the flags actually given in ``argv`` (abbreviations and --x=v included)."""
+    parser = build_parser()
+    unset = object()
+    actions = [a for a in parser._actions if a.option_strings]
+    parser.set_defaults(**{a.dest: unset for a in actions})
+    ns = parser.parse_args(argv)
+    return [a.option_strings[-1] for a in actions if getattr(ns, a.dest, unset) is not unset]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     if args.list:
         from ..trainer.presets import list_presets
@@ -104,10 +119,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     verbose = 2 if args.quiet else None
     if args.resume:
-        if args.preset or args.out:
-            raise UsageError("--resume continues a run with its own settings; give only --resume RUN_DIR "
-                             "(and --epochs N)")
-        result = resume(args.resume, epochs=args.epochs, verbose=verbose)
+        extra = [f for f in _given(argv) if f.lstrip("-").replace("-", "_") not in RESUME_FLAGS]
+        if extra:
+            raise UsageError(f"--resume continues a run with its own settings; {extra[0]} cannot change them: give "
+                             "only --resume RUN_DIR (with --epochs N, --patience N, --quiet)")
+        result = resume(args.resume, epochs=args.epochs, patience=args.patience if "--patience" in _given(argv)
+                        else None, verbose=verbose)
     else:
         if not args.preset:
             raise UsageError("--preset is required, e.g. --preset digits-cnn (cnn-train --list names them)")

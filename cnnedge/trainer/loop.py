@@ -122,8 +122,10 @@ def train(cfg: TrainConfig, callbacks: Sequence[Any] = (), log: Callable[[str], 
 
 
 def resume(run_dir: str | os.PathLike, epochs: int | None = None, callbacks: Sequence[Any] = (),
-           log: Callable[[str], None] | None = None, verbose: int | None = None) -> TrainResult:
-    """Continue an interrupted run from its best checkpoint, up to ``epochs`` in all."""
+           log: Callable[[str], None] | None = None, verbose: int | None = None,
+           patience: int | None = None) -> TrainResult:
+    """Continue an interrupted run from its best checkpoint, up to ``epochs`` in all; ``patience``
+    replaces the run's early-stopping patience (0: none)."""
     log = log or (lambda s: print(s, flush=True))
     d = Path(run_dir)
     if not d.is_dir():
@@ -139,6 +141,10 @@ def resume(run_dir: str | os.PathLike, epochs: int | None = None, callbacks: Seq
     if epochs is not None:
         _positive("--epochs", epochs)
         settings["epochs"] = int(epochs)
+    if patience is not None:
+        if not isinstance(patience, int) or patience < 0:
+            raise UsageError(f"--patience must be >= 0 (0: no early stopping), found {patience}")
+        settings["patience"] = int(patience)
     return _run(settings, d, callbacks, log, resume=True, verbose=verbose)
 
 
