@@ -212,3 +212,15 @@ def test_keras_onnx_fp16_int8_agree_on_top1(tmp_path, data):
     for name, t in tops.items():
         agree = float(np.mean(t == ref))
         assert agree >= (0.98 if "int8" in name else 0.995), f"{name}: top-1 agreement {agree:.3f} with Keras"
+
+
+def test_empty_image_is_a_usage_error(tmp_path):
+    with pytest.warns(CardMissingWarning):
+        clf = Classifier(helper_model(tmp_path / "m.onnx"))
+    with clf:
+        for empty in (np.zeros((0, 0, 3), np.uint8), np.zeros((0, 5, 3), np.uint8), np.zeros((4, 0), np.uint8)):
+            with pytest.raises(UsageError, match="empty image"):
+                clf.predict(empty)
+            with pytest.raises(UsageError, match="empty image"):
+                clf.predict_batch([np.zeros((8, 8, 3), np.uint8), empty])
+

@@ -295,6 +295,9 @@ class Classifier:
             raise UsageError(f"expected an image array or a path, got {type(image).__name__}")
         if image.dtype != _UINT8:
             raise UsageError(f"expected a uint8 image (as OpenCV decodes), got {image.dtype}")
+        if image.ndim < 2 or image.size == 0:
+            raise UsageError(f"empty image (shape {'x'.join(map(str, image.shape)) or 'scalar'}): nothing to "
+                             "classify (a camera read that returned no frame?)")
         return prepare_image(image, self._spec, self._pre)
 
     def infer(self, tensor: np.ndarray) -> np.ndarray:
