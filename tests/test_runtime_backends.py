@@ -296,3 +296,55 @@ def test_trt_engine_matches_onnx_runtime(tmp_path):  # pragma: no cover - runs w
     with Classifier(eng) as clf:
         assert clf.backend_name == "trt"
         np.testing.assert_allclose(clf.infer(x), ref.infer(x), atol=1e-3)
+
+
+def _slow_model(path: Path, depth: int = 24, width: int = 512) -> Path:
+    """An onnx.helper graph that takes a noticeable time per call: ``depth`` chained MatMuls."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = (np.eye(width, dtype=np.float32) * 0.5 + 0.5 / width)
+    nodes, prev = [], "x"
+    for i in range(depth):
+        nodes.append(helper.make_node("MatMul", [prev, "w"], [f"h{i}"]))
+        prev = f"h{i}"
+    nodes.append(helper.make_node("Identity", [prev], ["y"]))
+    graph = helper.make_graph(nodes, "slow", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", width])],
+                              [numpy_helper.from_array(w, "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_close_waits_for_an_inflight_infer(tmp_path):
+    import threading
+    import time
+
+    be = load_backend(_slow_model(tmp_path / "slow.onnx"), "ort-cpu", threads=1)
+    x = np.ones((256, 512), np.float32)
+    t0 = time.perf_counter()
+    be.infer(x)
+    once = time.perf_counter() - t0
+    done: dict[str, object] = {}
+    started = threading.Event()
+
+    def work() -> None:
+        started.set()
+        try:
+            done["out"] = be.infer(x)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            done["err"] = exc
+        done["end"] = time.perf_counter()
+
+    t = threading.Thread(target=work)
+    t.start()
+    started.wait()
+    time.sleep(min(0.02, once / 4))  # the call is running in ONNX Runtime now
+    be.close()
+    closed_at = time.perf_counter()
+    t.join(10)
+    assert "err" not in done, done.get("err")
+    assert done["out"].shape == (256, 512)  # type: ignore[union-attr]
+    assert closed_at >= done["end"], "close() returned while infer() was still running"
+    with pytest.raises(UsageError, match="closed"):
+        be.infer(x)

@@ -224,3 +224,42 @@ def test_empty_image_is_a_usage_error(tmp_path):
             with pytest.raises(UsageError, match="empty image"):
                 clf.predict_batch([np.zeros((8, 8, 3), np.uint8), empty])
 
+
+def test_close_waits_for_running_predict_and_later_calls_say_closed(tmp_path):
+    """close() from one thread while another loops predict(): the running call finishes
+    (nothing is freed under it), later calls raise the clear 'closed' error."""
+    path = helper_model(tmp_path / "m.onnx")
+    frame = np.random.default_rng(0).integers(0, 256, (8, 8, 3), np.uint8)
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often, so close() lands inside predict()
+    try:
+        for _ in range(20):
+            with pytest.warns(CardMissingWarning):
+                clf = Classifier(path)
+            bad: list[BaseException] = []
+            started = threading.Event()
+
+            def loop() -> None:
+                started.set()
+                while True:
+                    try:
+                        clf.predict(frame)
+                    except UsageError as exc:
+                        if "closed" not in str(exc):
+                            bad.append(exc)
+                        return
+                    except BaseException as exc:  # noqa: BLE001 - what the race used to raise
+                        bad.append(exc)
+                        return
+            t = threading.Thread(target=loop)
+            t.start()
+            started.wait()
+            clf.close()
+            t.join(5)
+            assert not t.is_alive() and not bad, bad
+            with pytest.raises(UsageError, match="closed"):
+                clf.predict(frame)
+            with pytest.raises(UsageError, match="closed"):
+                clf.backend.infer(np.zeros((1, 1, 8, 8), np.float32))
+    finally:
+        sys.setswitchinterval(old)

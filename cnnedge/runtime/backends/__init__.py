@@ -9,14 +9,16 @@ The interface (what cnn-bench and the Classifier use; keep it small)::
         be.output_spec    # TensorSpec of the (first) output
         be.fixed_batch    # the only batch size the artifact takes, or None
         be.max_batch      # the largest batch it takes (TensorRT profile), or None
+        be.min_batch      # the smallest (TensorRT profile; 1 otherwise): shorter chunks are padded
         be.card           # the ModelCard the artifact carries, or None (third-party ONNX)
         be.thread_safe    # whether infer() may run from several threads at once
         out = be.infer(x) # x: np.ndarray in input_spec's layout and dtype -> raw output, one row per input
-    # be.close() is idempotent; the context manager calls it.
+    # be.close() is idempotent and waits for infer() calls running in other threads; the context
+    # manager calls it; infer() after close() raises UsageError.
 
 ``infer`` checks dtype and shape (one-line :class:`~cnnedge.errors.UsageError`),
-splits batches larger than ``max_batch`` and feeds fixed-batch models padded
-chunks of their size (:func:`plan_batches`), then calls the subclass's
+splits batches larger than ``max_batch``, pads chunks shorter than ``min_batch``
+and feeds fixed-batch models padded chunks of their size (:func:`plan_batches`), then calls the subclass's
 ``_infer_impl``, which only runs.
 
 ``load_backend(path, backend="auto", **opts)`` chooses: ``.engine``/``.plan`` ->

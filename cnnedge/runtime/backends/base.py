@@ -5,6 +5,7 @@ Classifier rely on.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +72,10 @@ class Backend:
         self.min_batch: int = 1
         self.card: ModelCard | None = None
         self._closed = False
+        # close() waits for in-flight infer() calls: they count themselves in and out under this
+        # condition, so a session, engine or device buffer is never freed under a running call.
+        self._gate = threading.Condition(threading.Lock())
+        self._busy = 0
 
     # public ------------------------------------------------------------------------
     def infer(self, batch: np.ndarray) -> np.ndarray:
@@ -88,7 +93,7 @@ class Backend:
                 and batch.flags.c_contiguous and batch.shape[0] > 0
                 and (unbounded or (self.max_batch is not None
                                    and self.min_batch <= batch.shape[0] <= self.max_batch))):
-            return self._infer_impl(batch)
+            return self._guarded(batch, None)
         if self._closed:
             raise UsageError(f"{self.name} backend for {self.path} is closed")
         spec = self.input_spec
@@ -108,15 +113,33 @@ class Backend:
             batch = np.ascontiguousarray(batch)
         plan = plan_batches(n, self.fixed_batch, self.max_batch, self.min_batch)
         if len(plan) == 1 and plan[0][2] == n:
-            return self._infer_impl(batch)
-        outs = []
-        for start, stop, size in plan:
-            chunk = batch[start:stop]
-            if size != stop - start:
-                pad = np.repeat(chunk[-1:], size - (stop - start), axis=0)
-                chunk = np.concatenate([chunk, pad])
-            outs.append(self._infer_impl(chunk)[:stop - start])
-        return np.concatenate(outs)
+            return self._guarded(batch, None)
+        return self._guarded(batch, plan)
+
+    def _guarded(self, batch: np.ndarray, plan: list[tuple[int, int, int]] | None) -> np.ndarray:
+        """Run ``_infer_impl`` (over ``plan``'s chunks when given) counted as in flight, so that
+        close() waits for it; a call that starts after close() raises UsageError."""
+        gate = self._gate
+        with gate:
+            if self._closed:
+                raise UsageError(f"{self.name} backend for {self.path} is closed")
+            self._busy += 1
+        try:
+            if plan is None:
+                return self._infer_impl(batch)
+            outs = []
+            for start, stop, size in plan:
+                chunk = batch[start:stop]
+                if size != stop - start:
+                    pad = np.repeat(chunk[-1:], size - (stop - start), axis=0)
+                    chunk = np.concatenate([chunk, pad])
+                outs.append(self._infer_impl(chunk)[:stop - start])
+            return np.concatenate(outs)
+        finally:
+            with gate:
+                self._busy -= 1
+                if self._busy == 0 and self._closed:
+                    gate.notify_all()
 
     def _fast_checks(self) -> tuple[np.dtype, tuple | None, bool]:
         """What the hot path compares against: dtype, the fixed non-batch shape (None when a
@@ -129,10 +152,22 @@ class Backend:
         raise NotImplementedError
 
     def close(self) -> None:
-        """Release the session, engine and buffers; idempotent."""
-        if not self._closed:
+        """Release the session, engine and buffers; idempotent.
+
+        Waits for infer() calls already running in other threads to finish (nothing is
+        freed under them); calls made afterwards raise UsageError. Calling close() from
+        inside an infer() on the same backend would wait forever: don't.
+        """
+        gate = self.__dict__.get("_gate")
+        if gate is None:  # a subclass that failed before Backend.__init__ ran
+            return
+        with gate:
+            if self._closed:
+                return
             self._closed = True
-            self._close_impl()
+            while self._busy:
+                gate.wait()
+        self._close_impl()
 
     def _close_impl(self) -> None:
         pass

@@ -202,13 +202,16 @@ class TrtBackend(Backend):
             return self._h_out[:nout].view(self._out_dtype).reshape((n,) + self._out_row_shape).copy()
 
     def _close_impl(self) -> None:
+        # Backend.close() has already waited for in-flight calls; the lock also covers a direct
+        # _infer_impl caller, so no buffer is freed under a running copy or execution.
         cudart = self._cudart
-        self.context = None
-        self.engine = None
-        for free, ptr in ((cudart.cudaFree, self._d_in), (cudart.cudaFree, self._d_out),
-                          (cudart.cudaFreeHost, self._h_in_ptr), (cudart.cudaFreeHost, self._h_out_ptr)):
-            free(ptr)
-        cudart.cudaStreamDestroy(self._stream)
+        with self._lock:
+            self.context = None
+            self.engine = None
+            for free, ptr in ((cudart.cudaFree, self._d_in), (cudart.cudaFree, self._d_out),
+                              (cudart.cudaFreeHost, self._h_in_ptr), (cudart.cudaFreeHost, self._h_out_ptr)):
+                free(ptr)
+            cudart.cudaStreamDestroy(self._stream)
 
 
 def _pinned_array(ptr: Any, nbytes: int) -> np.ndarray:
