@@ -133,3 +133,16 @@ def test_resume_refuses_flags_it_would_ignore(tmp_path: Path) -> None:
         assert "--epochs" in err.split("cannot change")[1]  # the usage names what is allowed
     # --epochs, --patience and --quiet are for the continued run: the run folder is checked next
     _usage_error(["--resume", run, "--epochs", "3", "--patience", "2", "--quiet"], "no such run folder")
+
+
+def test_a_run_set_aside_by_a_killed_force_run_comes_back(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    aside = run / ".cnn-train-replaced"
+    aside.mkdir(parents=True)
+    for name in ("model.keras", "card.json", "metrics.json", "train_config.json", "model.onnx"):
+        (aside / name).write_bytes(f"old {name}".encode())
+    (run / "train_config.json").write_text("{}")  # the killed new run's, before its first checkpoint
+    _usage_error(["--preset", "digits-cnn", "--out", str(run)], "already holds a run", "--force")
+    assert not aside.exists()
+    for name in ("model.keras", "card.json", "metrics.json", "train_config.json", "model.onnx"):
+        assert (run / name).read_bytes() == f"old {name}".encode()

@@ -236,3 +236,79 @@ def test_augmentation_changes_training_batches_only() -> None:
     seen = [next(iter(make_dataset(img, y, 4, shuffle=True, seed=s, augment=aug)))[0].numpy() for s in range(3)]
     assert all(x.shape == img.shape and x.min() >= 0 and x.max() <= 255 for x in seen)
     assert any(not np.allclose(x, img) for x in seen)
+
+
+class _InterruptFirstBatch(keras.callbacks.Callback):
+    """Ctrl-C during the first epoch, before any checkpoint."""
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        raise KeyboardInterrupt
+
+
+def _old_run(run: Path) -> dict[str, bytes]:
+    """A finished run with its export outputs, and files that are not cnn-train's or cnn-export's."""
+    run.mkdir(parents=True)
+    files = {name: f"old {name}".encode() for name in ARTIFACTS}
+    files.update({n: f"old {n}".encode() for n in (
+        "model.onnx", "model.fp16.onnx", "model.int8.onnx", "model.engine", "model.int8.engine",
+        "model.int8.engine.json", "export_report.json", "model.int8.calib-0123abcd.json")})
+    for name, body in files.items():
+        (run / name).write_bytes(body)
+    (run / "images" / "3").mkdir(parents=True)
+    (run / "images" / "3" / "a.png").write_bytes(b"not ours")
+    (run / "notes.txt").write_bytes(b"not ours either")
+    return files
+
+
+def _snapshot(run: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_force_replaces_the_old_run_only_once_the_new_one_has_a_checkpoint(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    _old_run(run)
+    before = _snapshot(run)
+    # data that cannot train: refused before anything in the run folder is touched
+    for c in ("a", "b"):
+        (tmp_path / "bad" / c).mkdir(parents=True)
+        (tmp_path / "bad" / c / "x.png").write_bytes(b"\x89PNG\r\n\x1a\n corrupt")
+    code, _, err = _cli(["--preset", "mnist-dense", "--data", str(tmp_path / "bad"), "--out", str(run), "--force",
+                         "--epochs", "1", "--quiet"])
+    assert code == 2 and "no readable training images" in err, err
+    assert _snapshot(run) == before
+    # interrupted before the first checkpoint: the old run comes back as it was
+    said: list[str] = []
+    cfg = TrainConfig(preset="mnist-dense", data="digits", out=str(run), epochs=1, img_size=(8, 8), force=True,
+                      verbose=0)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, callbacks=[_InterruptFirstBatch()], log=said.append)
+    assert _snapshot(run) == before and not (run / ".cnn-train-replaced").exists()
+    assert "previous run there is restored" in said[-1] and "--resume" not in said[-1], said[-1]
+    # a run that reaches its checkpoint replaces the old run and its stale exports; other files stay
+    code, _, err = _cli(["--preset", "mnist-dense", "--data", "digits", "--img-size", "8", "--out", str(run),
+                         "--force", "--epochs", "1", "--quiet"])
+    assert code == 0, err
+    after = _snapshot(run)
+    assert after["images/3/a.png"] == b"not ours" and after["notes.txt"] == b"not ours either"
+    assert set(after) == set(ARTIFACTS) | {"images/3/a.png", "notes.txt"}, sorted(after)
+    assert all(after[n] != before[n] for n in ARTIFACTS)
+    load_keras_model(run / "model.keras")
+
+
+@pytest.mark.slow
+def test_ctrl_c_before_the_first_epoch_leaves_no_run_to_refuse(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    said: list[str] = []
+    cfg = TrainConfig(preset="mnist-dense", data="digits", out=str(run), epochs=1, img_size=(8, 8), verbose=0)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, callbacks=[_InterruptFirstBatch()], log=said.append)
+    assert "start again with the same command" in said[-1] and "--resume" not in said[-1], said[-1]
+    assert not (run / "model.keras").exists()
+    # a folder without a checkpoint (e.g. a run killed before its first epoch) is not a run to protect
+    (run / "train_config.json").write_text("{}")
+    (run / "history.csv").write_text("epoch,loss\n")
+    code, _, err = _cli(["--preset", "mnist-dense", "--data", "digits", "--img-size", "8", "--out", str(run),
+                         "--epochs", "1", "--quiet"])
+    assert code == 0, err
+    assert json.loads((run / "train_config.json").read_text())["preset"] == "mnist-dense"

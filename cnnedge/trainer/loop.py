@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +36,11 @@ METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.csv"
 ARTIFACTS = (MODEL_FILE, CARD_FILENAME, CONFIG_FILE, METRICS_FILE, HISTORY_FILE, "loss.png", "accuracy.png",
              "confusion.png")
+# What cnn-export makes from model.keras in the run folder: stale once --force replaces the model.
+EXPORT_PATTERNS = ("model.onnx", "model.*.onnx", "model.onnx.json", "model.*.onnx.json", "*.engine", "*.engine.json",
+                   "export_report.json", "model.int8.calib-*.json")
+# --force sets the old run aside here until the new run's first checkpoint, and puts it back on a failure.
+REPLACED_DIR = ".cnn-train-replaced"
 
 
 @dataclass
@@ -115,10 +121,8 @@ def train(cfg: TrainConfig, callbacks: Sequence[Any] = (), log: Callable[[str], 
                 "patience": cfg.patience, "weights": weights, "augment": cfg.augment.to_dict(),
                 "learning_rate": cfg.learning_rate or preset.learning_rate,
                 "mixed_precision": cfg.mixed_precision, "data": cfg.data, "dataset_spec": spec}
-    if cfg.force and out.exists():
-        for name in ARTIFACTS:
-            (out / name).unlink(missing_ok=True)
-    return _run(settings, out, callbacks, log, resume=False, verbose=cfg.verbose)
+    # the old run (if any) is replaced only once the new run has loaded its data and saved a first checkpoint
+    return _run(settings, out, callbacks, log, resume=False, verbose=cfg.verbose, replace=cfg.force)
 
 
 def resume(run_dir: str | os.PathLike, epochs: int | None = None, callbacks: Sequence[Any] = (),
@@ -130,6 +134,7 @@ def resume(run_dir: str | os.PathLike, epochs: int | None = None, callbacks: Seq
     d = Path(run_dir)
     if not d.is_dir():
         raise UsageError(f"--resume {d}: no such run folder")
+    _recover_replaced(d, log)
     if not (d / CONFIG_FILE).is_file() or not (d / MODEL_FILE).is_file():
         raise UsageError(f"--resume {d}: not a cnn-train run with a checkpoint (needs {CONFIG_FILE} and "
                          f"{MODEL_FILE}); start a new run instead")
@@ -210,11 +215,63 @@ def _check_settings(settings: Any, path: Path) -> None:
 def _check_out(out: Path, force: bool) -> None:
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: exists and is not a folder")
-    if out.is_dir() and not force:
+    if out.is_dir():
+        _recover_replaced(out, None)
+    # a run is a folder with a checkpoint; one interrupted before its first (train_config.json and perhaps
+    # history.csv only) is not, and a new run simply starts over in it
+    if out.is_dir() and not force and (out / MODEL_FILE).exists():
         ours = [n for n in ARTIFACTS if (out / n).exists()]
         if ours:
             raise FileExistsRefused(f"--out {out}: already holds a run ({', '.join(ours[:4])}); pass --force to "
                                     f"overwrite it, --resume {out} to continue it, or choose another --out")
+
+
+def _export_outputs(out: Path) -> list[Path]:
+    found: dict[Path, None] = {}
+    for pattern in EXPORT_PATTERNS:
+        for p in sorted(out.glob(pattern)):
+            if p.is_file() or p.is_symlink():
+                found[p] = None
+    return list(found)
+
+
+def _set_aside(out: Path, exports: bool) -> Path | None:
+    """Move the run files already in ``out`` (and, with ``exports``, the export outputs made from its model)
+    into ``out/REPLACED_DIR``; None when there were none. Nothing else in ``out`` is touched."""
+    if not out.is_dir():
+        return None
+    move = [out / n for n in ARTIFACTS if (out / n).is_file()] + (_export_outputs(out) if exports else [])
+    if not move:
+        return None
+    aside = out / REPLACED_DIR
+    aside.mkdir(exist_ok=True)
+    for p in move:
+        os.replace(p, aside / p.name)
+    return aside
+
+
+def _restore(out: Path, aside: Path) -> None:
+    """Undo :func:`_set_aside`: drop what the failed new run wrote, put the old files back."""
+    for name in ARTIFACTS:
+        (out / name).unlink(missing_ok=True)
+    for p in sorted(aside.iterdir()):
+        target = out / p.name
+        if not target.exists():
+            os.replace(p, target)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _recover_replaced(out: Path, log: Callable[[str], None] | None) -> None:
+    """A run killed between setting the old run aside and its first checkpoint: put the old run back."""
+    aside = out / REPLACED_DIR
+    if not aside.is_dir():
+        return
+    if (out / MODEL_FILE).is_file() and (out / CARD_FILENAME).is_file():
+        shutil.rmtree(aside, ignore_errors=True)  # the new run had its checkpoint: the old one was replaced
+        return
+    _restore(out, aside)
+    if log:
+        log(f"train: restored the run in {out} that an unfinished --force run had set aside")
 
 
 def _positive(name: str, v: Any) -> None:
@@ -348,7 +405,7 @@ def _check_sizes(spec: dict, data: dict[str, _Prepared], n_classes: int, log: Ca
 
 
 def _run(settings: dict[str, Any], out: Path, callbacks: Sequence[Any], log: Callable[[str], None], *,
-         resume: bool, verbose: int | None) -> TrainResult:
+         resume: bool, verbose: int | None, replace: bool = False) -> TrainResult:
     from .._lazy import require
 
     preset = get_preset(settings["preset"])
@@ -408,7 +465,16 @@ def _run(settings: dict[str, Any], out: Path, callbacks: Sequence[Any], log: Cal
     policy = keras.mixed_precision.global_policy().name
     if settings.get("mixed_precision"):
         keras.mixed_precision.set_global_policy("mixed_float16")
+    aside: list[Path | None] = [None]  # the old run set aside until the first checkpoint (a list: the callback clears it)
+
+    def replaced() -> None:  # the new run has its first checkpoint: the old run and its exports go for good
+        if aside[0] is not None:
+            shutil.rmtree(aside[0], ignore_errors=True)
+            aside[0] = None
+
     try:
+        if not resume:
+            aside[0] = _set_aside(out, exports=replace)
         out.mkdir(parents=True, exist_ok=True)
         history = read_history(out / HISTORY_FILE) if resume else []
         if resume:
@@ -428,7 +494,7 @@ def _run(settings: dict[str, Any], out: Path, callbacks: Sequence[Any], log: Cal
         aug = Augment(**settings.get("augment", {}))
         train_ds = dataset("train", shuffle=True, augment=aug)
         val_ds = dataset("val")
-        ckpt = _BestCheckpoint(out, card, settings, int(settings["patience"]), history, log)
+        ckpt = _BestCheckpoint(out, card, settings, int(settings["patience"]), history, log, replaced)
         if done < epochs:
             n_params = model.count_params()
             log(f"train: {preset.name} ({n_params:,} parameters) for up to {epochs} epochs, batch {batch}, "
@@ -441,11 +507,17 @@ def _run(settings: dict[str, Any], out: Path, callbacks: Sequence[Any], log: Cal
                     model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=done,
                               callbacks=[ckpt, *callbacks], verbose=verbose, shuffle=False)
             except BaseException as exc:
-                _finish_history(out, ckpt.history, preset.name)
-                where = (f"best model so far (epoch {ckpt.best_epoch}, val_loss {ckpt.best:.4f}) kept in "
-                         f"{out / MODEL_FILE}" if ckpt.best_epoch else "no epoch finished, no model saved")
                 kind = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"stopped by {type(exc).__name__}"
-                log(f"train: {kind}: {where}; continue with cnn-train --resume {out}")
+                if (out / MODEL_FILE).is_file() and aside[0] is None:
+                    _finish_history(out, ckpt.history, preset.name)
+                    where = (f"best model so far (epoch {ckpt.best_epoch}, val_loss {ckpt.best:.4f}) kept in "
+                             f"{out / MODEL_FILE}" if ckpt.best_epoch else f"the checkpoint in {out / MODEL_FILE} "
+                             "is kept")
+                    log(f"train: {kind}: {where}; continue with cnn-train --resume {out}")
+                else:
+                    back = "; the previous run there is restored" if aside[0] is not None else ""
+                    log(f"train: {kind} before the first epoch finished: no model saved in {out}{back}; "
+                        "start again with the same command")
                 raise
             if ckpt.best_weights is not None:
                 model.set_weights(ckpt.best_weights)
@@ -478,6 +550,14 @@ def _run(settings: dict[str, Any], out: Path, callbacks: Sequence[Any], log: Cal
         plot_confusion(np.asarray(metrics["confusion_matrix"]), classes, out / "confusion.png",
                        f"{preset.name}: test accuracy {metrics['test_accuracy']:.2%}")
         write_json(out / METRICS_FILE, metrics)
+    except BaseException:
+        if not resume and not (out / MODEL_FILE).is_file():  # failed before its first checkpoint
+            if aside[0] is not None:
+                _restore(out, aside[0])
+            else:
+                for name in ARTIFACTS:  # leave the folder as it was found
+                    (out / name).unlink(missing_ok=True)
+        raise
     finally:
         keras.mixed_precision.set_global_policy(policy)
     result = TrainResult(out, metrics["test_accuracy"], metrics, ModelCard.load(out / CARD_FILENAME),
@@ -493,8 +573,8 @@ def _finish_history(out: Path, rows: list[dict[str, Any]], title: str) -> None:
         plot_history(rows, out, title)
 
 
-def _BestCheckpoint(out: Path, card: ModelCard, settings: dict, patience: int, history: list, log: Callable
-                    ) -> Any:
+def _BestCheckpoint(out: Path, card: ModelCard, settings: dict, patience: int, history: list, log: Callable,
+                    on_saved: Callable[[], None] = lambda: None) -> Any:
     """A Keras callback: save the best model (lowest val_loss) atomically with its card, write
     history.csv every epoch, and stop after ``patience`` epochs without improvement."""
     from .._lazy import require
@@ -519,6 +599,7 @@ def _BestCheckpoint(out: Path, card: ModelCard, settings: dict, patience: int, h
             sha = sha256_file(path)
             c = card.replace(provenance={"source_sha256": sha, "versions": _versions()})
             c.save(out / CARD_FILENAME)
+            on_saved()
 
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             logs = dict(logs or {})
