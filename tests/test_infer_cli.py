@@ -308,6 +308,25 @@ def test_live_stream_reconnects_without_duplicated_or_invented_frames():
         srv.stop()
 
 
+def test_existing_path_named_like_a_camera_index_wins(tmp_path, monkeypatch):
+    """The demo's class folders are digits: --source 7 is the folder 7 when it exists."""
+    from cnnedge.runtime.sources import FileSource, SourceError
+
+    write_images(tmp_path / "digits", 20)
+    monkeypatch.chdir(tmp_path / "digits")
+    name = sorted(p.name for p in Path(".").iterdir())[0]
+    src = open_source(name)
+    assert isinstance(src, FileSource) and src.total == len(list(Path(name).iterdir()))
+    Path("42").write_bytes(next(Path(name).iterdir()).read_bytes())  # an image file named like a camera index
+    assert isinstance(open_source("42"), FileSource)
+    code, out, err = cli(str(models()["onnx"]), "--source", name, "--quiet")
+    assert code == 0 and "camera" not in err, err
+    # integers, camera:N and digits with no such path stay cameras
+    for spec in (57, "camera:57", "57"):
+        with pytest.raises(SourceError, match="camera 57"):
+            open_source(spec)
+
+
 def test_open_source_table(tmp_path):
     from cnnedge.runtime.sources import FileSource, csi_pipeline
 

@@ -5,7 +5,8 @@
 ``photos/`` (+ ``glob``)   a folder, recursive, sorted; each file once, in order
 ``list.txt``               a list file: one image path a line (relative to the list)
 ``clip.mp4``               a video file, every frame in order (``live=True``: newest only)
-``0``, ``camera:0``        a camera by index (``/dev/video0``, ``v4l2:///dev/video0``)
+``0``, ``camera:0``        a camera by index (``/dev/video0``, ``v4l2:///dev/video0``); an existing
+                           file or folder named ``0`` wins over the camera (``camera:0`` does not)
 ``rtsp://``, ``http://``   a network stream (RTSP, HTTP MJPEG, ...)
 ``csi://0``                a Jetson CSI camera (composes the nvarguscamerasrc pipeline)
 ``... ! appsink``          a GStreamer pipeline string
@@ -311,8 +312,8 @@ def open_source(spec: Any, *, glob: str | None = None, live: bool = False,
     cv2 = _cv2()
     if isinstance(spec, (list, tuple)):
         return FileSource([Path(p) for p in spec], name="files")
-    if isinstance(spec, int) or (isinstance(spec, str) and spec.isdigit()):
-        return _camera(int(spec))
+    if isinstance(spec, int) or (isinstance(spec, str) and spec.isdigit() and not os.path.exists(spec)):
+        return _camera(int(spec))  # a string of digits is a camera only when no file or folder has that name
     s = str(spec)
     if s.startswith("camera:") and s[7:].isdigit():
         return _camera(int(s[7:]))
