@@ -122,9 +122,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _write_video(path: Path, n: int, size=(64, 48)) -> None:
+def _write_video(path: Path, n: int, size=(64, 48), fps: float = 30) -> None:
     _, _, xte, _ = split()
-    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30, size)
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
     assert w.isOpened()
     for i in range(n):
         w.write(cv2.resize(xte[i], size))
@@ -133,7 +133,7 @@ def _write_video(path: Path, n: int, size=(64, 48)) -> None:
 
 def test_video_file_every_frame_and_as_live_source(tmp_path):
     vid = tmp_path / "clip.avi"
-    _write_video(vid, 60)
+    _write_video(vid, 60, fps=120)  # as a live source it replays at 120 fps: half a second
     jl = tmp_path / "v.jsonl"
     code, _, err = cli(str(models()["onnx"]), "--source", str(vid), "--json", str(jl), "--quiet",
                        "--save-video", str(tmp_path / "ann.avi"))
@@ -306,6 +306,27 @@ def test_live_stream_reconnects_without_duplicated_or_invented_frames():
         assert code == 0 and len(out.splitlines()) == 10 and "reconnects" in err, err
     finally:
         srv.stop()
+
+
+def test_live_video_file_replays_at_its_own_frame_rate(tmp_path):
+    vid = tmp_path / "ten.avi"
+    _write_video(vid, 6, fps=10)
+    src = open_source(str(vid), live=True)
+    got, t0 = [], time.perf_counter()
+    try:
+        assert isinstance(src, LiveSource) and src.period == pytest.approx(0.1)
+        while True:
+            try:
+                f = src.get(1.0)
+            except StopIteration:
+                break
+            if f is not None:
+                got.append(f.frame)
+    finally:
+        src.close()
+    took = time.perf_counter() - t0
+    # paced like a camera: 6 frames at 10 fps take about half a second and a reader this fast misses none
+    assert got == list(range(6)) and src.dropped == 0 and took >= 0.45, (got, src.dropped, took)
 
 
 def test_existing_path_named_like_a_camera_index_wins(tmp_path, monkeypatch):

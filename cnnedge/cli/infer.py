@@ -50,8 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Jetson CSI camera by sensor id; composes the nvarguscamerasrc pipeline (e.g. --csi 0)")
     src.add_argument("--glob", metavar="PATTERN", help="only files matching this in folders (e.g. --glob '*.jpg')")
     src.add_argument("--live", action="store_true",
-                     help="read video files as live sources: newest frame only, dropping what the model cannot "
-                          "keep up with (e.g. --source clip.mp4 --live)")
+                     help="replay video files like a camera: at the file's own frame rate (30 when it does not "
+                          "say), newest frame only, dropping what the model cannot keep up with "
+                          "(e.g. --source clip.mp4 --live)")
     src.add_argument("--max-frames", type=_positive, metavar="N", help="stop after N results (e.g. --max-frames 500)")
     src.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (e.g. --duration 60)")
     src.add_argument("--open-timeout-ms", type=_positive, default=10000, metavar="MS",

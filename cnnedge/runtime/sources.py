@@ -347,15 +347,26 @@ def open_source(spec: Any, *, glob: str | None = None, live: bool = False,
                           "camera index, URL, csi://N or GStreamer pipeline)")
     suffix = p.suffix.lower()
     if suffix in VIDEO_SUFFIXES:
-        if live:
+        if live:  # replayed like a camera: frames arrive at the file's own rate, so drops are repeatable
             return LiveSource(str(p), str(p), cv2.CAP_ANY, open_timeout_ms=open_timeout_ms,
-                              read_timeout_ms=read_timeout_ms, reconnect=False)
+                              read_timeout_ms=read_timeout_ms, reconnect=False, fps=video_fps(p))
         return VideoFileSource(p)
     if suffix in LIST_SUFFIXES:
         return FileSource(read_list_file(p), name=str(p))
     if suffix in IMAGE_SUFFIXES or p.is_file():
         return FileSource([p], name=str(p))
     raise SourceError(f"{p}: not a file, folder or stream")
+
+
+def video_fps(path: str | os.PathLike, default: float = 30.0) -> float:
+    """A video file's frame rate (CAP_PROP_FPS), or ``default`` when the container does not say."""
+    cv2 = _cv2()
+    cap = cv2.VideoCapture(str(path), cv2.CAP_ANY)
+    try:
+        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0) if cap.isOpened() else 0.0
+    finally:
+        cap.release()
+    return fps if 0.0 < fps <= 1000.0 else default
 
 
 def _camera(index: int) -> LiveSource:
