@@ -348,6 +348,19 @@ def test_existing_path_named_like_a_camera_index_wins(tmp_path, monkeypatch):
             open_source(spec)
 
 
+def test_gstreamer_pipeline_gets_open_and_read_timeouts():
+    from cnnedge.runtime.sources import has_gstreamer
+
+    if not has_gstreamer():
+        pytest.skip("this OpenCV build has no GStreamer")
+    src = open_source("videotestsrc num-buffers=3 ! videoconvert ! appsink", open_timeout_ms=1234,
+                      read_timeout_ms=2345)
+    try:
+        assert src.params == [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, 1234, cv2.CAP_PROP_READ_TIMEOUT_MSEC, 2345]
+    finally:
+        src.close()
+
+
 def test_open_source_table(tmp_path):
     from cnnedge.runtime.sources import FileSource, csi_pipeline
 

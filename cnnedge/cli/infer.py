@@ -56,10 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--max-frames", type=_positive, metavar="N", help="stop after N results (e.g. --max-frames 500)")
     src.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (e.g. --duration 60)")
     src.add_argument("--open-timeout-ms", type=_positive, default=10000, metavar="MS",
-                     help="give up opening a stream after MS (default 10000; e.g. --open-timeout-ms 3000)")
+                     help="give up opening a stream (URL, --source video, --gst/--csi pipeline) after MS; local "
+                          "cameras (--camera, /dev/video*) take no timeout (default 10000; "
+                          "e.g. --open-timeout-ms 3000)")
     src.add_argument("--read-timeout-ms", type=_positive, default=5000, metavar="MS",
-                     help="a stream read that blocks longer than MS counts as a drop and reconnects "
-                          "(default 5000; e.g. --read-timeout-ms 2000)")
+                     help="a stream or GStreamer pipeline read that blocks longer than MS counts as a drop and "
+                          "reconnects; local cameras take no timeout (default 5000; e.g. --read-timeout-ms 2000)")
 
     run = p.add_argument_group("inference")
     run.add_argument("--backend", default="auto", choices=BACKENDS,

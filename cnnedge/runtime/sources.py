@@ -323,9 +323,10 @@ def open_source(spec: Any, *, glob: str | None = None, live: bool = False,
     if s.startswith("csi://"):
         if not s[6:].isdigit():
             raise SourceError(f"{s}: expected csi://N with N the sensor id")
-        return gstreamer(csi_pipeline(int(s[6:])), name=s)
+        return gstreamer(csi_pipeline(int(s[6:])), name=s, open_timeout_ms=open_timeout_ms,
+                         read_timeout_ms=read_timeout_ms)
     if "!" in s and ("appsink" in s or "src" in s.split("!")[0]):
-        return gstreamer(s)
+        return gstreamer(s, open_timeout_ms=open_timeout_ms, read_timeout_ms=read_timeout_ms)
     scheme = urlsplit(s).scheme.lower()
     if scheme in STREAM_SCHEMES:
         return LiveSource(s, _redact(s), cv2.CAP_FFMPEG, open_timeout_ms=open_timeout_ms,
@@ -377,9 +378,14 @@ def _camera(index: int) -> LiveSource:
         raise SourceError(f"camera {index}: cannot open (no such camera, or it is in use)") from None
 
 
-def gstreamer(pipeline: str, name: str | None = None) -> LiveSource:
+def gstreamer(pipeline: str, name: str | None = None, *, open_timeout_ms: int = OPEN_TIMEOUT_MS,
+              read_timeout_ms: int = READ_TIMEOUT_MS) -> LiveSource:
+    """A GStreamer pipeline as a live source. OpenCV documents CAP_PROP_OPEN_TIMEOUT_MSEC and
+    CAP_PROP_READ_TIMEOUT_MSEC for its FFmpeg and GStreamer back-ends, so both are passed here
+    (local V4L2 cameras take none)."""
     cv2 = _cv2()
     if not has_gstreamer():
         raise SourceError("this OpenCV build has no GStreamer support (opencv-python-headless from PyPI has none); "
                           "use an OpenCV built with GStreamer (on Jetson: the system python3-opencv)")
-    return LiveSource(pipeline, name or "gstreamer", cv2.CAP_GSTREAMER, timeouts=False)
+    return LiveSource(pipeline, name or "gstreamer", cv2.CAP_GSTREAMER, open_timeout_ms=open_timeout_ms,
+                      read_timeout_ms=read_timeout_ms)
