@@ -312,3 +312,20 @@ def test_ctrl_c_before_the_first_epoch_leaves_no_run_to_refuse(tmp_path: Path) -
                          "--epochs", "1", "--quiet"])
     assert code == 0, err
     assert json.loads((run / "train_config.json").read_text())["preset"] == "mnist-dense"
+
+
+@pytest.mark.slow
+def test_the_final_summary_counts_and_names_the_skipped_images(tmp_path: Path) -> None:
+    data = _folder(tmp_path / "shapes")
+    for i in range(6):
+        (data / "square" / f"bad{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n corrupt")
+    out = tmp_path / "run"
+    code, stdout, err = _cli(["--preset", "mnist-dense", "--data", str(data), "--out", str(out), "--img-size", "8",
+                              "--epochs", "1", "--quiet"])
+    assert code == 0, err
+    lines = stdout.strip().splitlines()
+    assert lines[-1].startswith("cnn-train: mnist-dense: test accuracy") and str(out) in lines[-1]
+    assert "7 unreadable images skipped" in lines[-1], lines[-1]
+    names = lines[-2]
+    assert "skipped 7 unreadable image" in names and "and 2 more" in names, names
+    assert names.count(str(data)) == 5, names  # the first five by name, then a count

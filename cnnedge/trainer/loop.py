@@ -78,8 +78,10 @@ class TrainResult:
 
     def summary(self) -> str:
         m = self.metrics
+        n = len(self.skipped)
+        skipped = f"; {n} unreadable image{'s' if n != 1 else ''} skipped" if n else ""
         return (f"{self.card.name}: test accuracy {self.test_accuracy:.2%} ({m['test_correct']}/{m['test_images']} "
-                f"test images) -> {self.run_dir}")
+                f"test images{skipped}) -> {self.run_dir}")
 
 
 def is_complete(run_dir: str | os.PathLike) -> bool:
@@ -562,8 +564,7 @@ def _run(settings: dict[str, Any], out: Path, callbacks: Sequence[Any], log: Cal
         keras.mixed_precision.set_global_policy(policy)
     result = TrainResult(out, metrics["test_accuracy"], metrics, ModelCard.load(out / CARD_FILENAME),
                          len(ckpt.history), skipped)
-    if stream_skips:  # found while streaming; in-memory splits reported theirs up front
-        _log_skipped(list(stream_skips), log)
+    _log_skipped(skipped, log)  # again at the end, next to the summary (streamed splits find theirs only now)
     return result
 
 
