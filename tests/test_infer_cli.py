@@ -361,6 +361,21 @@ def test_gstreamer_pipeline_gets_open_and_read_timeouts():
         src.close()
 
 
+def test_save_video_format_checked_before_any_frame(tmp_path):
+    write_images(tmp_path / "d", 3)
+    onnx = str(models()["onnx"])
+    for name, msg in (("out.xyz", "cannot write '.xyz' videos"), ("out.jpg", "image extension")):
+        code, out, err = cli(onnx, "--source", str(tmp_path / "d"), "--save-video", str(tmp_path / name))
+        lines = [ln for ln in err.splitlines() if ln.startswith("cnn-infer: error:")]
+        assert code != 0 and out == "", (out, err)  # nothing classified, nothing printed
+        assert len(lines) == 1 and "--save-video" in lines[0] and msg in lines[0], err
+        assert "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]  # no probe or partial file left behind
+    code, out, err = cli(onnx, "--source", str(tmp_path / "d"), "--save-video", str(tmp_path / "ok.mkv"),
+                         "--quiet")
+    assert code == 0 and cv2.VideoCapture(str(tmp_path / "ok.mkv")).get(cv2.CAP_PROP_FRAME_COUNT) == 3, err
+
+
 def test_open_source_table(tmp_path):
     from cnnedge.runtime.sources import FileSource, csi_pipeline
 

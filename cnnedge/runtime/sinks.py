@@ -21,6 +21,7 @@ import numpy as np
 from ..atomic import atomic_path, refuse_overwrite
 from ..errors import UsageError
 from .classifier import Result
+from .images import IMAGE_SUFFIXES
 
 CSV_COLUMNS = ("source", "path", "frame", "timestamp", "index", "label", "score", "latency_ms", "topk", "error")
 
@@ -156,6 +157,44 @@ class SaveDirSink(Sink):
                 raise UsageError(f"--save-dir: cannot write {target}")
 
 
+def video_codec(path: str | os.PathLike) -> str:
+    """The FourCC VideoSink writes for a file name: mp4v for MP4/MOV, MJPG otherwise."""
+    return "mp4v" if Path(path).suffix.lower() in (".mp4", ".m4v", ".mov") else "MJPG"
+
+
+def check_video_format(path: str | os.PathLike, flag: str = "--save-video") -> None:
+    """Raise a one-line UsageError when OpenCV cannot write a video with this file's
+    extension, found by opening a writer on a scratch file of the same suffix (no frames)."""
+    import tempfile
+
+    import cv2
+
+    p = Path(path)
+    suffix = p.suffix
+    if not suffix:
+        raise UsageError(f"{flag} {p}: name the container with an extension (e.g. .mp4 or .avi)")
+    if suffix.lower() in IMAGE_SUFFIXES:  # OpenCV would write a numbered image sequence, not a video
+        raise UsageError(f"{flag} {p}: {suffix} is an image extension; use .mp4, .avi, .mkv or .mov "
+                         "(--save-dir writes annotated images)")
+    logging_ = getattr(getattr(cv2, "utils", None), "logging", None)
+    level = logging_.getLogLevel() if logging_ is not None else None
+    if level is not None:  # the probe's failure is reported below, not as OpenCV's console noise
+        logging_.setLogLevel(logging_.LOG_LEVEL_SILENT)
+    try:
+        with tempfile.TemporaryDirectory(prefix="cnnedge-video-") as d:
+            probe = Path(d) / f"probe{suffix}"
+            writer = cv2.VideoWriter(str(probe), cv2.VideoWriter_fourcc(*video_codec(p)), 25.0, (64, 48))
+            ok = writer.isOpened()
+            writer.release()
+    except cv2.error:
+        ok = False
+    finally:
+        if level is not None:
+            logging_.setLogLevel(level)
+    if not ok:
+        raise UsageError(f"{flag} {p}: OpenCV cannot write {suffix!r} videos; use .mp4, .avi, .mkv or .mov")
+
+
 class VideoSink(Sink):
     """``--save-video out.mp4``: annotated frames; every frame resized to the first one's size."""
 
@@ -164,6 +203,7 @@ class VideoSink(Sink):
     def __init__(self, path: str | os.PathLike, fps: float = 25.0, force: bool = False) -> None:
         refuse_overwrite(path, force, "--force")
         self.path, self.fps = Path(path), fps
+        check_video_format(self.path)  # before any frame is classified, not at the first one
         self._stack = ExitStack()
         self._tmp: Path | None = None
         self._writer: Any = None
@@ -179,7 +219,7 @@ class VideoSink(Sink):
         if self._writer is None:
             self._tmp = self._stack.enter_context(atomic_path(self.path))
             self._size = (img.shape[1], img.shape[0])
-            codec = "mp4v" if self.path.suffix.lower() in (".mp4", ".m4v", ".mov") else "MJPG"
+            codec = video_codec(self.path)
             self._writer = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter_fourcc(*codec), self.fps, self._size)
             if not self._writer.isOpened():
                 raise UsageError(f"--save-video {self.path}: OpenCV cannot write this format; use .mp4 or .avi")
