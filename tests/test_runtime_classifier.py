@@ -183,11 +183,9 @@ def test_reduced_jpeg_decode_on_a_photograph(tmp_path):
 @pytest.mark.slow
 def test_keras_onnx_fp16_int8_agree_on_top1(tmp_path, data):
     """The exporter's FP16 and INT8 files through the Classifier agree with Keras on top-1."""
-    try:
-        from cnnedge.export import export
-    except ImportError as exc:  # pragma: no cover - the exporter is developed in parallel
-        pytest.skip(f"cnnedge.export is not available: {exc}")
     import shutil
+
+    from cnnedge.export import export
 
     x, y = data
     run = tmp_path / "run"
