@@ -156,6 +156,14 @@ def test_live_source_paced_at_a_frame_rate_delivers_every_frame_once(tmp_path):
     vid = tmp_path / "paced.avi"
     _write_video(vid, 12)
     src = LiveSource(str(vid), "paced", cv2.CAP_ANY, timeouts=False, reconnect=False, fps=20)
+    got, took = _drain(src)
+    # 12 frames at 20 fps cannot arrive in less than 11 periods; a reader this fast misses none
+    assert took >= 11 / 20 - 0.02
+    assert got == list(range(12)) and src.dropped == 0
+
+
+def _drain(src: LiveSource) -> tuple[list[int], float]:
+    """Read a live source to its end as fast as possible: the frame numbers and the seconds taken."""
     got, t0 = [], time.perf_counter()
     try:
         while True:
@@ -167,9 +175,7 @@ def test_live_source_paced_at_a_frame_rate_delivers_every_frame_once(tmp_path):
                 got.append(f.frame)
     finally:
         src.close()
-    # 12 frames at 20 fps cannot arrive in less than 11 periods; a reader this fast misses none
-    assert time.perf_counter() - t0 >= 11 / 20 - 0.02
-    assert got == list(range(12)) and src.dropped == 0
+    return got, time.perf_counter() - t0
 
 
 def test_live_source_never_builds_a_backlog_behind_a_slow_model(tmp_path):
@@ -312,19 +318,8 @@ def test_live_video_file_replays_at_its_own_frame_rate(tmp_path):
     vid = tmp_path / "ten.avi"
     _write_video(vid, 6, fps=10)
     src = open_source(str(vid), live=True)
-    got, t0 = [], time.perf_counter()
-    try:
-        assert isinstance(src, LiveSource) and src.period == pytest.approx(0.1)
-        while True:
-            try:
-                f = src.get(1.0)
-            except StopIteration:
-                break
-            if f is not None:
-                got.append(f.frame)
-    finally:
-        src.close()
-    took = time.perf_counter() - t0
+    assert isinstance(src, LiveSource) and src.period == pytest.approx(0.1)
+    got, took = _drain(src)
     # paced like a camera: 6 frames at 10 fps take about half a second and a reader this fast misses none
     assert got == list(range(6)) and src.dropped == 0 and took >= 0.45, (got, src.dropped, took)
 
