@@ -267,3 +267,22 @@ def test_missing_calibration_source_names_calib(tiny, tmp_path):
     code, err = cli([str(tiny), "--int8", "--calib", str(tmp_path / "absent"), "--out", str(tmp_path / "out")])
     assert_one_line_error(code, err, "--calib")
     assert "--verify" not in err and not (tmp_path / "out").exists()
+
+
+def test_staging_left_by_a_killed_export_is_swept(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from cnnedge.export.pipeline import STAGING_PREFIX, sweep_stale_staging
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    killed = tmp_path / f"{STAGING_PREFIX}{dead.stdout.strip()}-abc"  # that process has exited
+    running = tmp_path / f"{STAGING_PREFIX}{os.getppid()}-def"  # a live process: maybe exporting now
+    other = tmp_path / f"{STAGING_PREFIX}notapid"
+    for d in (killed, running, other):
+        d.mkdir()
+        (d / "model.onnx").write_bytes(b"half")
+    assert sweep_stale_staging(tmp_path) == [killed]
+    assert not killed.exists() and running.exists() and other.exists()

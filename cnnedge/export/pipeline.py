@@ -224,7 +224,8 @@ def run(model_path: str | os.PathLike, out_dir: str | os.PathLike | None, opts: 
                              provenance={"source_sha256": sha256_file(model_path), "parent": model_path.name,
                                          "versions": {**card.provenance.versions, **report.versions}})
     out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".cnn-export-", dir=out))
+    sweep_stale_staging(out)
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=out))
     job = _Job(opts, report, timer, model, card, base_card, out, staging, x, ref, vset, cset, kit, gpus)
     try:
         _to_onnx(job)
@@ -253,6 +254,29 @@ def run(model_path: str | os.PathLike, out_dir: str | os.PathLike | None, opts: 
         raise ParityFailure("parity check failed: " + " | ".join(report.failures) + f" (see {out / REPORT_NAME}; "
                             "thresholds can be changed with --min-agreement-* / --max-*)", report)
     return report
+
+
+STAGING_PREFIX = ".cnn-export-"
+
+
+def sweep_stale_staging(out: Path) -> list[Path]:
+    """Remove staging folders left in ``out`` by exports that were killed (kill -9, power loss):
+    their name carries the exporting process's id, and that process no longer exists."""
+    removed = []
+    for d in out.glob(f"{STAGING_PREFIX}*-*"):
+        pid = d.name[len(STAGING_PREFIX):].split("-", 1)[0]
+        if not (d.is_dir() and pid.isdigit()) or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # another export is running here right now
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # alive, another user's
+        shutil.rmtree(d, ignore_errors=True)
+        removed.append(d)
+    return removed
 
 
 def _read_images(opts: ExportOptions, card: ModelCard, timer: "_Steps", report: ExportReport) -> tuple[Any, Any]:
