@@ -6,6 +6,7 @@ Classifier rely on.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,8 +74,9 @@ class Backend:
         self.card: ModelCard | None = None
         self._closed = False
         # close() waits for in-flight infer() calls: they count themselves in and out under this
-        # condition, so a session, engine or device buffer is never freed under a running call.
-        self._gate = threading.Condition(threading.Lock())
+        # lock (a plain one: two C-level acquisitions per call on the hot path), so a session,
+        # engine or device buffer is never freed under a running call.
+        self._gate = threading.Lock()
         self._busy = 0
 
     # public ------------------------------------------------------------------------
@@ -138,8 +140,6 @@ class Backend:
         finally:
             with gate:
                 self._busy -= 1
-                if self._busy == 0 and self._closed:
-                    gate.notify_all()
 
     def _fast_checks(self) -> tuple[np.dtype, tuple | None, bool]:
         """What the hot path compares against: dtype, the fixed non-batch shape (None when a
@@ -165,8 +165,11 @@ class Backend:
             if self._closed:
                 return
             self._closed = True
-            while self._busy:
-                gate.wait()
+        while True:  # closing is rare: poll until the calls already running have finished
+            with gate:
+                if not self._busy:
+                    break
+            time.sleep(0.001)
         self._close_impl()
 
     def _close_impl(self) -> None:
