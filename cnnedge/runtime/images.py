@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -35,6 +36,46 @@ def is_image_file(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
 
 
+class _Unparsed(Exception):
+    """The bytes do not follow the JPEG marker structure this walker knows."""
+
+
+def _jpeg_segments(data: bytes) -> Iterator[tuple[int, int, int]]:
+    """Walk a JPEG's marker segments from SOI: yields ``(marker, offset, length)``
+    (length 0 for standalone markers) up to and including the first SOS or EOI.
+
+    Raises EOFError when the data ends inside the headers (or a segment runs past the
+    end) and _Unparsed for bytes that are not a marker or an impossible length.
+    """
+    i, n = 2, len(data)
+    while True:
+        if i + 2 > n:
+            raise EOFError
+        if data[i] != 0xFF:
+            raise _Unparsed
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0xD8, 0x01, 0xD9) or 0xD0 <= marker <= 0xD7:
+            yield marker, i, 0
+            if marker == 0xD9:
+                return
+            i += 2
+            continue
+        if i + 4 > n:
+            raise EOFError
+        seg = int.from_bytes(data[i + 2:i + 4], "big")
+        if seg < 2:
+            raise _Unparsed
+        yield marker, i, seg
+        if marker == 0xDA:
+            return
+        i += 2 + seg
+        if i > n:
+            raise EOFError
+
+
 def _jpeg_truncated(data: bytes) -> bool:
     """True when a JPEG has no end-of-image marker where its structure says it should.
 
@@ -46,32 +87,18 @@ def _jpeg_truncated(data: bytes) -> bool:
     """
     if not data.startswith(b"\xff\xd8"):
         return False
-    i, n = 2, len(data)
-    while True:
-        if i + 2 > n:
-            return True  # ended inside the headers
-        if data[i] != 0xFF:
-            # not the structure we know: fall back to "an EOI somewhere after the header"
-            return data.find(b"\xff\xd9", 2) == -1
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker == 0xD9:  # EOI before any scan: nothing to half-decode
-            return False
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
-            i += 2
-            continue
-        if i + 4 > n:
-            return True
-        seg = int.from_bytes(data[i + 2:i + 4], "big")
-        if seg < 2:
-            return data.find(b"\xff\xd9", 2) == -1
-        i += 2 + seg
-        if i > n:
-            return True
-        if marker == 0xDA:  # SOS: entropy-coded data follows
-            return data.find(b"\xff\xd9", i) == -1
+    try:
+        for marker, i, seg in _jpeg_segments(data):
+            if marker == 0xD9:  # EOI before any scan: nothing to half-decode
+                return False
+            if marker == 0xDA:  # SOS: entropy-coded data follows
+                start = i + 2 + seg
+                return start > len(data) or data.find(b"\xff\xd9", start) == -1
+    except EOFError:
+        return True  # ended inside the headers
+    except _Unparsed:  # not the structure we know: "an EOI somewhere after the header"
+        return data.find(b"\xff\xd9", 2) == -1
+    return True
 
 
 def _png_truncated(data: bytes) -> bool:
@@ -99,25 +126,14 @@ def image_size(data: bytes) -> tuple[int, int] | None:
         return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
     if not data.startswith(b"\xff\xd8"):
         return None
-    i, n = 2, len(data)
-    while i + 9 < n:
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
-            i += 2
-            continue
-        seg = int.from_bytes(data[i + 2:i + 4], "big")
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            h = int.from_bytes(data[i + 5:i + 7], "big")
-            w = int.from_bytes(data[i + 7:i + 9], "big")
-            return w, h
-        if seg < 2:
-            return None
-        i += 2 + seg
+    try:
+        for marker, i, _seg in _jpeg_segments(data):
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOFn: the frame size
+                if i + 9 >= len(data):
+                    return None
+                return int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")
+    except (EOFError, _Unparsed):
+        pass
     return None
 
 
