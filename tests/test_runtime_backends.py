@@ -97,6 +97,36 @@ def test_fixed_batch_model_is_fed_its_batch_size(tmp_path):
     np.testing.assert_array_equal(out, ref)
 
 
+def test_slot_runs_a_batch_of_one_in_place(tmp_path):
+    """A slot's input is filled in place and run() gives what infer() gives on the same batch;
+    its output buffer is reused; models that cannot take a batch of one get no slot."""
+    frames = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), np.uint8)
+    with load_backend(models()["onnx"], "ort-cpu") as be:
+        slot = be.slot()
+        assert slot is not None and slot.input.shape == (1, 32, 32, 3) and slot.input.dtype == np.uint8
+        outs = []
+        for f in frames:
+            slot.input[0] = f
+            out = slot.run()
+            np.testing.assert_array_equal(out, be.infer(f[None]))
+            outs.append(out)
+        assert outs[0] is outs[-1]  # one output buffer, overwritten by each run
+        other = be.slot()
+        other.input[0] = frames[0]
+        np.testing.assert_array_equal(other.run(), be.infer(frames[:1]))  # slots do not share buffers
+        np.testing.assert_array_equal(slot.run(), be.infer(frames[2:]))
+    with pytest.raises(UsageError, match="closed"):
+        slot.run()
+    with pytest.raises(UsageError, match="closed"):
+        be.slot()
+    assert _RangeBackend.make(4, 8).slot() is None  # a profile whose smallest batch is 4
+    with load_backend(helper_model(tmp_path / "fixed1.onnx")) as be:  # a fixed batch of one does take a slot
+        slot = be.slot()
+        x = np.random.default_rng(1).normal(size=(1, 1, 8, 8)).astype(np.float32)
+        slot.input[...] = x
+        np.testing.assert_array_equal(slot.run(), be.infer(x))
+
+
 def test_infer_checks_dtype_and_shape():
     with load_backend(models()["onnx"], "ort-cpu") as be:
         assert be.input_spec.shape == (None, 32, 32, 3) and be.input_spec.dtype == "uint8"

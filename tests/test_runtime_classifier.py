@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 import cv2
@@ -148,6 +149,38 @@ def test_predict_is_thread_safe(data):
             assert not errors and [got[i] for i in range(40)] == expected
 
 
+def test_predict_per_thread_buffers_match_the_batch_path(data):
+    """predict() on a frame at the model's size writes into a buffer bound to the session, one
+    per thread: under rapid thread switching every thread still gets its own image's scores."""
+    x, _ = data
+    with Classifier(models()["onnx"]) as clf:
+        ref = clf.predict_batch(list(x[:200]))
+        got: dict[int, Prediction] = {}
+        errors: list[BaseException] = []
+
+        def work(lo: int) -> None:
+            try:
+                for i in range(lo, 200, 4):
+                    got[i] = clf.predict(x[i])
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+        old = sys.getswitchinterval()
+        sys.setswitchinterval(1e-6)
+        try:
+            threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        finally:
+            sys.setswitchinterval(old)
+        assert not errors, errors
+        for i in range(200):
+            assert [lab for lab, _ in got[i].topk] == [lab for lab, _ in ref[i].topk]
+            np.testing.assert_allclose([s for _, s in got[i].topk], [s for _, s in ref[i].topk], atol=1e-6)
+        assert len(clf._slots) >= 4  # the per-thread path was the one taken
+
+
 def test_keras_and_onnx_agree(data):
     x, _ = data
     with Classifier(models()["keras"]) as k, Classifier(models()["onnx"]) as o:
@@ -223,16 +256,19 @@ def test_empty_image_is_a_usage_error(tmp_path):
                 clf.predict_batch([np.zeros((8, 8, 3), np.uint8), empty])
 
 
-def test_close_waits_for_running_predict_and_later_calls_say_closed(tmp_path):
+@pytest.mark.parametrize("model", ["helper", "onnx"])  # the general path; the per-thread bound buffers
+def test_close_waits_for_running_predict_and_later_calls_say_closed(tmp_path, model):
     """close() from one thread while another loops predict(): the running call finishes
     (nothing is freed under it), later calls raise the clear 'closed' error."""
-    path = helper_model(tmp_path / "m.onnx")
-    frame = np.random.default_rng(0).integers(0, 256, (8, 8, 3), np.uint8)
+    path = helper_model(tmp_path / "m.onnx") if model == "helper" else models()["onnx"]
+    size = 8 if model == "helper" else 32
+    frame = np.random.default_rng(0).integers(0, 256, (size, size, 3), np.uint8)
     old = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)  # switch threads often, so close() lands inside predict()
     try:
         for _ in range(20):
-            with pytest.warns(CardMissingWarning):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", CardMissingWarning)  # the helper model has no card
                 clf = Classifier(path)
             bad: list[BaseException] = []
             started = threading.Event()
@@ -258,6 +294,6 @@ def test_close_waits_for_running_predict_and_later_calls_say_closed(tmp_path):
             with pytest.raises(UsageError, match="closed"):
                 clf.predict(frame)
             with pytest.raises(UsageError, match="closed"):
-                clf.backend.infer(np.zeros((1, 1, 8, 8), np.float32))
+                clf.backend.infer(np.zeros((1,) + clf.backend.input_spec.shape[1:], clf.backend.input_spec.dtype))
     finally:
         sys.setswitchinterval(old)

@@ -21,12 +21,13 @@ import numpy as np
 
 from ..card import InputSpec, ModelCard, Preprocess, RESIZE_MODES
 from ..errors import CardError, ModelLoadError, UsageError
-from .backends import Backend, load_backend
+from .backends import Backend, Slot, load_backend
 from .images import decode_image, read_file, reduce_factor
 from .preprocess import prepare_image, to_model_input
 
 
 _UINT8 = np.dtype(np.uint8)
+_get_ident = threading.get_ident
 
 
 class CardMissingWarning(UserWarning):
@@ -238,6 +239,12 @@ class Classifier:
             if self._spec.color == "GRAY":
                 self._hwc = (-1,)  # gray models take the general path
             self._direct = (self._pre.in_graph and self._spec.layout == "NHWC" and self._spec.dtype == "uint8")
+            # predict()'s per-frame path: one reusable batch-of-one slot per calling thread, filled in place
+            self._slots: dict[int, Slot] | None = None
+            if self._direct:
+                first = be.slot()
+                if first is not None and first.input.shape[1:] == self._hwc:
+                    self._slots = {threading.get_ident(): first}
             self._closed = False
             if warmup or detect or self.card.classes == ("0", "1") and be.output_spec.shape[-1] is None:
                 self._warmup(detect, labels is not None)
@@ -338,6 +345,22 @@ class Classifier:
         if type(image) is not np.ndarray and not isinstance(image, np.ndarray):
             image = self.load_image(image)
         sh = image.shape  # type: ignore[union-attr]
+        if sh == self._hwc and image.dtype == _UINT8 and self._slots is not None:  # type: ignore[union-attr]
+            # a frame at the model's size: converted straight into this thread's bound input buffer
+            slot = self._slots.get(_get_ident()) or self._new_slot()
+            dst = slot.input[0]
+            if self._cvt is None:
+                np.copyto(dst, image)
+            else:
+                got = self._cv2.cvtColor(image, self._cvt, dst=dst)
+                if got is not dst:  # OpenCV allocated a new array instead (it never has for these buffers)
+                    np.copyto(dst, got)
+            if self._lock is None:
+                out = slot.run()
+            else:
+                with self._lock:
+                    out = slot.run()
+            return self._post_one(out.reshape(-1), topk or self.topk)
         if sh == self._hwc and image.dtype == _UINT8:  # type: ignore[union-attr]
             # already the model's size: only the colour order changes (the common camera-at-size case)
             pixels = (self._cv2.cvtColor(image, self._cvt) if self._cvt is not None else image)[None]
@@ -348,6 +371,15 @@ class Classifier:
         else:
             out = self._run(to_model_input(pixels, self._spec, self._pre))
         return self._post_one(out.reshape(-1), topk or self.topk)
+
+    def _new_slot(self) -> Slot:
+        """This thread's slot (threads get their own: a slot's buffers are reused by each call)."""
+        slot = self.backend.slot()
+        assert slot is not None and self._slots is not None
+        if len(self._slots) > 256:  # short-lived threads: forget the old ones (a running call keeps its own)
+            self._slots.clear()
+        self._slots[_get_ident()] = slot
+        return slot
 
     def _post_one(self, row: np.ndarray, k: int) -> Prediction:
         """postprocess for one image, in plain Python for small class counts (fewer numpy calls)."""
@@ -396,6 +428,8 @@ class Classifier:
         if not getattr(self, "_closed", True):
             self._closed = True
             self.backend.close()
+            if self._slots is not None:
+                self._slots.clear()
 
     def __enter__(self) -> "Classifier":
         return self

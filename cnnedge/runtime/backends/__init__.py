@@ -13,6 +13,7 @@ The interface (what cnn-bench and the Classifier use; keep it small)::
         be.card           # the ModelCard the artifact carries, or None (third-party ONNX)
         be.thread_safe    # whether infer() may run from several threads at once
         out = be.infer(x) # x: np.ndarray in input_spec's layout and dtype -> raw output, one row per input
+        s = be.slot()     # a reusable batch of one (or None): fill s.input in place, s.run() -> output
     # be.close() is idempotent and waits for infer() calls running in other threads; the context
     # manager calls it; infer() after close() raises UsageError.
 
@@ -36,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import BackendUnavailable, ModelLoadError, UsageError
-from .base import Backend, TensorSpec, plan_batches
+from .base import Backend, Slot, TensorSpec, plan_batches
 
 BACKENDS = ("auto", "ort-trt", "ort-cuda", "ort-cpu", "trt", "keras")
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
@@ -48,7 +49,7 @@ _OPTIONS = {
     "keras": {"trust", "custom_objects"},
 }
 
-__all__ = ["BACKENDS", "Backend", "TensorSpec", "load_backend", "plan_batches", "kind_of"]
+__all__ = ["BACKENDS", "Backend", "Slot", "TensorSpec", "load_backend", "plan_batches", "kind_of"]
 
 
 def kind_of(path: str | os.PathLike) -> str:

@@ -51,6 +51,24 @@ def plan_batches(n: int, fixed: int | None = None, max_batch: int | None = None,
     return [(s, min(s + step, n), max(min(s + step, n) - s, lo)) for s in range(0, n, step)]
 
 
+class Slot:
+    """A reusable batch of one, for the per-frame path (``Classifier.predict``).
+
+    The caller writes the image into ``input`` (the model's layout and dtype, batch 1)
+    in place and calls ``run()``, whose output stays valid until the next ``run()`` on
+    the same slot. A slot belongs to one thread at a time. This one runs through
+    ``infer``; a backend may return one that binds its buffers once, so that a call
+    allocates nothing (ONNX Runtime on CPU).
+    """
+
+    def __init__(self, backend: "Backend", input: np.ndarray) -> None:
+        self.backend = backend
+        self.input = input
+
+    def run(self) -> np.ndarray:
+        return self.backend.infer(self.input)
+
+
 class Backend:
     """Base class. Subclasses set the attributes in ``__init__`` and write ``_infer_impl``.
 
@@ -121,11 +139,7 @@ class Backend:
     def _guarded(self, batch: np.ndarray, plan: list[tuple[int, int, int]] | None) -> np.ndarray:
         """Run ``_infer_impl`` (over ``plan``'s chunks when given) counted as in flight, so that
         close() waits for it; a call that starts after close() raises UsageError."""
-        gate = self._gate
-        with gate:
-            if self._closed:
-                raise UsageError(f"{self.name} backend for {self.path} is closed")
-            self._busy += 1
+        self._enter()
         try:
             if plan is None:
                 return self._infer_impl(batch)
@@ -138,8 +152,33 @@ class Backend:
                 outs.append(self._infer_impl(chunk)[:stop - start])
             return np.concatenate(outs)
         finally:
-            with gate:
-                self._busy -= 1
+            self._leave()
+
+    def _enter(self) -> None:
+        """Count a call in as in flight (close() waits for it); UsageError once closed."""
+        with self._gate:
+            if self._closed:
+                raise UsageError(f"{self.name} backend for {self.path} is closed")
+            self._busy += 1
+
+    def _leave(self) -> None:
+        with self._gate:
+            self._busy -= 1
+
+    def slot(self) -> "Slot | None":
+        """A new :class:`Slot` for batches of one, or None when the artifact cannot take one
+        (a fixed batch above 1, a profile whose minimum is above 1, a dynamic image size)."""
+        self._enter()  # made while counted in flight, so close() cannot free the session under it
+        try:
+            return self._make_slot()
+        finally:
+            self._leave()
+
+    def _make_slot(self) -> "Slot | None":
+        tail = tuple(self.input_spec.shape[1:])
+        if None in tail or (self.fixed_batch or 1) != 1 or self.min_batch > 1:
+            return None
+        return Slot(self, np.zeros((1,) + tail, np.dtype(self.input_spec.dtype)))
 
     def _fast_checks(self) -> tuple[np.dtype, tuple | None, bool]:
         """What the hot path compares against: dtype, the fixed non-batch shape (None when a

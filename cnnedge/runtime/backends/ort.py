@@ -10,7 +10,7 @@ import numpy as np
 from ..._lazy import require
 from ...card import ONNX_KEY, ModelCard
 from ...errors import BackendUnavailable, CardError, ModelLoadError, UsageError
-from .base import Backend, TensorSpec
+from .base import Backend, Slot, TensorSpec
 
 PROVIDERS = {
     "ort-trt": "TensorrtExecutionProvider",
@@ -173,8 +173,38 @@ class OrtBackend(Backend):
         self.session.run_with_iobinding(b)
         return b.copy_outputs_to_cpu()[0]
 
+    def _make_slot(self) -> Slot | None:
+        """On CPU with fixed output sizes, a slot whose input and output buffers are bound to the
+        session once: a call then builds no feed and allocates no output (about 9 µs less than
+        ``session.run`` per call for a small CNN, measured in benchmarks/runtime_bench.py)."""
+        base = super()._make_slot()
+        out_tail = tuple(self.output_spec.shape[1:])
+        if base is None or self._gpu or None in out_tail:
+            return base
+        return _BoundSlot(self, base.input, np.zeros((1,) + out_tail, np.dtype(self.output_spec.dtype)))
+
     def _close_impl(self) -> None:
         self.session = None  # type: ignore[assignment]
+
+
+class _BoundSlot(Slot):
+    def __init__(self, backend: OrtBackend, input: np.ndarray, output: np.ndarray) -> None:
+        super().__init__(backend, input)
+        self.output = output
+        sess = backend.session
+        self._binding = b = sess.io_binding()
+        b.bind_input(backend._in_name, "cpu", 0, input.dtype, list(input.shape), input.ctypes.data)
+        b.bind_output(backend._out_names[0], "cpu", 0, output.dtype, list(output.shape), output.ctypes.data)
+        self._run = sess.run_with_iobinding
+
+    def run(self) -> np.ndarray:
+        be = self.backend
+        be._enter()
+        try:
+            self._run(self._binding)
+        finally:
+            be._leave()
+        return self.output
 
 
 def _spec(arg: Any, p: Path) -> TensorSpec:
