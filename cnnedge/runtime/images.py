@@ -84,6 +84,9 @@ def _jpeg_truncated(data: bytes) -> bool:
     entropy-coded data stuffs every FF as FF00, so the first FFD9 is the EOI
     (progressive files have several scans; their EOI is still the first FFD9).
     Bytes after the EOI (a phone's "motion photo" video, padding) are allowed.
+    Only whether an FFD9 follows matters, so it is looked for from the end, where
+    the EOI of a whole file sits: a forward search crawls through the many FF00
+    pairs of the entropy-coded data (45 µs for a 46 KB photo, against under 1 µs).
     """
     if not data.startswith(b"\xff\xd8"):
         return False
@@ -93,11 +96,11 @@ def _jpeg_truncated(data: bytes) -> bool:
                 return False
             if marker == 0xDA:  # SOS: entropy-coded data follows
                 start = i + 2 + seg
-                return start > len(data) or data.find(b"\xff\xd9", start) == -1
+                return start > len(data) or data.rfind(b"\xff\xd9", start) == -1
     except EOFError:
         return True  # ended inside the headers
     except _Unparsed:  # not the structure we know: "an EOI somewhere after the header"
-        return data.find(b"\xff\xd9", 2) == -1
+        return data.rfind(b"\xff\xd9", 2) == -1
     return True
 
 
@@ -186,10 +189,11 @@ def read_file(path: str | os.PathLike) -> bytes:
     """The bytes of one image file, with the size limit; problems become ImageError."""
     p = Path(path)
     try:
-        size = p.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise ImageError(p, f"{size} bytes is over the {MAX_FILE_BYTES}-byte image limit")
-        return p.read_bytes()
+        with open(p, "rb", buffering=0) as f:  # one open for the size check and the read
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_FILE_BYTES:
+                raise ImageError(p, f"{size} bytes is over the {MAX_FILE_BYTES}-byte image limit")
+            return f.read()
     except FileNotFoundError:
         raise ImageError(p, "no such file") from None
     except IsADirectoryError:
