@@ -314,6 +314,33 @@ def test_live_stream_reconnects_without_duplicated_or_invented_frames():
         srv.stop()
 
 
+@pytest.mark.slow
+def test_stream_that_stays_down_is_given_up_with_exit_1(capsys):
+    """--give-up-after: a stream that stops for good ends the run (exit 1, named in the
+    summary) instead of reconnecting forever; the frames before it are all reported."""
+    models()
+    srv = MjpegServer()
+    srv.start()
+    url = f"http://127.0.0.1:{srv.port}/gone.mjpg"
+
+    def stop_for_good():
+        time.sleep(1.5)
+        srv.stop()
+    threading.Thread(target=stop_for_good, daemon=True).start()
+    t0 = time.perf_counter()
+    code, out, err = cli(str(models()["onnx"]), "--source", url, "--give-up-after", "1.5", "--duration", "30",
+                         "--read-timeout-ms", "1000", "--open-timeout-ms", "1000", "--batch", "2")
+    took = time.perf_counter() - t0
+    assert code == 1, err
+    assert "gave up on" in err and "after 1.5 s without a frame" in err and "Traceback" not in err, err
+    assert len(out.splitlines()) > 10  # the frames it did classify
+    assert took < 15, f"the run took {took:.1f} s; it should end soon after the 1.5 s limit"
+    with pytest.raises(SystemExit) as stop:  # argparse's own usage error
+        main([str(models()["onnx"]), "--source", url, "--give-up-after", "0"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "--give-up-after" in err and "positive" in err, err
+
+
 def test_live_video_file_replays_at_its_own_frame_rate(tmp_path):
     vid = tmp_path / "ten.avi"
     _write_video(vid, 6, fps=10)

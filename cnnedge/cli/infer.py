@@ -20,6 +20,7 @@ from ..errors import ExitCode, UsageError
 from ._args import number as _number
 from ._args import numbers as _numbers
 from ._args import positive_int as _positive
+from ._args import positive_seconds as _positive_seconds
 from ._run import entry
 
 PROG = "cnn-infer"
@@ -62,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--read-timeout-ms", type=_positive, default=5000, metavar="MS",
                      help="a stream or GStreamer pipeline read that blocks longer than MS counts as a drop and "
                           "reconnects; local cameras take no timeout (default 5000; e.g. --read-timeout-ms 2000)")
+    src.add_argument("--give-up-after", type=_positive_seconds, metavar="S",
+                     help="end a camera or stream that has been down S seconds (reconnecting with back-off "
+                          "until then) and exit 1 at the end, so a supervisor can restart; default: keep "
+                          "reconnecting for as long as the run lasts (e.g. --give-up-after 60)")
 
     run = p.add_argument_group("inference")
     run.add_argument("--backend", default="auto", choices=BACKENDS,
@@ -194,7 +199,7 @@ def _run(args: argparse.Namespace, sources: list[Any], out: TextIO, err: TextIO)
                                glob=args.glob, max_frames=args.max_frames, duration=args.duration,
                                keep_images=any(s.needs_images for s in sinks), live=args.live,
                                open_timeout_ms=args.open_timeout_ms, read_timeout_ms=args.read_timeout_ms,
-                               stats=stats)
+                               give_up_s=args.give_up_after, stats=stats)
         show_progress = args.progress if args.progress is not None else err.isatty()
         if show_progress and stats.total:
             sinks.append(stack.enter_context(S.Progress(stats.total, err)))
@@ -214,6 +219,10 @@ def _run(args: argparse.Namespace, sources: list[Any], out: TextIO, err: TextIO)
         print(ev.format(), file=out)
     if stats.done == 0:
         print(f"{PROG}: error: nothing could be processed", file=err)
+        return int(ExitCode.FAILURE)
+    if stats.given_up:
+        print(f"{PROG}: error: gave up on {', '.join(stats.given_up)} after {args.give_up_after:g} s without a "
+              "frame", file=err)
         return int(ExitCode.FAILURE)
     return int(ExitCode.OK)
 

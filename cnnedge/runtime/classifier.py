@@ -416,7 +416,7 @@ class Classifier:
         string, or a list of these) through the batched pipeline; yields Results.
 
         Options: ``max_wait_ms``, ``workers``, ``glob``, ``max_frames``, ``duration``,
-        ``keep_images``, ``open_timeout_ms``, ``read_timeout_ms``, ``topk`` (see
+        ``keep_images``, ``open_timeout_ms``, ``read_timeout_ms``, ``give_up_s``, ``topk`` (see
         :func:`cnnedge.runtime.pipeline.run_pipeline`).
         """
         from .pipeline import run_pipeline

@@ -54,6 +54,11 @@ class PipelineStats:
         return sum(s.reconnects for s in self.sources)
 
     @property
+    def given_up(self) -> list[str]:
+        """Names of the live sources that stayed down past their ``give_up_s`` and ended."""
+        return [s.name for s in self.sources if s.gave_up]
+
+    @property
     def throughput(self) -> float:
         return self.done / self.elapsed if self.elapsed > 0 else 0.0
 
@@ -73,6 +78,8 @@ class PipelineStats:
             parts.append("latency p50 {p50:.1f} ms, p90 {p90:.1f} ms, p99 {p99:.1f} ms".format(**pct))
         if any(s.live for s in self.sources):
             parts.append(f"{self.dropped} frames dropped (newest-frame-only), {self.reconnects} reconnects")
+        if self.given_up:
+            parts.append(f"gave up on {', '.join(self.given_up)}")
         return "; ".join(parts)
 
 
@@ -93,12 +100,15 @@ def run_pipeline(clf: "Classifier", source: Any, batch: int = 8, *, max_wait_ms:
                  workers: int | None = None, glob: str | None = None, max_frames: int | None = None,
                  duration: float | None = None, keep_images: bool = False, topk: int | None = None,
                  live: bool = False, open_timeout_ms: int | None = None, read_timeout_ms: int | None = None,
+                 give_up_s: float | None = None,
                  stats: PipelineStats | None = None) -> Iterator[Result]:
     """Classify everything ``source`` (one source spec or a list of them) delivers.
 
     Yields :class:`Result` objects; unusable files come out as Results with an
     ``error``. Stops at the end of all finite sources, after ``max_frames``
-    results or ``duration`` seconds, or when the caller stops iterating.
+    results or ``duration`` seconds, or when the caller stops iterating. A live
+    stream that drops reconnects with back-off until the run ends, or, with
+    ``give_up_s``, ends once it has been down that long (``stats.given_up``).
     """
     if batch < 1:
         raise UsageError(f"batch must be at least 1, got {batch}")
@@ -110,6 +120,10 @@ def run_pipeline(clf: "Classifier", source: Any, batch: int = 8, *, max_wait_ms:
         kw["open_timeout_ms"] = open_timeout_ms
     if read_timeout_ms is not None:
         kw["read_timeout_ms"] = read_timeout_ms
+    if give_up_s is not None:
+        if give_up_s <= 0:
+            raise UsageError(f"give_up_s must be positive, got {give_up_s}")
+        kw["give_up_s"] = give_up_s
     stats = stats if stats is not None else PipelineStats()
     sources: list[Source] = []
     try:

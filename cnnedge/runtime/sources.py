@@ -16,7 +16,9 @@ Live sources (cameras, streams, GStreamer, ``live=True`` videos) read in their
 own thread and keep only the newest frame: a slow model never builds a backlog,
 and each overwritten frame is counted in ``dropped``. Reads never block longer
 than the open/read timeouts; a dropped stream reconnects with back-off (the
-frame size is re-checked) and no frame is ever invented or delivered twice.
+frame size is re-checked) and no frame is ever invented or delivered twice. It
+keeps trying for as long as the run lasts, unless ``give_up_s`` says when a
+stream that stays down ends instead (a supervisor then restarts the process).
 """
 from __future__ import annotations
 
@@ -63,13 +65,14 @@ class Frame:
 
 class Source:
     """Base: an iterator of Frames with ``name``, ``live``, ``total`` (None if unknown),
-    ``dropped`` and ``reconnects`` counters, and ``close()``."""
+    ``dropped`` and ``reconnects`` counters, ``gave_up`` and ``close()``."""
 
     live = False
     name = ""
     total: int | None = None
     dropped = 0
     reconnects = 0
+    gave_up = False  # a live source that stayed down past its give_up_s
 
     def __iter__(self) -> Iterator[Frame]:
         return self
@@ -159,6 +162,8 @@ class LiveSource(Source):
 
     ``reconnect``: reopen with back-off (``backoff`` seconds, doubling up to
     ``max_backoff``) when reads fail; a file target ends at its last frame instead.
+    ``give_up_s``: end the source (``gave_up`` set) when it has stayed down this
+    long; None keeps trying until closed.
     ``fps``: deliver no faster than this (a video file replayed as a camera would
     deliver it); None reads as fast as the capture gives frames.
     """
@@ -168,7 +173,7 @@ class LiveSource(Source):
     def __init__(self, target: Any, name: str, api: int | None = None, *, timeouts: bool = True,
                  open_timeout_ms: int = OPEN_TIMEOUT_MS, read_timeout_ms: int = READ_TIMEOUT_MS,
                  reconnect: bool = True, backoff: float = 0.25, max_backoff: float = 4.0,
-                 fps: float | None = None) -> None:
+                 fps: float | None = None, give_up_s: float | None = None) -> None:
         cv2 = _cv2()
         self.target, self.name = target, name
         self.api = cv2.CAP_ANY if api is None else api
@@ -176,6 +181,8 @@ class LiveSource(Source):
                         cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(read_timeout_ms)] if timeouts else [])
         self.reconnect, self.backoff, self.max_backoff = reconnect, backoff, max_backoff
         self.period = 1.0 / fps if fps else 0.0
+        self.give_up_s = give_up_s
+        self.gave_up = False
         self.dropped = self.reconnects = self.frames = self.size_changes = 0
         self.size: tuple[int, ...] | None = None
         self._cap = _capture(target, self.api, self.params)
@@ -232,14 +239,21 @@ class LiveSource(Source):
 
     def _reopen(self) -> bool:
         delay = self.backoff
-        log.warning("%s: stream lost; reconnecting", self.name)
-        while not self._stop.wait(delay):
+        lost = time.perf_counter()
+        limit = self.give_up_s
+        log.warning("%s: stream lost; reconnecting%s", self.name,
+                    "" if limit is None else f" (giving up after {limit:g} s)")
+        while not self._stop.wait(delay if limit is None else min(delay, max(0.0, lost + limit - time.perf_counter()))):
             cap = _capture(self.target, self.api, self.params)
             if cap is not None:
                 self._cap = cap
                 self.reconnects += 1
                 log.warning("%s: reconnected (attempt after %.2f s back-off)", self.name, delay)
                 return True
+            if limit is not None and time.perf_counter() - lost >= limit:
+                self.gave_up = True
+                log.warning("%s: gave up: no frame for %.1f s", self.name, time.perf_counter() - lost)
+                return False
             delay = min(delay * 2, self.max_backoff)
         return False
 
@@ -305,8 +319,19 @@ def read_list_file(path: Path) -> list[Path]:
 
 
 def open_source(spec: Any, *, glob: str | None = None, live: bool = False,
-                open_timeout_ms: int = OPEN_TIMEOUT_MS, read_timeout_ms: int = READ_TIMEOUT_MS) -> Source:
-    """A Source from a path, URL, camera index, ``csi://N`` or GStreamer string (see the table above)."""
+                open_timeout_ms: int = OPEN_TIMEOUT_MS, read_timeout_ms: int = READ_TIMEOUT_MS,
+                give_up_s: float | None = None) -> Source:
+    """A Source from a path, URL, camera index, ``csi://N`` or GStreamer string (see the table above).
+
+    ``give_up_s``: a live source that has been down this long ends (see :class:`LiveSource`).
+    """
+    src = _open(spec, glob, live, open_timeout_ms, read_timeout_ms)
+    if give_up_s is not None and isinstance(src, LiveSource) and src.reconnect:
+        src.give_up_s = give_up_s  # read by the capture thread only once the stream is lost
+    return src
+
+
+def _open(spec: Any, glob: str | None, live: bool, open_timeout_ms: int, read_timeout_ms: int) -> Source:
     if isinstance(spec, Source):
         return spec
     cv2 = _cv2()
