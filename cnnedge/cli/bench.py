@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--e2e-batch", type=_positive, metavar="N",
                       help="batch size of the end-to-end run (default: the largest --batch; e.g. --e2e-batch 8)")
     what.add_argument("--workers", type=_positive, metavar="N",
-                      help="decode threads for --end-to-end (default: CPU cores, 2..8; e.g. --workers 2)")
+                      help="decode threads for --end-to-end (default: CPU cores + 2, 3..8; e.g. --workers 2)")
     how = p.add_argument_group("how")
     how.add_argument("--iters", type=_positive, metavar="N",
                      help="timed calls per combination, split over --repeats runs (e.g. --iters 300)")

@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "e.g. --batch 16)")
     run.add_argument("--max-wait-ms", type=float, default=10.0, metavar="MS",
                      help="close a batch this long after its first frame (default 10; e.g. --max-wait-ms 20)")
-    run.add_argument("--workers", type=_positive, metavar="N", help="decode threads (default: CPU cores, 2..8; "
+    run.add_argument("--workers", type=_positive, metavar="N", help="decode threads (default: CPU cores + 2, 3..8; "
                      "e.g. --workers 4)")
     run.add_argument("--threads", type=_positive, metavar="N",
                      help="ONNX Runtime intra-op threads (default: half the cores; e.g. --threads 1)")
