@@ -326,6 +326,12 @@ def test_trt_engine_matches_onnx_runtime(tmp_path):  # pragma: no cover - runs w
     with Classifier(eng) as clf:
         assert clf.backend_name == "trt"
         np.testing.assert_allclose(clf.infer(x), ref.infer(x), atol=1e-3)
+        slot = clf.backend.slot()  # predict's batch of one through the pinned buffers
+        for i in range(3):
+            slot.input[0] = x[i]
+            np.testing.assert_allclose(slot.run(), ref.infer(x[i:i + 1]), atol=1e-3)
+        bgr = [np.ascontiguousarray(im[..., ::-1]) for im in x[:8]]
+        assert [clf.predict(im).index for im in bgr] == [ref.predict(im).index for im in bgr]
 
 
 def _slow_model(path: Path, depth: int = 24, width: int = 512) -> Path:

@@ -25,7 +25,7 @@ import numpy as np
 
 from ...errors import BackendUnavailable, ModelLoadError
 from ...sidecar import REBUILD, EngineSidecar, verify_engine
-from .base import Backend, TensorSpec
+from .base import Backend, Slot, TensorSpec
 
 FLAVOUR_MODULES = ("tensorrt", "tensorrt_rtx")
 
@@ -182,24 +182,35 @@ class TrtBackend(Backend):
         self._lock = threading.Lock()
 
     def _infer_impl(self, batch: np.ndarray) -> np.ndarray:
-        cudart = self._cudart
         n = batch.shape[0]
-        nin, nout = n * self._in_row, n * self._out_row
         with self._lock:
-            if self._shape_set != n:
-                if not self.context.set_input_shape(self._in, (n,) + self._row_shape):
-                    raise ModelLoadError(f"{self.path}: TensorRT refused batch {n} (profile "
-                                         f"{self.min_batch}..{self.max_batch})")
-                self._shape_set = n
-            self._h_in[:nin] = batch.reshape(-1).view(np.uint8)
-            H2D, D2H = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-            _check(cudart.cudaMemcpyAsync(self._d_in, self._h_in_ptr, nin, H2D, self._stream), "copy to device")
-            if not self.context.execute_async_v3(int(self._stream)):
-                raise ModelLoadError(f"{self.path}: TensorRT execution failed "
-                                     f"({self._logger.errors[-1] if self._logger.errors else 'no message'})")
-            _check(cudart.cudaMemcpyAsync(self._h_out_ptr, self._d_out, nout, D2H, self._stream), "copy to host")
-            _check(cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
-            return self._h_out[:nout].view(self._out_dtype).reshape((n,) + self._out_row_shape).copy()
+            self._h_in[:n * self._in_row] = batch.reshape(-1).view(np.uint8)
+            return self._execute(n).copy()  # the caller owns what infer() returns
+
+    def _execute(self, n: int) -> np.ndarray:
+        """Run the first ``n`` rows of the pinned input buffer; the output rows as a view of the
+        pinned output buffer, valid until the next run. Call with ``self._lock`` held."""
+        cudart = self._cudart
+        nin, nout = n * self._in_row, n * self._out_row
+        if self._shape_set != n:
+            if not self.context.set_input_shape(self._in, (n,) + self._row_shape):
+                raise ModelLoadError(f"{self.path}: TensorRT refused batch {n} (profile "
+                                     f"{self.min_batch}..{self.max_batch})")
+            self._shape_set = n
+        H2D, D2H = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        _check(cudart.cudaMemcpyAsync(self._d_in, self._h_in_ptr, nin, H2D, self._stream), "copy to device")
+        if not self.context.execute_async_v3(int(self._stream)):
+            raise ModelLoadError(f"{self.path}: TensorRT execution failed "
+                                 f"({self._logger.errors[-1] if self._logger.errors else 'no message'})")
+        _check(cudart.cudaMemcpyAsync(self._h_out_ptr, self._d_out, nout, D2H, self._stream), "copy to host")
+        _check(cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
+        return self._h_out[:nout].view(self._out_dtype).reshape((n,) + self._out_row_shape)
+
+    def _make_slot(self) -> Slot | None:
+        base = super()._make_slot()
+        if base is None:
+            return None
+        return _PinnedSlot(self, base.input, np.zeros((1,) + tuple(self._out_row_shape), self._out_dtype))
 
     def _close_impl(self) -> None:
         # Backend.close() has already waited for in-flight calls; the lock also covers a direct
@@ -212,6 +223,27 @@ class TrtBackend(Backend):
                               (cudart.cudaFreeHost, self._h_in_ptr), (cudart.cudaFreeHost, self._h_out_ptr)):
                 free(ptr)
             cudart.cudaStreamDestroy(self._stream)
+
+
+class _PinnedSlot(Slot):
+    """A batch of one through the engine's pinned buffers: under the backend's lock the row is
+    copied in and the output row out, into this slot's own arrays; nothing is allocated per call."""
+
+    def __init__(self, backend: TrtBackend, input: np.ndarray, output: np.ndarray) -> None:
+        super().__init__(backend, input)
+        self.output = output
+        self._in_bytes = input.reshape(-1).view(np.uint8)  # a view: it follows what the caller writes
+
+    def run(self) -> np.ndarray:
+        be: TrtBackend = self.backend  # type: ignore[assignment]
+        be._enter()
+        try:
+            with be._lock:
+                be._h_in[:be._in_row] = self._in_bytes
+                np.copyto(self.output, be._execute(1))
+        finally:
+            be._leave()
+        return self.output
 
 
 def _pinned_array(ptr: Any, nbytes: int) -> np.ndarray:
