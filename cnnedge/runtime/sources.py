@@ -243,7 +243,10 @@ class LiveSource(Source):
         limit = self.give_up_s
         log.warning("%s: stream lost; reconnecting%s", self.name,
                     "" if limit is None else f" (giving up after {limit:g} s)")
-        while not self._stop.wait(delay if limit is None else min(delay, max(0.0, lost + limit - time.perf_counter()))):
+        while True:
+            wait = delay if limit is None else min(delay, max(0.0, lost + limit - time.perf_counter()))
+            if self._stop.wait(wait):
+                return False
             cap = _capture(self.target, self.api, self.params)
             if cap is not None:
                 self._cap = cap
@@ -255,7 +258,6 @@ class LiveSource(Source):
                 log.warning("%s: gave up: no frame for %.1f s", self.name, time.perf_counter() - lost)
                 return False
             delay = min(delay * 2, self.max_backoff)
-        return False
 
     def get(self, timeout: float | None = None) -> Frame | None:
         """The newest frame not yet taken; None on timeout. StopIteration once ended."""
