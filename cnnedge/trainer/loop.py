@@ -27,7 +27,7 @@ from ..card import CARD_FILENAME, InputSpec, ModelCard, Preprocess, Provenance, 
 from ..errors import DataError, FileExistsRefused, UsageError
 from . import data as data_mod
 from .pipeline import Augment, make_dataset, prepare_pixels, stream_dataset
-from .presets import create_model, get_preset
+from .presets import create_model, get_preset, weights_arg
 from .report import metrics_from, plot_confusion, plot_history, read_history, write_history, write_json
 
 MODEL_FILE = "model.keras"
@@ -116,8 +116,7 @@ def train(cfg: TrainConfig, callbacks: Sequence[Any] = (), log: Callable[[str], 
     if weights not in (None, "none") and not preset.transfer:
         raise UsageError(f"--weights applies to the transfer presets (vgg16-transfer, vgg19-transfer, "
                          f"mobilenetv2-transfer), not to {preset.name}")
-    if weights not in (None, "none", "imagenet") and not Path(weights).expanduser().is_file():
-        raise UsageError(f"--weights {weights}: no such file; give imagenet, none or a path to a weights file")
+    weights_arg(weights)  # a missing weights file fails here, before the data is loaded
     settings = {"preset": preset.name, "epochs": epochs, "batch_size": batch, "channels": cfg.channels,
                 "img_size": list(cfg.img_size) if cfg.img_size else None, "seed": cfg.seed,
                 "patience": cfg.patience, "weights": weights, "augment": cfg.augment.to_dict(),

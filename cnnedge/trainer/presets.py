@@ -220,7 +220,7 @@ def imagenette_cnn(x: Any, num_classes: int, weights: str | None = None) -> Any:
 
 def _imagenet_base(app: str, x: Any, weights: str | None) -> Any:
     keras = _k()
-    w = _weights_arg(weights)
+    w = weights_arg(weights)
     shape = tuple(int(d) for d in x.shape[1:])
     if min(shape[:2]) < 32:
         raise ValueError(f"{app} needs at least 32x32 input")
@@ -238,7 +238,9 @@ def _imagenet_base(app: str, x: Any, weights: str | None) -> Any:
     return base(x, training=False)
 
 
-def _weights_arg(weights: str | None) -> str | None:
+def weights_arg(weights: str | None) -> str | None:
+    """``--weights`` as Keras takes it: None, ``"imagenet"`` or an existing file's absolute path;
+    UsageError for a path that is not a file."""
     if weights in (None, "none"):
         return None
     if weights == "imagenet":
