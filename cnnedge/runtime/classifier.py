@@ -436,11 +436,3 @@ class Classifier:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
-
-def softmax(x: np.ndarray) -> np.ndarray:
-    z = x - x.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
