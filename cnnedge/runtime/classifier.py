@@ -230,7 +230,6 @@ class Classifier:
             self._logits = self.card.output == "logits"
             self.topk = topk
             self.reduce_decode = reduce_decode
-            self._lock = None if be.thread_safe else threading.Lock()
             import cv2
 
             self._cv2 = cv2
@@ -269,7 +268,7 @@ class Classifier:
         n = self.backend.fixed_batch or 1
         rng = np.random.default_rng(0)
         pixels = rng.integers(0, 256, (n, self._spec.height, self._spec.width, self._spec.channels), np.uint8)
-        out = self._run(to_model_input(pixels, self._spec, self._pre))
+        out = self.backend.infer(to_model_input(pixels, self._spec, self._pre))
         out = out.reshape(out.shape[0], -1)
         if out.shape[1] != self.card.num_classes:
             if labelled or self.backend.card is not None:
@@ -280,12 +279,6 @@ class Classifier:
             kind = "probabilities" if _looks_like_probabilities(out) else "logits"
             self.card = self.card.replace(output=kind)
             self._logits = kind == "logits"
-
-    def _run(self, x: np.ndarray) -> np.ndarray:
-        if self._lock is None:
-            return self.backend.infer(x)
-        with self._lock:
-            return self.backend.infer(x)
 
     def load_image(self, path: str | os.PathLike) -> np.ndarray:
         """Read an image file (decode limits, damage flagged), at reduced size when that is safe."""
@@ -309,11 +302,11 @@ class Classifier:
 
     def infer(self, tensor: np.ndarray) -> np.ndarray:
         """Raw model output for an already-preprocessed batch (the model's layout and dtype)."""
-        return self._run(tensor)
+        return self.backend.infer(tensor)
 
     def infer_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """Raw output for an NHWC uint8 batch of prepared images (see :meth:`prepare`)."""
-        return self._run(to_model_input(pixels, self._spec, self._pre))
+        return self.backend.infer(to_model_input(pixels, self._spec, self._pre))
 
     def postprocess(self, out: np.ndarray, topk: int | None = None) -> list[Prediction]:
         """Model output -> Predictions (softmax only when the card says logits)."""
@@ -355,21 +348,16 @@ class Classifier:
                 got = self._cv2.cvtColor(image, self._cvt, dst=dst)
                 if got is not dst:  # OpenCV allocated a new array instead (it never has for these buffers)
                     np.copyto(dst, got)
-            if self._lock is None:
-                out = slot.run()
-            else:
-                with self._lock:
-                    out = slot.run()
-            return self._post_one(out.reshape(-1), topk or self.topk)
+            return self._post_one(slot.run().reshape(-1), topk or self.topk)
         if sh == self._hwc and image.dtype == _UINT8:  # type: ignore[union-attr]
             # already the model's size: only the colour order changes (the common camera-at-size case)
             pixels = (self._cv2.cvtColor(image, self._cvt) if self._cvt is not None else image)[None]
         else:
             pixels = self.prepare(image)[None]
         if self._direct:  # uint8 NHWC with normalisation in the graph: the pixels are the input
-            out = self._run(pixels)
+            out = self.backend.infer(pixels)
         else:
-            out = self._run(to_model_input(pixels, self._spec, self._pre))
+            out = self.backend.infer(to_model_input(pixels, self._spec, self._pre))
         return self._post_one(out.reshape(-1), topk or self.topk)
 
     def _new_slot(self) -> Slot:

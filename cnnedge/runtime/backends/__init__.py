@@ -11,10 +11,10 @@ The interface (what cnn-bench and the Classifier use; keep it small)::
         be.max_batch      # the largest batch it takes (TensorRT profile), or None
         be.min_batch      # the smallest (TensorRT profile; 1 otherwise): shorter chunks are padded
         be.card           # the ModelCard the artifact carries, or None (third-party ONNX)
-        be.thread_safe    # whether infer() may run from several threads at once
         out = be.infer(x) # x: np.ndarray in input_spec's layout and dtype -> raw output, one row per input
         s = be.slot()     # a reusable batch of one (or None): fill s.input in place, s.run() -> output
-    # be.close() is idempotent and waits for infer() calls running in other threads; the context
+    # infer() may be called from several threads (backends that cannot run calls together serialise
+    # them); be.close() is idempotent and waits for infer() calls running in other threads; the context
     # manager calls it; infer() after close() raises UsageError.
 
 ``infer`` checks dtype and shape (one-line :class:`~cnnedge.errors.UsageError`),

@@ -75,12 +75,14 @@ class Backend:
     Attributes: ``name`` (e.g. ``"ort-cpu"``), ``path``, ``input_spec`` and
     ``output_spec`` (:class:`TensorSpec`), ``fixed_batch`` (the only batch size the
     artifact takes, or None), ``max_batch`` (the largest it takes, or None),
-    ``card`` (the :class:`ModelCard` the artifact carries, or None) and
-    ``thread_safe`` (whether ``infer`` may be called from several threads at once).
+    ``card`` (the :class:`ModelCard` the artifact carries, or None).
+
+    ``infer`` may be called from several threads at once: a backend whose runtime
+    cannot run two calls together (a TensorRT context, a Keras function) serialises
+    them under its own lock.
     """
 
     name: str = "base"
-    thread_safe: bool = False
 
     def __init__(self) -> None:
         self.path: str = ""

@@ -19,7 +19,6 @@ class KerasBackend(Backend):
     """
 
     name = "keras"
-    thread_safe = False
 
     def __init__(self, path: str | os.PathLike, *, trust: bool = False, custom_objects: dict | None = None) -> None:
         super().__init__()

@@ -86,8 +86,6 @@ class OrtBackend(Backend):
     cache, default ``<model folder>/.trt_cache``), ``device_id``.
     """
 
-    thread_safe = True  # InferenceSession.run may be called concurrently
-
     def __init__(self, path: str | os.PathLike, backend: str = "ort-cpu", *, threads: int | None = None,
                  fp16: bool = False, cache_dir: str | os.PathLike | None = None, device_id: int = 0) -> None:
         super().__init__()

@@ -115,7 +115,6 @@ class TrtBackend(Backend):
     """A serialized TensorRT plan with its sidecar. Options: ``device_id``."""
 
     name = "trt"
-    thread_safe = False
 
     def __init__(self, path: str | os.PathLike, *, device_id: int = 0) -> None:
         super().__init__()
