@@ -295,9 +295,10 @@ def now_iso() -> str:
 
 
 def card_path_for(model_path: str | os.PathLike) -> Path:
-    """Where a card travels beside a file: ``card.json`` for a Keras model in a run
-    directory, ``<file>.json`` for an engine or any other artifact."""
+    """Where a card travels beside a file: ``card.json`` for a Keras model (``.keras``, or
+    a legacy ``.h5``/``.hdf5``) in a run directory, ``<file>.json`` for an engine or any
+    other artifact."""
     p = Path(model_path)
-    if p.suffix == ".keras":
+    if p.suffix.lower() in (".keras", ".h5", ".hdf5"):
         return p.with_name(CARD_FILENAME)
     return p.with_name(p.name + ".json")

@@ -95,6 +95,7 @@ def test_engine_sidecar_garbage_is_a_card_error(tmp_path):
 
 def test_card_paths():
     assert card_path_for("run/model.keras").as_posix() == "run/card.json"
+    assert card_path_for("run/legacy.h5").as_posix() == "run/card.json"  # export and the runtime agree
     assert card_path_for("run/model.int8.engine").as_posix() == "run/model.int8.engine.json"
 
 

@@ -207,7 +207,7 @@ def run(model_path: str | os.PathLike, out_dir: str | os.PathLike | None, opts: 
     timer = _Steps(report, progress or (lambda _msg: None))
     with timer("load Keras model"):
         model = load_keras_model(model_path, trust=opts.trust)
-    card = load_card_for(model_path) if model_path.suffix.lower() == ".keras" else _card_beside(model_path)
+    card = load_card_for(model_path)
     from .keras2onnx import check_image_model
 
     check_image_model(model, card)
@@ -448,17 +448,6 @@ class _Steps:
         dt = time.perf_counter() - t0
         self.report.steps.append({"step": name, "seconds": round(dt, 3)})
         self.say(f"{name}: {dt:.1f} s")
-
-
-def _card_beside(model_path: Path) -> ModelCard:
-    """The card for a legacy .h5 model: card.json in its folder."""
-    from ..card import CARD_FILENAME
-    from ..errors import CardError
-
-    p = model_path.with_name(CARD_FILENAME)
-    if not p.is_file():
-        raise CardError(f"{model_path}: no model card at {p}; models trained with cnn-train have one")
-    return ModelCard.load(p)
 
 
 def _versions(kit: Any) -> dict[str, str]:
