@@ -53,3 +53,10 @@ class BackendUnavailable(CnnEdgeError):
 
 class FileExistsRefused(UsageError):
     """Writing would overwrite something the user made, and --force was not given."""
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message, at most ``limit`` characters (its type
+    name when the message is empty): what a one-line error can quote of a library's failure."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .card import ModelCard, card_path_for
-from .errors import CardError, ModelLoadError, UsageError
+from .errors import CardError, ModelLoadError, UsageError, first_line
 
 
 def check_model_file(path: str | os.PathLike, trust: bool = False) -> str:
@@ -61,8 +61,7 @@ def load_keras_model(path: str | os.PathLike, trust: bool = False,
                      else text.strip().splitlines()[0][:300])
             raise ModelLoadError(f"{p}: uses a custom layer or object Keras cannot load ({first}); "
                                  "cnnedge loads only built-in Keras layers") from None
-        first = text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__
-        raise ModelLoadError(f"{p}: cannot load Keras model ({first})") from None
+        raise ModelLoadError(f"{p}: cannot load Keras model ({first_line(exc)})") from None
 
 
 def load_card_for(model_path: str | os.PathLike) -> ModelCard:

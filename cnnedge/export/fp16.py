@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import ExportError
+from ..errors import ExportError, first_line
 
 # Numerically sensitive: exponentials and sums over many values.
 FP32_OPS = ("Softmax", "LogSoftmax", "ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2", "ReduceLogSumExp",
@@ -38,7 +38,7 @@ def to_fp16(model: Any) -> Any:
         half = onnx.shape_inference.infer_shapes(half, strict_mode=True)
         onnx.checker.check_model(half)
     except Exception as exc:
-        raise ExportError(f"FP16 conversion failed: {str(exc).strip().splitlines()[0][:300]}") from None
+        raise ExportError(f"FP16 conversion failed: {first_line(exc)}") from None
     return half
 
 

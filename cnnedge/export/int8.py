@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..card import InputSpec, ModelCard
-from ..errors import ExportError
+from ..errors import ExportError, first_line
 from .data import ImageSet
 
 METHODS = ("entropy", "minmax", "percentile")
@@ -86,7 +86,7 @@ def quantize(fp32_path: Path, out_path: Path, calib: ImageSet, card: ModelCard, 
         try:
             quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
         except Exception as exc:
-            raise ExportError(f"INT8 pre-processing (quant_pre_process) failed: {_first(exc)}") from None
+            raise ExportError(f"INT8 pre-processing (quant_pre_process) failed: {first_line(exc)}") from None
         cache_tmp = Path(tmp) / "ranges.json"
         if hit:
             shutil.copyfile(cache_in, cache_tmp)
@@ -103,14 +103,9 @@ def quantize(fp32_path: Path, out_path: Path, calib: ImageSet, card: ModelCard, 
                                   calibrate_method=calib_method, extra_options=options,
                                   calibration_cache_path=str(cache_tmp))
         except Exception as exc:
-            raise ExportError(f"INT8 quantization failed: {_first(exc)}") from None
+            raise ExportError(f"INT8 quantization failed: {first_line(exc)}") from None
         if not hit:
             from ..atomic import write_bytes
 
             write_bytes(cache_out, cache_tmp.read_bytes())
     return Int8Result(method, len(calib), cache_out.name, hit, data_sha)
-
-
-def _first(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ..card import ONNX_KEY, ModelCard
-from ..errors import CardError, ModelLoadError
+from ..errors import CardError, ModelLoadError, first_line
 
 
 def embed_card(model: Any, card: ModelCard) -> Any:
@@ -73,9 +73,8 @@ def session(path_or_bytes: Any, threads: int = 1) -> Any:
     try:
         return ort.InferenceSession(src, sess_options=so, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"ONNX Runtime cannot load {path_or_bytes if isinstance(src, str) else 'the model'}: "
-                             f"{first}") from None
+                             f"{first_line(exc)}") from None
 
 
 def run(sess: Any, x: Any, batch: int = 64) -> Any:

@@ -135,7 +135,7 @@ def compare_engine(path: Path, precision: str, x: np.ndarray, ref: np.ndarray, l
                    thresholds: Thresholds) -> ArtifactResult:
     """Run an engine through the runtime's TensorRT backend where this machine can (a GPU it was built for,
     TensorRT of the same flavour and version, cuda-python); otherwise say why it was not run."""
-    from ..errors import BackendUnavailable, CnnEdgeError
+    from ..errors import BackendUnavailable, CnnEdgeError, first_line
 
     res = ArtifactResult(str(path), "engine", precision, path.stat().st_size)
     t0 = time.perf_counter()
@@ -144,7 +144,7 @@ def compare_engine(path: Path, precision: str, x: np.ndarray, ref: np.ndarray, l
 
         backend = TrtBackend(path)
     except (BackendUnavailable, CnnEdgeError, ImportError) as exc:
-        res.note = f"not run here ({str(exc).strip().splitlines()[0][:200]})"
+        res.note = f"not run here ({first_line(exc, 200)})"
         return res
     try:
         out = np.asarray(backend.infer(x), dtype=np.float32)

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..._lazy import require
 from ...card import ONNX_KEY, ModelCard
-from ...errors import BackendUnavailable, CardError, ModelLoadError, UsageError
+from ...errors import BackendUnavailable, CardError, ModelLoadError, UsageError, first_line
 from .base import Backend, Slot, TensorSpec
 
 PROVIDERS = {
@@ -48,7 +48,7 @@ def check_external_data(path: str | os.PathLike) -> None:
     try:
         model = onnx.load(str(p), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - any parse failure means "not a model"
-        raise ModelLoadError(f"{p}: not a valid ONNX model ({_first_line(exc)})") from None
+        raise ModelLoadError(f"{p}: not a valid ONNX model ({first_line(exc)})") from None
     root = p.resolve().parent
     tensors = list(model.graph.initializer)
     for node in model.graph.node:
@@ -63,11 +63,6 @@ def check_external_data(path: str | os.PathLike) -> None:
         if os.path.isabs(loc) or not target.is_relative_to(root):
             raise ModelLoadError(f"{p}: external data {loc!r} of tensor {t.name!r} lies outside the model's "
                                  "folder; refusing to read it (keep external data files beside the model)")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
 
 
 def available_providers() -> list[str]:
@@ -125,7 +120,7 @@ class OrtBackend(Backend):
         try:
             self.session = ort.InferenceSession(str(p), sess_options=so, providers=providers)
         except Exception as exc:  # noqa: BLE001 - ORT raises its own classes for every failure
-            text = _first_line(exc)
+            text = first_line(exc)
             if "outside" in text.lower() or "external" in text.lower() and ".." in text:
                 raise ModelLoadError(f"{p}: refused external data outside the model's folder ({text})") from None
             if isinstance(exc, (FileNotFoundError,)) or "No such file" in text or "doesn't exist" in text:
