@@ -102,7 +102,7 @@ def main() -> int:
 
     md = [f"Batch-{b1} latency, `{PRESET}` (32x32x3 input), per call:", "",
           "| how | p50 ms | p99 ms | max ms | vs ONNX Runtime FP32 (p50) |", "|---|---:|---:|---:|---:|"]
-    for name, r in [(f"ONNX Runtime CPU FP32 (`session.run`)", ort["fp32"][b1]),
+    for name, r in [("ONNX Runtime CPU FP32 (`session.run`)", ort["fp32"][b1]),
                     ("ONNX Runtime CPU FP16", ort["fp16"][b1]), ("ONNX Runtime CPU INT8", ort["int8"][b1]),
                     ("Keras `tf.function`", keras["tf.function"][b1]), ("Keras `model(x, training=False)`",
                                                                          keras["model(x)"][b1]),

@@ -22,7 +22,6 @@ import os
 import socket
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 

@@ -9,9 +9,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from pathlib import Path
 from typing import Sequence, TextIO
 
 from ..atomic import check_output
