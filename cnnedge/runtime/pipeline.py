@@ -285,9 +285,10 @@ def _run(clf: "Classifier", sources: list[Source], batch: int, max_wait_ms: floa
                 active -= 1
                 continue
             items = [first]
+            usable = int(first.error is None)  # failed files ride along without taking a batch place
             close_at = time.perf_counter() + wait_s
             limit = batch if max_frames is None else min(batch, max_frames - emitted)
-            while len([i for i in items if i.error is None]) < limit:
+            while usable < limit:
                 remaining = close_at - time.perf_counter()
                 try:
                     nxt = take(ready.get(timeout=remaining) if remaining > 0 else ready.get_nowait())
@@ -297,6 +298,7 @@ def _run(clf: "Classifier", sources: list[Source], batch: int, max_wait_ms: floa
                     active -= 1
                     continue
                 items.append(nxt)
+                usable += int(nxt.error is None)
             for r in finish(items):
                 stats.elapsed = time.perf_counter() - stats.started
                 yield r
