@@ -8,6 +8,8 @@ import subprocess
 from importlib import metadata
 from typing import Any
 
+from ..runtime.backends.ort import available_providers
+
 LIBRARIES = ("cnnedge", "numpy", "opencv-python-headless", "opencv-python", "onnxruntime", "onnxruntime-gpu",
              "onnx", "tensorflow", "tensorflow-cpu", "keras", "tensorrt", "tensorrt-rtx", "cuda-python",
              "matplotlib")
@@ -60,14 +62,6 @@ def versions() -> dict[str, str]:
     return out
 
 
-def ort_providers() -> list[str]:
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        return []
-    return list(ort.get_available_providers())
-
-
 def facts() -> dict[str, Any]:
     try:
         usable = len(os.sched_getaffinity(0))
@@ -81,6 +75,6 @@ def facts() -> dict[str, Any]:
         "os": platform.platform(),
         "python": platform.python_version(),
         "gpus": gpus(),
-        "onnxruntime_providers": ort_providers(),
+        "onnxruntime_providers": available_providers(),
         "libraries": versions(),
     }
