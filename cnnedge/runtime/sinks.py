@@ -65,38 +65,33 @@ class LineSink(Sink):
 
 
 class _FileSink(Sink):
-    def __init__(self, path: str | os.PathLike, force: bool, flag: str) -> None:
+    """A text file written to a temporary beside ``path`` and renamed over it at close."""
+
+    def __init__(self, path: str | os.PathLike, force: bool = False, newline: str | None = None) -> None:
         refuse_overwrite(path, force, "--force")
         self._stack = ExitStack()
         self._tmp = self._stack.enter_context(atomic_path(path))
         self.path = Path(path)
+        self._fh = open(self._tmp, "w", encoding="utf-8", newline=newline)
 
     def close(self) -> None:
-        self._stack.close()
+        if not self._fh.closed:
+            self._fh.close()
+            self._stack.close()
 
 
 class JsonlSink(_FileSink):
     """``--json out.jsonl``: one object per result (failures carry ``error``)."""
 
-    def __init__(self, path: str | os.PathLike, force: bool = False) -> None:
-        super().__init__(path, force, "--json")
-        self._fh = open(self._tmp, "w", encoding="utf-8")
-
     def write(self, r: Result) -> None:
         self._fh.write(json.dumps(r.to_dict()) + "\n")
-
-    def close(self) -> None:
-        if not self._fh.closed:
-            self._fh.close()
-            super().close()
 
 
 class CsvSink(_FileSink):
     """``--csv out.csv``: the same fields, ``topk`` as ``label:score;label:score``."""
 
     def __init__(self, path: str | os.PathLike, force: bool = False) -> None:
-        super().__init__(path, force, "--csv")
-        self._fh = open(self._tmp, "w", encoding="utf-8", newline="")
+        super().__init__(path, force, newline="")
         self._w = csv.DictWriter(self._fh, CSV_COLUMNS)
         self._w.writeheader()
 
@@ -105,11 +100,6 @@ class CsvSink(_FileSink):
         if "topk" in d:
             d["topk"] = ";".join(f"{lab}:{s}" for lab, s in d["topk"])
         self._w.writerow({k: d.get(k, "") for k in CSV_COLUMNS})
-
-    def close(self) -> None:
-        if not self._fh.closed:
-            self._fh.close()
-            super().close()
 
 
 def annotate(img: np.ndarray, r: Result) -> np.ndarray:
