@@ -31,39 +31,27 @@ class TimedClassifier:
         self.total = {"decode": 0.0, "resize": 0.0, "inference": 0.0, "postprocess": 0.0}
         self.count = {k: 0 for k in self.total}
 
-    def _add(self, key: str, t0: float) -> None:
-        dt = time.perf_counter() - t0
-        with self._lock:
-            self.total[key] += dt
-            self.count[key] += 1
+    def _timed(self, key: str, fn: Any, *args: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            dt = time.perf_counter() - t0
+            with self._lock:
+                self.total[key] += dt
+                self.count[key] += 1
 
     def decode(self, data: bytes, path: Any = None) -> np.ndarray:
-        t0 = time.perf_counter()
-        try:
-            return self._clf.decode(data, path)
-        finally:
-            self._add("decode", t0)
+        return self._timed("decode", self._clf.decode, data, path)
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
-        t0 = time.perf_counter()
-        try:
-            return self._clf.prepare(image)
-        finally:
-            self._add("resize", t0)
+        return self._timed("resize", self._clf.prepare, image)
 
     def infer_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        t0 = time.perf_counter()
-        try:
-            return self._clf.infer_pixels(pixels)
-        finally:
-            self._add("inference", t0)
+        return self._timed("inference", self._clf.infer_pixels, pixels)
 
     def postprocess(self, out: np.ndarray, topk: int | None = None) -> Any:
-        t0 = time.perf_counter()
-        try:
-            return self._clf.postprocess(out, topk)
-        finally:
-            self._add("postprocess", t0)
+        return self._timed("postprocess", self._clf.postprocess, out, topk)
 
     def mean_ms(self, key: str) -> float:
         return 1000.0 * self.total[key] / self.count[key] if self.count[key] else 0.0
