@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # video_camera.py besi
 from cnnedge.cli._run import run_cli  # noqa: E402
 from cnnedge.errors import UsageError  # noqa: E402
 from cnnedge.runtime import Classifier, Result, open_source  # noqa: E402
-from cnnedge.runtime.pipeline import PipelineStats  # noqa: E402
+from cnnedge.runtime.stream import PipelineStats  # noqa: E402
 from cnnedge.runtime.sources import Source, SourceError  # noqa: E402
 
 

@@ -274,7 +274,7 @@ def test_staging_left_by_a_killed_export_is_swept(tmp_path):
     import subprocess
     import sys
 
-    from cnnedge.export.pipeline import STAGING_PREFIX, sweep_stale_staging
+    from cnnedge.export.steps import STAGING_PREFIX, sweep_stale_staging
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True, check=True)

@@ -18,7 +18,7 @@ import pytest
 from cnnedge.cli._run import run_cli
 from cnnedge.cli.infer import main
 from cnnedge.runtime.classifier import Classifier
-from cnnedge.runtime.pipeline import PipelineStats, run_pipeline
+from cnnedge.runtime.stream import PipelineStats, run_pipeline
 from cnnedge.runtime.sources import LiveSource, open_source
 
 sys.path.insert(0, str(Path(__file__).parent))

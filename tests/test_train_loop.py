@@ -17,7 +17,7 @@ from cnnedge.cli.train import main
 from cnnedge.keras_io import load_keras_model
 from cnnedge.trainer.data import split_images
 from cnnedge.trainer.loop import ARTIFACTS, TrainConfig, resume, train
-from cnnedge.trainer.pipeline import Augment
+from cnnedge.trainer.tfdata import Augment
 
 keras = pytest.importorskip("keras")
 
@@ -225,7 +225,7 @@ def test_augment_values_are_checked() -> None:
 
 
 def test_augmentation_changes_training_batches_only() -> None:
-    from cnnedge.trainer.pipeline import make_dataset
+    from cnnedge.trainer.tfdata import make_dataset
 
     img = np.zeros((4, 16, 16, 3), np.uint8)
     img[:, :, :5] = 255  # a bright left edge: a flip or rotation moves it

@@ -1,6 +1,6 @@
 """``--end-to-end DIR``: the whole pipeline on a folder, next to the decode+resize-only bound of the same run.
 
-The pipeline is :func:`cnnedge.runtime.pipeline.run_pipeline` as cnn-infer runs
+The pipeline is :func:`cnnedge.runtime.stream.run_pipeline` as cnn-infer runs
 it. Stage times come from a thin wrapper around the Classifier that times the
 calls the pipeline makes (``decode``, ``prepare``, ``infer_pixels``,
 ``postprocess``); reading a file happens inside the pipeline's worker before
@@ -104,7 +104,7 @@ def bound(clf: Any, files: list[str], workers: int) -> tuple[float, dict[str, fl
 
 def run_end_to_end(clf: Any, artifact: str, files: list[str], folder: str, batch: int, workers: int,
                    bound_result: tuple[float, dict[str, float]]) -> EndToEnd:
-    from ..runtime.pipeline import PipelineStats, run_pipeline
+    from ..runtime.stream import PipelineStats, run_pipeline
 
     side = clf.card.input
     warm = np.zeros((batch, side.height, side.width, side.channels), np.uint8)
@@ -112,7 +112,7 @@ def run_end_to_end(clf: Any, artifact: str, files: list[str], folder: str, batch
     timed = TimedClassifier(clf)
     stats = PipelineStats()
     t0 = time.perf_counter()
-    results = run_pipeline(timed, folder, batch=batch, workers=workers, stats=stats)  # type: ignore[arg-type]
+    results = run_pipeline(timed, folder, batch=batch, workers=workers, stats=stats)
     try:
         for _ in results:
             pass

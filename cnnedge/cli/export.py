@@ -82,7 +82,7 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     from ..export.parity import Thresholds
-    from ..export.pipeline import ParityFailure, export
+    from ..export.steps import ParityFailure, export
 
     thresholds = Thresholds(fp32_agreement=args.min_agreement_fp32, fp32_max_diff=args.max_diff_fp32,
                             fp16_agreement=args.min_agreement_fp16, int8_agreement=args.min_agreement_int8,

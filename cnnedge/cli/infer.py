@@ -157,7 +157,7 @@ def _run(args: argparse.Namespace, sources: list[Any], out: TextIO, err: TextIO)
     from contextlib import ExitStack
 
     from ..runtime.classifier import Classifier
-    from ..runtime.pipeline import PipelineStats, run_pipeline
+    from ..runtime.stream import PipelineStats, run_pipeline
     from ..runtime import sinks as S
 
     for flag, path in (("--json", args.json), ("--csv", args.csv), ("--save-video", args.save_video)):

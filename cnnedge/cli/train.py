@@ -115,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     from ..trainer.loop import TrainConfig, resume, train
-    from ..trainer.pipeline import Augment
+    from ..trainer.tfdata import Augment
 
     verbose = 2 if args.quiet else None
     if args.resume:

@@ -7,7 +7,7 @@
 Steps, one module each: :mod:`.keras2onnx` (tf2onnx), :mod:`.cleanup` (onnxslim),
 :mod:`.fp16`, :mod:`.int8` (calibration, Q/DQ, range cache), :mod:`.engine`
 (TensorRT / TensorRT-RTX plans and sidecars), :mod:`.triton` (model repository),
-:mod:`.parity` (checks and table), chained by :mod:`.pipeline`. Importing this
+:mod:`.parity` (checks and table), chained by :mod:`.steps`. Importing this
 package loads none of the heavy libraries.
 """
 from __future__ import annotations
@@ -19,9 +19,9 @@ __all__ = ["export", "ExportOptions", "ExportReport", "ParityFailure", "Threshol
 
 def __getattr__(name: str) -> Any:
     if name in ("export", "run", "ExportOptions", "ExportReport", "ParityFailure"):
-        from . import pipeline
+        from . import steps
 
-        return getattr(pipeline, name)
+        return getattr(steps, name)
     if name in ("Thresholds", "ArtifactResult"):
         from . import parity
 

@@ -14,9 +14,9 @@ from typing import Any
 __all__ = ["Classifier", "Prediction", "Result", "load_backend", "open_source", "run_pipeline"]
 
 _WHERE = {
-    "Classifier": "classifier", "Prediction": "classifier", "Result": "classifier",
+    "Classifier": "classifier", "Prediction": "results", "Result": "results",
     "CardMissingWarning": "classifier", "load_backend": "backends", "open_source": "sources",
-    "run_pipeline": "pipeline",
+    "run_pipeline": "stream",
 }
 
 

@@ -13,7 +13,6 @@ import math
 import os
 import threading
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -24,6 +23,7 @@ from ..errors import CardError, ModelLoadError, UsageError
 from .backends import Backend, Slot, load_backend
 from .images import decode_image, read_file, reduce_factor
 from .preprocess import prepare_image, to_model_input
+from .results import Prediction, Result
 
 
 _UINT8 = np.dtype(np.uint8)
@@ -32,56 +32,6 @@ _get_ident = threading.get_ident
 
 class CardMissingWarning(UserWarning):
     """The model carries no card: preprocessing comes from arguments and defaults."""
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """One classified image: the top class, its score and the top-k list."""
-
-    label: str
-    score: float
-    index: int
-    topk: list[tuple[str, float]] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        if self.index < 0:
-            raise ValueError(f"Prediction.index must be >= 0, got {self.index}")
-
-
-@dataclass
-class Result:
-    """One item out of :meth:`Classifier.stream`: a prediction, or an error for an unusable input."""
-
-    source: str
-    timestamp: float
-    frame: int | None = None
-    path: str | None = None
-    prediction: Prediction | None = None
-    latency_ms: float | None = None
-    error: str | None = None
-    image: np.ndarray | None = field(default=None, repr=False)  # the original, when a sink needs it
-    batch: int | None = None  # which inference call produced it (several sources share batches)
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"source": self.source}
-        if self.path is not None:
-            d["path"] = self.path
-        if self.frame is not None:
-            d["frame"] = self.frame
-        d["timestamp"] = round(self.timestamp, 6)
-        if self.error is not None:
-            d["error"] = self.error
-            return d
-        p = self.prediction
-        assert p is not None
-        d.update(index=p.index, label=p.label, score=round(p.score, 6),
-                 topk=[[lab, round(s, 6)] for lab, s in p.topk],
-                 latency_ms=None if self.latency_ms is None else round(self.latency_ms, 3))
-        return d
 
 
 def read_labels(labels: Sequence[str] | str | os.PathLike | None) -> tuple[str, ...] | None:
@@ -405,9 +355,9 @@ class Classifier:
 
         Options: ``max_wait_ms``, ``workers``, ``glob``, ``max_frames``, ``duration``,
         ``keep_images``, ``open_timeout_ms``, ``read_timeout_ms``, ``give_up_s``, ``topk`` (see
-        :func:`cnnedge.runtime.pipeline.run_pipeline`).
+        :func:`cnnedge.runtime.stream.run_pipeline`).
         """
-        from .pipeline import run_pipeline
+        from .stream import run_pipeline
 
         return run_pipeline(self, source, batch=batch, **options)
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..atomic import atomic_path, refuse_overwrite
 from ..errors import UsageError
-from .classifier import Result
+from .results import Result
 from .images import IMAGE_SUFFIXES
 
 CSV_COLUMNS = ("source", "path", "frame", "timestamp", "index", "label", "score", "latency_ms", "topk", "error")

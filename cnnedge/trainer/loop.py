@@ -26,7 +26,7 @@ from ..atomic import atomic_path
 from ..card import CARD_FILENAME, InputSpec, ModelCard, Preprocess, Provenance, now_iso, sha256_file
 from ..errors import DataError, FileExistsRefused, UsageError
 from . import data as data_mod
-from .pipeline import Augment, make_dataset, prepare_pixels, stream_dataset
+from .tfdata import Augment, make_dataset, prepare_pixels, stream_dataset
 from .presets import create_model, get_preset, weights_arg
 from .report import metrics_from, plot_confusion, plot_history, read_history, write_history, write_json
 

@@ -16,17 +16,27 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator, Protocol, Sequence
 
 import numpy as np
 
 from ..errors import UsageError
-from .classifier import Result
 from .images import ImageError, is_image_file, read_file
+from .results import Prediction, Result
 from .sources import FileSource, Frame, LiveSource, Source, open_source
 
-if TYPE_CHECKING:
-    from .classifier import Classifier
+
+class BatchModel(Protocol):
+    """What the pipeline needs of a model: the four steps it runs. :class:`~cnnedge.runtime.Classifier`
+    implements it; so can a wrapper that times or traces each step."""
+
+    def decode(self, data: bytes, path: Any = None) -> np.ndarray: ...
+
+    def prepare(self, image: np.ndarray) -> np.ndarray: ...
+
+    def infer_pixels(self, pixels: np.ndarray) -> np.ndarray: ...
+
+    def postprocess(self, out: np.ndarray, topk: int | None = None) -> Sequence[Prediction]: ...
 
 _END = object()
 
@@ -99,7 +109,7 @@ def default_workers() -> int:
     return max(3, min(8, (os.cpu_count() or 2) + 2))
 
 
-def run_pipeline(clf: "Classifier", source: Any, batch: int = 8, *, max_wait_ms: float = 10.0,
+def run_pipeline(clf: BatchModel, source: Any, batch: int = 8, *, max_wait_ms: float = 10.0,
                  workers: int | None = None, glob: str | None = None, max_frames: int | None = None,
                  duration: float | None = None, keep_images: bool = False, topk: int | None = None,
                  live: bool = False, open_timeout_ms: int | None = None, read_timeout_ms: int | None = None,
@@ -149,7 +159,7 @@ def _all_specs(seq: Any) -> bool:
     return not all(isinstance(x, (str, os.PathLike)) and is_image_file(x) for x in seq)
 
 
-def _run(clf: "Classifier", sources: list[Source], batch: int, max_wait_ms: float, workers: int,
+def _run(clf: BatchModel, sources: list[Source], batch: int, max_wait_ms: float, workers: int,
          max_frames: int | None, duration: float | None, keep_images: bool, topk: int | None,
          stats: PipelineStats) -> Iterator[Result]:
     stop = threading.Event()
@@ -169,7 +179,7 @@ def _run(clf: "Classifier", sources: list[Source], batch: int, max_wait_ms: floa
     def decode(frame: Frame) -> _Item:
         try:
             frame.t0, frame.timestamp = time.perf_counter(), time.time()
-            img = clf.decode(read_file(frame.path), frame.path)  # type: ignore[arg-type]
+            img = clf.decode(read_file(frame.path), frame.path)
             return _Item(frame, clf.prepare(img), image=img if keep_images else None)
         except ImageError as exc:
             return _Item(frame, error=exc.reason)

@@ -1,4 +1,4 @@
-"""The export pipeline: one function that chains the steps, each reading one artifact and writing one.
+"""The export steps chained: one function that runs them, each reading one artifact and writing one.
 
 Everything is written into a hidden staging folder inside the output folder and
 moved into place (``os.replace``, atomic per file) only when every step has
