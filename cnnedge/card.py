@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from .artifacts import KERAS_SUFFIXES
 from .errors import CardError
 
 CARD_VERSION = 1
@@ -299,6 +300,6 @@ def card_path_for(model_path: str | os.PathLike) -> Path:
     a legacy ``.h5``/``.hdf5``) in a run directory, ``<file>.json`` for an engine or any
     other artifact."""
     p = Path(model_path)
-    if p.suffix.lower() in (".keras", ".h5", ".hdf5"):
+    if p.suffix.lower() in KERAS_SUFFIXES:
         return p.with_name(CARD_FILENAME)
     return p.with_name(p.name + ".json")

@@ -12,6 +12,7 @@ import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
+from .artifacts import KINDS
 from .card import ModelCard, card_path_for
 from .errors import CardError, ModelLoadError, UsageError, first_line
 
@@ -24,11 +25,11 @@ def check_model_file(path: str | os.PathLike, trust: bool = False) -> str:
     if p.is_dir():
         raise UsageError(f"{p}: is a folder; give the model file (e.g. {p / 'model.keras'})")
     suffix = p.suffix.lower()
-    if suffix in (".h5", ".hdf5"):
+    if suffix in KINDS["keras"].legacy_suffixes:
         if not trust:
             raise ModelLoadError(f"{p}: legacy HDF5 models ignore Keras safe mode and can run arbitrary code; "
                                  "re-save it as .keras, or pass --trust if you trust where it came from")
-    elif suffix != ".keras":
+    elif suffix not in KINDS["keras"].suffixes:
         raise ModelLoadError(f"{p}: not a Keras model (expected a .keras file)")
     elif not zipfile.is_zipfile(p):
         raise ModelLoadError(f"{p}: not a valid .keras archive (truncated or corrupt?)")

@@ -287,18 +287,29 @@ def test_a_fixed_batch_model_is_measured_at_its_batch_and_says_so(run_dir, tmp_p
 
 @pytest.mark.slow
 def test_copy_and_compute_are_timed_apart_through_io_binding(run_dir):
-    """The GPU path's steps (OrtValue upload, IO-binding run, download) on ONNX Runtime's CPU provider."""
-    from cnnedge.bench.measure import make_input, ort_device_call, time_calls
+    """cnn-bench's GPU path (the backend's own timed_infer: OrtValue upload, IO-binding run, download) run
+    on ONNX Runtime's CPU provider: the row gets its stages, --no-copy times the compute alone."""
+    from cnnedge.bench import core, measure, plan
+    from cnnedge.bench.report import BenchReport
     from cnnedge.runtime.backends import load_backend
 
     with load_backend(run_dir / "model.onnx", "ort-cpu", threads=1) as be:
-        x = make_input(be.input_spec.shape, be.input_spec.dtype, 4, 0)
-        copied = time_calls(ort_device_call(be, x, True, device="cpu"), warmup=2, iters=6, duration=None, repeats=2)
-        resident = time_calls(ort_device_call(be, x, False, device="cpu"), warmup=2, iters=6, duration=None,
-                              repeats=2)
+        x = measure.make_input(be.input_spec.shape, be.input_spec.dtype, 4, 0)
+        copied = measure.time_calls(measure.split_call(be, x, True), warmup=2, iters=6, duration=None, repeats=2)
+        resident = measure.time_calls(measure.split_call(be, x, False), warmup=2, iters=6, duration=None,
+                                      repeats=2)
+        report = BenchReport(started="now", machine={})
+        art = plan.Artifact(run_dir / "model.onnx", "onnx")
+        for copy in (True, False):  # the branch cnn-bench takes for ort-cuda, fed the CPU provider's backend
+            cfg = core.BenchConfig([str(art.path)], iters=4, warmup=1, repeats=2, copy=copy)
+            core._measure_artifact(cfg, report, art, "ort-cuda", be, [4], "fp32")
     assert set(copied.stages_ms) == {"h2d", "compute", "d2h"}
     for i, total in enumerate(copied.samples_ms):
         parts = [copied.stages_ms[k][i] for k in ("h2d", "compute", "d2h")]
         assert all(p > 0 for p in parts) and sum(parts) == pytest.approx(total)
     assert all(v == 0 for v in resident.stages_ms["h2d"] + resident.stages_ms["d2h"])
     assert resident.samples_ms == pytest.approx(resident.stages_ms["compute"])
+    rows = [r.to_dict() for r in report.rows]
+    assert [r["copy"] for r in rows] == [True, False]
+    assert all(set(r["stages_ms"]) == {"h2d", "compute", "d2h"} for r in rows)
+    assert rows[0]["stages_ms"]["h2d"]["p50"] > 0 and rows[1]["stages_ms"]["h2d"]["p50"] == 0

@@ -140,6 +140,37 @@ def test_infer_checks_dtype_and_shape():
         be.infer(np.zeros((1, 32, 32, 3), np.uint8))
 
 
+def test_timed_infer_times_copies_apart_from_compute():
+    """The public timing path cnn-bench uses: ONNX Runtime's IO-binding steps (OrtValue upload, run,
+    download) on the CPU provider, the same code the CUDA provider runs with device buffers."""
+    from cnnedge.runtime.backends import Timing
+
+    x = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), np.uint8)
+    with load_backend(models()["onnx"], "ort-cpu", threads=1) as be:
+        ref = be.infer(x)
+        out, t = be.timed_infer(x)
+        np.testing.assert_array_equal(out, ref)
+        assert isinstance(t, Timing) and t.h2d_ns > 0 and t.compute_ns > 0 and t.d2h_ns > 0
+        assert t.total_ns == t.h2d_ns + t.compute_ns + t.d2h_ns
+        for _ in range(2):  # resident: uploaded once, then only the run is timed
+            out, t = be.timed_infer(x, resident=True)
+            np.testing.assert_array_equal(out, ref)
+            assert t.h2d_ns == 0 and t.d2h_ns == 0 and t.compute_ns > 0
+        y = x[::-1].copy()  # another array is uploaded, not the resident one reused
+        np.testing.assert_array_equal(be.timed_infer(y, resident=True)[0], be.infer(y))
+        with pytest.raises(UsageError, match="takes uint8, got float32"):
+            be.timed_infer(x.astype(np.float32))
+    with pytest.raises(UsageError, match="closed"):
+        be.timed_infer(x)
+    rng_be = _RangeBackend.make(4, 8)  # no device: the whole call is compute
+    z = np.ones((4, 2), np.float32)
+    out, t = rng_be.timed_infer(z)
+    np.testing.assert_array_equal(out, z * 2)
+    assert t.h2d_ns == 0 and t.d2h_ns == 0 and t.compute_ns > 0
+    with pytest.raises(UsageError, match="batches 4..8, not 2"):  # would be padded: not one timed call
+        rng_be.timed_infer(z[:2])
+
+
 def test_backend_choice_and_errors(tmp_path):
     onnx_path = models()["onnx"]
     with load_backend(onnx_path) as be:
@@ -332,6 +363,13 @@ def test_trt_engine_matches_onnx_runtime(tmp_path):  # pragma: no cover - runs w
             np.testing.assert_allclose(slot.run(), ref.infer(x[i:i + 1]), atol=1e-3)
         bgr = [np.ascontiguousarray(im[..., ::-1]) for im in x[:8]]
         assert [clf.predict(im).index for im in bgr] == [ref.predict(im).index for im in bgr]
+        out, t = clf.backend.timed_infer(x[:8])  # cnn-bench's path: pinned copy, execute, download, each timed
+        np.testing.assert_allclose(out, ref.infer(x[:8]), atol=1e-3)
+        assert t.h2d_ns > 0 and t.compute_ns > 0 and t.d2h_ns > 0
+        for _ in range(2):
+            out, t = clf.backend.timed_infer(x[:8], resident=True)
+            np.testing.assert_allclose(out, ref.infer(x[:8]), atol=1e-3)
+            assert t.h2d_ns == 0 and t.d2h_ns == 0 and t.compute_ns > 0
 
 
 def _slow_model(path: Path, depth: int = 24, width: int = 512) -> Path:

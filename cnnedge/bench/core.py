@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..artifacts import TABLE, is_gpu
 from ..errors import BackendUnavailable, MissingDependency, UsageError
 from . import machine, measure, plan
 from .report import BenchReport, Row, Skipped
@@ -86,7 +87,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> Ben
     for art, backend in pairs:
         say(f"{art.name} on {backend} ...")
         opts: dict[str, Any] = {}
-        if backend.startswith("ort-"):
+        if TABLE[backend].family == "ort":
             opts["threads"] = threads
         if backend == "keras":
             _tensorflow_threads(cfg.threads, report)
@@ -154,10 +155,8 @@ def _measure_artifact(cfg: BenchConfig, report: BenchReport, art: plan.Artifact,
                 call = measure.keras_predict_call(be.model, x)
             elif method == "call":
                 call = measure.keras_direct_call(be.model, x)
-            elif backend in ("ort-cuda", "ort-trt"):
-                call = measure.ort_device_call(be, x, cfg.copy)
-            elif backend == "trt":
-                call = measure.trt_device_call(be, x, cfg.copy) or measure.plain_call(be, x)
+            elif is_gpu(backend):
+                call = measure.split_call(be, x, cfg.copy)
             else:
                 call = measure.plain_call(be, x)
             t = measure.time_calls(call, warmup=cfg.warmup, iters=cfg.iters, duration=cfg.duration,
@@ -166,7 +165,7 @@ def _measure_artifact(cfg: BenchConfig, report: BenchReport, art: plan.Artifact,
 
 
 def _row(cfg: BenchConfig, report: BenchReport, art: plan.Artifact, backend: str, method: str, precision: str,
-         batch: int, requested: list[int], t: measure.Timing) -> Row:
+         batch: int, requested: list[int], t: measure.Samples) -> Row:
     lat = latency(t.samples_ms)
     run_p50 = [float(np.median(t.samples_ms[a:b])) for a, b in t.runs]
     sp = spread(run_p50)
@@ -201,7 +200,7 @@ def _end_to_end(cfg: BenchConfig, report: BenchReport, art: plan.Artifact, backe
     if note:
         report.notes.append(f"{art.name} on {backend} end-to-end: {note}")
     workers = cfg.workers or default_workers()
-    opts: dict[str, Any] = {"threads": threads} if backend.startswith("ort-") else {}
+    opts: dict[str, Any] = {"threads": threads} if TABLE[backend].family == "ort" else {}
     if backend == "keras" and cfg.trust:
         opts["trust"] = True
     say(f"{art.name} on {backend}: end-to-end on {len(files)} images, batch {eff}, {workers} workers ...")

@@ -7,14 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from ..artifacts import BACKEND_CHOICES as CHOICES
+from ..artifacts import BACKEND_NAMES, KIND_ORDER, KINDS, require_kind
 from ..errors import ModelLoadError, UsageError
-
-BACKEND_NAMES = ("ort-cpu", "ort-cuda", "ort-trt", "trt", "keras")
-CHOICES = ("auto",) + BACKEND_NAMES
-MODEL_SUFFIXES = {".onnx": "onnx", ".engine": "engine", ".plan": "engine", ".trt": "engine", ".keras": "keras",
-                  ".h5": "keras", ".hdf5": "keras"}
-FOR_KIND = {"onnx": ("ort-trt", "ort-cuda", "ort-cpu"), "engine": ("trt",), "keras": ("keras",)}
-KIND_ORDER = {"keras": 0, "onnx": 1, "engine": 2}
 
 
 @dataclass(frozen=True)
@@ -71,14 +66,6 @@ def parse_batches(text: str | Iterable[int]) -> list[int]:
     return sorted(out)
 
 
-def _kind(p: Path) -> str:
-    kind = MODEL_SUFFIXES.get(p.suffix.lower())
-    if kind is None:
-        raise ModelLoadError(f"{p}: not a model file cnn-bench knows (expected .keras, .onnx or .engine, "
-                             "or a run folder that holds them)")
-    return kind
-
-
 def find_artifacts(models: Sequence[str | os.PathLike]) -> list[Artifact]:
     """Model files as given, and for a folder every model file directly inside it (hidden ones left out)."""
     if not models:
@@ -90,12 +77,12 @@ def find_artifacts(models: Sequence[str | os.PathLike]) -> list[Artifact]:
             raise UsageError(f"{p}: no such file or folder")
         if p.is_dir():
             inside = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith(".")
-                            and f.suffix.lower() in MODEL_SUFFIXES and f.suffix.lower() not in (".h5", ".hdf5"))
+                            and any(f.suffix.lower() in k.suffixes for k in KINDS.values()))
             if not inside:
                 raise UsageError(f"{p}: no model files in this folder (expected model.keras, *.onnx or *.engine)")
-            found += [Artifact(f, _kind(f)) for f in inside]
+            found += [Artifact(f, require_kind(f, "cnn-bench")) for f in inside]
         else:
-            found.append(Artifact(p, _kind(p)))
+            found.append(Artifact(p, require_kind(p, "cnn-bench")))
     unique: dict[Path, Artifact] = {}
     for a in found:
         unique.setdefault(a.path.resolve(), a)
@@ -128,12 +115,12 @@ def expand(artifacts: Sequence[Artifact], backends: Sequence[str]) -> list[tuple
     """
     pairs: list[tuple[Artifact, str]] = []
     for a in artifacts:
-        fits = FOR_KIND[a.kind]
+        fits = KINDS[a.kind].backends
         chosen = fits if "auto" in backends else tuple(b for b in fits if b in backends)
         pairs += [(a, b) for b in chosen]
     for b in backends:
         if b != "auto" and not any(bb == b for _, bb in pairs):
-            kinds = [k for k, v in FOR_KIND.items() if b in v]
+            kinds = [k.name for k in KINDS.values() if b in k.backends]
             raise UsageError(f"--backends {b}: runs .{kinds[0]} files and none was given "
                              f"(files: {', '.join(a.name for a in artifacts)})")
     return pairs

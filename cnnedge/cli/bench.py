@@ -12,6 +12,7 @@ import argparse
 import sys
 from typing import Sequence, TextIO
 
+from ..artifacts import BACKEND_NAMES
 from ..atomic import check_output
 from ..errors import ExitCode, UsageError
 from ._args import non_negative_int as _non_negative
@@ -36,9 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "every artifact is measured (e.g. runs/demo or runs/demo/model.int8.onnx)")
     what = p.add_argument_group("what to measure")
     what.add_argument("--backends", default="auto", metavar="LIST",
-                      help="auto (every backend that opens each file) or a comma list of ort-cpu, ort-cuda, "
-                           "ort-trt, trt, keras (default auto; e.g. --backends ort-cpu,keras). keras adds the "
-                           "tutorial baselines model.predict(x) and model(x)")
+                      help="auto (every backend that opens each file) or a comma list of "
+                           f"{', '.join(BACKEND_NAMES)} (default auto; e.g. --backends ort-cpu,keras). keras adds "
+                           "the tutorial baselines model.predict(x) and model(x)")
     what.add_argument("--batch", default="1,8,32", metavar="LIST",
                       help="batch sizes (default 1,8,32; e.g. --batch 1,8,32,128); above an engine's profile "
                            "max, the max is used and said so")

@@ -28,7 +28,7 @@ PROG = "cnn-infer"
 
 def build_parser() -> argparse.ArgumentParser:
     from ..card import RESIZE_MODES
-    from ..runtime.backends import BACKENDS
+    from ..artifacts import BACKEND_CHOICES
 
     p = argparse.ArgumentParser(
         prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "reconnecting for as long as the run lasts (e.g. --give-up-after 60)")
 
     run = p.add_argument_group("inference")
-    run.add_argument("--backend", default="auto", choices=BACKENDS,
+    run.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
                      help="auto picks TensorRT for .engine and the best ONNX Runtime provider for .onnx "
                           "(e.g. --backend ort-cpu)")
     run.add_argument("--batch", type=_positive, default=8, metavar="N", help="images per inference (default 8; "

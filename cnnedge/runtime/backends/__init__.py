@@ -22,34 +22,31 @@ splits batches larger than ``max_batch``, pads chunks shorter than ``min_batch``
 and feeds fixed-batch models padded chunks of their size (:func:`plan_batches`), then calls the subclass's
 ``_infer_impl``, which only runs.
 
-``load_backend(path, backend="auto", **opts)`` chooses: ``.engine``/``.plan`` ->
-``trt``; ``.onnx`` -> the best ONNX Runtime provider that starts (TensorRT EP,
-then CUDA EP, then CPU); ``.keras`` -> ``keras``. A named backend that is not
+``load_backend(path, backend="auto", **opts)`` chooses from the table in
+:mod:`cnnedge.artifacts`: ``.engine``/``.plan`` -> ``trt``; ``.onnx`` -> the
+best ONNX Runtime provider that starts (TensorRT EP, then CUDA EP, then CPU);
+``.keras`` -> ``keras``. A named backend that is not
 installed or has no GPU is a :class:`~cnnedge.errors.BackendUnavailable`.
 Options: ONNX Runtime ``threads``, ``fp16``, ``cache_dir``, ``device_id``;
 TensorRT ``device_id``; Keras ``trust``, ``custom_objects``.
 """
 from __future__ import annotations
 
-import difflib
 import os
 from pathlib import Path
 from typing import Any
 
-from ...errors import BackendUnavailable, ModelLoadError, UsageError
-from .base import Backend, Slot, TensorSpec, plan_batches
+from ...artifacts import (BACKEND_CHOICES, KERAS_SUFFIXES, KINDS, TABLE, backend_info, check_options,
+                          describe_suffixes, require_kind)
+from ...errors import BackendUnavailable, UsageError
+from .base import Backend, Slot, TensorSpec, Timing, plan_batches
 
-BACKENDS = ("auto", "ort-trt", "ort-cuda", "ort-cpu", "trt", "keras")
-ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
-ONNX_SUFFIXES = (".onnx",)
-KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
-_OPTIONS = {
-    "ort": {"threads", "fp16", "cache_dir", "device_id"},
-    "trt": {"device_id"},
-    "keras": {"trust", "custom_objects"},
-}
+BACKENDS = BACKEND_CHOICES  # "auto" and every backend of the table (cnnedge.artifacts)
+ENGINE_SUFFIXES = KINDS["engine"].suffixes
+ONNX_SUFFIXES = KINDS["onnx"].suffixes
 
-__all__ = ["BACKENDS", "Backend", "Slot", "TensorSpec", "load_backend", "plan_batches", "kind_of"]
+__all__ = ["BACKENDS", "ENGINE_SUFFIXES", "KERAS_SUFFIXES", "ONNX_SUFFIXES", "Backend", "Slot", "TensorSpec", "Timing",
+           "load_backend", "plan_batches", "kind_of"]
 
 
 def kind_of(path: str | os.PathLike) -> str:
@@ -58,68 +55,51 @@ def kind_of(path: str | os.PathLike) -> str:
     if not p.exists():
         raise UsageError(f"{p}: no such file")
     if p.is_dir():
-        raise UsageError(f"{p}: is a folder; give the model file (.onnx, .engine or .keras)")
-    suffix = p.suffix.lower()
-    if suffix in ONNX_SUFFIXES:
-        return "onnx"
-    if suffix in ENGINE_SUFFIXES:
-        return "engine"
-    if suffix in KERAS_SUFFIXES:
-        return "keras"
-    raise ModelLoadError(f"{p}: not a model file cnnedge knows (expected .onnx, .engine or .keras)")
-
-
-def _opts(family: str, backend: str, opts: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(opts) - _OPTIONS[family])
-    if unknown:
-        raise UsageError(f"backend {backend} takes no option {', '.join(unknown)} "
-                         f"(it takes: {', '.join(sorted(_OPTIONS[family]))})")
-    return opts
+        raise UsageError(f"{p}: is a folder; give the model file ({describe_suffixes()})")
+    return require_kind(p)
 
 
 def load_backend(path: str | os.PathLike, backend: str = "auto", **opts: Any) -> Backend:
     """Open ``path`` with the named backend, or the best available one for ``"auto"``."""
-    if backend not in BACKENDS:
-        close = difflib.get_close_matches(str(backend), BACKENDS, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise UsageError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}{hint}")
+    if backend != "auto":
+        backend_info(backend)
     kind = kind_of(path)
+    opts = {k: v for k, v in opts.items() if v is not None}
+    wants = KINDS[kind].backends
     if backend == "auto":
-        backend = {"engine": "trt", "keras": "keras"}.get(kind, "")
-        if not backend:
-            from .ort import available_providers
+        if len(wants) == 1:
+            backend = wants[0]
+        else:  # ONNX: the best provider that is installed and starts
+            from .ort import OrtBackend, available_providers
 
-            opts = {k: v for k, v in opts.items() if v is not None}
-            _opts("ort", "auto", opts)
+            check_options(wants[-1], opts)
             avail = available_providers()
             if not avail:
                 from ..._lazy import require
 
                 require("onnxruntime", "ONNX models")
             errors = []
-            from .ort import PROVIDERS, OrtBackend
-
-            for name in ("ort-trt", "ort-cuda", "ort-cpu"):
-                if PROVIDERS[name] not in avail:
+            for name in wants:
+                if TABLE[name].ort_provider not in avail:
                     continue
                 try:
                     return OrtBackend(path, name, **opts)
                 except BackendUnavailable as exc:
                     errors.append(str(exc))
             raise BackendUnavailable("no ONNX Runtime provider could start: " + "; ".join(errors))
-    wants = {"engine": ("trt",), "keras": ("keras",), "onnx": ("ort-trt", "ort-cuda", "ort-cpu")}[kind]
     if backend not in wants:
         raise UsageError(f"{path}: backend {backend} cannot run a .{Path(path).suffix.lstrip('.')} file "
                          f"(use {' or '.join(wants)}, or auto)")
-    opts = {k: v for k, v in opts.items() if v is not None}
-    if backend == "trt":
+    check_options(backend, opts)
+    family = TABLE[backend].family
+    if family == "trt":
         from .trt import TrtBackend
 
-        return TrtBackend(path, **_opts("trt", backend, opts))
-    if backend == "keras":
+        return TrtBackend(path, **opts)
+    if family == "keras":
         from .keras_backend import KerasBackend
 
-        return KerasBackend(path, **_opts("keras", backend, opts))
+        return KerasBackend(path, **opts)
     from .ort import OrtBackend
 
-    return OrtBackend(path, backend, **_opts("ort", backend, opts))
+    return OrtBackend(path, backend, **opts)

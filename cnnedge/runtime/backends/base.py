@@ -17,6 +17,24 @@ from ...errors import UsageError
 
 
 @dataclass(frozen=True)
+class Timing:
+    """Where one batch's time went, in nanoseconds: host-to-device copy, compute, device-to-host copy.
+
+    A backend without a device (ONNX Runtime on CPU through ``session.run``, Keras)
+    reports the whole call as compute; with ``resident=True`` the copies are not
+    part of the call and count as zero.
+    """
+
+    h2d_ns: int
+    compute_ns: int
+    d2h_ns: int
+
+    @property
+    def total_ns(self) -> int:
+        return self.h2d_ns + self.compute_ns + self.d2h_ns
+
+
+@dataclass(frozen=True)
 class TensorSpec:
     """One tensor: its name, its shape (``None`` for a dynamic dimension) and numpy dtype name."""
 
@@ -116,6 +134,40 @@ class Backend:
                 and (unbounded or (self.max_batch is not None
                                    and self.min_batch <= batch.shape[0] <= self.max_batch))):
             return self._guarded(batch, None)
+        batch = self._checked(batch)
+        n = batch.shape[0]
+        plan = plan_batches(n, self.fixed_batch, self.max_batch, self.min_batch)
+        if len(plan) == 1 and plan[0][2] == n:
+            return self._guarded(batch, None)
+        return self._guarded(batch, plan)
+
+    def timed_infer(self, batch: np.ndarray, resident: bool = False) -> tuple[np.ndarray, Timing]:
+        """Run one batch and say where its time went: ``(output, Timing)``.
+
+        Runs under the same lock and in-flight gate as :meth:`infer`, so a benchmark
+        measures what an application gets and never a state no call could see. The
+        batch must be one the artifact takes in a single call (no split, no padding).
+        ``resident=True``: the batch is uploaded once and stays on the device; later
+        calls with the same array object time the compute alone (on a backend without
+        a device, the same as ``False``). Don't change that array's contents between
+        such calls.
+        """
+        batch = self._checked(batch)
+        n = batch.shape[0]
+        plan = plan_batches(n, self.fixed_batch, self.max_batch, self.min_batch)
+        if len(plan) != 1 or plan[0][2] != n:
+            takes = (f"only batch {self.fixed_batch}" if self.fixed_batch is not None
+                     else f"batches {self.min_batch}..{self.max_batch}")
+            raise UsageError(f"{self.path}: timed_infer() times one call and this artifact takes {takes}, "
+                             f"not {n}; give a batch it takes in one call")
+        self._enter()
+        try:
+            return self._timed_impl(batch, resident)
+        finally:
+            self._leave()
+
+    def _checked(self, batch: np.ndarray) -> np.ndarray:
+        """``batch`` when it fits the input spec (made contiguous), else a one-line UsageError."""
         if self._closed:
             raise UsageError(f"{self.name} backend for {self.path} is closed")
         spec = self.input_spec
@@ -128,15 +180,15 @@ class Backend:
             want = "x".join("N" if d is None else str(d) for d in (None,) + tuple(spec.shape[1:]))
             raise UsageError(f"{self.path}: input {spec.name!r} takes shape {want}, got "
                              f"{'x'.join(map(str, batch.shape))}")
-        n = batch.shape[0]
-        if n == 0:
+        if batch.shape[0] == 0:
             raise UsageError("infer() got an empty batch")
-        if not batch.flags.c_contiguous:
-            batch = np.ascontiguousarray(batch)
-        plan = plan_batches(n, self.fixed_batch, self.max_batch, self.min_batch)
-        if len(plan) == 1 and plan[0][2] == n:
-            return self._guarded(batch, None)
-        return self._guarded(batch, plan)
+        return batch if batch.flags.c_contiguous else np.ascontiguousarray(batch)
+
+    def _timed_impl(self, batch: np.ndarray, resident: bool) -> tuple[np.ndarray, Timing]:
+        """No device: the whole call is compute. Backends with a device time their copies apart."""
+        t0 = time.perf_counter_ns()
+        out = self._infer_impl(batch)
+        return out, Timing(0, time.perf_counter_ns() - t0, 0)
 
     def _guarded(self, batch: np.ndarray, plan: list[tuple[int, int, int]] | None) -> np.ndarray:
         """Run ``_infer_impl`` (over ``plan``'s chunks when given) counted as in flight, so that

@@ -1,0 +1,106 @@
+"""The one table of artifact kinds and backends: which files exist, what runs them, with what options.
+
+Read by :func:`cnnedge.runtime.backends.load_backend` and ``kind_of``, by
+cnn-bench's planner, by the card and Keras helpers (suffixes) and by the CLIs'
+``--backend`` choices, so adding a backend or a file suffix is one edit here.
+A leaf module (standard library and :mod:`cnnedge.errors` only), so the card can
+import it without loading the runtime.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ModelLoadError, UsageError
+
+
+@dataclass(frozen=True)
+class ArtifactKind:
+    """A kind of model file: its suffixes and the backends that open it, best first (``auto``'s order)."""
+
+    name: str
+    suffixes: tuple[str, ...]
+    backends: tuple[str, ...]
+    legacy_suffixes: tuple[str, ...] = ()  # opened when named, never picked up from a run folder
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """One backend: the kind it runs, its implementation family, the options it takes, whether it
+    needs a GPU, and ONNX Runtime's execution provider name (None outside ONNX Runtime)."""
+
+    name: str
+    kind: str
+    family: str
+    options: frozenset[str]
+    gpu: bool
+    ort_provider: str | None = None
+
+
+_ORT_OPTIONS = frozenset({"threads", "fp16", "cache_dir", "device_id"})
+
+KINDS: dict[str, ArtifactKind] = {k.name: k for k in (
+    ArtifactKind("keras", (".keras",), ("keras",), legacy_suffixes=(".h5", ".hdf5")),
+    ArtifactKind("onnx", (".onnx",), ("ort-trt", "ort-cuda", "ort-cpu")),
+    ArtifactKind("engine", (".engine", ".plan", ".trt"), ("trt",)),
+)}
+
+TABLE: dict[str, BackendInfo] = {b.name: b for b in (
+    BackendInfo("ort-trt", "onnx", "ort", _ORT_OPTIONS, True, "TensorrtExecutionProvider"),
+    BackendInfo("ort-cuda", "onnx", "ort", _ORT_OPTIONS, True, "CUDAExecutionProvider"),
+    BackendInfo("ort-cpu", "onnx", "ort", _ORT_OPTIONS, False, "CPUExecutionProvider"),
+    BackendInfo("trt", "engine", "trt", frozenset({"device_id"}), True),
+    BackendInfo("keras", "keras", "keras", frozenset({"trust", "custom_objects"}), False),
+)}
+
+BACKEND_NAMES: tuple[str, ...] = tuple(TABLE)
+BACKEND_CHOICES: tuple[str, ...] = ("auto",) + BACKEND_NAMES
+ORT_PROVIDERS: dict[str, str] = {b.name: b.ort_provider for b in TABLE.values() if b.ort_provider}
+KERAS_SUFFIXES = KINDS["keras"].suffixes + KINDS["keras"].legacy_suffixes
+SUFFIX_KIND: dict[str, str] = {s: k.name for k in KINDS.values() for s in k.suffixes + k.legacy_suffixes}
+KIND_ORDER: dict[str, int] = {k: i for i, k in enumerate(KINDS)}
+
+
+def describe_suffixes() -> str:
+    """``.keras, .onnx or .engine``: the main suffix of each kind, for messages."""
+    mains = [k.suffixes[0] for k in KINDS.values()]
+    return ", ".join(mains[:-1]) + " or " + mains[-1]
+
+
+def kind_for_suffix(path: str | os.PathLike) -> str | None:
+    """The artifact kind from the file name alone, or None."""
+    return SUFFIX_KIND.get(Path(path).suffix.lower())
+
+
+def backend_info(name: str, what: str = "backend") -> BackendInfo:
+    """The table's row for ``name``; a UsageError naming ``what`` with the closest match otherwise."""
+    info = TABLE.get(name)
+    if info is None:
+        close = difflib.get_close_matches(str(name), BACKEND_CHOICES, n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise UsageError(f"unknown {what} {name!r}; expected one of {', '.join(BACKEND_CHOICES)}{hint}")
+    return info
+
+
+def is_gpu(name: str) -> bool:
+    """Whether the backend runs on an NVIDIA GPU (so copies to and from the device are worth timing)."""
+    return backend_info(name).gpu
+
+
+def check_options(name: str, options: "dict[str, object]") -> None:
+    """UsageError naming the options ``name`` does not take, and those it does."""
+    allowed = backend_info(name).options
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise UsageError(f"backend {name} takes no option {', '.join(unknown)} "
+                         f"(it takes: {', '.join(sorted(allowed))})")
+
+
+def require_kind(path: str | os.PathLike, tool: str = "cnnedge") -> str:
+    """The kind of ``path`` by suffix, or a ModelLoadError naming the suffixes ``tool`` knows."""
+    kind = kind_for_suffix(path)
+    if kind is None:
+        raise ModelLoadError(f"{path}: not a model file {tool} knows (expected {describe_suffixes()})")
+    return kind
