@@ -213,16 +213,18 @@ def overhead(onnx_path: Path, frame: np.ndarray, rounds: int = 60, calls: int = 
     best["infer_overhead_us"] = best["Classifier.infer"] - best["session.run"]
     best["predict_top5_over_bound_run_us"] = (best["Classifier.predict (top-5)"]
                                               - best["session.run_with_iobinding (bound buffers)"])
-    # The wrapper alone: the same calls with the backend's run replaced by returning a stored output, so
-    # that what remains is cnnedge's own Python (colour swap, checks, top-k, the Prediction), without the
-    # cache and scheduler noise a shared machine adds to the differences above.
-    stored = clf.infer(x)
-    clf.backend._infer_impl = lambda _b: stored  # type: ignore[method-assign]
-    for slot in (clf._slots or {}).values():  # predict's per-frame path runs through its thread's slot
-        slot.run = lambda: stored  # type: ignore[method-assign]
-    alone = {"wrapper alone: Classifier.predict (top-1)": lambda: clf.predict(frame, 1),
-             "wrapper alone: Classifier.predict (top-5)": lambda: clf.predict(frame),
-             "wrapper alone: Classifier.infer": lambda: clf.infer(x)}
+    # The wrapper alone: the same calls on a Classifier whose backend answers with a stored output
+    # (ReplayBackend, composed around a real backend's specs and card), so that what remains is cnnedge's own
+    # Python (colour swap, checks, top-k, the Prediction), without the cache and scheduler noise a shared
+    # machine adds to the differences above.
+    from cnnedge.runtime.backends import load_backend
+    from cnnedge.runtime.backends.replay import ReplayBackend
+
+    real = load_backend(onnx_path, threads=1)
+    replay = Classifier(ReplayBackend(real, real.infer(x)))
+    alone = {"wrapper alone: Classifier.predict (top-1)": lambda: replay.predict(frame, 1),
+             "wrapper alone: Classifier.predict (top-5)": lambda: replay.predict(frame),
+             "wrapper alone: Classifier.infer": lambda: replay.infer(x)}
     for k in alone:
         best[k] = float("inf")
     for _ in range(rounds // 2):
@@ -231,6 +233,7 @@ def overhead(onnx_path: Path, frame: np.ndarray, rounds: int = 60, calls: int = 
             for _ in range(calls * 10):
                 fn()
             best[k] = min(best[k], (time.perf_counter() - t) / (calls * 10) * 1e6)
+    replay.close()
     clf.close()
     return best
 

@@ -171,6 +171,28 @@ def test_timed_infer_times_copies_apart_from_compute():
         rng_be.timed_infer(z[:2])
 
 
+def test_replay_backend_answers_with_its_stored_output_through_the_classifier():
+    """benchmarks/runtime_bench.py measures the Classifier's own cost on a ReplayBackend (public API, no
+    patched privates): the Classifier runs on it like on the real backend and returns the stored answer."""
+    from cnnedge.runtime import Classifier
+    from cnnedge.runtime.backends.replay import ReplayBackend
+
+    frames = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), np.uint8)
+    real = load_backend(models()["onnx"], "ort-cpu", threads=1)
+    stored = real.infer(frames[:1, ..., ::-1].copy())
+    with Classifier(ReplayBackend(real, stored)) as clf:
+        assert clf.backend_name == "replay:ort-cpu" and clf.card == real.card
+        want = int(stored.argmax())
+        assert [clf.predict(f).index for f in frames] == [want, want]  # through the per-thread slot
+        assert clf.infer(frames).shape == (2, stored.shape[1])
+        with pytest.raises(UsageError, match="takes uint8"):
+            clf.infer(frames.astype(np.float32))  # the checks still run
+    with pytest.raises(UsageError, match="closed"):
+        real.infer(frames)  # closing the Classifier closed the backend it was composed around
+    with pytest.raises(UsageError, match="no backend name"):
+        Classifier(load_backend(models()["onnx"]), "ort-cpu")
+
+
 def test_backend_choice_and_errors(tmp_path):
     onnx_path = models()["onnx"]
     with load_backend(onnx_path) as be:

@@ -14,24 +14,32 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 
 import numpy as np
 
 from ..errors import UsageError
+from ..runtime.results import Prediction
 from .report import EndToEnd
+
+if TYPE_CHECKING:
+    from ..runtime.classifier import Classifier
+    from ..runtime.stream import BatchModel
+
+T = TypeVar("T")
 
 
 class TimedClassifier:
-    """Delegates to a Classifier and adds up the time of each call the pipeline makes."""
+    """A :class:`~cnnedge.runtime.stream.BatchModel` that runs another one's four steps and adds up
+    the time of each call the pipeline makes."""
 
-    def __init__(self, clf: Any) -> None:
+    def __init__(self, clf: "BatchModel") -> None:
         self._clf = clf
         self._lock = threading.Lock()
         self.total = {"decode": 0.0, "resize": 0.0, "inference": 0.0, "postprocess": 0.0}
         self.count = {k: 0 for k in self.total}
 
-    def _timed(self, key: str, fn: Any, *args: Any) -> Any:
+    def _timed(self, key: str, fn: Callable[..., T], *args: Any) -> T:
         t0 = time.perf_counter()
         try:
             return fn(*args)
@@ -50,14 +58,11 @@ class TimedClassifier:
     def infer_pixels(self, pixels: np.ndarray) -> np.ndarray:
         return self._timed("inference", self._clf.infer_pixels, pixels)
 
-    def postprocess(self, out: np.ndarray, topk: int | None = None) -> Any:
+    def postprocess(self, out: np.ndarray, topk: int | None = None) -> Sequence[Prediction]:
         return self._timed("postprocess", self._clf.postprocess, out, topk)
 
     def mean_ms(self, key: str) -> float:
         return 1000.0 * self.total[key] / self.count[key] if self.count[key] else 0.0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._clf, name)
 
 
 def list_images(folder: str | Path) -> list[str]:
@@ -75,7 +80,7 @@ def list_images(folder: str | Path) -> list[str]:
         src.close()
 
 
-def bound(clf: Any, files: list[str], workers: int) -> tuple[float, dict[str, float]]:
+def bound(clf: "Classifier", files: list[str], workers: int) -> tuple[float, dict[str, float]]:
     """Read + decode + resize alone over ``files`` on ``workers`` threads: (images/s, mean ms per stage)."""
     from ..runtime.images import ImageError, read_file
 
@@ -102,7 +107,7 @@ def bound(clf: Any, files: list[str], workers: int) -> tuple[float, dict[str, fl
                                "resize": float(a[:, 2].mean())}
 
 
-def run_end_to_end(clf: Any, artifact: str, files: list[str], folder: str, batch: int, workers: int,
+def run_end_to_end(clf: "Classifier", artifact: str, files: list[str], folder: str, batch: int, workers: int,
                    bound_result: tuple[float, dict[str, float]]) -> EndToEnd:
     from ..runtime.stream import PipelineStats, run_pipeline
 

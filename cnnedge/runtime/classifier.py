@@ -155,6 +155,7 @@ def _looks_like_probabilities(out: np.ndarray) -> bool:
 class Classifier:
     """Load a model and classify images with it. See the module docstring.
 
+    ``model``: a model file, or a :class:`Backend` already opened (the Classifier closes it).
     ``backend``: ``"auto"``, ``"ort-cpu"``, ``"ort-cuda"``, ``"ort-trt"``, ``"trt"`` or ``"keras"``.
     ``labels``, ``scale``, ``mean``, ``std``, ``rgb``, ``resize``, ``output``: for models
     without a card. ``topk``: length of each prediction's top-k list.
@@ -163,13 +164,19 @@ class Classifier:
     (``threads``, ``fp16``, ``cache_dir``, ``device_id``, ``trust``).
     """
 
-    def __init__(self, model: str | os.PathLike, backend: str = "auto", *, labels: Any = None,
+    def __init__(self, model: str | os.PathLike | Backend, backend: str = "auto", *, labels: Any = None,
                  scale: float | None = None, mean: Any = None, std: Any = None, rgb: bool | None = None,
                  resize: str | None = None, output: str | None = None, topk: int = 5, warmup: bool = True,
                  reduce_decode: bool = True, **backend_opts: Any) -> None:
         if topk < 1:
             raise UsageError(f"topk must be at least 1, got {topk}")
-        self.backend: Backend = load_backend(model, backend, **backend_opts)
+        if isinstance(model, Backend):  # an opened backend (the Classifier closes it), e.g. a ReplayBackend
+            if backend != "auto" or backend_opts:
+                raise UsageError("Classifier(backend_instance) takes no backend name or backend options; "
+                                 "give them to load_backend")
+            self.backend: Backend = model
+        else:
+            self.backend = load_backend(model, backend, **backend_opts)
         try:
             self.card, detect = resolve_card(self.backend, labels=labels, scale=scale, mean=mean, std=std,
                                              rgb=rgb, resize=resize, output=output)
