@@ -84,3 +84,92 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def write_text(path: str | os.PathLike, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
+
+
+STAGED_TAG = ".run-"  # in a staged output's temporary name: what the next run into the same place cleans up
+
+
+class StagedOutput:
+    """An output written under a temporary name beside ``target``, replacing ``target`` only on
+    :meth:`commit`; :meth:`keep_partial` keeps what was written as ``<stem>.partial<suffix>`` instead,
+    so a failed or interrupted run never costs the previous complete file.
+
+    The temporary is locked (``flock``) for as long as this object lives, so a later run into the
+    same place removes a leftover whose writer was killed (kill -9) and leaves a live one alone.
+    """
+
+    def __init__(self, target: str | os.PathLike) -> None:
+        self.target = Path(target)
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_staged(self.target)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.target.name}{STAGED_TAG}", suffix=f".tmp{self.target.suffix}",
+                                   dir=self.target.parent)
+        self.path = Path(tmp)
+        self._fd: int | None = fd
+        _lock(fd)
+
+    @property
+    def partial_path(self) -> Path:
+        return self.target.with_name(f"{self.target.stem}.partial{self.target.suffix}")
+
+    def commit(self) -> Path:
+        """Rename the finished file over the target (fsynced, with the target's mode)."""
+        with open(self.path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        _set_mode(self.path, self.target)
+        os.replace(self.path, self.target)
+        self._release()
+        return self.target
+
+    def keep_partial(self) -> Path:
+        """Keep what was written beside the target as ``<stem>.partial<suffix>``; the target is untouched."""
+        dest = self.partial_path
+        _set_mode(self.path, self.target)
+        os.replace(self.path, dest)
+        self._release()
+        return dest
+
+    def discard(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        self._release()
+
+    def _release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the lock
+            self._fd = None
+
+
+def _lock(fd: int) -> None:
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no stale-file detection, nothing is removed
+        return
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def remove_stale_staged(target: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries of earlier runs into ``target`` whose writer is gone (their lock is free)."""
+    try:
+        import fcntl
+    except ImportError:
+        return []
+    from glob import escape
+
+    t = Path(target)
+    removed = []
+    for p in t.parent.glob(f".{escape(t.name)}{STAGED_TAG}*.tmp{escape(t.suffix)}"):
+        try:
+            fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # a live run holds it
+        finally:
+            os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+            removed.append(p)
+    return removed

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from cnnedge.atomic import write_bytes, write_text
-from cnnedge.cli._run import run_cli
+from cnnedge.cli import run_cli
 from cnnedge.errors import UsageError
 from cnnedge.runtime import Classifier
 from cnnedge.runtime.images import ImageError

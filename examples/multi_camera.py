@@ -1,6 +1,7 @@
 """Several cameras, one model: frames from all cameras batched into shared inference calls, results routed back.
 
-Shows: ``Classifier.stream`` with a list of live sources. Each camera is read
+Shows: :func:`cnnedge.runtime.run` with a list of live sources and a sink of
+its own (a :class:`~cnnedge.runtime.sinks.Sink` with one ``write``). Each camera is read
 in its own thread (newest frame only); the runtime's batcher closes a batch
 when it holds ``--batch`` frames or ``--max-wait-ms`` after its first frame,
 so one inference call carries frames from several cameras and a slow camera
@@ -26,10 +27,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # video_camera.py beside this file
 
-from cnnedge.cli._run import run_cli  # noqa: E402
+from cnnedge.cli import run_cli  # noqa: E402
 from cnnedge.errors import UsageError  # noqa: E402
-from cnnedge.runtime import Classifier, Result, open_source  # noqa: E402
-from cnnedge.runtime.stream import PipelineStats  # noqa: E402
+from cnnedge.runtime import Classifier, Result, open_source, run  # noqa: E402
+from cnnedge.runtime.sinks import Sink  # noqa: E402
 from cnnedge.runtime.sources import Source, SourceError  # noqa: E402
 
 
@@ -47,6 +48,40 @@ class CameraState:
         self.last_label = r.prediction.label if r.prediction else None
         if r.latency_ms is not None:
             self.latency_ms.append(r.latency_ms)
+
+
+class CameraRouter(Sink):
+    """Routes each Result back to its camera and prints one call's results together, once every camera
+    in that call is known (results of one inference call arrive one after the other)."""
+
+    def __init__(self, by_source: dict[str, CameraState], quiet: bool) -> None:
+        self.by_source, self.quiet = by_source, quiet
+        self.calls: dict[int, set[str]] = collections.defaultdict(set)  # inference call -> cameras in it
+        self.pending: list[Result] = []
+
+    def write(self, r: Result) -> None:
+        if self.pending and r.batch != self.pending[-1].batch:
+            self.flush()
+        if r.batch is not None:
+            self.calls[r.batch].add(self.by_source[r.source].name)
+        self.pending.append(r)
+
+    def flush(self) -> None:
+        for r in self.pending:
+            cam = self.by_source[r.source]
+            cam.on_result(r)  # route the result back to its camera
+            if self.quiet:
+                continue
+            if r.ok:
+                print(f"[{cam.name}] frame {r.frame} label {r.prediction.label} score {r.prediction.score:.3f} "
+                      f"latency {r.latency_ms:.1f} ms (call {r.batch}: {'+'.join(sorted(self.calls[r.batch]))})",
+                      flush=True)
+            else:
+                print(f"[{cam.name}] frame {r.frame} error {r.error}", flush=True)
+        self.pending.clear()
+
+    def close(self) -> None:
+        self.flush()
 
 
 def open_cameras(args: argparse.Namespace) -> list[Source]:
@@ -95,39 +130,22 @@ def main(argv: list[str]) -> int:
         by_source = {s.name: CameraState(f"cam{i}") for i, s in enumerate(sources)}  # Result.source -> camera
         batch = args.batch or len(sources)
         print(f"{clf!r}; {len(sources)} cameras, batch {batch}, max wait {args.max_wait_ms:g} ms", flush=True)
-        stats = PipelineStats()
-        calls: dict[int, set[str]] = collections.defaultdict(set)  # inference call -> cameras in it
-        pending: list[Result] = []
+        router = CameraRouter(by_source, args.quiet)
+        summary = run(sources, clf, [router], batch=batch, max_wait_ms=args.max_wait_ms, duration=args.seconds)
 
-        def flush() -> None:
-            for r in pending:
-                cam = by_source[r.source]
-                cam.on_result(r)  # route the result back to its camera
-                if not args.quiet:
-                    if r.ok:
-                        print(f"[{cam.name}] frame {r.frame} label {r.prediction.label} score "
-                              f"{r.prediction.score:.3f} latency {r.latency_ms:.1f} ms "
-                              f"(call {r.batch}: {'+'.join(sorted(calls[r.batch]))})", flush=True)
-                    else:
-                        print(f"[{cam.name}] frame {r.frame} error {r.error}", flush=True)
-            pending.clear()
-
-        for r in clf.stream(sources, batch=batch, max_wait_ms=args.max_wait_ms, duration=args.seconds,
-                            stats=stats):
-            if pending and r.batch != pending[-1].batch:
-                flush()  # a call's results arrive together: print them once all cameras in it are known
-            if r.batch is not None:
-                calls[r.batch].add(by_source[r.source].name)
-            pending.append(r)
-        flush()
-
+    stats, calls = summary.stats, router.calls
     shared = sum(1 for cams in calls.values() if len(cams) > 1)
     print(f"summary: {stats.done} results in {len(calls)} inference calls ({shared} shared by several cameras) "
-          f"over {stats.elapsed:.1f} s; {stats.dropped} frames dropped (newest-frame-only)", flush=True)
+          f"over {stats.elapsed:.1f} s; {stats.dropped} frames dropped (newest-frame-only)"
+          + ("; interrupted" if summary.interrupted else ""), flush=True)
     for cam in by_source.values():
         mean = sum(cam.latency_ms) / len(cam.latency_ms) if cam.latency_ms else float("nan")
         print(f"  {cam.name}: {cam.results} results, last label {cam.last_label}, mean latency {mean:.1f} ms",
               flush=True)
+    for line in summary.problems():
+        print(f"error: {line}", flush=True)
+    if summary.exit_code:
+        return summary.exit_code
     return 0 if all(c.results for c in by_source.values()) else 1
 
 

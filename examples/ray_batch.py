@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnedge.cli._run import run_cli
+from cnnedge.cli import run_cli
 from cnnedge.errors import UsageError
 
 

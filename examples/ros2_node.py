@@ -170,6 +170,6 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from cnnedge.cli._run import run_cli
+    from cnnedge.cli import run_cli
 
     sys.exit(run_cli("ros2_node.py", main))

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from cnnedge.cli._run import run_cli
+from cnnedge.cli import run_cli
 from cnnedge.errors import CnnEdgeError, UsageError
 from cnnedge.runtime import Classifier
 from cnnedge.runtime.preprocess import to_model_input

@@ -282,7 +282,9 @@ def test_triton_client_request_matches_the_repository_config(model, tmp_path):
         assert tc.compare(clf, tensor, local)[0] == [p.label for p in clf.predict_batch(paths)]
         swapped = local[[1, 0, *range(2, 12)]]
         rl, ll, diff = tc.compare(clf, tensor, swapped)
-        assert (rl[0] != ll[0]) == (ll[0] != ll[1]) and diff >= 0
+        assert ll == [p.label for p in clf.postprocess(local)]
+        assert rl == [ll[1], ll[0], *ll[2:]]  # the swapped rows' labels, swapped back exactly
+        assert diff == pytest.approx(float(np.abs(local[0].astype(np.float32) - local[1].astype(np.float32)).max()))
         # requests the server would refuse are refused here
         for bad, msg in ((tensor.astype(np.float32), "takes UINT8"), (tensor[:, :16], "takes \\[batch, 32, 32, 3\\]"),
                          (np.repeat(tensor, 3, axis=0), "allows 1..32")):
@@ -297,7 +299,7 @@ def test_triton_client_request_matches_the_repository_config(model, tmp_path):
 @pytest.mark.slow
 def test_ray_batch_one_result_per_file_equal_to_cnn_infer(model, tmp_path):
     pytest.importorskip("ray")
-    from cnnedge.cli._run import run_cli
+    from cnnedge.cli import run_cli
     from cnnedge.cli.infer import main as infer_main
 
     paths = write_folder(tmp_path / "photos", model, 120)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import socket
 import sys
 import threading
@@ -443,22 +444,33 @@ def test_third_party_model_flags_and_missing_card_warning(folder):
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_cleanly_with_a_summary():
+def test_ctrl_c_stops_cleanly_with_a_summary(tmp_path):
+    """SIGINT ends the run with exit code 130 and the summary; an existing --json file is left as it was and
+    what was done is kept beside it as out.partial.jsonl, named on the last line (issue 12)."""
     import signal
     import subprocess
 
     models()
+    old = tmp_path / "out.jsonl"
+    old.write_text('{"old": "results"}\n')
     srv = MjpegServer(fps=30)
     srv.start()
     try:
         code = "import sys; from cnnedge.cli.infer import console; sys.argv[0] = 'cnn-infer'; console()"
         proc = subprocess.Popen([sys.executable, "-c", code, str(models()["onnx"]), "--source",
-                                 f"http://127.0.0.1:{srv.port}/s.mjpg", "--quiet"],
+                                 f"http://127.0.0.1:{srv.port}/s.mjpg", "--quiet", "--json", str(old), "--force"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         time.sleep(6.0)  # start-up (imports, model load) and a few seconds of frames
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=20)
     finally:
         srv.stop()
-    assert proc.returncode == 0, err
+    assert proc.returncode == 130, err
     assert "interrupted;" in err and " done; 0 failed" in err and "Traceback" not in err
+    assert old.read_text() == '{"old": "results"}\n'
+    partial = tmp_path / "out.partial.jsonl"
+    rows = [json.loads(line) for line in partial.read_text().splitlines()]
+    done = int(re.search(r"interrupted; (\d+) done", err)[1])
+    assert 0 < len(rows) <= done and all("label" in r for r in rows)  # a batch is counted before it is written
+    assert str(partial) in err.strip().splitlines()[-1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl", "out.partial.jsonl"]  # no temporary left

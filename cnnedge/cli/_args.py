@@ -37,7 +37,7 @@ def number(text: str) -> float:
     """A number or a fraction such as ``1/255``."""
     try:
         return float(Fraction(text.strip()))
-    except (ValueError, ZeroDivisionError):
+    except (ValueError, ZeroDivisionError, OverflowError):
         raise argparse.ArgumentTypeError(f"expected a number or a fraction such as 1/255, got {text!r}") from None
 
 

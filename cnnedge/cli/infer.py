@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 import warnings
 from typing import Any, Sequence, TextIO
 
 from ..atomic import check_output
-from ..errors import ExitCode, UsageError
+from ..errors import UsageError
 from ._args import number as _number
 from ._args import numbers as _numbers
 from ._args import positive_int as _positive
@@ -74,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "(e.g. --backend ort-cpu)")
     run.add_argument("--batch", type=_positive, default=8, metavar="N", help="images per inference (default 8; "
                      "e.g. --batch 16)")
-    run.add_argument("--max-wait-ms", type=float, default=10.0, metavar="MS",
+    run.add_argument("--max-wait-ms", type=_wait_ms, default=10.0, metavar="MS",
                      help="close a batch this long after its first frame (default 10; e.g. --max-wait-ms 20)")
     run.add_argument("--workers", type=_positive, metavar="N", help="decode threads (default: CPU cores + 2, 3..8; "
                      "e.g. --workers 4)")
@@ -122,6 +123,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _wait_ms(text: str) -> float:
+    """A finite number of milliseconds >= 0 (inf would never close a batch, nan compares false to all)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected milliseconds, got {text!r}") from None
+    if not (math.isfinite(v) and v >= 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number of milliseconds >= 0, got {text!r}")
+    return v
+
+
 class _StderrHandler(logging.Handler):
     def __init__(self, err: TextIO) -> None:
         super().__init__(logging.WARNING)
@@ -133,6 +145,10 @@ class _StderrHandler(logging.Handler):
 
 def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     out, err = stdout or sys.stdout, stderr or sys.stderr
+    for stream in (out, err):  # a file name that is not valid in the terminal's encoding must not end the run
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # stream errors are reported by cnn-infer itself
     os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
     args = build_parser().parse_args(argv)
@@ -156,9 +172,9 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
 def _run(args: argparse.Namespace, sources: list[Any], out: TextIO, err: TextIO) -> int:
     from contextlib import ExitStack
 
-    from ..runtime.classifier import Classifier
-    from ..runtime.stream import PipelineStats, run_pipeline
     from ..runtime import sinks as S
+    from ..runtime.classifier import Classifier
+    from ..runtime.runner import run
 
     for flag, path in (("--json", args.json), ("--csv", args.csv), ("--save-video", args.save_video)):
         check_output(flag, path, args.force)
@@ -171,13 +187,8 @@ def _run(args: argparse.Namespace, sources: list[Any], out: TextIO, err: TextIO)
                          **({"trust": True} if args.trust else {}))
     for w in caught:
         print(f"{PROG}: warning: {w.message}", file=err)
-    stats = PipelineStats()
     with clf, ExitStack() as stack:
-        sinks: list[S.Sink] = []
-        if not args.quiet:
-            sinks.append(S.LineSink(out, err, args.topk))
-        else:
-            sinks.append(_ErrorsOnly(err))
+        sinks: list[S.Sink] = [S.ErrorSink(err) if args.quiet else S.LineSink(out, err, args.topk)]
         if args.json:
             sinks.append(stack.enter_context(S.JsonlSink(args.json, args.force)))
         if args.csv:
@@ -186,56 +197,26 @@ def _run(args: argparse.Namespace, sources: list[Any], out: TextIO, err: TextIO)
             sinks.append(S.SaveDirSink(args.save_dir))
         if args.save_video:
             sinks.append(stack.enter_context(S.VideoSink(args.save_video, args.fps, args.force)))
-        show = None
         if args.show:
-            show = stack.enter_context(S.ShowSink())
-            sinks.append(show)
+            sinks.append(stack.enter_context(S.ShowSink()))
         ev = S.EvalSink(clf.card.classes, args.labels_csv) if args.eval else None
         if ev is not None:
             sinks.append(ev)
         print(f"{PROG}: {clf.card.name} ({clf.card.num_classes} classes, {clf.card.input.height}x"
               f"{clf.card.input.width}) on {clf.backend_name}", file=err)
-        results = run_pipeline(clf, sources, batch=args.batch, max_wait_ms=args.max_wait_ms, workers=args.workers,
-                               glob=args.glob, max_frames=args.max_frames, duration=args.duration,
-                               keep_images=any(s.needs_images for s in sinks), live=args.live,
-                               open_timeout_ms=args.open_timeout_ms, read_timeout_ms=args.read_timeout_ms,
-                               give_up_s=args.give_up_after, stats=stats)
         show_progress = args.progress if args.progress is not None else err.isatty()
-        if show_progress and stats.total:
-            sinks.append(stack.enter_context(S.Progress(stats.total, err)))
-        interrupted = False
-        try:
-            for r in results:
-                for s in sinks:
-                    s.write(r)
-                if show is not None and show.stopped:
-                    break
-        except KeyboardInterrupt:
-            interrupted = True
-        finally:
-            results.close()
-    print(f"{PROG}: " + ("interrupted; " if interrupted else "") + stats.summary(), file=err)
+        summary = run(sources, clf, sinks, batch=args.batch, max_wait_ms=args.max_wait_ms, workers=args.workers,
+                      glob=args.glob, max_frames=args.max_frames, duration=args.duration, live=args.live,
+                      open_timeout_ms=args.open_timeout_ms, read_timeout_ms=args.read_timeout_ms,
+                      give_up_s=args.give_up_after, progress=err if show_progress else None)
+    print(f"{PROG}: {summary.line()}", file=err)
     if ev is not None:
         print(ev.format(), file=out)
-    if stats.done == 0:
-        print(f"{PROG}: error: nothing could be processed", file=err)
-        return int(ExitCode.FAILURE)
-    if stats.given_up:
-        print(f"{PROG}: error: gave up on {', '.join(stats.given_up)} after {args.give_up_after:g} s without a "
-              "frame", file=err)
-        return int(ExitCode.FAILURE)
-    return int(ExitCode.OK)
-
-
-class _ErrorsOnly:
-    needs_images = False
-
-    def __init__(self, err: TextIO) -> None:
-        self.err = err
-
-    def write(self, r: Any) -> None:
-        if r.error is not None:
-            print(f"skipped {r.path or r.source}: {r.error}", file=self.err)
+    for line in summary.problems():
+        print(f"{PROG}: error: {line}", file=err)
+    for line in summary.partial_lines():
+        print(f"{PROG}: {line}", file=err)
+    return summary.exit_code
 
 
 console = entry(PROG, main)

@@ -6,17 +6,18 @@ packages load inside the functions that need them.
 - :class:`Classifier` (``cnnedge.runtime.classifier``): load a model, predict.
 - :func:`load_backend` (``cnnedge.runtime.backends``): the backend interface.
 - :func:`open_source` (``cnnedge.runtime.sources``): images, folders, videos, cameras, streams.
+- :func:`run` (``cnnedge.runtime.runner``): sources through a model into sinks, as cnn-infer does.
 """
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["Classifier", "Prediction", "Result", "load_backend", "open_source", "run_pipeline"]
+__all__ = ["Classifier", "Prediction", "Result", "RunSummary", "load_backend", "open_source", "run", "run_pipeline"]
 
 _WHERE = {
     "Classifier": "classifier", "Prediction": "results", "Result": "results",
     "CardMissingWarning": "classifier", "load_backend": "backends", "open_source": "sources",
-    "run_pipeline": "stream",
+    "run_pipeline": "stream", "run": "runner", "RunSummary": "runner",
 }
 
 

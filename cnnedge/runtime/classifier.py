@@ -147,6 +147,13 @@ def resolve_card(backend: Backend, *, labels: Any = None, scale: float | None = 
     return card, output is None
 
 
+def _topk(k: Any) -> int:
+    """``k`` when it is a whole number >= 1 (a top-k list has at least the top class), else UsageError."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise UsageError(f"topk must be a whole number >= 1, got {k!r}")
+    return int(k)
+
+
 def _looks_like_probabilities(out: np.ndarray) -> bool:
     out = out.reshape(out.shape[0], -1).astype(np.float64)
     return bool(np.all(out >= -1e-6) and np.all(out <= 1 + 1e-6) and np.allclose(out.sum(1), 1.0, atol=1e-3))
@@ -168,8 +175,7 @@ class Classifier:
                  scale: float | None = None, mean: Any = None, std: Any = None, rgb: bool | None = None,
                  resize: str | None = None, output: str | None = None, topk: int = 5, warmup: bool = True,
                  reduce_decode: bool = True, **backend_opts: Any) -> None:
-        if topk < 1:
-            raise UsageError(f"topk must be at least 1, got {topk}")
+        topk = _topk(topk)
         if isinstance(model, Backend):  # an opened backend (the Classifier closes it), e.g. a ReplayBackend
             if backend != "auto" or backend_opts:
                 raise UsageError("Classifier(backend_instance) takes no backend name or backend options; "
@@ -267,7 +273,7 @@ class Classifier:
 
     def postprocess(self, out: np.ndarray, topk: int | None = None) -> list[Prediction]:
         """Model output -> Predictions (softmax only when the card says logits)."""
-        k = min(topk or self.topk, self.card.num_classes)
+        k = min(self.topk if topk is None else _topk(topk), self.card.num_classes)
         out = out.reshape(out.shape[0], -1)
         if out.shape[1] != self.card.num_classes:
             raise CardError(f"{self.backend.path}: the model output has {out.shape[1]} values per image, the card "
@@ -292,6 +298,7 @@ class Classifier:
 
     def predict(self, image: np.ndarray | str | os.PathLike, topk: int | None = None) -> Prediction:
         """Classify one image: a BGR uint8 HxWx3 array (gray and BGRA are converted) or a path."""
+        k = self.topk if topk is None else _topk(topk)
         if type(image) is not np.ndarray and not isinstance(image, np.ndarray):
             image = self.load_image(image)
         sh = image.shape  # type: ignore[union-attr]
@@ -305,7 +312,7 @@ class Classifier:
                 got = self._cv2.cvtColor(image, self._cvt, dst=dst)
                 if got is not dst:  # OpenCV allocated a new array instead (it never has for these buffers)
                     np.copyto(dst, got)
-            return self._post_one(slot.run().reshape(-1), topk or self.topk)
+            return self._post_one(slot.run().reshape(-1), k)
         if sh == self._hwc and image.dtype == _UINT8:  # type: ignore[union-attr]
             # already the model's size: only the colour order changes (the common camera-at-size case)
             pixels = (self._cv2.cvtColor(image, self._cvt) if self._cvt is not None else image)[None]
@@ -315,7 +322,7 @@ class Classifier:
             out = self.backend.infer(pixels)
         else:
             out = self.backend.infer(to_model_input(pixels, self._spec, self._pre))
-        return self._post_one(out.reshape(-1), topk or self.topk)
+        return self._post_one(out.reshape(-1), k)
 
     def _new_slot(self) -> Slot:
         """This thread's slot (threads get their own: a slot's buffers are reused by each call)."""

@@ -1,7 +1,16 @@
-"""Sinks: where results go. Each is a context manager with one ``write(result)`` method.
+"""Sinks: where results go. Each is a context manager with one ``write(result)`` method
+(``write_batch(results)`` for several at once).
 
-Files are written atomically (a temporary file in the same folder, renamed at
-``close``), so an interrupted run leaves the old file or a complete new one.
+Files are staged (a temporary file in the same folder) and replace the old file
+only at ``commit()``, which :func:`cnnedge.runtime.runner.run` calls when the run
+completes and the context manager calls when its block ends without an
+exception. A sink closed without a commit keeps what it wrote beside the target
+as ``<name>.partial.<ext>`` (its ``partial`` attribute): a failed or interrupted
+run never costs the previous complete file.
+
+Paths are written as they are: a file name that is not UTF-8 (a 0xFF byte, legal
+on Linux) reaches JSON as an escape, CSV as its own bytes, and a terminal as
+``\xff``.
 """
 from __future__ import annotations
 
@@ -12,13 +21,12 @@ import os
 import re
 import sys
 import time
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Sequence, TextIO
 
 import numpy as np
 
-from ..atomic import atomic_path, refuse_overwrite
+from ..atomic import StagedOutput, atomic_path, refuse_overwrite
 from ..errors import UsageError
 from .results import Result
 from .images import IMAGE_SUFFIXES
@@ -27,10 +35,24 @@ CSV_COLUMNS = ("source", "path", "frame", "timestamp", "index", "label", "score"
 
 
 class Sink:
+    """Where results go. ``needs_images``: the pipeline keeps each original image for it.
+    ``stopped``: the sink asks the run to end (a window closed). ``partial``: where a file
+    sink closed without a commit kept what it wrote."""
+
     needs_images = False
+    stopped = False
+    partial: Path | None = None
 
     def write(self, result: Result) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def write_batch(self, results: Sequence[Result]) -> None:
+        """Several results at once (one inference call's); the default writes them one by one."""
+        for r in results:
+            self.write(r)
+
+    def commit(self) -> None:
+        """The run completed: make what was written final (file sinks replace their target)."""
 
     def close(self) -> None:
         pass
@@ -38,12 +60,40 @@ class Sink:
     def __enter__(self) -> "Sink":
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        if exc_type is None:
+            self.commit()
         self.close()
 
 
-def _where(r: Result) -> str:
+def display_path(text: str) -> str:
+    """A path for a terminal: bytes that are not UTF-8 (kept by ``os.fsdecode`` as surrogates)
+    shown as ``\xff`` escapes, so that printing never fails and the name stays recognisable."""
+    try:
+        return os.fsencode(text).decode("utf-8", "backslashreplace")
+    except UnicodeError:  # not a file-system name at all (a lone surrogate from elsewhere)
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def where(r: Result) -> str:
+    """A result's file, or ``source#frame`` for a frame of a video, camera or stream."""
     return r.path if r.path is not None else f"{r.source}#{r.frame}"
+
+
+def failure_line(r: Result) -> str:
+    return f"skipped {display_path(where(r))}: {r.error}"
+
+
+class ErrorSink(Sink):
+    """One line on ``err`` per result that failed (a bad file, a bad video frame with its number):
+    what cnn-infer --quiet still prints."""
+
+    def __init__(self, err: TextIO) -> None:
+        self.err = err
+
+    def write(self, r: Result) -> None:
+        if r.error is not None:
+            print(failure_line(r), file=self.err)
 
 
 class LineSink(Sink):
@@ -54,37 +104,58 @@ class LineSink(Sink):
 
     def write(self, r: Result) -> None:
         if r.error is not None:
-            print(f"skipped {_where(r)}: {r.error}", file=self.err)
+            print(failure_line(r), file=self.err)
             return
         p = r.prediction
         assert p is not None
         extra = ""
         if self.topk > 1:
             extra = "  [" + ", ".join(f"{lab} {s:.3f}" for lab, s in p.topk[:self.topk]) + "]"
-        print(f"{_where(r)}\t{p.label}\t{p.score:.4f}\t{r.latency_ms:.1f} ms{extra}", file=self.out)
+        print(f"{display_path(where(r))}\t{p.label}\t{p.score:.4f}\t{r.latency_ms:.1f} ms{extra}", file=self.out)
 
 
 class _FileSink(Sink):
-    """A text file written to a temporary beside ``path`` and renamed over it at close."""
+    """A text file staged beside ``path``: renamed over it at commit, kept as ``<name>.partial.<ext>``
+    when closed without one. Names that are not UTF-8 are written as their own bytes."""
 
     def __init__(self, path: str | os.PathLike, force: bool = False, newline: str | None = None) -> None:
         refuse_overwrite(path, force, "--force")
-        self._stack = ExitStack()
-        self._tmp = self._stack.enter_context(atomic_path(path))
         self.path = Path(path)
-        self._fh = open(self._tmp, "w", encoding="utf-8", newline=newline)
+        self._staged = StagedOutput(self.path)
+        self._fh = open(self._staged.path, "w", encoding="utf-8", errors="surrogateescape", newline=newline)
+        self.written = 0
 
-    def close(self) -> None:
+    def write(self, r: Result) -> None:
+        self._fh.write(self._format(r))
+        self.written += 1
+
+    def write_batch(self, results: Sequence[Result]) -> None:
+        self._fh.write("".join(self._format(r) for r in results))
+        self.written += len(results)
+
+    def _format(self, r: Result) -> str:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def commit(self) -> None:
         if not self._fh.closed:
             self._fh.close()
-            self._stack.close()
+            self._staged.commit()
+
+    def close(self) -> None:
+        """Without a commit: keep what was written as ``<name>.partial.<ext>`` (nothing written: nothing kept)."""
+        if not self._fh.closed:
+            self._fh.close()
+            if self.written:
+                self.partial = self._staged.keep_partial()
+            else:
+                self._staged.discard()
 
 
 class JsonlSink(_FileSink):
     """``--json out.jsonl``: one object per result (failures carry ``error``)."""
 
-    def write(self, r: Result) -> None:
-        self._fh.write(json.dumps(r.to_dict()) + "\n")
+    def _format(self, r: Result) -> str:
+        return json.dumps(r.to_dict()) + "\n"
 
 
 class CsvSink(_FileSink):
@@ -92,14 +163,23 @@ class CsvSink(_FileSink):
 
     def __init__(self, path: str | os.PathLike, force: bool = False) -> None:
         super().__init__(path, force, newline="")
-        self._w = csv.DictWriter(self._fh, CSV_COLUMNS)
+        self._row = io.StringIO()
+        self._w = csv.DictWriter(self._row, CSV_COLUMNS)
         self._w.writeheader()
+        self._fh.write(self._take())
 
-    def write(self, r: Result) -> None:
+    def _take(self) -> str:
+        text = self._row.getvalue()
+        self._row.seek(0)
+        self._row.truncate()
+        return text
+
+    def _format(self, r: Result) -> str:
         d = r.to_dict()
         if "topk" in d:
             d["topk"] = ";".join(f"{lab}:{s}" for lab, s in d["topk"])
         self._w.writerow({k: d.get(k, "") for k in CSV_COLUMNS})
+        return self._take()
 
 
 def annotate(img: np.ndarray, r: Result) -> np.ndarray:
@@ -194,8 +274,7 @@ class VideoSink(Sink):
         refuse_overwrite(path, force, "--force")
         self.path, self.fps = Path(path), fps
         check_video_format(self.path)  # before any frame is classified, not at the first one
-        self._stack = ExitStack()
-        self._tmp: Path | None = None
+        self._staged: StagedOutput | None = None
         self._writer: Any = None
         self._size: tuple[int, int] | None = None
         self.frames = 0
@@ -207,10 +286,11 @@ class VideoSink(Sink):
             return
         img = annotate(r.image, r)
         if self._writer is None:
-            self._tmp = self._stack.enter_context(atomic_path(self.path))
+            self._staged = StagedOutput(self.path)
             self._size = (img.shape[1], img.shape[0])
             codec = video_codec(self.path)
-            self._writer = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter_fourcc(*codec), self.fps, self._size)
+            self._writer = cv2.VideoWriter(str(self._staged.path), cv2.VideoWriter_fourcc(*codec), self.fps,
+                                           self._size)
             if not self._writer.isOpened():
                 raise UsageError(f"--save-video {self.path}: OpenCV cannot write this format; use .mp4 or .avi")
         if (img.shape[1], img.shape[0]) != self._size:
@@ -218,11 +298,21 @@ class VideoSink(Sink):
         self._writer.write(img)
         self.frames += 1
 
+    def commit(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+        if self._staged is not None:
+            self._staged.commit()
+            self._staged = None
+
     def close(self) -> None:
         if self._writer is not None:
             self._writer.release()
             self._writer = None
-        self._stack.close()
+        if self._staged is not None:
+            self.partial = self._staged.keep_partial()
+            self._staged = None
 
 
 def has_gui() -> bool:
@@ -241,7 +331,6 @@ class ShowSink(Sink):
         if not has_gui():
             raise UsageError("--show needs OpenCV with GUI support, and this one has none (opencv-python-headless); "
                              "install opencv-python instead (not both), or use --save-dir / --save-video")
-        self.stopped = False
 
     def write(self, r: Result) -> None:
         import cv2

@@ -10,6 +10,7 @@ measured from capture (or file read) to result.
 from __future__ import annotations
 
 import collections
+import math
 import os
 import queue
 import threading
@@ -125,8 +126,8 @@ def run_pipeline(clf: BatchModel, source: Any, batch: int = 8, *, max_wait_ms: f
     """
     if batch < 1:
         raise UsageError(f"batch must be at least 1, got {batch}")
-    if max_wait_ms < 0:
-        raise UsageError(f"max_wait_ms must be >= 0, got {max_wait_ms}")
+    if not (isinstance(max_wait_ms, (int, float)) and math.isfinite(max_wait_ms) and max_wait_ms >= 0):
+        raise UsageError(f"max_wait_ms must be a finite number >= 0, got {max_wait_ms!r}")
     specs = list(source) if isinstance(source, (list, tuple)) and _all_specs(source) else [source]
     kw: dict[str, Any] = {"glob": glob, "live": live}
     if open_timeout_ms is not None:
@@ -306,6 +307,8 @@ def _run(clf: BatchModel, sources: list[Source], batch: int, max_wait_ms: float,
                     break
                 if nxt is _END:
                     active -= 1
+                    if active == 0:  # every source has ended: nothing more can join this batch
+                        break
                     continue
                 items.append(nxt)
                 usable += int(nxt.error is None)

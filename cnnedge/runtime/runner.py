@@ -1,0 +1,131 @@
+"""Run sources through a model into sinks: the loop cnn-infer runs, for library users too.
+
+    from cnnedge.runtime import Classifier, run
+    from cnnedge.runtime.sinks import JsonlSink, LineSink
+
+    with Classifier("model.onnx") as clf:
+        summary = run(["photos/", 0], clf, [LineSink(sys.stdout, sys.stderr), JsonlSink("out.jsonl")])
+    print(summary.line())
+    raise SystemExit(summary.exit_code)
+
+:func:`run` owns the sinks it is given: when the run completes it commits them
+(a file sink replaces its target), and whatever happens it closes them (a file
+sink not committed keeps what it wrote as ``<name>.partial.<ext>``). Ctrl-C
+ends the run (the summary says so, exit code 130); a failure of the model or a
+sink midway ends it with the failure's message (exit code 1); neither loses an
+earlier complete output.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence, TextIO
+
+from ..errors import CnnEdgeError, ExitCode
+from .sinks import Progress, Sink, display_path
+from .stream import BatchModel, PipelineStats, run_pipeline
+
+
+@dataclass
+class RunSummary:
+    """How a :func:`run` ended: the pipeline's counts, and why it stopped when it did not complete."""
+
+    stats: PipelineStats
+    interrupted: bool = False      # Ctrl-C
+    stopped: bool = False          # a sink asked to stop (a window closed)
+    error: str | None = None       # the failure that ended the run midway
+    partial: list[Path] = field(default_factory=list)  # outputs kept as <name>.partial.<ext>
+    give_up_s: float | None = None
+
+    @property
+    def exit_code(self) -> int:
+        """130 after Ctrl-C; 1 when the run failed, nothing could be processed or a stream was given up;
+        0 otherwise."""
+        if self.interrupted:
+            return int(ExitCode.INTERRUPTED)
+        if self.error is not None or self.stats.done == 0 or self.stats.given_up:
+            return int(ExitCode.FAILURE)
+        return int(ExitCode.OK)
+
+    @property
+    def complete(self) -> bool:
+        return self.exit_code == ExitCode.OK
+
+    def line(self) -> str:
+        """The one-line summary (counts, throughput, latency), marked when interrupted."""
+        return ("interrupted; " if self.interrupted else "") + self.stats.summary()
+
+    def problems(self) -> list[str]:
+        """Why the exit code is not 0, one line each (empty when it is)."""
+        out = []
+        if self.error is not None:
+            out.append(self.error)
+        elif self.stats.done == 0 and not self.interrupted:
+            out.append("nothing could be processed")
+        if self.stats.given_up:
+            after = f" after {self.give_up_s:g} s" if self.give_up_s else ""
+            out.append(f"gave up on {', '.join(self.stats.given_up)}{after} without a frame")
+        return out
+
+    def partial_lines(self) -> list[str]:
+        """Where the outputs of a run that did not complete went: say these last."""
+        return [f"partial results kept in {display_path(str(p))} (the run did not complete; an earlier "
+                f"{display_path(p.name.replace('.partial', '', 1))} was left as it was)" for p in self.partial]
+
+
+def run(sources: Any, clf: BatchModel, sinks: Sequence[Sink] = (), *, batch: int = 8,
+        progress: TextIO | None = None, stats: PipelineStats | None = None, **options: Any) -> RunSummary:
+    """Classify everything ``sources`` deliver with ``clf`` and hand each Result to every sink.
+
+    ``sources``: what :func:`~cnnedge.runtime.stream.run_pipeline` takes (a path, folder, video,
+    camera index, URL, GStreamer string, an opened Source, or a list of them). ``options``: its
+    keyword arguments (``max_wait_ms``, ``workers``, ``glob``, ``max_frames``, ``duration``,
+    ``live``, ``open_timeout_ms``, ``read_timeout_ms``, ``give_up_s``, ``topk``); images are kept
+    for the sinks that need them. ``progress``: draw a bar there when the total is known.
+    Returns a :class:`RunSummary`; user errors found before the run starts (a bad source, a bad
+    option) raise as usual, after the sinks are closed.
+    """
+    stats = stats if stats is not None else PipelineStats()
+    summary = RunSummary(stats, give_up_s=options.get("give_up_s"))
+    sinks = list(sinks)
+    results = None
+    try:
+        results = run_pipeline(clf, sources, batch=batch, stats=stats,
+                               keep_images=any(s.needs_images for s in sinks), **options)
+        if progress is not None and stats.total:
+            sinks.append(Progress(stats.total, progress))
+        try:
+            for r in results:
+                for s in sinks:
+                    s.write(r)
+                if any(s.stopped for s in sinks):
+                    summary.stopped = True
+                    break
+        except KeyboardInterrupt:
+            summary.interrupted = True
+        except (CnnEdgeError, OSError) as exc:  # the model or a sink failed midway: a summary, not a traceback
+            summary.error = str(exc)
+        finally:
+            results.close()
+    finally:
+        _finish(sinks, summary, results is not None)
+    return summary
+
+
+def _finish(sinks: list[Sink], summary: RunSummary, started: bool) -> None:
+    """Commit every sink when the run completed; close them all, whatever happened (a second Ctrl-C
+    while closing still closes the rest, then ends the process)."""
+    if started and summary.complete:
+        for s in sinks:
+            s.commit()
+    pending: BaseException | None = None
+    for s in sinks:
+        try:
+            s.close()
+        except BaseException as exc:  # noqa: BLE001 - close the others first, then re-raise
+            pending = pending or exc
+        if s.partial is not None:
+            summary.partial.append(s.partial)
+    if pending is not None:
+        raise pending
+
