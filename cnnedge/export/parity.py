@@ -17,7 +17,7 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Defaults from the issue: FP32 exact, FP16 close, INT8 within a point of accuracy."""
+    """Default thresholds: FP32 exact, FP16 close, INT8 within a point of accuracy."""
 
     fp32_agreement: float = 1.0
     fp32_max_diff: float = 1e-4

@@ -402,7 +402,7 @@ def _list_files(base: Path, classes: Sequence[str]) -> tuple[list[Path], np.ndar
     return files, np.asarray(labels, np.int64)
 
 
-def folder_files(spec: dict, split: str) -> tuple[list[Path], np.ndarray, list[str]]:
+def split_files(spec: dict, split: str) -> tuple[list[Path], np.ndarray, list[str]]:
     """The files (and labels) of one split of a folder spec, in the split's fixed order."""
     root = Path(spec["path"])
     if not root.is_dir():
@@ -452,7 +452,7 @@ def read_files(files: Iterable[Path], labels: np.ndarray) -> tuple[list[np.ndarr
 
 
 def _folder_split(spec: dict, split: str, limit: int | None) -> Split:
-    files, labels, classes = folder_files(spec, split)
+    files, labels, classes = split_files(spec, split)
     if limit is not None:
         files, labels = files[:limit], labels[:limit]
     images, labels, skipped = read_files(files, labels)

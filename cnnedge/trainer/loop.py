@@ -351,7 +351,7 @@ def _prepare_folder(spec: dict, card: ModelCard) -> dict[str, _Prepared]:
     from ..runtime.images import ImageError, read_image
     from ..runtime.preprocess import prepare_image
 
-    lists = {k: data_mod.folder_files(spec, k)[:2] for k in data_mod.SPLITS}
+    lists = {k: data_mod.split_files(spec, k)[:2] for k in data_mod.SPLITS}
     n = len({f for files, _ in lists.values() for f in files})
     if n * card.input.height * card.input.width * card.input.channels > max_train_bytes():
         return {k: _Prepared(None, np.asarray(lab, np.int64), list(files)) for k, (files, lab) in lists.items()}

@@ -1,4 +1,5 @@
-"""Keras backend: the reference the exported artifacts are checked against."""
+"""Keras backend: a ``.keras`` model behind the runtime's backend interface, so that the tools that take any
+artifact (cnn-infer, cnn-bench and its tutorial baselines, which call its ``model``) run the training model too."""
 from __future__ import annotations
 
 import os
