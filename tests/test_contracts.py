@@ -1,0 +1,119 @@
+"""The runtime's contracts, read from the source with ``ast``: no import circle between cnnedge's modules
+(an import inside a function counts too), and nothing outside cnnedge/runtime touches a backend's or the
+Classifier's private attributes (``be._x``, ``backend._x``, ``clf._x``, ``self.backend._x``)."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OWNERS = {"be", "backend", "clf", "classifier"}  # names that hold a backend or a Classifier by convention
+
+
+def _modules() -> dict[str, Path]:
+    pkg = ROOT / "cnnedge"
+    out = {}
+    for p in pkg.rglob("*.py"):
+        name = ".".join(p.relative_to(ROOT).with_suffix("").parts)
+        out[name.removesuffix(".__init__")] = p
+    return out
+
+
+def _imports(mod: str, path: Path, mods: dict[str, Path]) -> set[str]:
+    """The cnnedge modules ``mod`` imports (a package's parents, which Python runs first anyway, left out)."""
+    here = mod.split(".") if path.name == "__init__.py" else mod.split(".")[:-1]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom):
+            base = ".".join(here[:len(here) - node.level + 1] + ([node.module] if node.module else [])) \
+                if node.level else (node.module or "")
+            cands = [base] + [f"{base}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            cands = [a.name for a in node.names]
+        else:
+            continue
+        found |= {c for c in cands if c in mods and c != mod and not mod.startswith(c + ".") and c != "cnnedge"}
+    return found
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[list[str]] = []
+    counter = 0
+    for root in graph:
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = counter
+        counter += 1
+        stack.append(root)
+        on.add(root)
+        while work:
+            v, it = work[-1]
+            w = next(it, None)
+            if w is not None:
+                if w not in index:
+                    index[w] = low[w] = counter
+                    counter += 1
+                    stack.append(w)
+                    on.add(w)
+                    work.append((w, iter(sorted(graph[w]))))
+                elif w in on:
+                    low[v] = min(low[v], index[w])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[v])
+            if low[v] == index[v]:
+                comp = []
+                while True:
+                    w = stack.pop()
+                    on.discard(w)
+                    comp.append(w)
+                    if w == v:
+                        break
+                if len(comp) > 1:
+                    out.append(sorted(comp))
+    return out
+
+
+def test_no_import_circle_in_the_package():
+    mods = _modules()
+    graph = {m: _imports(m, p, mods) for m, p in mods.items()}
+    assert "cnnedge.runtime.runner" in graph and "cnnedge.runtime.stream" in graph["cnnedge.runtime.runner"]
+    assert _cycles(graph) == []
+
+
+def test_the_cycle_finder_finds_a_circle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def _private_uses(path: Path, root: Path = ROOT) -> list[str]:
+    hits: list[tuple[int, int, str]] = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if not (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")):
+            continue
+        owner = node.value
+        name = owner.id if isinstance(owner, ast.Name) else owner.attr if isinstance(owner, ast.Attribute) else None
+        if name in OWNERS:
+            hits.append((node.lineno, node.col_offset, f"{path.relative_to(root)}:{node.lineno}: {ast.unparse(node)}"))
+    return [h for *_, h in sorted(hits)]
+
+
+def test_nothing_outside_the_runtime_uses_a_backend_or_classifier_private():
+    files = [p for p in (ROOT / "cnnedge").rglob("*.py") if "runtime" not in p.relative_to(ROOT / "cnnedge").parts[:1]]
+    files += list((ROOT / "benchmarks").glob("*.py")) + list((ROOT / "examples").glob("*.py"))
+    assert any(p.name == "runtime_bench.py" for p in files) and any(p.name == "measure.py" for p in files)
+    assert [h for p in sorted(files) for h in _private_uses(p)] == []
+
+
+def test_the_private_use_check_sees_the_forms_it_forbids(tmp_path):
+    src = tmp_path / "x.py"
+    src.write_text("be._cudart\nclf.backend._infer_impl = 1\nself.backend._lock\nclf._slots\nclf.__class__\n"
+                   "be.session\nself._clf.decode\n")
+    assert [h.split(": ", 1)[1] for h in _private_uses(src, tmp_path)] == [
+        "be._cudart", "clf.backend._infer_impl", "self.backend._lock", "clf._slots"]
