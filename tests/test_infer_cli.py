@@ -443,12 +443,21 @@ def test_third_party_model_flags_and_missing_card_warning(folder):
             assert out.split("\t")[1] == clf.predict(paths[0]).label
 
 
+def cli_on_stream(srv: "MjpegServer", *extra: str, **popen) -> "subprocess.Popen":
+    """cnn-infer in a subprocess on the server's stream (--quiet), for signal tests."""
+    import subprocess
+
+    code = "import sys; from cnnedge.cli.infer import console; sys.argv[0] = 'cnn-infer'; console()"
+    return subprocess.Popen([sys.executable, "-c", code, str(models()["onnx"]), "--source",
+                             f"http://127.0.0.1:{srv.port}/s.mjpg", "--quiet", *extra],
+                            **{"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, **popen})
+
+
 @pytest.mark.slow
 def test_ctrl_c_stops_cleanly_with_a_summary(tmp_path):
     """SIGINT ends the run with exit code 130 and the summary; an existing --json file is left as it was and
     what was done is kept beside it as out.partial.jsonl, named on the last line (issue 12)."""
     import signal
-    import subprocess
 
     models()
     old = tmp_path / "out.jsonl"
@@ -456,10 +465,7 @@ def test_ctrl_c_stops_cleanly_with_a_summary(tmp_path):
     srv = MjpegServer(fps=30)
     srv.start()
     try:
-        code = "import sys; from cnnedge.cli.infer import console; sys.argv[0] = 'cnn-infer'; console()"
-        proc = subprocess.Popen([sys.executable, "-c", code, str(models()["onnx"]), "--source",
-                                 f"http://127.0.0.1:{srv.port}/s.mjpg", "--quiet", "--json", str(old), "--force"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = cli_on_stream(srv, "--json", str(old), "--force")
         time.sleep(6.0)  # start-up (imports, model load) and a few seconds of frames
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=20)

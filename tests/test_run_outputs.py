@@ -88,7 +88,7 @@ def test_error_sink_names_the_frame_of_a_bad_video_frame():
 def test_kill_9_keeps_the_old_json_and_the_next_run_cleans_up(photos, tmp_path):
     """kill -9 of `cnn-infer --json out.jsonl --force` in the middle of a stream: the old file is whole, a
     hidden temporary is left; the next run into the same place completes, replaces the file and removes it."""
-    from test_infer_cli import MjpegServer
+    from test_infer_cli import MjpegServer, cli_on_stream
 
     models()
     target = tmp_path / "out.jsonl"
@@ -96,9 +96,7 @@ def test_kill_9_keeps_the_old_json_and_the_next_run_cleans_up(photos, tmp_path):
     srv = MjpegServer(fps=30)
     srv.start()
     try:
-        proc = subprocess.Popen([sys.executable, "-c", CLI, str(models()["onnx"]), "--source",
-                                 f"http://127.0.0.1:{srv.port}/s.mjpg", "--quiet", "--json", str(target), "--force"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        proc = cli_on_stream(srv, "--json", str(target), "--force", stdout=subprocess.DEVNULL)
         try:
             deadline = time.monotonic() + 60
             temps: list[Path] = []
