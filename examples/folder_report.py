@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from cnnedge.atomic import write_bytes, write_text
+from cnnedge.artifacts import BACKEND_CHOICES
 from cnnedge.cli import run_cli
 from cnnedge.errors import UsageError
 from cnnedge.runtime import Classifier
@@ -84,7 +85,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--out", default="report", help="output folder (default report/)")
     p.add_argument("--worst", type=int, default=16, help="images on the contact sheet (default 16)")
     p.add_argument("--batch", type=int, default=32, help="images per inference call (default 32)")
-    p.add_argument("--backend", default="auto", help="auto, ort-cpu, ort-cuda, ort-trt or trt (default auto)")
+    p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
+                   help="which backend runs the model (default auto)")
     args = p.parse_args(argv)
     folder, out = Path(args.folder), Path(args.out)
     if not folder.is_dir():

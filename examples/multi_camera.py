@@ -27,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # video_camera.py beside this file
 
+from cnnedge.artifacts import BACKEND_CHOICES  # noqa: E402
 from cnnedge.cli import run_cli  # noqa: E402
 from cnnedge.errors import UsageError  # noqa: E402
 from cnnedge.runtime import Classifier, Result, open_source, run  # noqa: E402
@@ -121,7 +122,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--max-wait-ms", type=float, default=20.0,
                    help="close a batch this long after its first frame (default 20)")
     p.add_argument("--seconds", type=float, help="stop after this many seconds (default: until the cameras end)")
-    p.add_argument("--backend", default="auto", help="auto, ort-cpu, ort-cuda, ort-trt or trt (default auto)")
+    p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
+                   help="which backend runs the model (default auto)")
     p.add_argument("--quiet", action="store_true", help="only the per-camera summary")
     args = p.parse_args(argv)
 

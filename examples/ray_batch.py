@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cnnedge.artifacts import BACKEND_CHOICES
 from cnnedge.cli import run_cli
 from cnnedge.errors import UsageError
 
@@ -119,7 +120,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--batch-size", type=int, default=64, help="images per map_batches call (default 64)")
     p.add_argument("--address", help="a Ray cluster to join (e.g. auto); default: start a local Ray")
     p.add_argument("--num-cpus", type=int, help="CPUs for the local Ray (default: all)")
-    p.add_argument("--backend", default="auto", help="auto, ort-cpu, ort-cuda, ort-trt or trt (default auto)")
+    p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
+                   help="which backend runs the model (default auto)")
     p.add_argument("--force", action="store_true", help="overwrite an existing JSONL file")
     args = p.parse_args(argv)
     folder, out = Path(args.folder), Path(args.out)

@@ -27,6 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # video_camera.py beside this file
 
+from cnnedge.artifacts import BACKEND_CHOICES  # noqa: E402
 from cnnedge.cli import run_cli  # noqa: E402
 from cnnedge.errors import UsageError  # noqa: E402
 from cnnedge.runtime import Classifier, Prediction, open_source  # noqa: E402
@@ -69,7 +70,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--act-on", action="append", default=[], metavar="LABEL",
                    help="labels to act on; repeat for several (default: any confident label)")
     p.add_argument("--threshold", type=float, default=0.8, help="minimum score to act (default 0.8)")
-    p.add_argument("--backend", default="auto", help="auto, ort-cpu, ort-cuda, ort-trt or trt (default auto)")
+    p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
+                   help="which backend runs the model (default auto)")
     args = p.parse_args(argv)
     if args.rate <= 0:
         raise UsageError(f"--rate must be positive, got {args.rate}")

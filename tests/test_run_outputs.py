@@ -195,3 +195,32 @@ def test_topk_below_one_is_refused():
                 clf.postprocess(clf.infer(frame[None]), k)
         with pytest.raises(UsageError, match="topk"):
             Classifier(models()["onnx"], topk=0)
+
+
+def test_save_video_replaces_the_old_file_only_on_commit(tmp_path):
+    """--save-video's sink: closed without a commit it keeps the frames as out.partial.avi (a video OpenCV
+    reads back) and leaves the old out.avi alone; committed, it replaces out.avi."""
+    import cv2
+
+    from cnnedge.runtime.results import Prediction, Result
+    from cnnedge.runtime.sinks import VideoSink
+
+    frames = [np.full((48, 64, 3), v, np.uint8) for v in (40, 120, 200)]
+    results = [Result("cam", 0.0, frame=i, prediction=Prediction("a", 0.9, 0, [("a", 0.9)]), image=f)
+               for i, f in enumerate(frames)]
+    target = tmp_path / "out.avi"
+    target.write_bytes(b"old video")
+    sink = VideoSink(target, fps=10, force=True)
+    sink.write_batch(results)
+    sink.close()
+    assert target.read_bytes() == b"old video" and sink.partial == tmp_path / "out.partial.avi"
+    cap = cv2.VideoCapture(str(sink.partial))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    cap.release()
+    assert n == 3
+    with VideoSink(target, fps=10, force=True) as done:
+        done.write_batch(results)
+    assert done.partial is None and target.stat().st_size > 1000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.avi", "out.partial.avi"]

@@ -26,7 +26,7 @@ from typing import Any, Sequence, TextIO
 
 import numpy as np
 
-from ..atomic import StagedOutput, atomic_path, refuse_overwrite
+from ..atomic import StagedOutput, atomic_path, refuse_overwrite, remove_stale_staged
 from ..errors import UsageError
 from .results import Result
 from .images import IMAGE_SUFFIXES
@@ -274,6 +274,7 @@ class VideoSink(Sink):
         refuse_overwrite(path, force, "--force")
         self.path, self.fps = Path(path), fps
         check_video_format(self.path)  # before any frame is classified, not at the first one
+        remove_stale_staged(self.path)  # a killed run's leftover goes now, even if no frame comes
         self._staged: StagedOutput | None = None
         self._writer: Any = None
         self._size: tuple[int, int] | None = None
