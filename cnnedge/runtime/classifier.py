@@ -294,7 +294,7 @@ class Classifier:
 
     def predict(self, image: np.ndarray | str | os.PathLike, topk: int | None = None) -> Prediction:
         """Classify one image: a BGR uint8 HxWx3 array (gray and BGRA are converted) or a path."""
-        k = self.topk if topk is None else _topk(topk)
+        k = self.topk if topk is None else topk if type(topk) is int and topk > 0 else _topk(topk)
         if type(image) is not np.ndarray and not isinstance(image, np.ndarray):
             image = self.load_image(image)
         sh = image.shape  # type: ignore[union-attr]

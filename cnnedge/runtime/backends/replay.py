@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...errors import UsageError
 from .base import Backend, Slot
 
 
@@ -47,14 +48,14 @@ class ReplayBackend(Backend):
 
 
 class _ReplaySlot(Slot):
-    """Counted in flight like a real slot's run, then the stored output's first row."""
+    """The stored output's first row (after the closed check every call makes; nothing to free under it,
+    so no in-flight count)."""
 
     def __init__(self, backend: ReplayBackend, input: np.ndarray) -> None:
         super().__init__(backend, input)
         self.output = backend.output[:1]
 
     def run(self) -> np.ndarray:
-        be = self.backend
-        be._enter()
-        be._leave()
+        if self.backend._closed:
+            raise UsageError(f"{self.backend.name} backend for {self.backend.path} is closed")
         return self.output
