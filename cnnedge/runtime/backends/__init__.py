@@ -12,6 +12,7 @@ The interface (what cnn-bench and the Classifier use; keep it small)::
         be.min_batch      # the smallest (TensorRT profile; 1 otherwise): shorter chunks are padded
         be.card           # the ModelCard the artifact carries, or None (third-party ONNX)
         out = be.infer(x) # x: np.ndarray in input_spec's layout and dtype -> raw output, one row per input
+        out, t = be.timed_infer(x, resident=False)  # one call, t: Timing(h2d_ns, compute_ns, d2h_ns)
         s = be.slot()     # a reusable batch of one (or None): fill s.input in place, s.run() -> output
     # infer() may be called from several threads (backends that cannot run calls together serialise
     # them); be.close() is idempotent and waits for infer() calls running in other threads; the context
@@ -20,7 +21,9 @@ The interface (what cnn-bench and the Classifier use; keep it small)::
 ``infer`` checks dtype and shape (one-line :class:`~cnnedge.errors.UsageError`),
 splits batches larger than ``max_batch``, pads chunks shorter than ``min_batch``
 and feeds fixed-batch models padded chunks of their size (:func:`plan_batches`), then calls the subclass's
-``_infer_impl``, which only runs.
+``_infer_impl``, which only runs. ``timed_infer`` runs the same checks and calls
+``_timed_impl`` under the same gate (default: the whole ``_infer_impl`` counted as
+compute; ONNX Runtime and TensorRT time their copies apart on their own buffers).
 
 ``load_backend(path, backend="auto", **opts)`` chooses from the table in
 :mod:`cnnedge.artifacts`: ``.engine``/``.plan`` -> ``trt``; ``.onnx`` -> the
