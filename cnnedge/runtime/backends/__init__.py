@@ -26,7 +26,8 @@ and feeds fixed-batch models padded chunks of their size (:func:`plan_batches`),
 ``trt``; ``.onnx`` -> the best ONNX Runtime provider that starts (TensorRT EP,
 then CUDA EP, then CPU); ``.keras`` -> ``keras``. A named backend that is not
 installed or has no GPU is a :class:`~cnnedge.errors.BackendUnavailable`.
-Options: ONNX Runtime ``threads``, ``fp16``, ``cache_dir``, ``device_id``;
+``input_size=(h, w)`` for a graph of dynamic height and width. Options: ONNX
+Runtime ``threads``, ``fp16``, ``cache_dir``, ``device_id``;
 TensorRT ``device_id``; Keras ``trust``, ``custom_objects``.
 """
 from __future__ import annotations
@@ -77,8 +78,24 @@ def _opts(family: str, backend: str, opts: dict[str, Any]) -> dict[str, Any]:
     return opts
 
 
-def load_backend(path: str | os.PathLike, backend: str = "auto", **opts: Any) -> Backend:
-    """Open ``path`` with the named backend, or the best available one for ``"auto"``."""
+def load_backend(path: str | os.PathLike, backend: str = "auto", *, input_size: tuple[int, int] | None = None,
+                 **opts: Any) -> Backend:
+    """Open ``path`` with the named backend, or the best available one for ``"auto"``.
+
+    ``input_size=(h, w)`` fixes the image size of a graph whose height and width are
+    dynamic (see :mod:`.sizing`: the card or Ultralytics' ``imgsz`` otherwise)."""
+    from .sizing import set_input_size
+
+    be = _open(path, backend, **opts)
+    try:
+        set_input_size(be, input_size)
+    except BaseException:
+        be.close()
+        raise
+    return be
+
+
+def _open(path: str | os.PathLike, backend: str = "auto", **opts: Any) -> Backend:
     if backend not in BACKENDS:
         close = difflib.get_close_matches(str(backend), BACKENDS, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
