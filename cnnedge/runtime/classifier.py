@@ -75,7 +75,9 @@ def resolve_card(backend: Backend, *, labels: Any = None, scale: Any = None, mea
                                   crop_pct=crop_pct, pad_value=pad_value, interpolation=interpolation,
                                   output=output), cli)
     names = read_labels(desc.get("labels"))
-    labels_flag = "--labels" if cli else "labels"
+    given_labels = desc.get("labels")
+    labels_flag = ("--labels" if cli else "labels") if not isinstance(given_labels, (str, os.PathLike)) else \
+        Path(given_labels).name
     if len(shape) != 4:
         raise ModelLoadError(f"{path}: input {spec_in.name!r} has shape {shape}; an image classifier "
                              "takes a 4-D NHWC or NCHW tensor")
@@ -129,7 +131,8 @@ def resolve_card(backend: Backend, *, labels: Any = None, scale: Any = None, mea
             labels_from = "indices (no labels given)"
             names = ("0", "1") if n_out is None else tuple(str(i) for i in range(n_out))  # None: the warm-up counts
     if labels_from != "indices (no labels given)":
-        check_count(names, n_out, labels_from, path)
+        check_count(names, n_out, "labels" if labels_from == labels_flag else labels_from, path,
+                    labels_from == labels_flag)
     try:
         pre = Preprocess(resize=desc.get("resize", "stretch"), scale=desc.get("scale", 1 / 255),
                          mean=desc.get("mean", (0.0,)), std=desc.get("std", (1.0,)), in_graph=dtype == "uint8",

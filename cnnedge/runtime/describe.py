@@ -163,5 +163,5 @@ def check_description(values: Mapping[str, Any], cli: bool = False) -> dict[str,
 
 
 def flag_names(keys: Any, cli: bool) -> str:
-    """``--scale, --std`` or ``scale, std``: how to name given values in a message."""
-    return ", ".join(_name(k, cli) for k in keys)
+    """``--scale, --std`` or ``scale=, std=``: how to name given values in a message."""
+    return ", ".join(_name(k, cli) + ("" if cli else "=") for k in keys)

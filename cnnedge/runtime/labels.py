@@ -82,9 +82,12 @@ def metadata_labels(metadata: Mapping[str, str], path: str) -> tuple[tuple[str, 
     return None
 
 
-def check_count(names: Any, n_out: int | None, source: str, path: str) -> None:
-    """A wrong number of class names against the model's output width is an error, whatever the source."""
-    if n_out is not None and len(names) != n_out:
-        cls = UsageError if source == "--labels" else ModelLoadError
-        raise cls(f"{path}: {source} names {len(names)} classes, the model outputs {n_out}"
-                  + ("; give a labels file with one name per output (--labels FILE)" if cls is ModelLoadError else ""))
+def check_count(names: Any, n_out: int | None, source: str, path: str, given: bool) -> None:
+    """A wrong number of class names against the model's output width is an error: a
+    UsageError for names the user ``given`` (``source`` is the flag), else a ModelLoadError."""
+    if n_out is None or len(names) == n_out:
+        return
+    if given:
+        raise UsageError(f"{source}: {len(names)} names given, the model outputs {n_out} classes")
+    raise ModelLoadError(f"{path}: {source} names {len(names)} classes, the model outputs {n_out}; give a labels "
+                         "file with one name per output (--labels FILE)")
