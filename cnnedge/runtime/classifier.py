@@ -56,15 +56,15 @@ class Resolved(NamedTuple):
 
 def resolve_card(backend: Backend, *, labels: Any = None, scale: Any = None, mean: Any = None, std: Any = None,
                  rgb: Any = None, resize: Any = None, crop_pct: Any = None, pad_value: Any = None,
-                 interpolation: Any = None, output: Any = None, cli: bool = False) -> Resolved:
+                 interpolation: Any = None, output: Any = None) -> Resolved:
     """The card to run ``backend`` with.
 
     With a card in the artifact, it is checked against the graph. Without one, the
     input's layout, size and channels come from the graph (a dynamic size from
     ``load_backend``'s ``input_size``), class names from ``labels`` or the file's
     metadata, and the rest from the arguments (the same as cnn-infer's flags,
-    validated by :func:`~cnnedge.runtime.describe.check_description`; ``cli`` names
-    the flags in errors); a CardMissingWarning says so. A ``.keras`` file without a
+    validated by :func:`~cnnedge.runtime.describe.check_description`); a
+    CardMissingWarning says so. A ``.keras`` file without a
     card is refused unless its preprocessing is described: generic defaults would
     give wrong answers.
     """
@@ -73,11 +73,10 @@ def resolve_card(backend: Backend, *, labels: Any = None, scale: Any = None, mea
     shape = spec_in.shape
     desc = check_description(dict(labels=labels, scale=scale, mean=mean, std=std, rgb=rgb, resize=resize,
                                   crop_pct=crop_pct, pad_value=pad_value, interpolation=interpolation,
-                                  output=output), cli)
+                                  output=output))
     names = read_labels(desc.get("labels"))
     given_labels = desc.get("labels")
-    labels_flag = ("--labels" if cli else "labels") if not isinstance(given_labels, (str, os.PathLike)) else \
-        Path(given_labels).name
+    labels_flag = "labels" if not isinstance(given_labels, (str, os.PathLike)) else Path(given_labels).name
     if len(shape) != 4:
         raise ModelLoadError(f"{path}: input {spec_in.name!r} has shape {shape}; an image classifier "
                              "takes a 4-D NHWC or NCHW tensor")
@@ -86,7 +85,7 @@ def resolve_card(backend: Backend, *, labels: Any = None, scale: Any = None, mea
     if card is not None:
         if given:
             raise UsageError(f"{path} carries a model card, which fixes {', '.join(given)}; drop "
-                             f"{flag_names(given, cli)} (they are for models without a card)")
+                             f"{flag_names(given)} (they are for models without a card)")
         spec = card.input
         if not _fits(spec, shape):
             other = InputSpec(spec.height, spec.width, spec.channels,
@@ -103,9 +102,9 @@ def resolve_card(backend: Backend, *, labels: Any = None, scale: Any = None, mea
 
     if backend.name == "keras" and not any(k in desc for k in PREPROCESS_KEYS):
         raise UsageError(f"{path} has no model card ({card_path_for(path).name} beside it), so nothing says how its "
-                         "inputs were scaled; put the card.json of its training run beside it, or describe the model: "
-                         + ("--scale, --mean, --std, --resize and --labels, e.g. --scale 1/255 --labels labels.txt"
-                            if cli else "scale=, mean=, std=, resize= and labels=, e.g. scale=1/255"))
+                         "inputs were scaled; put the card.json of its training run beside it, or describe the model "
+                         "with --scale, --mean, --std, --resize and --labels (scale=, mean=, ... in Python), e.g. "
+                         "--scale 1/255 --labels labels.txt")
     warnings.warn(f"{path} carries no model card; input size and layout come from the graph, preprocessing from "
                   "arguments (scale, mean, std, rgb, resize) and defaults", CardMissingWarning, stacklevel=3)
     axes = image_axes(shape)

@@ -48,14 +48,11 @@ def _example(key: str, cli: bool) -> str:
 def _number(v: Any) -> float:
     if isinstance(v, bool):
         raise _Bad("must be a number, not a boolean")
-    if isinstance(v, str):
-        try:
-            return float(Fraction(v.strip()))
-        except (ValueError, ZeroDivisionError):
-            raise _Bad(f"must be a number or a fraction such as 1/255, got {v!r}") from None
     try:
-        x = float(v)
-    except (TypeError, ValueError):
+        x = float(Fraction(v.strip())) if isinstance(v, str) and "/" in v else float(v)
+    except (ValueError, ZeroDivisionError):
+        raise _Bad(f"must be a number or a fraction such as 1/255, got {v!r}") from None
+    except TypeError:
         raise _Bad(f"must be a number, got {type(v).__name__} {v!r}") from None
     if not math.isfinite(x):
         raise _Bad(f"must be finite, got {v!r}")
@@ -162,6 +159,6 @@ def check_description(values: Mapping[str, Any], cli: bool = False) -> dict[str,
     return out
 
 
-def flag_names(keys: Any, cli: bool) -> str:
-    """``--scale, --std`` or ``scale=, std=``: how to name given values in a message."""
-    return ", ".join(_name(k, cli) + ("" if cli else "=") for k in keys)
+def flag_names(keys: Any) -> str:
+    """``--scale (scale=), --std (std=)``: given values named for the CLI and the API at once."""
+    return ", ".join(f"{_name(k, True)} ({k}=)" for k in keys)

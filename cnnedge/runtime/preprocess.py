@@ -76,19 +76,24 @@ def interpolation_flag(pre: Preprocess, src: tuple[int, int], dst: tuple[int, in
 
 def fit(img: np.ndarray, height: int, width: int, top_left: bool = False, pad_value: float = 0.0) -> np.ndarray:
     """Crop the sides longer than ``height`` x ``width`` and pad the shorter ones with ``pad_value``:
-    centred (offset ``(size - target) // 2``), or at the top-left corner."""
+    centred (the extra or missing pixels split as ``d // 2`` before, the rest after, as
+    torchvision's CenterCrop), or at the top-left corner."""
     h, w = img.shape[:2]
     if (h, w) == (height, width):
         return img
-    y, x = (0, 0) if top_left else ((h - height) // 2, (w - width) // 2)
+    (sy, dy, ch), (sx, dx, cw) = (_axis(h, height, top_left), _axis(w, width, top_left))
     if h >= height and w >= width:
-        return img[y:y + height, x:x + width]
+        return img[sy:sy + ch, sx:sx + cw]
     out = np.full((height, width) + img.shape[2:], round(pad_value), dtype=img.dtype)
-    sy, sx = max(y, 0), max(x, 0)  # where the image's kept part starts
-    dy, dx = max(-y, 0), max(-x, 0)  # where it lands
-    ch, cw = min(h - sy, height - dy), min(w - sx, width - dx)
     out[dy:dy + ch, dx:dx + cw] = img[sy:sy + ch, sx:sx + cw]
     return out
+
+
+def _axis(size: int, target: int, start: bool) -> tuple[int, int, int]:
+    """(first source pixel kept, where it lands, how many) along one axis."""
+    if size >= target:
+        return (0 if start else (size - target) // 2), 0, target
+    return 0, (0 if start else (target - size) // 2), size
 
 
 def resize(img: np.ndarray, height: int, width: int, pre: Preprocess | str = "stretch") -> np.ndarray:
