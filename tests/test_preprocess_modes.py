@@ -137,3 +137,39 @@ def test_reduced_decoding_for_a_wide_photo_keeps_the_crop_side(photo):
     pre = Preprocess(resize="shorter", crop_pct=0.5)  # short side 128, then the centre 64x64
     r = reduce_factor(buf.tobytes(), 64, 64, lambda h, w: decode_need(h, w, 64, 64, pre))
     assert r == 2 and reduce_factor(buf.tobytes(), 64, 64) == 4  # 1/4 would give 100 rows, under 128
+
+
+def test_cnn_train_checks_its_resize_flags_like_every_tool(tmp_path):
+    import io
+
+    from cnnedge.cli import train as train_cli
+    from cnnedge.cli._run import run_cli
+
+    err = io.StringIO()
+    code = run_cli("cnn-train", train_cli.main, ["--preset", "digits-cnn", "--out", str(tmp_path / "r"),
+                                                  "--resize", "pad", "--crop-pct", "0.9"], stderr=err)
+    assert code == 2 and "--crop-pct applies to --resize stretch, center-crop and shorter" in err.getvalue()
+
+
+@pytest.mark.slow
+def test_a_trained_model_records_its_resize_mode_and_the_runtime_uses_it(tmp_path):
+    from cnnedge.card import ModelCard
+    from cnnedge.cli import train as train_cli
+    from cnnedge.runtime.classifier import Classifier
+
+    out = tmp_path / "run"
+    assert train_cli.main(["--preset", "digits-cnn", "--out", str(out), "--epochs", "1", "--quiet",
+                           "--resize", "shorter", "--crop-pct", "0.875", "--interpolation", "cubic"]) == 0
+    card = ModelCard.load(out / "card.json")
+    assert (card.preprocess.resize, card.preprocess.crop_pct, card.preprocess.interpolation) == \
+        ("shorter", 0.875, "cubic")
+    assert json_version(out / "card.json") == 2
+    with Classifier(out / "model.keras") as clf:
+        assert clf.card.preprocess == card.preprocess
+        assert clf.predict(np.zeros((20, 30, 3), np.uint8)).label in card.classes
+
+
+def json_version(path) -> int:
+    import json
+
+    return json.loads(path.read_text())["version"]
