@@ -194,3 +194,26 @@ def test_a_keras_file_without_its_card_needs_a_description(tmp_path):
         c = Classifier(path, scale=1 / 255, labels=["a", "b", "c"])
     with c:
         assert c.predict(np.zeros((4, 4, 3), np.uint8)).label in ("a", "b", "c")
+
+
+@pytest.mark.parametrize("size, message", [(8192, "8192x8192 is 67,108,864 pixels per image, over the"),
+                                           (100000, "input.height must be between 1 and 16384")])
+def test_cnn_bench_refuses_a_huge_card_size_in_one_line(tmp_path, size, message):
+    import json
+
+    from cnnedge.cli import bench as bench_cli
+
+    card = json.loads(_card(4, 4))
+    card["input"].update(height=size, width=size)
+    model = _onnx(tmp_path / "m.onnx", dynamic=True, metadata={ONNX_KEY: json.dumps(card)})
+    err = io.StringIO()
+    code = run_cli("cnn-bench", lambda a: bench_cli.main(a, io.StringIO(), err),
+                   [model, "--backends", "ort-cpu", "--batch", "1", "--iters", "2", "-q"], stderr=err)
+    assert code == 1 and message in err.getvalue() and "Traceback" not in err.getvalue()
+    assert len(err.getvalue().strip().splitlines()) == 1
+
+
+def test_help_shows_models_from_elsewhere():
+    text = infer_cli.build_parser().format_help()
+    assert "models from elsewhere" in text and "--resize shorter --crop-pct 0.875" in text
+    assert "--input-size 48x192 --resize pad" in text

@@ -42,11 +42,6 @@ def number(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number or a fraction such as 1/255, got {text!r}") from None
 
 
-def numbers(text: str) -> list[float]:
-    """Comma-separated numbers, e.g. ``0.485,0.456,0.406``."""
-    return [number(t) for t in text.split(",")]
-
-
 def fraction(text: str) -> float:
     """A number from 0 to 1, e.g. a top-1 agreement of ``0.995``."""
     v = number(text)

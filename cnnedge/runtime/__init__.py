@@ -15,8 +15,8 @@ __all__ = ["Classifier", "Prediction", "Result", "load_backend", "open_source", 
 
 _WHERE = {
     "Classifier": "classifier", "Prediction": "results", "Result": "results",
-    "CardMissingWarning": "classifier", "load_backend": "backends", "open_source": "sources",
-    "run_pipeline": "stream",
+    "CardMissingWarning": "classifier", "OutputKindWarning": "classifier", "load_backend": "backends",
+    "open_source": "sources", "run_pipeline": "stream",
 }
 
 

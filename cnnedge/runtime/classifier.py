@@ -403,6 +403,7 @@ class Classifier:
         """
         from .stream import run_pipeline
 
+        self.check_batch(batch, "batch")
         return run_pipeline(self, source, batch=batch, **options)
 
     # lifecycle -----------------------------------------------------------------------
