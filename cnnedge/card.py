@@ -8,9 +8,16 @@ strictly: an unknown version, a missing field or a wrong type is a
 
 Preprocessing contract, applied in this order to an OpenCV BGR uint8 image:
 convert to ``input.color``; resize to ``input.height`` x ``input.width`` by
-``preprocess.resize``; then ``y = (x * scale - mean) / std`` per channel. When
-``preprocess.in_graph`` is true the model does that arithmetic itself and the
-host feeds pixels (0..255) in ``input.dtype``.
+``preprocess.resize`` (with ``crop_pct``, ``pad_value`` and ``interpolation``; each
+mode is defined in :mod:`cnnedge.runtime.preprocess`); then
+``y = (x * scale - mean) / std`` per channel. When ``preprocess.in_graph`` is true
+the model does that arithmetic itself and the host feeds pixels (0..255) in
+``input.dtype``.
+
+Versions: version 2 added ``preprocess.crop_pct``, ``pad_value``, ``interpolation``
+and the ``shorter`` and ``pad`` resize modes. A card is written as the lowest
+version that expresses it (so an older cnnedge still reads a card that uses none of
+these), and a version 1 card is read with their defaults.
 """
 from __future__ import annotations
 
@@ -27,7 +34,9 @@ from typing import Any, Mapping
 from .artifacts import KERAS_SUFFIXES
 from .errors import CardError
 
-CARD_VERSION = 1
+CARD_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+_V2_PREPROCESS = ("crop_pct", "pad_value", "interpolation")
 CARD_FILENAME = "card.json"
 ONNX_KEY = "cnnedge.card"
 MAX_CARD_BYTES = 1 << 20
@@ -36,7 +45,9 @@ MAX_SIDE = 16384  # pixels: larger inputs are a malformed card, not a model
 LAYOUTS = ("NHWC", "NCHW")
 DTYPES = ("uint8", "float32", "float16")
 COLORS = ("RGB", "BGR", "GRAY")
-RESIZE_MODES = ("stretch", "center-crop", "letterbox")
+RESIZE_MODES = ("stretch", "center-crop", "letterbox", "shorter", "pad")
+_V1_RESIZE_MODES = ("stretch", "center-crop", "letterbox")
+INTERPOLATIONS = ("auto", "area", "linear", "cubic", "lanczos")
 OUTPUT_KINDS = ("probabilities", "logits")
 PRECISIONS = ("fp32", "fp16", "int8", "mixed")
 
@@ -101,9 +112,24 @@ class Preprocess:
     std: tuple[float, ...] = (1.0,)
     in_graph: bool = True
     name: str = "scale"
+    crop_pct: float = 1.0
+    pad_value: float = 0.0
+    interpolation: str = "auto"
 
     def __post_init__(self) -> None:
         _choice("preprocess.resize", self.resize, RESIZE_MODES)
+        _choice("preprocess.interpolation", self.interpolation, INTERPOLATIONS)
+        _check_type("preprocess.crop_pct", self.crop_pct, (int, float))
+        if not (math.isfinite(self.crop_pct) and 0 < self.crop_pct <= 1):
+            raise CardError(f"model card: preprocess.crop_pct must be above 0 and at most 1, found {self.crop_pct}")
+        if self.crop_pct != 1 and self.resize in ("letterbox", "pad"):
+            raise CardError(f"model card: preprocess.crop_pct applies to stretch, center-crop and shorter, not "
+                            f"{self.resize}")
+        _check_type("preprocess.pad_value", self.pad_value, (int, float))
+        if not (math.isfinite(self.pad_value) and 0 <= self.pad_value <= 255):
+            raise CardError(f"model card: preprocess.pad_value must be from 0 to 255, found {self.pad_value}")
+        object.__setattr__(self, "crop_pct", float(self.crop_pct))
+        object.__setattr__(self, "pad_value", float(self.pad_value))
         _check_type("preprocess.scale", self.scale, (int, float))
         if not (math.isfinite(self.scale) and self.scale > 0):
             raise CardError(f"model card: preprocess.scale must be a finite positive number, found {self.scale}")
@@ -163,10 +189,8 @@ class ModelCard:
     version: int = CARD_VERSION
 
     def __post_init__(self) -> None:
-        _check_type("version", self.version, (int,))
-        if self.version != CARD_VERSION:
-            raise CardError(f"model card: version {self.version} is not supported (this cnnedge reads version "
-                            f"{CARD_VERSION}); upgrade cnnedge or re-export the model")
+        _check_version(self.version)
+        object.__setattr__(self, "version", CARD_VERSION)  # read cards are migrated to the current version
         _check_type("name", self.name, (str,))
         _check_type("task", self.task, (str,))
         if self.task != "classification":
@@ -203,11 +227,23 @@ class ModelCard:
         return dataclasses.replace(self, **changes)
 
     # serialisation -----------------------------------------------------------------
+    @property
+    def min_version(self) -> int:
+        """The lowest card version that expresses this card (what :meth:`to_dict` writes)."""
+        pre, default = self.preprocess, Preprocess()
+        if pre.resize in _V1_RESIZE_MODES and all(getattr(pre, k) == getattr(default, k) for k in _V2_PREPROCESS):
+            return 1
+        return 2
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["classes"] = list(self.classes)
         d["preprocess"]["mean"] = list(self.preprocess.mean)
         d["preprocess"]["std"] = list(self.preprocess.std)
+        d["version"] = self.min_version
+        if d["version"] == 1:
+            for k in _V2_PREPROCESS:
+                del d["preprocess"][k]
         return d
 
     def to_json(self) -> str:
@@ -218,11 +254,8 @@ class ModelCard:
         _check_type("the card", data, (dict,))
         if "version" not in data:
             raise CardError("model card: missing field 'version'")
-        _check_type("version", data["version"], (int,))
-        if data["version"] != CARD_VERSION:
-            raise CardError(f"model card: version {data['version']} is not supported (this cnnedge reads version "
-                            f"{CARD_VERSION}); upgrade cnnedge or re-export the model")
-        return _build(cls, data, "")
+        _check_version(data["version"])
+        return _build(cls, data, "", data["version"])
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "ModelCard":
@@ -256,8 +289,20 @@ class ModelCard:
 _NESTED = {"input": InputSpec, "preprocess": Preprocess, "provenance": Provenance}
 
 
-def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+def _check_version(version: Any) -> None:
+    _check_type("version", version, (int,))
+    if version not in READABLE_VERSIONS:
+        raise CardError(f"model card: version {version} is not supported (this cnnedge reads versions "
+                        f"{', '.join(map(str, READABLE_VERSIONS))}); upgrade cnnedge or re-export the model")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str, version: int) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    if cls is Preprocess and version == 1:  # added in version 2: a version 1 card takes their defaults
+        fields = {k: f for k, f in fields.items() if k not in _V2_PREPROCESS}
+        if data.get("resize") in set(RESIZE_MODES) - set(_V1_RESIZE_MODES):
+            raise CardError(f"model card: preprocess.resize {data['resize']!r} needs card version 2; expected one "
+                            f"of {', '.join(_V1_RESIZE_MODES)} in a version 1 card")
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise CardError(f"model card: unknown field(s) {', '.join(prefix + u for u in unknown)}")
@@ -268,7 +313,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
         value = data[name]
         if cls is ModelCard and name in _NESTED:
             _check_type(prefix + name, value, (dict,))
-            value = _build(_NESTED[name], value, f"{prefix}{name}.")
+            value = _build(_NESTED[name], value, f"{prefix}{name}.", version)
         kwargs[name] = value
     return cls(**kwargs)
 

@@ -24,7 +24,24 @@ def test_round_trip_json_and_file(tmp_path):
     assert ModelCard.from_json(card.to_json()) == card
     path = card.save(tmp_path / "card.json")
     assert ModelCard.load(path) == card
-    assert json.loads(path.read_text())["version"] == CARD_VERSION
+    assert json.loads(path.read_text())["version"] == 1  # nothing of version 2 used: older readers read it
+    newer = make_card(preprocess=Preprocess(resize="shorter", crop_pct=0.875, interpolation="cubic"))
+    assert newer.to_dict()["version"] == CARD_VERSION == 2
+    assert ModelCard.from_json(newer.to_json()) == newer
+
+
+def test_version_1_cards_read_with_defaults_and_refuse_version_2_fields():
+    d = make_card().to_dict()
+    assert d["version"] == 1 and "crop_pct" not in d["preprocess"]
+    card = ModelCard.from_dict(d)
+    assert card.preprocess.crop_pct == 1.0 and card.preprocess.interpolation == "auto"
+    d["preprocess"]["crop_pct"] = 0.9
+    with pytest.raises(CardError, match="unknown field"):
+        ModelCard.from_dict(d)
+    d["preprocess"].pop("crop_pct")
+    d["preprocess"]["resize"] = "pad"
+    with pytest.raises(CardError, match="needs card version 2"):
+        ModelCard.from_dict(d)
 
 
 def test_replace_nested():
@@ -55,6 +72,16 @@ def test_replace_nested():
     (lambda d: d["preprocess"].update(scale=-1), "scale must be a finite positive number"),
     (lambda d: d["preprocess"].update(std=[float("inf")] * 3), "std[0] must be finite"),
     (lambda d: d["preprocess"].update(std=[-1, 1, 1]), "std must be positive"),
+    (lambda d: d.update(version=2) or d["preprocess"].update(crop_pct=0, pad_value=0, interpolation="auto"),
+     "crop_pct must be above 0"),
+    (lambda d: d.update(version=2) or d["preprocess"].update(crop_pct=1, pad_value=300, interpolation="auto"),
+     "pad_value must be from 0 to 255"),
+    (lambda d: d.update(version=2) or d["preprocess"].update(crop_pct=1, pad_value=0, interpolation="nearest"),
+     "preprocess.interpolation is 'nearest'"),
+    (lambda d: d.update(version=2) or d["preprocess"].update(resize="pad", crop_pct=0.5, pad_value=0,
+                                                              interpolation="auto"),
+     "crop_pct applies to stretch"),
+    (lambda d: d.update(version=2), "missing field 'preprocess.crop_pct'"),
     (lambda d: d.update(classes=["a", " "]), "classes[1] is an empty name"),
 ])
 def test_invalid_cards_are_refused(mutate, message):

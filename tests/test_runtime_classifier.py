@@ -90,7 +90,7 @@ def test_fixed_batch_gray_model_with_labels_file_and_arguments(tmp_path):
 
 
 def test_card_fixes_preprocessing_and_labels_must_fit():
-    with pytest.raises(UsageError, match="carries a model card.*--scale"):
+    with pytest.raises(UsageError, match="carries a model card.*drop --scale \\(scale=\\)"):
         Classifier(models()["onnx"], scale=1 / 255)
     with pytest.raises(UsageError, match="card has 10 classes"):
         Classifier(models()["onnx"], labels=["a", "b"])

@@ -11,6 +11,7 @@ import numpy as np
 
 from ..artifacts import TABLE, is_gpu
 from ..errors import BackendUnavailable, MissingDependency, UsageError
+from ..runtime.backends.sizing import check_batch_pixels, dynamic_size_error
 from . import machine, measure, plan
 from .report import BenchReport, Row, Skipped
 from .stats import MAX_SAMPLES_KEPT, latency, spread
@@ -40,6 +41,7 @@ class BenchConfig:
     e2e_batch: int | None = None
     workers: int | None = None
     trust: bool = False
+    input_size: tuple[int, int] | None = None  # for graphs of dynamic height and width (--input-size)
     max_spread: float = MAX_SPREAD
     keep_samples: bool = True
 
@@ -98,7 +100,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> Ben
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                be = load_backend(art.path, backend, **opts)
+                be = load_backend(art.path, backend, input_size=cfg.input_size, **opts)
         except (BackendUnavailable, MissingDependency) as exc:
             report.skipped.append(Skipped(art.name, backend, str(exc)))
             continue
@@ -133,11 +135,6 @@ def _tensorflow_threads(threads: int | None, report: BenchReport) -> None:
                                              "TensorFlow default"}
 
 
-def _fallback_dims(be: Any) -> tuple[int, ...] | None:
-    card = be.card
-    return None if card is None else tuple(card.input.shape)
-
-
 def _measure_artifact(cfg: BenchConfig, report: BenchReport, art: plan.Artifact, backend: str, be: Any,
                       batches: list[int], precision: str) -> None:
     methods = KERAS_METHODS if backend == "keras" else ("infer",)
@@ -148,7 +145,10 @@ def _measure_artifact(cfg: BenchConfig, report: BenchReport, art: plan.Artifact,
             report.notes.append(f"{art.name} on {backend}: {note}")
         done.setdefault(eff, []).append(b)
     for eff, requested in sorted(done.items()):
-        x = measure.make_input(be.input_spec.shape, be.input_spec.dtype, eff, cfg.seed, _fallback_dims(be))
+        if None in be.input_spec.shape[1:]:
+            raise dynamic_size_error(be.path, be.input_spec)
+        check_batch_pixels(be, eff)
+        x = measure.make_input(be.input_spec.shape, be.input_spec.dtype, eff, cfg.seed)
         for method in methods:
             call: measure.Call
             if method == "predict":
@@ -206,7 +206,7 @@ def _end_to_end(cfg: BenchConfig, report: BenchReport, art: plan.Artifact, backe
     say(f"{art.name} on {backend}: end-to-end on {len(files)} images, batch {eff}, {workers} workers ...")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        clf = Classifier(art.path, backend, topk=1, **opts)
+        clf = Classifier(art.path, backend, topk=1, input_size=cfg.input_size, **opts)
     with clf:
         key = (clf.card.input, clf.card.preprocess.resize, clf.reduce_decode, workers)
         if key not in bounds:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 from fractions import Fraction
+from typing import Any
 
 
 def positive_int(text: str) -> int:
@@ -41,11 +42,6 @@ def number(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number or a fraction such as 1/255, got {text!r}") from None
 
 
-def numbers(text: str) -> list[float]:
-    """Comma-separated numbers, e.g. ``0.485,0.456,0.406``."""
-    return [number(t) for t in text.split(",")]
-
-
 def fraction(text: str) -> float:
     """A number from 0 to 1, e.g. a top-1 agreement of ``0.995``."""
     v = number(text)
@@ -59,3 +55,75 @@ def non_negative_float(text: str) -> float:
     if v < 0:
         raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
     return v
+
+
+# the model-description flags: shared by cnn-infer, cnn-bench and cnn-export ---------------------------------
+
+#: flag -> (metavar or None for a switch, help: what it is, when to use it, an example)
+_MODEL_FLAGS: dict[str, tuple[str | None, str]] = {
+    "labels": ("FILE", "class names, one a line; without it, names come from the file's metadata (Ultralytics "
+                       "'names', 'labels', 'classes') or are indices (e.g. --labels labels.txt)"),
+    "input_size": ("HxW", "image size for a graph whose height and width are dynamic, e.g. [N,3,?,?]; the "
+                          "size the model was trained at (e.g. --input-size 48x192)"),
+    "scale": ("X", "multiply pixels (0..255) by X first (default 1/255; e.g. --scale 1/255)"),
+    "mean": ("M", "subtract after scaling, one value or one per channel (default 0; e.g. --mean "
+                  "0.485,0.456,0.406)"),
+    "std": ("S", "then divide, one value or one per channel (default 1; e.g. --std 0.229,0.224,0.225)"),
+    "rgb": (None, "feed RGB (default) or BGR with --no-rgb, for models trained on OpenCV's order (e.g. --no-rgb)"),
+    "resize": ("MODE", "stretch (default; the tutorials), center-crop (keep aspect, crop to fill), shorter "
+                       "(shorter side to input/crop-pct, centre crop: torchvision/timm ImageNet models), "
+                       "letterbox (fit, centred on --pad-value), pad (fit, top-left, pad right/bottom: OCR text "
+                       "lines, documents) (e.g. --resize shorter)"),
+    "crop_pct": ("F", "with stretch, center-crop or shorter: resize to input/F, then centre-crop the input, "
+                      "as timm's crop_pct; 0.875 is 256 -> 224 (default 1; e.g. --crop-pct 0.875)"),
+    "pad_value": ("V", "pixel value 0..255 that letterbox and pad fill with; 127.5 after (x/255-0.5)/0.5 is "
+                       "PaddleOCR's zero padding (default 0; e.g. --pad-value 127)"),
+    "interpolation": ("I", "auto (default: area when shrinking, linear when enlarging), area, linear "
+                           "(torchvision/PIL bilinear), cubic (bicubic, timm), lanczos (e.g. --interpolation cubic)"),
+    "output": ("KIND", "probabilities or logits (default: detected; a softmax is applied to logits only; "
+                       "e.g. --output logits)"),
+}
+MODEL_FLAGS = tuple(_MODEL_FLAGS)
+
+#: worked examples for `--help` (cnn-infer's epilog)
+MODELS_FROM_ELSEWHERE = """\
+models from elsewhere (no card; the flags say what the model expects):
+  # an ImageNet-style torchvision/timm export: shorter side 256, centre crop 224, bilinear
+  cnn-infer resnet18.onnx --source photos/ --resize shorter --crop-pct 0.875 --interpolation linear \\
+      --scale 1/255 --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 --output logits --labels imagenet.txt
+  # an OCR-style text-line model of dynamic width: keep aspect, pad right with mid-grey
+  cnn-infer ch_ppocr_mobile_v2.0_cls_infer.onnx --source lines/ --input-size 48x192 --resize pad \\
+      --pad-value 127.5 --interpolation linear --scale 1/255 --mean 0.5 --std 0.5 --no-rgb --labels 0_180.txt
+  # a model with class names in its metadata (an Ultralytics classify export): names and size are read
+  cnn-infer yolo11n-cls.onnx --source photos/ --resize shorter --interpolation linear
+"""
+
+
+def add_model_flags(parser: argparse.ArgumentParser, which: tuple[str, ...] = MODEL_FLAGS,
+                    title: str = "models without a card (third-party ONNX, or a .keras without its card.json)"
+                    ) -> argparse._ArgumentGroup:
+    """Add the model-description flags named in ``which`` as one group. Values stay text here:
+    :func:`model_description` checks them all in one place, as the Python API does."""
+    from ..card import INTERPOLATIONS, OUTPUT_KINDS, RESIZE_MODES
+
+    g = parser.add_argument_group(title)
+    choices = {"resize": RESIZE_MODES, "interpolation": INTERPOLATIONS, "output": OUTPUT_KINDS}
+    for key in which:
+        metavar, help_text = _MODEL_FLAGS[key]
+        flag = "--" + key.replace("_", "-")
+        if metavar is None:
+            g.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif key in choices:
+            g.add_argument(flag, choices=choices[key], help=help_text)
+        else:
+            g.add_argument(flag, metavar=metavar, help=help_text)
+    return g
+
+
+def model_description(args: argparse.Namespace, which: tuple[str, ...] = MODEL_FLAGS) -> dict[str, Any]:
+    """The given model-description flags, checked and typed (keyword arguments for Classifier:
+    ``input_size`` as (h, w), ``mean`` as a tuple ...); a bad value is a UsageError (exit 2)
+    that names the flag and shows its form, e.g. ``--std: must be positive, e.g. --std 0.229,0.224,0.225``."""
+    from ..runtime.describe import check_description
+
+    return check_description({k: getattr(args, k, None) for k in which}, cli=True)

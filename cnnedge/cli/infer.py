@@ -18,8 +18,7 @@ from typing import Any, Sequence, TextIO
 
 from ..atomic import check_output
 from ..errors import UsageError
-from ._args import number as _number
-from ._args import numbers as _numbers
+from ._args import MODELS_FROM_ELSEWHERE, add_model_flags, model_description
 from ._args import positive_int as _positive
 from ._args import positive_seconds as _positive_seconds
 from ._run import entry
@@ -28,7 +27,6 @@ PROG = "cnn-infer"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..card import RESIZE_MODES
     from ..artifacts import BACKEND_CHOICES
 
     p = argparse.ArgumentParser(
@@ -38,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "models without one.",
         epilog="examples:\n  cnn-infer model.int8.onnx --source photos/ --eval\n"
                "  cnn-infer model.engine --camera 0 --json out.jsonl --max-frames 100\n"
-               "  cnn-infer other.onnx --source img.jpg --scale 1/255 --mean 0.5 --std 0.5 --labels labels.txt")
+               "  cnn-infer other.onnx --source img.jpg --scale 1/255 --mean 0.5 --std 0.5 --labels labels.txt\n\n"
+               + MODELS_FROM_ELSEWHERE)
     p.add_argument("model", help="model file: .onnx, .engine or .keras (e.g. runs/digits/model.int8.onnx)")
     src = p.add_argument_group("sources (several may be given; they share batches)")
     src.add_argument("--source", action="append", default=[], metavar="SRC",
@@ -89,18 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--trust", action="store_true", help="allow legacy .h5 Keras models (they ignore safe mode; "
                      "e.g. --trust)")
 
-    third = p.add_argument_group("models without a card (third-party ONNX)")
-    third.add_argument("--labels", metavar="FILE", help="class names, one a line (e.g. --labels labels.txt)")
-    third.add_argument("--scale", type=_number, metavar="X", help="pixel scale (e.g. --scale 1/255)")
-    third.add_argument("--mean", type=_numbers, metavar="M", help="mean, one or per channel (e.g. --mean "
-                       "0.485,0.456,0.406)")
-    third.add_argument("--std", type=_numbers, metavar="S", help="std, one or per channel (e.g. --std 0.5)")
-    third.add_argument("--rgb", action=argparse.BooleanOptionalAction, default=None,
-                       help="feed RGB (default) or BGR with --no-rgb (e.g. --no-rgb)")
-    third.add_argument("--resize", choices=RESIZE_MODES, help="resize mode (default stretch; e.g. --resize "
-                       "center-crop)")
-    third.add_argument("--output", choices=("probabilities", "logits"),
-                       help="what the model outputs (default: detected; e.g. --output logits)")
+    add_model_flags(p)
 
     out = p.add_argument_group("output")
     out.add_argument("--topk", type=_positive, default=1, metavar="K", help="show the K best classes "
@@ -181,13 +169,13 @@ def _run(args: argparse.Namespace, sources: list[Any], out: TextIO, err: TextIO)
     check_output("--save-dir", args.save_dir, args.force, folder=True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        clf = Classifier(args.model, args.backend, labels=args.labels, scale=args.scale, mean=args.mean,
-                         std=args.std, rgb=args.rgb, resize=args.resize, output=args.output, topk=args.topk,
+        clf = Classifier(args.model, args.backend, **model_description(args), topk=args.topk,
                          reduce_decode=args.reduce_decode, threads=args.threads, fp16=args.fp16 or None,
                          **({"trust": True} if args.trust else {}))
     for w in caught:
         print(f"{PROG}: warning: {w.message}", file=err)
     with clf, ExitStack() as stack:
+        clf.check_batch(args.batch)
         sinks: list[S.Sink] = [S.ErrorSink(err) if args.quiet else S.LineSink(out, err, args.topk)]
         if args.json:
             sinks.append(stack.enter_context(S.JsonlSink(args.json, args.force)))
@@ -203,7 +191,7 @@ def _run(args: argparse.Namespace, sources: list[Any], out: TextIO, err: TextIO)
         if ev is not None:
             sinks.append(ev)
         print(f"{PROG}: {clf.card.name} ({clf.card.num_classes} classes, {clf.card.input.height}x"
-              f"{clf.card.input.width}) on {clf.backend_name}", file=err)
+              f"{clf.card.input.width}) on {clf.backend_name}; class names from {clf.labels_from}", file=err)
         show_progress = args.progress if args.progress is not None else err.isatty()
         summary = run(sources, clf, sinks, batch=args.batch, max_wait_ms=args.max_wait_ms, workers=args.workers,
                       glob=args.glob, max_frames=args.max_frames, duration=args.duration, live=args.live,

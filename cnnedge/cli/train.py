@@ -8,6 +8,7 @@ import sys
 from typing import Sequence
 
 from ..errors import UsageError
+from ._args import add_model_flags, model_description
 from ._run import entry
 
 EXAMPLES = """examples:
@@ -82,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     aug.add_argument("--shift", type=float, default=0.0, metavar="F",
                      help="random shift up to +-F of height and width, e.g. --shift 0.1")
     aug.add_argument("--shear", type=float, default=0.0, metavar="F", help="random shear up to +-F, e.g. --shear 0.1")
+    add_model_flags(p, ("resize", "crop_pct", "pad_value", "interpolation"),
+                    "how images are resized to --img-size (recorded in the card; the runtime does the same)")
     p.add_argument("--mixed-precision", action="store_true",
                    help="train in mixed float16 (needs a GPU), e.g. --mixed-precision")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run, e.g. --resume runs/food --epochs 30")
@@ -137,7 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             augment=Augment(flip=args.flip, rotation=args.rotation, zoom=args.zoom, shift=args.shift,
                             shear=args.shear),
             learning_rate=args.learning_rate, mixed_precision=args.mixed_precision, csv_shape=args.csv_shape,
-            force=args.force, verbose=verbose)
+            force=args.force, verbose=verbose,
+            resize=model_description(args, ("resize", "crop_pct", "pad_value", "interpolation")))
         result = train(cfg)
     print(f"cnn-train: {result.summary()}", flush=True)
     sys.stdout.flush()

@@ -16,8 +16,8 @@ __all__ = ["Classifier", "Prediction", "Result", "RunSummary", "load_backend", "
 
 _WHERE = {
     "Classifier": "classifier", "Prediction": "results", "Result": "results",
-    "CardMissingWarning": "classifier", "load_backend": "backends", "open_source": "sources",
-    "run_pipeline": "stream", "run": "runner", "RunSummary": "runner",
+    "CardMissingWarning": "classifier", "OutputKindWarning": "classifier", "load_backend": "backends",
+    "open_source": "sources", "run_pipeline": "stream", "run": "runner", "RunSummary": "runner",
 }
 
 

@@ -14,15 +14,18 @@ import os
 import threading
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, NamedTuple
 
 import numpy as np
 
-from ..card import InputSpec, ModelCard, Preprocess, RESIZE_MODES
-from ..errors import CardError, ModelLoadError, UsageError
+from ..card import InputSpec, ModelCard, Preprocess, card_path_for
+from ..errors import CardError, CnnEdgeError, ModelLoadError, UsageError, first_line
 from .backends import Backend, Slot, load_backend
+from .backends.sizing import check_batch_pixels, dynamic_size_error, image_axes
+from .describe import PREPROCESS_KEYS, check_description, flag_names
 from .images import decode_image, read_file, reduce_factor
-from .preprocess import prepare_image, to_model_input
+from .labels import check_count, metadata_labels, read_labels
+from .preprocess import decode_need, prepare_image, to_model_input
 from .results import Prediction, Result
 
 
@@ -34,62 +37,55 @@ class CardMissingWarning(UserWarning):
     """The model carries no card: preprocessing comes from arguments and defaults."""
 
 
-def read_labels(labels: Sequence[str] | str | os.PathLike | None) -> tuple[str, ...] | None:
-    """A list of class names, or a text file with one name per line."""
-    if labels is None:
-        return None
-    if isinstance(labels, (str, os.PathLike)):
-        p = Path(labels)
-        try:
-            text = p.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise UsageError(f"--labels {p}: cannot read ({exc.strerror or exc})") from None
-        names = tuple(line.strip() for line in text.splitlines() if line.strip())
-    else:
-        names = tuple(str(x) for x in labels)
-    if len(names) < 2:
-        raise UsageError(f"labels: need at least 2 class names, found {len(names)}")
-    if len(set(names)) != len(names):
-        raise UsageError("labels: class names must be unique")
-    return names
-
-
-def _layout_from_shape(shape: tuple[int | None, ...]) -> str:
-    a, c = shape[1], shape[3]
-    if c in (1, 3) and a not in (1, 3):
-        return "NHWC"
-    if a in (1, 3) and c not in (1, 3):
-        return "NCHW"
-    return "NHWC"
-
-
 def _fits(spec: InputSpec, shape: tuple[int | None, ...]) -> bool:
     return all(d is None or d == s for d, s in zip(shape[1:], spec.shape))
 
 
-def resolve_card(backend: Backend, *, labels: Any = None, scale: float | None = None,
-                 mean: Sequence[float] | float | None = None, std: Sequence[float] | float | None = None,
-                 rgb: bool | None = None, resize: str | None = None, output: str | None = None
-                 ) -> tuple[ModelCard, bool]:
-    """The card to run ``backend`` with, and whether the output kind must be detected.
+class OutputKindWarning(UserWarning):
+    """The output kind the user named does not look like what the model gives."""
+
+
+class Resolved(NamedTuple):
+    """What :func:`resolve_card` decides: the card to run with, whether the output kind
+    must still be detected, and where the class names came from (for the startup line)."""
+
+    card: ModelCard
+    detect: bool
+    labels_from: str
+
+
+def resolve_card(backend: Backend, *, labels: Any = None, scale: Any = None, mean: Any = None, std: Any = None,
+                 rgb: Any = None, resize: Any = None, crop_pct: Any = None, pad_value: Any = None,
+                 interpolation: Any = None, output: Any = None) -> Resolved:
+    """The card to run ``backend`` with.
 
     With a card in the artifact, it is checked against the graph. Without one, the
-    input's layout, size and channels come from the graph and the rest from the
-    arguments (the same as cnn-infer's flags); a CardMissingWarning says so.
+    input's layout, size and channels come from the graph (a dynamic size from
+    ``load_backend``'s ``input_size``), class names from ``labels`` or the file's
+    metadata, and the rest from the arguments (the same as cnn-infer's flags,
+    validated by :func:`~cnnedge.runtime.describe.check_description`); a
+    CardMissingWarning says so. A ``.keras`` file without a
+    card is refused unless its preprocessing is described: generic defaults would
+    give wrong answers.
     """
     path = backend.path
-    shape = backend.input_spec.shape
-    names = read_labels(labels)
+    spec_in = backend.input_spec
+    shape = spec_in.shape
+    desc = check_description(dict(labels=labels, scale=scale, mean=mean, std=std, rgb=rgb, resize=resize,
+                                  crop_pct=crop_pct, pad_value=pad_value, interpolation=interpolation,
+                                  output=output))
+    names = read_labels(desc.get("labels"))
+    given_labels = desc.get("labels")
+    labels_flag = "labels" if not isinstance(given_labels, (str, os.PathLike)) else Path(given_labels).name
     if len(shape) != 4:
-        raise ModelLoadError(f"{path}: input {backend.input_spec.name!r} has shape {shape}; an image classifier "
+        raise ModelLoadError(f"{path}: input {spec_in.name!r} has shape {shape}; an image classifier "
                              "takes a 4-D NHWC or NCHW tensor")
-    given = {k: v for k, v in dict(scale=scale, mean=mean, std=std, rgb=rgb, resize=resize,
-                                   output=output).items() if v is not None}
+    given = [k for k in PREPROCESS_KEYS + ("output",) if k in desc]
     card = backend.card
     if card is not None:
         if given:
-            raise UsageError(f"{path} carries a model card, which fixes {', '.join(sorted(given))}; drop "
-                             f"{', '.join('--' + k for k in sorted(given))} (they are for models without a card)")
+            raise UsageError(f"{path} carries a model card, which fixes {', '.join(given)}; drop "
+                             f"{flag_names(given)} (they are for models without a card)")
         spec = card.input
         if not _fits(spec, shape):
             other = InputSpec(spec.height, spec.width, spec.channels,
@@ -101,50 +97,51 @@ def resolve_card(backend: Backend, *, labels: Any = None, scale: float | None = 
         if names is not None:
             if len(names) != card.num_classes:
                 raise UsageError(f"labels: {len(names)} names given, the model's card has {card.num_classes} classes")
-            card = card.replace(classes=names)
-        return card, False
+            return Resolved(card.replace(classes=names), False, labels_flag)
+        return Resolved(card, False, "the model card")
 
+    if backend.name == "keras" and not any(k in desc for k in PREPROCESS_KEYS):
+        raise UsageError(f"{path} has no model card ({card_path_for(path).name} beside it), so nothing says how its "
+                         "inputs were scaled; put the card.json of its training run beside it, or describe the model "
+                         "with --scale, --mean, --std, --resize and --labels (scale=, mean=, ... in Python), e.g. "
+                         "--scale 1/255 --labels labels.txt")
     warnings.warn(f"{path} carries no model card; input size and layout come from the graph, preprocessing from "
                   "arguments (scale, mean, std, rgb, resize) and defaults", CardMissingWarning, stacklevel=3)
-    layout = _layout_from_shape(shape)
-    h, w, c = (shape[1], shape[2], shape[3]) if layout == "NHWC" else (shape[2], shape[3], shape[1])
-    if h is None or w is None or c is None:
-        raise ModelLoadError(f"{path}: input {backend.input_spec.name!r} has a dynamic size {shape}; cnnedge needs a "
-                             "fixed height, width and channel count")
-    if c not in (1, 3):
-        raise ModelLoadError(f"{path}: input has {c} channels; cnnedge feeds 1 (gray) or 3 (colour)")
-    dtype = backend.input_spec.dtype
+    axes = image_axes(shape)
+    if axes is None or None in (shape[axes[0]], shape[axes[1]]):
+        if axes is None and None not in shape[1:]:
+            raise ModelLoadError(f"{path}: input {spec_in.name!r} has shape {shape}: no axis of 1 (gray) or 3 "
+                                 "(colour) channels; cnnedge feeds images")
+        raise dynamic_size_error(path, spec_in)
+    h, w, c = (shape[i] for i in axes)
+    layout = "NCHW" if axes[2] == 1 else "NHWC"
+    dtype = spec_in.dtype
     if dtype not in ("uint8", "float32", "float16"):
         raise ModelLoadError(f"{path}: input type {dtype} is not an image type (uint8, float32, float16)")
-    if resize is not None and resize not in RESIZE_MODES:
-        raise UsageError(f"resize {resize!r}: expected one of {', '.join(RESIZE_MODES)}")
-    color = "GRAY" if c == 1 else ("BGR" if rgb is False else "RGB")
-
-    def _tuple(v: Any, default: tuple[float, ...]) -> tuple[float, ...]:
-        if v is None:
-            return default
-        return (float(v),) if isinstance(v, (int, float)) else tuple(float(x) for x in v)
-
-    pre = Preprocess(resize=resize or "stretch", scale=1 / 255 if scale is None else float(scale),
-                     mean=_tuple(mean, (0.0,)), std=_tuple(std, (1.0,)), in_graph=dtype == "uint8",
-                     name="arguments")
+    color = "GRAY" if c == 1 else ("BGR" if desc.get("rgb") is False else "RGB")
     n_out = backend.output_spec.shape[-1] if len(backend.output_spec.shape) >= 2 else None
-    if names is None:
-        if n_out is None:
-            names = ("0", "1")  # replaced after the warm-up tells the real count
+    if names is not None:
+        labels_from = labels_flag
+    else:
+        meta = metadata_labels(backend.metadata, path)
+        if meta is not None:
+            names, labels_from = meta[0], f"the file's metadata ({meta[1]!r})"
         else:
-            names = tuple(str(i) for i in range(n_out))
-    elif n_out is not None and len(names) != n_out:
-        raise UsageError(f"labels: {len(names)} names given, the model outputs {n_out} classes")
-    if output is not None and output not in ("probabilities", "logits"):
-        raise UsageError(f"output {output!r}: expected probabilities or logits")
+            labels_from = "indices (no labels given)"
+            names = ("0", "1") if n_out is None else tuple(str(i) for i in range(n_out))  # None: the warm-up counts
+    if labels_from != "indices (no labels given)":
+        check_count(names, n_out, "labels" if labels_from == labels_flag else labels_from, path,
+                    labels_from == labels_flag)
     try:
-        card = ModelCard(name=Path(path).stem, classes=names,
-                         input=InputSpec(h, w, c, layout, dtype, color), preprocess=pre,
-                         output=output or "probabilities")
+        pre = Preprocess(resize=desc.get("resize", "stretch"), scale=desc.get("scale", 1 / 255),
+                         mean=desc.get("mean", (0.0,)), std=desc.get("std", (1.0,)), in_graph=dtype == "uint8",
+                         name="arguments", crop_pct=desc.get("crop_pct", 1.0), pad_value=desc.get("pad_value", 0.0),
+                         interpolation=desc.get("interpolation", "auto"))
+        card = ModelCard(name=Path(path).stem, classes=names, input=InputSpec(h, w, c, layout, dtype, color),
+                         preprocess=pre, output=desc.get("output", "probabilities"))
     except CardError as exc:
-        raise UsageError(str(exc).replace("model card: ", "")) from None
-    return card, output is None
+        raise UsageError(str(exc).replace("model card: preprocess.", "").replace("model card: ", "")) from None
+    return Resolved(card, "output" not in desc, labels_from)
 
 
 def _topk(k: Any) -> int:
@@ -164,28 +161,34 @@ class Classifier:
 
     ``model``: a model file, or a :class:`Backend` already opened (the Classifier closes it).
     ``backend``: ``"auto"``, ``"ort-cpu"``, ``"ort-cuda"``, ``"ort-trt"``, ``"trt"`` or ``"keras"``.
-    ``labels``, ``scale``, ``mean``, ``std``, ``rgb``, ``resize``, ``output``: for models
-    without a card. ``topk``: length of each prediction's top-k list.
+    ``labels``, ``scale``, ``mean``, ``std``, ``rgb``, ``resize``, ``crop_pct``, ``pad_value``,
+    ``interpolation``, ``output``: for models without a card (checked as cnn-infer checks its
+    flags: a bad value is a UsageError). ``input_size=(h, w)``: the image size of a graph
+    whose height and width are dynamic. ``topk``: length of each prediction's top-k list.
     ``reduce_decode``: decode large JPEG files at 1/2..1/8 size when they are at
     least twice the model input. Other keyword arguments go to the backend
     (``threads``, ``fp16``, ``cache_dir``, ``device_id``, ``trust``).
     """
 
     def __init__(self, model: str | os.PathLike | Backend, backend: str = "auto", *, labels: Any = None,
-                 scale: float | None = None, mean: Any = None, std: Any = None, rgb: bool | None = None,
-                 resize: str | None = None, output: str | None = None, topk: int = 5, warmup: bool = True,
-                 reduce_decode: bool = True, **backend_opts: Any) -> None:
+                 scale: Any = None, mean: Any = None, std: Any = None, rgb: bool | None = None,
+                 resize: str | None = None, crop_pct: Any = None, pad_value: Any = None,
+                 interpolation: str | None = None, output: str | None = None, input_size: Any = None,
+                 topk: int = 5, warmup: bool = True, reduce_decode: bool = True, **backend_opts: Any) -> None:
         topk = _topk(topk)
+        described = dict(labels=labels, scale=scale, mean=mean, std=std, rgb=rgb, resize=resize, crop_pct=crop_pct,
+                         pad_value=pad_value, interpolation=interpolation, output=output)
+        size = check_description({"input_size": input_size}).get("input_size")
+        check_description(described)  # before loading: a bad value costs no model load
         if isinstance(model, Backend):  # an opened backend (the Classifier closes it), e.g. a ReplayBackend
-            if backend != "auto" or backend_opts:
-                raise UsageError("Classifier(backend_instance) takes no backend name or backend options; "
-                                 "give them to load_backend")
+            if backend != "auto" or backend_opts or size is not None:
+                raise UsageError("Classifier(backend_instance) takes no backend name, backend options or "
+                                 "input_size; give them to load_backend")
             self.backend: Backend = model
         else:
-            self.backend = load_backend(model, backend, **backend_opts)
+            self.backend = load_backend(model, backend, input_size=size, **backend_opts)
         try:
-            self.card, detect = resolve_card(self.backend, labels=labels, scale=scale, mean=mean, std=std,
-                                             rgb=rgb, resize=resize, output=output)
+            self.card, detect, self.labels_from = resolve_card(self.backend, **described)
             be = self.backend
             self._spec = InputSpec(self.card.input.height, self.card.input.width, self.card.input.channels,
                                    self.card.input.layout, be.input_spec.dtype, self.card.input.color)
@@ -198,8 +201,8 @@ class Classifier:
             self._cv2 = cv2
             self._hwc = (self._spec.height, self._spec.width, 3)
             self._cvt = {"RGB": cv2.COLOR_BGR2RGB, "BGR": None, "GRAY": cv2.COLOR_BGR2GRAY}[self._spec.color]
-            if self._spec.color == "GRAY":
-                self._hwc = (-1,)  # gray models take the general path
+            if self._spec.color == "GRAY" or self._pre.crop_pct != 1:
+                self._hwc = (-1,)  # gray models, and crops of an image already at the input size, take the general path
             self._direct = (self._pre.in_graph and self._spec.layout == "NHWC" and self._spec.dtype == "uint8")
             # predict()'s per-frame path: one reusable batch-of-one slot per calling thread, filled in place
             self._slots: dict[int, Slot] | None = None
@@ -209,7 +212,8 @@ class Classifier:
                     self._slots = {threading.get_ident(): first}
             self._closed = False
             if warmup or detect or self.card.classes == ("0", "1") and be.output_spec.shape[-1] is None:
-                self._warmup(detect, labels is not None)
+                self._warmup(detect, self.labels_from != "indices (no labels given)",
+                             None if detect or be.card is not None else self.card.output)
         except BaseException:
             self.backend.close()
             raise
@@ -223,21 +227,52 @@ class Classifier:
         return f"<Classifier {self.card.name} on {self.backend_name}: {self.card.num_classes} classes>"
 
     # core ----------------------------------------------------------------------------
-    def _warmup(self, detect: bool, labelled: bool) -> None:
-        n = self.backend.fixed_batch or 1
+    def _warmup(self, detect: bool, labelled: bool, said: str | None) -> None:
+        """Run noise through the model at batch 1 and 2 (or its fixed batch): a wrong input size
+        or a batch-dependent output is refused here, at load, not midway through a run; the
+        class count and (``detect``) the output kind are read off the output, and an output
+        kind the user ``said`` that does not look like the output is warned about once."""
+        be = self.backend
+        sizes = [be.fixed_batch] if be.fixed_batch else [1] if (be.max_batch or 2) < 2 else [1, 2]
         rng = np.random.default_rng(0)
-        pixels = rng.integers(0, 256, (n, self._spec.height, self._spec.width, self._spec.channels), np.uint8)
-        out = self.backend.infer(to_model_input(pixels, self._spec, self._pre))
-        out = out.reshape(out.shape[0], -1)
+        widths, out = [], None
+        for n in sizes:
+            pixels = rng.integers(0, 256, (n, self._spec.height, self._spec.width, self._spec.channels), np.uint8)
+            try:
+                out = np.asarray(be.infer(to_model_input(pixels, self._spec, self._pre)))
+            except CnnEdgeError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the engine's own error classes, mapped to one line
+                where = (f"the input size {self._spec.height}x{self._spec.width} comes from {be.size_from}: is it "
+                         "right?" if be.size_from else "re-export the model" if be.card is not None else
+                         "check the model file")
+                raise (CardError if be.card is not None else ModelLoadError)(
+                    f"{be.path}: the model fails on a batch of {n} at {self._spec.height}x{self._spec.width} "
+                    f"({first_line(exc)}); {where}") from None
+            if out.ndim == 0 or out.shape[0] != n:
+                raise ModelLoadError(f"{be.path}: the model returns {out.shape[0] if out.ndim else 'no'} rows for a "
+                                     f"batch of {n}; cnnedge needs one row of scores per image")
+            out = out.reshape(n, -1)
+            widths.append(out.shape[1])
+        if len(set(widths)) > 1:
+            raise ModelLoadError(f"{be.path}: the output width depends on the batch ({widths[0]} values per image at "
+                                 f"batch 1, {widths[1]} at batch 2); cnnedge needs one score per class")
+        assert out is not None
         if out.shape[1] != self.card.num_classes:
-            if labelled or self.backend.card is not None:
-                raise CardError(f"{self.backend.path}: the model outputs {out.shape[1]} classes, its labels name "
-                                f"{self.card.num_classes}")
+            if labelled or be.card is not None:
+                raise CardError(f"{be.path}: the model outputs {out.shape[1]} classes, its labels "
+                                f"({self.labels_from}) name {self.card.num_classes}")
             self.card = self.card.replace(classes=tuple(str(i) for i in range(out.shape[1])))
+        kind = "probabilities" if _looks_like_probabilities(out) else "logits"
         if detect:
-            kind = "probabilities" if _looks_like_probabilities(out) else "logits"
             self.card = self.card.replace(output=kind)
             self._logits = kind == "logits"
+        elif said is not None and said != kind:
+            warnings.warn(f"{be.path}: output is said to be {said}, but the model's rows "
+                          + ("are non-negative and sum to 1: they look like probabilities already, and a softmax "
+                             "over them flattens the scores; drop --output logits" if said == "logits" else
+                             "do not sum to 1: they look like logits; use --output logits"), OutputKindWarning,
+                          stacklevel=3)
 
     def load_image(self, path: str | os.PathLike) -> np.ndarray:
         """Read an image file (decode limits, damage flagged), at reduced size when that is safe."""
@@ -245,8 +280,16 @@ class Classifier:
 
     def decode(self, data: bytes, path: str | os.PathLike | None = None) -> np.ndarray:
         """Decode image bytes, at reduced size for a JPEG at least twice the model input."""
-        r = reduce_factor(data, self._spec.height, self._spec.width) if self.reduce_decode else 1
+        r = reduce_factor(data, self._spec.height, self._spec.width, self._decode_need) if self.reduce_decode else 1
         return decode_image(data, path, r)
+
+    def _decode_need(self, h: int, w: int) -> tuple[int, int]:
+        return decode_need(h, w, self._spec.height, self._spec.width, self._pre)
+
+    def check_batch(self, batch: int, flag: str = "--batch") -> None:
+        """UsageError naming ``flag`` when ``batch`` images of a dynamic-size graph would exceed
+        the pixels-per-batch cap (:data:`~cnnedge.runtime.backends.sizing.MAX_BATCH_PIXELS`)."""
+        check_batch_pixels(self.backend, batch, flag)
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
         """One BGR/gray/BGRA uint8 image -> HxWxC uint8 in the model's colour order and size."""
@@ -356,6 +399,7 @@ class Classifier:
         imgs = [im if isinstance(im, np.ndarray) else self.load_image(im) for im in images]
         if not imgs:
             return []
+        self.check_batch(len(imgs), "predict_batch: images per call")
         pixels = np.stack([self.prepare(im) for im in imgs])
         return self.postprocess(self.infer_pixels(pixels), topk)
 
@@ -369,6 +413,7 @@ class Classifier:
         """
         from .stream import run_pipeline
 
+        self.check_batch(batch, "batch")
         return run_pipeline(self, source, batch=batch, **options)
 
     # lifecycle -----------------------------------------------------------------------

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -140,16 +140,21 @@ def image_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def reduce_factor(data: bytes, height: int, width: int) -> int:
+def reduce_factor(data: bytes, height: int, width: int,
+                  need: Callable[[int, int], tuple[int, int]] | None = None) -> int:
     """The largest JPEG decode reduction (1, 2, 4 or 8) that keeps the image at least
-    ``height`` x ``width``: a photo at least 2x the model input decodes at 1/2 to 1/8
-    size, much faster, before the final resize. Other formats decode at full size."""
+    ``height`` x ``width`` (or ``need(h, w)`` for a file of ``h`` x ``w``: the size the resize
+    mode scales to, which a crop makes larger than the input): a photo at least 2x that
+    decodes at 1/2 to 1/8 size, much faster, before the final resize. Other formats
+    decode at full size."""
     if not data.startswith(b"\xff\xd8"):
         return 1
     size = image_size(data)
     if size is None:
         return 1
     w, h = size
+    if need is not None:
+        height, width = need(h, w)
     for r in (8, 4, 2):
         if w // r >= width and h // r >= height:
             return r

@@ -4,11 +4,13 @@ the model card (see :mod:`cnnedge.card` for the contract).
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
 
-from ..card import InputSpec, Preprocess
+from ..card import RESIZE_MODES, InputSpec, Preprocess
+from ..errors import UsageError
 
 
 def to_color(img: np.ndarray, color: str) -> np.ndarray:
@@ -32,43 +34,102 @@ def to_color(img: np.ndarray, color: str) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB if color == "RGB" else cv2.COLOR_BGR2GRAY)
 
 
-def resize(img: np.ndarray, height: int, width: int, mode: str = "stretch") -> np.ndarray:
-    """Resize to height x width: ``stretch`` (the tutorials), ``center-crop`` (keep
-    aspect, crop the long side) or ``letterbox`` (keep aspect, pad with black)."""
+_INTERP = {"area": "INTER_AREA", "linear": "INTER_LINEAR", "cubic": "INTER_CUBIC", "lanczos": "INTER_LANCZOS4"}
+
+
+def scaled_size(h: int, w: int, height: int, width: int, pre: Preprocess) -> tuple[int, int]:
+    """The size an ``h`` x ``w`` image is resized to before the crop or pad to ``height`` x ``width``.
+
+    - ``stretch``: both sides to ``input / crop_pct`` (then a centre crop when crop_pct < 1);
+    - ``center-crop``: keep aspect, cover ``input / crop_pct``; then a centre crop;
+    - ``shorter``: the shorter side to ``min(input) / crop_pct``, the longer in proportion
+      (torchvision's ``Resize(int)``); then a centre crop (the ImageNet convention);
+    - ``letterbox``: keep aspect, fit inside; centred on ``pad_value``;
+    - ``pad``: keep aspect, fit inside; top-left on ``pad_value`` (OCR text lines, documents).
+    """
+    mode, c = pre.resize, pre.crop_pct
+    th, tw = math.floor(height / c), math.floor(width / c)
+    if mode == "stretch":
+        return th, tw
+    if mode == "shorter":
+        short = min(th, tw)
+        if h <= w:
+            return short, max(1, int(short * w / h))
+        return max(1, int(short * h / w)), short
+    if mode == "center-crop":
+        s = max(th / h, tw / w)
+        return max(th, round(h * s)), max(tw, round(w * s))
+    if mode in ("letterbox", "pad"):
+        s = min(height / h, width / w)
+        return max(1, min(height, round(h * s))), max(1, min(width, round(w * s)))
+    raise UsageError(f"unknown resize mode {mode!r}; expected one of {', '.join(RESIZE_MODES)}")
+
+
+def interpolation_flag(pre: Preprocess, src: tuple[int, int], dst: tuple[int, int]) -> int:
+    """OpenCV's flag for ``pre.interpolation``; ``auto`` is area when shrinking both sides, else linear."""
     import cv2
 
+    if pre.interpolation == "auto":
+        return cv2.INTER_AREA if src[0] > dst[0] and src[1] > dst[1] else cv2.INTER_LINEAR
+    return getattr(cv2, _INTERP[pre.interpolation])
+
+
+def fit(img: np.ndarray, height: int, width: int, top_left: bool = False, pad_value: float = 0.0) -> np.ndarray:
+    """Crop the sides longer than ``height`` x ``width`` and pad the shorter ones with ``pad_value``:
+    centred (the extra or missing pixels split as ``d // 2`` before, the rest after, as
+    torchvision's CenterCrop), or at the top-left corner."""
     h, w = img.shape[:2]
     if (h, w) == (height, width):
         return img
-    if mode == "stretch":
-        interp = cv2.INTER_AREA if h > height and w > width else cv2.INTER_LINEAR
-        return cv2.resize(img, (width, height), interpolation=interp)
-    if mode == "center-crop":
-        s = max(height / h, width / w)
-    elif mode == "letterbox":
-        s = min(height / h, width / w)
-    else:
-        raise ValueError(f"unknown resize mode {mode!r}")
-    nh, nw = max(1, round(h * s)), max(1, round(w * s))
-    interp = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
-    scaled = cv2.resize(img, (nw, nh), interpolation=interp)
-    if mode == "center-crop":
-        y, x = (nh - height) // 2, (nw - width) // 2
-        return scaled[y:y + height, x:x + width]
-    out = np.zeros((height, width) + img.shape[2:], dtype=img.dtype)
-    y, x = (height - nh) // 2, (width - nw) // 2
-    out[y:y + nh, x:x + nw] = scaled
+    (sy, dy, ch), (sx, dx, cw) = (_axis(h, height, top_left), _axis(w, width, top_left))
+    if h >= height and w >= width:
+        return img[sy:sy + ch, sx:sx + cw]
+    out = np.full((height, width) + img.shape[2:], round(pad_value), dtype=img.dtype)
+    out[dy:dy + ch, dx:dx + cw] = img[sy:sy + ch, sx:sx + cw]
     return out
+
+
+def _axis(size: int, target: int, start: bool) -> tuple[int, int, int]:
+    """(first source pixel kept, where it lands, how many) along one axis."""
+    if size >= target:
+        return (0 if start else (size - target) // 2), 0, target
+    return 0, (0 if start else (target - size) // 2), size
+
+
+def resize(img: np.ndarray, height: int, width: int, pre: Preprocess | str = "stretch") -> np.ndarray:
+    """Resize to ``height`` x ``width`` by the card's mode (see :func:`scaled_size`): scale with
+    the card's interpolation, then crop or pad. A mode name alone means its defaults."""
+    import cv2
+
+    if isinstance(pre, str):
+        pre = Preprocess(resize=pre)
+    h, w = img.shape[:2]
+    if (h, w) == (height, width) and pre.crop_pct == 1:
+        return img
+    nh, nw = scaled_size(h, w, height, width, pre)
+    scaled = img if (nh, nw) == (h, w) else cv2.resize(img, (nw, nh),
+                                                        interpolation=interpolation_flag(pre, (h, w), (nh, nw)))
+    if scaled.ndim == 2 and img.ndim == 3:
+        scaled = scaled[:, :, None]
+    return fit(scaled, height, width, pre.resize == "pad", pre.pad_value)
+
+
+def decode_need(h: int, w: int, height: int, width: int, pre: Preprocess) -> tuple[int, int]:
+    """The smallest image a reduced-size JPEG decode may give for an ``h`` x ``w`` file: the
+    size the mode scales to, capped by the file's own (either orientation, for EXIF rotation)."""
+    a = scaled_size(h, w, height, width, pre)
+    b = scaled_size(w, h, height, width, pre)[::-1]
+    return min(h, max(a[0], b[0])), min(w, max(a[1], b[1]))
 
 
 def prepare_image(img: np.ndarray, spec: InputSpec, pre: Preprocess) -> np.ndarray:
     """One BGR/gray/BGRA uint8 image -> HxWxC uint8 in the card's colour and size."""
     if spec.color == "GRAY":  # fewer bytes to resize after the conversion
-        out = resize(to_color(img, spec.color), spec.height, spec.width, pre.resize)
+        out = resize(to_color(img, spec.color), spec.height, spec.width, pre)
     else:
         # Resizing works per channel, so a channel swap (BGR->RGB, gray->RGB, dropping alpha) commutes with it
         # exactly: converting the small image instead of the full frame saves a full-size copy.
-        out = to_color(resize(img, spec.height, spec.width, pre.resize), spec.color)
+        out = to_color(resize(img, spec.height, spec.width, pre), spec.color)
     if out.ndim == 2:
         out = out[:, :, None]
     return out

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..atomic import atomic_path
 from ..card import CARD_FILENAME, InputSpec, ModelCard, Preprocess, Provenance, now_iso, sha256_file
-from ..errors import DataError, FileExistsRefused, UsageError
+from ..errors import CardError, DataError, FileExistsRefused, UsageError
 from . import data as data_mod
 from .tfdata import Augment, make_dataset, prepare_pixels, stream_dataset
 from .presets import create_model, get_preset, weights_arg
@@ -64,6 +64,7 @@ class TrainConfig:
     mixed_precision: bool = False
     csv_shape: tuple[int, ...] | None = None
     force: bool = False
+    resize: dict[str, Any] = field(default_factory=dict)  # Preprocess resize, crop_pct, pad_value, interpolation
     verbose: int | None = None         # Keras fit verbosity; None: a bar on a terminal, a line per epoch otherwise
 
 
@@ -82,6 +83,18 @@ class TrainResult:
         skipped = f"; {n} unreadable image{'s' if n != 1 else ''} skipped" if n else ""
         return (f"{self.card.name}: test accuracy {self.test_accuracy:.2%} ({m['test_correct']}/{m['test_images']} "
                 f"test images{skipped}) -> {self.run_dir}")
+
+
+def _resize_settings(values: Any, bad: Callable[[str], Exception]) -> dict[str, Any]:
+    """The resize part of the card (mode, crop_pct, pad_value, interpolation), checked as the card checks it."""
+    keys = ("resize", "crop_pct", "pad_value", "interpolation")
+    if not isinstance(values, dict) or set(values) - set(keys):
+        raise bad(f"resize must be an object with {', '.join(keys)}, found {values!r}")
+    try:
+        Preprocess(**values)
+    except CardError as exc:
+        raise bad(str(exc).replace("model card: preprocess.", "")) from None
+    return dict(values)
 
 
 def is_complete(run_dir: str | os.PathLike) -> bool:
@@ -121,7 +134,8 @@ def train(cfg: TrainConfig, callbacks: Sequence[Any] = (), log: Callable[[str], 
                 "img_size": list(cfg.img_size) if cfg.img_size else None, "seed": cfg.seed,
                 "patience": cfg.patience, "weights": weights, "augment": cfg.augment.to_dict(),
                 "learning_rate": cfg.learning_rate or preset.learning_rate,
-                "mixed_precision": cfg.mixed_precision, "data": cfg.data, "dataset_spec": spec}
+                "mixed_precision": cfg.mixed_precision, "data": cfg.data, "dataset_spec": spec,
+                "resize": _resize_settings(cfg.resize, UsageError)}
     # the old run (if any) is replaced only once the new run has loaded its data and saved a first checkpoint
     return _run(settings, out, callbacks, log, resume=False, verbose=cfg.verbose, replace=cfg.force)
 
@@ -204,6 +218,7 @@ def _check_settings(settings: Any, path: Path) -> None:
         raise bad(f"weights must be null or a string, found {settings['weights']!r}")
     if not isinstance(settings.get("mixed_precision", False), bool):
         raise bad(f"mixed_precision must be true or false, found {settings['mixed_precision']!r}")
+    _resize_settings(settings.get("resize", {}), bad)
     aug = settings.get("augment", {})
     try:
         if not isinstance(aug, dict):
@@ -435,8 +450,8 @@ def _run(settings: dict[str, Any], out: Path, callbacks: Sequence[Any], log: Cal
             classes=tuple(classes),
             input=InputSpec(height=int(size[0]), width=int(size[1]), channels=channels, layout="NHWC",
                             dtype="float32", color=color),
-            preprocess=Preprocess(resize="stretch", scale=preset.scale, mean=preset.mean, std=preset.std,
-                                  in_graph=True, name=preset.preprocess_name),
+            preprocess=Preprocess(scale=preset.scale, mean=preset.mean, std=preset.std, in_graph=True,
+                                  name=preset.preprocess_name, **settings.get("resize", {})),
             output="probabilities",
             precision="mixed" if settings.get("mixed_precision") else "fp32",
             provenance=Provenance(dataset=data_mod.describe(spec), dataset_spec=spec, created=now_iso()),

@@ -30,7 +30,8 @@ compute; ONNX Runtime and TensorRT time their copies apart on their own buffers)
 best ONNX Runtime provider that starts (TensorRT EP, then CUDA EP, then CPU);
 ``.keras`` -> ``keras``. A named backend that is not
 installed or has no GPU is a :class:`~cnnedge.errors.BackendUnavailable`.
-Options: ONNX Runtime ``threads``, ``fp16``, ``cache_dir``, ``device_id``;
+``input_size=(h, w)`` for a graph of dynamic height and width. Options: ONNX
+Runtime ``threads``, ``fp16``, ``cache_dir``, ``device_id``;
 TensorRT ``device_id``; Keras ``trust``, ``custom_objects``.
 """
 from __future__ import annotations
@@ -62,8 +63,24 @@ def kind_of(path: str | os.PathLike) -> str:
     return require_kind(p)
 
 
-def load_backend(path: str | os.PathLike, backend: str = "auto", **opts: Any) -> Backend:
-    """Open ``path`` with the named backend, or the best available one for ``"auto"``."""
+def load_backend(path: str | os.PathLike, backend: str = "auto", *, input_size: tuple[int, int] | None = None,
+                 **opts: Any) -> Backend:
+    """Open ``path`` with the named backend, or the best available one for ``"auto"``.
+
+    ``input_size=(h, w)`` fixes the image size of a graph whose height and width are
+    dynamic (see :mod:`.sizing`: the card or Ultralytics' ``imgsz`` otherwise)."""
+    from .sizing import set_input_size
+
+    be = _open(path, backend, **opts)
+    try:
+        set_input_size(be, input_size)
+    except BaseException:
+        be.close()
+        raise
+    return be
+
+
+def _open(path: str | os.PathLike, backend: str = "auto", **opts: Any) -> Backend:
     if backend != "auto":
         backend_info(backend)
     kind = kind_of(path)

@@ -110,6 +110,8 @@ class Backend:
         self.max_batch: int | None = None
         self.min_batch: int = 1
         self.card: ModelCard | None = None
+        self.metadata: dict[str, str] = {}  # the file's own key/value metadata (ONNX metadata_props)
+        self.size_from: str | None = None  # where a dynamic graph's image size came from (sizing.py)
         self._closed = False
         # close() waits for in-flight infer() calls: they count themselves in and out under this
         # lock (a plain one: two C-level acquisitions per call on the hot path), so a session,

@@ -148,6 +148,7 @@ class OrtBackend(Backend):
 
     def _read_card(self, p: Path) -> ModelCard | None:
         meta = self.session.get_modelmeta().custom_metadata_map
+        self.metadata = {k: v for k, v in meta.items() if k != ONNX_KEY}
         raw = meta.get(ONNX_KEY)
         if raw is None:
             return None
