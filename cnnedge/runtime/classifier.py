@@ -223,6 +223,11 @@ class Classifier:
     def backend_name(self) -> str:
         return self.backend.name
 
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """The (height, width) images are resized to: the card's, or the one given for a dynamic-size graph."""
+        return self._spec.height, self._spec.width
+
     def __repr__(self) -> str:
         return f"<Classifier {self.card.name} on {self.backend_name}: {self.card.num_classes} classes>"
 
