@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import BackendUnavailable, MissingDependency, UsageError
+from ..errors import BackendUnavailable, MissingDependency, ModelLoadError, UsageError
 from . import machine, measure, plan
 from .report import BenchReport, Row, Skipped
 from .stats import MAX_SAMPLES_KEPT, latency, spread
@@ -147,7 +147,11 @@ def _measure_artifact(cfg: BenchConfig, report: BenchReport, art: plan.Artifact,
             report.notes.append(f"{art.name} on {backend}: {note}")
         done.setdefault(eff, []).append(b)
     for eff, requested in sorted(done.items()):
-        x = measure.make_input(be.input_spec.shape, be.input_spec.dtype, eff, cfg.seed, _fallback_dims(be))
+        try:
+            x = measure.make_input(be.input_spec.shape, be.input_spec.dtype, eff, cfg.seed, _fallback_dims(be))
+        except MemoryError:
+            raise ModelLoadError(f"{art.path}: a batch of {eff} inputs of shape {be.input_spec.shape} (dynamic sizes "
+                                 f"from its card: {_fallback_dims(be)}) does not fit in memory") from None
         for method in methods:
             call: measure.Call
             if method == "predict":

@@ -217,8 +217,13 @@ class Classifier:
     def _warmup(self, detect: bool, labelled: bool) -> None:
         n = self.backend.fixed_batch or 1
         rng = np.random.default_rng(0)
-        pixels = rng.integers(0, 256, (n, self._spec.height, self._spec.width, self._spec.channels), np.uint8)
-        out = self.backend.infer(to_model_input(pixels, self._spec, self._pre))
+        shape = (n, self._spec.height, self._spec.width, self._spec.channels)
+        try:
+            x = to_model_input(rng.integers(0, 256, shape, np.uint8), self._spec, self._pre)
+        except MemoryError:
+            raise ModelLoadError(f"{self.backend.path}: a warm-up batch of {'x'.join(map(str, shape))} pixels does not "
+                                 "fit in memory; the card's input size is wrong for this model") from None
+        out = self.backend.infer(x)
         out = out.reshape(out.shape[0], -1)
         if out.shape[1] != self.card.num_classes:
             if labelled or self.backend.card is not None:

@@ -17,8 +17,9 @@ Only regular files are read. A folder entry that is not used (a file that is not
 named like an image, a hidden name, something that is not a regular file, a broken
 link, a link loop, a link to a folder, which is not followed) is yielded once, in
 its place, as a Frame whose ``skip`` says why: the run reports it and counts it.
-A list file's entries that are not regular files are yielded the same way; a
-``--source`` path that is not a regular file or folder is refused when opened.
+The entries of a list file, or of a list of image paths, that are not regular files
+are yielded the same way; any other path that is not a regular file or a folder is
+refused when the source opens.
 
 Live sources (cameras, streams, GStreamer, ``live=True`` videos) read in their
 own thread and keep only the newest frame: a slow model never builds a backlog,
@@ -411,15 +412,19 @@ def read_list_file(path: Path) -> list[Path | Skipped]:
         line = line.strip()
         if line and not line.startswith("#"):
             p = Path(line)
-            p = p if p.is_absolute() else path.parent / p
-            try:
-                require_regular(p, stat_path(p))
-            except ImageError as exc:
-                if exc.kind is not None:
-                    out.append(Skipped(str(p), exc.kind, exc.reason))
-                    continue
-            out.append(p)
+            out.append(_named(p if p.is_absolute() else path.parent / p))
     return out
+
+
+def _named(p: Path) -> Path | Skipped:
+    """A path named in a list: itself, or a Skipped when it is not a regular file (a missing
+    file is left to its read, which reports it as failed)."""
+    try:
+        require_regular(p, stat_path(p))
+    except ImageError as exc:
+        if exc.kind is not None:
+            return Skipped(str(p), exc.kind, exc.reason)
+    return p
 
 
 def open_source(spec: Any, *, glob: str | None = None, live: bool = False,
@@ -440,7 +445,7 @@ def _open(spec: Any, glob: str | None, live: bool, open_timeout_ms: int, read_ti
         return spec
     cv2 = _cv2()
     if isinstance(spec, (list, tuple)):
-        return FileSource([Path(p) for p in spec], name="files")
+        return FileSource([_named(Path(p)) for p in spec], name="files")
     if isinstance(spec, int) or (isinstance(spec, str) and spec.isdigit() and not os.path.exists(spec)):
         return _camera(int(spec))  # a string of digits is a camera only when no file or folder has that name
     s = str(spec)
