@@ -150,8 +150,9 @@ def _measure_artifact(cfg: BenchConfig, report: BenchReport, art: plan.Artifact,
         try:
             x = measure.make_input(be.input_spec.shape, be.input_spec.dtype, eff, cfg.seed, _fallback_dims(be))
         except MemoryError:
-            raise ModelLoadError(f"{art.path}: a batch of {eff} inputs of shape {be.input_spec.shape} (dynamic sizes "
-                                 f"from its card: {_fallback_dims(be)}) does not fit in memory") from None
+            dims = "x".join(str(d) for d in _fallback_dims(be) or be.input_spec.shape[1:])
+            raise ModelLoadError(f"{art.path}: a batch of {eff} inputs of {dims} (the input its graph and card "
+                                 "declare) does not fit in memory") from None
         for method in methods:
             call: measure.Call
             if method == "predict":

@@ -221,8 +221,8 @@ class Classifier:
         try:
             x = to_model_input(rng.integers(0, 256, shape, np.uint8), self._spec, self._pre)
         except MemoryError:
-            raise ModelLoadError(f"{self.backend.path}: a warm-up batch of {'x'.join(map(str, shape))} pixels does not "
-                                 "fit in memory; the card's input size is wrong for this model") from None
+            raise ModelLoadError(f"{self.backend.path}: a warm-up batch of {'x'.join(map(str, shape))} pixels (the "
+                                 "input its graph and card declare) does not fit in memory") from None
         out = self.backend.infer(x)
         out = out.reshape(out.shape[0], -1)
         if out.shape[1] != self.card.num_classes:
