@@ -237,41 +237,47 @@ def read_file(path: str | os.PathLike, limit: int = MAX_FILE_BYTES) -> bytes:
     FIFO swapped in between cannot block (the open descriptor is checked again). The read
     stops one byte past ``limit`` whatever ``fstat`` says: /proc files and devices report 0.
     """
-    p = Path(path)
-    st = stat_path(p)
-    require_regular(p, st)
+    st = stat_path(path)
+    if not stat.S_ISREG(st.st_mode):
+        require_regular(path, st)
     if st.st_size > limit:
-        raise ImageError(p, f"{st.st_size} bytes is over the {limit}-byte file limit")
+        raise ImageError(path, f"{st.st_size} bytes is over the {limit}-byte file limit")
     try:
-        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        fd = os.open(path, _OPEN_FLAGS)
     except FileNotFoundError:
-        raise ImageError(p, "no such file") from None
+        raise ImageError(path, "no such file") from None
     except OSError as exc:
-        raise ImageError(p, f"cannot read ({exc.strerror or exc})") from None
+        raise ImageError(path, f"cannot read ({exc.strerror or exc})") from None
     try:
         st = os.fstat(fd)
-        require_regular(p, st)
-        return _read_capped(fd, p, st.st_size, limit)
+        if not stat.S_ISREG(st.st_mode):
+            require_regular(path, st)
+        return _read_capped(fd, path, st.st_size, limit)
     except OSError as exc:
-        raise ImageError(p, f"cannot read ({exc.strerror or exc})") from None
+        raise ImageError(path, f"cannot read ({exc.strerror or exc})") from None
     finally:
         os.close(fd)
 
 
-def _read_capped(fd: int, path: Path, size: int, limit: int) -> bytes:
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+def _read_capped(fd: int, path: str | os.PathLike, size: int, limit: int) -> bytes:
+    """Read to the end, or raise one byte past ``limit``. Each read asks for what fstat's
+    ``size`` says is left and one byte more, so a whole file takes one read and the end one
+    more; a file longer than it said is read on in growing chunks."""
     parts = []
     got = 0
-    want = min(size, limit) + 1  # the size fstat gave, and one byte more to see the end (or a lie)
+    want = size + 1
     while True:
         chunk = os.read(fd, min(want, limit + 1 - got))
         if not chunk:
-            break
+            return b"".join(parts)
         parts.append(chunk)
         got += len(chunk)
         if got > limit:
             raise ImageError(path, f"more than {limit} bytes: over the file limit")
-        want = max(want, got, 1 << 16)
-    return b"".join(parts)
+        want = size - got + 1 if got <= size else max(got, 1 << 16)
 
 
 def read_image(path: str | os.PathLike, reduce: int = 1) -> np.ndarray:
