@@ -4,7 +4,6 @@
 ``photo.jpg``              one image file
 ``photos/`` (+ ``glob``)   a folder, recursive, sorted; each file once, in order
 ``list.txt``               a list file: one image path a line (relative to the list)
-``/dev/v4l/by-id/...``     a link to a /dev/video device is that camera
 ``clip.mp4``               a video file, every frame in order (``live=True``: newest only)
 ``0``, ``camera:0``        a camera by index (``/dev/video0``, ``v4l2:///dev/video0``); an existing
                            file or folder named ``0`` wins over the camera (``camera:0`` does not)
@@ -479,8 +478,6 @@ def _open(spec: Any, glob: str | None, live: bool, open_timeout_ms: int, read_ti
                           "camera index, URL, csi://N or GStreamer pipeline)") from None
     if stat.S_ISDIR(st.st_mode):
         return FileSource(folder_entries(p, glob), name=str(p))
-    if stat.S_ISCHR(st.st_mode) and os.path.realpath(p).startswith("/dev/video"):
-        return LiveSource(str(p), str(p), cv2.CAP_V4L2, timeouts=False)  # /dev/v4l/by-id/... names a camera
     try:
         require_regular(p, st)
     except ImageError as exc:
