@@ -95,7 +95,7 @@ def run(code: str, *args: str, timeout: float = TIMEOUT_S,
 
 
 def _cli(tool: str) -> str:
-    return f"import sys\nfrom cnnedge.cli.{tool} import PROG, console\nsys.argv[0] = PROG\nconsole()\n"
+    return f"import sys\nfrom cnnedge.cli.{tool} import console\nsys.argv[0] = 'cnn-{tool}'\nconsole()\n"
 
 
 def infer(*argv: str, **kw) -> Ran:
@@ -273,6 +273,20 @@ def test_ctrl_c_ends_a_long_run(tmp_path):
     r = infer(str(models()["onnx"]), "--source", str(lst), "--batch", "4", timeout=60, on_output=interrupt)
     assert r.seconds < 45 and "interrupted" in r.err and "Traceback" not in r.err, r
     assert r.rc in (0, 130), r  # 130 once an interrupted run exits as interrupted
+
+
+@pytest.mark.parametrize("kind", ["fifo", "zero"])
+@pytest.mark.parametrize("suffix", [".onnx", ".keras"])
+def test_model_path_that_is_not_a_regular_file_is_refused(hostile, kind, suffix, tmp_path):
+    model = hostile[kind].rename(hostile[kind].with_suffix(suffix))
+    write_images(tmp_path / "imgs", 1)
+    runs = [infer(str(model), "--source", str(tmp_path / "imgs")), bench(str(model))]
+    if suffix == ".keras":
+        runs.append(run(_cli("export"), str(model)))
+    for r in runs:
+        assert_quick_and_small(r)
+        lines = error_lines(r)
+        assert r.rc == 2 and len(lines) == 1 and str(model) in lines[0] and "not a regular file" in lines[0], r
 
 
 # --- hostile ONNX files ----------------------------------------------------------------------------
