@@ -375,6 +375,14 @@ def test_constant_of_shape_bomb_is_one_line_in_cnn_infer_and_cnn_bench(tmp_path)
     assert "Non-zero status" not in line and "onnxruntime_src" not in line
     r = bench(str(model), "--backends", "ort-cpu", "--batch", "1", "--iters", "3", "--warmup", "1", "--repeats", "1")
     _one_line_failure(r, "bomb.onnx", "400 GB", "ConstantOfShape")
+    # predict's per-frame path runs through a buffer bound to the session: mapped the same way
+    code = ("import sys, numpy as np\nfrom cnnedge.runtime import Classifier\nfrom cnnedge.errors import ModelLoadError\n"
+            "clf = Classifier(sys.argv[1], 'ort-cpu', warmup=False)\n"
+            "try:\n    clf.predict(np.zeros((8, 8, 3), np.uint8))\n"
+            "except ModelLoadError as e:\n    print(e)\n")
+    r = run(code, str(model))
+    assert_quick_and_small(r)
+    assert r.rc == 0 and "400 GB" in r.out and "ConstantOfShape" in r.out and len(r.out.splitlines()) == 1, r
 
 
 def test_card_that_lies_about_the_input_size_is_one_line(tmp_path):

@@ -95,6 +95,33 @@ def ort_failure(path: str | os.PathLike, exc: BaseException, doing: str) -> CnnE
     return ModelLoadError(f"{path}: ONNX Runtime failed{where} while {doing} ({text})")
 
 
+class _Session:
+    """An ``InferenceSession`` whose runs fail with :func:`ort_failure`'s one line, whichever
+    path calls them (``infer``, the predict slot, a benchmark's timed call); everything else
+    is the session's own."""
+
+    __slots__ = ("_session", "_path")
+
+    def __init__(self, session: Any, path: str) -> None:
+        self._session, self._path = session, path
+
+    def run(self, output_names: Any, feed: Any, *args: Any, **kw: Any) -> Any:
+        try:
+            return self._session.run(output_names, feed, *args, **kw)
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own classes for every failure
+            shape = next(iter(getattr(v, "shape", ()) for v in feed.values()), ()) if isinstance(feed, dict) else ()
+            raise ort_failure(self._path, exc, f"running a batch of {shape[0]}" if shape else "running") from None
+
+    def run_with_iobinding(self, binding: Any, *args: Any, **kw: Any) -> Any:
+        try:
+            return self._session.run_with_iobinding(binding, *args, **kw)
+        except Exception as exc:  # noqa: BLE001
+            raise ort_failure(self._path, exc, "running a batch") from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)
+
+
 def available_providers() -> list[str]:
     try:
         import onnxruntime as ort
@@ -148,7 +175,7 @@ class OrtBackend(Backend):
             providers.append(("CUDAExecutionProvider", {"device_id": device_id}))
         providers.append("CPUExecutionProvider")
         try:
-            self.session = ort.InferenceSession(str(p), sess_options=so, providers=providers)
+            self.session = _Session(ort.InferenceSession(str(p), sess_options=so, providers=providers), self.path)
         except Exception as exc:  # noqa: BLE001 - ORT raises its own classes for every failure
             text = first_line(exc)
             if "outside" in text.lower() or "external" in text.lower() and ".." in text:
@@ -188,18 +215,15 @@ class OrtBackend(Backend):
             raise CardError(f"{p}: embedded {exc}") from None
 
     def _infer_impl(self, batch: np.ndarray) -> np.ndarray:
-        try:
-            if not self._gpu:
-                return self.session.run(self._out_names, {self._in_name: batch})[0]
-            # GPU: bind the host batch, let ORT copy it in and the output back; one binding per call keeps
-            # concurrent calls independent.
-            b = self.session.io_binding()
-            b.bind_cpu_input(self._in_name, batch)
-            b.bind_output(self._out_names[0], "cpu")
-            self.session.run_with_iobinding(b)
-            return b.copy_outputs_to_cpu()[0]
-        except Exception as exc:  # noqa: BLE001 - ORT raises its own classes for every failure
-            raise ort_failure(self.path, exc, f"running a batch of {len(batch)}") from None
+        if not self._gpu:
+            return self.session.run(self._out_names, {self._in_name: batch})[0]
+        # GPU: bind the host batch, let ORT copy it in and the output back; one binding per call keeps
+        # concurrent calls independent.
+        b = self.session.io_binding()
+        b.bind_cpu_input(self._in_name, batch)
+        b.bind_output(self._out_names[0], "cpu")
+        self.session.run_with_iobinding(b)
+        return b.copy_outputs_to_cpu()[0]
 
     def _make_slot(self) -> Slot | None:
         """On CPU with fixed output sizes, a slot whose input and output buffers are bound to the
@@ -230,8 +254,6 @@ class _BoundSlot(Slot):
         be._enter()
         try:
             self._run(self._binding)
-        except Exception as exc:  # noqa: BLE001
-            raise ort_failure(be.path, exc, "running a batch of 1") from None
         finally:
             be._leave()
         return self.output
