@@ -58,7 +58,8 @@ def test_folder_with_damaged_files_sinks_and_eval(folder, tmp_path):
     rows = [json.loads(line) for line in jl.read_text().splitlines()]
     good = [r for r in rows if "error" not in r]
     bad = {Path(r["path"]).name: r["error"] for r in rows if "error" in r}
-    assert len(good) == 40 and set(bad) == {"truncated.jpg", "corrupt.png", "empty.jpg", "notes.jpg"}
+    assert len(good) == 40 and set(bad) == {"truncated.jpg", "corrupt.png", "empty.jpg", "notes.jpg", "README.txt"}
+    assert "not named like an image" in bad["README.txt"]
     assert "truncated" in bad["truncated.jpg"] and "empty" in bad["empty.jpg"]
     for r in good:
         assert {"source", "path", "timestamp", "index", "label", "score", "topk", "latency_ms"} <= set(r)
@@ -78,8 +79,7 @@ def test_folder_with_damaged_files_sinks_and_eval(folder, tmp_path):
     assert len(out.splitlines()) >= 40 and all(str(p) in out for p in paths)
     for name in bad:
         assert f"{name}: " in err
-    assert "skipped 1 file(s) whose names are not images (README.txt)" in err
-    assert "40 done; 4 failed; 1 non-image files ignored" in err and "p50" in err and "p99" in err and "images/s" in err
+    assert "40 done; 4 failed; 1 skipped (1 not an image)" in err and "p50" in err and "p99" in err and "images/s" in err
     acc = np.mean([direct[str(p)] == str(t) for p, t in zip(paths, labels)])
     assert f"accuracy {acc:.4f}" in out and "confusion" in out and "per-class recall" in out
     saved = sorted((tmp_path / "ann").glob("*.jpg"))

@@ -10,7 +10,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..artifacts import TABLE, is_gpu
-from ..errors import BackendUnavailable, MissingDependency, UsageError
+from ..errors import BackendUnavailable, MissingDependency, ModelLoadError, UsageError
 from ..runtime.backends.sizing import check_batch_pixels, dynamic_size_error
 from . import machine, measure, plan
 from .report import BenchReport, Row, Skipped
@@ -148,7 +148,12 @@ def _measure_artifact(cfg: BenchConfig, report: BenchReport, art: plan.Artifact,
         if None in be.input_spec.shape[1:]:
             raise dynamic_size_error(be.path, be.input_spec)
         check_batch_pixels(be, eff)
-        x = measure.make_input(be.input_spec.shape, be.input_spec.dtype, eff, cfg.seed)
+        try:
+            x = measure.make_input(be.input_spec.shape, be.input_spec.dtype, eff, cfg.seed)
+        except MemoryError:
+            dims = "x".join(str(d) for d in be.input_spec.shape[1:])
+            raise ModelLoadError(f"{art.path}: a batch of {eff} inputs of {dims} (the input its graph and card "
+                                 "declare) does not fit in memory") from None
         for method in methods:
             call: measure.Call
             if method == "predict":

@@ -75,6 +75,8 @@ def find_artifacts(models: Sequence[str | os.PathLike]) -> list[Artifact]:
         p = Path(m)
         if not p.exists():
             raise UsageError(f"{p}: no such file or folder")
+        if not p.is_file() and not p.is_dir():  # a FIFO would block the load for ever, a device never end
+            raise UsageError(f"{p}: not a regular file (a FIFO, device or socket); give a model file or run folder")
         if p.is_dir():
             inside = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith(".")
                             and any(f.suffix.lower() in k.suffixes for k in KINDS.values()))

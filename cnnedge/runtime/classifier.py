@@ -242,9 +242,14 @@ class Classifier:
         rng = np.random.default_rng(0)
         widths, out = [], None
         for n in sizes:
-            pixels = rng.integers(0, 256, (n, self._spec.height, self._spec.width, self._spec.channels), np.uint8)
+            shape = (n, self._spec.height, self._spec.width, self._spec.channels)
             try:
-                out = np.asarray(be.infer(to_model_input(pixels, self._spec, self._pre)))
+                x = to_model_input(rng.integers(0, 256, shape, np.uint8), self._spec, self._pre)
+            except MemoryError:
+                raise ModelLoadError(f"{be.path}: a warm-up batch of {'x'.join(map(str, shape))} pixels (the "
+                                     "input its graph and card declare) does not fit in memory") from None
+            try:
+                out = np.asarray(be.infer(x))
             except CnnEdgeError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the engine's own error classes, mapped to one line

@@ -6,7 +6,9 @@ reports and skips.
 """
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -15,7 +17,7 @@ import numpy as np
 from ..errors import DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pbm")
-MAX_FILE_BYTES = 256 << 20
+MAX_FILE_BYTES = 256 << 20  # the most bytes read from one image (or list) file
 MAX_PIXELS = 64_000_000  # about 8000x8000: larger headers are treated as pixel bombs
 
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_PIXELS))
@@ -23,12 +25,25 @@ os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_PIXELS))
 _REDUCED = {1: None, 2: "IMREAD_REDUCED_COLOR_2", 4: "IMREAD_REDUCED_COLOR_4", 8: "IMREAD_REDUCED_COLOR_8"}
 
 
-class ImageError(DataError):
-    """One image file that cannot be used; a folder run reports it and goes on."""
+# Why a path is not read, as a run's summary counts them (ImageError.kind, sources' Skipped.kind).
+NOT_REGULAR = "not a regular file"
+BROKEN_LINK = "broken link"
+LINK_LOOP = "link loop"
 
-    def __init__(self, path: str | os.PathLike | None, reason: str):
+_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+          stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a folder"}
+
+
+class ImageError(DataError):
+    """One image file that cannot be used; a folder run reports it and goes on.
+
+    ``kind`` is set when the path is refused before any read: NOT_REGULAR, BROKEN_LINK or LINK_LOOP.
+    """
+
+    def __init__(self, path: str | os.PathLike | None, reason: str, kind: str | None = None):
         self.path = None if path is None else str(path)
         self.reason = reason
+        self.kind = kind
         super().__init__(f"{path}: {reason}" if path is not None else reason)
 
 
@@ -190,21 +205,84 @@ def decode_image(data: bytes, path: str | os.PathLike | None = None, reduce: int
     return img
 
 
-def read_file(path: str | os.PathLike) -> bytes:
-    """The bytes of one image file, with the size limit; problems become ImageError."""
-    p = Path(path)
+def stat_path(path: str | os.PathLike) -> os.stat_result:
+    """``os.stat`` (links followed) where a missing file, a broken link and a link loop are ImageErrors."""
     try:
-        with open(p, "rb", buffering=0) as f:  # one open for the size check and the read
-            size = os.fstat(f.fileno()).st_size
-            if size > MAX_FILE_BYTES:
-                raise ImageError(p, f"{size} bytes is over the {MAX_FILE_BYTES}-byte image limit")
-            return f.read()
+        return os.stat(path)
     except FileNotFoundError:
-        raise ImageError(p, "no such file") from None
-    except IsADirectoryError:
-        raise ImageError(p, "is a folder, not an image") from None
+        if os.path.islink(path):
+            raise ImageError(path, f"broken link (its target {os.readlink(path)!r} does not exist)",
+                             BROKEN_LINK) from None
+        raise ImageError(path, "no such file") from None
     except OSError as exc:
-        raise ImageError(p, f"cannot read ({exc.strerror or exc})") from None
+        if exc.errno == errno.ELOOP:
+            raise ImageError(path, "link loop (a symbolic link that leads back to itself)", LINK_LOOP) from None
+        if exc.errno == errno.ENOTDIR:
+            raise ImageError(path, "no such file") from None
+        raise ImageError(path, f"cannot read ({exc.strerror or exc})") from None
+
+
+def require_regular(path: str | os.PathLike, st: os.stat_result) -> None:
+    """ImageError (kind NOT_REGULAR) unless ``st`` is a regular file: a FIFO would block a read
+    forever, and a device such as /dev/zero never ends."""
+    if stat.S_ISREG(st.st_mode):
+        return
+    if stat.S_ISDIR(st.st_mode):
+        raise ImageError(path, "is a folder, not an image", NOT_REGULAR)
+    what = _KINDS.get(stat.S_IFMT(st.st_mode), "not a plain file")
+    if os.path.islink(path):
+        what = f"a link to {what}, {os.path.realpath(path)}"
+    raise ImageError(path, f"not a regular file ({what}); only regular files are read", NOT_REGULAR)
+
+
+def read_file(path: str | os.PathLike, limit: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of one regular file, at most ``limit`` of them; problems become ImageError.
+
+    The path is checked with ``stat`` before it is opened, and opened with O_NONBLOCK, so a
+    FIFO swapped in between cannot block (the open descriptor is checked again). The read
+    stops one byte past ``limit`` whatever ``fstat`` says: /proc files and devices report 0.
+    """
+    st = stat_path(path)
+    if not stat.S_ISREG(st.st_mode):
+        require_regular(path, st)
+    if st.st_size > limit:
+        raise ImageError(path, f"{st.st_size} bytes is over the {limit}-byte file limit")
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except FileNotFoundError:
+        raise ImageError(path, "no such file") from None
+    except OSError as exc:
+        raise ImageError(path, f"cannot read ({exc.strerror or exc})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            require_regular(path, st)
+        return _read_capped(fd, path, st.st_size, limit)
+    except OSError as exc:
+        raise ImageError(path, f"cannot read ({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)
+
+
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+def _read_capped(fd: int, path: str | os.PathLike, size: int, limit: int) -> bytes:
+    """Read to the end, or raise one byte past ``limit``. Each read asks for what fstat's
+    ``size`` says is left and one byte more, so a whole file takes one read and the end one
+    more; a file longer than it said is read on in growing chunks."""
+    parts = []
+    got = 0
+    want = size + 1
+    while True:
+        chunk = os.read(fd, min(want, limit + 1 - got))
+        if not chunk:
+            return b"".join(parts)
+        parts.append(chunk)
+        got += len(chunk)
+        if got > limit:
+            raise ImageError(path, f"more than {limit} bytes: over the file limit")
+        want = size - got + 1 if got <= size else max(got, 1 << 16)
 
 
 def read_image(path: str | os.PathLike, reduce: int = 1) -> np.ndarray:

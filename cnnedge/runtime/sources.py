@@ -12,6 +12,14 @@
 ``... ! appsink``          a GStreamer pipeline string
 =========================  ===============================================
 
+Only regular files are read. A folder entry that is not used (a file that is not
+named like an image, a hidden name, something that is not a regular file, a broken
+link, a link loop, a link to a folder, which is not followed) is yielded once, in
+its place, as a Frame whose ``skip`` says why: the run reports it and counts it.
+The entries of a list file, or of a list of image paths, that are not regular files
+are yielded the same way; any other path that is not a regular file or a folder is
+refused when the source opens.
+
 Live sources (cameras, streams, GStreamer, ``live=True`` videos) read in their
 own thread and keep only the newest frame: a slow model never builds a backlog,
 and each overwritten frame is counted in ``dropped``. Reads never block longer
@@ -25,17 +33,19 @@ from __future__ import annotations
 import logging
 import os
 import re
+import stat
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Iterator, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
 from ..errors import DataError
-from .images import IMAGE_SUFFIXES, is_image_file
+from .images import (BROKEN_LINK, LINK_LOOP, MAX_FILE_BYTES, NOT_REGULAR, ImageError, is_image_file, read_file,
+                     require_regular, stat_path)
 
 log = logging.getLogger("cnnedge.runtime")
 
@@ -47,8 +57,24 @@ OPEN_TIMEOUT_MS = 10_000
 READ_TIMEOUT_MS = 5_000
 
 
+HIDDEN = "hidden"
+NOT_IMAGE = "not an image"
+UNREADABLE = "unreadable folder"
+SKIP_KINDS = (NOT_IMAGE, HIDDEN, NOT_REGULAR, BROKEN_LINK, LINK_LOOP, UNREADABLE)
+
+
 class SourceError(DataError):
     """A source that cannot be opened (missing camera, unreachable URL, unknown path)."""
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A path a file source does not read: ``kind`` (one of SKIP_KINDS, what a summary counts)
+    and ``reason`` (the line a report shows)."""
+
+    path: str
+    kind: str
+    reason: str
 
 
 @dataclass
@@ -61,6 +87,7 @@ class Frame:
     frame: int | None = None
     path: str | None = None
     image: np.ndarray | None = field(default=None, repr=False)
+    skip: Skipped | None = None  # a path that is reported, not read
 
 
 class Source:
@@ -85,21 +112,29 @@ class Source:
 
 
 class FileSource(Source):
-    """Image files, each yielded once in the given order (decoding happens in the pool)."""
+    """Image files, each yielded once in the given order (decoding happens in the pool);
+    :class:`Skipped` entries are yielded in their place as Frames with ``skip`` set."""
 
-    def __init__(self, paths: Sequence[str | os.PathLike], name: str, skipped: int = 0) -> None:
-        self.paths = [str(p) for p in paths]
+    def __init__(self, paths: Sequence[str | os.PathLike | Skipped], name: str) -> None:
+        self._entries = [p if isinstance(p, Skipped) else str(p) for p in paths]
+        self.paths = [p for p in self._entries if isinstance(p, str)]
+        self.skips = [p for p in self._entries if isinstance(p, Skipped)]
         self.name = name
-        self.total = len(self.paths)
-        self.skipped = skipped  # non-image files left out of a folder
+        self.total = len(self._entries)
         self._i = 0
 
+    @property
+    def skipped(self) -> int:
+        return len(self.skips)
+
     def __next__(self) -> Frame:
-        if self._i >= len(self.paths):
+        if self._i >= len(self._entries):
             raise StopIteration
-        p = self.paths[self._i]
+        e = self._entries[self._i]
         self._i += 1
-        return Frame(self.name, time.time(), time.perf_counter(), path=p)
+        if isinstance(e, Skipped):
+            return Frame(self.name, time.time(), time.perf_counter(), path=e.path, skip=e)
+        return Frame(self.name, time.time(), time.perf_counter(), path=e)
 
 
 def _cv2() -> Any:
@@ -295,29 +330,100 @@ def has_gstreamer() -> bool:
     return bool(m and m.group(1).upper() != "NO")
 
 
-def folder_files(folder: Path, glob: str | None = None) -> tuple[list[Path], list[Path]]:
-    """Files under ``folder`` (recursive, sorted) matching ``glob``; without a glob, image
-    files only. Returns the files and the non-image files that were left out."""
-    pattern = glob or "*"
-    files = sorted(p for p in folder.rglob(pattern) if p.is_file() and not p.name.startswith("."))
-    if glob:
-        return files, []
-    images = [p for p in files if is_image_file(p)]
-    return images, [p for p in files if not is_image_file(p)]
+def folder_files(folder: Path, glob: str | None = None) -> tuple[list[Path], list[Skipped]]:
+    """The files under ``folder`` that a run reads (see :func:`folder_entries`), and the
+    entries it reports instead."""
+    entries = folder_entries(folder, glob)
+    return ([e for e in entries if isinstance(e, Path)], [e for e in entries if isinstance(e, Skipped)])
 
 
-def read_list_file(path: Path) -> list[Path]:
+def folder_entries(folder: Path, glob: str | None = None) -> list[Path | Skipped]:
+    """Every entry under ``folder``, recursive and sorted: the files to read (those matching
+    ``glob``; without one, regular files named like images) and, in their places, the others
+    with why they are not used. Hidden names are not entered, links to folders not followed;
+    with a glob, files it does not match are left out without a report (the user chose)."""
+    out: list[Path | Skipped] = []
+    _walk(folder, PurePath(), _glob_pattern(glob), out)
+    return out
+
+
+def _glob_pattern(glob: str | None) -> str | None:
+    while glob and glob.startswith("**/"):  # rglob's recursion is implied; PurePath.match has no **
+        glob = glob[3:]
+    return glob or None
+
+
+def _walk(folder: Path, rel: PurePath, glob: str | None, out: list[Path | Skipped]) -> None:
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SourceError(f"{path}: cannot read list file ({getattr(exc, 'strerror', None) or exc})") from None
-    out = []
-    for line in lines:
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError as exc:
+        out.append(Skipped(str(folder), UNREADABLE, f"cannot list folder ({exc.strerror or exc})"))
+        return
+    for e in entries:
+        path = folder / e.name
+        if e.name.startswith("."):
+            out.append(Skipped(str(path), HIDDEN, "hidden (the name starts with '.'); not read"))
+            continue
+        try:
+            is_dir = e.is_dir(follow_symlinks=False)
+        except OSError:
+            is_dir = False
+        if is_dir:
+            _walk(path, rel / e.name, glob, out)
+        elif not glob or PurePath(rel / e.name).match(glob):
+            out.append(_entry(path, e, glob is not None))
+
+
+def _entry(path: Path, e: os.DirEntry, globbed: bool) -> Path | Skipped:
+    """A listed file, or why it is not read."""
+    try:
+        if e.is_symlink():
+            st = stat_path(path)
+            if stat.S_ISDIR(st.st_mode):
+                return Skipped(str(path), NOT_REGULAR, f"a link to a folder, {os.path.realpath(path)} (links to "
+                                                       "folders are not followed)")
+            require_regular(path, st)
+        elif not e.is_file(follow_symlinks=False):  # the listing's file type: no stat for a plain file
+            require_regular(path, e.stat(follow_symlinks=False))
+    except ImageError as exc:
+        if exc.kind is not None:
+            return Skipped(str(path), exc.kind, exc.reason)
+        return path  # gone since the listing, or unreadable: its read reports it
+    except OSError:
+        return path
+    if globbed or is_image_file(e.name):
+        return path
+    return Skipped(str(path), NOT_IMAGE, "not named like an image (use --glob to include it)")
+
+
+def read_list_file(path: Path) -> list[Path | Skipped]:
+    """The paths a list file names, one a line (relative to the list; ``#`` comments), in order;
+    an entry that is not a regular file comes back as a :class:`Skipped`."""
+    try:
+        text = read_file(path, MAX_FILE_BYTES).decode("utf-8")
+    except ImageError as exc:
+        raise SourceError(f"{path}: cannot read list file ({exc.reason})") from None
+    except UnicodeDecodeError as exc:
+        raise SourceError(f"{path}: cannot read list file ({exc})") from None
+    out: list[Path | Skipped] = []
+    for line in text.splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
             p = Path(line)
-            out.append(p if p.is_absolute() else path.parent / p)
+            out.append(_named(p if p.is_absolute() else path.parent / p))
     return out
+
+
+def _named(p: Path) -> Path | Skipped:
+    """A path named in a list: itself, or a Skipped when it is not a regular file (a missing
+    file is left to its read, which reports it as failed)."""
+    try:
+        require_regular(p, stat_path(p))
+    except ImageError as exc:
+        if exc.kind is not None:
+            return Skipped(str(p), exc.kind, exc.reason)
+    return p
 
 
 def open_source(spec: Any, *, glob: str | None = None, live: bool = False,
@@ -338,7 +444,7 @@ def _open(spec: Any, glob: str | None, live: bool, open_timeout_ms: int, read_ti
         return spec
     cv2 = _cv2()
     if isinstance(spec, (list, tuple)):
-        return FileSource([Path(p) for p in spec], name="files")
+        return FileSource([_named(Path(p)) for p in spec], name="files")
     if isinstance(spec, int) or (isinstance(spec, str) and spec.isdigit() and not os.path.exists(spec)):
         return _camera(int(spec))  # a string of digits is a camera only when no file or folder has that name
     s = str(spec)
@@ -363,16 +469,19 @@ def _open(spec: Any, glob: str | None, live: bool, open_timeout_ms: int, read_ti
     p = Path(s)
     if s.startswith("/dev/video"):
         return LiveSource(s, s, cv2.CAP_V4L2, timeouts=False)
-    if p.is_dir():
-        files, others = folder_files(p, glob)
-        if others:
-            shown = ", ".join(str(o.relative_to(p)) for o in others[:5]) + (", ..." if len(others) > 5 else "")
-            log.warning("%s: skipped %d file(s) whose names are not images (%s); use --glob to include them",
-                        p, len(others), shown)
-        return FileSource(files, name=str(p), skipped=len(others))
-    if not p.exists():
+    try:
+        st = stat_path(p)
+    except ImageError as exc:
+        if exc.kind is not None:
+            raise SourceError(f"{p}: {exc.reason}") from None
         raise SourceError(f"{p}: no such file or folder (a source is an image, folder, list file, video, "
-                          "camera index, URL, csi://N or GStreamer pipeline)")
+                          "camera index, URL, csi://N or GStreamer pipeline)") from None
+    if stat.S_ISDIR(st.st_mode):
+        return FileSource(folder_entries(p, glob), name=str(p))
+    try:
+        require_regular(p, st)
+    except ImageError as exc:
+        raise SourceError(f"{p}: {exc.reason}") from None
     suffix = p.suffix.lower()
     if suffix in VIDEO_SUFFIXES:
         if live:  # replayed like a camera: frames arrive at the file's own rate, so drops are repeatable
@@ -381,9 +490,7 @@ def _open(spec: Any, glob: str | None, live: bool, open_timeout_ms: int, read_ti
         return VideoFileSource(p)
     if suffix in LIST_SUFFIXES:
         return FileSource(read_list_file(p), name=str(p))
-    if suffix in IMAGE_SUFFIXES or p.is_file():
-        return FileSource([p], name=str(p))
-    raise SourceError(f"{p}: not a file, folder or stream")
+    return FileSource([p], name=str(p))
 
 
 def video_fps(path: str | os.PathLike, default: float = 30.0) -> float:

@@ -52,7 +52,8 @@ class PipelineStats:
     started: float = 0.0
     elapsed: float = 0.0
     total: int | None = None  # files expected, when every source is a file list
-    skipped: int = 0  # non-image files left out of folders
+    skipped: int = 0  # folder and list entries reported, not read (see sources.Skipped)
+    skipped_by: dict[str, int] = field(default_factory=dict)  # the same, per kind
     latencies_ms: list[float] = field(default_factory=list)
     sources: list[Source] = field(default_factory=list)
 
@@ -82,7 +83,8 @@ class PipelineStats:
     def summary(self) -> str:
         parts = [f"{self.done} done", f"{self.failed} failed"]
         if self.skipped:
-            parts.append(f"{self.skipped} non-image files ignored")
+            kinds = ", ".join(f"{n} {kind}" for kind, n in self.skipped_by.items())
+            parts.append(f"{self.skipped} skipped ({kinds})")
         parts.append(f"{self.throughput:.1f} images/s over {self.elapsed:.2f} s")
         pct = self.percentiles()
         if pct:
@@ -150,7 +152,6 @@ def run_pipeline(clf: BatchModel, source: Any, batch: int = 8, *, max_wait_ms: f
     stats.sources = sources
     totals = [s.total if isinstance(s, FileSource) else None for s in sources]
     stats.total = sum(t for t in totals if t is not None) if all(t is not None for t in totals) else None
-    stats.skipped = sum(getattr(s, "skipped", 0) for s in sources)
     return _run(clf, sources, batch, max_wait_ms, workers or default_workers(), max_frames, duration,
                 keep_images, topk, stats)
 
@@ -178,6 +179,8 @@ def _run(clf: BatchModel, sources: list[Source], batch: int, max_wait_ms: float,
         return False
 
     def decode(frame: Frame) -> _Item:
+        if frame.skip is not None:
+            return _Item(frame, error=frame.skip.reason)
         try:
             frame.t0, frame.timestamp = time.perf_counter(), time.time()
             img = clf.decode(read_file(frame.path), frame.path)
@@ -274,7 +277,11 @@ def _run(clf: BatchModel, sources: list[Source], batch: int, max_wait_ms: float,
         for it in items:
             f = it.frame
             if it.error is not None:
-                stats.failed += 1
+                if f.skip is not None:
+                    stats.skipped += 1
+                    stats.skipped_by[f.skip.kind] = stats.skipped_by.get(f.skip.kind, 0) + 1
+                else:
+                    stats.failed += 1
                 out.append(Result(f.source, f.timestamp, f.frame, f.path, error=it.error))
             else:
                 lat = (now - f.t0) * 1000.0

@@ -58,6 +58,8 @@ def kind_of(path: str | os.PathLike) -> str:
     p = Path(path)
     if not p.exists():
         raise UsageError(f"{p}: no such file")
+    if not p.is_file() and not p.is_dir():  # a FIFO would block the load for ever, a device never end
+        raise UsageError(f"{p}: not a regular file (a FIFO, device or socket); give the model file")
     if p.is_dir():
         raise UsageError(f"{p}: is a folder; give the model file ({describe_suffixes()})")
     return require_kind(p)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import numpy as np
 from ..._lazy import require
 from ...artifacts import ORT_PROVIDERS, TABLE
 from ...card import ONNX_KEY, ModelCard
-from ...errors import BackendUnavailable, CardError, ModelLoadError, UsageError, first_line
+from ...errors import BackendUnavailable, CardError, CnnEdgeError, ModelLoadError, UsageError, first_line
 from .base import Backend, Slot, TensorSpec, Timing
 
 PROVIDERS = ORT_PROVIDERS  # backend name -> execution provider, from the one table
@@ -63,6 +64,62 @@ def check_external_data(path: str | os.PathLike) -> None:
                                  "folder; refusing to read it (keep external data files beside the model)")
 
 
+_ALLOC = re.compile(r"failed to allocate memory for requested buffer of size (\d+)|bad[_ ]alloc", re.I)
+_NODE = re.compile(r"while running (\w+) node")
+# ORT's "/onnxruntime_src/x.cc:360 void* f(size_t, ...) " source locations and "a == b was false." asserts
+_SOURCE = re.compile(r"\S*onnxruntime_src/\S+ .*?\)\s+|[^.]* was false\.\s*")
+
+
+def ort_failure(path: str | os.PathLike, exc: BaseException, doing: str) -> CnnEdgeError:
+    """One line for an ONNX Runtime failure while ``doing`` (``"loading"``, ``"running a batch of 8"``).
+
+    A model can ask for any amount of memory (a ``ConstantOfShape`` of 1e5x1e5x10 wants
+    400 GB) or fail on the input shape its card promised; ORT's message spans lines and
+    quotes its C++ sources. This keeps the node and the size, and names the file.
+    """
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    node = _NODE.search(text)
+    where = f" in its {node.group(1)} node" if node else ""
+    alloc = _ALLOC.search(text)
+    if alloc or isinstance(exc, MemoryError):
+        size = f"{int(alloc.group(1)) / 1e9:.3g} GB of" if alloc and alloc.group(1) else "more"
+        return ModelLoadError(f"{path}: the model asks for {size} memory{where} while {doing}, more than ONNX "
+                              "Runtime could allocate here; a broken or hostile model, not one to run")
+    text = _SOURCE.sub("", text.split("Status Message:", 1)[-1] if node else text).strip()
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)[:300]
+    if "dimension" in text.lower() or "shape" in text.lower() or "rank" in text.lower():
+        return ModelLoadError(f"{path}: ONNX Runtime refused the input's shape{where} while {doing} ({text}); the "
+                              "model's card may not match its graph: re-export it")
+    return ModelLoadError(f"{path}: ONNX Runtime failed{where} while {doing} ({text})")
+
+
+class _Session:
+    """An ``InferenceSession`` whose runs fail with :func:`ort_failure`'s one line, whichever
+    path calls them (``infer``, the predict slot, a benchmark's timed call); everything else
+    is the session's own."""
+
+    __slots__ = ("_session", "_path")
+
+    def __init__(self, session: Any, path: str) -> None:
+        self._session, self._path = session, path
+
+    def run(self, output_names: Any, feed: Any, *args: Any, **kw: Any) -> Any:
+        try:
+            return self._session.run(output_names, feed, *args, **kw)
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own classes for every failure
+            shape = next(iter(getattr(v, "shape", ()) for v in feed.values()), ()) if isinstance(feed, dict) else ()
+            raise ort_failure(self._path, exc, f"running a batch of {shape[0]}" if shape else "running") from None
+
+    def run_with_iobinding(self, binding: Any, *args: Any, **kw: Any) -> Any:
+        try:
+            return self._session.run_with_iobinding(binding, *args, **kw)
+        except Exception as exc:  # noqa: BLE001
+            raise ort_failure(self._path, exc, "running a batch") from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)
+
+
 def available_providers() -> list[str]:
     try:
         import onnxruntime as ort
@@ -103,7 +160,7 @@ class OrtBackend(Backend):
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.intra_op_num_threads = int(threads) if threads else default_threads()
         so.inter_op_num_threads = 1
-        so.log_severity_level = 3
+        so.log_severity_level = 4  # its errors arrive as exceptions, which ort_failure words in one line
         if so.intra_op_num_threads == 1:
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
 
@@ -117,13 +174,15 @@ class OrtBackend(Backend):
             providers.append((PROVIDERS["ort-cuda"], {"device_id": device_id}))
         providers.append("CPUExecutionProvider")
         try:
-            self.session = ort.InferenceSession(str(p), sess_options=so, providers=providers)
+            self.session = _Session(ort.InferenceSession(str(p), sess_options=so, providers=providers), self.path)
         except Exception as exc:  # noqa: BLE001 - ORT raises its own classes for every failure
             text = first_line(exc)
             if "outside" in text.lower() or "external" in text.lower() and ".." in text:
                 raise ModelLoadError(f"{p}: refused external data outside the model's folder ({text})") from None
             if isinstance(exc, (FileNotFoundError,)) or "No such file" in text or "doesn't exist" in text:
                 raise UsageError(f"{p}: no such file") from None
+            if _ALLOC.search(text) or isinstance(exc, MemoryError) or _NODE.search(text):
+                raise ort_failure(p, exc, "loading") from None
             raise ModelLoadError(f"{p}: not a loadable ONNX model ({text})") from None
         got = self.session.get_providers()
         if provider not in got:

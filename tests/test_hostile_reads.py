@@ -1,0 +1,412 @@
+"""Hostile paths and hostile ONNX files: refused quickly, in one line, with bounded memory.
+
+Every run that could hang or eat memory if the guard broke runs in a subprocess under a
+timeout and an address-space limit. Its peak memory is the child's own VmHWM, read at exit
+(``ru_maxrss`` of a child forked from this test process would include the pages it inherited).
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_runtime_models import models, write_images  # noqa: E402
+
+pytest.importorskip("onnxruntime")
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT_S = 30
+AS_LIMIT = 6 << 30  # a runaway read or allocation fails here instead of taking the shared machine's memory
+MAX_RSS_MB = 1500
+_PEAK = ("import atexit, os\n"
+         "def _peak():\n"
+         "    with open('/proc/self/status') as f:\n"
+         "        kb = next(ln.split()[1] for ln in f if ln.startswith('VmHWM'))\n"
+         "    with open(os.environ['PEAK_FILE'], 'w') as f:\n"
+         "        f.write(kb)\n"
+         "atexit.register(_peak)\n")
+
+
+class Ran:
+    def __init__(self, rc: int, out: str, err: str, seconds: float, rss_mb: float) -> None:
+        self.rc, self.out, self.err, self.seconds, self.rss_mb = rc, out, err, seconds, rss_mb
+
+    def __repr__(self) -> str:
+        return f"rc={self.rc} {self.seconds:.1f}s {self.rss_mb:.0f}MB\nstdout: {self.out[-2000:]}\nstderr: {self.err[-3000:]}"
+
+
+def _limit() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (AS_LIMIT, AS_LIMIT))
+
+
+def run(code: str, *args: str, timeout: float = TIMEOUT_S,
+        on_output: Callable[[subprocess.Popen], None] | None = None) -> Ran:
+    """Run Python ``code`` with ``args`` and the worktree's cnnedge, under a timeout and RLIMIT_AS;
+    kill it if it overruns (the caller's assertion then fails on the time). ``on_output(proc)``
+    is called once the child has written its first stdout line."""
+    fd, peak_file = tempfile.mkstemp(prefix="peak-")
+    os.close(fd)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+           "PYTHONUNBUFFERED": "1", "PEAK_FILE": peak_file}
+    t0 = time.monotonic()
+    p = subprocess.Popen([sys.executable, "-c", _PEAK + code, *args], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env=env, preexec_fn=_limit, cwd=str(ROOT))
+    bufs: dict[str, list[bytes]] = {"out": [], "err": []}
+    first = threading.Event()
+
+    def pump(stream, key: str) -> None:
+        for line in stream:
+            bufs[key].append(line)
+            if key == "out":
+                first.set()
+
+    threads = [threading.Thread(target=pump, args=(p.stdout, "out"), daemon=True),
+               threading.Thread(target=pump, args=(p.stderr, "err"), daemon=True)]
+    for t in threads:
+        t.start()
+    called = False
+    while p.poll() is None:
+        if on_output is not None and not called and first.is_set():
+            called = True
+            on_output(p)
+        if time.monotonic() - t0 > timeout:
+            p.kill()
+            p.wait()
+            break
+        time.sleep(0.02)
+    seconds = time.monotonic() - t0
+    for t in threads:
+        t.join(5)
+    peak = Path(peak_file).read_text()
+    os.unlink(peak_file)
+    dec = lambda k: b"".join(bufs[k]).decode("utf-8", "backslashreplace")  # noqa: E731
+    return Ran(p.returncode, dec("out"), dec("err"), seconds, int(peak) / 1024 if peak else float("inf"))
+
+
+def _cli(tool: str) -> str:
+    return f"import sys\nfrom cnnedge.cli.{tool} import console\nsys.argv[0] = 'cnn-{tool}'\nconsole()\n"
+
+
+def infer(*argv: str, **kw) -> Ran:
+    return run(_cli("infer"), *argv, **kw)
+
+
+def bench(*argv: str, **kw) -> Ran:
+    return run(_cli("bench"), *argv, **kw)
+
+
+def assert_quick_and_small(r: Ran) -> None:
+    assert r.seconds < TIMEOUT_S and r.rss_mb < MAX_RSS_MB, r
+    assert "Traceback" not in r.err, r
+
+
+def error_lines(r: Ran) -> list[str]:
+    return [ln for ln in r.err.splitlines() if ": error:" in ln]
+
+
+@pytest.fixture()
+def hostile(tmp_path: Path) -> dict[str, Path]:
+    """A FIFO and a link to /dev/zero, both named like images."""
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    zero = tmp_path / "zero.png"
+    zero.symlink_to("/dev/zero")
+    return {"fifo": fifo, "zero": zero}
+
+
+# --- the reader itself ------------------------------------------------------------------------------
+
+def test_read_file_refuses_non_regular_files_without_reading(hostile):
+    """In a subprocess: a broken guard would block (FIFO) or read until memory runs out (/dev/zero)."""
+    code = ("import sys\nfrom cnnedge.runtime.images import ImageError, read_file\n"
+            "for p in sys.argv[1:]:\n"
+            "    try:\n        read_file(p)\n        print('READ', p)\n"
+            "    except ImageError as e:\n        print(e.kind, '|', e)\n")
+    r = run(code, str(hostile["fifo"]), str(hostile["zero"]))
+    assert r.rc == 0, r
+    assert_quick_and_small(r)
+    lines = r.out.splitlines()
+    assert lines[0].startswith("not a regular file | ") and "pipe.png" in lines[0] and "a FIFO" in lines[0], r
+    assert lines[1].startswith("not a regular file | ") and "/dev/zero" in lines[1] and "character device" in lines[1]
+
+
+def test_a_fifo_swapped_in_after_the_stat_cannot_block(hostile, tmp_path):
+    """The race the O_NONBLOCK open closes: ``stat`` saw a regular file, ``open`` gets a FIFO.
+    The stat is replaced by a regular file's to make the race happen every time."""
+    regular = tmp_path / "real.png"
+    regular.write_bytes(b"x" * 10)
+    code = ("import os, sys\nfrom cnnedge.runtime import images\n"
+            "images.stat_path = lambda p: os.stat(sys.argv[2])\n"
+            "try:\n    images.read_file(sys.argv[1])\n    print('READ')\n"
+            "except images.ImageError as e:\n    print(e)\n")
+    r = run(code, str(hostile["fifo"]), str(regular), timeout=15)
+    assert r.rc == 0 and "not a regular file (a FIFO)" in r.out, r
+
+
+def test_reads_are_capped_whatever_fstat_says(tmp_path):
+    from cnnedge.runtime.images import ImageError, read_file
+
+    status = read_file("/proc/self/status")  # a regular file whose fstat size is 0
+    assert os.stat("/proc/self/status").st_size == 0 and b"VmRSS" in status
+    with pytest.raises(ImageError, match="more than 64 bytes"):
+        read_file("/proc/self/status", limit=64)
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\0" * 1000)
+    with pytest.raises(ImageError, match="1000 bytes is over the 999-byte file limit"):
+        read_file(big, limit=999)
+    assert read_file(big, limit=1000) == b"\0" * 1000
+
+
+# --- through cnn-infer and the Python API -----------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["fifo", "zero"])
+def test_source_that_is_not_a_regular_file_is_refused_in_one_line(hostile, kind):
+    """Image paths given with --source are a list of files: the bad one is a skipped row, named once."""
+    bad = hostile[kind]
+    r = infer(str(models()["onnx"]), "--source", str(bad))
+    assert_quick_and_small(r)
+    named = [ln for ln in r.err.splitlines() if str(bad) in ln]
+    assert r.rc == 1 and len(named) == 1 and "not a regular file" in named[0], r
+    assert "0 done; 0 failed; 1 skipped (1 not a regular file)" in r.err and "nothing could be processed" in r.err
+    # any other source spec that is not a regular file or folder is refused when it opens
+    video = bad.with_suffix(".mp4")
+    os.rename(bad, video)
+    r = infer(str(models()["onnx"]), "--source", str(video))
+    assert_quick_and_small(r)
+    lines = error_lines(r)
+    assert r.rc == 2 and len(lines) == 1 and str(video) in lines[0] and "not a regular file" in lines[0], r
+
+
+@pytest.mark.parametrize("kind", ["fifo", "zero"])
+def test_list_file_entry_that_is_not_a_regular_file_is_a_skipped_row(hostile, kind, tmp_path):
+    bad = hostile[kind]
+    good, _ = write_images(tmp_path / "imgs", 2)
+    lst = tmp_path / "list.txt"
+    lst.write_text(f"{good[0]}\n{bad.name}\n{good[1]}\n")
+    out = tmp_path / "out.jsonl"
+    r = infer(str(models()["onnx"]), "--source", str(lst), "--json", str(out), "--batch", "2")
+    assert_quick_and_small(r)
+    assert r.rc == 0, r
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [Path(x["path"]).name for x in rows] == [good[0].name, bad.name, good[1].name]  # the list's order
+    assert "not a regular file" in rows[1]["error"] and "error" not in rows[0] and "error" not in rows[2]
+    assert [ln for ln in r.err.splitlines() if bad.name in ln] == [f"skipped {bad}: {rows[1]['error']}"], r
+    assert "2 done; 0 failed; 1 skipped (1 not a regular file)" in r.err, r
+
+
+def test_list_file_that_is_a_fifo_is_refused(tmp_path):
+    lst = tmp_path / "list.txt"
+    os.mkfifo(lst)
+    r = infer(str(models()["onnx"]), "--source", str(lst))
+    assert_quick_and_small(r)
+    lines = error_lines(r)
+    assert r.rc == 2 and len(lines) == 1 and "list.txt" in lines[0] and "FIFO" in lines[0], r
+
+
+def test_predict_refuses_a_fifo_and_a_dev_zero_link(hostile):
+    code = ("import sys\nfrom cnnedge.runtime import Classifier\nfrom cnnedge.errors import DataError\n"
+            "clf = Classifier(sys.argv[1])\n"
+            "for p in sys.argv[2:]:\n"
+            "    try:\n        clf.predict(p)\n        print('PREDICTED', p)\n"
+            "    except DataError as e:\n        print(type(e).__name__, '|', e)\n")
+    r = run(code, str(models()["onnx"]), str(hostile["fifo"]), str(hostile["zero"]))
+    assert r.rc == 0, r
+    assert_quick_and_small(r)
+    lines = r.out.splitlines()
+    assert len(lines) == 2 and all(ln.startswith("ImageError | ") and "not a regular file" in ln for ln in lines), r
+
+
+def test_folder_reports_every_unused_entry_once_with_its_reason(hostile, tmp_path):
+    d = hostile["fifo"].parent / "photos"
+    good, _ = write_images(d, 3)
+    os.rename(hostile["fifo"], d / "pipe.png")
+    os.rename(hostile["zero"], d / "zero.png")
+    (d / "dangling.png").symlink_to(d / "gone.png")
+    (d / "loop_a.png").symlink_to(d / "loop_b.png")
+    (d / "loop_b.png").symlink_to(d / "loop_a.png")
+    (d / ".hidden.png").write_bytes(good[0].read_bytes())
+    (d / ".cache").mkdir()
+    (d / ".cache" / "x.png").write_bytes(good[0].read_bytes())  # inside a hidden folder: not listed
+    (d / "notes.txt").write_text("not an image")
+    (d / "up").symlink_to(d)  # a link to a folder (here its own parent) is not followed
+    out, csv_out = tmp_path / "out.jsonl", tmp_path / "out.csv"
+    r = infer(str(models()["onnx"]), "--source", str(d), "--json", str(out), "--csv", str(csv_out), "--quiet")
+    assert_quick_and_small(r)
+    assert r.rc == 0, r
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    errors = {Path(x["path"]).name: x["error"] for x in rows if "error" in x}
+    assert sorted(Path(x["path"]).name for x in rows if "error" not in x) == sorted(p.name for p in good)
+    assert len(rows) == len(good) + len(errors)  # each entry once
+    expect = {"pipe.png": "not a regular file (a FIFO)", "zero.png": "a link to a character device, /dev/zero",
+              "dangling.png": "broken link", "loop_a.png": "link loop", "loop_b.png": "link loop",
+              ".hidden.png": "hidden", ".cache": "hidden", "notes.txt": "not named like an image",
+              "up": "a link to a folder"}
+    assert set(errors) == set(expect), errors
+    for name, why in expect.items():
+        assert why in errors[name], (name, errors[name])
+    assert len(csv_out.read_text().splitlines()) == 1 + len(rows)
+    assert ("3 done; 0 failed; 9 skipped (2 hidden, 1 broken link, 2 link loop, 1 not an image, "
+            "3 not a regular file)") in r.err, r
+    for name in expect:  # --quiet still names each one, once
+        assert sum(f"/{name}: " in ln for ln in r.err.splitlines()) == 1, (name, r.err)
+
+
+def test_ctrl_c_ends_a_long_run(tmp_path):
+    good, _ = write_images(tmp_path / "imgs", 1)
+    lst = tmp_path / "long.txt"
+    lst.write_text(f"{good[0]}\n" * 200_000)  # minutes of work
+
+    def interrupt(p: subprocess.Popen) -> None:
+        p.send_signal(signal.SIGINT)
+
+    r = infer(str(models()["onnx"]), "--source", str(lst), "--batch", "4", timeout=60, on_output=interrupt)
+    assert r.seconds < 45 and "interrupted" in r.err and "Traceback" not in r.err, r
+    assert r.rc in (0, 130), r  # 130 once an interrupted run exits as interrupted
+
+
+@pytest.mark.parametrize("kind", ["fifo", "zero"])
+@pytest.mark.parametrize("suffix", [".onnx", ".keras"])
+def test_model_path_that_is_not_a_regular_file_is_refused(hostile, kind, suffix, tmp_path):
+    model = hostile[kind].rename(hostile[kind].with_suffix(suffix))
+    write_images(tmp_path / "imgs", 1)
+    runs = [infer(str(model), "--source", str(tmp_path / "imgs")), bench(str(model))]
+    if suffix == ".keras":
+        runs.append(run(_cli("export"), str(model)))
+    for r in runs:
+        assert_quick_and_small(r)
+        lines = error_lines(r)
+        assert r.rc == 2 and len(lines) == 1 and str(model) in lines[0] and "not a regular file" in lines[0], r
+
+
+# --- hostile ONNX files ----------------------------------------------------------------------------
+
+def _classifier_onnx(path: Path, *, bomb: tuple[int, ...] | None = None, flatten_hw: int | None = None,
+                     card_hw: int = 8, dynamic_hw: bool = False, batch: int | None = None,
+                     raw_card_hw: int | None = None) -> Path:
+    """A small uint8 NHWC classifier built with onnx.helper, with a model card.
+
+    ``bomb``: a ConstantOfShape of that shape feeds the output (ORT must allocate it at run);
+    ``flatten_hw``: the graph reshapes its input to flatten_hw x flatten_hw x 3, so any other
+    size fails inside ORT; ``card_hw``: the input size the card claims; ``dynamic_hw``: the
+    graph takes any height and width (its size then comes from the card); ``batch``: a fixed
+    batch size; ``raw_card_hw``: written into the card's JSON past the card class's checks."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from cnnedge.card import ONNX_KEY, InputSpec, ModelCard, Preprocess
+
+    rng = np.random.default_rng(0)
+    hw = None if dynamic_hw else card_hw
+    nodes = [helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT)]
+    inits = []
+    if flatten_hw:
+        n = flatten_hw * flatten_hw * 3
+        inits += [numpy_helper.from_array(np.array([0, n], np.int64), "flat_shape"),
+                  numpy_helper.from_array(rng.normal(size=(n, 10)).astype(np.float32) / n, "w")]
+        nodes += [helper.make_node("Reshape", ["xf", "flat_shape"], ["flat"]),
+                  helper.make_node("MatMul", ["flat", "w"], ["logits"])]
+    else:
+        inits += [numpy_helper.from_array(rng.normal(size=(3, 10)).astype(np.float32), "w")]
+        nodes += [helper.make_node("ReduceMean", ["xf"], ["m"], axes=[1, 2], keepdims=0),
+                  helper.make_node("MatMul", ["m", "w"], ["logits"])]
+    last = "logits"
+    if bomb:
+        inits.append(numpy_helper.from_array(np.array(bomb, np.int64), "bomb_shape"))
+        nodes += [helper.make_node("ConstantOfShape", ["bomb_shape"], ["big"],
+                                   value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.0])),
+                  helper.make_node("ReduceMax", ["big"], ["bmax"], keepdims=0),
+                  helper.make_node("Add", ["logits", "bmax"], ["logits2"])]
+        last = "logits2"
+    nodes.append(helper.make_node("Softmax", [last], ["y"], axis=1))
+    graph = helper.make_graph(nodes, "hostile", [helper.make_tensor_value_info("x", TensorProto.UINT8,
+                                                                               [batch or "N", hw, hw, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch or "N", 10])], inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    card = ModelCard(name=path.stem, classes=tuple(str(i) for i in range(10)),
+                     input=InputSpec(card_hw, card_hw, 3, "NHWC", "uint8", "RGB"),
+                     preprocess=Preprocess(resize="stretch", in_graph=True), output="probabilities")
+    text = card.to_json()
+    if raw_card_hw is not None:
+        data = json.loads(text)
+        data["input"]["height"] = data["input"]["width"] = raw_card_hw
+        text = json.dumps(data)
+    m.metadata_props.add(key=ONNX_KEY, value=text)
+    onnx.checker.check_model(m)
+    onnx.save(m, str(path))
+    return path
+
+
+def _one_line_failure(r: Ran, name: str, *words: str) -> str:
+    assert_quick_and_small(r)
+    lines = error_lines(r)
+    assert r.rc == 1 and len(lines) == 1 and name in lines[0], r
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+    return lines[0]
+
+
+def test_honest_helper_model_runs(tmp_path):
+    """The builder's graphs are sound: without the hostile part the same model classifies."""
+    from cnnedge.runtime import Classifier
+
+    for kw in ({}, {"flatten_hw": 8}, {"dynamic_hw": True}):
+        with Classifier(_classifier_onnx(tmp_path / "ok.onnx", **kw), "ort-cpu") as clf:
+            pred = clf.predict(np.full((20, 20, 3), 128, np.uint8))
+            assert 0 <= pred.index < 10 and 0 < pred.score <= 1
+
+
+def test_constant_of_shape_bomb_is_one_line_in_cnn_infer_and_cnn_bench(tmp_path):
+    model = _classifier_onnx(tmp_path / "bomb.onnx", bomb=(100_000, 100_000, 10))  # 400 GB of float32
+    write_images(tmp_path / "imgs", 2)
+    r = infer(str(model), "--source", str(tmp_path / "imgs"), "--backend", "ort-cpu")
+    line = _one_line_failure(r, "bomb.onnx", "400 GB", "ConstantOfShape")
+    assert "Non-zero status" not in line and "onnxruntime_src" not in line
+    r = bench(str(model), "--backends", "ort-cpu", "--batch", "1", "--iters", "3", "--warmup", "1", "--repeats", "1")
+    _one_line_failure(r, "bomb.onnx", "400 GB", "ConstantOfShape")
+    # predict's per-frame path runs through a buffer bound to the session: mapped the same way
+    code = ("import sys, numpy as np\nfrom cnnedge.runtime import Classifier\nfrom cnnedge.errors import ModelLoadError\n"
+            "clf = Classifier(sys.argv[1], 'ort-cpu', warmup=False)\n"
+            "try:\n    clf.predict(np.zeros((8, 8, 3), np.uint8))\n"
+            "except ModelLoadError as e:\n    print(e)\n")
+    r = run(code, str(model))
+    assert_quick_and_small(r)
+    assert r.rc == 0 and "400 GB" in r.out and "ConstantOfShape" in r.out and len(r.out.splitlines()) == 1, r
+
+
+def test_card_that_lies_about_the_input_size_is_one_line(tmp_path):
+    """The graph only takes 8x8 (it reshapes to 8*8*3), its card says 16x16: ORT fails in the warm-up."""
+    model = _classifier_onnx(tmp_path / "liar.onnx", flatten_hw=8, card_hw=16, dynamic_hw=True)
+    write_images(tmp_path / "imgs", 2)
+    r = infer(str(model), "--source", str(tmp_path / "imgs"), "--backend", "ort-cpu")
+    _one_line_failure(r, "liar.onnx", "Reshape", "card")
+
+
+def test_huge_declared_input_is_one_line_not_a_memory_error(tmp_path):
+    """A graph that fixes a batch of 8 at 16384x16384 (what a card may claim at most): the warm-up
+    or benchmark batch is 6.4 GB, which this test's address-space limit refuses at once, as a
+    smaller machine would. The same size claimed by the card of a dynamic-size graph, and a card
+    claiming more than a card may, are refused as well, each in one line naming the file."""
+    from cnnedge.card import MAX_SIDE
+
+    write_images(tmp_path / "imgs", 2)
+    fixed = _classifier_onnx(tmp_path / "huge.onnx", card_hw=MAX_SIDE, batch=8)
+    dynamic = _classifier_onnx(tmp_path / "huge_dyn.onnx", card_hw=MAX_SIDE, dynamic_hw=True, batch=8)
+    beyond = _classifier_onnx(tmp_path / "huger.onnx", dynamic_hw=True, raw_card_hw=100_000)
+    for model in (fixed, dynamic, beyond):
+        r = infer(str(model), "--source", str(tmp_path / "imgs"), "--backend", "ort-cpu")
+        _one_line_failure(r, model.name)
+        r = bench(str(model), "--backends", "ort-cpu", "--batch", "8", "--iters", "3", "--warmup", "1",
+                  "--repeats", "1")
+        _one_line_failure(r, model.name)
