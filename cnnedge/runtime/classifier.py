@@ -250,15 +250,12 @@ class Classifier:
                                      "input its graph and card declare) does not fit in memory") from None
             try:
                 out = np.asarray(be.infer(x))
-            except CnnEdgeError:
-                raise
+            except CnnEdgeError as exc:
+                if type(exc) is not ModelLoadError:
+                    raise
+                self._refuse_warmup(n, str(exc).removeprefix(f"{be.path}: "))
             except Exception as exc:  # noqa: BLE001 - the engine's own error classes, mapped to one line
-                where = (f"the input size {self._spec.height}x{self._spec.width} comes from {be.size_from}: is it "
-                         "right?" if be.size_from else "re-export the model" if be.card is not None else
-                         "check the model file")
-                raise (CardError if be.card is not None else ModelLoadError)(
-                    f"{be.path}: the model fails on a batch of {n} at {self._spec.height}x{self._spec.width} "
-                    f"({first_line(exc)}); {where}") from None
+                self._refuse_warmup(n, first_line(exc))
             if out.ndim == 0 or out.shape[0] != n:
                 raise ModelLoadError(f"{be.path}: the model returns {out.shape[0] if out.ndim else 'no'} rows for a "
                                      f"batch of {n}; cnnedge needs one row of scores per image")
@@ -283,6 +280,15 @@ class Classifier:
                              "over them flattens the scores; drop --output logits" if said == "logits" else
                              "do not sum to 1: they look like logits; use --output logits"), OutputKindWarning,
                           stacklevel=3)
+
+    def _refuse_warmup(self, n: int, why: str) -> None:
+        """The warm-up batch failed in the engine: one line saying where the size came from."""
+        be = self.backend
+        where = (f"the input size {self._spec.height}x{self._spec.width} comes from {be.size_from}: is it "
+                 "right?" if be.size_from else "re-export the model" if be.card is not None else "check the model file")
+        raise (CardError if be.card is not None else ModelLoadError)(
+            f"{be.path}: the model fails on a batch of {n} at {self._spec.height}x{self._spec.width} ({why}); "
+            f"{where}") from None
 
     def load_image(self, path: str | os.PathLike) -> np.ndarray:
         """Read an image file (decode limits, damage flagged), at reduced size when that is safe."""
