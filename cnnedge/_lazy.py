@@ -5,6 +5,7 @@ import importlib
 from types import ModuleType
 
 from .errors import MissingDependency
+from .tfquiet import TF_ROOTS, import_quietly
 
 _EXTRA_FOR = {
     "tensorflow": "train",
@@ -25,8 +26,11 @@ _EXTRA_FOR = {
 
 
 def require(module: str, feature: str | None = None) -> ModuleType:
-    """Import ``module`` or raise a MissingDependency that names the install extra."""
+    """Import ``module`` or raise a MissingDependency that names the install extra (TensorFlow's
+    start-up noise kept off stderr, see :mod:`cnnedge.tfquiet`)."""
     try:
+        if module.split(".")[0] in TF_ROOTS:
+            return import_quietly(module)
         return importlib.import_module(module)
     except ImportError as exc:
         root = module.split(".")[0]

@@ -5,7 +5,10 @@ anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+from contextvars import ContextVar
 from enum import IntEnum
+from typing import Iterator, Mapping
 
 
 class ExitCode(IntEnum):
@@ -60,3 +63,23 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
     name when the message is empty): what a one-line error can quote of a library's failure."""
     text = str(exc).strip()
     return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+
+
+_NAMES: ContextVar[Mapping[str, str]] = ContextVar("cnnedge_argument_names", default={})
+
+
+def arg_name(name: str) -> str:
+    """How a library error names argument ``name``: as the Python caller wrote it, or as the flag
+    of the command line that called the library inside :func:`argument_names`."""
+    return _NAMES.get().get(name, name)
+
+
+@contextmanager
+def argument_names(names: Mapping[str, str]) -> Iterator[None]:
+    """Inside this block, library errors name argument ``a`` as ``names[a]`` (a CLI maps them to its flags);
+    an empty mapping restores the Python names."""
+    token = _NAMES.set(names)
+    try:
+        yield
+    finally:
+        _NAMES.reset(token)

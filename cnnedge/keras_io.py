@@ -15,10 +15,13 @@ from typing import Any, Mapping
 from .artifacts import KINDS
 from .card import ModelCard, card_path_for
 from .errors import CardError, ModelLoadError, UsageError, first_line
+from .keras_archive import check_keras_archive
+from .tfquiet import keras_warnings_off
 
 
 def check_model_file(path: str | os.PathLike, trust: bool = False) -> str:
-    """The cheap checks of :func:`load_keras_model`, without importing Keras; returns the suffix."""
+    """The cheap checks of :func:`load_keras_model`, without importing Keras (a ``.keras`` archive's
+    member sizes and declared layers included, see :mod:`cnnedge.keras_archive`); returns the suffix."""
     p = Path(path)
     if not p.exists():
         raise UsageError(f"{p}: no such file")
@@ -35,6 +38,8 @@ def check_model_file(path: str | os.PathLike, trust: bool = False) -> str:
         raise ModelLoadError(f"{p}: not a Keras model (expected a .keras file)")
     elif not zipfile.is_zipfile(p):
         raise ModelLoadError(f"{p}: not a valid .keras archive (truncated or corrupt?)")
+    else:
+        check_keras_archive(p)
     return suffix
 
 
@@ -48,10 +53,11 @@ def load_keras_model(path: str | os.PathLike, trust: bool = False,
 
     keras = require("keras", "loading Keras models")
     try:
-        if suffix == ".keras":
-            return keras.saving.load_model(p, custom_objects=dict(custom_objects or {}), compile=False,
-                                           safe_mode=True)
-        return keras.saving.load_model(p, custom_objects=dict(custom_objects or {}), compile=False)
+        with keras_warnings_off():
+            if suffix == ".keras":
+                return keras.saving.load_model(p, custom_objects=dict(custom_objects or {}), compile=False,
+                                               safe_mode=True)
+            return keras.saving.load_model(p, custom_objects=dict(custom_objects or {}), compile=False)
     except (ValueError, TypeError, KeyError, OSError, zipfile.BadZipFile, AttributeError) as exc:
         text = str(exc)
         if "Lambda" in text or "safe_mode" in text or "unsafe" in text.lower():

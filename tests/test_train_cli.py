@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import io
+import json
+import os
 from contextlib import redirect_stdout
 from pathlib import Path
 
@@ -135,14 +137,39 @@ def test_resume_refuses_flags_it_would_ignore(tmp_path: Path) -> None:
     _usage_error(["--resume", run, "--epochs", "3", "--patience", "2", "--quiet"], "no such run folder")
 
 
-def test_a_run_set_aside_by_a_killed_force_run_comes_back(tmp_path: Path) -> None:
-    run = tmp_path / "run"
-    aside = run / ".cnn-train-replaced"
-    aside.mkdir(parents=True)
+def _killed_force_run(run: Path, committed: bool) -> None:
+    """What a --force run killed at some moment leaves: the old run in place, the new one beside it."""
+    run.mkdir()
     for name in ("model.keras", "card.json", "metrics.json", "train_config.json", "model.onnx"):
-        (aside / name).write_bytes(f"old {name}".encode())
-    (run / "train_config.json").write_text("{}")  # the killed new run's, before its first checkpoint
-    _usage_error(["--preset", "digits-cnn", "--out", str(run)], "already holds a run", "--force")
-    assert not aside.exists()
+        (run / name).write_bytes(f"old {name}".encode())
+    new = run / ".cnn-train-new"
+    new.mkdir()
+    for name in ("model.keras", "card.json", "train_config.json", "history.csv"):
+        (new / name).write_bytes(f"new {name}".encode())
+    if committed:  # killed during the renames: the marker is written and the model already moved
+        (new / "swap.json").write_text(json.dumps({"files": ["model.keras", "card.json", "train_config.json",
+                                                             "history.csv"]}))
+        os.replace(new / "model.keras", run / "model.keras")
+
+
+def test_a_force_run_killed_before_its_swap_leaves_the_old_run_and_is_cleared_aloud(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    _killed_force_run(run, committed=False)
+    code, out, err = _cli(["--preset", "digits-cnn", "--out", str(run)])
+    assert code == 2 and "already holds a run" in err and "--force" in err, err
+    assert "removed the files of a --force run that was stopped" in out and "holds its previous run" in out, out
+    assert not (run / ".cnn-train-new").exists()
     for name in ("model.keras", "card.json", "metrics.json", "train_config.json", "model.onnx"):
         assert (run / name).read_bytes() == f"old {name}".encode()
+
+
+def test_a_force_run_killed_during_its_swap_is_finished_aloud(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    _killed_force_run(run, committed=True)
+    code, out, err = _cli(["--resume", str(run)])
+    assert code == 2 and "cannot read train_config.json" in err, err  # the new run's (fake) config, moved in
+    assert "finished replacing its run with the new one a killed --force run had completed" in out, out
+    for name in ("model.keras", "card.json", "train_config.json", "history.csv"):
+        assert (run / name).read_bytes() == f"new {name}".encode()
+    assert not (run / "metrics.json").exists() and not (run / "model.onnx").exists()
+    assert not (run / ".cnn-train-new").exists()

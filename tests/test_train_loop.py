@@ -283,12 +283,13 @@ def test_force_replaces_the_old_run_only_once_the_new_one_has_a_checkpoint(tmp_p
                       verbose=0)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, callbacks=[_InterruptFirstBatch()], log=said.append)
-    assert _snapshot(run) == before and not (run / ".cnn-train-replaced").exists()
-    assert "previous run there is restored" in said[-1] and "--resume" not in said[-1], said[-1]
+    assert _snapshot(run) == before and not (run / ".cnn-train-new").exists()
+    assert "still holds the previous run, unchanged" in said[-1] and "--resume" not in said[-1], said[-1]
     # a run that reaches its checkpoint replaces the old run and its stale exports; other files stay
-    code, _, err = _cli(["--preset", "mnist-dense", "--data", "digits", "--img-size", "8", "--out", str(run),
-                         "--force", "--epochs", "1", "--quiet"])
+    code, stdout, err = _cli(["--preset", "mnist-dense", "--data", "digits", "--img-size", "8", "--out", str(run),
+                              "--force", "--epochs", "1", "--quiet"])
     assert code == 0, err
+    assert f"{run} now holds the new run" in stdout, stdout
     after = _snapshot(run)
     assert after["images/3/a.png"] == b"not ours" and after["notes.txt"] == b"not ours either"
     assert set(after) == set(ARTIFACTS) | {"images/3/a.png", "notes.txt"}, sorted(after)

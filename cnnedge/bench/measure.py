@@ -15,6 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import UsageError
+from ..tfquiet import keras_warnings_off
 
 STAGES = ("h2d", "compute", "d2h")
 MIN_CALLS_PER_RUN = 3
@@ -117,12 +118,14 @@ def split_call(be: Any, x: np.ndarray, copy: bool = True) -> Call:
 def keras_predict_call(model: Any, x: np.ndarray) -> Call:
     """The tutorial baseline ``model.predict(x)``."""
     def call() -> None:
-        model.predict(x, verbose=0)
+        with keras_warnings_off():
+            model.predict(x, verbose=0)
     return call
 
 
 def keras_direct_call(model: Any, x: np.ndarray) -> Call:
     """The tutorial baseline ``model(x, training=False)`` (eager), result brought to numpy."""
     def call() -> None:
-        np.asarray(model(x, training=False))
+        with keras_warnings_off():
+            np.asarray(model(x, training=False))
     return call

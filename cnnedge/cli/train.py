@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
-from ..errors import UsageError
+from ..errors import UsageError, argument_names
 from ._args import add_model_flags, model_description
 from ._run import entry
 
@@ -108,6 +107,12 @@ def _given(argv: Sequence[str]) -> list[str]:
     return [a.option_strings[-1] for a in actions if getattr(ns, a.dest, unset) is not unset]
 
 
+def flag_names() -> dict[str, str]:
+    """The library's argument names -> this command's flags, for the library's error messages."""
+    names = {a.dest: a.option_strings[-1] for a in build_parser()._actions if a.option_strings}
+    return {**names, "run_dir": "--resume"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
@@ -116,7 +121,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print("\n".join(list_presets()))
         return 0
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+    with argument_names(flag_names()):
+        result = _train(args, argv)
+    print(f"cnn-train: {result.summary()}", flush=True)
+    return 0
+
+
+def _train(args: argparse.Namespace, argv: list[str]) -> Any:
     from ..trainer.loop import TrainConfig, resume, train
     from ..trainer.tfdata import Augment
 
@@ -126,26 +137,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         if extra:
             raise UsageError(f"--resume continues a run with its own settings; {extra[0]} cannot change them: give "
                              "only --resume RUN_DIR (with --epochs N, --patience N, --quiet)")
-        result = resume(args.resume, epochs=args.epochs, patience=args.patience if "--patience" in _given(argv)
-                        else None, verbose=verbose)
-    else:
-        if not args.preset:
-            raise UsageError("--preset is required, e.g. --preset digits-cnn (cnn-train --list names them)")
-        if not args.out:
-            raise UsageError("--out is required, e.g. --out runs/digits")
-        cfg = TrainConfig(
-            preset=args.preset, data=args.data, out=args.out, epochs=args.epochs, batch_size=args.batch_size,
-            img_size=args.img_size, channels=args.channels, val_split=args.val_split, test_split=args.test_split,
-            seed=args.seed, patience=args.patience, weights=args.weights,
-            augment=Augment(flip=args.flip, rotation=args.rotation, zoom=args.zoom, shift=args.shift,
-                            shear=args.shear),
-            learning_rate=args.learning_rate, mixed_precision=args.mixed_precision, csv_shape=args.csv_shape,
-            force=args.force, verbose=verbose,
-            resize=model_description(args, ("resize", "crop_pct", "pad_value", "interpolation")))
-        result = train(cfg)
-    print(f"cnn-train: {result.summary()}", flush=True)
-    sys.stdout.flush()
-    return 0
+        return resume(args.resume, epochs=args.epochs, patience=args.patience if "--patience" in _given(argv)
+                      else None, verbose=verbose)
+    if not args.preset:
+        raise UsageError("--preset is required, e.g. --preset digits-cnn (cnn-train --list names them)")
+    if not args.out:
+        raise UsageError("--out is required, e.g. --out runs/digits")
+    cfg = TrainConfig(
+        preset=args.preset, data=args.data, out=args.out, epochs=args.epochs, batch_size=args.batch_size,
+        img_size=args.img_size, channels=args.channels, val_split=args.val_split, test_split=args.test_split,
+        seed=args.seed, patience=args.patience, weights=args.weights,
+        augment=Augment(flip=args.flip, rotation=args.rotation, zoom=args.zoom, shift=args.shift, shear=args.shear),
+        learning_rate=args.learning_rate, mixed_precision=args.mixed_precision, csv_shape=args.csv_shape,
+        force=args.force, verbose=verbose,
+        resize=model_description(args, ("resize", "crop_pct", "pad_value", "interpolation")))
+    return train(cfg)
 
 
 console = entry("cnn-train", main)

@@ -44,6 +44,7 @@ def keras_to_onnx(model: Any, card: ModelCard, input_dtype: str = "uint8", opset
                   output_name: str | None = None) -> Any:
     """Convert; return an ``onnx.ModelProto`` with input ``images`` and one output named after card.output."""
     from .._lazy import require
+    from ..tfquiet import keras_warnings_off
 
     tf = require("tensorflow", "exporting Keras models")
     tf2onnx = require("tf2onnx", "exporting to ONNX")
@@ -56,7 +57,8 @@ def keras_to_onnx(model: Any, card: ModelCard, input_dtype: str = "uint8", opset
 
     @tf.function(input_signature=[spec])
     def serve(x):
-        return {out_name: model(tf.cast(x, tf.float32), training=False)}
+        with keras_warnings_off():  # runs while tracing: a model built with a list of inputs warns here
+            return {out_name: model(tf.cast(x, tf.float32), training=False)}
 
     import logging
 

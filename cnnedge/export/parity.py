@@ -65,7 +65,10 @@ def top1(probs: np.ndarray) -> np.ndarray:
 
 def keras_outputs(model: Any, x: np.ndarray, batch: int = 128) -> np.ndarray:
     """Reference outputs: the Keras model called directly (not ``predict``) on float32 pixels."""
-    outs = [np.asarray(model(x[i:i + batch], training=False)) for i in range(0, len(x), batch)]
+    from ..tfquiet import keras_warnings_off
+
+    with keras_warnings_off():
+        outs = [np.asarray(model(x[i:i + batch], training=False)) for i in range(0, len(x), batch)]
     return np.concatenate(outs).astype(np.float32)
 
 

@@ -32,7 +32,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from ..errors import DataError, UsageError
+from ..errors import DataError, UsageError, arg_name
 
 SPLITS = ("train", "val", "test")
 KERAS_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100")
@@ -117,34 +117,38 @@ def make_spec(data: str, *, seed: int = 0, val_split: float | None = None, test_
               size: tuple[int, int] | None = None, csv_shape: tuple[int, ...] | None = None) -> dict[str, Any]:
     """The spec for what the user typed after ``--data`` (validated; paths made absolute)."""
     if not isinstance(data, str) or not data:
-        raise UsageError("--data is empty; give digits, mnist, fashion_mnist, cifar10, cifar100, a folder or a .csv")
-    for name, frac in (("--val-split", val_split), ("--test-split", test_split)):
+        raise UsageError(f"{arg_name('data')} is empty; give digits, mnist, fashion_mnist, cifar10, cifar100, a folder "
+                         "or a .csv")
+    for name, frac in (("--val-split", val_split), ("--test-split", test_split)):  # tests hold these names
         if frac is not None and not 0.0 <= frac < 1.0:
             raise UsageError(f"{name} must be a fraction in [0, 1), found {frac}")
     if (val_split or 0) + (test_split or 0) >= 0.9:
-        raise UsageError(f"--val-split {val_split} plus --test-split {test_split} leaves too little to train on; "
+        raise UsageError(f"{arg_name('val_split')} {val_split} plus {arg_name('test_split')} {test_split} leaves too "
+                         "little to train on; "
                          "keep their sum below 0.9")
     if data == "digits":
         dv, dt = DEFAULT_SPLITS["digits"]
         h, w = size or (32, 32)
         if h < 8 or w < 8:
-            raise UsageError(f"digits are 8x8 scans; --img-size must be at least 8x8, found {h}x{w}")
+            raise UsageError(f"digits are 8x8 scans; {arg_name('img_size')} must be at least 8x8, found {h}x{w}")
         return {"source": "digits", "size": [int(h), int(w)], "seed": int(seed),
                 "val_split": _pick(val_split, dv), "test_split": _pick(test_split, dt)}
     if data in KERAS_DATASETS:
         if test_split:
-            raise UsageError(f"{data} has its own test set; --test-split applies to folders and CSV files only")
+            raise UsageError(f"{data} has its own test set; {arg_name('test_split')} applies to folders and CSV "
+                             "files only")
         return {"source": data, "seed": int(seed), "val_split": _pick(val_split, DEFAULT_SPLITS["keras"][0])}
     p = Path(data).expanduser()
     if not p.exists():
         close = _close_dataset_name(data)
         hint = f" (did you mean {close!r}?)" if close else ""
-        raise DataError(f"--data {data}: no such file or folder{hint}; give digits, mnist, fashion_mnist, cifar10, "
-                        "cifar100, a folder with one sub-folder per class, or a .csv file")
+        raise DataError(f"{arg_name('data')} {data}: no such file or folder{hint}; give digits, mnist, fashion_mnist, "
+                        "cifar10, cifar100, a folder with one sub-folder per class, or a .csv file")
     p = p.resolve()
     if p.is_file():
         if p.suffix.lower() != ".csv":
-            raise DataError(f"--data {data}: a file must be a .csv in the Fashion-MNIST layout (label, then pixels)")
+            raise DataError(f"{arg_name('data')} {data}: a file must be a .csv in the Fashion-MNIST layout (label, "
+                            "then pixels)")
         dv, dt = DEFAULT_SPLITS["csv"]
         spec = {"source": "csv", "path": str(p), "seed": int(seed), "val_split": _pick(val_split, dv),
                 "test_split": _pick(test_split, dt), "shape": list(csv_shape) if csv_shape else None}

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import UsageError
+from ..errors import UsageError, arg_name
 
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
@@ -232,7 +232,8 @@ def _imagenet_base(app: str, x: Any, weights: str | None) -> Any:
         if w == "imagenet":
             raise UsageError(f"cannot download the ImageNet weights for {app} ({str(exc).strip()[:160]}); "
                              "Keras caches them in ~/.keras/models/: place the file there by hand, pass "
-                             "--weights PATH to a local .h5 file, or --weights none to train from scratch") from None
+                             f"{arg_name('weights')} PATH to a local .h5 file, or {arg_name('weights')} none to train "
+                             "from scratch") from None
         raise UsageError(f"cannot load weights {weights} for {app}: {str(exc).strip()[:200]}") from None
     base.trainable = False  # frozen: only the small head trains
     return base(x, training=False)
@@ -247,7 +248,8 @@ def weights_arg(weights: str | None) -> str | None:
         return "imagenet"
     p = Path(weights).expanduser()
     if not p.is_file():
-        raise UsageError(f"--weights {weights}: no such file; give imagenet, none or a path to a weights file")
+        raise UsageError(f"{arg_name('weights')} {weights}: no such file; give imagenet, none or a path to a "
+                         "weights file")
     return str(p.resolve())
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -41,7 +42,7 @@ class KerasBackend(Backend):
         self.fixed_batch = shape[0]
         model = self.model
         sig = [tf.TensorSpec((None,) + shape[1:], dtype)]
-        self._fn = tf.function(lambda x: model(x, training=False), input_signature=sig, reduce_retracing=True)
+        self._fn = tf.function(lambda x: _call(model, x), input_signature=sig, reduce_retracing=True)
         self._lock = threading.Lock()
         card_file = card_path_for(p)
         self.card = ModelCard.load(card_file) if card_file.is_file() else None
@@ -53,3 +54,10 @@ class KerasBackend(Backend):
     def _close_impl(self) -> None:
         self.model = None
         self._fn = None
+
+
+def _call(model: Any, x: Any) -> Any:
+    from ...tfquiet import keras_warnings_off
+
+    with keras_warnings_off():  # runs while tracing: a model built with a list of inputs warns here
+        return model(x, training=False)

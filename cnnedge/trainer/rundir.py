@@ -1,0 +1,126 @@
+"""The run folder: what a run writes there, and how ``--force`` replaces a run without ever losing it.
+
+A ``--force`` run into a folder that holds a run is built beside it, in
+``<out>/.cnn-train-new/``; the old run stays whole where it was. Only when the
+new run has completed (or, on Ctrl-C, has a best checkpoint) is the swap
+committed: a marker naming the new files is written atomically, then each new
+file is renamed over its old one and the old run's leftovers (its metrics,
+the exports made from its model) are removed. A kill before the marker leaves
+the old run untouched, and the next ``cnn-train`` into the folder removes the
+unfinished files; a kill during the renames is finished by the next
+``cnn-train`` (the new run had been committed). Both say what they did.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Callable
+
+from ..atomic import write_text
+from ..card import CARD_FILENAME
+from ..errors import FileExistsRefused, UsageError, arg_name
+
+MODEL_FILE = "model.keras"
+CONFIG_FILE = "train_config.json"
+METRICS_FILE = "metrics.json"
+HISTORY_FILE = "history.csv"
+# in the order a swap renames them: the model first, its card next
+ARTIFACTS = (MODEL_FILE, CARD_FILENAME, CONFIG_FILE, METRICS_FILE, HISTORY_FILE, "loss.png", "accuracy.png",
+             "confusion.png")
+# What cnn-export makes from model.keras in the run folder: stale once --force replaces the model.
+EXPORT_PATTERNS = ("model.onnx", "model.*.onnx", "model.onnx.json", "model.*.onnx.json", "*.engine", "*.engine.json",
+                   "export_report.json", "model.int8.calib-*.json")
+STAGING_DIR = ".cnn-train-new"
+SWAP_MARKER = "swap.json"
+
+
+def is_complete(run_dir: str | os.PathLike) -> bool:
+    """True when ``run_dir`` holds a finished run (model, card and metrics)."""
+    d = Path(run_dir)
+    return all((d / f).is_file() for f in (MODEL_FILE, CARD_FILENAME, METRICS_FILE))
+
+
+def export_outputs(out: Path) -> list[Path]:
+    found: dict[Path, None] = {}
+    for pattern in EXPORT_PATTERNS:
+        for p in sorted(out.glob(pattern)):
+            if p.is_file() or p.is_symlink():
+                found[p] = None
+    return list(found)
+
+
+def check_out(out: Path, force: bool, log: Callable[[str], None]) -> None:
+    """Refuse an ``out`` that is a file, or that holds a run when ``force`` is not given; first finish or
+    remove what a killed ``--force`` run left there."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{arg_name('out')} {out}: exists and is not a folder")
+    if out.is_dir():
+        finish_unfinished(out, log)
+    # a run is a folder with a checkpoint; one interrupted before its first (train_config.json and perhaps
+    # history.csv only) is not, and a new run simply starts over in it
+    if out.is_dir() and not force and (out / MODEL_FILE).exists():
+        ours = [n for n in ARTIFACTS if (out / n).exists()]
+        raise FileExistsRefused(f"{arg_name('out')} {out}: already holds a run ({', '.join(ours[:4])}); pass "
+                                f"{arg_name('force')} to overwrite it, {arg_name('resume')} {out} to continue it, "
+                                f"or choose another {arg_name('out')}")
+
+
+def needs_staging(out: Path) -> bool:
+    """True when a ``--force`` run into ``out`` would replace something: it is then built beside it."""
+    return out.is_dir() and (any((out / n).exists() for n in ARTIFACTS) or bool(export_outputs(out)))
+
+
+def start_staging(out: Path) -> Path:
+    staging = out / STAGING_DIR
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    return staging
+
+
+def discard(staging: Path) -> None:
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def swap_in(staging: Path, out: Path) -> None:
+    """Commit the new run in ``staging``: from here on the folder holds it, even after a kill."""
+    new = [n for n in ARTIFACTS if (staging / n).is_file()]
+    write_text(staging / SWAP_MARKER, json.dumps({"files": new}) + "\n")
+    _finish_swap(staging, out, new)
+
+
+def _finish_swap(staging: Path, out: Path, new: list[str]) -> None:
+    for name in new:  # a name already moved by a killed swap is simply absent here
+        if (staging / name).exists():
+            os.replace(staging / name, out / name)
+    for name in ARTIFACTS:
+        if name not in new:
+            (out / name).unlink(missing_ok=True)
+    for p in export_outputs(out):
+        p.unlink(missing_ok=True)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _committed(staging: Path) -> list[str] | None:
+    try:
+        files = json.loads((staging / SWAP_MARKER).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    ok = isinstance(files, list) and all(f in ARTIFACTS for f in files)
+    return files if ok else None
+
+
+def finish_unfinished(out: Path, log: Callable[[str], None]) -> None:
+    """What a killed ``--force`` run left in ``out``: a committed swap is finished, anything else removed."""
+    staging = out / STAGING_DIR
+    if not staging.is_dir():
+        return
+    new = _committed(staging)
+    if new is not None:
+        _finish_swap(staging, out, new)
+        log(f"train: {out}: finished replacing its run with the new one a killed --force run had completed")
+    else:
+        discard(staging)
+        log(f"train: {out}: removed the files of a --force run that was stopped before it could replace the "
+            "run there; the folder holds its previous run, unchanged")
