@@ -286,3 +286,25 @@ def test_staging_left_by_a_killed_export_is_swept(tmp_path):
         (d / "model.onnx").write_bytes(b"half")
     assert sweep_stale_staging(tmp_path) == [killed]
     assert not killed.exists() and running.exists() and other.exists()
+
+
+@pytest.mark.slow  # Keras
+def test_card_nested_900_deep_is_one_line_and_leaves_nothing(tiny, tmp_path):
+    import json
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny.parent, run)
+    card = json.loads((run / "card.json").read_text())
+    deep: dict = {}
+    for _ in range(900):
+        deep = {"a": deep}
+    card["provenance"]["dataset_spec"] = {"source": "digits", "x": deep}
+    (run / "card.json").write_text(json.dumps(card))
+    before = listing(run)
+    code, err = cli([str(run / "model.keras"), "--verify", "digits", "--verify-size", "20"])
+    assert code == 1
+    assert_one_line_error(code, err, str(run / "model.keras"), "--traceback")
+    assert "RecursionError" in err or "nested too deeply" in err
+    assert listing(run) == before
+    code, err = cli([str(run / "model.keras"), "--verify", "digits", "--verify-size", "20", "--traceback"])
+    assert code == 1 and "Traceback (most recent call last)" in err

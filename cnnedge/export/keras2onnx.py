@@ -64,11 +64,13 @@ def keras_to_onnx(model: Any, card: ModelCard, input_dtype: str = "uint8", opset
     level = log.level
     log.setLevel(logging.CRITICAL)  # it logs unsupported ops as errors; they are reported below, in one line
     try:
+        constants = _captured_constants(serve.get_concrete_function())
         proto, _ = tf2onnx.convert.from_function(serve, input_signature=serve.input_signature, opset=opset)
     except Exception as exc:
         raise ExportError(f"tf2onnx cannot convert the model: {_conversion_reason(exc)}") from None
     finally:
         log.setLevel(level)
+    _fold_constant_inputs(proto, constants)
     unknown = sorted({n.op_type for n in proto.graph.node if not _known_op(n.op_type, n.domain)})
     if unknown:  # tf2onnx logs these and still returns a graph that nothing can load
         raise ExportError(f"tf2onnx cannot convert the TensorFlow op(s) {', '.join(unknown)} to ONNX opset "
@@ -78,6 +80,36 @@ def keras_to_onnx(model: Any, card: ModelCard, input_dtype: str = "uint8", opset
     proto.graph.output[0].name  # noqa: B018 - tf2onnx names it after the dict key
     proto.producer_name = "cnnedge"
     return proto
+
+
+def _captured_constants(concrete: Any) -> dict[str, Any]:
+    """Tensors the traced function captured by value (not variables): name in the graph -> numpy value.
+
+    Keras' ``Normalization(mean=..., variance=...)`` keeps its statistics as such tensors; tf2onnx leaves
+    them as extra graph inputs, which nothing feeds.
+    """
+    import tensorflow as tf
+
+    return {placeholder.name: value.numpy() for value, placeholder in concrete.graph.captures
+            if value.dtype != tf.resource and hasattr(value, "numpy")}
+
+
+def _fold_constant_inputs(proto: Any, constants: dict[str, Any]) -> None:
+    """Turn graph inputs that are captured constants into initializers; refuse any other extra input."""
+    from onnx import numpy_helper
+
+    keep = []
+    for inp in proto.graph.input:
+        if inp.name in constants:
+            proto.graph.initializer.append(numpy_helper.from_array(constants[inp.name], inp.name))
+        else:
+            keep.append(inp)
+    del proto.graph.input[:]
+    proto.graph.input.extend(keep)
+    extra = [i.name for i in keep if i.name != INPUT_NAME]
+    if extra:
+        raise ExportError(f"converted graph has inputs besides {INPUT_NAME!r}: {', '.join(extra)}; the model "
+                          "takes something other than the image (a state or a second input?)")
 
 
 def _known_op(op_type: str, domain: str) -> bool:

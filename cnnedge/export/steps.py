@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ..card import ModelCard, now_iso, sha256_file
-from ..errors import ExportError, UsageError
+from ..errors import CnnEdgeError, ExportError, UsageError, first_line
 from .parity import ArtifactResult, Thresholds
 
 INPUT_DTYPES = ("uint8", "float32")
@@ -185,12 +185,30 @@ def export(model_path: str | os.PathLike, out_dir: str | os.PathLike | None = No
 
 def run(model_path: str | os.PathLike, out_dir: str | os.PathLike | None, opts: ExportOptions, *,
         check: bool = True, progress: Callable[[str], None] | None = None) -> ExportReport:
-    """:func:`export` with the options as one :class:`ExportOptions`."""
+    """:func:`export` with the options as one :class:`ExportOptions`.
+
+    A failure that is not already a :class:`~cnnedge.errors.CnnEdgeError` (a library's bug or limit) becomes
+    one :class:`ExportError` naming the step, the model and the library's message; the original is chained.
+    """
+    steps = _Steps(None, progress or (lambda _msg: None))
+    try:
+        return _run(Path(model_path), out_dir, opts, check, steps)
+    except (CnnEdgeError, KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as exc:
+        if isinstance(exc, OSError) and exc.filename is not None:
+            raise  # a file the user named or a full disk: the CLI names the file
+        what = "model card nested too deeply" if isinstance(exc, RecursionError) else first_line(exc)
+        raise ExportError(f"{steps.current or 'preparing the export'} failed for {model_path}: "
+                          f"{type(exc).__name__}: {what} (run with --traceback for the details)") from exc
+
+
+def _run(model_path: Path, out_dir: str | os.PathLike | None, opts: ExportOptions, check: bool,
+         timer: "_Steps") -> ExportReport:
     from ..atomic import refuse_overwrite
     from ..keras_io import check_model_file, load_card_for, load_keras_model
     from .engine import parse_gpus, toolkit
 
-    model_path = Path(model_path)
     kit = gpus = None
     if opts.engine:
         kit = toolkit()
@@ -204,10 +222,11 @@ def run(model_path: str | os.PathLike, out_dir: str | os.PathLike | None, opts: 
     # --- load: nothing is written until every input has been read and checked ------------------------------
     report = ExportReport(model=str(model_path), out_dir=str(out), thresholds=asdict(opts.thresholds),
                           created=now_iso(), versions=_versions(kit))
-    timer = _Steps(report, progress or (lambda _msg: None))
+    timer.report = report
+    with timer("read model card"):
+        card = load_card_for(model_path)  # before the model: a bad card is refused without a 5 s load
     with timer("load Keras model"):
         model = load_keras_model(model_path, trust=opts.trust)
-    card = load_card_for(model_path)
     from .keras2onnx import check_image_model
 
     check_image_model(model, card)
@@ -437,16 +456,20 @@ def _write_triton(repo: Path, report: ExportReport, card: ModelCard, profile: An
 class _Steps:
     """Times each step, reports progress, records it in the report."""
 
-    def __init__(self, report: ExportReport, say: Callable[[str], None]):
+    def __init__(self, report: ExportReport | None, say: Callable[[str], None]):
         self.report, self.say = report, say
+        self.current: str | None = None  # the step running now (named in an unexpected failure)
 
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[None]:
         self.say(f"{name} ...")
+        self.current = name
         t0 = time.perf_counter()
         yield
         dt = time.perf_counter() - t0
-        self.report.steps.append({"step": name, "seconds": round(dt, 3)})
+        self.current = None
+        if self.report is not None:
+            self.report.steps.append({"step": name, "seconds": round(dt, 3)})
         self.say(f"{name}: {dt:.1f} s")
 
 
