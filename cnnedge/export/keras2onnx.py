@@ -3,8 +3,12 @@
 ``tf2onnx.convert.from_keras`` fails on Keras 3 (KeyError on output names), so the
 model is wrapped in a ``tf.function`` whose input signature fixes the dtype and
 the image shape and leaves the batch dimension dynamic. With ``input_dtype``
-"uint8" the graph takes uint8 NHWC pixels and casts them inside; the model does
-its own scaling (card.preprocess.in_graph).
+"uint8" the graph takes uint8 NHWC pixels and casts them inside; a model that
+does not normalise its own input (``card.preprocess.in_graph`` false, a model
+from elsewhere) gets the card's ``(x * scale - mean) / std`` folded in front of
+it, so every uint8 export takes plain pixels. With "float32" the graph takes
+what the model takes (pixels 0..255, or normalised input when the model does
+not normalise itself). See :func:`exported_card`.
 """
 from __future__ import annotations
 
@@ -35,9 +39,12 @@ def check_image_model(model: Any, card: ModelCard) -> None:
                           f"(expected one (batch, {card.num_classes}) output)")
     if card.input.layout != "NHWC":
         raise ExportError(f"card input layout {card.input.layout}: Keras models here are NHWC")
-    if not card.preprocess.in_graph:
-        raise ExportError("card says preprocess.in_graph is false; cnn-export expects the Keras model to scale its "
-                          "own input (models from cnn-train do)")
+
+
+def exported_card(card: ModelCard, input_dtype: str) -> ModelCard:
+    """The card of the ONNX graph :func:`keras_to_onnx` writes from a model with ``card``."""
+    in_graph = card.preprocess.in_graph or input_dtype == "uint8"
+    return card.replace(input={"dtype": input_dtype}, preprocess={"in_graph": in_graph})
 
 
 def keras_to_onnx(model: Any, card: ModelCard, input_dtype: str = "uint8", opset: int = DEFAULT_OPSET,
@@ -54,9 +61,16 @@ def keras_to_onnx(model: Any, card: ModelCard, input_dtype: str = "uint8", opset
         raise ExportError(f"input dtype {input_dtype!r}; expected uint8 or float32")
     spec = tf.TensorSpec([None, card.input.height, card.input.width, card.input.channels], dtype, name=INPUT_NAME)
 
+    pre = card.preprocess
+    fold = not pre.in_graph and input_dtype == "uint8"  # the host normalisation moves into the graph
+    scale, mean, std = (tf.constant(v, tf.float32) for v in (pre.scale, pre.mean, pre.std))
+
     @tf.function(input_signature=[spec])
     def serve(x):
-        return {out_name: model(tf.cast(x, tf.float32), training=False)}
+        x = tf.cast(x, tf.float32)
+        if fold:
+            x = (x * scale - mean) / std
+        return {out_name: model(x, training=False)}
 
     import logging
 

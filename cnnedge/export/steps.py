@@ -43,6 +43,7 @@ class ExportReport:
     artifacts: list[ArtifactResult] = field(default_factory=list)
     steps: list[dict[str, Any]] = field(default_factory=list)
     cleanup: dict[str, Any] | None = None
+    card_check: dict[str, Any] | None = None  # parity.CardCheck: is the card true to the model (labels needed)
     calibration: dict[str, Any] | None = None
     verify: dict[str, Any] | None = None
     thresholds: dict[str, float] = field(default_factory=dict)
@@ -53,11 +54,16 @@ class ExportReport:
 
     @property
     def passed(self) -> bool:
-        return all(a.passed is not False for a in self.artifacts)
+        return all(a.passed is not False for a in self.artifacts) and not self._card_failures
 
     @property
     def failures(self) -> list[str]:
-        return [f"{Path(a.path).name}: {'; '.join(a.failures)}" for a in self.artifacts if a.passed is False]
+        return self._card_failures + [f"{Path(a.path).name}: {'; '.join(a.failures)}" for a in self.artifacts
+                                      if a.passed is False]
+
+    @property
+    def _card_failures(self) -> list[str]:
+        return [f"model card: {f}" for f in (self.card_check or {}).get("failures", [])]
 
     def artifact(self, name: str) -> ArtifactResult:
         for a in self.artifacts:
@@ -150,8 +156,8 @@ class _Job:
     base_card: ModelCard  # as exported: input dtype, provenance
     out: Path
     staging: Path
-    x: Any  # verification images as the artifacts take them
-    ref: Any  # Keras outputs on them
+    x: Any  # verification images as the FP32 graph takes them (the cleanup step's probe)
+    ref: Any  # the source model's outputs on them, fed as it expects
     vset: Any
     cset: Any
     kit: Any
@@ -233,15 +239,21 @@ def _run(model_path: Path, out_dir: str | os.PathLike | None, opts: ExportOption
     if opts.triton is not None:
         _check_triton(Path(opts.triton), card, opts)
     vset, cset = _read_images(opts, card, timer, report)
-    from .data import pixel_spec
-    from .parity import keras_outputs
+    from .parity import check_card, keras_outputs, source_inputs
 
+    from .keras2onnx import exported_card
+
+    base_card = exported_card(card, opts.input_dtype).replace(
+        precision="fp32", provenance={"source_sha256": sha256_file(model_path), "parent": model_path.name,
+                                      "versions": {**card.provenance.versions, **report.versions}})
     with timer("Keras reference outputs"):
-        ref = keras_outputs(model, vset.inputs(pixel_spec(card, "float32"), card))
-        x = vset.inputs(pixel_spec(card, opts.input_dtype), card)
-    base_card = card.replace(input={"dtype": opts.input_dtype}, precision="fp32",
-                             provenance={"source_sha256": sha256_file(model_path), "parent": model_path.name,
-                                         "versions": {**card.provenance.versions, **report.versions}})
+        ref = keras_outputs(model, source_inputs(vset.images, card))
+        x = vset.inputs(base_card.input, base_card)
+    if vset.labels is not None:
+        with timer("card check (labelled images)"):
+            acc = float((ref.argmax(1) == vset.labels).mean())
+            report.card_check = asdict(check_card(lambda v: keras_outputs(model, v), vset.images, vset.labels,
+                                                  card, acc))
     out.mkdir(parents=True, exist_ok=True)
     sweep_stale_staging(out)
     staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=out))
@@ -361,15 +373,15 @@ def _to_int8(job: _Job) -> None:
     import onnx
 
     from . import onnx_io
-    from .data import pixel_spec
     from .int8 import cache_name, quantize
 
     cset, method = job.cset, job.opts.calib_method
     with job.timer(f"INT8 ONNX (calibrating on {len(cset)} images, {method})"):
-        spec = pixel_spec(job.card, job.opts.input_dtype)
-        name = cache_name(job.graph_sha, cset.fingerprint(spec, job.card), method)
+        card = job.base_card  # the FP32 graph's: its input is what calibration feeds
+        spec = card.input
+        name = cache_name(job.graph_sha, cset.fingerprint(spec, card), method)
         target = job.staging / ONNX_NAMES["int8"]
-        res = quantize(job.paths["fp32"], target, cset, job.card, spec, method, job.out / name, job.staging / name)
+        res = quantize(job.paths["fp32"], target, cset, card, spec, method, job.out / name, job.staging / name)
         info = {**cset.describe(), "method": method, "data_sha256": res.data_sha256, "cache_file": res.cache_file,
                 "cache_hit": res.cache_hit}
         job.report.calibration = info
@@ -383,7 +395,7 @@ def _check_onnx(job: _Job) -> None:
 
     for precision, p in job.paths.items():
         with job.timer(f"parity {p.name}"):
-            r = compare_onnx(p, precision, job.x, job.ref, job.vset.labels, job.opts.thresholds)
+            r = compare_onnx(p, precision, job.vset.images, job.ref, job.vset.labels, job.opts.thresholds)
             r.path = str(job.out / p.name)
             job.report.artifacts.append(r)
 
@@ -409,7 +421,7 @@ def _build_engines(job: _Job) -> None:
                   opts.workspace_mib, cache)
             built = round(time.perf_counter() - t0, 3)
         with job.timer(f"parity {target.name}"):
-            r = compare_engine(target, precision, job.x, job.ref, job.vset.labels, opts.thresholds)
+            r = compare_engine(target, precision, job.vset.images, job.ref, job.vset.labels, opts.thresholds)
             r.path = str(job.out / target.name)
             if r.passed is None:
                 r.note = (f"built for {','.join(gpus)} with {kit.flavour} {kit.version}; {r.note}: it is built "
