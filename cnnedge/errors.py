@@ -6,6 +6,7 @@ anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import Callable
 
 
 class ExitCode(IntEnum):
@@ -49,6 +50,21 @@ class ExportError(CnnEdgeError):
 
 class BackendUnavailable(CnnEdgeError):
     """The requested inference backend cannot run on this machine."""
+
+
+class OptionError(UsageError):
+    """A bad value for a library call's argument. ``option`` is the argument's name; ``detail`` may name other
+    arguments as ``{name}``. The message names arguments; a CLI calls :meth:`render` with its flag names."""
+
+    def __init__(self, option: str, detail: str):
+        self.option, self.detail = option, detail
+        super().__init__(self.render(lambda name: name))
+
+    def render(self, name_of: "Callable[[str], str]") -> str:
+        import re
+
+        sep = "" if self.detail.startswith(":") else " "
+        return f"{name_of(self.option)}{sep}" + re.sub(r"\{([a-z_]+)\}", lambda m: name_of(m.group(1)), self.detail)
 
 
 class FileExistsRefused(UsageError):

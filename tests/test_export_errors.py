@@ -308,3 +308,20 @@ def test_card_nested_900_deep_is_one_line_and_leaves_nothing(tiny, tmp_path):
     assert listing(run) == before
     code, err = cli([str(run / "model.keras"), "--verify", "digits", "--verify-size", "20", "--traceback"])
     assert code == 1 and "Traceback (most recent call last)" in err
+
+
+def test_library_errors_name_the_argument_and_the_cli_the_flag():
+    from cnnedge.errors import OptionError
+    from cnnedge.export import ExportOptions
+
+    with pytest.raises(OptionError, match=r"^input_dtype 'x'; expected one of uint8, float32$") as info:
+        ExportOptions(input_dtype="x")
+    assert info.value.option == "input_dtype"
+    with pytest.raises(OptionError, match=r"^gpu applies to engine builds; add engine or drop gpu$"):
+        ExportOptions(gpu="sm89")
+    with pytest.raises(OptionError, match=r"^calib_size must be a positive integer, found 0$"):
+        ExportOptions(calib_size=0)
+    from cnnedge.cli.export import flag
+
+    assert info.value.render(flag) == "--input 'x'; expected one of uint8, float32"
+    assert flag("calib_size") == "--calib-size" and flag("workspace_mib") == "--workspace"

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Sequence, TextIO
+from typing import Any, Sequence, TextIO
 
 from ._args import fraction, non_negative_float
 from ._run import entry
@@ -77,29 +77,46 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
-    out, err = stdout or sys.stdout, stderr or sys.stderr
-    args = build_parser().parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+FLAGS = {"input_dtype": "--input", "calib_method": "--calib-method", "calib_size": "--calib-size",
+         "verify_size": "--verify-size", "workspace_mib": "--workspace", "timing_cache": "--timing-cache",
+         "out_dir": "--out", "cleanup": "--no-cleanup"}  # ExportOptions fields whose flag is not --<name>
+
+
+def flag(option: str) -> str:
+    return FLAGS.get(option, "--" + option.replace("_", "-"))
+
+
+def options_from(args: argparse.Namespace) -> Any:
+    """The parsed flags as the library's ExportOptions."""
     from ..export.parity import Thresholds
-    from ..export.steps import ParityFailure, export
+    from ..export.steps import ExportOptions
 
     thresholds = Thresholds(fp32_agreement=args.min_agreement_fp32, fp32_max_diff=args.max_diff_fp32,
                             fp16_agreement=args.min_agreement_fp16, int8_agreement=args.min_agreement_int8,
                             int8_accuracy_drop=args.max_drop_int8 / 100.0)
+    return ExportOptions(fp16=args.fp16, int8=args.int8, engine=args.engine, input_dtype=args.input_dtype,
+                         calib=args.calib, calib_size=args.calib_size, calib_method=args.calib_method,
+                         verify=args.verify, verify_size=args.verify_size, batch=args.batch, gpu=args.gpu,
+                         workspace_mib=args.workspace, timing_cache=args.timing_cache, triton=args.triton,
+                         thresholds=thresholds, opset=args.opset, cleanup=not args.no_cleanup, trust=args.trust,
+                         force=args.force)
+
+
+def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+    out, err = stdout or sys.stdout, stderr or sys.stderr
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+    from ..errors import OptionError, UsageError
+    from ..export.steps import ParityFailure, run
 
     def progress(msg: str) -> None:
         if not args.quiet:
             print(f"cnn-export: {msg}", file=err, flush=True)
 
     try:
-        report = export(args.model, args.out, fp16=args.fp16, int8=args.int8, engine=args.engine,
-                        input_dtype=args.input_dtype, calib=args.calib, calib_size=args.calib_size,
-                        calib_method=args.calib_method, verify=args.verify, verify_size=args.verify_size,
-                        batch=args.batch, gpu=args.gpu, workspace_mib=args.workspace,
-                        timing_cache=args.timing_cache, triton=args.triton, thresholds=thresholds,
-                        opset=args.opset, cleanup=not args.no_cleanup, trust=args.trust, force=args.force,
-                        progress=progress)
+        report = run(args.model, args.out, options_from(args), progress=progress)
+    except OptionError as exc:
+        raise UsageError(exc.render(flag)) from exc
     except ParityFailure as exc:
         print(exc.report.table(), file=out)
         raise

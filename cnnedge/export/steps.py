@@ -14,12 +14,12 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ..card import ModelCard, now_iso, sha256_file
-from ..errors import CnnEdgeError, ExportError, UsageError, first_line
+from ..errors import CnnEdgeError, ExportError, OptionError, UsageError, first_line
 from .parity import ArtifactResult, Thresholds
 
 INPUT_DTYPES = ("uint8", "float32")
@@ -125,23 +125,23 @@ class ExportOptions:
         from .int8 import METHODS
 
         if self.input_dtype not in INPUT_DTYPES:
-            raise UsageError(f"--input {self.input_dtype!r}; expected one of {', '.join(INPUT_DTYPES)}")
+            raise OptionError("input_dtype", f"{self.input_dtype!r}; expected one of {', '.join(INPUT_DTYPES)}")
         if self.calib_method not in METHODS:
             import difflib
 
             close = difflib.get_close_matches(self.calib_method, METHODS, n=1)
-            raise UsageError(f"--calib-method {self.calib_method!r}; expected one of {', '.join(METHODS)}"
-                             + (f" (did you mean {close[0]!r}?)" if close else ""))
-        for flag, n in (("--calib-size", self.calib_size), ("--verify-size", self.verify_size),
-                        ("--workspace", self.workspace_mib)):
+            raise OptionError("calib_method", f"{self.calib_method!r}; expected one of {', '.join(METHODS)}"
+                              + (f" (did you mean {close[0]!r}?)" if close else ""))
+        for name in ("calib_size", "verify_size", "workspace_mib"):
+            n = getattr(self, name)
             if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-                raise UsageError(f"{flag} must be a positive integer, found {n!r}")
+                raise OptionError(name, f"must be a positive integer, found {n!r}")
         if self.opset is not None and not 13 <= self.opset <= 21:
-            raise UsageError(f"--opset {self.opset}: expected 13..21 (Q/DQ per-channel needs 13; default 17)")
+            raise OptionError("opset", f"{self.opset}: expected 13..21 (Q/DQ per-channel needs 13; default 17)")
         if not isinstance(self.batch, Profile):
             object.__setattr__(self, "batch", Profile.parse(self.batch))
         if self.gpu and not self.engine:
-            raise UsageError("--gpu applies to --engine builds; add --engine or drop --gpu")
+            raise OptionError("gpu", "applies to {engine} builds; add {engine} or drop {gpu}")
 
 
 @dataclass
@@ -166,27 +166,25 @@ class _Job:
     graph_sha: str = ""
 
 
-def export(model_path: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, fp16: bool = False,
-           int8: bool = False, engine: bool = False, input_dtype: str = "uint8", calib: str | None = None,
-           calib_size: int = 300, calib_method: str = "entropy", verify: str | None = None,
-           verify_size: int = 1000, batch: Any = "1,8,32", gpu: str | None = None, workspace_mib: int = 1024,
-           timing_cache: str | os.PathLike | None = None, triton: str | os.PathLike | None = None,
-           thresholds: Thresholds | None = None, opset: int | None = None, cleanup: bool = True,
-           trust: bool = False, force: bool = False, check: bool = True,
-           progress: Callable[[str], None] | None = None) -> ExportReport:
-    """Export a Keras model to ONNX FP32 (always), FP16 / INT8 ONNX and TensorRT engines, each checked against Keras.
+def export(model_path: str | os.PathLike, out_dir: str | os.PathLike | None = None,
+           options: ExportOptions | None = None, *, check: bool = True,
+           progress: Callable[[str], None] | None = None, **option_values: Any) -> ExportReport:
+    """Export a Keras model to ONNX FP32 (always), FP16 / INT8 ONNX and TensorRT engines, each checked against it.
 
-    Writes into ``out_dir`` (default: the model's folder); the options are those of ``cnn-export`` (see
-    :class:`ExportOptions`). Returns the :class:`ExportReport` (also written as ``export_report.json``). With
-    ``check`` (the default) a missed parity threshold raises :class:`ParityFailure` after the files and the
-    report are written. ``progress`` receives one line per step.
+    Writes into ``out_dir`` (default: the model's folder). The options are an :class:`ExportOptions` or its
+    fields as keywords (``export(path, fp16=True, int8=True)``). Returns the :class:`ExportReport` (also written
+    as ``export_report.json``). With ``check`` (the default) a missed parity threshold raises
+    :class:`ParityFailure` after the files and the report are written. ``progress`` receives one line per step.
     """
-    opts = ExportOptions(fp16=fp16, int8=int8, engine=engine, input_dtype=input_dtype, calib=calib,
-                         calib_size=calib_size, calib_method=calib_method, verify=verify, verify_size=verify_size,
-                         batch=batch, gpu=gpu, workspace_mib=workspace_mib, timing_cache=timing_cache,
-                         triton=triton, thresholds=thresholds or Thresholds(), opset=opset, cleanup=cleanup,
-                         trust=trust, force=force)
-    return run(model_path, out_dir, opts, check=check, progress=progress)
+    if options is None:
+        names = {f.name for f in fields(ExportOptions)}
+        unknown = sorted(set(option_values) - names)
+        if unknown:
+            raise UsageError(f"export() takes no option {', '.join(unknown)} (options: {', '.join(sorted(names))})")
+        options = ExportOptions(**option_values)
+    elif option_values:
+        raise UsageError("export(): give either an ExportOptions or option keywords, not both")
+    return run(model_path, out_dir, options, check=check, progress=progress)
 
 
 def run(model_path: str | os.PathLike, out_dir: str | os.PathLike | None, opts: ExportOptions, *,
@@ -222,7 +220,7 @@ def _run(model_path: Path, out_dir: str | os.PathLike | None, opts: ExportOption
     check_model_file(model_path, opts.trust)
     out = Path(out_dir) if out_dir is not None else model_path.parent
     if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out}: exists and is not a folder")
+        raise OptionError("out_dir", f"{out}: exists and is not a folder")
     for name in planned_outputs(opts.fp16, opts.int8, opts.engine):
         refuse_overwrite(out / name, opts.force)
     # --- load: nothing is written until every input has been read and checked ------------------------------
@@ -334,7 +332,7 @@ def _read_images(opts: ExportOptions, card: ModelCard, timer: "_Steps", report: 
                 cset = load_images(opts.calib, card, "train", opts.calib_size, "--calib")
             except UsageError as exc:
                 if opts.calib is None:
-                    raise UsageError(f"--int8 needs calibration images and none are available: {exc}") from None
+                    raise OptionError("int8", f"needs calibration images and none are available: {exc}") from None
                 raise
     return vset, cset
 
