@@ -63,8 +63,10 @@ class OptionError(UsageError):
     def render(self, name_of: "Callable[[str], str]") -> str:
         import re
 
-        sep = "" if self.detail.startswith(":") else " "
-        return f"{name_of(self.option)}{sep}" + re.sub(r"\{([a-z_]+)\}", lambda m: name_of(m.group(1)), self.detail)
+        text = re.sub(r"\{([a-z_]+)\}", lambda m: name_of(m.group(1)), self.detail)
+        if not self.option:  # a message about several arguments
+            return text
+        return f"{name_of(self.option)}{'' if text.startswith(':') else ' '}{text}"
 
 
 class FileExistsRefused(UsageError):

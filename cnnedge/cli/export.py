@@ -7,6 +7,8 @@ import sys
 from typing import Any, Sequence, TextIO
 
 from ._args import fraction, non_negative_float
+from ._describe import add_description_flags, description_values
+from ._describe import flag as describe_flag
 from ._run import entry
 
 EXAMPLES = """examples:
@@ -74,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="INT8 accuracy drop in percentage points (default 1.0), e.g. 2")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress lines, only the final table, "
                    "e.g. -q")
+    add_description_flags(p, "models without a card (from elsewhere: a Keras .h5/.keras without card.json, an "
+                             "ONNX classifier)")
     return p
 
 
@@ -83,7 +87,7 @@ FLAGS = {"input_dtype": "--input", "calib_method": "--calib-method", "calib_size
 
 
 def flag(option: str) -> str:
-    return FLAGS.get(option, "--" + option.replace("_", "-"))
+    return FLAGS.get(option) or describe_flag(option)
 
 
 def options_from(args: argparse.Namespace) -> Any:
@@ -94,7 +98,9 @@ def options_from(args: argparse.Namespace) -> Any:
     thresholds = Thresholds(fp32_agreement=args.min_agreement_fp32, fp32_max_diff=args.max_diff_fp32,
                             fp16_agreement=args.min_agreement_fp16, int8_agreement=args.min_agreement_int8,
                             int8_accuracy_drop=args.max_drop_int8 / 100.0)
-    return ExportOptions(fp16=args.fp16, int8=args.int8, engine=args.engine, input_dtype=args.input_dtype,
+    from ..export.sources import describe_from
+
+    return ExportOptions(describe=describe_from(description_values(args)), fp16=args.fp16, int8=args.int8, engine=args.engine, input_dtype=args.input_dtype,
                          calib=args.calib, calib_size=args.calib_size, calib_method=args.calib_method,
                          verify=args.verify, verify_size=args.verify_size, batch=args.batch, gpu=args.gpu,
                          workspace_mib=args.workspace, timing_cache=args.timing_cache, triton=args.triton,

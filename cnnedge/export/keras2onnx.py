@@ -43,8 +43,9 @@ def check_image_model(model: Any, card: ModelCard) -> None:
 
 def exported_card(card: ModelCard, input_dtype: str) -> ModelCard:
     """The card of the ONNX graph :func:`keras_to_onnx` writes from a model with ``card``."""
-    in_graph = card.preprocess.in_graph or input_dtype == "uint8"
-    return card.replace(input={"dtype": input_dtype}, preprocess={"in_graph": in_graph})
+    if input_dtype == "uint8":  # plain pixels, as OpenCV gives them: normalisation and layout inside the graph
+        return card.replace(input={"dtype": "uint8", "layout": "NHWC"}, preprocess={"in_graph": True})
+    return card.replace(input={"dtype": input_dtype})
 
 
 def keras_to_onnx(model: Any, card: ModelCard, input_dtype: str = "uint8", opset: int = DEFAULT_OPSET,

@@ -73,24 +73,6 @@ def top1(probs: np.ndarray) -> np.ndarray:
     return np.argmax(probs, axis=1)
 
 
-def source_inputs(images: Sequence[np.ndarray], card: ModelCard, color: str | None = None,
-                  in_graph: bool | None = None) -> np.ndarray:
-    """Decoded images as the source model takes them: prepared as cnn-train fed it (the trainer's
-    :func:`~cnnedge.trainer.tfdata.prepare_pixels` path: colour, resize), as float32 NHWC pixels, normalised on
-    the host when the card says the model does not normalise itself. ``color``/``in_graph`` override the card
-    (the card check tries the alternatives)."""
-    from dataclasses import replace
-
-    from ..runtime.preprocess import normalize, prepare_image
-
-    spec = card.input if color is None else replace(card.input, color=color)
-    pre = card.preprocess
-    pixels = np.stack([prepare_image(im, spec, pre) for im in images])
-    if pre.in_graph if in_graph is None else in_graph:
-        return pixels.astype(np.float32)
-    return normalize(pixels, pre)
-
-
 def keras_outputs(model: Any, x: np.ndarray, batch: int = 128) -> np.ndarray:
     """Reference outputs: the Keras model called directly (not ``predict``) on its float32 input."""
     outs = [np.asarray(model(x[i:i + batch], training=False)) for i in range(0, len(x), batch)]
@@ -129,6 +111,8 @@ def check_card(predict: Callable[[np.ndarray], np.ndarray], images: Sequence[np.
         tries["raw pixels"] = ({"in_graph": True}, "the card says the model takes normalised input "
                                "(preprocess.in_graph false), but it is {gain} points more accurate fed raw pixels "
                                "0..255")
+    from .sources import source_inputs
+
     res = CardCheck(accuracy, {})
     for name, (override, message) in tries.items():
         acc = float(np.mean(top1(predict(source_inputs(images, card, **override))) == labels))

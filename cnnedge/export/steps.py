@@ -119,6 +119,7 @@ class ExportOptions:
     cleanup: bool = True
     trust: bool = False
     force: bool = False
+    describe: Any = None  # sources.Description: a model from elsewhere, without a card
 
     def __post_init__(self) -> None:
         from .engine import Profile
@@ -151,11 +152,11 @@ class _Job:
     opts: ExportOptions
     report: ExportReport
     timer: "_Steps"
-    model: Any
-    card: ModelCard  # as trained
+    source: Any  # sources.KerasSource | sources.OnnxSource
+    card: ModelCard  # the source model's
     base_card: ModelCard  # as exported: input dtype, provenance
     out: Path
-    staging: Path
+    staging: Path  # the hidden folder the steps write into (set by _write)
     x: Any  # verification images as the FP32 graph takes them (the cleanup step's probe)
     ref: Any  # the source model's outputs on them, fed as it expects
     vset: Any
@@ -210,52 +211,74 @@ def run(model_path: str | os.PathLike, out_dir: str | os.PathLike | None, opts: 
 def _run(model_path: Path, out_dir: str | os.PathLike | None, opts: ExportOptions, check: bool,
          timer: "_Steps") -> ExportReport:
     from ..atomic import refuse_overwrite
-    from ..keras_io import check_model_file, load_card_for, load_keras_model
     from .engine import parse_gpus, toolkit
+    from .keras2onnx import exported_card
+    from .parity import check_card
 
     kit = gpus = None
     if opts.engine:
         kit = toolkit()
         gpus = parse_gpus(opts.gpu, kit.flavour)
-    check_model_file(model_path, opts.trust)
+    from .sources import open_source, source_inputs
+
     out = Path(out_dir) if out_dir is not None else model_path.parent
     if out.exists() and not out.is_dir():
         raise OptionError("out_dir", f"{out}: exists and is not a folder")
     for name in planned_outputs(opts.fp16, opts.int8, opts.engine):
+        if (out / name).resolve() == model_path.resolve():
+            raise OptionError("out_dir", f"{out}: the export would write {name} over the model it exports; choose "
+                                         "another output folder")
         refuse_overwrite(out / name, opts.force)
     # --- load: nothing is written until every input has been read and checked ------------------------------
     report = ExportReport(model=str(model_path), out_dir=str(out), thresholds=asdict(opts.thresholds),
                           created=now_iso(), versions=_versions(kit))
     timer.report = report
-    with timer("read model card"):
-        card = load_card_for(model_path)  # before the model: a bad card is refused without a 5 s load
-    with timer("load Keras model"):
-        model = load_keras_model(model_path, trust=opts.trust)
-    from .keras2onnx import check_image_model
-
-    check_image_model(model, card)
-    if opts.triton is not None:
-        _check_triton(Path(opts.triton), card, opts)
-    vset, cset = _read_images(opts, card, timer, report)
-    from .parity import check_card, keras_outputs, source_inputs
-
-    from .keras2onnx import exported_card
-
-    base_card = exported_card(card, opts.input_dtype).replace(
-        precision="fp32", provenance={"source_sha256": sha256_file(model_path), "parent": model_path.name,
-                                      "versions": {**card.provenance.versions, **report.versions}})
-    with timer("Keras reference outputs"):
-        ref = keras_outputs(model, source_inputs(vset.images, card))
+    with timer("read model card"):  # before the model: a bad card or a missing description costs no load
+        source = open_source(model_path, opts.describe, opts.trust)
+    described = source.card is None
+    try:
+        with timer(f"load {source.kind} model"):
+            card = source.load()
+        if opts.triton is not None:
+            _check_triton(Path(opts.triton), card, opts)
+        vset, cset = _read_images(opts, card, timer, report)
+        with timer(f"{source.kind} reference outputs"):
+            ref = source.predict(source_inputs(vset.images, card))
+        if described and opts.describe is not None and opts.describe.output is None:
+            card = card.replace(output=_output_kind(ref))
+        if vset.labels is not None:
+            with timer("card check (labelled images)"):
+                acc = float((ref.argmax(1) == vset.labels).mean())
+                report.card_check = asdict(check_card(source.predict, vset.images, vset.labels, card, acc))
+        prov = {"source_sha256": sha256_file(model_path), "parent": model_path.name,
+                "versions": {**card.provenance.versions, **report.versions}}
+        if described:
+            prov["created"] = report.created
+        base_card = exported_card(card, opts.input_dtype).replace(precision="fp32", provenance=prov)
         x = vset.inputs(base_card.input, base_card)
-    if vset.labels is not None:
-        with timer("card check (labelled images)"):
-            acc = float((ref.argmax(1) == vset.labels).mean())
-            report.card_check = asdict(check_card(lambda v: keras_outputs(model, v), vset.images, vset.labels,
-                                                  card, acc))
+        return _write(_Job(opts, report, timer, source, card, base_card, out, out, x, ref, vset, cset, kit, gpus),
+                      check)
+    finally:
+        close = getattr(source, "close", None)
+        if close is not None:
+            close()
+
+
+def _output_kind(ref: Any) -> str:
+    """probabilities when every row is a distribution, else logits (a described model that did not say)."""
+    import numpy as np
+
+    rows = ref.astype(np.float64)
+    probs = np.all(rows >= -1e-6) and np.all(rows <= 1 + 1e-6) and np.allclose(rows.sum(1), 1.0, atol=1e-3)
+    return "probabilities" if probs else "logits"
+
+
+def _write(job: _Job, check: bool) -> ExportReport:
+    """Every step into a staging folder, then everything into place at once; the report; the verdict."""
+    opts, report, timer, out = job.opts, job.report, job.timer, job.out
     out.mkdir(parents=True, exist_ok=True)
     sweep_stale_staging(out)
-    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=out))
-    job = _Job(opts, report, timer, model, card, base_card, out, staging, x, ref, vset, cset, kit, gpus)
+    staging = job.staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=out))
     try:
         _to_onnx(job)
         if opts.fp16:
@@ -275,7 +298,7 @@ def _run(model_path: Path, out_dir: str | os.PathLike | None, opts: ExportOption
         shutil.rmtree(staging, ignore_errors=True)
     if opts.triton is not None:
         with timer("Triton model repository"):
-            report.triton = _write_triton(Path(opts.triton), report, base_card, opts.batch, opts.force)
+            report.triton = _write_triton(Path(opts.triton), report, job.base_card, opts.batch, opts.force)
         from ..atomic import write_text
 
         write_text(out / REPORT_NAME, json.dumps(report.to_dict(), indent=2) + "\n")
@@ -339,10 +362,11 @@ def _read_images(opts: ExportOptions, card: ModelCard, timer: "_Steps", report: 
 
 def _to_onnx(job: _Job) -> None:
     from . import onnx_io
-    from .keras2onnx import DEFAULT_OPSET, keras_to_onnx
+    from .keras2onnx import DEFAULT_OPSET
 
-    with job.timer("Keras -> ONNX (tf2onnx)"):
-        proto = keras_to_onnx(job.model, job.card, job.opts.input_dtype, job.opts.opset or DEFAULT_OPSET)
+    step = "Keras -> ONNX (tf2onnx)" if job.source.kind == "Keras" else "ONNX -> uint8-input ONNX"
+    with job.timer(step):
+        proto = job.source.to_onnx(job.card, job.opts.input_dtype, job.opts.opset or DEFAULT_OPSET)
     if job.opts.cleanup:
         with job.timer("graph cleanup (onnxslim)"):
             from .cleanup import simplify
