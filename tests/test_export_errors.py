@@ -325,3 +325,36 @@ def test_library_errors_name_the_argument_and_the_cli_the_flag():
 
     assert info.value.render(flag) == "--input 'x'; expected one of uint8, float32"
     assert flag("calib_size") == "--calib-size" and flag("workspace_mib") == "--workspace"
+
+
+def test_export_killed_during_its_final_renames_is_completed_by_the_next(tmp_path):
+    """The state a kill -9 between two renames leaves (a dead pid's commit record, half the new files in place)
+    is reported by pending() and completed, all new, by the next export's first step."""
+    import json
+    import subprocess
+
+    from cnnedge.export.commit import RECORD, commit, pending, roll_forward
+
+    out = tmp_path / "out"
+    out.mkdir()
+    names = ["export_report.json", "model.fp16.onnx", "model.int8.onnx", "model.onnx"]
+    for n in names:
+        (out / n).write_text("old")
+    staging = out / ".cnn-export-999999-x"
+    staging.mkdir()
+    for n in names:
+        (staging / n).write_text("new")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (out / RECORD).write_text(json.dumps({"pid": int(dead.stdout), "staging": staging.name, "files": names}))
+    for n in names[:2]:  # killed after two renames
+        os.replace(staging / n, out / n)
+    assert {(out / n).read_text() for n in names} == {"old", "new"}
+    assert "interrupted" in (pending(out) or "")
+    assert roll_forward(out) == names[2:]
+    assert [(out / n).read_text() for n in names] == ["new"] * 4
+    assert pending(out) is None and listing(out) == sorted(names)
+
+    staging.mkdir()  # and an uninterrupted commit leaves no record
+    (staging / "model.onnx").write_text("newer")
+    assert commit(staging, out) == ["model.onnx"]
+    assert (out / "model.onnx").read_text() == "newer" and not (out / RECORD).exists()

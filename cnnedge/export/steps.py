@@ -224,6 +224,10 @@ def _run(model_path: Path, out_dir: str | os.PathLike | None, opts: ExportOption
     out = Path(out_dir) if out_dir is not None else model_path.parent
     if out.exists() and not out.is_dir():
         raise OptionError("out_dir", f"{out}: exists and is not a folder")
+    if out.is_dir():
+        from .commit import roll_forward
+
+        roll_forward(out)  # an export killed while putting its files in place: complete it first
     for name in planned_outputs(opts.fp16, opts.int8, opts.engine):
         if (out / name).resolve() == model_path.resolve():
             raise OptionError("out_dir", f"{out}: the export would write {name} over the model it exports; choose "
@@ -291,9 +295,9 @@ def _write(job: _Job, check: bool) -> ExportReport:
         from ..atomic import write_text
 
         write_text(staging / REPORT_NAME, json.dumps(report.to_dict(), indent=2) + "\n")
-        for f in sorted(staging.iterdir()):  # everything succeeded: move into place, file by file
-            if f.is_file():
-                os.replace(f, out / f.name)
+        from .commit import commit
+
+        commit(staging, out)  # everything succeeded: into place, all or nothing (see .commit)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if opts.triton is not None:
