@@ -267,3 +267,33 @@ def test_onnx_whose_input_is_not_an_image_is_refused(tmp_path):
     code, _, err = export_cli([str(path), "--labels", str(labels), "--scale", "1", "--mean", "0", "--std", "1",
                                "--rgb", "--verify", str(tmp_path)])
     _one_line(code, err, "is not an image batch")
+
+
+def test_fixed_batch_onnx_exports_with_engines_for_its_batch(mnist, tmp_path):
+    """A graph that takes batches of 2 only: parity, calibration and the engine profile use that size."""
+    keras = _keras()
+    import tensorflow as tf
+    import tf2onnx
+
+    model = keras.Sequential([keras.Input((3, SIDE, SIDE)), keras.layers.Permute((2, 3, 1)),
+                              keras.layers.Conv2D(8, 3, activation="relu"), keras.layers.Flatten(),
+                              keras.layers.Dense(10)])
+
+    @tf.function(input_signature=[tf.TensorSpec([2, 3, SIDE, SIDE], tf.float32, name="input")])
+    def fn(x):
+        return {"logits": model(x, training=False)}
+
+    proto, _ = tf2onnx.convert.from_function(fn, input_signature=fn.input_signature, opset=17)
+    path = tmp_path / "fixed.onnx"
+    path.write_bytes(proto.SerializeToString())
+    root, out = mnist["root"], tmp_path / "out"
+    code, table, err = export_cli([str(path), "--labels", str(root / "labels.txt"), "--scale", "1/255",
+                                   "--mean", "0.5", "--std", "0.25", "--rgb", "--int8", "--calib", str(root / "train"),
+                                   "--calib-size", "51", "--verify", str(root / "test"), "--verify-size", "101",
+                                   "--engine", "--gpu", "sm89", "--out", str(out)])
+    assert code == 0, err + table
+    report = json.loads((out / "export_report.json").read_text())
+    assert report["engines"]["profile"] == {"min": 2, "opt": 2, "max": 2}
+    assert report["calibration"]["images"] == 50  # whole batches of 2
+    assert all(a["passed"] is not False for a in report["artifacts"])
+    assert "engine profile 2,2,2 instead of --batch 1,8,32" in err

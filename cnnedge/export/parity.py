@@ -57,7 +57,7 @@ class ArtifactResult:
     max_abs_diff: float | None = None
     top1_agreement: float | None = None
     accuracy: float | None = None
-    keras_accuracy: float | None = None
+    keras_accuracy: float | None = None  # the source model's (Keras or the input ONNX), name kept for the report
     accuracy_drop: float | None = None
     latency_ms_b1: float | None = None
     passed: bool | None = None
@@ -177,7 +177,7 @@ def table(results: list[ArtifactResult]) -> str:
     def pct(v: float | None) -> str:
         return "-" if v is None else f"{v * 100:.2f}%"
 
-    rows = [("artifact", "prec", "max|diff|", "top1 agree", "accuracy", "keras acc", "size", "ms@b1", "check")]
+    rows = [("artifact", "prec", "max|diff|", "top1 agree", "accuracy", "source acc", "size", "ms@b1", "check")]
     for r in results:
         verdict = {True: "ok", False: "FAIL", None: "n/a"}[r.passed]
         rows.append((Path(r.path).name, r.precision, "-" if r.max_abs_diff is None else f"{r.max_abs_diff:.2e}",

@@ -141,6 +141,7 @@ def source_inputs(images: Sequence[np.ndarray], card: ModelCard, color: str | No
 
 class KerasSource:
     kind = "Keras"
+    fixed_batch = None  # the exported graph's batch is dynamic
 
     def __init__(self, path: Path, describe: Description | None, trust: bool):
         self.path, self.trust, self.describe = path, trust, describe
@@ -221,6 +222,11 @@ class OnnxSource:
             raise ModelLoadError(f"{self.path}: output shape {list(out)} is not one score per class for the "
                                  f"{self.card.num_classes} classes named (expected (batch, {self.card.num_classes}))")
         return self.card
+
+    @property
+    def fixed_batch(self) -> int | None:
+        """The only batch size the graph takes (the wrapper keeps it), or None."""
+        return self.backend.fixed_batch
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         out = self.backend.infer(x.astype(self.backend.input_spec.dtype, copy=False))

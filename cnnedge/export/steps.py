@@ -375,7 +375,7 @@ def _to_onnx(job: _Job) -> None:
         with job.timer("graph cleanup (onnxslim)"):
             from .cleanup import simplify
 
-            proto, res = simplify(proto, job.x[:64])
+            proto, res = simplify(proto, job.x[:job.source.fixed_batch or 64])
             job.report.cleanup = asdict(res)
     onnx_io.canonical_names(proto)
     job.graph_sha = hashlib.sha256(proto.graph.SerializeToString()).hexdigest()
@@ -401,13 +401,23 @@ def _to_int8(job: _Job) -> None:
     from . import onnx_io
     from .int8 import cache_name, quantize
 
-    cset, method = job.cset, job.opts.calib_method
+    cset, method, fixed = job.cset, job.opts.calib_method, job.source.fixed_batch
+    if fixed and len(cset) % fixed:  # a fixed-batch graph is calibrated in whole batches
+        from .data import ImageSet
+
+        keep = len(cset) - len(cset) % fixed
+        if keep == 0:
+            raise OptionError("calib_size", f"{len(cset)} images; the model takes batches of {fixed}: give at "
+                                            f"least {fixed}")
+        cset = ImageSet(cset.images[:keep], None if cset.labels is None else cset.labels[:keep], cset.source,
+                        cset.skipped)
     with job.timer(f"INT8 ONNX (calibrating on {len(cset)} images, {method})"):
         card = job.base_card  # the FP32 graph's: its input is what calibration feeds
         spec = card.input
         name = cache_name(job.graph_sha, cset.fingerprint(spec, card), method)
         target = job.staging / ONNX_NAMES["int8"]
-        res = quantize(job.paths["fp32"], target, cset, card, spec, method, job.out / name, job.staging / name)
+        res = quantize(job.paths["fp32"], target, cset, card, spec, method, job.out / name, job.staging / name,
+                       batch=fixed)
         info = {**cset.describe(), "method": method, "data_sha256": res.data_sha256, "cache_file": res.cache_file,
                 "cache_hit": res.cache_hit}
         job.report.calibration = info
@@ -434,16 +444,25 @@ def _build_engines(job: _Job) -> None:
     from .parity import compare_engine
 
     kit, gpus, opts = job.kit, job.gpus, job.opts
+    profile = opts.batch
+    if job.source.fixed_batch:  # the graph takes one batch size: the profile is that size
+        from .engine import Profile
+
+        n = job.source.fixed_batch
+        profile = Profile(n, n, n)
+        if profile != opts.batch:
+            job.timer.say(f"the model takes batches of {n} only: engine profile {n},{n},{n} instead of --batch "
+                          f"{opts.batch.min},{opts.batch.opt},{opts.batch.max}")
     cache = Path(opts.timing_cache) if opts.timing_cache else job.out / "tensorrt.timing.cache"
     job.report.engines = {"flavour": kit.flavour, "version": kit.version, "gpus": list(gpus),
-                          "profile": opts.batch.as_dict(), "workspace_mib": opts.workspace_mib,
+                          "profile": profile.as_dict(), "workspace_mib": opts.workspace_mib,
                           "timing_cache": None if kit.flavour == "tensorrt_rtx" else str(cache)}
     for precision in engine_precisions(opts.fp16, opts.int8):
         source = job.paths[precision]
         target = job.staging / ENGINE_NAMES[precision]
         with job.timer(f"{kit.flavour} engine {target.name} for {','.join(gpus)}"):
             t0 = time.perf_counter()
-            build(source, target, onnx_io.card_from_model(onnx.load(str(source))), kit, gpus, opts.batch,
+            build(source, target, onnx_io.card_from_model(onnx.load(str(source))), kit, gpus, profile,
                   opts.workspace_mib, cache)
             built = round(time.perf_counter() - t0, 3)
         with job.timer(f"parity {target.name}"):
