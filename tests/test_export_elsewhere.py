@@ -21,9 +21,6 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
-IMAGES = MNIST / "t10k-images-idx3-ubyte.gz"
-LABELS = MNIST / "t10k-labels-idx1-ubyte.gz"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 SIDE = 28
@@ -32,23 +29,12 @@ SIDE = 28
 @pytest.fixture(scope="module")
 def mnist(tmp_path_factory) -> dict:
     """2,000 training and 1,000 held-out real MNIST digits as class folders of PNGs, plus the arrays."""
-    if not (IMAGES.is_file() and LABELS.is_file()):
-        pytest.skip(f"real MNIST digits not found in {MNIST}")
-    import cv2
+    from _mnist import load, write_folder
 
-    from cnnedge.trainer.data import read_idx
-
-    x, y = read_idx(IMAGES), read_idx(LABELS)
+    x, y = load()
     root = tmp_path_factory.mktemp("mnist")
     parts = {"train": range(0, 2000), "test": range(2000, 3000)}
-    files: dict[str, list[Path]] = {}
-    for part, idx in parts.items():
-        files[part] = []
-        for i in idx:
-            f = root / part / str(int(y[i])) / f"{i:05d}.png"
-            f.parent.mkdir(parents=True, exist_ok=True)
-            assert cv2.imwrite(str(f), x[i])
-            files[part].append(f)
+    files = {part: write_folder(root / part, x, y, idx) for part, idx in parts.items()}
     (root / "labels.txt").write_text("\n".join(str(i) for i in range(10)) + "\n")
     return {"root": root, "x": x, "y": y, "parts": parts, "files": files}
 

@@ -14,33 +14,24 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cnnedge.trainer.presets import PRESETS
 
 pytestmark = pytest.mark.slow
 
-MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
-IMAGES = MNIST / "t10k-images-idx3-ubyte.gz"
-LABELS = MNIST / "t10k-labels-idx1-ubyte.gz"
 PER_CLASS = 40
 
 
 @pytest.fixture(scope="module")
 def digits_folder(tmp_path_factory) -> Path:
     """Real MNIST scans of 0, 1 and 2 as a class folder of PNGs."""
-    if not (IMAGES.is_file() and LABELS.is_file()):
-        pytest.skip(f"real MNIST digits not found in {MNIST}")
-    import cv2
+    from _mnist import load, write_folder
 
-    from cnnedge.trainer.data import read_idx
-
-    x, y = read_idx(IMAGES), read_idx(LABELS)
+    x, y = load()
     root = tmp_path_factory.mktemp("mnist3") / "data"
-    for c in range(3):
-        (root / str(c)).mkdir(parents=True)
-        for i in [i for i in range(len(y)) if y[i] == c][:PER_CLASS]:
-            assert cv2.imwrite(str(root / str(c) / f"{i:05d}.png"), x[i])
+    write_folder(root, x, y, [i for c in range(3) for i in np.flatnonzero(y == c)[:PER_CLASS]])
     return root
 
 

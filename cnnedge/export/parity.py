@@ -73,12 +73,6 @@ def top1(probs: np.ndarray) -> np.ndarray:
     return np.argmax(probs, axis=1)
 
 
-def keras_outputs(model: Any, x: np.ndarray, batch: int = 128) -> np.ndarray:
-    """Reference outputs: the Keras model called directly (not ``predict``) on its float32 input."""
-    outs = [np.asarray(model(x[i:i + batch], training=False)) for i in range(0, len(x), batch)]
-    return np.concatenate(outs).astype(np.float32)
-
-
 @dataclass
 class CardCheck:
     """With labels: is the source model more accurate fed otherwise than its card says? Then the card is wrong."""

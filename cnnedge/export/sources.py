@@ -139,6 +139,12 @@ def source_inputs(images: Sequence[np.ndarray], card: ModelCard, color: str | No
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if spec.layout == "NCHW" else x
 
 
+def keras_outputs(model: Any, x: np.ndarray, batch: int = 128) -> np.ndarray:
+    """Reference outputs: the Keras model called directly (not ``predict``) on its float32 input."""
+    outs = [np.asarray(model(x[i:i + batch], training=False)) for i in range(0, len(x), batch)]
+    return np.concatenate(outs).astype(np.float32)
+
+
 class KerasSource:
     kind = "Keras"
     fixed_batch = None  # the exported graph's batch is dynamic
@@ -175,8 +181,6 @@ class KerasSource:
         return self.card
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        from .parity import keras_outputs
-
         return keras_outputs(self.model, x)
 
     def to_onnx(self, card: ModelCard, input_dtype: str, opset: int) -> Any:
