@@ -94,9 +94,12 @@ def test_legacy_h5_needs_trust(tmp_path):
 
 
 def test_not_a_keras_file(tmp_path):
-    (tmp_path / "model.onnx").write_bytes(b"not really")
-    code, err = cli([str(tmp_path / "model.onnx")])
+    (tmp_path / "model.pt").write_bytes(b"not really")
+    code, err = cli([str(tmp_path / "model.pt")])
     assert_one_line_error(code, err, "not a Keras model")
+    (tmp_path / "model.onnx").write_bytes(b"not really")  # ONNX is an input now: a broken one is named as such
+    code, err = cli([str(tmp_path / "model.onnx"), "--out", str(tmp_path / "out")])
+    assert_one_line_error(code, err, "not a readable ONNX model")
 
 
 @pytest.mark.slow  # Keras

@@ -1,4 +1,4 @@
-"""`cnn-export`: a Keras model -> ONNX FP32/FP16/INT8 and TensorRT engines, each checked against Keras."""
+"""`cnn-export`: a Keras or ONNX classifier -> ONNX FP32/FP16/INT8 and TensorRT engines, each checked against it."""
 from __future__ import annotations
 
 import argparse
@@ -16,16 +16,21 @@ EXAMPLES = """examples:
   cnn-export model.keras --fp16 --int8 --engine --gpu sm89 --calib photos/ --batch 1,8,32
   cnn-export model.keras --input float32 --out exported/ --force
   cnn-export model.keras --fp16 --triton model_repository/
+  cnn-export digits.h5 --trust --labels labels.txt --scale 1/255 --mean 0.1307 --std 0.3081 --no-rgb --verify val/
+  cnn-export resnet.onnx --labels labels.txt --scale 1/255 --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 --rgb \\
+      --fp16 --int8 --calib train/ --engine --gpu sm89 --out exported/
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cnn-export", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES,
-        description="Export a Keras image classifier (with its card.json) to ONNX FP32 (always), FP16 and INT8 "
-                    "ONNX and TensorRT engines; every artifact is checked against Keras and reported in "
+        description="Export an image classifier (a Keras model with its card.json, or a model from elsewhere: "
+                    "Keras or ONNX, described with the flags below) to ONNX FP32 (always), FP16 and INT8 ONNX and "
+                    "TensorRT engines; every artifact is checked against the source model and reported in "
                     "export_report.json.")
-    p.add_argument("model", help="the Keras model, e.g. runs/digits/model.keras (card.json beside it)")
+    p.add_argument("model", help="the model: .keras (card.json beside it), .h5 with --trust, or .onnx, e.g. "
+                                 "runs/digits/model.keras")
     p.add_argument("--out", metavar="DIR", help="output folder (default: the model's folder), e.g. --out exported/")
     p.add_argument("--fp16", action="store_true", help="also write model.fp16.onnx (half-precision weights and "
                    "compute), e.g. cnn-export model.keras --fp16")

@@ -58,17 +58,16 @@ def open_source(path: Path, describe: Description | None, trust: bool) -> "Keras
 
         check_model_file(path, trust)
         return KerasSource(path, describe, trust)
-    raise ModelLoadError(f"{path}: not a model cnn-export takes (expected .keras, .h5/.hdf5 with trust, or .onnx)")
+    raise ModelLoadError(f"{path}: not a Keras model or an ONNX file (expected .keras, .h5/.hdf5, or .onnx)")
 
 
-def _declared_card(path: Path, describe: Description | None, where: str) -> ModelCard | None:
-    """None (the caller has the card), or refuse a description missing values: one line naming them all."""
+def _check_description(path: Path, describe: Description | None, where: str) -> None:
+    """A model without a card needs a description: refuse one missing values, in one line naming them all."""
     missing = (describe or Description()).missing()
     if missing:
         raise OptionError("", f"{path} has no model card ({where}); describe the model with "
                               + " ".join("{" + m + "}" for m in REQUIRED) + " (missing: "
                               + ", ".join("{" + m + "}" for m in missing) + ")")
-    return None
 
 
 def _refuse_description(path: Path, describe: Description | None, where: str) -> None:
@@ -158,7 +157,8 @@ class KerasSource:
 
             self.card: ModelCard | None = load_card_for(path)
         else:
-            self.card = _declared_card(path, describe, f"no {CARD_FILENAME} beside it")
+            _check_description(path, describe, f"no {CARD_FILENAME} beside it")
+            self.card = None
         self.model: Any = None
 
     def load(self) -> ModelCard:
@@ -205,7 +205,8 @@ class OnnxSource:
         except CardError as exc:
             if "no 'cnnedge.card' metadata" not in str(exc):
                 raise CardError(f"{path}: {exc}") from None
-            self.card = _declared_card(path, describe, "no cnnedge.card metadata")
+            _check_description(path, describe, "no cnnedge.card metadata")
+            self.card = None
         self.backend: Any = None
 
     def load(self) -> ModelCard:
