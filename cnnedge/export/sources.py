@@ -240,6 +240,12 @@ class OnnxSource:
     def to_onnx(self, card: ModelCard, input_dtype: str, opset: int) -> Any:
         from .onnx_wrap import wrap
 
+        if self.backend.input_spec.dtype == "uint8":  # a cnnedge export already: pixels in, nothing to wrap
+            if input_dtype != "uint8":
+                raise OptionError("input_dtype", f"{input_dtype}: {self.path} takes uint8 pixels; export it as it is")
+            import copy
+
+            return copy.deepcopy(self.proto)
         return wrap(self.proto, card, input_dtype)
 
     def close(self) -> None:
