@@ -61,6 +61,25 @@ def open_source(path: Path, describe: Description | None, trust: bool) -> "Keras
     raise ModelLoadError(f"{path}: not a Keras model or an ONNX file (expected .keras, .h5/.hdf5, or .onnx)")
 
 
+MAX_DEPTH = 32  # nesting in the card's free-form fields (dataset_spec, calibration, versions)
+
+
+def check_depth(card: ModelCard, where: str) -> ModelCard:
+    """Refuse a card whose free-form fields nest deeper than :data:`MAX_DEPTH` (copying or writing it would
+    exhaust Python's recursion limit)."""
+    stack: list[tuple[Any, int]] = [(card.provenance.dataset_spec, 1), (card.provenance.calibration, 1)]
+    while stack:
+        obj, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise CardError(f"{where}: model card nested deeper than {MAX_DEPTH} levels in its provenance; "
+                            "rewrite the card")
+        if isinstance(obj, dict):
+            stack.extend((v, depth + 1) for v in obj.values())
+        elif isinstance(obj, list):
+            stack.extend((v, depth + 1) for v in obj)
+    return card
+
+
 def _check_description(path: Path, describe: Description | None, where: str) -> None:
     """A model without a card needs a description: refuse one missing values, in one line naming them all."""
     missing = (describe or Description()).missing()
@@ -155,7 +174,7 @@ class KerasSource:
             _refuse_description(path, describe, where)
             from ..keras_io import load_card_for
 
-            self.card: ModelCard | None = load_card_for(path)
+            self.card: ModelCard | None = check_depth(load_card_for(path), where)
         else:
             _check_description(path, describe, f"no {CARD_FILENAME} beside it")
             self.card = None
@@ -200,7 +219,7 @@ class OnnxSource:
         self.path, self.describe = path, describe
         self.proto = load_checked(path)
         try:
-            self.card: ModelCard | None = card_from_model(self.proto)
+            self.card: ModelCard | None = check_depth(card_from_model(self.proto), f"{path} (metadata)")
             _refuse_description(path, describe, "in its metadata")
         except CardError as exc:
             if "no 'cnnedge.card' metadata" not in str(exc):

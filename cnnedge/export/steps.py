@@ -519,8 +519,8 @@ class _Steps:
 
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[None]:
-        self.say(f"{name} ...")
         self.current = name
+        self.say(f"{name} ...")
         t0 = time.perf_counter()
         yield
         dt = time.perf_counter() - t0
