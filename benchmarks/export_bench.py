@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 PRESETS = (("digits-cnn", 20), ("cifar10-cnn", 3))
 STEP_GROUPS = (("convert+cleanup", ("Keras -> ONNX", "graph cleanup")), ("fp16", ("FP16 ONNX",)),
-               ("int8", ("INT8 ONNX",)), ("parity", ("parity", "Keras reference")), ("engines", ("engine",)))
+               ("int8", ("INT8 ONNX",)), ("parity", ("parity", "Keras reference", "card check")), ("engines", ("engine",)))
 
 
 def train_once(preset: str, epochs: int, run: Path) -> float:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from contextvars import ContextVar
 from enum import IntEnum
-from typing import Iterator, Mapping
+from typing import Callable, Iterator, Mapping
 
 
 class ExitCode(IntEnum):
@@ -52,6 +52,23 @@ class ExportError(CnnEdgeError):
 
 class BackendUnavailable(CnnEdgeError):
     """The requested inference backend cannot run on this machine."""
+
+
+class OptionError(UsageError):
+    """A bad value for a library call's argument. ``option`` is the argument's name; ``detail`` may name other
+    arguments as ``{name}``. The message names arguments; a CLI calls :meth:`render` with its flag names."""
+
+    def __init__(self, option: str, detail: str):
+        self.option, self.detail = option, detail
+        super().__init__(self.render(lambda name: name))
+
+    def render(self, name_of: "Callable[[str], str]") -> str:
+        import re
+
+        text = re.sub(r"\{([a-z_]+)\}", lambda m: name_of(m.group(1)), self.detail)
+        if not self.option:  # a message about several arguments
+            return text
+        return f"{name_of(self.option)}{'' if text.startswith(':') else ' '}{text}"
 
 
 class FileExistsRefused(UsageError):

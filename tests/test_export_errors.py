@@ -94,9 +94,12 @@ def test_legacy_h5_needs_trust(tmp_path):
 
 
 def test_not_a_keras_file(tmp_path):
-    (tmp_path / "model.onnx").write_bytes(b"not really")
-    code, err = cli([str(tmp_path / "model.onnx")])
+    (tmp_path / "model.pt").write_bytes(b"not really")
+    code, err = cli([str(tmp_path / "model.pt")])
     assert_one_line_error(code, err, "not a Keras model")
+    (tmp_path / "model.onnx").write_bytes(b"not really")  # ONNX is an input now: a broken one is named as such
+    code, err = cli([str(tmp_path / "model.onnx"), "--out", str(tmp_path / "out")])
+    assert_one_line_error(code, err, "not a readable ONNX model")
 
 
 @pytest.mark.slow  # Keras
@@ -286,3 +289,94 @@ def test_staging_left_by_a_killed_export_is_swept(tmp_path):
         (d / "model.onnx").write_bytes(b"half")
     assert sweep_stale_staging(tmp_path) == [killed]
     assert not killed.exists() and running.exists() and other.exists()
+
+
+@pytest.mark.slow  # Keras
+def test_card_nested_900_deep_is_one_line_and_leaves_nothing(tiny, tmp_path):
+    import json
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny.parent, run)
+    card = json.loads((run / "card.json").read_text())
+    deep: dict = {}
+    for _ in range(900):
+        deep = {"a": deep}
+    card["provenance"]["dataset_spec"] = {"source": "digits", "x": deep}
+    (run / "card.json").write_text(json.dumps(card))
+    before = listing(run)
+    code, err = cli([str(run / "model.keras"), "--verify", "digits", "--verify-size", "20"])
+    assert code == 1
+    assert_one_line_error(code, err, str(run / "card.json"), "nested deeper than 32 levels")
+    assert listing(run) == before
+
+
+@pytest.mark.slow  # Keras
+def test_unexpected_failure_in_a_step_is_one_line_naming_the_step(tiny, tmp_path):
+    """Anything that is not a CnnEdgeError inside a step (here the caller's progress callback failing when the
+    conversion starts) comes out as one ExportError naming the step, the model and the message; the original
+    is chained for --traceback, and no file is left behind."""
+    from cnnedge.errors import ExportError
+    from cnnedge.export import export
+
+    def progress(msg: str) -> None:
+        if msg.startswith("Keras -> ONNX") and msg.endswith("..."):
+            raise ValueError("terminal gone")
+
+    out = tmp_path / "out"
+    with pytest.raises(ExportError) as info:
+        export(tiny, out, verify="digits", verify_size=20, progress=progress)
+    msg = str(info.value)
+    assert msg.startswith("Keras -> ONNX (tf2onnx) failed for ") and str(tiny) in msg, msg
+    assert "ValueError: terminal gone" in msg and "--traceback" in msg and "\n" not in msg
+    assert isinstance(info.value.__cause__, ValueError)
+    assert listing(out) == []
+
+
+def test_library_errors_name_the_argument_and_the_cli_the_flag():
+    from cnnedge.errors import OptionError
+    from cnnedge.export import ExportOptions
+
+    with pytest.raises(OptionError, match=r"^input_dtype 'x'; expected one of uint8, float32$") as info:
+        ExportOptions(input_dtype="x")
+    assert info.value.option == "input_dtype"
+    with pytest.raises(OptionError, match=r"^gpu applies to engine builds; add engine or drop gpu$"):
+        ExportOptions(gpu="sm89")
+    with pytest.raises(OptionError, match=r"^calib_size must be a positive integer, found 0$"):
+        ExportOptions(calib_size=0)
+    from cnnedge.cli.export import flag
+
+    assert info.value.render(flag) == "--input 'x'; expected one of uint8, float32"
+    assert flag("calib_size") == "--calib-size" and flag("workspace_mib") == "--workspace"
+
+
+def test_export_killed_during_its_final_renames_is_completed_by_the_next(tmp_path):
+    """The state a kill -9 between two renames leaves (a dead pid's commit record, half the new files in place)
+    is reported by pending() and completed, all new, by the next export's first step."""
+    import json
+    import subprocess
+
+    from cnnedge.export.commit import RECORD, commit, pending, roll_forward
+
+    out = tmp_path / "out"
+    out.mkdir()
+    names = ["export_report.json", "model.fp16.onnx", "model.int8.onnx", "model.onnx"]
+    for n in names:
+        (out / n).write_text("old")
+    staging = out / ".cnn-export-999999-x"
+    staging.mkdir()
+    for n in names:
+        (staging / n).write_text("new")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (out / RECORD).write_text(json.dumps({"pid": int(dead.stdout), "staging": staging.name, "files": names}))
+    for n in names[:2]:  # killed after two renames
+        os.replace(staging / n, out / n)
+    assert {(out / n).read_text() for n in names} == {"old", "new"}
+    assert "interrupted" in (pending(out) or "")
+    assert roll_forward(out) == names[2:]
+    assert [(out / n).read_text() for n in names] == ["new"] * 4
+    assert pending(out) is None and listing(out) == sorted(names)
+
+    staging.mkdir()  # and an uninterrupted commit leaves no record
+    (staging / "model.onnx").write_text("newer")
+    assert commit(staging, out) == ["model.onnx"]
+    assert (out / "model.onnx").read_text() == "newer" and not (out / RECORD).exists()

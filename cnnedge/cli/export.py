@@ -1,12 +1,12 @@
-"""`cnn-export`: a Keras model -> ONNX FP32/FP16/INT8 and TensorRT engines, each checked against Keras."""
+"""`cnn-export`: a Keras or ONNX classifier -> ONNX FP32/FP16/INT8 and TensorRT engines, each checked against it."""
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-from typing import Sequence, TextIO
+from typing import Any, Sequence, TextIO
 
-from ._args import fraction, non_negative_float
+from ._args import add_model_flags, fraction, model_description, non_negative_float
 from ._run import entry
 
 EXAMPLES = """examples:
@@ -14,16 +14,21 @@ EXAMPLES = """examples:
   cnn-export model.keras --fp16 --int8 --engine --gpu sm89 --calib photos/ --batch 1,8,32
   cnn-export model.keras --input float32 --out exported/ --force
   cnn-export model.keras --fp16 --triton model_repository/
+  cnn-export digits.h5 --trust --labels labels.txt --scale 1/255 --mean 0.1307 --std 0.3081 --no-rgb --verify val/
+  cnn-export resnet.onnx --labels labels.txt --scale 1/255 --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 --rgb \\
+      --fp16 --int8 --calib train/ --engine --gpu sm89 --out exported/
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cnn-export", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES,
-        description="Export a Keras image classifier (with its card.json) to ONNX FP32 (always), FP16 and INT8 "
-                    "ONNX and TensorRT engines; every artifact is checked against Keras and reported in "
+        description="Export an image classifier (a Keras model with its card.json, or a model from elsewhere: "
+                    "Keras or ONNX, described with the flags below) to ONNX FP32 (always), FP16 and INT8 ONNX and "
+                    "TensorRT engines; every artifact is checked against the source model and reported in "
                     "export_report.json.")
-    p.add_argument("model", help="the Keras model, e.g. runs/digits/model.keras (card.json beside it)")
+    p.add_argument("model", help="the model: .keras (card.json beside it), .h5 with --trust, or .onnx, e.g. "
+                                 "runs/digits/model.keras")
     p.add_argument("--out", metavar="DIR", help="output folder (default: the model's folder), e.g. --out exported/")
     p.add_argument("--fp16", action="store_true", help="also write model.fp16.onnx (half-precision weights and "
                    "compute), e.g. cnn-export model.keras --fp16")
@@ -74,32 +79,55 @@ def build_parser() -> argparse.ArgumentParser:
                    help="INT8 accuracy drop in percentage points (default 1.0), e.g. 2")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress lines, only the final table, "
                    "e.g. -q")
+    add_model_flags(p, title="models without a card (from elsewhere: a Keras .h5/.keras without card.json, an "
+                             "ONNX classifier)")
     return p
+
+
+FLAGS = {"input_dtype": "--input", "calib_method": "--calib-method", "calib_size": "--calib-size",
+         "verify_size": "--verify-size", "workspace_mib": "--workspace", "timing_cache": "--timing-cache",
+         "out_dir": "--out", "cleanup": "--no-cleanup"}  # ExportOptions fields whose flag is not --<name>
+
+
+def flag(option: str) -> str:
+    from ..runtime.describe import FIELDS
+
+    return FLAGS.get(option) or (FIELDS[option][0] if option in FIELDS else "--" + option.replace("_", "-"))
+
+
+def options_from(args: argparse.Namespace) -> Any:
+    """The parsed flags as the library's ExportOptions."""
+    from ..export.parity import Thresholds
+    from ..export.steps import ExportOptions
+
+    thresholds = Thresholds(fp32_agreement=args.min_agreement_fp32, fp32_max_diff=args.max_diff_fp32,
+                            fp16_agreement=args.min_agreement_fp16, int8_agreement=args.min_agreement_int8,
+                            int8_accuracy_drop=args.max_drop_int8 / 100.0)
+    from ..export.sources import describe_from
+
+    return ExportOptions(describe=describe_from(model_description(args)), fp16=args.fp16, int8=args.int8, engine=args.engine, input_dtype=args.input_dtype,
+                         calib=args.calib, calib_size=args.calib_size, calib_method=args.calib_method,
+                         verify=args.verify, verify_size=args.verify_size, batch=args.batch, gpu=args.gpu,
+                         workspace_mib=args.workspace, timing_cache=args.timing_cache, triton=args.triton,
+                         thresholds=thresholds, opset=args.opset, cleanup=not args.no_cleanup, trust=args.trust,
+                         force=args.force)
 
 
 def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     out, err = stdout or sys.stdout, stderr or sys.stderr
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
-    from ..export.parity import Thresholds
-    from ..export.steps import ParityFailure, export
-
-    thresholds = Thresholds(fp32_agreement=args.min_agreement_fp32, fp32_max_diff=args.max_diff_fp32,
-                            fp16_agreement=args.min_agreement_fp16, int8_agreement=args.min_agreement_int8,
-                            int8_accuracy_drop=args.max_drop_int8 / 100.0)
+    from ..errors import OptionError, UsageError
+    from ..export.steps import ParityFailure, run
 
     def progress(msg: str) -> None:
         if not args.quiet:
             print(f"cnn-export: {msg}", file=err, flush=True)
 
     try:
-        report = export(args.model, args.out, fp16=args.fp16, int8=args.int8, engine=args.engine,
-                        input_dtype=args.input_dtype, calib=args.calib, calib_size=args.calib_size,
-                        calib_method=args.calib_method, verify=args.verify, verify_size=args.verify_size,
-                        batch=args.batch, gpu=args.gpu, workspace_mib=args.workspace,
-                        timing_cache=args.timing_cache, triton=args.triton, thresholds=thresholds,
-                        opset=args.opset, cleanup=not args.no_cleanup, trust=args.trust, force=args.force,
-                        progress=progress)
+        report = run(args.model, args.out, options_from(args), progress=progress)
+    except OptionError as exc:
+        raise UsageError(exc.render(flag)) from exc
     except ParityFailure as exc:
         print(exc.report.table(), file=out)
         raise

@@ -23,7 +23,7 @@ from types import ModuleType
 from typing import Any, Sequence
 
 from ..card import ModelCard, sha256_file
-from ..errors import ExportError, MissingDependency, UsageError
+from ..errors import ExportError, MissingDependency, OptionError, UsageError
 from ..sidecar import EngineSidecar
 
 FLAVOURS = (("tensorrt", "tensorrt"), ("tensorrt_rtx", "tensorrt_rtx"))  # (module, sidecar flavour)
@@ -42,16 +42,16 @@ class Profile:
         for k in ("min", "opt", "max"):
             v = getattr(self, k)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise UsageError(f"--batch {k} must be a positive integer, found {v!r}")
+                raise OptionError("batch", f"{k} must be a positive integer, found {v!r}")
         if not self.min <= self.opt <= self.max:
-            raise UsageError(f"--batch {self.min},{self.opt},{self.max}: values must be in order MIN <= OPT <= MAX "
-                             "(e.g. --batch 1,8,32)")
+            raise OptionError("batch", f"{self.min},{self.opt},{self.max}: values must be in order MIN <= OPT <= MAX "
+                              "(e.g. 1,8,32)")
 
     @classmethod
     def parse(cls, text: str) -> "Profile":
         parts = [p.strip() for p in str(text).split(",")]
         if len(parts) != 3 or not all(re.fullmatch(r"\d+", p) for p in parts):
-            raise UsageError(f"--batch {text!r}: expected three positive integers MIN,OPT,MAX (e.g. --batch 1,8,32)")
+            raise OptionError("batch", f"{text!r}: expected three positive integers MIN,OPT,MAX (e.g. 1,8,32)")
         return cls(*(int(p) for p in parts))
 
     def as_dict(self) -> dict[str, int]:
@@ -86,13 +86,13 @@ def parse_gpus(text: str | None, flavour: str) -> tuple[str, ...]:
         gpus = tuple(dict.fromkeys(g.strip().lower() for g in text.split(",") if g.strip()))
         bad = [g for g in gpus if not re.fullmatch(r"sm\d{2,3}", g)]
         if bad or not gpus:
-            raise UsageError(f"--gpu {text!r}: expected compute capabilities like sm86,sm89")
+            raise OptionError("gpu", f"{text!r}: expected compute capabilities like sm86,sm89")
         return gpus
     present = detect_gpu()
     if present is None:
         choices = "sm80, sm86, sm89, sm120" if flavour == "tensorrt_rtx" else "the GPU the engine will run on"
-        raise UsageError(f"--engine: no GPU found to build for; name the target with --gpu (e.g. --gpu sm89; "
-                         f"{choices})")
+        raise OptionError("engine", f": no GPU found to build for; name the target with {{gpu}} (e.g. {{gpu}} sm89; "
+                                    f"{choices})")
     return (present,)
 
 
@@ -187,8 +187,8 @@ def _set_targets(trt: ModuleType, kit: Toolkit, config: Any, gpus: Sequence[str]
             cap = getattr(trt.ComputeCapability, g.upper(), None)
             if cap is None:
                 known = [c.lower() for c in dir(trt.ComputeCapability) if re.fullmatch(r"SM\d+", c)]
-                raise UsageError(f"--gpu {g}: {kit.flavour} {kit.version} cannot target it; choose from "
-                                 f"{', '.join(known)}")
+                raise OptionError("gpu", f"{g}: {kit.flavour} {kit.version} cannot target it; choose from "
+                                                 f"{', '.join(known)}")
             caps.append(cap)
         config.num_compute_capabilities = len(caps)
         for i, cap in enumerate(caps):
@@ -196,7 +196,7 @@ def _set_targets(trt: ModuleType, kit: Toolkit, config: Any, gpus: Sequence[str]
         return
     present = detect_gpu()
     if present is None:
-        raise UsageError(f"--engine with {kit.flavour}: it builds for the GPU present, and none was found; build on "
+        raise OptionError("engine", f"with {kit.flavour}: it builds for the GPU present, and none was found; build on "
                          "the target machine (TensorRT-RTX can build for named GPUs without one)")
     if list(gpus) != [present]:
-        raise UsageError(f"--gpu {','.join(gpus)}: {kit.flavour} builds only for the GPU present ({present})")
+        raise OptionError("gpu", f"{','.join(gpus)}: {kit.flavour} builds only for the GPU present ({present})")

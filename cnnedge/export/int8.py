@@ -64,9 +64,9 @@ class _Reader:
 
 
 def quantize(fp32_path: Path, out_path: Path, calib: ImageSet, card: ModelCard, spec: InputSpec, method: str,
-             cache_in: Path | None, cache_out: Path) -> Int8Result:
+             cache_in: Path | None, cache_out: Path, batch: int | None = None) -> Int8Result:
     """Quantize ``fp32_path`` into ``out_path``; ranges come from ``cache_in`` when present, else from ``calib``
-    (and are written to ``cache_out``)."""
+    (and are written to ``cache_out``). ``batch``: the graph's fixed batch size (``len(calib)`` a multiple of it)."""
     if method not in METHODS:
         raise ExportError(f"calibration method {method!r}; expected one of {', '.join(METHODS)}")
     from .._lazy import require
@@ -91,7 +91,7 @@ def quantize(fp32_path: Path, out_path: Path, calib: ImageSet, card: ModelCard, 
         if hit:
             shutil.copyfile(cache_in, cache_tmp)
         # equal batches: ONNX Runtime's histogram calibrators stack per-batch outputs and fail on a short last one
-        size = max(b for b in range(1, 33) if len(calib) % b == 0)
+        size = batch or max(b for b in range(1, 33) if len(calib) % b == 0)  # a fixed-batch graph takes its own
         reader = _Reader(calib.batches(spec, card, size), input_name)
         options = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
                    "OpTypesToExcludeOutputQuantization": list(QUANTIZED_OPS)}

@@ -3,8 +3,12 @@
 ``tf2onnx.convert.from_keras`` fails on Keras 3 (KeyError on output names), so the
 model is wrapped in a ``tf.function`` whose input signature fixes the dtype and
 the image shape and leaves the batch dimension dynamic. With ``input_dtype``
-"uint8" the graph takes uint8 NHWC pixels and casts them inside; the model does
-its own scaling (card.preprocess.in_graph).
+"uint8" the graph takes uint8 NHWC pixels and casts them inside; a model that
+does not normalise its own input (``card.preprocess.in_graph`` false, a model
+from elsewhere) gets the card's ``(x * scale - mean) / std`` folded in front of
+it, so every uint8 export takes plain pixels. With "float32" the graph takes
+what the model takes (pixels 0..255, or normalised input when the model does
+not normalise itself). See :func:`exported_card`.
 """
 from __future__ import annotations
 
@@ -35,9 +39,13 @@ def check_image_model(model: Any, card: ModelCard) -> None:
                           f"(expected one (batch, {card.num_classes}) output)")
     if card.input.layout != "NHWC":
         raise ExportError(f"card input layout {card.input.layout}: Keras models here are NHWC")
-    if not card.preprocess.in_graph:
-        raise ExportError("card says preprocess.in_graph is false; cnn-export expects the Keras model to scale its "
-                          "own input (models from cnn-train do)")
+
+
+def exported_card(card: ModelCard, input_dtype: str) -> ModelCard:
+    """The card of the ONNX graph :func:`keras_to_onnx` writes from a model with ``card``."""
+    if input_dtype == "uint8":  # plain pixels, as OpenCV gives them: normalisation and layout inside the graph
+        return card.replace(input={"dtype": "uint8", "layout": "NHWC"}, preprocess={"in_graph": True})
+    return card.replace(input={"dtype": input_dtype})
 
 
 def keras_to_onnx(model: Any, card: ModelCard, input_dtype: str = "uint8", opset: int = DEFAULT_OPSET,
@@ -55,10 +63,17 @@ def keras_to_onnx(model: Any, card: ModelCard, input_dtype: str = "uint8", opset
         raise ExportError(f"input dtype {input_dtype!r}; expected uint8 or float32")
     spec = tf.TensorSpec([None, card.input.height, card.input.width, card.input.channels], dtype, name=INPUT_NAME)
 
+    pre = card.preprocess
+    fold = not pre.in_graph and input_dtype == "uint8"  # the host normalisation moves into the graph
+    scale, mean, std = (tf.constant(v, tf.float32) for v in (pre.scale, pre.mean, pre.std))
+
     @tf.function(input_signature=[spec])
     def serve(x):
+        x = tf.cast(x, tf.float32)
+        if fold:
+            x = (x * scale - mean) / std
         with keras_warnings_off():  # runs while tracing: a model built with a list of inputs warns here
-            return {out_name: model(tf.cast(x, tf.float32), training=False)}
+            return {out_name: model(x, training=False)}
 
     import logging
 
@@ -66,11 +81,13 @@ def keras_to_onnx(model: Any, card: ModelCard, input_dtype: str = "uint8", opset
     level = log.level
     log.setLevel(logging.CRITICAL)  # it logs unsupported ops as errors; they are reported below, in one line
     try:
+        constants = _captured_constants(serve.get_concrete_function())
         proto, _ = tf2onnx.convert.from_function(serve, input_signature=serve.input_signature, opset=opset)
     except Exception as exc:
         raise ExportError(f"tf2onnx cannot convert the model: {_conversion_reason(exc)}") from None
     finally:
         log.setLevel(level)
+    _fold_constant_inputs(proto, constants)
     unknown = sorted({n.op_type for n in proto.graph.node if not _known_op(n.op_type, n.domain)})
     if unknown:  # tf2onnx logs these and still returns a graph that nothing can load
         raise ExportError(f"tf2onnx cannot convert the TensorFlow op(s) {', '.join(unknown)} to ONNX opset "
@@ -80,6 +97,36 @@ def keras_to_onnx(model: Any, card: ModelCard, input_dtype: str = "uint8", opset
     proto.graph.output[0].name  # noqa: B018 - tf2onnx names it after the dict key
     proto.producer_name = "cnnedge"
     return proto
+
+
+def _captured_constants(concrete: Any) -> dict[str, Any]:
+    """Tensors the traced function captured by value (not variables): name in the graph -> numpy value.
+
+    Keras' ``Normalization(mean=..., variance=...)`` keeps its statistics as such tensors; tf2onnx leaves
+    them as extra graph inputs, which nothing feeds.
+    """
+    import tensorflow as tf
+
+    return {placeholder.name: value.numpy() for value, placeholder in concrete.graph.captures
+            if value.dtype != tf.resource and hasattr(value, "numpy")}
+
+
+def _fold_constant_inputs(proto: Any, constants: dict[str, Any]) -> None:
+    """Turn graph inputs that are captured constants into initializers; refuse any other extra input."""
+    from onnx import numpy_helper
+
+    keep = []
+    for inp in proto.graph.input:
+        if inp.name in constants:
+            proto.graph.initializer.append(numpy_helper.from_array(constants[inp.name], inp.name))
+        else:
+            keep.append(inp)
+    del proto.graph.input[:]
+    proto.graph.input.extend(keep)
+    extra = [i.name for i in keep if i.name != INPUT_NAME]
+    if extra:
+        raise ExportError(f"converted graph has inputs besides {INPUT_NAME!r}: {', '.join(extra)}; the model "
+                          "takes something other than the image (a state or a second input?)")
 
 
 def _known_op(op_type: str, domain: str) -> bool:

@@ -37,6 +37,26 @@ def read_card(path: str | os.PathLike) -> ModelCard:
     return card_from_model(model)
 
 
+def load_checked(path: str | os.PathLike) -> Any:
+    """A third-party ONNX classifier: loaded (external data only from inside its folder, as onnx enforces) and
+    checked to have one input and one output."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:
+        raise ModelLoadError(f"{path}: not a readable ONNX model ({first_line(exc)})") from None
+    init = {i.name for i in model.graph.initializer}
+    inputs = [i.name for i in model.graph.input if i.name not in init]
+    if len(inputs) != 1:
+        raise ModelLoadError(f"{path}: the graph has {len(inputs)} inputs ({', '.join(inputs)}); cnn-export takes "
+                             "image classifiers with one image input")
+    if len(model.graph.output) != 1:
+        raise ModelLoadError(f"{path}: the graph has {len(model.graph.output)} outputs; cnn-export takes "
+                             "classifiers with one output (scores per class)")
+    return model
+
+
 def save(model: Any, path: str | os.PathLike) -> Path:
     """Write an ONNX model atomically (single file; these models are far below 2 GB)."""
     import onnx

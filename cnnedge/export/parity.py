@@ -1,8 +1,14 @@
-"""Every artifact against the Keras model, on the same images, through the runtime's preprocessing.
+"""Every artifact against the source model, on the same decoded images, each fed the way it expects them.
 
-Per artifact: max absolute difference of outputs, top-1 agreement with Keras,
+The artifact is opened as a user opens it (:func:`cnnedge.runtime.backends.load_backend` through the
+:class:`~cnnedge.runtime.classifier.Classifier`, whose colour/resize/normalisation come from the card the
+artifact carries); the source model is fed as cnn-train fed it (or, for a model from elsewhere, with the
+preprocessing the user declared). A card that disagrees with the export shows up as a miss; with labels,
+:func:`check_card` also catches a card that disagrees with the model itself.
+
+Per artifact: max absolute difference of outputs, top-1 agreement with the source model,
 accuracy where labels are known (and the drop from Keras), size on disk and
-ONNX Runtime CPU latency at batch 1. Thresholds are per precision and can be
+latency at batch 1 through the runtime (ONNX Runtime CPU). Thresholds are per precision and can be
 overridden; a miss names the artifact and what it missed.
 """
 from __future__ import annotations
@@ -10,14 +16,18 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
+
+from ..card import ModelCard
+
+CARD_MARGIN = 0.15  # accuracy gain (fraction) that convicts the card of a wrong colour order or normalisation
 
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Default thresholds: FP32 exact, FP16 close, INT8 within a point of accuracy."""
+    """FP32 exact, FP16 close, INT8 within a point of accuracy."""
 
     fp32_agreement: float = 1.0
     fp32_max_diff: float = 1e-4
@@ -47,7 +57,7 @@ class ArtifactResult:
     max_abs_diff: float | None = None
     top1_agreement: float | None = None
     accuracy: float | None = None
-    keras_accuracy: float | None = None
+    keras_accuracy: float | None = None  # the source model's (Keras or the input ONNX), name kept for the report
     accuracy_drop: float | None = None
     latency_ms_b1: float | None = None
     passed: bool | None = None
@@ -63,38 +73,83 @@ def top1(probs: np.ndarray) -> np.ndarray:
     return np.argmax(probs, axis=1)
 
 
-def keras_outputs(model: Any, x: np.ndarray, batch: int = 128) -> np.ndarray:
-    """Reference outputs: the Keras model called directly (not ``predict``) on float32 pixels."""
-    from ..tfquiet import keras_warnings_off
+@dataclass
+class CardCheck:
+    """With labels: is the source model more accurate fed otherwise than its card says? Then the card is wrong."""
 
-    with keras_warnings_off():
-        outs = [np.asarray(model(x[i:i + batch], training=False)) for i in range(0, len(x), batch)]
-    return np.concatenate(outs).astype(np.float32)
+    accuracy: float
+    alternatives: dict[str, float]
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
 
 
-def latency_ms(sess: Any, x1: np.ndarray, runs: int = 50) -> float:
-    """Median ONNX Runtime CPU latency at batch 1, after a warm-up."""
-    name = sess.get_inputs()[0].name
+def check_card(predict: Callable[[np.ndarray], np.ndarray], images: Sequence[np.ndarray], labels: np.ndarray,
+               card: ModelCard, accuracy: float, margin: float = CARD_MARGIN) -> CardCheck:
+    """Feed the source model the other colour order and the other normalisation place; a clear accuracy gain
+    (``margin``, a fraction, to at least 50%) names the card field that disagrees with the model."""
+    pre = card.preprocess
+    tries: dict[str, tuple[dict[str, Any], str]] = {}
+    if card.input.channels == 3:
+        other = "BGR" if card.input.color == "RGB" else "RGB"
+        tries[f"input.color {other}"] = ({"color": other}, f"the card says input.color {card.input.color}, but the "
+                                                          f"model is {{gain}} points more accurate fed {other}")
+    if pre.in_graph:
+        tries["normalised on the host"] = ({"in_graph": False}, "the card says the model normalises its own input "
+                                           "(preprocess.in_graph true), but it is {gain} points more accurate with "
+                                           f"scale {pre.scale:g}, mean {list(pre.mean)}, std {list(pre.std)} "
+                                           "applied before it")
+    elif (pre.scale, pre.mean, pre.std) != (1.0, (0.0,), (1.0,)):
+        tries["raw pixels"] = ({"in_graph": True}, "the card says the model takes normalised input "
+                               "(preprocess.in_graph false), but it is {gain} points more accurate fed raw pixels "
+                               "0..255")
+    from .sources import source_inputs
+
+    res = CardCheck(accuracy, {})
+    for name, (override, message) in tries.items():
+        acc = float(np.mean(top1(predict(source_inputs(images, card, **override))) == labels))
+        res.alternatives[name] = acc
+        if acc - accuracy >= margin and acc >= 0.5:  # and the model works fed that way: no verdict on chance
+            res.failures.append(message.format(gain=f"{(acc - accuracy) * 100:.0f}") +
+                                f" ({acc:.0%} against {accuracy:.0%} on {len(labels)} labelled images)")
+    return res
+
+
+def _outputs(clf: Any, images: Sequence[np.ndarray], batch: int = 64) -> np.ndarray:
+    """What the runtime computes for decoded images: the Classifier's colour/resize, then its normalise/feed."""
+    outs = []
+    for i in range(0, len(images), batch):
+        pixels = np.stack([clf.prepare(im) for im in images[i:i + batch]])
+        outs.append(np.asarray(clf.infer_pixels(pixels), dtype=np.float32).reshape(len(pixels), -1))
+    return np.concatenate(outs)
+
+
+def _latency_ms(clf: Any, image: np.ndarray, runs: int = 50) -> float:
+    """Median latency of one prepared image through the runtime, after a warm-up."""
+    pixels = clf.prepare(image)[None]
     for _ in range(5):
-        sess.run(None, {name: x1})
+        clf.infer_pixels(pixels)
     times = []
     for _ in range(runs):
         t = time.perf_counter()
-        sess.run(None, {name: x1})
+        clf.infer_pixels(pixels)
         times.append(time.perf_counter() - t)
     return float(np.median(times) * 1e3)
 
 
-def compare_onnx(path: Path, precision: str, x: np.ndarray, ref: np.ndarray, labels: np.ndarray | None,
-                 thresholds: Thresholds) -> ArtifactResult:
-    from . import onnx_io
+def compare_onnx(path: Path, precision: str, images: Sequence[np.ndarray], ref: np.ndarray,
+                 labels: np.ndarray | None, thresholds: Thresholds) -> ArtifactResult:
+    """Open the artifact as a user will (the runtime's backend loader, the Classifier's preprocessing from the
+    card it carries) and score it against the source model's outputs ``ref`` on the same decoded images."""
+    from ..runtime.classifier import Classifier
 
     t0 = time.perf_counter()
-    sess = onnx_io.session(path)
-    out = onnx_io.run(sess, x)
     res = ArtifactResult(str(path), "onnx", precision, path.stat().st_size)
-    _score(res, out, ref, labels)
-    res.latency_ms_b1 = latency_ms(sess, x[:1])
+    with Classifier(path, backend="ort-cpu", threads=1) as clf:
+        _score(res, _outputs(clf, images), ref, labels)
+        res.latency_ms_b1 = _latency_ms(clf, images[0])
     res.failures = thresholds.check(precision, res.max_abs_diff, res.top1_agreement, res.accuracy_drop)
     res.passed = not res.failures
     res.seconds = round(time.perf_counter() - t0, 3)
@@ -116,7 +171,7 @@ def table(results: list[ArtifactResult]) -> str:
     def pct(v: float | None) -> str:
         return "-" if v is None else f"{v * 100:.2f}%"
 
-    rows = [("artifact", "prec", "max|diff|", "top1 agree", "accuracy", "keras acc", "size", "ms@b1", "check")]
+    rows = [("artifact", "prec", "max|diff|", "top1 agree", "accuracy", "source acc", "size", "ms@b1", "check")]
     for r in results:
         verdict = {True: "ok", False: "FAIL", None: "n/a"}[r.passed]
         rows.append((Path(r.path).name, r.precision, "-" if r.max_abs_diff is None else f"{r.max_abs_diff:.2e}",
@@ -134,33 +189,24 @@ def _size(n: int) -> str:
     return str(n)
 
 
-def compare_engine(path: Path, precision: str, x: np.ndarray, ref: np.ndarray, labels: np.ndarray | None,
-                   thresholds: Thresholds) -> ArtifactResult:
-    """Run an engine through the runtime's TensorRT backend where this machine can (a GPU it was built for,
-    TensorRT of the same flavour and version, cuda-python); otherwise say why it was not run."""
-    from ..errors import BackendUnavailable, CnnEdgeError, first_line
+def compare_engine(path: Path, precision: str, images: Sequence[np.ndarray], ref: np.ndarray,
+                   labels: np.ndarray | None, thresholds: Thresholds) -> ArtifactResult:
+    """Run an engine through the runtime (TensorRT backend, Classifier preprocessing) where this machine can (a
+    GPU it was built for, TensorRT of the same flavour and version, cuda-python); otherwise say why it was not."""
+    from ..errors import CnnEdgeError, first_line
+    from ..runtime.classifier import Classifier
 
     res = ArtifactResult(str(path), "engine", precision, path.stat().st_size)
     t0 = time.perf_counter()
     try:
-        from ..runtime.backends.trt import TrtBackend
-
-        backend = TrtBackend(path)
-    except (BackendUnavailable, CnnEdgeError, ImportError) as exc:
+        clf = Classifier(path, backend="trt")
+    except (CnnEdgeError, ImportError) as exc:
         res.note = f"not run here ({first_line(exc, 200)})"
         return res
-    try:
-        out = np.asarray(backend.infer(x), dtype=np.float32)
-        _score(res, out, ref, labels)
-        times = []
-        for _ in range(50):
-            t = time.perf_counter()
-            backend.infer(x[:1])
-            times.append(time.perf_counter() - t)
-        res.latency_ms_b1 = float(np.median(times) * 1e3)
+    with clf:
+        _score(res, _outputs(clf, images), ref, labels)
+        res.latency_ms_b1 = _latency_ms(clf, images[0])
         res.note = "GPU latency through the runtime's TensorRT backend"
-    finally:
-        backend.close()
     res.failures = thresholds.check(precision, None, res.top1_agreement, res.accuracy_drop)
     res.passed = not res.failures
     res.seconds = round(time.perf_counter() - t0, 3)

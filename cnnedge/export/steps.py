@@ -14,12 +14,12 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ..card import ModelCard, now_iso, sha256_file
-from ..errors import ExportError, UsageError
+from ..errors import CnnEdgeError, ExportError, OptionError, UsageError, first_line
 from .parity import ArtifactResult, Thresholds
 
 INPUT_DTYPES = ("uint8", "float32")
@@ -43,6 +43,7 @@ class ExportReport:
     artifacts: list[ArtifactResult] = field(default_factory=list)
     steps: list[dict[str, Any]] = field(default_factory=list)
     cleanup: dict[str, Any] | None = None
+    card_check: dict[str, Any] | None = None  # parity.CardCheck: is the card true to the model (labels needed)
     calibration: dict[str, Any] | None = None
     verify: dict[str, Any] | None = None
     thresholds: dict[str, float] = field(default_factory=dict)
@@ -53,11 +54,16 @@ class ExportReport:
 
     @property
     def passed(self) -> bool:
-        return all(a.passed is not False for a in self.artifacts)
+        return all(a.passed is not False for a in self.artifacts) and not self._card_failures
 
     @property
     def failures(self) -> list[str]:
-        return [f"{Path(a.path).name}: {'; '.join(a.failures)}" for a in self.artifacts if a.passed is False]
+        return self._card_failures + [f"{Path(a.path).name}: {'; '.join(a.failures)}" for a in self.artifacts
+                                      if a.passed is False]
+
+    @property
+    def _card_failures(self) -> list[str]:
+        return [f"model card: {f}" for f in (self.card_check or {}).get("failures", [])]
 
     def artifact(self, name: str) -> ArtifactResult:
         for a in self.artifacts:
@@ -113,29 +119,30 @@ class ExportOptions:
     cleanup: bool = True
     trust: bool = False
     force: bool = False
+    describe: Any = None  # sources.Description: a model from elsewhere, without a card
 
     def __post_init__(self) -> None:
         from .engine import Profile
         from .int8 import METHODS
 
         if self.input_dtype not in INPUT_DTYPES:
-            raise UsageError(f"--input {self.input_dtype!r}; expected one of {', '.join(INPUT_DTYPES)}")
+            raise OptionError("input_dtype", f"{self.input_dtype!r}; expected one of {', '.join(INPUT_DTYPES)}")
         if self.calib_method not in METHODS:
             import difflib
 
             close = difflib.get_close_matches(self.calib_method, METHODS, n=1)
-            raise UsageError(f"--calib-method {self.calib_method!r}; expected one of {', '.join(METHODS)}"
-                             + (f" (did you mean {close[0]!r}?)" if close else ""))
-        for flag, n in (("--calib-size", self.calib_size), ("--verify-size", self.verify_size),
-                        ("--workspace", self.workspace_mib)):
+            raise OptionError("calib_method", f"{self.calib_method!r}; expected one of {', '.join(METHODS)}"
+                              + (f" (did you mean {close[0]!r}?)" if close else ""))
+        for name in ("calib_size", "verify_size", "workspace_mib"):
+            n = getattr(self, name)
             if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-                raise UsageError(f"{flag} must be a positive integer, found {n!r}")
+                raise OptionError(name, f"must be a positive integer, found {n!r}")
         if self.opset is not None and not 13 <= self.opset <= 21:
-            raise UsageError(f"--opset {self.opset}: expected 13..21 (Q/DQ per-channel needs 13; default 17)")
+            raise OptionError("opset", f"{self.opset}: expected 13..21 (Q/DQ per-channel needs 13; default 17)")
         if not isinstance(self.batch, Profile):
             object.__setattr__(self, "batch", Profile.parse(self.batch))
         if self.gpu and not self.engine:
-            raise UsageError("--gpu applies to --engine builds; add --engine or drop --gpu")
+            raise OptionError("gpu", "applies to {engine} builds; add {engine} or drop {gpu}")
 
 
 @dataclass
@@ -145,13 +152,13 @@ class _Job:
     opts: ExportOptions
     report: ExportReport
     timer: "_Steps"
-    model: Any
-    card: ModelCard  # as trained
+    source: Any  # sources.KerasSource | sources.OnnxSource
+    card: ModelCard  # the source model's
     base_card: ModelCard  # as exported: input dtype, provenance
     out: Path
-    staging: Path
-    x: Any  # verification images as the artifacts take them
-    ref: Any  # Keras outputs on them
+    staging: Path  # the hidden folder the steps write into (set by _write)
+    x: Any  # verification images as the FP32 graph takes them (the cleanup step's probe)
+    ref: Any  # the source model's outputs on them, fed as it expects
     vset: Any
     cset: Any
     kit: Any
@@ -160,73 +167,122 @@ class _Job:
     graph_sha: str = ""
 
 
-def export(model_path: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, fp16: bool = False,
-           int8: bool = False, engine: bool = False, input_dtype: str = "uint8", calib: str | None = None,
-           calib_size: int = 300, calib_method: str = "entropy", verify: str | None = None,
-           verify_size: int = 1000, batch: Any = "1,8,32", gpu: str | None = None, workspace_mib: int = 1024,
-           timing_cache: str | os.PathLike | None = None, triton: str | os.PathLike | None = None,
-           thresholds: Thresholds | None = None, opset: int | None = None, cleanup: bool = True,
-           trust: bool = False, force: bool = False, check: bool = True,
-           progress: Callable[[str], None] | None = None) -> ExportReport:
-    """Export a Keras model to ONNX FP32 (always), FP16 / INT8 ONNX and TensorRT engines, each checked against Keras.
+def export(model_path: str | os.PathLike, out_dir: str | os.PathLike | None = None,
+           options: ExportOptions | None = None, *, check: bool = True,
+           progress: Callable[[str], None] | None = None, **option_values: Any) -> ExportReport:
+    """Export a Keras model to ONNX FP32 (always), FP16 / INT8 ONNX and TensorRT engines, each checked against it.
 
-    Writes into ``out_dir`` (default: the model's folder); the options are those of ``cnn-export`` (see
-    :class:`ExportOptions`). Returns the :class:`ExportReport` (also written as ``export_report.json``). With
-    ``check`` (the default) a missed parity threshold raises :class:`ParityFailure` after the files and the
-    report are written. ``progress`` receives one line per step.
+    Writes into ``out_dir`` (default: the model's folder). The options are an :class:`ExportOptions` or its
+    fields as keywords (``export(path, fp16=True, int8=True)``). Returns the :class:`ExportReport` (also written
+    as ``export_report.json``). With ``check`` (the default) a missed parity threshold raises
+    :class:`ParityFailure` after the files and the report are written. ``progress`` receives one line per step.
     """
-    opts = ExportOptions(fp16=fp16, int8=int8, engine=engine, input_dtype=input_dtype, calib=calib,
-                         calib_size=calib_size, calib_method=calib_method, verify=verify, verify_size=verify_size,
-                         batch=batch, gpu=gpu, workspace_mib=workspace_mib, timing_cache=timing_cache,
-                         triton=triton, thresholds=thresholds or Thresholds(), opset=opset, cleanup=cleanup,
-                         trust=trust, force=force)
-    return run(model_path, out_dir, opts, check=check, progress=progress)
+    if options is None:
+        names = {f.name for f in fields(ExportOptions)}
+        unknown = sorted(set(option_values) - names)
+        if unknown:
+            raise UsageError(f"export() takes no option {', '.join(unknown)} (options: {', '.join(sorted(names))})")
+        options = ExportOptions(**option_values)
+    elif option_values:
+        raise UsageError("export(): give either an ExportOptions or option keywords, not both")
+    return run(model_path, out_dir, options, check=check, progress=progress)
 
 
 def run(model_path: str | os.PathLike, out_dir: str | os.PathLike | None, opts: ExportOptions, *,
         check: bool = True, progress: Callable[[str], None] | None = None) -> ExportReport:
-    """:func:`export` with the options as one :class:`ExportOptions`."""
-    from ..atomic import refuse_overwrite
-    from ..keras_io import check_model_file, load_card_for, load_keras_model
-    from .engine import parse_gpus, toolkit
+    """:func:`export` with the options as one :class:`ExportOptions`.
 
-    model_path = Path(model_path)
+    A failure that is not already a :class:`~cnnedge.errors.CnnEdgeError` (a library's bug or limit) becomes
+    one :class:`ExportError` naming the step, the model and the library's message; the original is chained.
+    """
+    steps = _Steps(None, progress or (lambda _msg: None))
+    try:
+        return _run(Path(model_path), out_dir, opts, check, steps)
+    except (CnnEdgeError, KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as exc:
+        if isinstance(exc, OSError) and exc.filename is not None:
+            raise  # a file the user named or a full disk: the CLI names the file
+        what = "model card nested too deeply" if isinstance(exc, RecursionError) else first_line(exc)
+        raise ExportError(f"{steps.current or 'preparing the export'} failed for {model_path}: "
+                          f"{type(exc).__name__}: {what} (run with --traceback for the details)") from exc
+
+
+def _run(model_path: Path, out_dir: str | os.PathLike | None, opts: ExportOptions, check: bool,
+         timer: "_Steps") -> ExportReport:
+    from ..atomic import refuse_overwrite
+    from .engine import parse_gpus, toolkit
+    from .keras2onnx import exported_card
+    from .parity import check_card
+
     kit = gpus = None
     if opts.engine:
         kit = toolkit()
         gpus = parse_gpus(opts.gpu, kit.flavour)
-    check_model_file(model_path, opts.trust)
+    from .sources import open_source, source_inputs
+
     out = Path(out_dir) if out_dir is not None else model_path.parent
     if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out}: exists and is not a folder")
+        raise OptionError("out_dir", f"{out}: exists and is not a folder")
+    if out.is_dir():
+        from .commit import roll_forward
+
+        roll_forward(out)  # an export killed while putting its files in place: complete it first
     for name in planned_outputs(opts.fp16, opts.int8, opts.engine):
+        if (out / name).resolve() == model_path.resolve():
+            raise OptionError("out_dir", f"{out}: the export would write {name} over the model it exports; choose "
+                                         "another output folder")
         refuse_overwrite(out / name, opts.force)
     # --- load: nothing is written until every input has been read and checked ------------------------------
     report = ExportReport(model=str(model_path), out_dir=str(out), thresholds=asdict(opts.thresholds),
                           created=now_iso(), versions=_versions(kit))
-    timer = _Steps(report, progress or (lambda _msg: None))
-    with timer("load Keras model"):
-        model = load_keras_model(model_path, trust=opts.trust)
-    card = load_card_for(model_path)
-    from .keras2onnx import check_image_model
+    timer.report = report
+    with timer("read model card"):  # before the model: a bad card or a missing description costs no load
+        source = open_source(model_path, opts.describe, opts.trust)
+    described = source.card is None
+    try:
+        with timer(f"load {source.kind} model"):
+            card = source.load()
+        if opts.triton is not None:
+            _check_triton(Path(opts.triton), card, opts)
+        vset, cset = _read_images(opts, card, timer, report)
+        with timer(f"{source.kind} reference outputs"):
+            ref = source.predict(source_inputs(vset.images, card))
+        if described and opts.describe is not None and opts.describe.output is None:
+            card = card.replace(output=_output_kind(ref))
+        if vset.labels is not None:
+            with timer("card check (labelled images)"):
+                acc = float((ref.argmax(1) == vset.labels).mean())
+                report.card_check = asdict(check_card(source.predict, vset.images, vset.labels, card, acc))
+        prov = {"source_sha256": sha256_file(model_path), "parent": model_path.name,
+                "versions": {**card.provenance.versions, **report.versions}}
+        if described:
+            prov["created"] = report.created
+        base_card = exported_card(card, opts.input_dtype).replace(precision="fp32", provenance=prov)
+        x = vset.inputs(base_card.input, base_card)
+        return _write(_Job(opts, report, timer, source, card, base_card, out, out, x, ref, vset, cset, kit, gpus),
+                      check)
+    finally:
+        close = getattr(source, "close", None)
+        if close is not None:
+            close()
 
-    check_image_model(model, card)
-    if opts.triton is not None:
-        _check_triton(Path(opts.triton), card, opts)
-    vset, cset = _read_images(opts, card, timer, report)
-    from .data import pixel_spec
-    from .parity import keras_outputs
 
-    with timer("Keras reference outputs"):
-        ref = keras_outputs(model, vset.inputs(pixel_spec(card, "float32"), card))
-        x = vset.inputs(pixel_spec(card, opts.input_dtype), card)
-    base_card = card.replace(input={"dtype": opts.input_dtype}, precision="fp32",
-                             provenance={"source_sha256": sha256_file(model_path), "parent": model_path.name,
-                                         "versions": {**card.provenance.versions, **report.versions}})
+def _output_kind(ref: Any) -> str:
+    """probabilities when every row is a distribution, else logits (a described model that did not say)."""
+    import numpy as np
+
+    rows = ref.astype(np.float64)
+    probs = np.all(rows >= -1e-6) and np.all(rows <= 1 + 1e-6) and np.allclose(rows.sum(1), 1.0, atol=1e-3)
+    return "probabilities" if probs else "logits"
+
+
+def _write(job: _Job, check: bool) -> ExportReport:
+    """Every step into a staging folder, then everything into place at once; the report; the verdict."""
+    opts, report, timer, out = job.opts, job.report, job.timer, job.out
     out.mkdir(parents=True, exist_ok=True)
     sweep_stale_staging(out)
-    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=out))
-    job = _Job(opts, report, timer, model, card, base_card, out, staging, x, ref, vset, cset, kit, gpus)
+    staging = job.staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=out))
     try:
         _to_onnx(job)
         if opts.fp16:
@@ -239,14 +295,14 @@ def run(model_path: str | os.PathLike, out_dir: str | os.PathLike | None, opts: 
         from ..atomic import write_text
 
         write_text(staging / REPORT_NAME, json.dumps(report.to_dict(), indent=2) + "\n")
-        for f in sorted(staging.iterdir()):  # everything succeeded: move into place, file by file
-            if f.is_file():
-                os.replace(f, out / f.name)
+        from .commit import commit
+
+        commit(staging, out)  # everything succeeded: into place, all or nothing (see .commit)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if opts.triton is not None:
         with timer("Triton model repository"):
-            report.triton = _write_triton(Path(opts.triton), report, base_card, opts.batch, opts.force)
+            report.triton = _write_triton(Path(opts.triton), report, job.base_card, opts.batch, opts.force)
         from ..atomic import write_text
 
         write_text(out / REPORT_NAME, json.dumps(report.to_dict(), indent=2) + "\n")
@@ -303,22 +359,23 @@ def _read_images(opts: ExportOptions, card: ModelCard, timer: "_Steps", report: 
                 cset = load_images(opts.calib, card, "train", opts.calib_size, "--calib")
             except UsageError as exc:
                 if opts.calib is None:
-                    raise UsageError(f"--int8 needs calibration images and none are available: {exc}") from None
+                    raise OptionError("int8", f"needs calibration images and none are available: {exc}") from None
                 raise
     return vset, cset
 
 
 def _to_onnx(job: _Job) -> None:
     from . import onnx_io
-    from .keras2onnx import DEFAULT_OPSET, keras_to_onnx
+    from .keras2onnx import DEFAULT_OPSET
 
-    with job.timer("Keras -> ONNX (tf2onnx)"):
-        proto = keras_to_onnx(job.model, job.card, job.opts.input_dtype, job.opts.opset or DEFAULT_OPSET)
+    step = "Keras -> ONNX (tf2onnx)" if job.source.kind == "Keras" else "ONNX -> uint8-input ONNX"
+    with job.timer(step):
+        proto = job.source.to_onnx(job.card, job.opts.input_dtype, job.opts.opset or DEFAULT_OPSET)
     if job.opts.cleanup:
         with job.timer("graph cleanup (onnxslim)"):
             from .cleanup import simplify
 
-            proto, res = simplify(proto, job.x[:64])
+            proto, res = simplify(proto, job.x[:job.source.fixed_batch or 64])
             job.report.cleanup = asdict(res)
     onnx_io.canonical_names(proto)
     job.graph_sha = hashlib.sha256(proto.graph.SerializeToString()).hexdigest()
@@ -342,15 +399,25 @@ def _to_int8(job: _Job) -> None:
     import onnx
 
     from . import onnx_io
-    from .data import pixel_spec
     from .int8 import cache_name, quantize
 
-    cset, method = job.cset, job.opts.calib_method
+    cset, method, fixed = job.cset, job.opts.calib_method, job.source.fixed_batch
+    if fixed and len(cset) % fixed:  # a fixed-batch graph is calibrated in whole batches
+        from .data import ImageSet
+
+        keep = len(cset) - len(cset) % fixed
+        if keep == 0:
+            raise OptionError("calib_size", f"{len(cset)} images; the model takes batches of {fixed}: give at "
+                                            f"least {fixed}")
+        cset = ImageSet(cset.images[:keep], None if cset.labels is None else cset.labels[:keep], cset.source,
+                        cset.skipped)
     with job.timer(f"INT8 ONNX (calibrating on {len(cset)} images, {method})"):
-        spec = pixel_spec(job.card, job.opts.input_dtype)
-        name = cache_name(job.graph_sha, cset.fingerprint(spec, job.card), method)
+        card = job.base_card  # the FP32 graph's: its input is what calibration feeds
+        spec = card.input
+        name = cache_name(job.graph_sha, cset.fingerprint(spec, card), method)
         target = job.staging / ONNX_NAMES["int8"]
-        res = quantize(job.paths["fp32"], target, cset, job.card, spec, method, job.out / name, job.staging / name)
+        res = quantize(job.paths["fp32"], target, cset, card, spec, method, job.out / name, job.staging / name,
+                       batch=fixed)
         info = {**cset.describe(), "method": method, "data_sha256": res.data_sha256, "cache_file": res.cache_file,
                 "cache_hit": res.cache_hit}
         job.report.calibration = info
@@ -364,7 +431,7 @@ def _check_onnx(job: _Job) -> None:
 
     for precision, p in job.paths.items():
         with job.timer(f"parity {p.name}"):
-            r = compare_onnx(p, precision, job.x, job.ref, job.vset.labels, job.opts.thresholds)
+            r = compare_onnx(p, precision, job.vset.images, job.ref, job.vset.labels, job.opts.thresholds)
             r.path = str(job.out / p.name)
             job.report.artifacts.append(r)
 
@@ -377,20 +444,29 @@ def _build_engines(job: _Job) -> None:
     from .parity import compare_engine
 
     kit, gpus, opts = job.kit, job.gpus, job.opts
+    profile = opts.batch
+    if job.source.fixed_batch:  # the graph takes one batch size: the profile is that size
+        from .engine import Profile
+
+        n = job.source.fixed_batch
+        profile = Profile(n, n, n)
+        if profile != opts.batch:
+            job.timer.say(f"the model takes batches of {n} only: engine profile {n},{n},{n} instead of --batch "
+                          f"{opts.batch.min},{opts.batch.opt},{opts.batch.max}")
     cache = Path(opts.timing_cache) if opts.timing_cache else job.out / "tensorrt.timing.cache"
     job.report.engines = {"flavour": kit.flavour, "version": kit.version, "gpus": list(gpus),
-                          "profile": opts.batch.as_dict(), "workspace_mib": opts.workspace_mib,
+                          "profile": profile.as_dict(), "workspace_mib": opts.workspace_mib,
                           "timing_cache": None if kit.flavour == "tensorrt_rtx" else str(cache)}
     for precision in engine_precisions(opts.fp16, opts.int8):
         source = job.paths[precision]
         target = job.staging / ENGINE_NAMES[precision]
         with job.timer(f"{kit.flavour} engine {target.name} for {','.join(gpus)}"):
             t0 = time.perf_counter()
-            build(source, target, onnx_io.card_from_model(onnx.load(str(source))), kit, gpus, opts.batch,
+            build(source, target, onnx_io.card_from_model(onnx.load(str(source))), kit, gpus, profile,
                   opts.workspace_mib, cache)
             built = round(time.perf_counter() - t0, 3)
         with job.timer(f"parity {target.name}"):
-            r = compare_engine(target, precision, job.x, job.ref, job.vset.labels, opts.thresholds)
+            r = compare_engine(target, precision, job.vset.images, job.ref, job.vset.labels, opts.thresholds)
             r.path = str(job.out / target.name)
             if r.passed is None:
                 r.note = (f"built for {','.join(gpus)} with {kit.flavour} {kit.version}; {r.note}: it is built "
@@ -437,16 +513,20 @@ def _write_triton(repo: Path, report: ExportReport, card: ModelCard, profile: An
 class _Steps:
     """Times each step, reports progress, records it in the report."""
 
-    def __init__(self, report: ExportReport, say: Callable[[str], None]):
+    def __init__(self, report: ExportReport | None, say: Callable[[str], None]):
         self.report, self.say = report, say
+        self.current: str | None = None  # the step running now (named in an unexpected failure)
 
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[None]:
+        self.current = name
         self.say(f"{name} ...")
         t0 = time.perf_counter()
         yield
         dt = time.perf_counter() - t0
-        self.report.steps.append({"step": name, "seconds": round(dt, 3)})
+        self.current = None
+        if self.report is not None:
+            self.report.steps.append({"step": name, "seconds": round(dt, 3)})
         self.say(f"{name}: {dt:.1f} s")
 
 

@@ -1,0 +1,81 @@
+"""Putting an export's files in place all or nothing: a commit record, written before the first rename.
+
+The steps write everything into a staging folder inside the output folder. Only when every step has
+succeeded does :func:`commit` write ``.cnn-export-commit.json`` (atomically) naming the staging folder
+and its files, rename them into place one by one, and remove the record. A kill during the renames
+leaves the record: :func:`pending` tells a reader that the folder holds a mixed set, and
+:func:`roll_forward` (run by the next cnn-export into that folder, before anything else) completes the
+renames from the staging folder, so the folder ends with the whole new set. Standard library only, so
+the runtime can check :func:`pending` without loading the exporter.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+RECORD = ".cnn-export-commit.json"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _read(folder: Path) -> dict | None:
+    try:
+        data = json.loads((folder / RECORD).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {"pid": 0, "staging": "", "files": []}  # unreadable: treated as interrupted, nothing to move
+    return data if isinstance(data, dict) else {"pid": 0, "staging": "", "files": []}
+
+
+def pending(folder: str | os.PathLike) -> str | None:
+    """A one-line reason when ``folder`` holds a set of artifacts an interrupted export left half-renamed."""
+    data = _read(Path(folder))
+    if data is None or (isinstance(data.get("pid"), int) and data["pid"] != os.getpid() and _alive(data["pid"])):
+        return None
+    return (f"{folder}: an export into this folder was interrupted while putting its files in place, so they "
+            "mix two exports; run cnn-export again (it completes the interrupted one first)")
+
+
+def commit(staging: Path, out: Path) -> list[str]:
+    """Move every file of ``staging`` into ``out``, recorded first so that a kill midway can be completed."""
+    from ..atomic import write_text
+
+    names = sorted(f.name for f in staging.iterdir() if f.is_file())
+    write_text(out / RECORD, json.dumps({"pid": os.getpid(), "staging": staging.name, "files": names}) + "\n")
+    for name in names:
+        os.replace(staging / name, out / name)
+    (out / RECORD).unlink()
+    return names
+
+
+def roll_forward(out: Path) -> list[str]:
+    """Complete a commit that a killed export left (its process is gone); returns the files moved now."""
+    data = _read(out)
+    if data is None:
+        return []
+    pid = data.get("pid")
+    if isinstance(pid, int) and pid != os.getpid() and _alive(pid):
+        return []  # that export is still committing
+    moved = []
+    staging = out / str(data.get("staging") or "")
+    files = data.get("files") if isinstance(data.get("files"), list) else []
+    if data.get("staging") and staging.is_dir() and staging.parent == out:
+        for name in files:
+            src = staging / str(name)
+            if isinstance(name, str) and "/" not in name and src.is_file():
+                os.replace(src, out / name)
+                moved.append(name)
+        shutil.rmtree(staging, ignore_errors=True)
+    (out / RECORD).unlink(missing_ok=True)
+    return moved
