@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 FLAGS = {"input_dtype": "--input", "calib_method": "--calib-method", "calib_size": "--calib-size",
          "verify_size": "--verify-size", "workspace_mib": "--workspace", "timing_cache": "--timing-cache",
-         "out_dir": "--out", "cleanup": "--no-cleanup"}  # ExportOptions fields whose flag is not --<name>
+         "out_dir": "--out", "cleanup": "--no-cleanup", "rgb": "--rgb/--no-rgb"}  # fields whose flag is not --<name>
 
 
 def flag(option: str) -> str:
