@@ -372,6 +372,11 @@ def test_export_killed_during_its_final_renames_is_completed_by_the_next(tmp_pat
         os.replace(staging / n, out / n)
     assert {(out / n).read_text() for n in names} == {"old", "new"}
     assert "interrupted" in (pending(out) or "")
+    from cnnedge.errors import ModelLoadError
+    from cnnedge.runtime.backends import load_backend
+
+    with pytest.raises(ModelLoadError, match="interrupted while putting its files in place"):
+        load_backend(out / "model.onnx", "ort-cpu")  # the runtime refuses the mixed set
     assert roll_forward(out) == names[2:]
     assert [(out / n).read_text() for n in names] == ["new"] * 4
     assert pending(out) is None and listing(out) == sorted(names)

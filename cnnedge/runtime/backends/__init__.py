@@ -42,7 +42,7 @@ from typing import Any
 
 from ...artifacts import (BACKEND_CHOICES, KERAS_SUFFIXES, KINDS, TABLE, backend_info, check_options,
                           describe_suffixes, require_kind)
-from ...errors import BackendUnavailable, UsageError
+from ...errors import BackendUnavailable, ModelLoadError, UsageError
 from .base import Backend, Slot, TensorSpec, Timing, plan_batches
 
 BACKENDS = BACKEND_CHOICES  # "auto" and every backend of the table (cnnedge.artifacts)
@@ -86,6 +86,11 @@ def _open(path: str | os.PathLike, backend: str = "auto", **opts: Any) -> Backen
     if backend != "auto":
         backend_info(backend)
     kind = kind_of(path)
+    from ...export.commit import pending  # standard library only: loads no exporter
+
+    half_done = pending(Path(path).parent)
+    if half_done:
+        raise ModelLoadError(half_done)
     opts = {k: v for k, v in opts.items() if v is not None}
     wants = KINDS[kind].backends
     if backend == "auto":
