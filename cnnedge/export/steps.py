@@ -25,6 +25,7 @@ from .parity import ArtifactResult, Thresholds
 INPUT_DTYPES = ("uint8", "float32")
 REPORT_NAME = "export_report.json"
 ONNX_NAMES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+INT8_TRT_NAME = "model.int8.trt.onnx"  # the TensorRT-flavoured INT8 file (see export/int8.py)
 ENGINE_NAMES = {"fp32": "model.engine", "fp16": "model.fp16.engine", "int8": "model.int8.engine"}
 
 
@@ -80,7 +81,7 @@ class ExportReport:
 
 def planned_outputs(fp16: bool, int8: bool, engine: bool) -> list[str]:
     precisions = ["fp32"] + (["fp16"] if fp16 else []) + (["int8"] if int8 else [])
-    names = [ONNX_NAMES[p] for p in precisions]
+    names = [ONNX_NAMES[p] for p in precisions] + ([INT8_TRT_NAME] if int8 else [])
     for p in engine_precisions(fp16, int8) if engine else []:
         names += [ENGINE_NAMES[p], ENGINE_NAMES[p] + ".json"]
     return names + [REPORT_NAME]
@@ -101,6 +102,7 @@ class ExportOptions:
     calib: str | None = None
     calib_size: int = 300
     calib_method: str = "entropy"
+    int8_options: Any = None  # an int8.Int8Options; None: its defaults
     verify: str | None = None
     verify_size: int = 1000
     batch: Any = "1,8,32"  # "MIN,OPT,MAX" or an engine.Profile; a Profile after validation
@@ -132,6 +134,12 @@ class ExportOptions:
                 raise UsageError(f"{flag} must be a positive integer, found {n!r}")
         if self.opset is not None and not 13 <= self.opset <= 21:
             raise UsageError(f"--opset {self.opset}: expected 13..21 (Q/DQ per-channel needs 13; default 17)")
+        from .int8 import Int8Options
+
+        if self.int8_options is None:
+            object.__setattr__(self, "int8_options", Int8Options())
+        elif not isinstance(self.int8_options, Int8Options):
+            raise UsageError(f"int8_options must be an Int8Options, found {type(self.int8_options).__name__}")
         if not isinstance(self.batch, Profile):
             object.__setattr__(self, "batch", Profile.parse(self.batch))
         if self.gpu and not self.engine:
@@ -162,8 +170,8 @@ class _Job:
 
 def export(model_path: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, fp16: bool = False,
            int8: bool = False, engine: bool = False, input_dtype: str = "uint8", calib: str | None = None,
-           calib_size: int = 300, calib_method: str = "entropy", verify: str | None = None,
-           verify_size: int = 1000, batch: Any = "1,8,32", gpu: str | None = None, workspace_mib: int = 1024,
+           calib_size: int = 300, calib_method: str = "entropy", int8_options: Any = None,
+           verify: str | None = None, verify_size: int = 1000, batch: Any = "1,8,32", gpu: str | None = None, workspace_mib: int = 1024,
            timing_cache: str | os.PathLike | None = None, triton: str | os.PathLike | None = None,
            thresholds: Thresholds | None = None, opset: int | None = None, cleanup: bool = True,
            trust: bool = False, force: bool = False, check: bool = True,
@@ -176,8 +184,8 @@ def export(model_path: str | os.PathLike, out_dir: str | os.PathLike | None = No
     report are written. ``progress`` receives one line per step.
     """
     opts = ExportOptions(fp16=fp16, int8=int8, engine=engine, input_dtype=input_dtype, calib=calib,
-                         calib_size=calib_size, calib_method=calib_method, verify=verify, verify_size=verify_size,
-                         batch=batch, gpu=gpu, workspace_mib=workspace_mib, timing_cache=timing_cache,
+                         calib_size=calib_size, calib_method=calib_method, int8_options=int8_options, verify=verify,
+                         verify_size=verify_size, batch=batch, gpu=gpu, workspace_mib=workspace_mib, timing_cache=timing_cache,
                          triton=triton, thresholds=thresholds or Thresholds(), opset=opset, cleanup=cleanup,
                          trust=trust, force=force)
     return run(model_path, out_dir, opts, check=check, progress=progress)
@@ -339,32 +347,28 @@ def _to_fp16(job: _Job) -> None:
 
 
 def _to_int8(job: _Job) -> None:
-    import onnx
-
-    from . import onnx_io
     from .data import pixel_spec
-    from .int8 import cache_name, quantize
+    from .int8 import CPU, FILE_NAMES, TENSORRT, cache_name, fingerprint, quantize
 
     cset, method = job.cset, job.opts.calib_method
     with job.timer(f"INT8 ONNX (calibrating on {len(cset)} images, {method})"):
-        spec = pixel_spec(job.card, job.opts.input_dtype)
-        name = cache_name(job.graph_sha, cset.fingerprint(spec, job.card), method)
-        target = job.staging / ONNX_NAMES["int8"]
-        res = quantize(job.paths["fp32"], target, cset, job.card, spec, method, job.out / name, job.staging / name)
-        info = {**cset.describe(), "method": method, "data_sha256": res.data_sha256, "cache_file": res.cache_file,
-                "cache_hit": res.cache_hit}
-        job.report.calibration = info
-        q = onnx.load(str(target))
-        onnx_io.embed_card(q, job.base_card.replace(precision="int8", provenance={"calibration": info}))
-        job.paths["int8"] = onnx_io.save(q, target)
+        pixels = cset.inputs(pixel_spec(job.card, job.opts.input_dtype), job.card)  # preprocessed once
+        data_sha = fingerprint(pixels)
+        name = cache_name(job.graph_sha, data_sha, method)
+        card = job.base_card.replace(precision="int8", provenance={"calibration": cset.describe()})
+        res = quantize(job.paths["fp32"], job.staging, pixels, data_sha, card, method, job.out / name,
+                       job.staging / name, job.opts.int8_options)
+        job.report.calibration = {**cset.describe(), **res.describe()}
+        job.paths["int8"] = job.staging / FILE_NAMES[CPU]
+        job.paths["int8-trt"] = job.staging / FILE_NAMES[TENSORRT]  # what TensorRT builds the INT8 engine from
 
 
 def _check_onnx(job: _Job) -> None:
     from .parity import compare_onnx
 
-    for precision, p in job.paths.items():
+    for key, p in job.paths.items():
         with job.timer(f"parity {p.name}"):
-            r = compare_onnx(p, precision, job.x, job.ref, job.vset.labels, job.opts.thresholds)
+            r = compare_onnx(p, key.split("-")[0], job.x, job.ref, job.vset.labels, job.opts.thresholds)
             r.path = str(job.out / p.name)
             job.report.artifacts.append(r)
 
@@ -382,7 +386,7 @@ def _build_engines(job: _Job) -> None:
                           "profile": opts.batch.as_dict(), "workspace_mib": opts.workspace_mib,
                           "timing_cache": None if kit.flavour == "tensorrt_rtx" else str(cache)}
     for precision in engine_precisions(opts.fp16, opts.int8):
-        source = job.paths[precision]
+        source = job.paths.get(f"{precision}-trt", job.paths[precision])
         target = job.staging / ENGINE_NAMES[precision]
         with job.timer(f"{kit.flavour} engine {target.name} for {','.join(gpus)}"):
             t0 = time.perf_counter()
@@ -416,6 +420,8 @@ def _write_triton(repo: Path, report: ExportReport, card: ModelCard, profile: An
     written = []
     for a in report.artifacts:
         p = Path(a.path)
+        if a.kind == "onnx" and p.name == INT8_TRT_NAME:
+            continue  # Triton's ONNX Runtime model is model.int8.onnx; TensorRT takes the plan
         if a.kind == "onnx":
             import onnx
 
