@@ -52,6 +52,8 @@ METHODS = ("entropy", "minmax", "percentile")
 ACTIVATIONS = ("uint8", "int8")
 TENSORRT_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 CANDIDATE_OPS = ("Gemm", "MatMul")
+TAIL_OPS = ("Softmax", "Sigmoid", "Relu", "Clip", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose",
+            "Identity")
 CACHE_PREFIX = "model.int8.calib-"
 CPU = "onnxruntime-cpu"
 TENSORRT = "tensorrt"
@@ -218,13 +220,11 @@ def quantize(fp32_path: Path, out_dir: Path, pixels: np.ndarray, data_sha256: st
             return target
 
         # the CPU flavour first, with every tensor calibrated: its ranges cover the TensorRT flavour's too
-        exclude = list(options.float_layers)
+        exclude = with_tail(graph, options.float_layers)
         cpu = run(CPU, exclude, tmp / "cpu.onnx")
         measured = _measure_candidates(graph, exclude, options, pixels, fp32_path, cpu,
                                        lambda ex, name: run(CPU, ex, tmp / name))
-        for m in measured:
-            if m.kept_float:
-                exclude.append(m.node)
+        exclude = with_tail(graph, [*exclude, *(m.node for m in measured if m.kept_float)])
         if any(m.kept_float for m in measured):
             cpu = run(CPU, exclude, tmp / "cpu-final.onnx")
         trt = run(TENSORRT, exclude, tmp / "trt.onnx")
@@ -243,13 +243,32 @@ def quantize(fp32_path: Path, out_dir: Path, pixels: np.ndarray, data_sha256: st
     return result
 
 
+def with_tail(graph: Any, names: Any) -> list[str]:
+    """``names`` and the nodes after them up to the next op that computes (Softmax, Relu, reshapes...): a layer
+    kept float must not have its output quantized for its consumer, or ONNX Runtime fuses it back into an
+    integer kernel (DQ -> Gemm -> Q)."""
+    consumers: dict[str, list[Any]] = collections.defaultdict(list)
+    for n in graph.node:
+        for i in n.input:
+            consumers[i].append(n)
+    out = list(dict.fromkeys(names))
+    stack = [n for n in graph.node if n.name in out]
+    while stack:
+        for o in stack.pop().output:
+            for c in consumers[o]:
+                if c.op_type in TAIL_OPS and c.name not in out:
+                    out.append(c.name)
+                    stack.append(c)
+    return out
+
+
 def _measure_candidates(graph: Any, exclude: list[str], options: Int8Options, pixels: np.ndarray, fp32_path: Path,
                         quantized: Path, requantize: Any) -> list[LayerChoice]:
     """Agreement with FP32 on the calibration images with each candidate layer quantized and kept float."""
     from . import onnx_io
 
-    linear = [n for n in graph.node if n.op_type in CANDIDATE_OPS and n.name not in exclude]
-    if not linear:
+    linear = [n for n in graph.node if n.op_type in CANDIDATE_OPS]
+    if not linear or linear[-1].name in exclude:
         return []
     last = linear[-1]  # the classifier head: its logits decide top-1
     ref = onnx_io.run(onnx_io.session(fp32_path), pixels).argmax(1)
@@ -258,6 +277,6 @@ def _measure_candidates(graph: Any, exclude: list[str], options: Int8Options, pi
         return float(np.mean(onnx_io.run(onnx_io.session(path), pixels).argmax(1) == ref))
 
     with_q = agreement(quantized)
-    without = agreement(requantize([*exclude, last.name], "cpu-candidate.onnx"))
+    without = agreement(requantize(with_tail(graph, [*exclude, last.name]), "cpu-candidate.onnx"))
     return [LayerChoice(last.name, last.op_type, with_q, without,
                         without - with_q > options.max_agreement_cost)]
