@@ -182,3 +182,22 @@ def test_calibration_fingerprint_is_of_the_pixels_the_model_takes(demo):
     for i in range(0, len(pixels), 7):  # hashing in pieces gives the same digest
         h.update(np.ascontiguousarray(pixels[i:i + 7]).tobytes())
     assert fingerprint(pixels) == h.hexdigest() == report.calibration["data_sha256"]
+
+
+def test_auto_opens_the_int8_file_made_for_the_provider(demo, tmp_path):
+    import shutil
+
+    from cnnedge.runtime.backends import int8_file_for, load_backend
+
+    run, _, _ = demo
+    cpu, gpu = run / "model.int8.onnx", run / "model.int8.trt.onnx"
+    assert int8_file_for(cpu, "ort-cuda") == int8_file_for(cpu, "ort-trt") == gpu
+    assert int8_file_for(cpu, "ort-cpu") == cpu and int8_file_for(run / "model.onnx", "ort-trt") == run / "model.onnx"
+    alone = tmp_path / "model.int8.onnx"
+    shutil.copy(cpu, alone)
+    assert int8_file_for(alone, "ort-trt") == alone  # no TensorRT file beside it: the file given
+    with load_backend(cpu, threads=1) as be:  # no GPU provider here: the CPU file, as given
+        if be.name == "ort-cpu":
+            assert Path(be.path) == cpu
+        else:
+            assert Path(be.path) == gpu

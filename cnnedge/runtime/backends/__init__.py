@@ -24,8 +24,9 @@ and feeds fixed-batch models padded chunks of their size (:func:`plan_batches`),
 
 ``load_backend(path, backend="auto", **opts)`` chooses: ``.engine``/``.plan`` ->
 ``trt``; ``.onnx`` -> the best ONNX Runtime provider that starts (TensorRT EP,
-then CUDA EP, then CPU); ``.keras`` -> ``keras``. A named backend that is not
-installed or has no GPU is a :class:`~cnnedge.errors.BackendUnavailable`.
+then CUDA EP, then CPU; for a GPU provider ``model.int8.onnx`` is swapped for
+the ``model.int8.trt.onnx`` beside it, see :func:`int8_file_for`); ``.keras`` ->
+``keras``. A named backend that is not installed or has no GPU is a :class:`~cnnedge.errors.BackendUnavailable`.
 Options: ONNX Runtime ``threads``, ``fp16``, ``cache_dir``, ``device_id``;
 TensorRT ``device_id``; Keras ``trust``, ``custom_objects``.
 """
@@ -43,6 +44,7 @@ BACKENDS = ("auto", "ort-trt", "ort-cuda", "ort-cpu", "trt", "keras")
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 ONNX_SUFFIXES = (".onnx",)
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+INT8_CPU_SUFFIX, INT8_GPU_SUFFIX = ".int8.onnx", ".int8.trt.onnx"
 _OPTIONS = {
     "ort": {"threads", "fp16", "cache_dir", "device_id"},
     "trt": {"device_id"},
@@ -67,6 +69,18 @@ def kind_of(path: str | os.PathLike) -> str:
     if suffix in KERAS_SUFFIXES:
         return "keras"
     raise ModelLoadError(f"{p}: not a model file cnnedge knows (expected .onnx, .engine or .keras)")
+
+
+def int8_file_for(path: str | os.PathLike, backend: str) -> str | os.PathLike:
+    """The INT8 file written for ``backend``: ``cnn-export --int8`` writes ``model.int8.onnx`` for ONNX Runtime's
+    CPU provider (integer kernels) and ``model.int8.trt.onnx`` beside it (symmetric Q/DQ) for TensorRT and CUDA;
+    ``auto`` opens the one made for the provider it starts. Any other path is returned as it is."""
+    p = Path(path)
+    if backend in ("ort-trt", "ort-cuda") and p.name.endswith(INT8_CPU_SUFFIX):
+        gpu = p.with_name(p.name[:-len(INT8_CPU_SUFFIX)] + INT8_GPU_SUFFIX)
+        if gpu.is_file():
+            return gpu
+    return path
 
 
 def _opts(family: str, backend: str, opts: dict[str, Any]) -> dict[str, Any]:
@@ -103,7 +117,7 @@ def load_backend(path: str | os.PathLike, backend: str = "auto", **opts: Any) ->
                 if PROVIDERS[name] not in avail:
                     continue
                 try:
-                    return OrtBackend(path, name, **opts)
+                    return OrtBackend(int8_file_for(path, name), name, **opts)
                 except BackendUnavailable as exc:
                     errors.append(str(exc))
             raise BackendUnavailable("no ONNX Runtime provider could start: " + "; ".join(errors))
