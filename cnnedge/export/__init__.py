@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["export", "ExportOptions", "ExportReport", "ParityFailure", "Thresholds", "ArtifactResult", "read_card"]
+__all__ = ["export", "ExportOptions", "ExportReport", "ParityFailure", "Thresholds", "ArtifactResult", "read_card",
+           "Int8Options"]
 
 
 def __getattr__(name: str) -> Any:
@@ -26,6 +27,10 @@ def __getattr__(name: str) -> Any:
         from . import parity
 
         return getattr(parity, name)
+    if name == "Int8Options":
+        from .int8 import Int8Options
+
+        return Int8Options
     if name == "read_card":
         from .onnx_io import read_card
 
