@@ -201,3 +201,38 @@ def test_auto_opens_the_int8_file_made_for_the_provider(demo, tmp_path):
             assert Path(be.path) == cpu
         else:
             assert Path(be.path) == gpu
+
+
+MNIST_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
+
+
+@pytest.mark.skipif(not (MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file(),
+                    reason=f"real MNIST test digits not found in {MNIST_DIR}")
+def test_real_mnist_int8_keeps_accuracy(tmp_path):
+    """mnist-cnn on 4,000 real MNIST scans (a class folder of PNGs), exported with --int8 and checked on the
+    held-out scans of the same folder."""
+    import cv2
+
+    from cnnedge.export import export
+    from cnnedge.trainer.data import read_idx
+    from cnnedge.trainer.loop import TrainConfig, train
+
+    x, y = read_idx(MNIST_DIR / "t10k-images-idx3-ubyte.gz"), read_idx(MNIST_DIR / "t10k-labels-idx1-ubyte.gz")
+    data = tmp_path / "mnist"
+    for c in range(10):
+        (data / str(c)).mkdir(parents=True)
+    for i in range(4000):
+        assert cv2.imwrite(str(data / str(int(y[i])) / f"{i:05d}.png"), x[i])
+    run = tmp_path / "run"
+    result = train(TrainConfig(preset="mnist-cnn", data=str(data), out=str(run), epochs=3, verbose=0),
+                   log=lambda s: None)
+    assert result.test_accuracy > 0.9
+    report = export(run / "model.keras", int8=True)
+    assert report.verify["images"] >= 300 and report.passed, report.failures
+    for name in ("model.int8.onnx", "model.int8.trt.onnx"):
+        a = report.artifact(name)
+        print(f"real MNIST {name}: agreement {a.top1_agreement:.4f}, accuracy {a.accuracy:.4f} vs Keras "
+              f"{a.keras_accuracy:.4f} on {report.verify['images']} scans")
+        assert a.top1_agreement >= 0.98 and a.accuracy_drop <= 0.01, (name, a)
+    ops = ort_ops(run / "model.int8.onnx", tmp_path)
+    assert ops["QLinearConv"] == source_ops(run / "model.onnx")["Conv"] and not ops["Conv"], ops
