@@ -16,16 +16,21 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from ..card import ModelCard, now_iso, sha256_file
 from ..errors import ExportError, UsageError
+from .int8 import FILE_NAMES as INT8_FILES
+from .int8 import TENSORRT
 from .parity import ArtifactResult, Thresholds
+
+if TYPE_CHECKING:
+    from .int8 import Int8Options
 
 INPUT_DTYPES = ("uint8", "float32")
 REPORT_NAME = "export_report.json"
 ONNX_NAMES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
-INT8_TRT_NAME = "model.int8.trt.onnx"  # the TensorRT-flavoured INT8 file (see export/int8.py)
+INT8_TRT_NAME = INT8_FILES[TENSORRT]  # the TensorRT-flavoured INT8 file (see export/int8.py)
 ENGINE_NAMES = {"fp32": "model.engine", "fp16": "model.fp16.engine", "int8": "model.int8.engine"}
 
 
@@ -102,7 +107,7 @@ class ExportOptions:
     calib: str | None = None
     calib_size: int = 300
     calib_method: str = "entropy"
-    int8_options: Any = None  # an int8.Int8Options; None: its defaults
+    int8_options: "Int8Options | None" = None  # None: Int8Options()
     verify: str | None = None
     verify_size: int = 1000
     batch: Any = "1,8,32"  # "MIN,OPT,MAX" or an engine.Profile; a Profile after validation
@@ -170,7 +175,7 @@ class _Job:
 
 def export(model_path: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, fp16: bool = False,
            int8: bool = False, engine: bool = False, input_dtype: str = "uint8", calib: str | None = None,
-           calib_size: int = 300, calib_method: str = "entropy", int8_options: Any = None,
+           calib_size: int = 300, calib_method: str = "entropy", int8_options: "Int8Options | None" = None,
            verify: str | None = None, verify_size: int = 1000, batch: Any = "1,8,32", gpu: str | None = None, workspace_mib: int = 1024,
            timing_cache: str | os.PathLike | None = None, triton: str | os.PathLike | None = None,
            thresholds: Thresholds | None = None, opset: int | None = None, cleanup: bool = True,
