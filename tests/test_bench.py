@@ -84,7 +84,8 @@ def test_run_folder_every_artifact_json_plot_markdown(run_dir, tmp_path):
     data = json.loads(j.read_text())
     rows = data["rows"]
     got = {(r["artifact"], r["backend"], r["method"], r["batch"]) for r in rows}
-    want = {(a, "ort-cpu", "infer", b) for a in ("model.onnx", "model.fp16.onnx", "model.int8.onnx") for b in (1, 4)}
+    onnx_files = ("model.onnx", "model.fp16.onnx", "model.int8.onnx", "model.int8.trt.onnx")
+    want = {(a, "ort-cpu", "infer", b) for a in onnx_files for b in (1, 4)}
     want |= {("model.keras", "keras", m, b) for m in ("predict", "call", "tf.function") for b in (1, 4)}
     assert got == want
     for r in rows:
@@ -94,7 +95,7 @@ def test_run_folder_every_artifact_json_plot_markdown(run_dir, tmp_path):
     assert {r["precision"] for r in rows if r["artifact"] == "model.fp16.onnx"} == {"fp16"}
     # GPU providers are not installed here: listed with the reason, not dropped
     skipped = {(s["artifact"], s["backend"]): s["reason"] for s in data["skipped"]}
-    for a in ("model.onnx", "model.fp16.onnx", "model.int8.onnx"):
+    for a in onnx_files:
         assert "CUDAExecutionProvider" in skipped[(a, "ort-cuda")]
         assert "TensorrtExecutionProvider" in skipped[(a, "ort-trt")]
     assert "cannot run here: ort-cuda (" in out
@@ -103,6 +104,15 @@ def test_run_folder_every_artifact_json_plot_markdown(run_dir, tmp_path):
     m = data["machine"]
     assert m["cores"] >= 1 and m["cpu"] and "onnxruntime" in m["libraries"] and "keras" in m["libraries"]
     assert data["settings"]["threads"] == 1 and data["settings"]["seed"] == 0
+    # INT8 against FP32 of the same backend and batch, as measured in this run
+    p50 = {(r["artifact"], r["batch"]): r["latency_ms"]["p50"] for r in rows if r["backend"] == "ort-cpu"}
+    speed = {(s["artifact"], s["batch"]): s for s in data["int8_speedup"]}
+    assert set(speed) == {(a, b) for a in ("model.int8.onnx", "model.int8.trt.onnx") for b in (1, 4)}
+    for (a, b), sp in speed.items():
+        assert sp["fp32_artifact"] == "model.onnx" and sp["backend"] == "ort-cpu"
+        assert sp["speedup"] == pytest.approx(p50[("model.onnx", b)] / p50[(a, b)], rel=1e-2)
+        assert f"INT8/FP32 speed here: {a} on ort-cpu, batch {b}: {sp['speedup']:.2f}x model.onnx's" in out
+        assert f"{a} on ort-cpu, batch {b}: {sp['speedup']:.2f}x" in md.read_text()
     # stdout: sorted by batch-1 p50, the fastest marked
     table = [ln for ln in out.splitlines() if " ort-cpu " in ln or " keras " in ln]
     assert len(table) == len(rows)

@@ -81,7 +81,8 @@ def reference(trained):
 def test_every_artifact_meets_default_thresholds(exported):
     report, out, _ = exported
     names = [Path(a.path).name for a in report.artifacts]
-    assert names == ["model.onnx", "model.fp16.onnx", "model.int8.onnx", "model.fp16.engine", "model.int8.engine"]
+    assert names == ["model.onnx", "model.fp16.onnx", "model.int8.onnx", "model.int8.trt.onnx", "model.fp16.engine",
+                     "model.int8.engine"]
     assert report.passed, report.failures
     on_disk = json.loads((out / "export_report.json").read_text())
     assert on_disk["passed"] is True
@@ -107,7 +108,8 @@ def test_every_artifact_meets_default_thresholds(exported):
 
 
 @pytest.mark.parametrize("name,min_agree,max_diff", [("model.onnx", 1.0, 1e-4), ("model.fp16.onnx", 0.995, 5e-3),
-                                                     ("model.int8.onnx", 0.98, None)])
+                                                     ("model.int8.onnx", 0.98, None),
+                                                     ("model.int8.trt.onnx", 0.98, None)])
 def test_onnx_runs_in_onnxruntime_and_matches_keras(exported, reference, name, min_agree, max_diff):
     import onnxruntime as ort
 
@@ -128,7 +130,7 @@ def test_onnx_runs_in_onnxruntime_and_matches_keras(exported, reference, name, m
     assert agree >= min_agree
     if max_diff is not None:
         assert np.abs(got - ref).max() <= max_diff
-    if name == "model.int8.onnx":
+    if name.startswith("model.int8."):
         drop = np.mean(ref.argmax(1) == labels) - np.mean(got.argmax(1) == labels)
         assert drop <= 0.01
 
@@ -142,7 +144,8 @@ def test_card_round_trips_through_onnx_and_sidecars(exported, trained):
 
     _, out, _ = exported
     trained_card = ModelCard.load(trained.parent / "card.json")
-    for name, precision in (("model.onnx", "fp32"), ("model.fp16.onnx", "fp16"), ("model.int8.onnx", "int8")):
+    for name, precision in (("model.onnx", "fp32"), ("model.fp16.onnx", "fp16"), ("model.int8.onnx", "int8"),
+                            ("model.int8.trt.onnx", "int8")):
         card = read_card(out / name)
         assert card.precision == precision and card.input.dtype == "uint8"
         assert card.classes == trained_card.classes and card.preprocess == trained_card.preprocess
@@ -151,12 +154,12 @@ def test_card_round_trips_through_onnx_and_sidecars(exported, trained):
         assert ModelCard.from_json(card.to_json()) == card
         assert sum(p.key == "cnnedge.card" for p in onnx.load(str(out / name)).metadata_props) == 1
     assert read_card(out / "model.int8.onnx").provenance.calibration["method"] == "entropy"
-    for precision in ("fp16", "int8"):
+    for precision, source in (("fp16", "model.fp16.onnx"), ("int8", "model.int8.trt.onnx")):
         engine = out / f"model.{precision}.engine"
         side = EngineSidecar.load(engine)
-        assert side.card == read_card(out / f"model.{precision}.onnx")
+        assert side.card == read_card(out / source)
         assert side.plan_sha256 == sha256_file(engine)
-        assert side.source_onnx_sha256 == sha256_file(out / f"model.{precision}.onnx")
+        assert side.source_onnx_sha256 == sha256_file(out / source)
         assert side.flavour == "tensorrt_rtx" and side.compute_capabilities == ("sm89",)
         assert side.profile == {"min": 1, "opt": 8, "max": 32}
         assert (side.input_name, side.output_name) == ("images", "probabilities")

@@ -131,6 +131,25 @@ class BenchReport:
         ones = [r for r in self.rows if r.batch == 1]
         return min(ones, key=lambda r: r.latency.p50) if ones else None
 
+    def int8_speedups(self) -> list[dict[str, Any]]:
+        """INT8 against FP32 on this machine: for each INT8 row, the FP32 row of the same backend, method and
+        batch (p50 over p50; above 1 means INT8 is faster)."""
+        fp32: dict[tuple[str, str, int], Row] = {}
+        for r in self.sorted_rows():
+            if r.precision == "fp32":
+                fp32.setdefault((r.backend, r.method, r.batch), r)
+        out = []
+        for r in self.sorted_rows():
+            base = fp32.get((r.backend, r.method, r.batch))
+            if r.precision == "int8" and base is not None:
+                out.append({"artifact": r.artifact, "fp32_artifact": base.artifact, "backend": r.label,
+                            "batch": r.batch, "speedup": round(base.latency.p50 / r.latency.p50, 3)})
+        return out
+
+    def _speedup_lines(self) -> list[str]:
+        return [f"INT8/FP32 speed here: {s['artifact']} on {s['backend']}, batch {s['batch']}: {s['speedup']:.2f}x "
+                f"{s['fp32_artifact']}'s (p50)" for s in self.int8_speedups()]
+
     # forms ---------------------------------------------------------------------------------------------
     def _cells(self) -> tuple[list[str], list[list[str]]]:
         head = ["", "artifact", "backend", "precision", "batch", "p50 ms", "p90 ms", "p99 ms", "max ms", "images/s"]
@@ -154,6 +173,7 @@ class BenchReport:
             out.append("* fastest at batch 1 (p50). Latency per call (one batch); no outliers removed.")
         else:
             out.append("nothing could run here")
+        out += self._speedup_lines()
         out += self._stage_lines()
         out += self._e2e_lines()
         out += self.skipped_lines()
@@ -214,6 +234,8 @@ class BenchReport:
                 + (f", GPU {', '.join(g['name'] for g in m['gpus'])}" if m.get("gpus") else ", no GPU")
                 + f"; load average {self.settings.get('load_before')} before, {self.settings.get('load_after')} after; "
                 f"ONNX Runtime intra-op threads {self.settings.get('threads')}."]
+        if self.int8_speedups():
+            out += [""] + [f"- {line}" for line in self._speedup_lines()]
         if self.end_to_end:
             out += ["", "| end-to-end | backend | batch | images/s | decode+resize bound | read ms | decode ms | "
                         "resize ms | wait ms | inference ms/batch | postprocess ms/batch |",
@@ -234,6 +256,7 @@ class BenchReport:
         return {"started": self.started, "seconds": round(self.seconds, 3), "settings": self.settings,
                 "machine": self.machine, "rows": [r.to_dict() for r in self.sorted_rows()],
                 "fastest": None if fast is None else {"artifact": fast.artifact, "label": fast.label},
+                "int8_speedup": self.int8_speedups(),
                 "skipped": [s.to_dict() for s in self.skipped], "notes": self.notes, "warnings": self.warnings,
                 "end_to_end": [e.to_dict() for e in self.end_to_end]}
 

@@ -32,8 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="output folder (default: the model's folder), e.g. --out exported/")
     p.add_argument("--fp16", action="store_true", help="also write model.fp16.onnx (half-precision weights and "
                    "compute), e.g. cnn-export model.keras --fp16")
-    p.add_argument("--int8", action="store_true", help="also write model.int8.onnx (static Q/DQ, symmetric, "
-                   "per-channel), calibrated on --calib or the card's training data")
+    p.add_argument("--int8", action="store_true", help="also write model.int8.onnx (for ONNX Runtime on a CPU: "
+                   "integer kernels) and model.int8.trt.onnx (for TensorRT: symmetric Q/DQ), calibrated on --calib "
+                   "or the card's training data")
     p.add_argument("--engine", action="store_true", help="also build TensorRT engines from the FP16/INT8 ONNX "
                    "(FP32 if neither), e.g. --fp16 --int8 --engine --gpu sm89")
     p.add_argument("--input", dest="input_dtype", default="uint8", choices=("uint8", "float32"),

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = ["export", "ExportOptions", "ExportReport", "ParityFailure", "Thresholds", "ArtifactResult", "read_card",
-           "Description"]
+           "Description", "Int8Options"]
 
 
 def __getattr__(name: str) -> Any:
@@ -31,6 +31,10 @@ def __getattr__(name: str) -> Any:
         from .sources import Description
 
         return Description
+    if name == "Int8Options":
+        from .int8 import Int8Options
+
+        return Int8Options
     if name == "read_card":
         from .onnx_io import read_card
 

@@ -6,7 +6,6 @@ training/deployment preprocessing mismatch shows up in the parity report.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -49,13 +48,6 @@ class ImageSet:
 
         for i in range(0, len(self.images), size):
             yield preprocess_batch(self.images[i:i + size], spec, card.preprocess)
-
-    def fingerprint(self, spec: InputSpec, card: ModelCard) -> str:
-        """sha256 of the preprocessed pixels: the calibration cache key's data part."""
-        h = hashlib.sha256()
-        for b in self.batches(spec, card, 256):
-            h.update(np.ascontiguousarray(b).tobytes())
-        return h.hexdigest()
 
     def describe(self) -> dict[str, Any]:
         return {"source": self.source, "images": len(self.images), "labels": self.labels is not None,

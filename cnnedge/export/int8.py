@@ -1,13 +1,31 @@
-"""Step 4 (``--int8``): static post-training quantization to Q/DQ that ONNX Runtime runs and TensorRT parses.
+"""Step 4 (``--int8``): static post-training quantization, one calibration, two files for two kinds of engine.
 
-Measured with TensorRT-RTX 1.7: asymmetric zero points are refused ("Non-zero
-zero point is not supported"), so are ONNX Runtime's default int32 biases, and
-so is a quantized constant feeding anything but a DequantizeLinear (the Mul of
-a Rescaling layer). Hence: ``quant_pre_process`` first; symmetric int8
-activations and per-channel symmetric weights; bias left in float; only the
-ops TensorRT runs in int8 (Conv, MatMul, Gemm) get Q/DQ on their inputs, and
-not on their outputs (quantizing the final Gemm's logits cost the digits model
-2.6 points of top-1 agreement; without it agreement is 99.6%).
+ONNX Runtime's CPU provider runs a Conv as an integer kernel (``QLinearConv``)
+only when Q/DQ wrap its output as well as its inputs; with Q/DQ on the inputs
+only it runs a float Conv plus dequantize work and is slower than FP32
+(measured: 0.43x on imagenette-cnn at 224x224). It also folds a Relu into the
+kernel only when the Relu's output is quantized with its zero point at the
+type's minimum (uint8, zero point 0), and a symmetric int8 Relu stays as
+float DQ -> Relu -> Q around every Conv (measured: ~1.7x instead of ~3x).
+TensorRT-RTX 1.7 needs the opposite: symmetric int8 activations (zero point 0),
+no int32 bias ("DequantizeLinear: input has type Int32") and no quantized
+constant feeding an elementwise op (the Rescaling Mul). One file cannot be
+fast on both, so ``--int8`` writes two from the same calibration ranges:
+
+- ``model.int8.onnx`` (:data:`CPU`): every op ONNX Runtime quantizes, Q/DQ on
+  inputs and outputs, uint8 activations (U8S8: the x86 VNNI instruction
+  multiplies u8 by s8) or int8 ones (:class:`Int8Options`), per-channel int8
+  weights, int32 bias. ONNX Runtime fuses it into integer kernels.
+- ``model.int8.trt.onnx`` (:data:`TENSORRT`): symmetric int8 Q/DQ in front of
+  Conv/MatMul/Gemm only, per-channel symmetric weights, float bias; TensorRT
+  fuses it into int8 kernels. The INT8 engine is built from it, and the
+  runtime's ``auto`` opens it for ONNX Runtime's GPU providers.
+
+Layers that lose most in int8 stay float, chosen by measuring: each candidate
+(the last Gemm/MatMul, whose logits decide top-1; quantizing it cost the
+digits model 2.6 points of agreement) is quantized and kept float when that
+costs more than ``max_agreement_cost`` of top-1 agreement with FP32 on the
+calibration images. The choice is recorded in the export report.
 
 Calibration ranges are cached beside the output in a file whose name carries a
 key made of the FP32 graph, the preprocessed calibration pixels and the
@@ -15,22 +33,69 @@ settings, so a re-export with the same data does not recalibrate.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import io
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..card import InputSpec, ModelCard
-from ..errors import ExportError, first_line
-from .data import ImageSet
+import numpy as np
+
+from ..card import ModelCard
+from ..errors import ExportError, UsageError, first_line
 
 METHODS = ("entropy", "minmax", "percentile")
-QUANTIZED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+ACTIVATIONS = ("uint8", "int8")
+TENSORRT_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+CANDIDATE_OPS = ("Gemm", "MatMul")
+TAIL_OPS = ("Softmax", "Sigmoid", "Relu", "Clip", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose",
+            "Identity")
 CACHE_PREFIX = "model.int8.calib-"
+CPU = "onnxruntime-cpu"
+TENSORRT = "tensorrt"
+FILE_NAMES = {CPU: "model.int8.onnx", TENSORRT: "model.int8.trt.onnx"}
+# what ONNX Runtime's CPU provider turns Q/DQ groups into when it runs them as integer kernels
+INTEGER_OPS = ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm", "MatMulIntegerToFloat")
+FLOAT_OPS = ("Conv", "FusedConv", "NchwcConv", "MatMul", "FusedMatMul", "Gemm", "FusedGemm", "ConvTranspose")
+
+
+@dataclass(frozen=True)
+class Int8Options:
+    """How ``--int8`` quantizes; validated on construction.
+
+    ``activations``: the CPU file's activation type, ``"uint8"`` (U8S8, fastest on x86) or ``"int8"`` (S8S8).
+    ``float_layers``: node names of the pre-processed graph to keep float in both files, besides the measured ones.
+    ``max_agreement_cost``: a candidate layer stays float when quantizing it lowers top-1 agreement with FP32 on
+    the calibration images by more than this fraction.
+    """
+
+    activations: str = "uint8"
+    float_layers: tuple[str, ...] = ()
+    max_agreement_cost: float = 0.005
+
+    def __post_init__(self) -> None:
+        if self.activations not in ACTIVATIONS:
+            raise UsageError(f"int8 activations {self.activations!r}; expected one of {', '.join(ACTIVATIONS)}")
+        if isinstance(self.float_layers, str) or not all(isinstance(n, str) for n in self.float_layers):
+            raise UsageError(f"float_layers must be a sequence of node names, found {self.float_layers!r}")
+        object.__setattr__(self, "float_layers", tuple(self.float_layers))
+        if not 0.0 <= self.max_agreement_cost <= 1.0:
+            raise UsageError(f"max_agreement_cost must be a fraction in 0..1, found {self.max_agreement_cost!r}")
+
+
+@dataclass(frozen=True)
+class LayerChoice:
+    """One candidate layer: top-1 agreement with FP32 on the calibration images, quantized and kept float."""
+
+    node: str
+    op: str
+    agreement_quantized: float
+    agreement_float: float
+    kept_float: bool
 
 
 @dataclass(frozen=True)
@@ -40,6 +105,23 @@ class Int8Result:
     cache_file: str
     cache_hit: bool
     data_sha256: str
+    files: dict[str, str]
+    activations: str
+    float_layers: list[str]
+    measured: list[LayerChoice] = field(default_factory=list)
+    ort_cpu_ops: dict[str, int] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        """What the export report and the INT8 cards record."""
+        return {"method": self.method, "data_sha256": self.data_sha256, "cache_file": self.cache_file,
+                "cache_hit": self.cache_hit, "files": self.files, "cpu_activations": self.activations,
+                "float_layers": self.float_layers, "measured_layers": [asdict(m) for m in self.measured],
+                "ort_cpu_ops": self.ort_cpu_ops}
+
+
+def fingerprint(pixels: np.ndarray) -> str:
+    """sha256 of the preprocessed calibration pixels: the calibration cache key's data part."""
+    return hashlib.sha256(np.ascontiguousarray(pixels).tobytes()).hexdigest()
 
 
 def cache_name(graph_sha256: str, data_sha256: str, method: str) -> str:
@@ -47,15 +129,32 @@ def cache_name(graph_sha256: str, data_sha256: str, method: str) -> str:
     reproducible), these preprocessed pixels and these settings."""
     import onnxruntime
 
-    key = "|".join([graph_sha256, data_sha256, method, onnxruntime.__version__, ",".join(QUANTIZED_OPS), "sym-qdq-v2"])
+    key = "|".join([graph_sha256, data_sha256, method, onnxruntime.__version__, "all-tensors-v3"])
     return f"{CACHE_PREFIX}{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
 
-class _Reader:
-    """ONNX Runtime's CalibrationDataReader protocol over a fresh pass of an ImageSet."""
+def ort_cpu_ops(path: str | Path) -> dict[str, int]:
+    """Op counts of the graph ONNX Runtime's CPU provider actually runs (its optimized model), restricted to the
+    integer kernels and the float Conv/MatMul/Gemm forms: how much of the model runs in int8 there."""
+    from . import onnx_io
 
-    def __init__(self, batches: Iterator[Any], input_name: str):
-        self._it = batches
+    with tempfile.TemporaryDirectory(prefix="cnnedge-ortopt-") as tmp:
+        opt = Path(tmp) / "optimized.onnx"
+        onnx_io.session(path, optimized_model_path=opt)
+        import onnx
+
+        counts = collections.Counter(n.op_type for n in onnx.load(str(opt)).graph.node)
+    return {op: counts[op] for op in (*INTEGER_OPS, *FLOAT_OPS) if counts[op]}
+
+
+class _Reader:
+    """ONNX Runtime's CalibrationDataReader protocol over equal-size batches of the pixels."""
+
+    def __init__(self, pixels: np.ndarray, input_name: str, batch: int | None = None):
+        # equal batches: ONNX Runtime's histogram calibrators stack per-batch outputs and fail on a short last one;
+        # a fixed-batch graph takes its own size only
+        size = batch or max(b for b in range(1, 33) if len(pixels) % b == 0)
+        self._it: Iterator[np.ndarray] = (pixels[i:i + size] for i in range(0, len(pixels), size))
         self._name = input_name
 
     def get_next(self) -> dict[str, Any] | None:
@@ -63,12 +162,19 @@ class _Reader:
         return None if batch is None else {self._name: batch}
 
 
-def quantize(fp32_path: Path, out_path: Path, calib: ImageSet, card: ModelCard, spec: InputSpec, method: str,
-             cache_in: Path | None, cache_out: Path, batch: int | None = None) -> Int8Result:
-    """Quantize ``fp32_path`` into ``out_path``; ranges come from ``cache_in`` when present, else from ``calib``
-    (and are written to ``cache_out``). ``batch``: the graph's fixed batch size (``len(calib)`` a multiple of it)."""
+def quantize(fp32_path: Path, out_dir: Path, pixels: np.ndarray, data_sha256: str, card: ModelCard, method: str,
+             cache_in: Path | None, cache_out: Path, options: Int8Options | None = None,
+             batch: int | None = None) -> Int8Result:
+    """Write :data:`FILE_NAMES` into ``out_dir`` from ``fp32_path``, each written once, with ``card`` embedded
+    (its ``provenance.calibration`` completed with what :meth:`Int8Result.describe` says and the file's flavour).
+
+    ``pixels`` are the calibration images as the model takes them and ``data_sha256`` their :func:`fingerprint`;
+    ranges come from ``cache_in`` when present, else from ``pixels`` (and are written to ``cache_out``).
+    ``batch``: the graph's fixed batch size, when it has one (``len(pixels)`` a multiple of it).
+    """
     if method not in METHODS:
         raise ExportError(f"calibration method {method!r}; expected one of {', '.join(METHODS)}")
+    options = options or Int8Options()
     from .._lazy import require
 
     q = require("onnxruntime.quantization", "INT8 export")
@@ -78,34 +184,102 @@ def quantize(fp32_path: Path, out_path: Path, calib: ImageSet, card: ModelCard, 
 
     calib_method = {"entropy": q.CalibrationMethod.Entropy, "minmax": q.CalibrationMethod.MinMax,
                     "percentile": q.CalibrationMethod.Percentile}[method]
-    input_name = onnx_io.io_names(__import__("onnx").load(str(fp32_path)))[0]
-    data_sha = calib.fingerprint(spec, card)
+    import onnx
+
+    input_name = onnx_io.io_names(onnx.load(str(fp32_path), load_external_data=False))[0]
     hit = cache_in is not None and cache_in.is_file()
-    with tempfile.TemporaryDirectory(prefix="cnnedge-int8-", dir=out_path.parent) as tmp:
-        pre = Path(tmp) / "pre.onnx"
+    with tempfile.TemporaryDirectory(prefix="cnnedge-int8-", dir=out_dir) as tmp_name:
+        tmp = Path(tmp_name)
+        pre = tmp / "pre.onnx"
         try:
             quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
         except Exception as exc:
             raise ExportError(f"INT8 pre-processing (quant_pre_process) failed: {first_line(exc)}") from None
-        cache_tmp = Path(tmp) / "ranges.json"
+        graph = onnx.load(str(pre)).graph
+        unknown = sorted(set(options.float_layers) - {n.name for n in graph.node})
+        if unknown:
+            raise UsageError(f"float_layers: no node named {', '.join(unknown)} in the graph (its nodes: "
+                             f"{', '.join(n.name for n in graph.node if n.op_type in TENSORRT_OPS)})")
+        ranges = tmp / "ranges.json"
         if hit:
-            shutil.copyfile(cache_in, cache_tmp)
-        # equal batches: ONNX Runtime's histogram calibrators stack per-batch outputs and fail on a short last one
-        size = batch or max(b for b in range(1, 33) if len(calib) % b == 0)  # a fixed-batch graph takes its own
-        reader = _Reader(calib.batches(spec, card, size), input_name)
-        options = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
-                   "OpTypesToExcludeOutputQuantization": list(QUANTIZED_OPS)}
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):  # its calibrators print progress
-                q.quantize_static(str(pre), str(out_path), reader, quant_format=q.QuantFormat.QDQ,
-                                  per_channel=True, activation_type=q.QuantType.QInt8,
-                                  weight_type=q.QuantType.QInt8, op_types_to_quantize=list(QUANTIZED_OPS),
-                                  calibrate_method=calib_method, extra_options=options,
-                                  calibration_cache_path=str(cache_tmp))
-        except Exception as exc:
-            raise ExportError(f"INT8 quantization failed: {first_line(exc)}") from None
+            shutil.copyfile(cache_in, ranges)
+
+        def run(flavour: str, exclude: list[str], target: Path) -> Path:
+            if flavour == CPU:
+                act = q.QuantType.QUInt8 if options.activations == "uint8" else q.QuantType.QInt8
+                kw: dict[str, Any] = {"activation_type": act, "op_types_to_quantize": None, "extra_options": {}}
+            else:  # TensorRT: symmetric, float bias, Q/DQ only in front of the ops it runs in int8
+                kw = {"activation_type": q.QuantType.QInt8, "op_types_to_quantize": list(TENSORRT_OPS),
+                      "extra_options": {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
+                                        "OpTypesToExcludeOutputQuantization": list(TENSORRT_OPS)}}
+            try:
+                with contextlib.redirect_stdout(io.StringIO()):  # its calibrators print progress
+                    q.quantize_static(str(pre), str(target), _Reader(pixels, input_name, batch),
+                                      quant_format=q.QuantFormat.QDQ, per_channel=True,
+                                      weight_type=q.QuantType.QInt8, calibrate_method=calib_method,
+                                      nodes_to_exclude=exclude, calibration_cache_path=str(ranges), **kw)
+            except Exception as exc:
+                raise ExportError(f"INT8 quantization ({flavour}) failed: {first_line(exc)}") from None
+            return target
+
+        # the CPU flavour first, with every tensor calibrated: its ranges cover the TensorRT flavour's too
+        exclude = with_tail(graph, options.float_layers)
+        cpu = run(CPU, exclude, tmp / "cpu.onnx")
+        measured = _measure_candidates(graph, exclude, options, pixels, fp32_path, cpu,
+                                       lambda ex, name: run(CPU, ex, tmp / name), batch or 64)
+        exclude = with_tail(graph, [*exclude, *(m.node for m in measured if m.kept_float)])
+        if any(m.kept_float for m in measured):
+            cpu = run(CPU, exclude, tmp / "cpu-final.onnx")
+        trt = run(TENSORRT, exclude, tmp / "trt.onnx")
         if not hit:
             from ..atomic import write_bytes
 
-            write_bytes(cache_out, cache_tmp.read_bytes())
-    return Int8Result(method, len(calib), cache_out.name, hit, data_sha)
+            write_bytes(cache_out, ranges.read_bytes())
+        result = Int8Result(method, len(pixels), cache_out.name, hit, data_sha256, dict(FILE_NAMES),
+                            options.activations, exclude, measured, ort_cpu_ops(cpu))
+        info = result.describe()
+        for flavour, src in ((CPU, cpu), (TENSORRT, trt)):
+            model = onnx.load(str(src))
+            onnx_io.embed_card(model, card.replace(provenance={"calibration": {
+                **(card.provenance.calibration or {}), **info, "flavour": flavour}}))
+            onnx_io.save(model, out_dir / FILE_NAMES[flavour])
+    return result
+
+
+def with_tail(graph: Any, names: Any) -> list[str]:
+    """``names`` and the nodes after them up to the next op that computes (Softmax, Relu, reshapes...): a layer
+    kept float must not have its output quantized for its consumer, or ONNX Runtime fuses it back into an
+    integer kernel (DQ -> Gemm -> Q)."""
+    consumers: dict[str, list[Any]] = collections.defaultdict(list)
+    for n in graph.node:
+        for i in n.input:
+            consumers[i].append(n)
+    out = list(dict.fromkeys(names))
+    stack = [n for n in graph.node if n.name in out]
+    while stack:
+        for o in stack.pop().output:
+            for c in consumers[o]:
+                if c.op_type in TAIL_OPS and c.name not in out:
+                    out.append(c.name)
+                    stack.append(c)
+    return out
+
+
+def _measure_candidates(graph: Any, exclude: list[str], options: Int8Options, pixels: np.ndarray, fp32_path: Path,
+                        quantized: Path, requantize: Any, batch: int = 64) -> list[LayerChoice]:
+    """Agreement with FP32 on the calibration images with each candidate layer quantized and kept float."""
+    from . import onnx_io
+
+    linear = [n for n in graph.node if n.op_type in CANDIDATE_OPS]
+    if not linear or linear[-1].name in exclude:
+        return []
+    last = linear[-1]  # the classifier head: its logits decide top-1
+    ref = onnx_io.run(onnx_io.session(fp32_path), pixels, batch).argmax(1)
+
+    def agreement(path: Path) -> float:
+        return float(np.mean(onnx_io.run(onnx_io.session(path), pixels, batch).argmax(1) == ref))
+
+    with_q = agreement(quantized)
+    without = agreement(requantize(with_tail(graph, [*exclude, last.name]), "cpu-candidate.onnx"))
+    return [LayerChoice(last.name, last.op_type, with_q, without,
+                        without - with_q > options.max_agreement_cost)]

@@ -16,15 +16,21 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from ..card import ModelCard, now_iso, sha256_file
 from ..errors import CnnEdgeError, ExportError, OptionError, UsageError, first_line
+from .int8 import FILE_NAMES as INT8_FILES
+from .int8 import TENSORRT
 from .parity import ArtifactResult, Thresholds
+
+if TYPE_CHECKING:
+    from .int8 import Int8Options
 
 INPUT_DTYPES = ("uint8", "float32")
 REPORT_NAME = "export_report.json"
 ONNX_NAMES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+INT8_TRT_NAME = INT8_FILES[TENSORRT]  # the TensorRT-flavoured INT8 file (see export/int8.py)
 ENGINE_NAMES = {"fp32": "model.engine", "fp16": "model.fp16.engine", "int8": "model.int8.engine"}
 
 
@@ -86,7 +92,7 @@ class ExportReport:
 
 def planned_outputs(fp16: bool, int8: bool, engine: bool) -> list[str]:
     precisions = ["fp32"] + (["fp16"] if fp16 else []) + (["int8"] if int8 else [])
-    names = [ONNX_NAMES[p] for p in precisions]
+    names = [ONNX_NAMES[p] for p in precisions] + ([INT8_TRT_NAME] if int8 else [])
     for p in engine_precisions(fp16, int8) if engine else []:
         names += [ENGINE_NAMES[p], ENGINE_NAMES[p] + ".json"]
     return names + [REPORT_NAME]
@@ -107,6 +113,7 @@ class ExportOptions:
     calib: str | None = None
     calib_size: int = 300
     calib_method: str = "entropy"
+    int8_options: "Int8Options | None" = None  # None: Int8Options()
     verify: str | None = None
     verify_size: int = 1000
     batch: Any = "1,8,32"  # "MIN,OPT,MAX" or an engine.Profile; a Profile after validation
@@ -139,6 +146,12 @@ class ExportOptions:
                 raise OptionError(name, f"must be a positive integer, found {n!r}")
         if self.opset is not None and not 13 <= self.opset <= 21:
             raise OptionError("opset", f"{self.opset}: expected 13..21 (Q/DQ per-channel needs 13; default 17)")
+        from .int8 import Int8Options
+
+        if self.int8_options is None:
+            object.__setattr__(self, "int8_options", Int8Options())
+        elif not isinstance(self.int8_options, Int8Options):
+            raise OptionError("int8_options", f"must be an Int8Options, found {type(self.int8_options).__name__}")
         if not isinstance(self.batch, Profile):
             object.__setattr__(self, "batch", Profile.parse(self.batch))
         if self.gpu and not self.engine:
@@ -396,10 +409,7 @@ def _to_fp16(job: _Job) -> None:
 
 
 def _to_int8(job: _Job) -> None:
-    import onnx
-
-    from . import onnx_io
-    from .int8 import cache_name, quantize
+    from .int8 import CPU, FILE_NAMES, TENSORRT, cache_name, fingerprint, quantize
 
     cset, method, fixed = job.cset, job.opts.calib_method, job.source.fixed_batch
     if fixed and len(cset) % fixed:  # a fixed-batch graph is calibrated in whole batches
@@ -413,25 +423,23 @@ def _to_int8(job: _Job) -> None:
                         cset.skipped)
     with job.timer(f"INT8 ONNX (calibrating on {len(cset)} images, {method})"):
         card = job.base_card  # the FP32 graph's: its input is what calibration feeds
-        spec = card.input
-        name = cache_name(job.graph_sha, cset.fingerprint(spec, card), method)
-        target = job.staging / ONNX_NAMES["int8"]
-        res = quantize(job.paths["fp32"], target, cset, card, spec, method, job.out / name, job.staging / name,
-                       batch=fixed)
-        info = {**cset.describe(), "method": method, "data_sha256": res.data_sha256, "cache_file": res.cache_file,
-                "cache_hit": res.cache_hit}
-        job.report.calibration = info
-        q = onnx.load(str(target))
-        onnx_io.embed_card(q, job.base_card.replace(precision="int8", provenance={"calibration": info}))
-        job.paths["int8"] = onnx_io.save(q, target)
+        pixels = cset.inputs(card.input, card)  # preprocessed and fingerprinted once
+        data_sha = fingerprint(pixels)
+        name = cache_name(job.graph_sha, data_sha, method)
+        card = card.replace(precision="int8", provenance={"calibration": cset.describe()})
+        res = quantize(job.paths["fp32"], job.staging, pixels, data_sha, card, method, job.out / name,
+                       job.staging / name, job.opts.int8_options, batch=fixed)
+        job.report.calibration = {**cset.describe(), **res.describe()}
+        job.paths["int8"] = job.staging / FILE_NAMES[CPU]
+        job.paths["int8-trt"] = job.staging / FILE_NAMES[TENSORRT]  # what TensorRT builds the INT8 engine from
 
 
 def _check_onnx(job: _Job) -> None:
     from .parity import compare_onnx
 
-    for precision, p in job.paths.items():
+    for key, p in job.paths.items():
         with job.timer(f"parity {p.name}"):
-            r = compare_onnx(p, precision, job.vset.images, job.ref, job.vset.labels, job.opts.thresholds)
+            r = compare_onnx(p, key.split("-")[0], job.vset.images, job.ref, job.vset.labels, job.opts.thresholds)
             r.path = str(job.out / p.name)
             job.report.artifacts.append(r)
 
@@ -458,7 +466,7 @@ def _build_engines(job: _Job) -> None:
                           "profile": profile.as_dict(), "workspace_mib": opts.workspace_mib,
                           "timing_cache": None if kit.flavour == "tensorrt_rtx" else str(cache)}
     for precision in engine_precisions(opts.fp16, opts.int8):
-        source = job.paths[precision]
+        source = job.paths.get(f"{precision}-trt", job.paths[precision])
         target = job.staging / ENGINE_NAMES[precision]
         with job.timer(f"{kit.flavour} engine {target.name} for {','.join(gpus)}"):
             t0 = time.perf_counter()
@@ -492,6 +500,8 @@ def _write_triton(repo: Path, report: ExportReport, card: ModelCard, profile: An
     written = []
     for a in report.artifacts:
         p = Path(a.path)
+        if a.kind == "onnx" and p.name == INT8_TRT_NAME:
+            continue  # Triton's ONNX Runtime model is model.int8.onnx; TensorRT takes the plan
         if a.kind == "onnx":
             import onnx
 

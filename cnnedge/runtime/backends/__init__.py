@@ -30,6 +30,8 @@ compute; ONNX Runtime and TensorRT time their copies apart on their own buffers)
 best ONNX Runtime provider that starts (TensorRT EP, then CUDA EP, then CPU);
 ``.keras`` -> ``keras``. A named backend that is not
 installed or has no GPU is a :class:`~cnnedge.errors.BackendUnavailable`.
+For a GPU provider ``model.int8.onnx`` is swapped for the
+``model.int8.trt.onnx`` beside it (:func:`int8_file_for`).
 ``input_size=(h, w)`` for a graph of dynamic height and width. Options: ONNX
 Runtime ``threads``, ``fp16``, ``cache_dir``, ``device_id``;
 TensorRT ``device_id``; Keras ``trust``, ``custom_objects``.
@@ -48,6 +50,7 @@ from .base import Backend, Slot, TensorSpec, Timing, plan_batches
 BACKENDS = BACKEND_CHOICES  # "auto" and every backend of the table (cnnedge.artifacts)
 ENGINE_SUFFIXES = KINDS["engine"].suffixes
 ONNX_SUFFIXES = KINDS["onnx"].suffixes
+INT8_CPU_SUFFIX, INT8_GPU_SUFFIX = ".int8.onnx", ".int8.trt.onnx"
 
 __all__ = ["BACKENDS", "ENGINE_SUFFIXES", "KERAS_SUFFIXES", "ONNX_SUFFIXES", "Backend", "Slot", "TensorSpec", "Timing",
            "load_backend", "plan_batches", "kind_of"]
@@ -82,6 +85,18 @@ def load_backend(path: str | os.PathLike, backend: str = "auto", *, input_size: 
     return be
 
 
+def int8_file_for(path: str | os.PathLike, backend: str) -> str | os.PathLike:
+    """The INT8 file written for ``backend``: ``cnn-export --int8`` writes ``model.int8.onnx`` for ONNX Runtime's
+    CPU provider (integer kernels) and ``model.int8.trt.onnx`` beside it (symmetric Q/DQ) for TensorRT and CUDA;
+    a GPU provider opens the one made for it. Any other path is returned as it is."""
+    p = Path(path)
+    if TABLE[backend].gpu and p.name.endswith(INT8_CPU_SUFFIX):
+        gpu = p.with_name(p.name[:-len(INT8_CPU_SUFFIX)] + INT8_GPU_SUFFIX)
+        if gpu.is_file():
+            return gpu
+    return path
+
+
 def _open(path: str | os.PathLike, backend: str = "auto", **opts: Any) -> Backend:
     if backend != "auto":
         backend_info(backend)
@@ -110,7 +125,7 @@ def _open(path: str | os.PathLike, backend: str = "auto", **opts: Any) -> Backen
                 if TABLE[name].ort_provider not in avail:
                     continue
                 try:
-                    return OrtBackend(path, name, **opts)
+                    return OrtBackend(int8_file_for(path, name), name, **opts)
                 except BackendUnavailable as exc:
                     errors.append(str(exc))
             raise BackendUnavailable("no ONNX Runtime provider could start: " + "; ".join(errors))
@@ -129,4 +144,4 @@ def _open(path: str | os.PathLike, backend: str = "auto", **opts: Any) -> Backen
         return KerasBackend(path, **opts)
     from .ort import OrtBackend
 
-    return OrtBackend(path, backend, **opts)
+    return OrtBackend(int8_file_for(path, backend), backend, **opts)
