@@ -256,3 +256,32 @@ def test_gpu_decode_agrees_with_the_cpu_path(tmp_path):
     assert [r.path for r in gpu] == [r.path for r in cpu]
     agree = np.mean([a.prediction.index == b.prediction.index for a, b in zip(cpu, gpu)])
     assert agree >= 0.95
+
+
+def test_buffers_bound_once_give_the_session_s_answers():
+    # The GPU path's pinned buffers (ONNX Runtime "cuda_pinned" memory, bound to the session once) are
+    # built the same way on plain CPU memory here: a numpy view of an OrtValue's data, bound with IO binding.
+    from cnnedge.runtime.backends import load_backend
+    from cnnedge.runtime.backends.ort import _Pinned
+
+    _, _, x, _ = split()
+    batch = np.stack([cv2.resize(im, (32, 32)) for im in x[:5]])[..., ::-1].copy()
+    with load_backend(models()["onnx"], "ort-cpu", threads=1) as be:
+        bound = _Pinned(be, 5, device="cpu")
+        np.copyto(bound.input, batch)
+        be.session.run_with_iobinding(bound.binding)
+        want = be.session.run(None, {be.input_spec.name: batch})[0]
+        np.testing.assert_allclose(bound.output, want, rtol=1e-6)
+        np.copyto(bound.input, batch[::-1])  # reused: the next call sees the new contents
+        be.session.run_with_iobinding(bound.binding)
+        np.testing.assert_allclose(bound.output, want[::-1], rtol=1e-6)
+
+
+def test_auto_skips_the_tensorrt_provider_when_its_library_cannot_load():
+    from cnnedge.runtime.backends.ort import tensorrt_loadable
+
+    import ctypes.util
+
+    if ctypes.util.find_library("nvinfer"):
+        pytest.skip("TensorRT's library is installed on this machine")
+    assert tensorrt_loadable() is False

@@ -23,8 +23,8 @@ and feeds fixed-batch models padded chunks of their size (:func:`plan_batches`),
 ``_infer_impl``, which only runs.
 
 ``load_backend(path, backend="auto", **opts)`` chooses: ``.engine``/``.plan`` ->
-``trt``; ``.onnx`` -> the best ONNX Runtime provider that starts (TensorRT EP,
-then CUDA EP, then CPU); ``.keras`` -> ``keras``. A named backend that is not
+``trt``; ``.onnx`` -> the best ONNX Runtime provider that starts (TensorRT EP when
+TensorRT's libraries load, then CUDA EP, then CPU); ``.keras`` -> ``keras``. A named backend that is not
 installed or has no GPU is a :class:`~cnnedge.errors.BackendUnavailable`.
 Options: ONNX Runtime ``threads``, ``fp16``, ``cache_dir``, ``device_id``;
 TensorRT ``device_id``; Keras ``trust``, ``custom_objects``.
@@ -97,11 +97,11 @@ def load_backend(path: str | os.PathLike, backend: str = "auto", **opts: Any) ->
 
                 require("onnxruntime", "ONNX models")
             errors = []
-            from .ort import PROVIDERS, OrtBackend
+            from .ort import PROVIDERS, OrtBackend, tensorrt_loadable
 
             for name in ("ort-trt", "ort-cuda", "ort-cpu"):
-                if PROVIDERS[name] not in avail:
-                    continue
+                if PROVIDERS[name] not in avail or name == "ort-trt" and not tensorrt_loadable():
+                    continue  # TensorRT's libraries missing: the provider would only log a failure
                 try:
                     return OrtBackend(path, name, **opts)
                 except BackendUnavailable as exc:
