@@ -27,7 +27,6 @@ import shutil
 import signal
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -38,7 +37,9 @@ from .images import ImageError, decode_image, read_file, reduce_factor
 from .preprocess import prepare_image
 
 CRASH_HOOK = "CNNEDGE_TEST_DECODE_CRASH"
-SPAWN_AFTER_S = 1.0  # start worker processes once a run has lasted this long with files still to decode
+SPAWN_AFTER_S = 1.0  # start worker processes once a run has lasted this long ...
+SPAWN_MIN_LEFT_S = 4.0  # ... and, at its pace so far, has at least this long to go
+PROCESS_MIN_WORKERS = 4  # below this, threads: starting processes costs about a core-second each
 MAX_RING_BYTES = 1 << 30
 _PREFETCH = 2  # chunks queued per worker process
 
@@ -163,31 +164,44 @@ class DecodePool:
 
     ``decode``: path -> pixels (or (pixels, original) with ``keep``), used by the threads.
     ``params``: what worker processes use; None keeps decoding in threads.
-    ``processes``: True decodes only in them (started at once), None starts them after
-    :data:`SPAWN_AFTER_S` when files remain, False never.
+    ``processes``: True decodes only in them (started at once); None starts them on machines with
+    :data:`PROCESS_MIN_WORKERS` or more workers once a run has lasted :data:`SPAWN_AFTER_S` and has,
+    at its pace so far, :data:`SPAWN_MIN_LEFT_S` to go (``total``: the files expected, None if
+    unknown); False never. Without processes, ``workers + 2`` threads decode (files leave in order, so
+    two spare threads keep every core busy).
     """
 
     def __init__(self, decode: Callable[[str], Any], params: DecodeParams | None, workers: int, batch: int,
                  out: "queue.Queue[Any]", *, keep: bool = False, processes: bool | None = None,
-                 stop: threading.Event | None = None) -> None:
+                 stop: threading.Event | None = None, total: int | None = None) -> None:
         self.decode, self.params, self.workers, self.batch, self.out = decode, params, workers, batch, out
         self.keep = keep
         self.stop = stop or threading.Event()
         spec = params.input if params is not None else None
         self.row_shape = (spec.height, spec.width, spec.channels) if spec is not None else None
         self.restarts = 0
-        self._procs_wanted = processes is not False and params is not None and not keep and workers >= 1
-        self._spawn_at = time.perf_counter() + (0.0 if processes else SPAWN_AFTER_S)
+        self._procs_wanted = (params is not None and not keep and workers >= 1
+                              and (processes is True or processes is None and workers >= PROCESS_MIN_WORKERS))
+        self._started = time.perf_counter()
+        self._spawn_at = self._started + (0.0 if processes else SPAWN_AFTER_S)
+        self._total = total
+        self._decoded = 0  # files decoded so far (for the pace)
         self._only_procs = processes is True  # no decoding in threads while the workers start
         self._shm: Any = None
         self._ring: np.ndarray | None = None
         self._cursors: np.ndarray | None = None
         self._nslots = 0
         self._free: "queue.Queue[int]" = queue.Queue()
-        self._inbox: "queue.Queue[tuple]" = queue.Queue()
+        self._inbox: "queue.Queue[tuple]" = queue.Queue()  # the manager's: tasks for processes, their news
+        self._tasks: "queue.Queue[Chunk]" = queue.Queue()  # the threads'
         self._seq = itertools.count()
         self._submit_lock = threading.Lock()
-        self._threads = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="decode")
+        self._emit_lock = threading.Lock()
+        self._done: dict[int, Chunk] = {}
+        self._next = 0
+        self._to_procs = False  # set once a worker process is ready: new chunks go to the processes
+        self._nthreads = workers if self._procs_wanted else workers + 2
+        self._threads: list[threading.Thread] = []
         self._procs: dict[int, _Proc] = {}
         self._manager: threading.Thread | None = None
         self._closed = False
@@ -230,8 +244,20 @@ class DecodePool:
     def start(self) -> None:
         if self.row_shape is not None:
             self._make_ring(self.row_shape)
-        self._manager = threading.Thread(target=self._manage, name="decode manager", daemon=True)
-        self._manager.start()
+            self._start_workers()
+
+    def _start_workers(self) -> None:
+        if self._procs_wanted:
+            self._manager = threading.Thread(target=self._manage, name="decode manager", daemon=True)
+            self._manager.start()
+        if not (self._only_procs and self._procs_wanted):
+            self._start_threads()
+
+    def _start_threads(self) -> None:
+        while len(self._threads) < self._nthreads:
+            t = threading.Thread(target=self._thread_main, name=f"decode {len(self._threads)}", daemon=True)
+            self._threads.append(t)
+            t.start()
 
     # the feeders' side ---------------------------------------------------------------
     def submit(self, frames: list[Any]) -> bool:
@@ -240,6 +266,7 @@ class DecodePool:
             with self._submit_lock:
                 if self._ring is None:  # a model without a card: the first image sets the row shape
                     self._make_ring(self._probe_shape(frames))
+                    self._start_workers()
         while not self.stop.is_set():
             try:
                 slot = self._free.get(timeout=0.1)
@@ -249,13 +276,26 @@ class DecodePool:
         else:
             return False
         with self._submit_lock:
-            self._inbox.put(("task", Chunk(next(self._seq), frames, slot=slot)))
+            c = Chunk(next(self._seq), frames, slot=slot)
+            if self._to_procs or self._only_procs and self._procs_wanted:
+                self._inbox.put(("task", c))
+            else:
+                self._tasks.put(c)
         return True
 
     def mark(self, marker: Any) -> None:
         """Pass ``marker`` through in order after everything submitted so far."""
         with self._submit_lock:
-            self._inbox.put(("task", Chunk(next(self._seq), [], marker=marker)))
+            self._deliver(Chunk(next(self._seq), [], marker=marker))
+
+    def _deliver(self, c: Chunk) -> None:
+        """A finished chunk: hand it and every chunk now in order after it on."""
+        with self._emit_lock:
+            self._decoded += len(c.frames)
+            self._done[c.seq] = c
+            while self._next in self._done:
+                self.out.put(self._done.pop(self._next))
+                self._next += 1
 
     def release(self, slot: int) -> None:
         if slot >= 0:
@@ -271,12 +311,27 @@ class DecodePool:
                 continue
         return (1, 1, 1)  # every file failed: any shape carries their errors
 
-    # the manager thread --------------------------------------------------------------
+    # threads -----------------------------------------------------------------------
+    def _thread_main(self) -> None:
+        while not self.stop.is_set():
+            try:
+                c = self._tasks.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            c.t0 = time.perf_counter()
+            try:
+                assert self._ring is not None
+                c.errors, c.images = decode_into(self.decode, [f.path for f in c.frames], self._ring[c.slot],
+                                                 c.errors, keep=self.keep)
+                c.pixels = self._ring[c.slot][:len(c.frames)]
+            except BaseException as exc:  # noqa: BLE001 - never leave the batcher waiting
+                self.out.put(exc)
+                return
+            self._deliver(c)
+
+    # the manager thread (worker processes only) --------------------------------------
     def _manage(self) -> None:
         pending: collections.deque[Chunk] = collections.deque()
-        done: dict[int, Chunk] = {}
-        emit = 0
-        local = 0  # chunks decoding in threads
         try:
             while not self.stop.is_set():
                 try:
@@ -286,36 +341,32 @@ class DecodePool:
                 while ev is not None:
                     kind = ev[0]
                     if kind == "task":
-                        c = ev[1]
-                        if c.marker is not None:
-                            done[c.seq] = c
-                        else:
-                            pending.append(c)
-                    elif kind == "local":
-                        local -= 1
-                        done[ev[1].seq] = ev[1]
+                        pending.append(ev[1])
                     elif kind == "ready":
                         if ev[1] in self._procs:
                             self._procs[ev[1]].ready = True
+                            self._to_procs = True
                     elif kind == "done":
                         p = self._procs.get(ev[1])
                         c = p.inflight.pop(ev[2]) if p is not None and ev[2] in p.inflight else None
                         if c is not None:
                             c.errors = ev[3]
                             c.pixels = self._ring[c.slot][:len(c.frames)]  # type: ignore[index]
-                            done[c.seq] = c
+                            self._deliver(c)
                     elif kind == "dead":
                         self._replace(ev[1], pending)
                     try:
                         ev = self._inbox.get_nowait()
                     except queue.Empty:
                         ev = None
-                while emit in done:
-                    self.out.put(done.pop(emit))
-                    emit += 1
-                if (self._procs_wanted and not self._procs and pending
-                        and time.perf_counter() >= self._spawn_at):
+                if (self._procs_wanted and not self._procs and (pending or self._tasks.qsize())
+                        and time.perf_counter() >= self._spawn_at and self._long_enough()):
                     self._spawn_all()
+                if not self._procs_wanted:  # given up on processes: what they had goes to threads
+                    while pending:
+                        self._tasks.put(pending.popleft())
+                    self._start_threads()
+                    return
                 ready = [p for p in self._procs.values() if p.ready]
                 while pending and ready:
                     p = min(ready, key=lambda q: len(q.inflight))
@@ -328,24 +379,15 @@ class DecodePool:
                         p.conn.send((c.seq, c.slot, [f.path for f in c.frames], c.errors or {}))
                     except OSError:
                         pass  # it died: its reader reports that and the chunk goes back
-                if not (self._only_procs and self._procs_wanted) and not ready and not any(
-                        p.inflight for p in self._procs.values()):
-                    while pending and local < self.workers:
-                        c = pending.popleft()
-                        c.t0 = time.perf_counter()
-                        local += 1
-                        self._threads.submit(self._local, c)
         except BaseException as exc:  # noqa: BLE001 - never leave the batcher waiting on a dead manager
             self.out.put(exc)
 
-    def _local(self, c: Chunk) -> None:
-        try:
-            assert self._ring is not None
-            c.errors, c.images = decode_into(self.decode, [f.path for f in c.frames], self._ring[c.slot],
-                                             c.errors, keep=self.keep)
-            c.pixels = self._ring[c.slot][:len(c.frames)]
-        finally:
-            self._inbox.put(("local", c))
+    def _long_enough(self) -> bool:
+        """Whether the run will last long enough to pay for starting worker processes."""
+        if self._only_procs or self._total is None:
+            return True
+        pace = self._decoded / max(1e-9, time.perf_counter() - self._started)
+        return pace <= 0 or (self._total - self._decoded) / pace >= SPAWN_MIN_LEFT_S
 
     # worker processes ----------------------------------------------------------------
     def _spawn_all(self) -> None:
@@ -409,7 +451,7 @@ class DecodePool:
             pass
         self.restarts += 1
         if self.restarts > 3 * self.workers + 10:  # something kills every worker: go on in threads
-            self._procs_wanted = False
+            self._procs_wanted = self._to_procs = False
             for q in list(self._procs.values()):
                 for c in reversed(q.inflight.values()):
                     pending.appendleft(c)
@@ -450,7 +492,8 @@ class DecodePool:
         self.stop.set()
         if self._manager is not None:
             self._manager.join(timeout=5)
-        self._threads.shutdown(wait=True, cancel_futures=True)
+        for t in self._threads:
+            t.join(timeout=5)
         self._stop_procs()
         self._ring = self._cursors = None
         if self._shm is not None:

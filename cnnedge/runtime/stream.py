@@ -253,7 +253,7 @@ def _run(clf: BatchModel, sources: list[Source], batch: int, max_wait_ms: float,
         pool = GpuDecodePool(clf, decode_file, workers, batch, ready, keep=keep_images, stop=stop)
     else:
         pool = DecodePool(decode_file, params, workers, batch, ready, keep=keep_images, processes=processes,
-                          stop=stop)
+                          stop=stop, total=stats.total if all(isinstance(s, FileSource) for s in sources) else None)
 
     def put(item: Any) -> bool:
         if stop.is_set():
