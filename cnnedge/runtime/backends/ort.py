@@ -234,14 +234,14 @@ class OrtBackend(Backend):
         """With fixed output sizes, a slot whose input and output buffers are bound to the session
         once: a call then builds no feed and allocates no output (about 9 µs less than ``session.run``
         per call for a small CNN on CPU, measured in benchmarks/runtime_bench.py). On a GPU the two
-        buffers are pinned host memory, which ONNX Runtime copies to and from the device."""
+        buffers are pinned host memory, which ONNX Runtime copies to and from the device by DMA."""
         base = super()._make_slot()
         out_tail = tuple(self.output_spec.shape[1:])
         if base is None or None in out_tail:
             return base
         if self._gpu:
             pinned = _Pinned(self, 1)
-            return _BoundSlot(self, pinned.input, pinned.output, pinned.binding)
+            return _BoundSlot(self, pinned.input, pinned.output, pinned)
         return _BoundSlot(self, base.input, np.zeros((1,) + out_tail, np.dtype(self.output_spec.dtype)))
 
     def _pinned_for(self, n: int) -> "_Pinned | None":
@@ -279,38 +279,61 @@ class OrtBackend(Backend):
         self.session = None  # type: ignore[assignment]
 
 
-def _pinned_array(ort: Any, shape: tuple[int, ...], dtype: np.dtype, device_id: int,
-                  device: str = "cuda_pinned") -> tuple[Any, np.ndarray]:
-    """Page-locked host memory from ONNX Runtime's CUDA allocator, and a numpy view of it: the GPU copies
-    from and to it by DMA, about three times as fast as from pageable memory. (``device="cpu"``: the
-    same on plain memory, what a machine without a GPU can check.)"""
-    value = ort.OrtValue.ortvalue_from_shape_and_type(list(shape), dtype.type, device, device_id)
+def _host_buffer(shape: tuple[int, ...], dtype: np.dtype, pinned: bool, owned: list[int]) -> np.ndarray:
+    """A host array for a binding: page-locked (``cudaHostAlloc`` through cuda-python, the ``gpu`` extra's)
+    when ``pinned``, so the GPU copies from and to it by DMA, about three times as fast as from pageable
+    memory; plain memory otherwise or when CUDA cannot give it. Pinned pointers are added to ``owned``."""
     nbytes = int(np.prod(shape)) * dtype.itemsize
-    raw = (ctypes.c_uint8 * nbytes).from_address(value.data_ptr())
-    return value, np.frombuffer(raw, np.uint8).view(dtype).reshape(shape)
+    if pinned:
+        try:
+            from .trt import import_cudart
+
+            cudart = import_cudart()
+            err, ptr = cudart.cudaHostAlloc(max(1, nbytes), getattr(cudart, "cudaHostAllocPortable", 1))
+            if int(err) == 0:
+                owned.append(int(ptr))
+                raw = (ctypes.c_uint8 * nbytes).from_address(int(ptr))
+                return np.frombuffer(raw, np.uint8).view(dtype).reshape(shape)
+        except Exception:  # noqa: BLE001 - no cuda-python or no memory to lock: pageable still works
+            pass
+    return np.zeros(shape, dtype)
 
 
 class _Pinned:
-    """A pinned input and output of one batch size, bound to the session once (the OrtValues keep them alive)."""
+    """An input and output buffer of one batch size, bound to the session once; pinned on a GPU.
+    The buffers live as long as this object."""
 
-    def __init__(self, backend: OrtBackend, n: int, device: str = "cuda_pinned") -> None:
-        import onnxruntime as ort
-
-        dev = backend.device_id
-        self._in_value, self.input = _pinned_array(
-            ort, (n,) + tuple(backend.input_spec.shape[1:]), np.dtype(backend.input_spec.dtype), dev, device)
-        self._out_value, self.output = _pinned_array(
-            ort, (n,) + tuple(backend.output_spec.shape[1:]), np.dtype(backend.output_spec.dtype), dev, device)
+    def __init__(self, backend: OrtBackend, n: int, pinned: bool = True) -> None:
+        self._owned: list[int] = []
+        ins, outs = backend.input_spec, backend.output_spec
+        self.input = _host_buffer((n,) + tuple(ins.shape[1:]), np.dtype(ins.dtype), pinned, self._owned)
+        self.output = _host_buffer((n,) + tuple(outs.shape[1:]), np.dtype(outs.dtype), pinned, self._owned)
         self.binding = b = backend.session.io_binding()
-        b.bind_ortvalue_input(backend._in_name, self._in_value)
-        b.bind_ortvalue_output(backend._out_names[0], self._out_value)
+        b.bind_input(backend._in_name, "cpu", 0, self.input.dtype, list(self.input.shape), self.input.ctypes.data)
+        b.bind_output(backend._out_names[0], "cpu", 0, self.output.dtype, list(self.output.shape),
+                      self.output.ctypes.data)
+
+    def __del__(self) -> None:
+        if self._owned:
+            try:
+                from .trt import import_cudart
+
+                cudart = import_cudart()
+                for ptr in self._owned:
+                    cudart.cudaFreeHost(ptr)
+            except Exception:  # noqa: BLE001 - interpreter shutdown
+                pass
+            self._owned = []
 
 
 class _BoundSlot(Slot):
-    def __init__(self, backend: OrtBackend, input: np.ndarray, output: np.ndarray, binding: Any = None) -> None:
+    def __init__(self, backend: OrtBackend, input: np.ndarray, output: np.ndarray,
+                 owner: _Pinned | None = None) -> None:
         super().__init__(backend, input)
         self.output = output
+        self._owner = owner  # keeps pinned buffers alive as long as the slot
         sess = backend.session
+        binding = owner.binding if owner is not None else None
         if binding is None:
             binding = sess.io_binding()
             binding.bind_input(backend._in_name, "cpu", 0, input.dtype, list(input.shape), input.ctypes.data)
