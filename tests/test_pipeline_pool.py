@@ -285,3 +285,12 @@ def test_auto_skips_the_tensorrt_provider_when_its_library_cannot_load():
     if ctypes.util.find_library("nvinfer"):
         pytest.skip("TensorRT's library is installed on this machine")
     assert tensorrt_loadable() is False
+
+
+def test_gpu_decode_with_kept_images_is_refused_and_auto_keeps_them(tmp_path):
+    _digits(tmp_path / "imgs", 2)
+    with Classifier(models()["onnx"], "ort-cpu", threads=1) as clf:
+        with pytest.raises(UsageError, match="keeps no original images"):
+            run_pipeline(clf, str(tmp_path / "imgs"), decode="gpu", keep_images=True)
+        got = list(run_pipeline(clf, str(tmp_path / "imgs"), decode="auto", keep_images=True))
+    assert [r.image.shape[:2] for r in got] == [(32, 32), (32, 32)]

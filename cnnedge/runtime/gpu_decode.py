@@ -97,8 +97,7 @@ class GpuDecodePool:
     def __init__(self, clf: Any, cpu_decode: Callable[[str], Any], workers: int, batch: int,
                  out: "queue.Queue[Any]", *, keep: bool = False, stop: threading.Event | None = None) -> None:
         if keep:
-            raise UsageError("--decode gpu keeps no original images (--save-dir, --show, --save-video need them); "
-                             "use --decode cpu")
+            raise UsageError("--decode gpu keeps no original images; use --decode cpu")
         try:
             import cvcuda
             from nvidia import nvimgcodec
@@ -188,7 +187,7 @@ class GpuDecodePool:
         good = [i for i in range(len(paths)) if i not in errors]
         if not good:
             return
-        if host:  # a mixed chunk is assembled on the host (a small copy of model-size rows)
+        if host or not hasattr(self._cv, "stack"):  # a mixed chunk is assembled on the host (model-size rows)
             h, w = self.size
             px = np.empty((len(paths), h, w, 3), np.uint8)
             for i in good:

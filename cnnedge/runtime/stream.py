@@ -149,7 +149,7 @@ def iter_batches(clf: BatchModel, source: Any, batch: int = 8, *, max_wait_ms: f
         raise UsageError(f"max_wait_ms must be >= 0, got {max_wait_ms}")
     if decode not in DECODE_MODES:
         raise UsageError(f"decode {decode!r}: expected one of {', '.join(DECODE_MODES)}")
-    use_gpu = _gpu_decode_wanted(clf, decode)
+    use_gpu = _gpu_decode_wanted(clf, decode, keep_images)
     specs = list(source) if isinstance(source, (list, tuple)) and _all_specs(source) else [source]
     kw: dict[str, Any] = {"glob": glob, "live": live}
     if open_timeout_ms is not None:
@@ -212,9 +212,14 @@ def _all_specs(seq: Any) -> bool:
     return not all(isinstance(x, (str, os.PathLike)) and is_image_file(x) for x in seq)
 
 
-def _gpu_decode_wanted(clf: Any, decode: str) -> bool:
+def _gpu_decode_wanted(clf: Any, decode: str, keep_images: bool) -> bool:
     """Whether to decode on the GPU; ``gpu`` that cannot be honoured is a one-line UsageError."""
     if decode == "cpu":
+        return False
+    if keep_images:
+        if decode == "gpu":
+            raise UsageError("--decode gpu keeps no original images, which --save-dir, --save-video and --show "
+                             "need; use --decode cpu with them")
         return False
     backend = getattr(clf, "backend", None)
     name = getattr(backend, "name", "")
