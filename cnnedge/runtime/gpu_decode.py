@@ -80,7 +80,7 @@ class DeviceBatch:
     def host(self) -> np.ndarray:
         return self._to_host(self.tensor)
 
-    def infer(self, clf: Any, rows: Any = None) -> np.ndarray:
+    def infer(self, clf: Any) -> np.ndarray:
         """Run the model on this batch: straight from device memory when the backend and card allow it."""
         be = clf.backend
         card = clf.card

@@ -114,11 +114,11 @@ class _Item:
 class _Done:
     """What the inference thread hands the caller's thread: one batch's units and raw output."""
 
-    __slots__ = ("chunk", "items", "out", "rows", "batch", "t")
+    __slots__ = ("chunk", "items", "out", "batch", "t")
 
-    def __init__(self, chunk: Chunk | None, items: list[_Item], out: np.ndarray | None, rows: np.ndarray | None,
-                 batch: int, t: float) -> None:
-        self.chunk, self.items, self.out, self.rows, self.batch, self.t = chunk, items, out, rows, batch, t
+    def __init__(self, chunk: Chunk | None, items: list[_Item], out: np.ndarray | None, batch: int,
+                 t: float) -> None:
+        self.chunk, self.items, self.out, self.batch, self.t = chunk, items, out, batch, t
 
 
 def default_workers() -> int:
@@ -405,14 +405,13 @@ def _infer_loop(clf: BatchModel, pool: Any, ready: queue.Queue, done_q: queue.Qu
                 active -= 1
                 continue
             if isinstance(first, Chunk):
-                out, rows = None, None
-                good = len(first.frames) - len(first.errors or ())
-                if good:
-                    rows, px = _good_rows(first)
-                    out = px.infer(clf, rows) if hasattr(px, "infer") else clf.infer_pixels(px)
+                out = None
+                if len(first.frames) > len(first.errors or ()):
+                    px = _good_rows(first)
+                    out = px.infer(clf) if hasattr(px, "infer") else clf.infer_pixels(px)
                     n += 1
                 pool.release(first.slot)
-                if not hand(_Done(first, [], out, rows, n, time.perf_counter())):
+                if not hand(_Done(first, [], out, n, time.perf_counter())):
                     break
                 continue
             items = [first]
@@ -439,7 +438,7 @@ def _infer_loop(clf: BatchModel, pool: Any, ready: queue.Queue, done_q: queue.Qu
             if good_items:
                 out = clf.infer_pixels(np.stack([it.pixels for it in good_items]))
                 n += 1
-            if not hand(_Done(None, items, out, None, n, time.perf_counter())):
+            if not hand(_Done(None, items, out, n, time.perf_counter())):
                 break
     except BaseException as exc:  # noqa: BLE001 - the caller's thread re-raises it
         hand(exc)
@@ -447,12 +446,12 @@ def _infer_loop(clf: BatchModel, pool: Any, ready: queue.Queue, done_q: queue.Qu
     hand(None)
 
 
-def _good_rows(c: Chunk) -> tuple[np.ndarray | None, Any]:
-    """The rows of a chunk that decoded, and the pixels to run: all of them, without a copy, when none failed."""
-    if not c.errors:
-        return None, c.pixels
-    rows = np.array([i for i in range(len(c.frames)) if i not in c.errors], np.intp)
-    return rows, c.pixels[rows] if isinstance(c.pixels, np.ndarray) else c.pixels
+def _good_rows(c: Chunk) -> Any:
+    """The pixels of a chunk's files that decoded: all rows, without a copy, when none failed
+    (a GPU batch holds only the decoded files already)."""
+    if not c.errors or not isinstance(c.pixels, np.ndarray):
+        return c.pixels
+    return c.pixels[[i for i in range(len(c.frames)) if i not in c.errors]]
 
 
 def _results(clf: BatchModel, d: _Done, topk: int | None, stats: PipelineStats) -> list[Result]:
