@@ -85,7 +85,8 @@ class DeviceBatch:
         be = clf.backend
         card = clf.card
         direct = (card.preprocess.in_graph and card.input.layout == "NHWC" and be.input_spec.dtype == "uint8"
-                  and hasattr(be, "infer_device"))
+                  and hasattr(be, "infer_device") and be.fixed_batch in (None, self.shape[0])
+                  and (be.max_batch is None or be.min_batch <= self.shape[0] <= be.max_batch))
         if direct:
             return be.infer_device(self.tensor.cuda().__cuda_array_interface__["data"][0], self.shape, "uint8")
         return clf.infer_pixels(self.host())
