@@ -150,6 +150,7 @@ class Chunk:
     slot: int = -1
     t0: float = 0.0
     marker: Any = None  # passed through in order (a source's end), no files
+    left: int = 0  # pieces still decoding in threads
 
 
 class _Proc:
@@ -193,7 +194,8 @@ class DecodePool:
         self._nslots = 0
         self._free: "queue.Queue[int]" = queue.Queue()
         self._inbox: "queue.Queue[tuple]" = queue.Queue()  # the manager's: tasks for processes, their news
-        self._tasks: "queue.Queue[Chunk]" = queue.Queue()  # the threads'
+        self._tasks: "queue.Queue[tuple[Chunk, int, int]]" = queue.Queue()  # the threads': chunk, rows a..b
+        self._piece_lock = threading.Lock()
         self._seq = itertools.count()
         self._submit_lock = threading.Lock()
         self._emit_lock = threading.Lock()
@@ -280,8 +282,19 @@ class DecodePool:
             if self._to_procs or self._only_procs and self._procs_wanted:
                 self._inbox.put(("task", c))
             else:
-                self._tasks.put(c)
+                self._to_threads(c)
         return True
+
+    def _to_threads(self, c: Chunk) -> None:
+        """Queue a chunk for the threads in pieces (at least 4 files each), so that the threads share a
+        batch and one slow thread does not hold back the batches after it."""
+        n = len(c.frames)
+        step = max(4, -(-n // self._nthreads))
+        c.errors = dict(c.errors or {})
+        c.images = [None] * n if self.keep else None
+        c.left = len(range(0, n, step))
+        for a in range(0, n, step):
+            self._tasks.put((c, a, min(n, a + step)))
 
     def mark(self, marker: Any) -> None:
         """Pass ``marker`` through in order after everything submitted so far."""
@@ -315,19 +328,28 @@ class DecodePool:
     def _thread_main(self) -> None:
         while not self.stop.is_set():
             try:
-                c = self._tasks.get(timeout=0.1)
+                c, a, b = self._tasks.get(timeout=0.1)
             except queue.Empty:
                 continue
-            c.t0 = time.perf_counter()
+            if not c.t0:
+                c.t0 = time.perf_counter()
             try:
                 assert self._ring is not None
-                c.errors, c.images = decode_into(self.decode, [f.path for f in c.frames], self._ring[c.slot],
-                                                 c.errors, keep=self.keep)
-                c.pixels = self._ring[c.slot][:len(c.frames)]
+                skip = {i - a: e for i, e in (c.errors or {}).items() if a <= i < b}
+                errors, images = decode_into(self.decode, [f.path for f in c.frames[a:b]], self._ring[c.slot][a:b],
+                                             skip, keep=self.keep)
             except BaseException as exc:  # noqa: BLE001 - never leave the batcher waiting
                 self.out.put(exc)
                 return
-            self._deliver(c)
+            with self._piece_lock:
+                c.errors.update({a + i: e for i, e in errors.items()})  # type: ignore[union-attr]
+                if images is not None and c.images is not None:
+                    c.images[a:b] = images
+                c.left -= 1
+                last = c.left == 0
+            if last:
+                c.pixels = self._ring[c.slot][:len(c.frames)]
+                self._deliver(c)
 
     # the manager thread (worker processes only) --------------------------------------
     def _manage(self) -> None:
@@ -364,7 +386,7 @@ class DecodePool:
                     self._spawn_all()
                 if not self._procs_wanted:  # given up on processes: what they had goes to threads
                     while pending:
-                        self._tasks.put(pending.popleft())
+                        self._to_threads(pending.popleft())
                     self._start_threads()
                     return
                 ready = [p for p in self._procs.values() if p.ready]
