@@ -303,7 +303,7 @@ def main() -> None:
     # what else runs, and 2 cores / CPU-per-image is what the path can reach on an idle 2-core machine.
     from cnnedge.runtime.stream import default_workers
 
-    nw = default_workers()  # cnn-infer's decode threads; the bound is the best of 2 and this many
+    nw = default_workers() + 2  # cnn-infer's decode threads below 4 cores; the bound is the best of 2 and this many
     runs = (
         ("bound_full_1t", lambda: bound(paths, 1, False)),
         ("bound_full_2t", lambda: bound(paths, 2, False)),

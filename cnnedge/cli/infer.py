@@ -76,8 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
                      "e.g. --batch 16)")
     run.add_argument("--max-wait-ms", type=_wait_ms, default=10.0, metavar="MS",
                      help="close a batch this long after its first frame (default 10; e.g. --max-wait-ms 20)")
-    run.add_argument("--workers", type=_positive, metavar="N", help="decode threads (default: CPU cores + 2, 3..8; "
-                     "e.g. --workers 4)")
+    run.add_argument("--workers", type=_positive, metavar="N", help="decode workers, each a batch at a time "
+                     "(default: the cores this process may use; e.g. --workers 4)")
+    run.add_argument("--decode", choices=("auto", "cpu", "gpu"), default="auto",
+                     help="where JPEGs are decoded and resized: gpu (nvImageCodec + CV-CUDA, the gpu-decode extra "
+                          "and a GPU backend), cpu, or auto: gpu when both are there (e.g. --decode cpu)")
     run.add_argument("--threads", type=_positive, metavar="N",
                      help="ONNX Runtime intra-op threads (default: half the cores; e.g. --threads 1)")
     run.add_argument("--fp16", action="store_true", help="TensorRT execution provider builds FP16 kernels "
@@ -196,7 +199,7 @@ def _run(args: argparse.Namespace, sources: list[Any], out: TextIO, err: TextIO)
         summary = run(sources, clf, sinks, batch=args.batch, max_wait_ms=args.max_wait_ms, workers=args.workers,
                       glob=args.glob, max_frames=args.max_frames, duration=args.duration, live=args.live,
                       open_timeout_ms=args.open_timeout_ms, read_timeout_ms=args.read_timeout_ms,
-                      give_up_s=args.give_up_after, progress=err if show_progress else None)
+                      give_up_s=args.give_up_after, decode=args.decode, progress=err if show_progress else None)
     print(f"{PROG}: {summary.line()}", file=err)
     if ev is not None:
         print(ev.format(), file=out)

@@ -424,8 +424,8 @@ class Classifier:
         string, or a list of these) through the batched pipeline; yields Results.
 
         Options: ``max_wait_ms``, ``workers``, ``glob``, ``max_frames``, ``duration``,
-        ``keep_images``, ``open_timeout_ms``, ``read_timeout_ms``, ``give_up_s``, ``topk`` (see
-        :func:`cnnedge.runtime.stream.run_pipeline`).
+        ``keep_images``, ``open_timeout_ms``, ``read_timeout_ms``, ``give_up_s``, ``topk``,
+        ``decode`` (``auto``/``cpu``/``gpu``), ``processes`` (see :func:`cnnedge.runtime.stream.iter_batches`).
         """
         from .stream import run_pipeline
 

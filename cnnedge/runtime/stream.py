@@ -1,28 +1,35 @@
-"""The batched pipeline: sources -> decode/preprocess pool -> batcher -> backend -> results.
+"""The batched pipeline: sources -> decode pool -> inference thread -> results, a batch at a time.
 
-Each source has a feeder thread. Files are read and decoded in a small thread
-pool (OpenCV releases the GIL) and handed on in order; live frames are prepared
-by their feeder. Everything meets in one bounded queue: a batch closes when it
-is full or ``max_wait_ms`` after its first frame, so several cameras share one
-inference call and a slow camera never holds the others back. Latency is
-measured from capture (or file read) to result.
+Files go to the decode pool in chunks of one batch (:mod:`.decodepool`: threads at
+first, worker processes with shared-memory batch buffers for longer runs, or the
+GPU with ``decode="gpu"``) and come back in order, already stacked. Live frames are
+prepared by their source's feeder and meet in the same queue: their batch closes
+when it is full, ``max_wait_ms`` after its first frame, or when every source has
+ended, so several cameras share one inference call and a slow camera never holds
+the others back. The inference thread does a constant amount of work per batch
+(run the model, hand the raw output on); predictions and Results are built in the
+caller's thread from one vectorised post-processing call. Latency is measured from
+capture (or the start of a file's decode) to the end of its batch's inference.
 """
 from __future__ import annotations
 
 import collections
+import itertools
 import math
 import os
 import queue
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Protocol, Sequence
 
 import numpy as np
 
+from ..card import ModelCard
 from ..errors import UsageError
-from .images import ImageError, is_image_file, read_file
+from .decodepool import Chunk, DecodeParams, DecodePool, available_cores
+from .gpu_decode import GPU_BACKENDS
+from .images import is_image_file, read_file
 from .results import Prediction, Result
 from .sources import FileSource, Frame, LiveSource, Source, open_source
 
@@ -97,6 +104,8 @@ class PipelineStats:
 
 
 class _Item:
+    """One live or video frame, prepared by its feeder."""
+
     __slots__ = ("frame", "pixels", "error", "image", "gate")
 
     def __init__(self, frame: Frame, pixels: np.ndarray | None = None, error: str | None = None,
@@ -105,31 +114,45 @@ class _Item:
         self.gate: threading.Event | None = None  # a live source's: set when the batcher takes the item
 
 
+class _Done:
+    """What the inference thread hands the caller's thread: one batch's units and raw output."""
+
+    __slots__ = ("chunk", "items", "out", "batch", "t")
+
+    def __init__(self, chunk: Chunk | None, items: list[_Item], out: np.ndarray | None, batch: int,
+                 t: float) -> None:
+        self.chunk, self.items, self.out, self.batch, self.t = chunk, items, out, batch, t
+
+
 def default_workers() -> int:
-    """Decode threads: the cores plus two (3..8). A decode holds the GIL for its Python part
-    and files leave the pool in order, so two spare threads keep every core decoding; on the
-    2-core machine 4 threads gave 5-7% more images/s than 2 (benchmarks/README.md)."""
-    return max(3, min(8, (os.cpu_count() or 2) + 2))
+    """Decode workers: the cores this process may use (its affinity). Each worker decodes a whole
+    batch at a time, so there is no per-image hand-off to hide behind extra threads."""
+    return available_cores()
 
 
-def run_pipeline(clf: BatchModel, source: Any, batch: int = 8, *, max_wait_ms: float = 10.0,
+DECODE_MODES = ("auto", "cpu", "gpu")
+
+
+def iter_batches(clf: BatchModel, source: Any, batch: int = 8, *, max_wait_ms: float = 10.0,
                  workers: int | None = None, glob: str | None = None, max_frames: int | None = None,
                  duration: float | None = None, keep_images: bool = False, topk: int | None = None,
                  live: bool = False, open_timeout_ms: int | None = None, read_timeout_ms: int | None = None,
-                 give_up_s: float | None = None,
-                 stats: PipelineStats | None = None) -> Iterator[Result]:
-    """Classify everything ``source`` (one source spec or a list of them) delivers.
+                 give_up_s: float | None = None, stats: PipelineStats | None = None, decode: str = "auto",
+                 processes: bool | None = None) -> Iterator[list[Result]]:
+    """Like :func:`run_pipeline`, one list of Results per inference call (a batch and the failed files
+    that rode with it), for sinks that write a batch at a time.
 
-    Yields :class:`Result` objects; unusable files come out as Results with an
-    ``error``. Stops at the end of all finite sources, after ``max_frames``
-    results or ``duration`` seconds, or when the caller stops iterating. A live
-    stream that drops reconnects with back-off until the run ends, or, with
-    ``give_up_s``, ends once it has been down that long (``stats.given_up``).
+    ``decode``: ``"cpu"`` (OpenCV), ``"gpu"`` (nvImageCodec + CV-CUDA, the ``gpu-decode`` extra and a GPU
+    backend) or ``"auto"`` (GPU when both are there). ``processes``: decode in worker processes from the
+    start (True), never (False), or once the run has lasted about a second with files left (None).
     """
     if batch < 1:
         raise UsageError(f"batch must be at least 1, got {batch}")
     if not (isinstance(max_wait_ms, (int, float)) and math.isfinite(max_wait_ms) and max_wait_ms >= 0):
         raise UsageError(f"max_wait_ms must be a finite number >= 0, got {max_wait_ms!r}")
+    if decode not in DECODE_MODES:
+        raise UsageError(f"decode {decode!r}: expected one of {', '.join(DECODE_MODES)}")
+    use_gpu = _gpu_decode_wanted(clf, decode, keep_images)
     specs = list(source) if isinstance(source, (list, tuple)) and _all_specs(source) else [source]
     kw: dict[str, Any] = {"glob": glob, "live": live}
     if open_timeout_ms is not None:
@@ -153,7 +176,37 @@ def run_pipeline(clf: BatchModel, source: Any, batch: int = 8, *, max_wait_ms: f
     totals = [s.total if isinstance(s, FileSource) else None for s in sources]
     stats.total = sum(t for t in totals if t is not None) if all(t is not None for t in totals) else None
     return _run(clf, sources, batch, max_wait_ms, workers or default_workers(), max_frames, duration,
-                keep_images, topk, stats)
+                keep_images, topk, stats, use_gpu, processes)
+
+
+def run_pipeline(clf: BatchModel, source: Any, batch: int = 8, *, max_wait_ms: float = 10.0,
+                 workers: int | None = None, glob: str | None = None, max_frames: int | None = None,
+                 duration: float | None = None, keep_images: bool = False, topk: int | None = None,
+                 live: bool = False, open_timeout_ms: int | None = None, read_timeout_ms: int | None = None,
+                 give_up_s: float | None = None, stats: PipelineStats | None = None, decode: str = "auto",
+                 processes: bool | None = None) -> Iterator[Result]:
+    """Classify everything ``source`` (one source spec or a list of them) delivers.
+
+    Yields :class:`Result` objects; unusable files come out as Results with an
+    ``error``. Stops at the end of all finite sources, after ``max_frames``
+    results or ``duration`` seconds, or when the caller stops iterating. A live
+    stream that drops reconnects with back-off until the run ends, or, with
+    ``give_up_s``, ends once it has been down that long (``stats.given_up``).
+    ``decode`` and ``processes``: see :func:`iter_batches`.
+    """
+    batches = iter_batches(clf, source, batch, max_wait_ms=max_wait_ms, workers=workers, glob=glob,
+                           max_frames=max_frames, duration=duration, keep_images=keep_images, topk=topk, live=live,
+                           open_timeout_ms=open_timeout_ms, read_timeout_ms=read_timeout_ms, give_up_s=give_up_s,
+                           stats=stats, decode=decode, processes=processes)
+    return _flatten(batches)
+
+
+def _flatten(batches: Iterator[list[Result]]) -> Iterator[Result]:
+    try:
+        for rs in batches:
+            yield from rs
+    finally:
+        batches.close()  # type: ignore[attr-defined]
 
 
 def _all_specs(seq: Any) -> bool:
@@ -161,34 +214,59 @@ def _all_specs(seq: Any) -> bool:
     return not all(isinstance(x, (str, os.PathLike)) and is_image_file(x) for x in seq)
 
 
+def _gpu_decode_wanted(clf: Any, decode: str, keep_images: bool) -> bool:
+    """Whether to decode on the GPU; ``gpu`` that cannot be honoured is a one-line UsageError."""
+    if decode == "cpu":
+        return False
+    if keep_images:
+        if decode == "gpu":
+            raise UsageError("--decode gpu keeps no original images, which --save-dir, --save-video and --show "
+                             "need; use --decode cpu with them")
+        return False
+    backend = getattr(clf, "backend", None)
+    name = getattr(backend, "name", "")
+    if decode == "auto" and name not in GPU_BACKENDS:
+        return False
+    from . import gpu_decode
+
+    return gpu_decode.wanted(clf, decode)
+
+
+def _decode_params(clf: Any) -> DecodeParams | None:
+    """What worker processes need to decode for ``clf``: its card's input and preprocessing."""
+    card = getattr(clf, "card", None)
+    if not isinstance(card, ModelCard):
+        return None
+    return DecodeParams(card.input, card.preprocess, bool(getattr(clf, "reduce_decode", True)))
+
+
 def _run(clf: BatchModel, sources: list[Source], batch: int, max_wait_ms: float, workers: int,
          max_frames: int | None, duration: float | None, keep_images: bool, topk: int | None,
-         stats: PipelineStats) -> Iterator[Result]:
+         stats: PipelineStats, use_gpu: bool, processes: bool | None) -> Iterator[list[Result]]:
     stop = threading.Event()
-    ready: queue.Queue = queue.Queue(maxsize=max(2 * batch, 4))
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
-    depth = max(2 * workers, batch + workers)
+    ready: queue.Queue = queue.Queue()  # bounded by the pool's slots and one frame per live source
+    done_q: queue.Queue = queue.Queue(maxsize=4)
+    params = _decode_params(clf)
+
+    def decode_file(path: str) -> Any:
+        img = clf.decode(read_file(path), path)
+        px = clf.prepare(img)
+        return (px, img) if keep_images else px
+
+    pool: Any
+    if use_gpu:
+        from .gpu_decode import GpuDecodePool
+
+        pool = GpuDecodePool(clf, decode_file, workers, batch, ready, keep=keep_images, stop=stop)
+    else:
+        pool = DecodePool(decode_file, params, workers, batch, ready, keep=keep_images, processes=processes,
+                          stop=stop, total=stats.total if all(isinstance(s, FileSource) for s in sources) else None)
 
     def put(item: Any) -> bool:
-        while not stop.is_set():
-            try:
-                ready.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def decode(frame: Frame) -> _Item:
-        if frame.skip is not None:
-            return _Item(frame, error=frame.skip.reason)
-        try:
-            frame.t0, frame.timestamp = time.perf_counter(), time.time()
-            img = clf.decode(read_file(frame.path), frame.path)
-            return _Item(frame, clf.prepare(img), image=img if keep_images else None)
-        except ImageError as exc:
-            return _Item(frame, error=exc.reason)
-        except Exception as exc:  # noqa: BLE001 - one bad file never ends a run
-            return _Item(frame, error=f"{type(exc).__name__}: {exc}")
+        if stop.is_set():
+            return False
+        ready.put(item)
+        return True
 
     def prepare(frame: Frame) -> _Item:
         try:
@@ -197,24 +275,20 @@ def _run(clf: BatchModel, sources: list[Source], batch: int, max_wait_ms: float,
             return _Item(frame, error=f"bad frame ({exc})")
 
     def feed_files(src: Source) -> None:
-        window: collections.deque[Future] = collections.deque()
         try:
             it = iter(src)
-            exhausted = False
             while not stop.is_set():
-                while not exhausted and len(window) < depth:
-                    try:
-                        window.append(pool.submit(decode, next(it)))
-                    except StopIteration:
-                        exhausted = True
-                if not window:
+                chunk = list(itertools.islice(it, batch))
+                if not chunk:
                     break
-                if not put(window.popleft().result()):
+                for f in chunk:  # reported, never read: they go round the decoders
+                    if f.skip is not None and not put(_Item(f, error=f.skip.reason)):
+                        return
+                chunk = [f for f in chunk if f.skip is None]
+                if chunk and not pool.submit(chunk):
                     break
         finally:
-            for f in window:
-                f.cancel()
-            put(_END)
+            pool.mark(_END)
 
     def feed_frames(src: Source) -> None:
         try:
@@ -239,42 +313,178 @@ def _run(clf: BatchModel, sources: list[Source], batch: int, max_wait_ms: float,
                     if not put(item):
                         break
             else:
-                for f in src:
-                    if stop.is_set() or not put(prepare(f)):
+                while not stop.is_set():
+                    if ready.qsize() > 2 * batch:  # a video file: don't read ahead of the model
+                        time.sleep(0.002)
+                        continue
+                    f = next(src, None)
+                    if f is None or not put(prepare(f)):
                         break
         finally:
-            put(_END)
+            ready.put(_END)
 
     threads = []
     for src in sources:
         target = feed_files if isinstance(src, FileSource) else feed_frames
-        t = threading.Thread(target=target, args=(src,), name=f"feed {src.name}", daemon=True)
-        threads.append(t)
+        threads.append(threading.Thread(target=target, args=(src,), name=f"feed {src.name}", daemon=True))
 
     stats.started = time.perf_counter()
-    for t in threads:
-        t.start()
-    active = len(threads)
-    emitted = 0
     deadline = None if duration is None else stats.started + duration
     wait_s = max_wait_ms / 1000.0
+    infer_thread = threading.Thread(target=_infer_loop, name="infer", daemon=True,
+                                    args=(clf, pool, ready, done_q, stop, len(threads), batch, wait_s, deadline))
+    pool.start()
+    for t in threads:
+        t.start()
+    infer_thread.start()
+    emitted = 0
+    try:
+        while True:
+            try:
+                d = done_q.get(timeout=0.1)
+            except queue.Empty:
+                if not infer_thread.is_alive() and done_q.empty():
+                    break
+                continue
+            if d is None:
+                break
+            if isinstance(d, BaseException):
+                raise d
+            rs = _results(clf, d, topk, stats)
+            if max_frames is not None and emitted + len(rs) >= max_frames:
+                rs = rs[:max_frames - emitted]
+                stats.elapsed = time.perf_counter() - stats.started
+                yield rs
+                return
+            emitted += len(rs)
+            stats.elapsed = time.perf_counter() - stats.started
+            yield rs
+    finally:
+        stats.elapsed = time.perf_counter() - stats.started
+        stop.set()
+        for src in sources:
+            src.close()
+        try:
+            while True:
+                done_q.get_nowait()  # unblock an inference thread waiting to hand over
+        except queue.Empty:
+            pass
+        infer_thread.join(timeout=5)
+        pool.close()
+        for t in threads:
+            t.join(timeout=5)
+
+
+def _infer_loop(clf: BatchModel, pool: Any, ready: queue.Queue, done_q: queue.Queue, stop: threading.Event,
+                active: int, batch: int, wait_s: float, deadline: float | None) -> None:
+    """The serial part: take a decoded chunk (or gather live frames), run the model, hand the raw output on.
+    O(1) work per chunk; per-item work only for frames that arrive one at a time."""
+    n = 0
+
+    def hand(d: Any) -> bool:
+        while not stop.is_set():
+            try:
+                done_q.put(d, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def take(item: Any) -> Any:
-        if item is not _END and item.gate is not None:
+        if isinstance(item, _Item) and item.gate is not None:
             item.gate.set()
         return item
 
-    def finish(items: list[_Item]) -> list[Result]:
-        out: list[Result] = []
-        good = [it for it in items if it.error is None]
-        preds = []
-        if good:
-            pixels = np.stack([it.pixels for it in good])
-            preds = clf.postprocess(clf.infer_pixels(pixels), topk)
-            stats.batches += 1
-        now = time.perf_counter()
+    later: collections.deque = collections.deque()
+    try:
+        while active > 0 and not stop.is_set():
+            if deadline is not None and time.perf_counter() >= deadline:
+                break
+            if later:
+                first = later.popleft()
+            else:
+                try:
+                    first = take(ready.get(timeout=0.1))
+                except queue.Empty:
+                    continue
+            if isinstance(first, BaseException):
+                raise first
+            if first is _END or (isinstance(first, Chunk) and first.marker is _END):
+                active -= 1
+                continue
+            if isinstance(first, Chunk):
+                out = None
+                if len(first.frames) > len(first.errors or ()):
+                    px = _good_rows(first)
+                    out = px.infer(clf) if hasattr(px, "infer") else clf.infer_pixels(px)
+                    n += 1
+                pool.release(first.slot)
+                if not hand(_Done(first, [], out, n, time.perf_counter())):
+                    break
+                continue
+            items = [first]
+            usable = int(first.error is None)  # failed frames ride along without taking a batch place
+            close_at = time.perf_counter() + wait_s
+            while usable < batch and active > 0 and not stop.is_set():
+                remaining = close_at - time.perf_counter()
+                try:
+                    nxt = take(ready.get(timeout=min(remaining, 0.1)) if remaining > 0 else ready.get_nowait())
+                except queue.Empty:
+                    if remaining > 0.1:
+                        continue
+                    break
+                if nxt is _END or (isinstance(nxt, Chunk) and nxt.marker is _END):
+                    active -= 1  # a source that ends closes the batch once no other source can add to it
+                    continue
+                if isinstance(nxt, (Chunk, BaseException)):
+                    later.append(nxt)
+                    continue
+                items.append(nxt)
+                usable += int(nxt.error is None)
+            good_items = [it for it in items if it.error is None]
+            out = None
+            if good_items:
+                out = clf.infer_pixels(np.stack([it.pixels for it in good_items]))
+                n += 1
+            if not hand(_Done(None, items, out, n, time.perf_counter())):
+                break
+    except BaseException as exc:  # noqa: BLE001 - the caller's thread re-raises it
+        hand(exc)
+        return
+    hand(None)
+
+
+def _good_rows(c: Chunk) -> Any:
+    """The pixels of a chunk's files that decoded: all rows, without a copy, when none failed
+    (a GPU batch holds only the decoded files already)."""
+    if not c.errors or not isinstance(c.pixels, np.ndarray):
+        return c.pixels
+    return c.pixels[[i for i in range(len(c.frames)) if i not in c.errors]]
+
+
+def _results(clf: BatchModel, d: _Done, topk: int | None, stats: PipelineStats) -> list[Result]:
+    """Results of one batch, built in the caller's thread: one vectorised post-processing call."""
+    preds = clf.postprocess(d.out, topk) if d.out is not None else []
+    out: list[Result] = []
+    if d.chunk is not None:
+        c = d.chunk
+        errors = c.errors or {}
+        lat = (d.t - c.t0) * 1000.0
+        images = c.images
         gi = iter(preds)
-        for it in items:
+        for i, f in enumerate(c.frames):
+            if i in errors:
+                out.append(Result(f.source, f.timestamp, f.frame, f.path, error=errors[i]))
+            else:
+                out.append(Result(f.source, f.timestamp, f.frame, f.path, next(gi), lat,
+                                  image=images[i] if images is not None else None, batch=d.batch))
+        nbad = len(errors)
+        stats.failed += nbad
+        stats.done += len(c.frames) - nbad
+        stats.latencies_ms.extend([lat] * (len(c.frames) - nbad))
+    else:
+        gi = iter(preds)
+        for it in d.items:
             f = it.frame
             if it.error is not None:
                 if f.skip is not None:
@@ -284,52 +494,11 @@ def _run(clf: BatchModel, sources: list[Source], batch: int, max_wait_ms: float,
                     stats.failed += 1
                 out.append(Result(f.source, f.timestamp, f.frame, f.path, error=it.error))
             else:
-                lat = (now - f.t0) * 1000.0
+                lat = (d.t - f.t0) * 1000.0
                 stats.done += 1
                 stats.latencies_ms.append(lat)
                 out.append(Result(f.source, f.timestamp, f.frame, f.path, next(gi), lat, image=it.image,
-                                  batch=stats.batches))
-        return out
-
-    try:
-        while active > 0:
-            if deadline is not None and time.perf_counter() >= deadline:
-                break
-            try:
-                first = take(ready.get(timeout=0.1))
-            except queue.Empty:
-                continue
-            if first is _END:
-                active -= 1
-                continue
-            items = [first]
-            usable = int(first.error is None)  # failed files ride along without taking a batch place
-            close_at = time.perf_counter() + wait_s
-            limit = batch if max_frames is None else min(batch, max_frames - emitted)
-            while usable < limit:
-                remaining = close_at - time.perf_counter()
-                try:
-                    nxt = take(ready.get(timeout=remaining) if remaining > 0 else ready.get_nowait())
-                except queue.Empty:
-                    break
-                if nxt is _END:
-                    active -= 1
-                    if active == 0:  # every source has ended: nothing more can join this batch
-                        break
-                    continue
-                items.append(nxt)
-                usable += int(nxt.error is None)
-            for r in finish(items):
-                stats.elapsed = time.perf_counter() - stats.started
-                yield r
-                emitted += 1
-                if max_frames is not None and emitted >= max_frames:
-                    return
-    finally:
-        stats.elapsed = time.perf_counter() - stats.started
-        stop.set()
-        for src in sources:
-            src.close()
-        pool.shutdown(wait=False, cancel_futures=True)
-        for t in threads:
-            t.join(timeout=5)
+                                  batch=d.batch))
+    if d.out is not None:
+        stats.batches += 1
+    return out

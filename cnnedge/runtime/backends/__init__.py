@@ -27,8 +27,8 @@ compute; ONNX Runtime and TensorRT time their copies apart on their own buffers)
 
 ``load_backend(path, backend="auto", **opts)`` chooses from the table in
 :mod:`cnnedge.artifacts`: ``.engine``/``.plan`` -> ``trt``; ``.onnx`` -> the
-best ONNX Runtime provider that starts (TensorRT EP, then CUDA EP, then CPU);
-``.keras`` -> ``keras``. A named backend that is not
+best ONNX Runtime provider that starts (TensorRT EP when TensorRT's libraries
+load, then CUDA EP, then CPU); ``.keras`` -> ``keras``. A named backend that is not
 installed or has no GPU is a :class:`~cnnedge.errors.BackendUnavailable`.
 For a GPU provider ``model.int8.onnx`` is swapped for the
 ``model.int8.trt.onnx`` beside it (:func:`int8_file_for`).
@@ -121,9 +121,13 @@ def _open(path: str | os.PathLike, backend: str = "auto", **opts: Any) -> Backen
 
                 require("onnxruntime", "ONNX models")
             errors = []
+            from .ort import PROVIDERS, tensorrt_loadable
+
             for name in wants:
                 if TABLE[name].ort_provider not in avail:
                     continue
+                if TABLE[name].ort_provider == PROVIDERS["ort-trt"] and not tensorrt_loadable():
+                    continue  # TensorRT's libraries missing: the provider would only log a failure
                 try:
                     return OrtBackend(int8_file_for(path, name), name, **opts)
                 except BackendUnavailable as exc:

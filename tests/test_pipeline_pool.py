@@ -1,0 +1,296 @@
+"""The batched pipeline's decode pool: threads and worker processes, crashes, Ctrl-C, memory, GPU decode options."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from cnnedge.errors import UsageError
+from cnnedge.runtime.classifier import Classifier
+from cnnedge.runtime.decodepool import CRASH_HOOK
+from cnnedge.runtime.gpu_decode import split_decodable, unavailable_reason
+from cnnedge.runtime.stream import PipelineStats, default_workers, iter_batches, run_pipeline
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_runtime_models import models, split  # noqa: E402
+
+pytest.importorskip("onnxruntime")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _digits(folder: Path, n: int, ext: str = ".png", start: int = 0) -> list[Path]:
+    _, _, x, _ = split()
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i in range(start, start + n):
+        p = folder / f"img{i:05d}{ext}"
+        cv2.imwrite(str(p), x[i % len(x)])
+        out.append(p)
+    return out
+
+
+def _descendants(pid: int) -> set[int]:
+    parents: dict[int, int] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = Path(f"/proc/{d}/stat").read_text()
+            except OSError:
+                continue
+            parents[int(d)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        for child, parent in parents.items():
+            if parent == p and child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+@pytest.mark.parametrize("processes", [False, True], ids=["threads", "processes"])
+def test_every_file_once_in_order_with_failures(tmp_path, processes):
+    files = _digits(tmp_path / "imgs", 37)
+    (tmp_path / "imgs" / "img00005x.png").write_bytes(b"not an image at all")
+    (tmp_path / "imgs" / "img00020x.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\0" * 40)  # truncated JPEG
+    expected = sorted(str(p) for p in (tmp_path / "imgs").iterdir())
+    with Classifier(models()["onnx"], threads=1) as clf:
+        stats = PipelineStats()
+        results = list(run_pipeline(clf, str(tmp_path / "imgs"), batch=4, workers=2, processes=processes,
+                                    stats=stats))
+        direct = clf.predict_batch([str(p) for p in sorted(files)])
+    assert [r.path for r in results] == expected
+    bad = {Path(r.path).name: r.error for r in results if r.error}
+    assert set(bad) == {"img00005x.png", "img00020x.jpg"}
+    assert "truncated" in bad["img00020x.jpg"]
+    assert [r.prediction.index for r in results if r.ok] == [p.index for p in direct]
+    assert stats.done == 37 and stats.failed == 2
+
+
+def test_iter_batches_gives_a_list_per_inference_call(tmp_path):
+    _digits(tmp_path / "imgs", 22)
+    with Classifier(models()["onnx"], threads=1) as clf:
+        batches = list(iter_batches(clf, str(tmp_path / "imgs"), batch=8, processes=False))
+        flat = list(run_pipeline(clf, str(tmp_path / "imgs"), batch=8, processes=False))
+    assert [len(b) for b in batches] == [8, 8, 6]
+    assert all(len({r.batch for r in b}) == 1 for b in batches)
+    assert [r.path for b in batches for r in b] == [r.path for r in flat]
+
+
+def test_a_crashing_worker_is_replaced_and_its_file_reported(tmp_path, monkeypatch):
+    # No real image reliably crashes OpenCV's decoder, so the documented test-only hook
+    # CNNEDGE_TEST_DECODE_CRASH makes a worker process exit abruptly (os._exit) on such files.
+    _digits(tmp_path / "imgs", 60)
+    for i in (13, 41):
+        os.rename(tmp_path / "imgs" / f"img{i:05d}.png", tmp_path / "imgs" / f"img{i:05d}boom.png")
+    monkeypatch.setenv(CRASH_HOOK, "boom")
+    expected = sorted(str(p) for p in (tmp_path / "imgs").iterdir())
+    with Classifier(models()["onnx"], threads=1) as clf:
+        stats = PipelineStats()
+        results = list(run_pipeline(clf, str(tmp_path / "imgs"), batch=8, workers=2, processes=True, stats=stats))
+    assert [r.path for r in results] == expected  # nothing lost, nothing repeated
+    failed = {Path(r.path).name: r.error for r in results if r.error}
+    assert set(failed) == {"img00013boom.png", "img00041boom.png"}
+    assert all("decoder crashed" in e and "exit code 70" in e for e in failed.values())
+    assert stats.done == 58
+
+
+def test_ctrl_c_leaves_no_worker_processes(tmp_path):
+    _digits(tmp_path / "imgs", 3000)
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, time
+        from cnnedge.runtime.classifier import Classifier
+        from cnnedge.runtime.stream import run_pipeline
+        clf = Classifier({str(models()["onnx"])!r}, threads=1)
+        for i, r in enumerate(run_pipeline(clf, {str(tmp_path / "imgs")!r}, batch=4, workers=2, processes=True)):
+            if i == 40:
+                print("running", flush=True)
+            time.sleep(0.005)  # a slow consumer: the run lasts long enough to be interrupted
+    """))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        assert proc.stdout.readline().strip() == b"running"
+        kids: set[int] = set()
+        for _ in range(100):
+            kids = {k for k in _descendants(proc.pid) if _alive(k)}
+            if len(kids) >= 2:
+                break
+            time.sleep(0.05)
+        assert len(kids) >= 2, "the worker processes did not start"
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline and any(_alive(k) for k in kids):
+        time.sleep(0.1)
+    assert not [k for k in kids if _alive(k)], "worker processes outlived an interrupted run"
+
+
+@pytest.mark.slow
+def test_memory_stays_flat_over_10000_files(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    tile = split()[2][0]
+    for i in range(10_000):
+        cv2.imwrite(str(folder / f"{i:05d}{'.png' if i % 2 else '.jpg'}"), np.roll(tile, i % 7, axis=1))
+    me = os.getpid()
+    samples = []
+    with Classifier(models()["onnx"], threads=1) as clf:
+        n = 0
+        for r in run_pipeline(clf, str(folder), batch=16, workers=2, processes=True):
+            n += 1
+            if n in (2_000, 10_000) or n % 2_000 == 0:
+                samples.append(_rss_kb(me) + sum(_rss_kb(k) for k in _descendants(me) if _alive(k)))
+    assert n == 10_000
+    growth_mb = (max(samples[1:]) - samples[0]) / 1024
+    assert growth_mb < 30, f"memory grew {growth_mb:.1f} MB from 2,000 to 10,000 files: {samples}"
+
+
+def test_huge_max_wait_closes_the_batch_when_every_source_has_ended(tmp_path):
+    vid = tmp_path / "clip.avi"
+    w = cv2.VideoWriter(str(vid), cv2.VideoWriter_fourcc(*"MJPG"), 10, (32, 32))
+    _, _, x, _ = split()
+    for i in range(3):
+        w.write(x[i])
+    w.release()
+    _digits(tmp_path / "imgs", 3)
+    with Classifier(models()["onnx"], threads=1) as clf:
+        t0 = time.perf_counter()
+        results = list(run_pipeline(clf, [str(vid), str(tmp_path / "imgs")], batch=8, max_wait_ms=1e9))
+        took = time.perf_counter() - t0
+    assert len(results) == 6 and all(r.ok for r in results)
+    assert took < 20, f"the batch waited {took:.1f} s for sources that had ended"
+
+
+def test_default_workers_are_the_cores_this_process_may_use():
+    assert default_workers() == len(os.sched_getaffinity(0))
+
+
+def test_decode_option_is_checked_in_one_line(tmp_path):
+    _digits(tmp_path / "imgs", 2)
+    with Classifier(models()["onnx"], "ort-cpu", threads=1) as clf:
+        with pytest.raises(UsageError, match="decode 'gpus'"):
+            run_pipeline(clf, str(tmp_path / "imgs"), decode="gpus")
+        with pytest.raises(UsageError, match="needs a GPU backend .* this model runs on ort-cpu"):
+            run_pipeline(clf, str(tmp_path / "imgs"), decode="gpu")
+        assert unavailable_reason(clf) is not None
+        # auto falls back to the CPU decoder on a CPU backend
+        assert len(list(run_pipeline(clf, str(tmp_path / "imgs"), decode="auto"))) == 2
+
+
+def test_cli_decode_gpu_on_a_cpu_backend_exits_2(tmp_path):
+    _digits(tmp_path / "imgs", 2)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    p = subprocess.run([sys.executable, "-c", "import sys; from cnnedge.cli.infer import console; console()",
+                        str(models()["onnx"]), "--source",
+                        str(tmp_path / "imgs"), "--backend", "ort-cpu", "--decode", "gpu"],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 2, p.stderr
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert lines[-1].startswith("cnn-infer: error:") and "--decode gpu needs a GPU backend" in lines[-1]
+    assert "Traceback" not in p.stderr
+
+
+def test_gpu_decode_leaves_non_jpeg_files_to_the_cpu_decoder(tmp_path):
+    jpg = _digits(tmp_path, 1, ".jpg")[0].read_bytes()
+    png = _digits(tmp_path, 1, ".png", start=1)[0].read_bytes()
+    gpu, cpu = split_decodable([jpg, png, None, b"garbage", jpg])
+    assert gpu == [0, 4] and cpu == [1, 3]  # None: a file that could not be read, reported already
+
+
+def _gpu_decode_ready() -> str | None:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return "onnxruntime is not installed"
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return "no CUDA execution provider (needs onnxruntime-gpu and an NVIDIA GPU)"
+    import importlib.util
+
+    for mod in ("nvidia.nvimgcodec", "cvcuda"):
+        try:
+            if importlib.util.find_spec(mod) is None:
+                return f"{mod} is not installed (the gpu-decode extra)"
+        except ImportError:
+            return f"{mod} is not installed (the gpu-decode extra)"
+    return None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_gpu_decode_ready() is not None, reason=f"GPU decode cannot run here: {_gpu_decode_ready()}")
+def test_gpu_decode_agrees_with_the_cpu_path(tmp_path):
+    files = _digits(tmp_path / "imgs", 60, ".jpg")
+    (tmp_path / "imgs" / "z.png").write_bytes(files[0].read_bytes())  # a JPEG named .png still decodes
+    _digits(tmp_path / "imgs", 3, ".png", start=100)  # PNGs fall back to the CPU decoder
+    with Classifier(models()["onnx"], "ort-cuda") as clf:
+        cpu = list(run_pipeline(clf, str(tmp_path / "imgs"), batch=16, decode="cpu"))
+        gpu = list(run_pipeline(clf, str(tmp_path / "imgs"), batch=16, decode="gpu"))
+    assert [r.path for r in gpu] == [r.path for r in cpu]
+    agree = np.mean([a.prediction.index == b.prediction.index for a, b in zip(cpu, gpu)])
+    assert agree >= 0.95
+
+
+def test_buffers_bound_once_give_the_session_s_answers():
+    # The GPU path's buffers (page-locked host memory bound to the session once) are bound the same way
+    # on plain memory here, which is what a machine without CUDA can run.
+    from cnnedge.runtime.backends import load_backend
+    from cnnedge.runtime.backends.ort import _Pinned
+
+    _, _, x, _ = split()
+    batch = np.stack([cv2.resize(im, (32, 32)) for im in x[:5]])[..., ::-1].copy()
+    with load_backend(models()["onnx"], "ort-cpu", threads=1) as be:
+        bound = _Pinned(be, 5, pinned=False)
+        np.copyto(bound.input, batch)
+        be.session.run_with_iobinding(bound.binding)
+        want = be.session.run(None, {be.input_spec.name: batch})[0]
+        np.testing.assert_allclose(bound.output, want, rtol=1e-6)
+        np.copyto(bound.input, batch[::-1])  # reused: the next call sees the new contents
+        be.session.run_with_iobinding(bound.binding)
+        np.testing.assert_allclose(bound.output, want[::-1], rtol=1e-6)
+
+
+def test_auto_skips_the_tensorrt_provider_when_its_library_cannot_load():
+    from cnnedge.runtime.backends.ort import tensorrt_loadable
+
+    import ctypes.util
+
+    if ctypes.util.find_library("nvinfer"):
+        pytest.skip("TensorRT's library is installed on this machine")
+    assert tensorrt_loadable() is False
+
+
+def test_gpu_decode_with_kept_images_is_refused_and_auto_keeps_them(tmp_path):
+    _digits(tmp_path / "imgs", 2)
+    with Classifier(models()["onnx"], "ort-cpu", threads=1) as clf:
+        with pytest.raises(UsageError, match="keeps no original images"):
+            run_pipeline(clf, str(tmp_path / "imgs"), decode="gpu", keep_images=True)
+        got = list(run_pipeline(clf, str(tmp_path / "imgs"), decode="auto", keep_images=True))
+    assert [r.image.shape[:2] for r in got] == [(32, 32), (32, 32)]
