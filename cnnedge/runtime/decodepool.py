@@ -70,6 +70,13 @@ def _error_text(exc: BaseException) -> str:
     return exc.reason if isinstance(exc, ImageError) else f"{type(exc).__name__}: {exc}"
 
 
+def skipped_rows(frames: Sequence[Any]) -> dict[int, str] | None:
+    """The rows of a chunk that are reported, never read (a folder's hidden, non-image or non-regular
+    entries: ``Frame.skip``), with their reason; None when there are none."""
+    rows = {i: f.skip.reason for i, f in enumerate(frames) if getattr(f, "skip", None) is not None}
+    return rows or None
+
+
 def decode_into(decode: Callable[[str], Any], paths: Sequence[str], out: np.ndarray,
                 skip: dict[int, str] | None = None, keep: bool = False,
                 cursor: np.ndarray | None = None) -> tuple[dict[int, str], list[Any] | None]:
@@ -278,7 +285,7 @@ class DecodePool:
         else:
             return False
         with self._submit_lock:
-            c = Chunk(next(self._seq), frames, slot=slot)
+            c = Chunk(next(self._seq), frames, slot=slot, errors=skipped_rows(frames))
             if self._to_procs or self._only_procs and self._procs_wanted:
                 self._inbox.put(("task", c))
             else:
@@ -316,6 +323,8 @@ class DecodePool:
 
     def _probe_shape(self, frames: list[Any]) -> tuple[int, ...]:
         for f in frames:
+            if getattr(f, "skip", None) is not None:
+                continue
             try:
                 got = self.decode(f.path)
                 px = got[0] if self.keep else got

@@ -25,7 +25,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import MissingDependency, UsageError
-from .decodepool import Chunk, _error_text
+from .decodepool import Chunk, _error_text, skipped_rows
 from .images import read_file
 
 GPU_BACKENDS = ("ort-cuda", "ort-trt", "trt")
@@ -129,7 +129,7 @@ class GpuDecodePool:
         while not self.stop.is_set():
             if self._room.acquire(timeout=0.1):
                 with self._lock:
-                    self._tasks.put(Chunk(self._seq, frames, slot=0))
+                    self._tasks.put(Chunk(self._seq, frames, slot=0, errors=skipped_rows(frames)))
                     self._seq += 1
                 return True
         return False
@@ -167,7 +167,8 @@ class GpuDecodePool:
 
     def _decode_chunk(self, c: Chunk) -> None:
         paths = [f.path for f in c.frames]
-        got = list(self._readers.map(self._read, paths))
+        skip = c.errors or {}
+        got = list(self._readers.map(lambda i: skip[i] if i in skip else self._read(paths[i]), range(len(paths))))
         errors = {i: g for i, g in enumerate(got) if isinstance(g, str)}
         datas = [g if isinstance(g, bytes) else None for g in got]
         gpu_idx, cpu_idx = split_decodable(datas)

@@ -279,13 +279,7 @@ def _run(clf: BatchModel, sources: list[Source], batch: int, max_wait_ms: float,
             it = iter(src)
             while not stop.is_set():
                 chunk = list(itertools.islice(it, batch))
-                if not chunk:
-                    break
-                for f in chunk:  # reported, never read: they go round the decoders
-                    if f.skip is not None and not put(_Item(f, error=f.skip.reason)):
-                        return
-                chunk = [f for f in chunk if f.skip is None]
-                if chunk and not pool.submit(chunk):
+                if not chunk or not pool.submit(chunk):
                     break
         finally:
             pool.mark(_END)
@@ -397,7 +391,7 @@ def _infer_loop(clf: BatchModel, pool: Any, ready: queue.Queue, done_q: queue.Qu
 
     later: collections.deque = collections.deque()
     try:
-        while active > 0 and not stop.is_set():
+        while (active > 0 or later) and not stop.is_set():  # a chunk set aside still runs after the last end
             if deadline is not None and time.perf_counter() >= deadline:
                 break
             if later:
@@ -479,7 +473,12 @@ def _results(clf: BatchModel, d: _Done, topk: int | None, stats: PipelineStats) 
                 out.append(Result(f.source, f.timestamp, f.frame, f.path, next(gi), lat,
                                   image=images[i] if images is not None else None, batch=d.batch))
         nbad = len(errors)
-        stats.failed += nbad
+        for i in errors:
+            skip = c.frames[i].skip
+            if skip is not None:  # reported, never read
+                stats.skipped += 1
+                stats.skipped_by[skip.kind] = stats.skipped_by.get(skip.kind, 0) + 1
+        stats.failed += nbad - sum(c.frames[i].skip is not None for i in errors)
         stats.done += len(c.frames) - nbad
         stats.latencies_ms.extend([lat] * (len(c.frames) - nbad))
     else:
