@@ -389,7 +389,7 @@ def _infer_loop(clf: BatchModel, pool: Any, ready: queue.Queue, done_q: queue.Qu
 
     later: collections.deque = collections.deque()
     try:
-        while active > 0 and not stop.is_set():
+        while (active > 0 or later) and not stop.is_set():
             if deadline is not None and time.perf_counter() >= deadline:
                 break
             if later:
