@@ -64,6 +64,13 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _is_worker(pid: int) -> bool:
+    try:
+        return b"cnnedge.runtime.decodepool" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
 def _rss_kb(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -294,3 +301,27 @@ def test_gpu_decode_with_kept_images_is_refused_and_auto_keeps_them(tmp_path):
             run_pipeline(clf, str(tmp_path / "imgs"), decode="gpu", keep_images=True)
         got = list(run_pipeline(clf, str(tmp_path / "imgs"), decode="auto", keep_images=True))
     assert [r.image.shape[:2] for r in got] == [(32, 32), (32, 32)]
+
+
+def test_worker_processes_start_mid_run_and_every_file_stays_once_in_order(tmp_path, monkeypatch):
+    # The default on a machine with 4+ cores: threads start at once, worker processes join once a run
+    # is long enough and files wait for a decoder. The thresholds are lowered so that this short run hands over.
+    from cnnedge.runtime import decodepool
+
+    monkeypatch.setattr(decodepool, "SPAWN_AFTER_S", 0.0)
+    monkeypatch.setattr(decodepool, "SPAWN_MIN_LEFT_S", 0.0)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    _, _, x, _ = split()
+    for i in range(600):  # photo-sized PNGs: decoding, not the consumer, is what the run waits for
+        cv2.imwrite(str(folder / f"{i:04d}.png"), cv2.resize(x[i % len(x)], (400, 400)))
+    expected = sorted(str(p) for p in folder.iterdir())
+    seen: set[int] = set()
+    with Classifier(models()["onnx"], threads=1) as clf:
+        results = []
+        for i, r in enumerate(run_pipeline(clf, str(folder), batch=4, workers=4)):
+            results.append(r)
+            if i % 20 == 0:
+                seen |= {k for k in _descendants(os.getpid()) if _alive(k) and _is_worker(k)}
+    assert [r.path for r in results] == expected and all(r.ok for r in results)
+    assert len(seen) == 4, f"expected the 4 decode workers, saw {len(seen)}"

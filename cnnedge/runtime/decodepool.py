@@ -3,10 +3,12 @@
 A :class:`DecodePool` takes chunks of files (one batch each) and hands back, in
 submission order, the chunk's pixels in a reusable batch buffer (a slot) plus the
 files that failed. Chunks are decoded by threads of this process at first (they
-start at once; OpenCV releases the GIL while it decodes and resizes) and, for runs
-long enough to pay for starting them (about a second on a small machine), by
-worker processes writing into shared-memory slots, as a PyTorch DataLoader does.
-Once a worker is up, threads take no more chunks.
+start at once, share a chunk in pieces, and OpenCV releases the GIL while it decodes
+and resizes) and, on 4 or more workers for runs long enough to pay for starting them
+(about a core-second each), by worker processes writing whole chunks into
+shared-memory slots, as a PyTorch DataLoader does. Once a worker is up, new chunks go
+to the processes. Worker processes are plain ``python -m cnnedge.runtime.decodepool``
+subprocesses, so a caller's script is never re-imported (no ``__main__`` guard needed).
 
 A worker process knows only the decode parameters (:class:`DecodeParams`: the card's
 input spec and preprocessing), never the model or backend. A worker that dies on a
