@@ -95,7 +95,7 @@ def test_existing_run_is_not_overwritten_and_demo_reuses_it(digits_run: tuple[Pa
     # the demo goes on: export checked against Keras, then the INT8 model classifies the test folder
     report = json.loads((out / "export_report.json").read_text())
     onnx_rows = {Path(a["path"]).name: a for a in report["artifacts"] if a["path"].endswith(".onnx")}
-    assert set(onnx_rows) == {"model.onnx", "model.fp16.onnx", "model.int8.onnx"}
+    assert set(onnx_rows) == {"model.onnx", "model.fp16.onnx", "model.int8.onnx", "model.int8.trt.onnx"}
     assert all(a["passed"] for a in onnx_rows.values())
     assert len(list((out / "images").rglob("*.png"))) == 269
     acc = float(re.search(r"eval: 269 images, accuracy ([0-9.]+)", said).group(1))
