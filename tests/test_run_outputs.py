@@ -63,7 +63,8 @@ def test_a_run_that_fails_midway_keeps_the_old_file_and_a_partial(photos, tmp_pa
         assert summary.partial == [tmp_path / "out.partial.jsonl"]
         assert "partial results kept in" in summary.partial_lines()[0]
         assert target.read_text() == "old\n"
-        assert len((tmp_path / "out.partial.jsonl").read_text().splitlines()) == 6  # the 6th row went to JSONL first
+        # sinks take a batch at a time: the second batch of 4 (with the 6th result) went to JSONL first
+        assert len((tmp_path / "out.partial.jsonl").read_text().splitlines()) == 8
         done = run(photos, clf, [JsonlSink(target, force=True), ErrorSink(io.StringIO())], batch=4)
     assert done.exit_code == 0 and done.partial == []
     rows = [json.loads(line) for line in target.read_text().splitlines()]

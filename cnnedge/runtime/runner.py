@@ -23,7 +23,7 @@ from typing import Any, Sequence, TextIO
 
 from ..errors import CnnEdgeError, ExitCode
 from .sinks import Progress, Sink, display_path
-from .stream import BatchModel, PipelineStats, run_pipeline
+from .stream import BatchModel, PipelineStats, iter_batches
 
 
 @dataclass
@@ -77,7 +77,7 @@ def run(sources: Any, clf: BatchModel, sinks: Sequence[Sink] = (), *, batch: int
         progress: TextIO | None = None, stats: PipelineStats | None = None, **options: Any) -> RunSummary:
     """Classify everything ``sources`` deliver with ``clf`` and hand each Result to every sink.
 
-    ``sources``: what :func:`~cnnedge.runtime.stream.run_pipeline` takes (a path, folder, video,
+    ``sources``: what :func:`~cnnedge.runtime.stream.iter_batches` takes (a path, folder, video,
     camera index, URL, GStreamer string, an opened Source, or a list of them). ``options``: its
     keyword arguments (``max_wait_ms``, ``workers``, ``glob``, ``max_frames``, ``duration``,
     ``live``, ``open_timeout_ms``, ``read_timeout_ms``, ``give_up_s``, ``topk``); images are kept
@@ -90,14 +90,14 @@ def run(sources: Any, clf: BatchModel, sinks: Sequence[Sink] = (), *, batch: int
     sinks = list(sinks)
     results = None
     try:
-        results = run_pipeline(clf, sources, batch=batch, stats=stats,
+        results = iter_batches(clf, sources, batch=batch, stats=stats,
                                keep_images=any(s.needs_images for s in sinks), **options)
         if progress is not None and stats.total:
             sinks.append(Progress(stats.total, progress))
         try:
-            for r in results:
+            for rs in results:  # one inference call's results: the sinks take them at once
                 for s in sinks:
-                    s.write(r)
+                    s.write_batch(rs)
                 if any(s.stopped for s in sinks):
                     summary.stopped = True
                     break
