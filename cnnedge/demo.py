@@ -6,7 +6,6 @@ its work already done reuses it instead of failing.
 """
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -111,7 +110,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("usage: python -m cnnedge.demo [RUN_DIR]   (default runs/demo)")
         return 2
     run_dir = Path(args[0] if args else "runs/demo")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     t_all = time.perf_counter()
     for i, (title, fn) in enumerate(STEPS, 1):
         print(f"\n=== [{i}/{len(STEPS)}] {title} ===", flush=True)

@@ -75,15 +75,11 @@ def time_calls(call: Call, *, warmup: int, iters: int | None, duration: float | 
     return Samples(samples, runs, walls, {k: v for k, v in stages.items() if v})
 
 
-def make_input(shape: tuple[int | None, ...], dtype: str, batch: int, seed: int,
-               fallback_hw: tuple[int, ...] | None = None) -> np.ndarray:
+def make_input(shape: tuple[int | None, ...], dtype: str, batch: int, seed: int) -> np.ndarray:
     """Fixed random input: the same seed and batch give the same array for every artifact of that shape."""
     dims = list(shape[1:])
-    if any(d is None for d in dims):
-        if fallback_hw is None or len(fallback_hw) != len(dims):
-            raise UsageError(f"the model's input has a dynamic size {shape}; cnn-bench needs a card that says the "
-                             "input size")
-        dims = [f if d is None else d for d, f in zip(dims, fallback_hw)]
+    if any(d is None for d in dims):  # the backend fills a dynamic size from --input-size, the card or imgsz
+        raise UsageError(f"the model's input has a dynamic size {shape}; give --input-size HxW")
     full = (batch, *[int(d) for d in dims])
     rng = np.random.default_rng([int(seed), int(batch)])
     dt = np.dtype(dtype)
