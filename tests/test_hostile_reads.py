@@ -410,3 +410,21 @@ def test_huge_declared_input_is_one_line_not_a_memory_error(tmp_path):
         r = bench(str(model), "--backends", "ort-cpu", "--batch", "8", "--iters", "3", "--warmup", "1",
                   "--repeats", "1")
         _one_line_failure(r, model.name)
+
+
+@pytest.mark.timeout(60)  # in-process: a broken guard would block on the FIFO, and this ends it
+def test_labels_file_that_is_a_fifo_dev_zero_or_binary_is_one_usage_error(hostile, tmp_path):
+    """--labels is read like an image: a FIFO or a /dev/zero link is refused without a read (no block, no
+    unbounded read), and bytes that are not UTF-8 are a usage error naming the flag, not a traceback."""
+    from cnnedge.errors import UsageError
+    from cnnedge.runtime.labels import read_labels
+
+    binary = tmp_path / "labels.txt"
+    binary.write_bytes(b"\xff\xfe\x00cat\ndog\n")
+    cases = {"fifo": (hostile["fifo"], "not a regular file"), "zero": (hostile["zero"], "not a regular file"),
+             "binary": (binary, "not UTF-8 text")}
+    for name, (path, why) in cases.items():
+        t0 = time.perf_counter()
+        with pytest.raises(UsageError, match=f"--labels {path}: .*{why}"):
+            read_labels(path)
+        assert time.perf_counter() - t0 < 5, name

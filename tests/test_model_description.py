@@ -67,6 +67,7 @@ def _cli(argv) -> tuple[int, str]:
     (["--mean", "0.5,x"], "--mean: must be a number or a fraction such as 1/255, got 'x'"),
     (["--mean", "0.1,0.2"], "--mean: takes one value or one per channel (3), got 2"),
     (["--scale", "inf"], "--scale: must be finite"),
+    (["--scale", "1" + "0" * 400 + "/1"], "--scale: must be a number or a fraction"),  # float() overflows
     (["--crop-pct", "1.5"], "--crop-pct: must be above 0 and at most 1"),
     (["--pad-value", "300"], "--pad-value: must be a pixel value from 0 to 255"),
     (["--resize", "pad", "--crop-pct", "0.9"], "--crop-pct applies to --resize stretch, center-crop and shorter"),

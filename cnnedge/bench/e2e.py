@@ -1,9 +1,11 @@
 """``--end-to-end DIR``: the whole pipeline on a folder, next to the decode+resize-only bound of the same run.
 
 The pipeline is :func:`cnnedge.runtime.stream.run_pipeline` as cnn-infer runs
-it. Stage times come from a thin wrapper around the Classifier that times the
-calls the pipeline makes (``decode``, ``prepare``, ``infer_pixels``,
-``postprocess``); reading a file happens inside the pipeline's worker before
+it, with one difference: files are decoded by threads in this process, never by
+the worker processes cnn-infer starts on 4+ cores for long runs (nor on the GPU),
+because the stage times come from a thin wrapper around the Classifier that times
+the calls the pipeline makes (``decode``, ``prepare``, ``infer_pixels``,
+``postprocess``), and a worker process would decode out of its sight; reading a file happens inside the pipeline's worker before
 ``decode``, so its time per image is taken from the bound pass over the same
 files. Waiting for a batch is what is left of the per-image latency (file read
 to result) after the other stages.
@@ -117,7 +119,7 @@ def run_end_to_end(clf: "Classifier", artifact: str, files: list[str], folder: s
     timed = TimedClassifier(clf)
     stats = PipelineStats()
     t0 = time.perf_counter()
-    results = run_pipeline(timed, folder, batch=batch, workers=workers, stats=stats)
+    results = run_pipeline(timed, folder, batch=batch, workers=workers, stats=stats, decode="cpu", processes=False)
     try:
         for _ in results:
             pass

@@ -23,9 +23,9 @@ from ..errors import CardError, CnnEdgeError, ModelLoadError, UsageError, first_
 from .backends import Backend, Slot, load_backend
 from .backends.sizing import check_batch_pixels, dynamic_size_error, image_axes
 from .describe import PREPROCESS_KEYS, check_description, flag_names
-from .images import decode_image, read_file, reduce_factor
+from .images import read_file
 from .labels import check_count, metadata_labels, read_labels
-from .preprocess import decode_need, prepare_image, to_model_input
+from .preprocess import decode_for, prepare_image, to_model_input
 from .results import Prediction, Result
 
 
@@ -296,11 +296,7 @@ class Classifier:
 
     def decode(self, data: bytes, path: str | os.PathLike | None = None) -> np.ndarray:
         """Decode image bytes, at reduced size for a JPEG at least twice the model input."""
-        r = reduce_factor(data, self._spec.height, self._spec.width, self._decode_need) if self.reduce_decode else 1
-        return decode_image(data, path, r)
-
-    def _decode_need(self, h: int, w: int) -> tuple[int, int]:
-        return decode_need(h, w, self._spec.height, self._spec.width, self._pre)
+        return decode_for(data, path, self._spec, self._pre, self.reduce_decode)
 
     def check_batch(self, batch: int, flag: str = "--batch") -> None:
         """UsageError naming ``flag`` when ``batch`` images of a dynamic-size graph would exceed

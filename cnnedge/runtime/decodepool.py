@@ -35,8 +35,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..card import InputSpec, Preprocess
-from .images import ImageError, decode_image, read_file, reduce_factor
-from .preprocess import prepare_image
+from .images import ImageError, read_file
+from .preprocess import decode_for, prepare_image
 
 CRASH_HOOK = "CNNEDGE_TEST_DECODE_CRASH"
 SPAWN_AFTER_S = 1.0  # start worker processes once a run has lasted this long ...
@@ -55,9 +55,8 @@ class DecodeParams:
     reduce: bool = True
 
     def decode(self, path: str) -> np.ndarray:
-        data = read_file(path)
-        r = reduce_factor(data, self.input.height, self.input.width) if self.reduce else 1
-        return prepare_image(decode_image(data, path, r), self.input, self.preprocess)
+        img = decode_for(read_file(path), path, self.input, self.preprocess, self.reduce)
+        return prepare_image(img, self.input, self.preprocess)
 
 
 def available_cores() -> int:
@@ -491,9 +490,6 @@ class DecodePool:
             self._stop_procs()
             return
         self._spawn(wid)
-
-    def worker_pids(self) -> list[int]:
-        return [p.proc.pid for p in self._procs.values()]
 
     def _stop_procs(self) -> None:
         procs, self._procs = list(self._procs.values()), {}

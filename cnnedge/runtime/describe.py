@@ -50,7 +50,7 @@ def _number(v: Any) -> float:
         raise _Bad("must be a number, not a boolean")
     try:
         x = float(Fraction(v.strip())) if isinstance(v, str) and "/" in v else float(v)
-    except (ValueError, ZeroDivisionError):
+    except (ValueError, ZeroDivisionError, OverflowError):
         raise _Bad(f"must be a number or a fraction such as 1/255, got {v!r}") from None
     except TypeError:
         raise _Bad(f"must be a number, got {type(v).__name__} {v!r}") from None

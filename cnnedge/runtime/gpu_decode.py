@@ -10,8 +10,7 @@ graph). Files nvImageCodec cannot decode (PNG, a damaged JPEG) go through the CP
 decoder one by one, reported as a CPU run reports them; a chunk that holds such a
 file is assembled on the host.
 
-Nothing here imports a CUDA library until a pool is made; this module is imported
-only when ``decode`` is ``gpu``, or ``auto`` with a GPU backend.
+Nothing here imports a CUDA library until a pool is made.
 """
 from __future__ import annotations
 
@@ -24,13 +23,18 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..artifacts import TABLE
 from ..errors import MissingDependency, UsageError
 from .decodepool import Chunk, _error_text, skipped_rows
 from .images import read_file
-
-GPU_BACKENDS = ("ort-cuda", "ort-trt", "trt")
 _JPEG = b"\xff\xd8\xff"
 _INFLIGHT = 3  # chunks decoded ahead of the model
+
+
+def on_gpu(backend_name: str) -> bool:
+    """Whether the backend of that name runs on a GPU (the table's word; False for names outside it)."""
+    info = TABLE.get(backend_name)
+    return info is not None and info.gpu
 
 
 def _installed(module: str) -> bool:
@@ -44,13 +48,16 @@ def unavailable_reason(clf: Any) -> str | None:
     """Why GPU decoding cannot serve ``clf`` (None when it can)."""
     backend = getattr(clf, "backend", None)
     name = getattr(backend, "name", "?")
-    if name not in GPU_BACKENDS:
-        return f"needs a GPU backend ({', '.join(GPU_BACKENDS)}); this model runs on {name}"
+    if not on_gpu(name):
+        return f"needs a GPU backend ({', '.join(n for n, b in TABLE.items() if b.gpu)}); this model runs on {name}"
     if not _installed("nvidia.nvimgcodec") or not _installed("cvcuda"):
         return "needs the gpu-decode extra (pip install 'cnnedge[gpu-decode]': nvImageCodec and CV-CUDA)"
     card = getattr(clf, "card", None)
-    if card is None or card.input.channels != 3 or card.preprocess.resize != "stretch":
-        return "decodes for colour models resized by stretching (the card's resize mode); use --decode cpu"
+    pre = None if card is None else card.preprocess
+    if (pre is None or card.input.channels != 3 or pre.resize != "stretch" or pre.crop_pct != 1.0
+            or pre.interpolation != "auto"):
+        return ("decodes for colour models resized by plain stretching (the card's resize mode, crop_pct 1 and "
+                "interpolation auto); use --decode cpu")
     return None
 
 
@@ -120,7 +127,6 @@ class GpuDecodePool:
         self._seq = 0
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="gpu decode", daemon=True)
-        self.restarts = 0
 
     def start(self) -> None:
         self._thread.start()

@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..errors import ModelLoadError, UsageError
+from .images import ImageError, read_file
 
 METADATA_KEYS = ("names", "labels", "classes")
 MAX_METADATA_CHARS = 1 << 20
+MAX_LABELS_BYTES = 16 << 20
 
 
 def read_labels(labels: Sequence[str] | str | os.PathLike | None) -> tuple[str, ...] | None:
@@ -26,10 +28,12 @@ def read_labels(labels: Sequence[str] | str | os.PathLike | None) -> tuple[str, 
         return None
     if isinstance(labels, (str, os.PathLike)):
         p = Path(labels)
-        try:
-            text = p.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise UsageError(f"--labels {p}: cannot read ({exc.strerror or exc})") from None
+        try:  # regular files only, read to a bound: a FIFO or /dev/zero given here neither blocks nor fills memory
+            text = read_file(p, MAX_LABELS_BYTES).decode("utf-8")
+        except ImageError as exc:
+            raise UsageError(f"--labels {p}: cannot read ({exc.reason})") from None
+        except UnicodeDecodeError:
+            raise UsageError(f"--labels {p}: not UTF-8 text; give a text file with one class name a line") from None
         names = tuple(line.strip() for line in text.splitlines() if line.strip())
     else:
         names = tuple(str(x) for x in labels)

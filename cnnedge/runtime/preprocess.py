@@ -5,6 +5,7 @@ the model card (see :mod:`cnnedge.card` for the contract).
 from __future__ import annotations
 
 import math
+import os
 from typing import Sequence
 
 import numpy as np
@@ -120,6 +121,18 @@ def decode_need(h: int, w: int, height: int, width: int, pre: Preprocess) -> tup
     a = scaled_size(h, w, height, width, pre)
     b = scaled_size(w, h, height, width, pre)[::-1]
     return min(h, max(a[0], b[0])), min(w, max(a[1], b[1]))
+
+
+def decode_for(data: bytes, path: str | os.PathLike | None, spec: InputSpec, pre: Preprocess,
+               reduce: bool = True) -> np.ndarray:
+    """Decode image bytes for this model: a JPEG at the smallest reduced size (1/2..1/8) that the
+    resize mode still needs (:func:`decode_need`), or at full size when ``reduce`` is off. The one
+    decode of the Classifier and of the pipeline's worker processes, so both give the same pixels."""
+    from .images import decode_image, reduce_factor
+
+    h, w = spec.height, spec.width
+    r = reduce_factor(data, h, w, lambda fh, fw: decode_need(fh, fw, h, w, pre)) if reduce else 1
+    return decode_image(data, path, r)
 
 
 def prepare_image(img: np.ndarray, spec: InputSpec, pre: Preprocess) -> np.ndarray:

@@ -28,7 +28,8 @@ import numpy as np
 from ..card import ModelCard
 from ..errors import UsageError
 from .decodepool import Chunk, DecodeParams, DecodePool, available_cores
-from .gpu_decode import GPU_BACKENDS
+from .gpu_decode import on_gpu
+from .gpu_decode import wanted as gpu_decode_wanted
 from .images import is_image_file, read_file
 from .results import Prediction, Result
 from .sources import FileSource, Frame, LiveSource, Source, open_source
@@ -225,11 +226,9 @@ def _gpu_decode_wanted(clf: Any, decode: str, keep_images: bool) -> bool:
         return False
     backend = getattr(clf, "backend", None)
     name = getattr(backend, "name", "")
-    if decode == "auto" and name not in GPU_BACKENDS:
+    if decode == "auto" and not on_gpu(name):
         return False
-    from . import gpu_decode
-
-    return gpu_decode.wanted(clf, decode)
+    return gpu_decode_wanted(clf, decode)
 
 
 def _decode_params(clf: Any) -> DecodeParams | None:

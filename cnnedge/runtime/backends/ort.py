@@ -369,6 +369,7 @@ class OrtBackend(Backend):
     def _close_impl(self) -> None:
         self.session = None  # type: ignore[assignment]
         self._resident = None
+        self._pinned = threading.local()  # every thread's pinned buffers and bindings go with the session
 
 
 def _host_buffer(shape: tuple[int, ...], dtype: np.dtype, pinned: bool, owned: list[int]) -> np.ndarray:
