@@ -78,6 +78,14 @@ class PipelineStats:
         """Names of the live sources that stayed down past their ``give_up_s`` and ended."""
         return [s.name for s in self.sources if s.gave_up]
 
+    def count_unusable(self, frame: Frame) -> None:
+        """One frame that gave no prediction: skipped (reported, never read; counted by kind) or failed."""
+        if frame.skip is None:
+            self.failed += 1
+        else:
+            self.skipped += 1
+            self.skipped_by[frame.skip.kind] = self.skipped_by.get(frame.skip.kind, 0) + 1
+
     @property
     def throughput(self) -> float:
         return self.done / self.elapsed if self.elapsed > 0 else 0.0
@@ -473,11 +481,7 @@ def _results(clf: BatchModel, d: _Done, topk: int | None, stats: PipelineStats) 
                                   image=images[i] if images is not None else None, batch=d.batch))
         nbad = len(errors)
         for i in errors:
-            skip = c.frames[i].skip
-            if skip is not None:  # reported, never read
-                stats.skipped += 1
-                stats.skipped_by[skip.kind] = stats.skipped_by.get(skip.kind, 0) + 1
-        stats.failed += nbad - sum(c.frames[i].skip is not None for i in errors)
+            stats.count_unusable(c.frames[i])
         stats.done += len(c.frames) - nbad
         stats.latencies_ms.extend([lat] * (len(c.frames) - nbad))
     else:
@@ -485,11 +489,7 @@ def _results(clf: BatchModel, d: _Done, topk: int | None, stats: PipelineStats) 
         for it in d.items:
             f = it.frame
             if it.error is not None:
-                if f.skip is not None:
-                    stats.skipped += 1
-                    stats.skipped_by[f.skip.kind] = stats.skipped_by.get(f.skip.kind, 0) + 1
-                else:
-                    stats.failed += 1
+                stats.count_unusable(f)
                 out.append(Result(f.source, f.timestamp, f.frame, f.path, error=it.error))
             else:
                 lat = (d.t - f.t0) * 1000.0
