@@ -325,3 +325,36 @@ def test_worker_processes_start_mid_run_and_every_file_stays_once_in_order(tmp_p
                 seen |= {k for k in _descendants(os.getpid()) if _alive(k) and _is_worker(k)}
     assert [r.path for r in results] == expected and all(r.ok for r in results)
     assert len(seen) == 4, f"expected the 4 decode workers, saw {len(seen)}"
+
+
+def test_a_waiting_caller_decodes_queued_pieces_with_help(tmp_path):
+    """The inference thread calls help() when nothing is ready: it decodes queued pieces itself beside
+    the pool's thread, chunks still come out whole, in order, with their failures, and help() is False
+    once nothing is queued."""
+    import queue
+
+    from cnnedge.runtime.decodepool import DecodeParams, DecodePool
+    from cnnedge.runtime.sources import Frame
+
+    files = _digits(tmp_path / "imgs", 30)
+    files[7].write_bytes(b"not an image")
+    with Classifier(models()["onnx"], threads=1) as clf:
+        params = DecodeParams(clf.card.input, clf.card.preprocess)
+        out: queue.Queue = queue.Queue()
+        pool = DecodePool(params.decode, params, 1, 6, out, processes=False)
+        pool.start()
+        try:
+            for i in range(0, 30, 6):
+                assert pool.submit([Frame("t", 0.0, 0.0, path=str(p)) for p in files[i:i + 6]])
+            helped = 0
+            while pool.help():
+                helped += 1
+            chunks = [out.get(timeout=10) for _ in range(5)]
+            assert helped >= 1 and not pool.help()
+            assert [c.seq for c in chunks] == list(range(5))
+            assert [sorted(c.errors) for c in chunks] == [[], [1], [], [], []]
+            pixels = np.concatenate([np.array(c.pixels) for c in chunks])
+            direct = np.stack([params.decode(str(p)) for i, p in enumerate(files) if i != 7])
+            assert np.array_equal(np.delete(pixels, 7, axis=0), direct)
+        finally:
+            pool.close()

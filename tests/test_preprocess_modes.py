@@ -9,7 +9,7 @@ import pytest
 
 from cnnedge.card import InputSpec, Preprocess
 from cnnedge.runtime.images import decode_image, reduce_factor
-from cnnedge.runtime.preprocess import decode_need, prepare_image, resize
+from cnnedge.runtime.preprocess import decode_for, decode_need, decode_pixels, prepare_image, resize
 
 cv2 = pytest.importorskip("cv2")
 
@@ -173,3 +173,28 @@ def json_version(path) -> int:
     import json
 
     return json.loads(path.read_text())["version"]
+
+
+@pytest.mark.parametrize("color", ["RGB", "BGR", "GRAY"])
+def test_the_pipelines_one_step_decode_gives_the_same_pixels_as_decode_then_prepare(photo, color):
+    """decode_pixels decodes an RGB model's image in RGB (no channel swap after): every mode, crop, size and
+    file kind must still give prepare_image(decode_for(...))'s pixels exactly."""
+    bgra = cv2.cvtColor(_src(photo, 300, 200), cv2.COLOR_BGR2BGRA)
+    files = [cv2.imencode(".jpg", _src(photo, 448, 300))[1].tobytes(),
+             cv2.imencode(".jpg", cv2.cvtColor(_src(photo, 96, 72), cv2.COLOR_BGR2GRAY))[1].tobytes(),
+             cv2.imencode(".png", bgra)[1].tobytes()]
+    spec = {"RGB": (3, "RGB"), "BGR": (3, "BGR"), "GRAY": (1, "GRAY")}[color]
+    checked = 0
+    for data in files:
+        for mode, crop in (("stretch", 1.0), ("stretch", 0.875), ("center-crop", 0.875), ("shorter", 0.875),
+                           ("letterbox", 1.0), ("pad", 1.0)):
+            for h, w in ((32, 32), (224, 160)):
+                inp = InputSpec(h, w, spec[0], "NHWC", "uint8", spec[1])
+                pre = Preprocess(resize=mode, crop_pct=crop, pad_value=114)
+                for reduce in (True, False):
+                    want = prepare_image(decode_for(data, None, inp, pre, reduce), inp, pre)
+                    got = decode_pixels(data, None, inp, pre, reduce)
+                    assert got.shape == want.shape == (h, w, spec[0])
+                    assert np.array_equal(got, want), (mode, crop, h, w, reduce)
+                    checked += 1
+    assert checked == 3 * 6 * 2 * 2

@@ -36,7 +36,7 @@ import numpy as np
 
 from ..card import InputSpec, Preprocess
 from .images import ImageError, read_file
-from .preprocess import decode_for, prepare_image
+from .preprocess import decode_pixels
 
 CRASH_HOOK = "CNNEDGE_TEST_DECODE_CRASH"
 SPAWN_AFTER_S = 1.0  # start worker processes once a run has lasted this long ...
@@ -55,8 +55,7 @@ class DecodeParams:
     reduce: bool = True
 
     def decode(self, path: str) -> np.ndarray:
-        img = decode_for(read_file(path), path, self.input, self.preprocess, self.reduce)
-        return prepare_image(img, self.input, self.preprocess)
+        return decode_pixels(read_file(path), path, self.input, self.preprocess, self.reduce)
 
 
 def available_cores() -> int:
@@ -176,8 +175,8 @@ class DecodePool:
     ``processes``: True decodes only in them (started at once); None starts them on machines with
     :data:`PROCESS_MIN_WORKERS` or more workers once a run has lasted :data:`SPAWN_AFTER_S` and has,
     at its pace so far, :data:`SPAWN_MIN_LEFT_S` to go (``total``: the files expected, None if
-    unknown); False never. Without processes, ``workers + 2`` threads decode (files leave in order, so
-    two spare threads keep every core busy).
+    unknown); False never. Threads: ``workers - 1`` of them, and the inference thread decodes too
+    while it waits (:meth:`help`).
     """
 
     def __init__(self, decode: Callable[[str], Any], params: DecodeParams | None, workers: int, batch: int,
@@ -210,7 +209,7 @@ class DecodePool:
         self._done: dict[int, Chunk] = {}
         self._next = 0
         self._to_procs = False  # set once a worker process is ready: new chunks go to the processes
-        self._nthreads = workers if self._procs_wanted else workers + 2
+        self._nthreads = max(1, workers - 1)  # and the inference thread, through help()
         self._threads: list[threading.Thread] = []
         self._procs: dict[int, _Proc] = {}
         self._manager: threading.Thread | None = None
@@ -338,28 +337,46 @@ class DecodePool:
     def _thread_main(self) -> None:
         while not self.stop.is_set():
             try:
-                c, a, b = self._tasks.get(timeout=0.1)
+                task = self._tasks.get(timeout=0.1)
             except queue.Empty:
                 continue
-            if not c.t0:
-                c.t0 = time.perf_counter()
-            try:
-                assert self._ring is not None
-                skip = {i - a: e for i, e in (c.errors or {}).items() if a <= i < b}
-                errors, images = decode_into(self.decode, [f.path for f in c.frames[a:b]], self._ring[c.slot][a:b],
-                                             skip, keep=self.keep)
-            except BaseException as exc:  # noqa: BLE001 - never leave the batcher waiting
-                self.out.put(exc)
+            if not self._decode_piece(*task):
                 return
-            with self._piece_lock:
-                c.errors.update({a + i: e for i, e in errors.items()})  # type: ignore[union-attr]
-                if images is not None and c.images is not None:
-                    c.images[a:b] = images
-                c.left -= 1
-                last = c.left == 0
-            if last:
-                c.pixels = self._ring[c.slot][:len(c.frames)]
-                self._deliver(c)
+
+    def help(self) -> bool:
+        """Decode one queued piece in the caller's thread, if there is one: the inference thread calls
+        this while it has nothing to run, so it decodes instead of waiting and the pool needs one thread
+        fewer than the cores (a thread per core more only contends for the GIL). False when none was queued."""
+        try:
+            task = self._tasks.get_nowait()
+        except queue.Empty:
+            return False
+        self._decode_piece(*task)
+        return True
+
+    def _decode_piece(self, c: Chunk, a: int, b: int) -> bool:
+        """Decode rows ``a..b`` of ``c``; hand the chunk on when it was the last piece. False after an
+        unexpected error, which goes to ``out`` so the batcher never waits on a lost chunk."""
+        if not c.t0:
+            c.t0 = time.perf_counter()
+        try:
+            assert self._ring is not None
+            skip = {i - a: e for i, e in (c.errors or {}).items() if a <= i < b}
+            errors, images = decode_into(self.decode, [f.path for f in c.frames[a:b]], self._ring[c.slot][a:b],
+                                         skip, keep=self.keep)
+        except BaseException as exc:  # noqa: BLE001 - never leave the batcher waiting
+            self.out.put(exc)
+            return False
+        with self._piece_lock:
+            c.errors.update({a + i: e for i, e in errors.items()})  # type: ignore[union-attr]
+            if images is not None and c.images is not None:
+                c.images[a:b] = images
+            c.left -= 1
+            last = c.left == 0
+        if last:
+            c.pixels = self._ring[c.slot][:len(c.frames)]
+            self._deliver(c)
+        return True
 
     # the manager thread (worker processes only) --------------------------------------
     def _manage(self) -> None:

@@ -145,6 +145,10 @@ class GpuDecodePool:
             self._tasks.put(Chunk(self._seq, [], marker=marker, slot=-1))
             self._seq += 1
 
+    def help(self) -> bool:
+        """Nothing to share: the GPU decodes whole chunks on the pool's own thread."""
+        return False
+
     def release(self, slot: int) -> None:
         if slot >= 0:
             self._room.release()

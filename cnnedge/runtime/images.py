@@ -10,7 +10,7 @@ import errno
 import os
 import stat
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 
@@ -51,48 +51,13 @@ def is_image_file(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
 
 
-class _Unparsed(Exception):
-    """The bytes do not follow the JPEG marker structure this walker knows."""
-
-
-def _jpeg_segments(data: bytes) -> Iterator[tuple[int, int, int]]:
-    """Walk a JPEG's marker segments from SOI: yields ``(marker, offset, length)``
-    (length 0 for standalone markers) up to and including the first SOS or EOI.
-
-    Raises EOFError when the data ends inside the headers (or a segment runs past the
-    end) and _Unparsed for bytes that are not a marker or an impossible length.
-    """
-    i, n = 2, len(data)
-    while True:
-        if i + 2 > n:
-            raise EOFError
-        if data[i] != 0xFF:
-            raise _Unparsed
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker in (0xD8, 0x01, 0xD9) or 0xD0 <= marker <= 0xD7:
-            yield marker, i, 0
-            if marker == 0xD9:
-                return
-            i += 2
-            continue
-        if i + 4 > n:
-            raise EOFError
-        seg = int.from_bytes(data[i + 2:i + 4], "big")
-        if seg < 2:
-            raise _Unparsed
-        yield marker, i, seg
-        if marker == 0xDA:
-            return
-        i += 2 + seg
-        if i > n:
-            raise EOFError
-
-
 def _jpeg_truncated(data: bytes) -> bool:
-    """True when a JPEG has no end-of-image marker where its structure says it should.
+    """True when a JPEG has no end-of-image marker where its structure says it should (see :func:`jpeg_header`)."""
+    return data.startswith(b"\xff\xd8") and jpeg_header(data)[1]
+
+
+def jpeg_header(data: bytes) -> tuple[tuple[int, int] | None, bool]:
+    """One walk of a JPEG's headers: ((width, height) from its frame header or None, whether it is truncated).
 
     The marker segments are walked from SOI to the first scan (SOS), skipping APPn
     segments whole (an EXIF thumbnail carries its own FFD9); after the scan header,
@@ -102,21 +67,38 @@ def _jpeg_truncated(data: bytes) -> bool:
     Only whether an FFD9 follows matters, so it is looked for from the end, where
     the EOI of a whole file sits: a forward search crawls through the many FF00
     pairs of the entropy-coded data (45 µs for a 46 KB photo, against under 1 µs).
+    Bytes that do not follow the marker structure count as whole when an FFD9 follows the SOI.
+    A tight loop without slices or generators: it runs once for every file a folder run reads.
     """
-    if not data.startswith(b"\xff\xd8"):
-        return False
-    try:
-        for marker, i, seg in _jpeg_segments(data):
-            if marker == 0xD9:  # EOI before any scan: nothing to half-decode
-                return False
-            if marker == 0xDA:  # SOS: entropy-coded data follows
-                start = i + 2 + seg
-                return start > len(data) or data.rfind(b"\xff\xd9", start) == -1
-    except EOFError:
-        return True  # ended inside the headers
-    except _Unparsed:  # not the structure we know: "an EOI somewhere after the header"
-        return data.rfind(b"\xff\xd9", 2) == -1
-    return True
+    size = None
+    i, n = 2, len(data)
+    while True:
+        if i + 2 > n:
+            return size, True  # ended inside the headers
+        if data[i] != 0xFF:
+            return size, data.rfind(b"\xff\xd9", 2) == -1  # not the structure we know
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0xD9:  # EOI before any scan: nothing to half-decode
+            return size, False
+        if marker == 0xD8 or marker == 0x01 or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        if i + 4 > n:
+            return size, True
+        seg = (data[i + 2] << 8) | data[i + 3]
+        if seg < 2:
+            return size, data.rfind(b"\xff\xd9", 2) == -1
+        if marker == 0xDA:  # SOS: entropy-coded data follows
+            start = i + 2 + seg
+            return size, start > n or data.rfind(b"\xff\xd9", start) == -1
+        if size is None and 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC) and i + 9 < n:
+            size = ((data[i + 7] << 8) | data[i + 8], (data[i + 5] << 8) | data[i + 6])  # SOFn: the frame size
+        i += 2 + seg
+        if i > n:
+            return size, True
 
 
 def _png_truncated(data: bytes) -> bool:
@@ -138,35 +120,25 @@ def _png_truncated(data: bytes) -> bool:
         i = end
 
 
-def image_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from a JPEG or PNG header without decoding, or None if unknown."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) >= 24 and data[12:16] == b"IHDR":
+_PNG = b"\x89PNG\r\n\x1a\n"
+_JPEG = b"\xff\xd8"
+
+
+def _png_size(data: bytes) -> tuple[int, int] | None:
+    if len(data) >= 24 and data[12:16] == b"IHDR":
         return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    if not data.startswith(b"\xff\xd8"):
-        return None
-    try:
-        for marker, i, _seg in _jpeg_segments(data):
-            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOFn: the frame size
-                if i + 9 >= len(data):
-                    return None
-                return int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")
-    except (EOFError, _Unparsed):
-        pass
     return None
 
 
-def reduce_factor(data: bytes, height: int, width: int,
-                  need: Callable[[int, int], tuple[int, int]] | None = None) -> int:
-    """The largest JPEG decode reduction (1, 2, 4 or 8) that keeps the image at least
-    ``height`` x ``width`` (or ``need(h, w)`` for a file of ``h`` x ``w``: the size the resize
-    mode scales to, which a crop makes larger than the input): a photo at least 2x that
-    decodes at 1/2 to 1/8 size, much faster, before the final resize. Other formats
-    decode at full size."""
-    if not data.startswith(b"\xff\xd8"):
-        return 1
-    size = image_size(data)
-    if size is None:
-        return 1
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG or PNG header without decoding, or None if unknown."""
+    if data.startswith(_PNG):
+        return _png_size(data)
+    return jpeg_header(data)[0] if data.startswith(_JPEG) else None
+
+
+def _factor(size: tuple[int, int], height: int, width: int,
+            need: Callable[[int, int], tuple[int, int]] | None) -> int:
     w, h = size
     if need is not None:
         height, width = need(h, w)
@@ -176,25 +148,48 @@ def reduce_factor(data: bytes, height: int, width: int,
     return 1
 
 
-def decode_image(data: bytes, path: str | os.PathLike | None = None, reduce: int = 1) -> np.ndarray:
-    """Decode bytes to a BGR uint8 HxWx3 array (OpenCV's order), or raise ImageError.
+def reduce_factor(data: bytes, height: int, width: int,
+                  need: Callable[[int, int], tuple[int, int]] | None = None) -> int:
+    """The largest JPEG decode reduction (1, 2, 4 or 8) that keeps the image at least
+    ``height`` x ``width`` (or ``need(h, w)`` for a file of ``h`` x ``w``: the size the resize
+    mode scales to, which a crop makes larger than the input): a photo at least 2x that
+    decodes at 1/2 to 1/8 size, much faster, before the final resize. Other formats
+    decode at full size."""
+    size = jpeg_header(data)[0] if data.startswith(_JPEG) else None
+    return 1 if size is None else _factor(size, height, width, need)
+
+
+def decode_image(data: bytes, path: str | os.PathLike | None = None, reduce: int = 1,
+                 need: Callable[[int, int], tuple[int, int]] | None = None, rgb: bool = False) -> np.ndarray:
+    """Decode bytes to a BGR uint8 HxWx3 array (OpenCV's order), or RGB with ``rgb``; or raise ImageError.
 
     ``reduce`` (1, 2, 4 or 8) asks libjpeg to decode at 1/reduce size, which is much
-    cheaper when the model input is far smaller than the photo.
+    cheaper when the model input is far smaller than the photo. With ``need`` (file
+    ``h, w`` -> the smallest ``h, w`` wanted) the factor is chosen as :func:`reduce_factor`
+    does, from the same walk of the headers that checks the file.
     """
     import cv2
 
     if not data:
         raise ImageError(path, "empty file")
-    if _jpeg_truncated(data) or _png_truncated(data):
+    size = None
+    jpeg = data.startswith(_JPEG)
+    if jpeg:
+        size, cut = jpeg_header(data)
+    elif data.startswith(_PNG):
+        size, cut = _png_size(data), _png_truncated(data)
+    else:
+        cut = False
+    if cut:
         raise ImageError(path, "truncated image (no end marker); OpenCV would half-decode it")
-    size = image_size(data)
     if size is not None and size[0] * size[1] > MAX_PIXELS:
         raise ImageError(path, f"{size[0]}x{size[1]} pixels is over the {MAX_PIXELS}-pixel decode limit "
                                "(a decompression bomb?)")
-    if reduce not in _REDUCED:
+    if need is not None:
+        reduce = _factor(size, 0, 0, need) if jpeg and size is not None else 1
+    elif reduce not in _REDUCED:
         raise ValueError(f"reduce must be 1, 2, 4 or 8, got {reduce}")
-    flag = cv2.IMREAD_COLOR if reduce == 1 else getattr(cv2, _REDUCED[reduce])
+    flag = (_FLAGS or _flags(cv2))[reduce, rgb]
     try:
         img = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
     except cv2.error as exc:
@@ -202,7 +197,28 @@ def decode_image(data: bytes, path: str | os.PathLike | None = None, reduce: int
         raise ImageError(path, f"cannot decode ({'too many pixels' if 'pixels' in msg.lower() else msg})") from None
     if img is None:
         raise ImageError(path, "not a readable image")
+    if rgb and _SWAP_RGB:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     return img
+
+
+_FLAGS: dict[tuple[int, bool], int] = {}  # imdecode's flag for (reduction, rgb), filled on first use
+_SWAP_RGB = False  # an OpenCV without IMREAD_COLOR_RGB (before 4.10): decode BGR, then swap
+
+
+def _flags(cv2: Any) -> dict[tuple[int, bool], int]:
+    """imdecode's flag for each (reduction, rgb): the IMREAD_REDUCED_COLOR_n flags with their colour
+    bit swapped for IMREAD_COLOR_RGB where this OpenCV has it."""
+    global _SWAP_RGB
+    rgb = getattr(cv2, "IMREAD_COLOR_RGB", None)
+    _SWAP_RGB = rgb is None
+    flags = {}
+    for r, name in _REDUCED.items():
+        bgr = cv2.IMREAD_COLOR if name is None else getattr(cv2, name)
+        flags[r, False] = bgr
+        flags[r, True] = bgr if rgb is None else (bgr & ~cv2.IMREAD_COLOR) | rgb
+    _FLAGS.update(flags)  # whole, in one step: another thread may be reading it
+    return _FLAGS
 
 
 def stat_path(path: str | os.PathLike) -> os.stat_result:
@@ -239,8 +255,11 @@ def read_file(path: str | os.PathLike, limit: int = MAX_FILE_BYTES) -> bytes:
     """The bytes of one regular file, at most ``limit`` of them; problems become ImageError.
 
     The path is checked with ``stat`` before it is opened, and opened with O_NONBLOCK, so a
-    FIFO swapped in between cannot block (the open descriptor is checked again). The read
-    stops one byte past ``limit`` whatever ``fstat`` says: /proc files and devices report 0.
+    FIFO swapped in between cannot block. A file that reads as ``stat`` said (one read of its
+    size and one byte more giving exactly its size) is done in four system calls; any other
+    (swapped since, growing, /proc files and devices that report 0, a short read) has its open
+    descriptor checked again and is read on, stopping one byte past ``limit``. Each call lets
+    another thread take the GIL, which costs more than the call on a busy pipeline.
     """
     st = stat_path(path)
     if not stat.S_ISREG(st.st_mode):
@@ -254,10 +273,13 @@ def read_file(path: str | os.PathLike, limit: int = MAX_FILE_BYTES) -> bytes:
     except OSError as exc:
         raise ImageError(path, f"cannot read ({exc.strerror or exc})") from None
     try:
+        first = os.read(fd, st.st_size + 1)
+        if len(first) == st.st_size:
+            return first
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             require_regular(path, st)
-        return _read_capped(fd, path, st.st_size, limit)
+        return _read_capped(fd, path, st.st_size, limit, first)
     except OSError as exc:
         raise ImageError(path, f"cannot read ({exc.strerror or exc})") from None
     finally:
@@ -267,13 +289,15 @@ def read_file(path: str | os.PathLike, limit: int = MAX_FILE_BYTES) -> bytes:
 _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
-def _read_capped(fd: int, path: str | os.PathLike, size: int, limit: int) -> bytes:
-    """Read to the end, or raise one byte past ``limit``. Each read asks for what fstat's
-    ``size`` says is left and one byte more, so a whole file takes one read and the end one
-    more; a file longer than it said is read on in growing chunks."""
-    parts = []
-    got = 0
-    want = size + 1
+def _read_capped(fd: int, path: str | os.PathLike, size: int, limit: int, first: bytes = b"") -> bytes:
+    """Read on to the end after ``first``, or raise one byte past ``limit``. Each read asks for what
+    fstat's ``size`` says is left and one byte more; a file longer than it said is read on in
+    growing chunks."""
+    parts = [first] if first else []
+    got = len(first)
+    if got > limit:
+        raise ImageError(path, f"more than {limit} bytes: over the file limit")
+    want = size - got + 1 if got <= size else max(got, 1 << 16)
     while True:
         chunk = os.read(fd, min(want, limit + 1 - got))
         if not chunk:

@@ -4,6 +4,7 @@ the model card (see :mod:`cnnedge.card` for the contract).
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 from typing import Sequence
@@ -105,14 +106,23 @@ def resize(img: np.ndarray, height: int, width: int, pre: Preprocess | str = "st
     if isinstance(pre, str):
         pre = Preprocess(resize=pre)
     h, w = img.shape[:2]
-    if (h, w) == (height, width) and pre.crop_pct == 1:
+    if h == height and w == width and pre.crop_pct == 1:
         return img
-    nh, nw = scaled_size(h, w, height, width, pre)
-    scaled = img if (nh, nw) == (h, w) else cv2.resize(img, (nw, nh),
-                                                        interpolation=interpolation_flag(pre, (h, w), (nh, nw)))
+    nh, nw, interp = _scale_plan(h, w, height, width, pre)
+    scaled = img if nh == h and nw == w else cv2.resize(img, (nw, nh), interpolation=interp)
     if scaled.ndim == 2 and img.ndim == 3:
         scaled = scaled[:, :, None]
+    if nh == height and nw == width:
+        return scaled
     return fit(scaled, height, width, pre.resize == "pad", pre.pad_value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _scale_plan(h: int, w: int, height: int, width: int, pre: Preprocess) -> tuple[int, int, int]:
+    """(scaled height, scaled width, OpenCV interpolation flag) for an ``h`` x ``w`` image: worked out
+    once per image size, since a folder run asks the same for every file."""
+    nh, nw = scaled_size(h, w, height, width, pre)
+    return nh, nw, interpolation_flag(pre, (h, w), (nh, nw))
 
 
 def decode_need(h: int, w: int, height: int, width: int, pre: Preprocess) -> tuple[int, int]:
@@ -124,25 +134,44 @@ def decode_need(h: int, w: int, height: int, width: int, pre: Preprocess) -> tup
 
 
 def decode_for(data: bytes, path: str | os.PathLike | None, spec: InputSpec, pre: Preprocess,
-               reduce: bool = True) -> np.ndarray:
+               reduce: bool = True, rgb: bool = False) -> np.ndarray:
     """Decode image bytes for this model: a JPEG at the smallest reduced size (1/2..1/8) that the
     resize mode still needs (:func:`decode_need`), or at full size when ``reduce`` is off. The one
-    decode of the Classifier and of the pipeline's worker processes, so both give the same pixels."""
-    from .images import decode_image, reduce_factor
+    decode of the Classifier and of the pipeline's worker processes, so both give the same pixels.
+    BGR, or RGB with ``rgb``."""
+    from .images import decode_image
 
-    h, w = spec.height, spec.width
-    r = reduce_factor(data, h, w, lambda fh, fw: decode_need(fh, fw, h, w, pre)) if reduce else 1
-    return decode_image(data, path, r)
+    if not reduce:
+        return decode_image(data, path, rgb=rgb)
+    return decode_image(data, path, need=functools.partial(_need, spec.height, spec.width, pre), rgb=rgb)
 
 
-def prepare_image(img: np.ndarray, spec: InputSpec, pre: Preprocess) -> np.ndarray:
-    """One BGR/gray/BGRA uint8 image -> HxWxC uint8 in the card's colour and size."""
+@functools.lru_cache(maxsize=4096)
+def _need(height: int, width: int, pre: Preprocess, h: int, w: int) -> tuple[int, int]:
+    return decode_need(h, w, height, width, pre)
+
+
+def decode_pixels(data: bytes, path: str | os.PathLike | None, spec: InputSpec, pre: Preprocess,
+                  reduce: bool = True) -> np.ndarray:
+    """Image bytes -> the model's HxWxC uint8 pixels: :func:`decode_for` then :func:`prepare_image`, the
+    same pixels, with an RGB model's image decoded in RGB (libjpeg's own order) so no channel swap
+    follows. The pipeline's path for files: every OpenCV call lets another thread take the GIL."""
+    rgb = spec.color == "RGB"
+    img = decode_for(data, path, spec, pre, reduce, rgb=rgb)
+    return prepare_image(img, spec, pre, "RGB" if rgb else "BGR")
+
+
+def prepare_image(img: np.ndarray, spec: InputSpec, pre: Preprocess, order: str = "BGR") -> np.ndarray:
+    """One BGR/gray/BGRA uint8 image -> HxWxC uint8 in the card's colour and size. ``order``: "RGB" for
+    3-channel image already in RGB order (:func:`decode_pixels`; never for a GRAY model)."""
     if spec.color == "GRAY":  # fewer bytes to resize after the conversion
-        out = resize(to_color(img, spec.color), spec.height, spec.width, pre)
+        out = resize(to_color(img, "GRAY"), spec.height, spec.width, pre)
     else:
         # Resizing works per channel, so a channel swap (BGR->RGB, gray->RGB, dropping alpha) commutes with it
         # exactly: converting the small image instead of the full frame saves a full-size copy.
-        out = to_color(resize(img, spec.height, spec.width, pre), spec.color)
+        out = resize(img, spec.height, spec.width, pre)
+        if not (order == spec.color and out.ndim == 3 and out.shape[2] == 3):
+            out = to_color(out, spec.color)
     if out.ndim == 2:
         out = out[:, :, None]
     return out

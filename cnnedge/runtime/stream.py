@@ -36,10 +36,13 @@ from .sources import FileSource, Frame, LiveSource, Source, open_source
 
 
 class BatchModel(Protocol):
-    """What the pipeline needs of a model: the four steps it runs. :class:`~cnnedge.runtime.Classifier`
+    """What the pipeline needs of a model: the steps it runs (``decode_pixels`` is ``prepare(decode())``
+    in one, for files whose originals are not kept). :class:`~cnnedge.runtime.Classifier`
     implements it; so can a wrapper that times or traces each step."""
 
     def decode(self, data: bytes, path: Any = None) -> np.ndarray: ...
+
+    def decode_pixels(self, data: bytes, path: Any = None) -> np.ndarray: ...
 
     def prepare(self, image: np.ndarray) -> np.ndarray: ...
 
@@ -256,9 +259,10 @@ def _run(clf: BatchModel, sources: list[Source], batch: int, max_wait_ms: float,
     params = _decode_params(clf)
 
     def decode_file(path: str) -> Any:
+        if not keep_images:
+            return clf.decode_pixels(read_file(path), path)
         img = clf.decode(read_file(path), path)
-        px = clf.prepare(img)
-        return (px, img) if keep_images else px
+        return clf.prepare(img), img
 
     pool: Any
     if use_gpu:
@@ -333,7 +337,8 @@ def _run(clf: BatchModel, sources: list[Source], batch: int, max_wait_ms: float,
     deadline = None if duration is None else stats.started + duration
     wait_s = max_wait_ms / 1000.0
     infer_thread = threading.Thread(target=_infer_loop, name="infer", daemon=True,
-                                    args=(clf, pool, ready, done_q, stop, len(threads), batch, wait_s, deadline))
+                                    args=(clf, pool, ready, done_q, stop, len(threads), batch, wait_s, deadline,
+                                          not any(isinstance(s, LiveSource) for s in sources)))
     pool.start()
     for t in threads:
         t.start()
@@ -377,9 +382,10 @@ def _run(clf: BatchModel, sources: list[Source], batch: int, max_wait_ms: float,
 
 
 def _infer_loop(clf: BatchModel, pool: Any, ready: queue.Queue, done_q: queue.Queue, stop: threading.Event,
-                active: int, batch: int, wait_s: float, deadline: float | None) -> None:
+                active: int, batch: int, wait_s: float, deadline: float | None, helps: bool) -> None:
     """The serial part: take a decoded chunk (or gather live frames), run the model, hand the raw output on.
-    O(1) work per chunk; per-item work only for frames that arrive one at a time."""
+    O(1) work per chunk; per-item work only for frames that arrive one at a time. With ``helps`` (no live
+    source, whose frames must not wait behind a decode), it decodes a queued piece when nothing is ready."""
     n = 0
 
     def hand(d: Any) -> bool:
@@ -405,9 +411,14 @@ def _infer_loop(clf: BatchModel, pool: Any, ready: queue.Queue, done_q: queue.Qu
                 first = later.popleft()
             else:
                 try:
-                    first = take(ready.get(timeout=0.1))
+                    first = take(ready.get_nowait())
                 except queue.Empty:
-                    continue
+                    if helps and pool.help():
+                        continue
+                    try:
+                        first = take(ready.get(timeout=0.1))
+                    except queue.Empty:
+                        continue
             if isinstance(first, BaseException):
                 raise first
             if first is _END or (isinstance(first, Chunk) and first.marker is _END):
