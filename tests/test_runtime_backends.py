@@ -171,6 +171,20 @@ def test_timed_infer_times_copies_apart_from_compute():
         rng_be.timed_infer(z[:2])
 
 
+def test_input_buffer_is_filled_in_place_and_read_as_given():
+    """input_buffer(n): the array infer() reads without staging (pinned on a GPU provider; on the CPU a
+    plain one). Filled in place it gives infer()'s answers; bad sizes are one-line usage errors."""
+    x = np.random.default_rng(1).integers(0, 256, (3, 32, 32, 3), np.uint8)
+    with load_backend(models()["onnx"], "ort-cpu", threads=1) as be:
+        buf = be.input_buffer(3)
+        assert buf.shape == x.shape and buf.dtype == x.dtype and buf.flags.c_contiguous
+        np.copyto(buf, x)
+        np.testing.assert_array_equal(be.infer(buf), be.infer(x.copy()))
+        np.testing.assert_array_equal(be.timed_infer(buf)[0], be.infer(x))
+        with pytest.raises(UsageError, match="at least 1"):
+            be.input_buffer(0)
+
+
 def test_replay_backend_answers_with_its_stored_output_through_the_classifier():
     """benchmarks/runtime_bench.py measures the Classifier's own cost on a ReplayBackend (public API, no
     patched privates): the Classifier runs on it like on the real backend and returns the stored answer."""

@@ -143,6 +143,17 @@ class Backend:
             return self._guarded(batch, None)
         return self._guarded(batch, plan)
 
+    def input_buffer(self, n: int) -> np.ndarray:
+        """An input array for a batch of ``n`` that :meth:`infer` reads without a staging copy: fill it
+        and pass it in. Pinned host memory on a GPU backend that has a buffer per thread (ONNX Runtime's
+        CUDA and TensorRT providers), so the upload is one DMA; a plain array elsewhere. It belongs to
+        the calling thread and stays valid while the backend is open."""
+        spec = self.input_spec
+        if n < 1 or any(d is None for d in spec.shape[1:]):
+            raise UsageError(f"input_buffer() needs a batch of at least 1 and fixed input dims, got {n} for "
+                             f"{spec.shape}")
+        return np.zeros((n,) + tuple(spec.shape[1:]), np.dtype(spec.dtype))
+
     def timed_infer(self, batch: np.ndarray, resident: bool = False) -> tuple[np.ndarray, Timing]:
         """Run one batch and say where its time went: ``(output, Timing)``.
 

@@ -280,7 +280,8 @@ class OrtBackend(Backend):
             return self.session.run(self._out_names, {self._in_name: batch})[0]
         pinned = self._pinned_for(batch.shape[0])
         if pinned is not None:
-            np.copyto(pinned.input, batch)
+            if batch is not pinned.input:  # filled in place (input_buffer()): nothing to stage
+                np.copyto(pinned.input, batch)
             self.session.run_with_iobinding(pinned.binding)
             return pinned.output.copy()
         # an output of dynamic size: bind the host batch, let ORT copy it in and the output back
@@ -290,12 +291,20 @@ class OrtBackend(Backend):
         self.session.run_with_iobinding(b)
         return b.copy_outputs_to_cpu()[0]
 
+    def input_buffer(self, n: int) -> np.ndarray:
+        """On a GPU provider this thread's pinned input for batches of ``n``, the one :meth:`infer` copies
+        into otherwise (see :meth:`Backend.input_buffer`)."""
+        pinned = self._pinned_for(n) if self._gpu else None
+        return pinned.input if pinned is not None else super().input_buffer(n)
+
     def _timed_impl(self, batch: np.ndarray, resident: bool) -> tuple[np.ndarray, Timing]:
         """IO binding with OrtValues on the provider's device, each step synchronised: the upload
         (``OrtValue.ortvalue_from_numpy``), the run (``run_with_iobinding`` until the outputs are
         ready) and the download (``OrtValue.numpy``). On the CPU provider the same steps run on
         host memory (binding the input, fetching the output). ``resident``: the batch's OrtValue is
-        made once and kept; only the run is timed, and the download happens outside the timing."""
+        made once and kept; only the run is timed, and the download happens outside the timing.
+        On a GPU the upload is from this thread's pinned buffer, as in :meth:`infer`: a batch given in
+        it (:meth:`input_buffer`) goes by DMA alone; any other is staged into it first, in the timing."""
         import onnxruntime as ort
 
         clock = time.perf_counter_ns
@@ -305,7 +314,13 @@ class OrtBackend(Backend):
         if resident and held is not None and held[0] is batch:
             x_dev = held[1]
         else:
-            x_dev = ort.OrtValue.ortvalue_from_numpy(batch, self._device, self.device_id)
+            src = batch
+            pinned = self._pinned_for(batch.shape[0]) if self._gpu else None
+            if pinned is not None:
+                if batch is not pinned.input:
+                    np.copyto(pinned.input, batch)
+                src = pinned.input
+            x_dev = ort.OrtValue.ortvalue_from_numpy(src, self._device, self.device_id)
             if resident:
                 self._resident = (batch, x_dev)
         binding.bind_ortvalue_input(self._in_name, x_dev)
@@ -330,10 +345,7 @@ class OrtBackend(Backend):
         out_tail = tuple(self.output_spec.shape[1:])
         if base is None or None in out_tail:
             return base
-        if self._gpu:
-            pinned = _Pinned(self, 1)
-            return _BoundSlot(self, pinned.input, pinned.output, pinned)
-        return _BoundSlot(self, base.input, np.zeros((1,) + out_tail, np.dtype(self.output_spec.dtype)))
+        return _BoundSlot(self, _Pinned(self, 1, pinned=self._gpu))
 
     def _pinned_for(self, n: int) -> "_Pinned | None":
         """This thread's pinned input/output pair for batches of ``n``, bound once (None when the output
@@ -372,10 +384,11 @@ class OrtBackend(Backend):
         self._pinned = threading.local()  # every thread's pinned buffers and bindings go with the session
 
 
-def _host_buffer(shape: tuple[int, ...], dtype: np.dtype, pinned: bool, owned: list[int]) -> np.ndarray:
+def _host_buffer(shape: tuple[int, ...], dtype: np.dtype, pinned: bool) -> np.ndarray:
     """A host array for a binding: page-locked (``cudaHostAlloc`` through cuda-python, the ``gpu`` extra's)
     when ``pinned``, so the GPU copies from and to it by DMA, about three times as fast as from pageable
-    memory; plain memory otherwise or when CUDA cannot give it. Pinned pointers are added to ``owned``."""
+    memory; plain memory otherwise or when CUDA cannot give it. Pinned memory is freed when the last
+    array over it goes (an :meth:`OrtBackend.input_buffer` a caller still holds keeps it)."""
     nbytes = int(np.prod(shape)) * dtype.itemsize
     if pinned:
         try:
@@ -384,62 +397,54 @@ def _host_buffer(shape: tuple[int, ...], dtype: np.dtype, pinned: bool, owned: l
             cudart = import_cudart()
             err, ptr = cudart.cudaHostAlloc(max(1, nbytes), getattr(cudart, "cudaHostAllocPortable", 1))
             if int(err) == 0:
-                owned.append(int(ptr))
                 raw = (ctypes.c_uint8 * nbytes).from_address(int(ptr))
+                raw._owner = _PinnedMemory(cudart, int(ptr))  # type: ignore[attr-defined]
                 return np.frombuffer(raw, np.uint8).view(dtype).reshape(shape)
         except Exception:  # noqa: BLE001 - no cuda-python or no memory to lock: pageable still works
             pass
     return np.zeros(shape, dtype)
 
 
+class _PinnedMemory:
+    """One cudaHostAlloc block, freed with the last array that views it."""
+
+    def __init__(self, cudart: Any, ptr: int) -> None:
+        self.cudart, self.ptr = cudart, ptr
+
+    def __del__(self) -> None:
+        try:
+            self.cudart.cudaFreeHost(self.ptr)
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+
 class _Pinned:
-    """An input and output buffer of one batch size, bound to the session once; pinned on a GPU.
-    The buffers live as long as this object."""
+    """An input and output buffer of one batch size, bound to the session once; pinned on a GPU."""
 
     def __init__(self, backend: OrtBackend, n: int, pinned: bool = True) -> None:
-        self._owned: list[int] = []
         ins, outs = backend.input_spec, backend.output_spec
-        self.input = _host_buffer((n,) + tuple(ins.shape[1:]), np.dtype(ins.dtype), pinned, self._owned)
-        self.output = _host_buffer((n,) + tuple(outs.shape[1:]), np.dtype(outs.dtype), pinned, self._owned)
+        self.input = _host_buffer((n,) + tuple(ins.shape[1:]), np.dtype(ins.dtype), pinned)
+        self.output = _host_buffer((n,) + tuple(outs.shape[1:]), np.dtype(outs.dtype), pinned)
         self.binding = b = backend.session.io_binding()
         b.bind_input(backend._in_name, "cpu", 0, self.input.dtype, list(self.input.shape), self.input.ctypes.data)
         b.bind_output(backend._out_names[0], "cpu", 0, self.output.dtype, list(self.output.shape),
                       self.output.ctypes.data)
 
-    def __del__(self) -> None:
-        if self._owned:
-            try:
-                from .trt import import_cudart
-
-                cudart = import_cudart()
-                for ptr in self._owned:
-                    cudart.cudaFreeHost(ptr)
-            except Exception:  # noqa: BLE001 - interpreter shutdown
-                pass
-            self._owned = []
-
 
 class _BoundSlot(Slot):
-    def __init__(self, backend: OrtBackend, input: np.ndarray, output: np.ndarray,
-                 owner: _Pinned | None = None) -> None:
-        super().__init__(backend, input)
-        self.output = output
-        self._owner = owner  # keeps pinned buffers alive as long as the slot
-        sess = backend.session
-        binding = owner.binding if owner is not None else None
-        if binding is None:
-            binding = sess.io_binding()
-            binding.bind_input(backend._in_name, "cpu", 0, input.dtype, list(input.shape), input.ctypes.data)
-            binding.bind_output(backend._out_names[0], "cpu", 0, output.dtype, list(output.shape),
-                                output.ctypes.data)
-        self._binding = binding
-        self._run = sess.run_with_iobinding
+    """The predict slot over a :class:`_Pinned` pair of batch 1: its binding is made once."""
+
+    def __init__(self, backend: OrtBackend, buffers: _Pinned) -> None:
+        super().__init__(backend, buffers.input)
+        self.output = buffers.output
+        self._buffers = buffers  # the binding and the memory it points at live as long as the slot
+        self._run = backend.session.run_with_iobinding
 
     def run(self) -> np.ndarray:
         be = self.backend
         be._enter()
         try:
-            self._run(self._binding)
+            self._run(self._buffers.binding)
         finally:
             be._leave()
         return self.output
