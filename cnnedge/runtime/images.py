@@ -51,11 +51,6 @@ def is_image_file(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
 
 
-def _jpeg_truncated(data: bytes) -> bool:
-    """True when a JPEG has no end-of-image marker where its structure says it should (see :func:`jpeg_header`)."""
-    return data.startswith(b"\xff\xd8") and jpeg_header(data)[1]
-
-
 def jpeg_header(data: bytes) -> tuple[tuple[int, int] | None, bool]:
     """One walk of a JPEG's headers: ((width, height) from its frame header or None, whether it is truncated).
 

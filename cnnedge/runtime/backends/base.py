@@ -147,7 +147,8 @@ class Backend:
         """An input array for a batch of ``n`` that :meth:`infer` reads without a staging copy: fill it
         and pass it in. Pinned host memory on a GPU backend that has a buffer per thread (ONNX Runtime's
         CUDA and TensorRT providers), so the upload is one DMA; a plain array elsewhere. It belongs to
-        the calling thread and stays valid while the backend is open."""
+        the calling thread and stays valid while the backend is open; there, an :meth:`infer` of another
+        array of ``n`` rows from the same thread is staged through it and overwrites it."""
         spec = self.input_spec
         if n < 1 or any(d is None for d in spec.shape[1:]):
             raise UsageError(f"input_buffer() needs a batch of at least 1 and fixed input dims, got {n} for "
