@@ -197,6 +197,26 @@ def test_huge_max_wait_closes_the_batch_when_every_source_has_ended(tmp_path):
     assert took < 20, f"the batch waited {took:.1f} s for sources that had ended"
 
 
+def test_default_batch_is_32_for_files_and_8_with_a_video(tmp_path):
+    """No batch given: image files alone go 32 to an inference call (fewer calls and hand-offs), a run
+    with a video (or a camera or stream) among its sources keeps batches of 8."""
+    vid = tmp_path / "clip.avi"
+    w = cv2.VideoWriter(str(vid), cv2.VideoWriter_fourcc(*"MJPG"), 10, (32, 32))
+    _, _, x, _ = split()
+    for i in range(3):
+        w.write(x[i])
+    w.release()
+    _digits(tmp_path / "imgs", 40)
+    with Classifier(models()["onnx"], threads=1) as clf:
+        stats = PipelineStats()
+        files = list(iter_batches(clf, str(tmp_path / "imgs"), stats=stats, processes=False))
+        assert stats.batch_size == 32 and [len(b) for b in files] == [32, 8]
+        stats = PipelineStats()
+        mixed = [r for b in iter_batches(clf, [str(vid), str(tmp_path / "imgs")], stats=stats) for r in b]
+        assert stats.batch_size == 8 and len(mixed) == 43 and all(r.ok for r in mixed)
+        assert len(list(clf.stream(str(tmp_path / "imgs")))) == 40
+
+
 def test_default_workers_are_the_cores_this_process_may_use():
     assert default_workers() == len(os.sched_getaffinity(0))
 

@@ -242,6 +242,28 @@ def test_batch_pixels_are_capped_for_a_dynamic_size(tmp_path, ocr):
     assert code == 2 and "--batch 64 at 48x16384" in err
 
 
+def test_the_default_batch_stays_under_the_pixel_limit_of_a_dynamic_size(tmp_path, ocr):
+    """Files default to batches of 32, but never more than a dynamic graph's size allows: at 96x16384
+    (1,572,864 pixels an image) 21; a run with no --batch then works where --batch 32 is refused."""
+    from cnnedge.runtime.sources import open_source
+    from cnnedge.runtime.stream import default_batch
+
+    img = tmp_path / "a.png"
+    cv2.imwrite(str(img), np.zeros((30, 90, 3), np.uint8))
+    with Classifier(ocr, "ort-cpu", input_size=(96, 16384), warmup=False) as clf:
+        src = open_source(str(img))
+        try:
+            assert default_batch(clf, [src]) == 21
+        finally:
+            src.close()
+    code, err = _run(infer_cli.main, [ocr, "--source", str(img), "--backend", "ort-cpu", "--input-size",
+                                      "96x16384", "--batch", "32"])
+    assert code == 2 and "--batch 21 or less" in err
+    code, err = _run(infer_cli.main, [ocr, "--source", str(img), "--backend", "ort-cpu", "--input-size",
+                                      "96x16384", "--quiet", "--no-progress"])
+    assert code == 0 and "1 done" in err, err
+
+
 def test_input_size_conflicting_with_a_fixed_graph_is_refused(tmp_path, gender):
     img = tmp_path / "a.png"
     cv2.imwrite(str(img), np.zeros((40, 40, 3), np.uint8))

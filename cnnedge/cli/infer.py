@@ -72,8 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
                      help="auto picks TensorRT for .engine and the best ONNX Runtime provider for .onnx "
                           "(e.g. --backend ort-cpu)")
-    run.add_argument("--batch", type=_positive, default=8, metavar="N", help="images per inference (default 8; "
-                     "e.g. --batch 16)")
+    run.add_argument("--batch", type=_positive, metavar="N", help="images per inference (default 32 when every "
+                     "source is image files or folders, 8 with a camera, stream or video; e.g. --batch 16)")
     run.add_argument("--max-wait-ms", type=_wait_ms, default=10.0, metavar="MS",
                      help="close a batch this long after its first frame (default 10; e.g. --max-wait-ms 20)")
     run.add_argument("--workers", type=_positive, metavar="N", help="decode workers, each a batch at a time "
@@ -178,7 +178,8 @@ def _run(args: argparse.Namespace, sources: list[Any], out: TextIO, err: TextIO)
     for w in caught:
         print(f"{PROG}: warning: {w.message}", file=err)
     with clf, ExitStack() as stack:
-        clf.check_batch(args.batch)
+        if args.batch is not None:
+            clf.check_batch(args.batch)
         sinks: list[S.Sink] = [S.ErrorSink(err) if args.quiet else S.LineSink(out, err, args.topk)]
         if args.json:
             sinks.append(stack.enter_context(S.JsonlSink(args.json, args.force)))

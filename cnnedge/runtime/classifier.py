@@ -420,9 +420,10 @@ class Classifier:
         pixels = np.stack([self.prepare(im) for im in imgs])
         return self.postprocess(self.infer_pixels(pixels), topk)
 
-    def stream(self, source: Any, batch: int = 8, **options: Any) -> Iterator[Result]:
+    def stream(self, source: Any, batch: int | None = None, **options: Any) -> Iterator[Result]:
         """Classify a source (path, folder, list file, video, camera index, URL, GStreamer
-        string, or a list of these) through the batched pipeline; yields Results.
+        string, or a list of these) through the batched pipeline; yields Results. ``batch``: images
+        per inference call; None: 32 for image files, 8 with a camera, stream or video.
 
         Options: ``max_wait_ms``, ``workers``, ``glob``, ``max_frames``, ``duration``,
         ``keep_images``, ``open_timeout_ms``, ``read_timeout_ms``, ``give_up_s``, ``topk``,
@@ -430,7 +431,8 @@ class Classifier:
         """
         from .stream import run_pipeline
 
-        self.check_batch(batch, "batch")
+        if batch is not None:
+            self.check_batch(batch, "batch")
         return run_pipeline(self, source, batch=batch, **options)
 
     # lifecycle -----------------------------------------------------------------------

@@ -73,12 +73,13 @@ class RunSummary:
                 f"{display_path(p.name.replace('.partial', '', 1))} was left as it was)" for p in self.partial]
 
 
-def run(sources: Any, clf: BatchModel, sinks: Sequence[Sink] = (), *, batch: int = 8,
+def run(sources: Any, clf: BatchModel, sinks: Sequence[Sink] = (), *, batch: int | None = None,
         progress: TextIO | None = None, stats: PipelineStats | None = None, **options: Any) -> RunSummary:
     """Classify everything ``sources`` deliver with ``clf`` and hand each Result to every sink.
 
     ``sources``: what :func:`~cnnedge.runtime.stream.iter_batches` takes (a path, folder, video,
-    camera index, URL, GStreamer string, an opened Source, or a list of them). ``options``: its
+    camera index, URL, GStreamer string, an opened Source, or a list of them). ``batch``: images per
+    inference call, None for the sources' default (:func:`~cnnedge.runtime.stream.default_batch`). ``options``: its
     keyword arguments (``max_wait_ms``, ``workers``, ``glob``, ``max_frames``, ``duration``,
     ``live``, ``open_timeout_ms``, ``read_timeout_ms``, ``give_up_s``, ``topk``); images are kept
     for the sinks that need them. ``progress``: draw a bar there when the total is known.

@@ -63,6 +63,7 @@ class PipelineStats:
     started: float = 0.0
     elapsed: float = 0.0
     total: int | None = None  # files expected, when every source is a file list
+    batch_size: int = 0  # images per inference call (the batch given, or the default for the sources)
     skipped: int = 0  # folder and list entries reported, not read (see sources.Skipped)
     skipped_by: dict[str, int] = field(default_factory=dict)  # the same, per kind
     latencies_ms: list[float] = field(default_factory=list)
@@ -143,9 +144,23 @@ def default_workers() -> int:
 
 
 DECODE_MODES = ("auto", "cpu", "gpu")
+FILE_BATCH = 32  # the default batch when every source is image files: throughput, no one waits on a frame
+LIVE_BATCH = 8  # the default with a camera, stream or video among the sources
 
 
-def iter_batches(clf: BatchModel, source: Any, batch: int = 8, *, max_wait_ms: float = 10.0,
+def default_batch(clf: Any, sources: Sequence[Source]) -> int:
+    """The batch when none is given: :data:`FILE_BATCH` for image files alone (fewer, larger inference
+    calls: each call and hand-off costs the same whatever its size), else :data:`LIVE_BATCH`; never
+    more than a dynamic-size graph's pixel limit allows."""
+    from .backends.sizing import most_batch
+
+    want = FILE_BATCH if sources and all(isinstance(s, FileSource) for s in sources) else LIVE_BATCH
+    backend = getattr(clf, "backend", None)
+    most = most_batch(backend) if backend is not None else None
+    return want if most is None else max(1, min(want, most))
+
+
+def iter_batches(clf: BatchModel, source: Any, batch: int | None = None, *, max_wait_ms: float = 10.0,
                  workers: int | None = None, glob: str | None = None, max_frames: int | None = None,
                  duration: float | None = None, keep_images: bool = False, topk: int | None = None,
                  live: bool = False, open_timeout_ms: int | None = None, read_timeout_ms: int | None = None,
@@ -154,11 +169,12 @@ def iter_batches(clf: BatchModel, source: Any, batch: int = 8, *, max_wait_ms: f
     """Like :func:`run_pipeline`, one list of Results per inference call (a batch and the failed files
     that rode with it), for sinks that write a batch at a time.
 
-    ``decode``: ``"cpu"`` (OpenCV), ``"gpu"`` (nvImageCodec + CV-CUDA, the ``gpu-decode`` extra and a GPU
+    ``batch``: images per inference call; None: :func:`default_batch` (32 for image files, 8 with a live
+    source or video). ``decode``: ``"cpu"`` (OpenCV), ``"gpu"`` (nvImageCodec + CV-CUDA, the ``gpu-decode`` extra and a GPU
     backend) or ``"auto"`` (GPU when both are there). ``processes``: decode in worker processes from the
     start (True), never (False), or once the run has lasted about a second with files left (None).
     """
-    if batch < 1:
+    if batch is not None and batch < 1:
         raise UsageError(f"batch must be at least 1, got {batch}")
     if not (isinstance(max_wait_ms, (int, float)) and math.isfinite(max_wait_ms) and max_wait_ms >= 0):
         raise UsageError(f"max_wait_ms must be a finite number >= 0, got {max_wait_ms!r}")
@@ -185,13 +201,16 @@ def iter_batches(clf: BatchModel, source: Any, batch: int = 8, *, max_wait_ms: f
             s.close()
         raise
     stats.sources = sources
+    if batch is None:
+        batch = default_batch(clf, sources)
+    stats.batch_size = batch
     totals = [s.total if isinstance(s, FileSource) else None for s in sources]
     stats.total = sum(t for t in totals if t is not None) if all(t is not None for t in totals) else None
     return _run(clf, sources, batch, max_wait_ms, workers or default_workers(), max_frames, duration,
                 keep_images, topk, stats, use_gpu, processes)
 
 
-def run_pipeline(clf: BatchModel, source: Any, batch: int = 8, *, max_wait_ms: float = 10.0,
+def run_pipeline(clf: BatchModel, source: Any, batch: int | None = None, *, max_wait_ms: float = 10.0,
                  workers: int | None = None, glob: str | None = None, max_frames: int | None = None,
                  duration: float | None = None, keep_images: bool = False, topk: int | None = None,
                  live: bool = False, open_timeout_ms: int | None = None, read_timeout_ms: int | None = None,

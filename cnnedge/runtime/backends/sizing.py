@@ -104,16 +104,28 @@ def set_input_size(be: Any, input_size: tuple[int, int] | None) -> None:
     be.size_from = source
 
 
-def check_batch_pixels(be: Any, batch: int, flag: str = "--batch") -> None:
-    """UsageError when ``batch`` images at a dynamic graph's chosen size exceed MAX_BATCH_PIXELS."""
+def most_batch(be: Any) -> int | None:
+    """The largest batch a dynamic graph's chosen size allows under MAX_BATCH_PIXELS (None: no limit)."""
+    hw = _dynamic_hw(be)
+    return None if hw is None else max(1, MAX_BATCH_PIXELS // (hw[0] * hw[1]))
+
+
+def _dynamic_hw(be: Any) -> tuple[int, int] | None:
     if getattr(be, "size_from", None) is None:
-        return
+        return None
     axes = image_axes(be.input_spec.shape, be.card.input.layout if be.card is not None else None)
     if axes is None:
+        return None
+    return be.input_spec.shape[axes[0]], be.input_spec.shape[axes[1]]
+
+
+def check_batch_pixels(be: Any, batch: int, flag: str = "--batch") -> None:
+    """UsageError when ``batch`` images at a dynamic graph's chosen size exceed MAX_BATCH_PIXELS."""
+    hw, most = _dynamic_hw(be), most_batch(be)
+    if hw is None or most is None:
         return
-    h, w = be.input_spec.shape[axes[0]], be.input_spec.shape[axes[1]]
+    h, w = hw
     if batch * h * w > MAX_BATCH_PIXELS:
-        most = max(1, MAX_BATCH_PIXELS // (h * w))
         raise UsageError(f"{flag} {batch} at {h}x{w} ({be.size_from}) is {batch * h * w:,} pixels per batch, over "
                          f"the {MAX_BATCH_PIXELS:,}-pixel limit for a graph of dynamic size; use {flag} {most} "
                          "or less, or a smaller input size")
