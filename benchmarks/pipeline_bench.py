@@ -10,7 +10,8 @@ made here when missing):
 - ``photos``: 400 JPEGs of 640x480 (crops of scikit-image photographs, as in runtime_bench.py),
   where decoding dominates; references: decode + resize on 2 threads, full and reduced size.
 
-Each ``cnn-infer`` runs in its own process with default flags (``--quiet --no-progress``) and its
+Each ``cnn-infer`` runs in its own process with default flags (``--quiet --no-progress``; on the small
+folder also with ``--batch 8``, the default before files got 32) and its
 throughput is the figure its summary prints; ``--baseline DIR`` runs the same command with another
 checkout's ``cnnedge`` (e.g. main before a change). Rounds are interleaved; each path's best round
 and median are reported, and the ratios of both.
@@ -117,6 +118,7 @@ def main() -> None:
     runs: list[tuple[str, object]] = [("small: imread+resize loop, 1 thread", lambda: loop_1t(small, size))]
     for name, co in checkouts.items():
         runs.append((f"small: cnn-infer ({name})", lambda co=co: cnn_infer(co, model, work / "small", [])))
+    runs.append(("small: cnn-infer --batch 8 (this)", lambda: cnn_infer(ROOT, model, work / "small", ["--batch", "8"])))
     runs.append(("photos: decode+resize bound, full, 2 threads",
                  lambda: timed_cpu(lambda: decode_bound(big, 2, False))))
     runs.append(("photos: decode+resize bound, reduced, 2 threads",
@@ -144,7 +146,8 @@ def main() -> None:
             cpu_us[key] = min(cpu_us.get(key, float("inf")), us)
             print(f"round {rnd}: {key:55s} {v:9.1f} images/s {us:8.1f} CPU-us/image", file=sys.stderr)
     def ratios_of(fig: dict[str, float]) -> dict[str, float]:
-        out = {}
+        out = {"small: cnn-infer --batch 8 (this) / 1-thread loop":
+               fig["small: cnn-infer --batch 8 (this)"] / fig["small: imread+resize loop, 1 thread"]}
         for name in checkouts:
             out[f"small: cnn-infer ({name}) / 1-thread loop"] = (
                 fig[f"small: cnn-infer ({name})"] / fig["small: imread+resize loop, 1 thread"])
