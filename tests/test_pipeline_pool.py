@@ -181,13 +181,18 @@ def test_memory_stays_flat_over_10000_files(tmp_path):
     assert growth_mb < 30, f"memory grew {growth_mb:.1f} MB from 2,000 to 10,000 files: {samples}"
 
 
-def test_huge_max_wait_closes_the_batch_when_every_source_has_ended(tmp_path):
-    vid = tmp_path / "clip.avi"
-    w = cv2.VideoWriter(str(vid), cv2.VideoWriter_fourcc(*"MJPG"), 10, (32, 32))
+def _clip(path: Path, frames: int) -> Path:
+    """A short MJPG video of digits: a finite source that is not image files."""
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (32, 32))
     _, _, x, _ = split()
-    for i in range(3):
+    for i in range(frames):
         w.write(x[i])
     w.release()
+    return path
+
+
+def test_huge_max_wait_closes_the_batch_when_every_source_has_ended(tmp_path):
+    vid = _clip(tmp_path / "clip.avi", 3)
     _digits(tmp_path / "imgs", 3)
     with Classifier(models()["onnx"], threads=1) as clf:
         t0 = time.perf_counter()
@@ -200,12 +205,7 @@ def test_huge_max_wait_closes_the_batch_when_every_source_has_ended(tmp_path):
 def test_default_batch_is_32_for_files_and_8_with_a_video(tmp_path):
     """No batch given: image files alone go 32 to an inference call (fewer calls and hand-offs), a run
     with a video (or a camera or stream) among its sources keeps batches of 8."""
-    vid = tmp_path / "clip.avi"
-    w = cv2.VideoWriter(str(vid), cv2.VideoWriter_fourcc(*"MJPG"), 10, (32, 32))
-    _, _, x, _ = split()
-    for i in range(3):
-        w.write(x[i])
-    w.release()
+    vid = _clip(tmp_path / "clip.avi", 3)
     _digits(tmp_path / "imgs", 40)
     with Classifier(models()["onnx"], threads=1) as clf:
         stats = PipelineStats()
