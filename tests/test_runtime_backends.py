@@ -185,6 +185,14 @@ def test_input_buffer_is_filled_in_place_and_read_as_given():
             be.input_buffer(0)
 
 
+def test_infer_device_is_refused_by_a_backend_without_a_device():
+    """Device memory goes to GPU backends only (ONNX Runtime's CUDA/TensorRT providers, TensorRT); a CPU
+    backend says so in one line instead of reading a pointer it cannot use."""
+    with load_backend(models()["onnx"], "ort-cpu", threads=1) as be:
+        with pytest.raises(UsageError, match="ort-cpu runs on the CPU; infer_device"):
+            be.infer_device(1 << 20, (1, 32, 32, 3), "uint8")
+
+
 def test_replay_backend_answers_with_its_stored_output_through_the_classifier():
     """benchmarks/runtime_bench.py measures the Classifier's own cost on a ReplayBackend (public API, no
     patched privates): the Classifier runs on it like on the real backend and returns the stored answer."""
@@ -406,6 +414,16 @@ def test_trt_engine_matches_onnx_runtime(tmp_path):  # pragma: no cover - runs w
             out, t = clf.backend.timed_infer(x[:8], resident=True)
             np.testing.assert_allclose(out, ref.infer(x[:8]), atol=1e-3)
             assert t.h2d_ns == 0 and t.d2h_ns == 0 and t.compute_ns > 0
+        err, dev = cudart.cudaMalloc(x[:8].nbytes)  # a batch already on the device, as GPU decode leaves it
+        assert int(err) == 0
+        try:
+            cudart.cudaMemcpy(dev, x[:8].ctypes.data, x[:8].nbytes, cudart.cudaMemcpyKind.cudaMemcpyHostToDevice)
+            np.testing.assert_allclose(clf.backend.infer_device(int(dev), (8, 32, 32, 3), "uint8"), ref.infer(x[:8]),
+                                       atol=1e-3)
+            with pytest.raises(UsageError, match="in batches of 1..16"):
+                clf.backend.infer_device(int(dev), (8, 32, 32, 1), "uint8")
+        finally:
+            cudart.cudaFree(dev)
 
 
 def _slow_model(path: Path, depth: int = 24, width: int = 512) -> Path:

@@ -4,9 +4,9 @@ The ``gpu-decode`` extra brings both (``nvidia-nvimgcodec-cu13`` and ``cvcuda-cu
 ``-cu12`` wheels for CUDA 12, ``nvidia-nvimgcodec-tegra-cu12`` on Jetson). A chunk's
 files are read on host threads, decoded in one ``Decoder.decode`` call, resized
 (and colour-converted) on the device, stacked into one NHWC uint8 batch and handed
-to a backend that takes device memory (:meth:`OrtBackend.infer_device`) without a
-host round trip when the model takes those pixels directly (normalisation in the
-graph). Files nvImageCodec cannot decode (PNG, a damaged JPEG) go through the CPU
+to the backend's ``infer_device`` (ONNX Runtime's IO binding; a device-to-device copy
+into a TensorRT engine's input) without a host round trip when the model takes those
+pixels directly (normalisation in the graph). Files nvImageCodec cannot decode (PNG, a damaged JPEG) go through the CPU
 decoder one by one, reported as a CPU run reports them; a chunk that holds such a
 file is assembled on the host.
 
@@ -92,7 +92,7 @@ class DeviceBatch:
         be = clf.backend
         card = clf.card
         direct = (card.preprocess.in_graph and card.input.layout == "NHWC" and be.input_spec.dtype == "uint8"
-                  and hasattr(be, "infer_device") and be.fixed_batch in (None, self.shape[0])
+                  and on_gpu(be.name) and be.fixed_batch in (None, self.shape[0])
                   and (be.max_batch is None or be.min_batch <= self.shape[0] <= be.max_batch))
         if direct:
             return be.infer_device(self.tensor.cuda().__cuda_array_interface__["data"][0], self.shape, "uint8")

@@ -155,6 +155,21 @@ class Backend:
                              f"{spec.shape}")
         return np.zeros((n,) + tuple(spec.shape[1:]), np.dtype(spec.dtype))
 
+    def infer_device(self, ptr: int, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+        """Run a batch that is already in this GPU's memory (``ptr``: a device pointer to a C-contiguous
+        ``shape`` array of ``dtype``, e.g. from a GPU decoder, its writes finished); the output comes back
+        to the host. GPU backends implement it; the others refuse."""
+        raise UsageError(f"{self.name} runs on the CPU; infer_device() takes GPU memory")
+
+    def _check_device_batch(self, shape: tuple[int, ...], dtype: str) -> None:
+        """UsageError unless a device batch of ``shape``/``dtype`` is one this artifact takes in one call."""
+        spec = self.input_spec
+        n = shape[0] if shape else 0
+        if dtype != spec.dtype or tuple(shape[1:]) != tuple(spec.shape[1:]) or n < max(1, self.min_batch) or (
+                self.max_batch is not None and n > self.max_batch) or self.fixed_batch not in (None, n):
+            raise UsageError(f"{self.path}: input {spec.name!r} takes {spec.dtype} {spec.shape} in batches of "
+                             f"{self.min_batch}..{self.max_batch or 'any'}, got {dtype} {shape}")
+
     def timed_infer(self, batch: np.ndarray, resident: bool = False) -> tuple[np.ndarray, Timing]:
         """Run one batch and say where its time went: ``(output, Timing)``.
 

@@ -361,13 +361,10 @@ class OrtBackend(Backend):
         return got
 
     def infer_device(self, ptr: int, shape: tuple[int, ...], dtype: str) -> np.ndarray:
-        """Run a batch that is already in this GPU's memory (``ptr``: a device pointer to a C-contiguous
-        ``shape`` array of ``dtype``, e.g. from a GPU decoder); the output comes back to the host."""
+        """The device batch bound as the session's input by IO binding (see :meth:`Backend.infer_device`)."""
         if not self._gpu:
-            raise UsageError(f"{self.name} runs on the CPU; infer_device() takes GPU memory")
-        if dtype != self.input_spec.dtype or tuple(shape[1:]) != tuple(self.input_spec.shape[1:]):
-            raise UsageError(f"{self.path}: input {self.input_spec.name!r} takes {self.input_spec.dtype} "
-                             f"{self.input_spec.shape}, got {dtype} {shape}")
+            return super().infer_device(ptr, shape, dtype)
+        self._check_device_batch(shape, dtype)
         self._enter()
         try:
             b = self.session.io_binding()

@@ -188,6 +188,27 @@ class TrtBackend(Backend):
             self._h_in[:n * self._in_row] = batch.reshape(-1).view(np.uint8)
             return self._execute(n).copy()  # the caller owns what infer() returns
 
+    def infer_device(self, ptr: int, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+        """A device batch copied device-to-device into the engine's input buffer on its stream, then run
+        and downloaded as :meth:`infer` does (see :meth:`Backend.infer_device`): no trip through the host."""
+        self._check_device_batch(shape, dtype)
+        n = int(shape[0])
+        cudart = self._cudart
+        self._enter()
+        try:
+            with self._lock:
+                self._set_batch(n)
+                self._resident = None
+                _check(cudart.cudaMemcpyAsync(self._d_in, int(ptr), n * self._in_row,
+                                              cudart.cudaMemcpyKind.cudaMemcpyDeviceToDevice, self._stream),
+                       "copy on the device")
+                self._launch()
+                self._download(n)
+                self._sync()
+                return self._out_view(n).copy()
+        finally:
+            self._leave()
+
     def _execute(self, n: int) -> np.ndarray:
         """Run the first ``n`` rows of the pinned input buffer; the output rows as a view of the
         pinned output buffer, valid until the next run. Call with ``self._lock`` held."""
