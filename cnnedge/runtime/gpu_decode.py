@@ -6,9 +6,9 @@ files are read on host threads, decoded in one ``Decoder.decode`` call, resized
 (and colour-converted) on the device, stacked into one NHWC uint8 batch and handed
 to the backend's ``infer_device`` (ONNX Runtime's IO binding; a device-to-device copy
 into a TensorRT engine's input) without a host round trip when the model takes those
-pixels directly (normalisation in the graph). Files nvImageCodec cannot decode (PNG, a damaged JPEG) go through the CPU
-decoder one by one, reported as a CPU run reports them; a chunk that holds such a
-file is assembled on the host.
+pixels directly (normalisation in the graph). Files nvImageCodec cannot decode (PNG, a
+damaged JPEG) go through the CPU decoder one by one, reported as a CPU run reports them;
+a chunk that holds such a file is assembled on the host.
 
 Nothing here imports a CUDA library until a pool is made.
 """
