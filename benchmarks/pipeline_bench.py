@@ -162,7 +162,9 @@ def main() -> None:
     median = {k: float(np.median(v)) for k, v in rounds.items()}
     ratios, median_ratios = ratios_of(best), ratios_of(median)
     res = {"cores": len(os.sched_getaffinity(0)), "model": str(model.relative_to(ROOT)), "model_input": size,
-           "small": len(small), "photos": len(big), "images_per_s": best, "images_per_s_median": median, "images_per_s_rounds": rounds, "cpu_us_per_image": cpu_us, "fixed_cpu_s": fixed, "ratios": ratios, "median_ratios": median_ratios,
+           "small": len(small), "photos": len(big), "images_per_s": best, "images_per_s_median": median,
+           "images_per_s_rounds": rounds, "cpu_us_per_image": cpu_us, "fixed_cpu_s": fixed, "ratios": ratios,
+           "median_ratios": median_ratios,
            "load": os.getloadavg(), "checkouts": {k: str(v) for k, v in checkouts.items()}}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -132,11 +132,10 @@ def image_size(data: bytes) -> tuple[int, int] | None:
     return jpeg_header(data)[0] if data.startswith(_JPEG) else None
 
 
-def _factor(size: tuple[int, int], height: int, width: int,
-            need: Callable[[int, int], tuple[int, int]] | None) -> int:
+def _factor(size: tuple[int, int], height: int, width: int) -> int:
+    """The largest reduction (1, 2, 4 or 8) that keeps a ``size`` (width, height) image at least
+    ``height`` x ``width``."""
     w, h = size
-    if need is not None:
-        height, width = need(h, w)
     for r in (8, 4, 2):
         if w // r >= width and h // r >= height:
             return r
@@ -151,7 +150,9 @@ def reduce_factor(data: bytes, height: int, width: int,
     decodes at 1/2 to 1/8 size, much faster, before the final resize. Other formats
     decode at full size."""
     size = jpeg_header(data)[0] if data.startswith(_JPEG) else None
-    return 1 if size is None else _factor(size, height, width, need)
+    if size is None:
+        return 1
+    return _factor(size, *need(size[1], size[0])) if need is not None else _factor(size, height, width)
 
 
 def decode_image(data: bytes, path: str | os.PathLike | None = None, reduce: int = 1,
@@ -181,7 +182,7 @@ def decode_image(data: bytes, path: str | os.PathLike | None = None, reduce: int
         raise ImageError(path, f"{size[0]}x{size[1]} pixels is over the {MAX_PIXELS}-pixel decode limit "
                                "(a decompression bomb?)")
     if need is not None:
-        reduce = _factor(size, 0, 0, need) if jpeg and size is not None else 1
+        reduce = _factor(size, *need(size[1], size[0])) if jpeg and size is not None else 1
     elif reduce not in _REDUCED:
         raise ValueError(f"reduce must be 1, 2, 4 or 8, got {reduce}")
     flag = (_FLAGS or _flags(cv2))[reduce, rgb]

@@ -79,8 +79,8 @@ def run(sources: Any, clf: BatchModel, sinks: Sequence[Sink] = (), *, batch: int
 
     ``sources``: what :func:`~cnnedge.runtime.stream.iter_batches` takes (a path, folder, video,
     camera index, URL, GStreamer string, an opened Source, or a list of them). ``batch``: images per
-    inference call, None for the sources' default (:func:`~cnnedge.runtime.stream.default_batch`). ``options``: its
-    keyword arguments (``max_wait_ms``, ``workers``, ``glob``, ``max_frames``, ``duration``,
+    inference call, None for the sources' default (:func:`~cnnedge.runtime.stream.default_batch`).
+    ``options``: its keyword arguments (``max_wait_ms``, ``workers``, ``glob``, ``max_frames``, ``duration``,
     ``live``, ``open_timeout_ms``, ``read_timeout_ms``, ``give_up_s``, ``topk``); images are kept
     for the sinks that need them. ``progress``: draw a bar there when the total is known.
     Returns a :class:`RunSummary`; user errors found before the run starts (a bad source, a bad

@@ -170,8 +170,8 @@ def iter_batches(clf: BatchModel, source: Any, batch: int | None = None, *, max_
     that rode with it), for sinks that write a batch at a time.
 
     ``batch``: images per inference call; None: :func:`default_batch` (32 for image files, 8 with a live
-    source or video). ``decode``: ``"cpu"`` (OpenCV), ``"gpu"`` (nvImageCodec + CV-CUDA, the ``gpu-decode`` extra and a GPU
-    backend) or ``"auto"`` (GPU when both are there). ``processes``: decode in worker processes from the
+    source or video). ``decode``: ``"cpu"`` (OpenCV), ``"gpu"`` (nvImageCodec + CV-CUDA, the ``gpu-decode``
+    extra and a GPU backend) or ``"auto"`` (GPU when both are there). ``processes``: decode in worker processes from the
     start (True), never (False), or once the run has lasted about a second with files left (None).
     """
     if batch is not None and batch < 1:

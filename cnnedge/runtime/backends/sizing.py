@@ -121,11 +121,11 @@ def _dynamic_hw(be: Any) -> tuple[int, int] | None:
 
 def check_batch_pixels(be: Any, batch: int, flag: str = "--batch") -> None:
     """UsageError when ``batch`` images at a dynamic graph's chosen size exceed MAX_BATCH_PIXELS."""
-    hw, most = _dynamic_hw(be), most_batch(be)
-    if hw is None or most is None:
+    hw = _dynamic_hw(be)
+    if hw is None:
         return
     h, w = hw
     if batch * h * w > MAX_BATCH_PIXELS:
         raise UsageError(f"{flag} {batch} at {h}x{w} ({be.size_from}) is {batch * h * w:,} pixels per batch, over "
-                         f"the {MAX_BATCH_PIXELS:,}-pixel limit for a graph of dynamic size; use {flag} {most} "
-                         "or less, or a smaller input size")
+                         f"the {MAX_BATCH_PIXELS:,}-pixel limit for a graph of dynamic size; use "
+                         f"{flag} {most_batch(be)} or less, or a smaller input size")
