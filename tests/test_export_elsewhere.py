@@ -252,7 +252,7 @@ def test_onnx_whose_input_is_not_an_image_is_refused(tmp_path):
     path = _tiny_onnx(tmp_path / "vec.onnx", [("x", ["N", 2])], ["N", 2])
     code, _, err = export_cli([str(path), "--labels", str(labels), "--scale", "1", "--mean", "0", "--std", "1",
                                "--rgb", "--verify", str(tmp_path)])
-    _one_line(code, err, "is not an image batch")
+    _one_line(code, err, "an image classifier takes a 4-D")
 
 
 def test_fixed_batch_onnx_exports_with_engines_for_its_batch(mnist, tmp_path):

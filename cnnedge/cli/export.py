@@ -131,6 +131,9 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
         print(exc.report.table(), file=out)
         raise
     print(report.table(), file=out)
+    if args.quiet:
+        for line in report.warnings:
+            print(f"cnn-export: warning: {line}", file=err)
     total = sum(s["seconds"] for s in report.steps)
     print(f"wrote {report.out_dir}/export_report.json ({total:.1f} s)", file=out)
     return 0

@@ -1,10 +1,15 @@
-"""Step 2: constant folding and graph simplification with onnxslim, output checked unchanged."""
+"""Step 2: constant folding and graph simplification with onnxslim, output checked unchanged.
+
+Clean-up is an optimisation: when onnxslim fails on a graph, or changes its output, the export goes on with
+the graph as it was, and the report and the terminal say so.
+"""
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ExportError
+from ..errors import first_line
 from . import onnx_io
 
 TOLERANCE = 1e-5
@@ -14,30 +19,42 @@ TOLERANCE = 1e-5
 class CleanupResult:
     nodes_before: int
     nodes_after: int
-    max_abs_diff: float
+    max_abs_diff: float | None
     tool: str
+    applied: bool = True
+    note: str | None = None  # why the graph was kept as it was
 
 
 def simplify(model: Any, probe: Any) -> tuple[Any, CleanupResult]:
-    """Simplify ``model``; ``probe`` is an input batch run through both graphs to prove nothing changed."""
+    """Simplify ``model``; ``probe`` is an input batch run through both graphs to prove nothing changed.
+    Returns ``model`` itself, with a note, when onnxslim fails or changes the output."""
     import numpy as np
 
     from .._lazy import require
 
     onnxslim = require("onnxslim", "ONNX graph cleanup")
+    tool = f"onnxslim {getattr(onnxslim, '__version__', '?')}"
     before = onnx_io.node_count(model)
+
+    def kept(why: str, diff: float | None = None) -> tuple[Any, CleanupResult]:
+        return model, CleanupResult(before, before, diff, tool, False,
+                                    f"graph cleanup skipped: {why}; the graph is exported as it was")
+
     try:
-        slim = onnxslim.slim(model)
-    except Exception as exc:
-        raise ExportError(f"onnxslim failed to simplify the graph: {str(exc).strip()[:300]}") from None
+        slim = onnxslim.slim(copy.deepcopy(model))
+    except Exception as exc:  # noqa: BLE001 - any failure of the optimiser leaves the graph as it was
+        return kept(f"onnxslim failed ({type(exc).__name__}: {first_line(exc, 200)})")
     if slim is None:
-        raise ExportError("onnxslim returned no model")
+        return kept("onnxslim returned no model")
     slim.metadata_props.extend(p for p in model.metadata_props if p not in slim.metadata_props)
     a = onnx_io.run(onnx_io.session(model.SerializeToString()), probe)
-    b = onnx_io.run(onnx_io.session(slim.SerializeToString()), probe)
+    try:
+        b = onnx_io.run(onnx_io.session(slim.SerializeToString()), probe)
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime refuses the simplified graph
+        return kept(f"ONNX Runtime cannot run onnxslim's graph ({first_line(exc, 200)})")
+    if a.shape != b.shape:
+        return kept(f"onnxslim changed the output's shape ({a.shape} to {b.shape})")
     diff = float(np.max(np.abs(a - b))) if a.size else 0.0
-    if a.shape != b.shape or diff > TOLERANCE:
-        raise ExportError(f"graph cleanup changed the model's output (max abs diff {diff:.2e}); "
-                          "report this with the model, or export with --no-cleanup")
-    version = getattr(onnxslim, "__version__", "?")
-    return slim, CleanupResult(before, onnx_io.node_count(slim), diff, f"onnxslim {version}")
+    if not diff <= TOLERANCE:
+        return kept(f"onnxslim changed the model's output (max abs diff {diff:.2e})", diff)
+    return slim, CleanupResult(before, onnx_io.node_count(slim), diff, tool)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence, overload
 
 import numpy as np
 
@@ -18,11 +18,36 @@ from ..errors import DataError, UsageError
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100")
 
 
+class FileImages(Sequence[np.ndarray]):
+    """Image files decoded when indexed or sliced: a folder of a thousand photos is not held in memory at once.
+    Every file was decoded once when the set was made, so each decodes again."""
+
+    def __init__(self, files: Sequence[Path]):
+        self.files = list(files)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @overload
+    def __getitem__(self, i: int) -> np.ndarray: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[np.ndarray]: ...
+
+    def __getitem__(self, i: int | slice) -> np.ndarray | list[np.ndarray]:
+        from ..runtime.images import read_image
+
+        if isinstance(i, slice):
+            return [read_image(f) for f in self.files[i]]
+        return read_image(self.files[i])
+
+
 @dataclass
 class ImageSet:
-    """Decoded images, labels in the card's class order where known, and where they came from."""
+    """Decoded images (in memory, or files decoded when sliced), labels in the card's class order where known,
+    and where they came from."""
 
-    images: list[np.ndarray]
+    images: Sequence[np.ndarray]
     labels: np.ndarray | None
     source: str
     skipped: int = 0
@@ -36,11 +61,12 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.images)
 
-    def inputs(self, spec: InputSpec, card: ModelCard) -> np.ndarray:
-        """The whole set as one model-input batch for ``spec`` (the runtime's preprocessing)."""
+    def inputs(self, spec: InputSpec, card: ModelCard, limit: int | None = None) -> np.ndarray:
+        """The set (its first ``limit`` images) as one model-input batch for ``spec`` (the runtime's
+        preprocessing)."""
         from ..runtime.preprocess import preprocess_batch
 
-        return preprocess_batch(self.images, spec, card.preprocess)
+        return preprocess_batch(self.images[:limit], spec, card.preprocess)
 
     def batches(self, spec: InputSpec, card: ModelCard, size: int = 32) -> Iterator[np.ndarray]:
         """Re-startable: each call starts again from the first image."""
@@ -121,7 +147,7 @@ def read_folder(root: Path, card: ModelCard, limit: int | None, flag: str) -> Im
     from ..runtime.images import ImageError, is_image_file, read_image
 
     files = sorted(f for f in root.rglob("*") if f.is_file() and not f.name.startswith("."))
-    images: list[np.ndarray] = []
+    images: list[Path] = []
     labels: list[int | None] = []
     index = {c: i for i, c in enumerate(card.classes)}
     skipped: list[str] = []
@@ -132,7 +158,8 @@ def read_folder(root: Path, card: ModelCard, limit: int | None, flag: str) -> Im
             skipped.append(f"{f.name}: not an image file")
             continue
         try:
-            images.append(read_image(f))
+            read_image(f)
+            images.append(f)
         except ImageError as exc:
             skipped.append(f"{f.name}: {exc.reason}")
             continue
@@ -141,4 +168,4 @@ def read_folder(root: Path, card: ModelCard, limit: int | None, flag: str) -> Im
         why = f" ({len(skipped)} file(s) skipped, e.g. {skipped[0]})" if skipped else ""
         raise DataError(f"{flag} {root}: no readable images{why}")
     lab = np.array(labels, dtype=np.int64) if all(v is not None for v in labels) else None
-    return ImageSet(images, lab, str(root), len(skipped))
+    return ImageSet(FileImages(images), lab, str(root), len(skipped))

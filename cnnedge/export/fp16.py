@@ -20,7 +20,14 @@ FP32_OPS = ("Softmax", "LogSoftmax", "ReduceMean", "ReduceSum", "ReduceSumSquare
             "GlobalAveragePool", "LayerNormalization", "Exp", "Log")
 
 
-def to_fp16(model: Any) -> Any:
+MIN_POSITIVE, MAX_FINITE = 1e-7, 1e4  # the converter's defaults: values beyond are clamped
+
+
+def to_fp16(model: Any) -> tuple[Any, int]:
+    """The half-precision model and how many weight values the converter clamped into FP16's range (it warns
+    once per tensor; the count goes in the report instead)."""
+    import warnings
+
     from .._lazy import require
 
     onnx = require("onnx", "FP16 export")
@@ -30,8 +37,11 @@ def to_fp16(model: Any) -> Any:
     blocked = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(FP32_OPS))
     model, tail = _detach_output_softmax(model)
     try:
-        half = float16.convert_float_to_float16(model, keep_io_types=True, node_block_list=input_casts,
-                                                op_block_list=blocked)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"the float32 number .* will be truncated")
+            half = float16.convert_float_to_float16(model, keep_io_types=True, node_block_list=input_casts,
+                                                    op_block_list=blocked, min_positive_val=MIN_POSITIVE,
+                                                    max_finite_val=MAX_FINITE)
         if tail is not None:
             _reattach(half, tail)
         del half.graph.value_info[:]
@@ -39,7 +49,21 @@ def to_fp16(model: Any) -> Any:
         onnx.checker.check_model(half)
     except Exception as exc:
         raise ExportError(f"FP16 conversion failed: {first_line(exc)}") from None
-    return half
+    return half, clamped(model, half)
+
+
+def clamped(model: Any, half: Any) -> int:
+    """Values of ``model``'s float32 weights that became FP16 in ``half`` and lay outside the converter's range."""
+    import numpy as np
+    from onnx import TensorProto, numpy_helper
+
+    halved = {i.name for i in half.graph.initializer if i.data_type == TensorProto.FLOAT16}
+    n = 0
+    for init in model.graph.initializer:
+        if init.data_type == TensorProto.FLOAT and init.name in halved:
+            a = np.abs(numpy_helper.to_array(init))
+            n += int(np.count_nonzero(((a > 0) & (a < MIN_POSITIVE)) | (a > MAX_FINITE)))
+    return n
 
 
 def _detach_output_softmax(model: Any) -> tuple[Any, Any]:

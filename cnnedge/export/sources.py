@@ -7,7 +7,6 @@ normalisation folded in, unless ``input_dtype`` is float32).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -15,53 +14,39 @@ import numpy as np
 
 from ..card import CARD_FILENAME, InputSpec, ModelCard, Preprocess, card_path_for
 from ..errors import CardError, ExportError, ModelLoadError, OptionError
+from ..runtime.describe import REQUIRED, ModelDescription
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
-REQUIRED = ("labels", "scale", "mean", "std", "rgb")  # what a card needs that a graph cannot say
+Description = ModelDescription  # the export's name for the one description type (cnnedge.runtime.describe)
 
 
-@dataclass(frozen=True)
-class Description:
-    """A model from elsewhere, described by the user (cnn-infer's flags): what its card would say."""
-
-    labels: Any = None  # a text file with one class name a line, or the names
-    scale: float | None = None
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    rgb: bool | None = None
-    resize: str | None = None
-    crop_pct: float | None = None
-    pad_value: float | None = None
-    interpolation: str | None = None
-    output: str | None = None  # probabilities | logits; None: detected from the outputs
-    input_size: tuple[int, int] | None = None  # for a graph whose height and width are dynamic
-
-    def __post_init__(self) -> None:
-        for name in ("mean", "std"):
-            v = getattr(self, name)
-            if isinstance(v, (int, float)):
-                object.__setattr__(self, name, (float(v),))
-            elif v is not None:
-                object.__setattr__(self, name, tuple(float(x) for x in v))
-
-    def given(self) -> list[str]:
-        return [f.name for f in fields(self) if getattr(self, f.name) is not None]
-
-    def missing(self) -> list[str]:
-        return [name for name in REQUIRED if getattr(self, name) is None]
-
-
-def open_source(path: Path, describe: Description | None, trust: bool) -> "KerasSource | OnnxSource":
-    """The source for ``path``; its card is read (or the description checked) before any model is loaded."""
+def open_source(path: Path, describe: ModelDescription | None, trust: bool,
+                opset: int | None = None) -> "KerasSource | OnnxSource":
+    """The source for ``path``; its card is read (or the description checked) before any model is loaded.
+    ``opset``: the ONNX opset asked for (None: the export's default)."""
     suffix = path.suffix.lower()
     if suffix == ".onnx":
-        return OnnxSource(path, describe)
+        return OnnxSource(path, describe, opset)
     if suffix in KERAS_SUFFIXES:
         from ..keras_io import check_model_file
 
         check_model_file(path, trust)
         return KerasSource(path, describe, trust)
     raise ModelLoadError(f"{path}: not a Keras model or an ONNX file (expected .keras, .h5/.hdf5, or .onnx)")
+
+
+class DescriptionMissing(OptionError):
+    """A model without a card whose description lacks values; ``missing`` names them (the export may add a
+    measured suggestion for the preprocessing ones)."""
+
+    def __init__(self, path: Path, where: str, missing: list[str], hint: str = ""):
+        self.path, self.where, self.missing, self.hint = path, where, missing, hint
+        super().__init__("", f"{path} has no model card ({where}); describe the model with "
+                             + " ".join("{" + m + "}" for m in REQUIRED) + " (missing: "
+                             + ", ".join("{" + m + "}" for m in missing) + ")" + hint)
+
+    def with_hint(self, hint: str) -> "DescriptionMissing":
+        return DescriptionMissing(self.path, self.where, self.missing, hint)
 
 
 MAX_DEPTH = 32  # nesting in the card's free-form fields (dataset_spec, calibration, versions)
@@ -83,42 +68,46 @@ def check_depth(card: ModelCard, where: str) -> ModelCard:
     return card
 
 
-def _check_description(path: Path, describe: Description | None, where: str) -> None:
+def _check_description(path: Path, describe: ModelDescription | None, where: str, channels: int | None = None,
+                       names_known: bool = False) -> None:
     """A model without a card needs a description: refuse one missing values, in one line naming them all."""
-    missing = (describe or Description()).missing()
+    missing = (describe or ModelDescription()).missing(channels, names_known)
     if missing:
-        raise OptionError("", f"{path} has no model card ({where}); describe the model with "
-                              + " ".join("{" + m + "}" for m in REQUIRED) + " (missing: "
-                              + ", ".join("{" + m + "}" for m in missing) + ")")
+        raise DescriptionMissing(path, where, missing)
 
 
-def _refuse_description(path: Path, describe: Description | None, where: str) -> None:
-    given = (describe or Description()).given()
+def _refuse_description(path: Path, describe: ModelDescription | None, where: str) -> None:
+    given = (describe or ModelDescription()).given()
     if given:
         raise OptionError("", f"{path} carries a model card ({where}), which fixes "
                               + ", ".join("{" + g + "}" for g in given) + "; drop them (they describe models "
                               "without a card)")
 
 
-def card_from_description(path: Path, d: Description, shape: Sequence[int | None], layout: str) -> ModelCard:
-    """The card of a model from elsewhere: the graph's input shape and the user's description."""
-    from ..runtime.classifier import read_labels
+def card_from_description(path: Path, d: ModelDescription, shape: Sequence[int | None]) -> ModelCard:
+    """The card of a Keras model from elsewhere (NHWC): the graph's input shape and the user's description."""
+    from ..runtime.backends.sizing import image_axes
+    from ..runtime.labels import read_labels
 
-    if layout == "NHWC":
-        h, w, c = shape[1], shape[2], shape[3]
-    else:
-        c, h, w = shape[1], shape[2], shape[3]
+    axes = image_axes(tuple(shape), "NHWC")
+    if axes is None or shape[3] not in (1, 3):
+        raise ModelLoadError(f"{path}: input {list(shape)} is not an NHWC image batch with 1 or 3 channels; "
+                             "Keras models here are NHWC")
+    h, w, c = (shape[i] for i in axes)
     if h is None or w is None:
         if d.input_size is None:
             raise OptionError("input_size", f"needed: {path} takes images of any size ({list(shape)}); give the "
                                             "size it was trained at, e.g. 224x224")
         h, w = d.input_size
-    if c not in (1, 3):
-        raise ModelLoadError(f"{path}: input shape {list(shape)} has {c} channels; an image classifier takes 1 or 3")
+    elif d.input_size is not None and tuple(d.input_size) != (h, w):
+        raise OptionError("input_size", f"{d.input_size[0]}x{d.input_size[1]}: the graph of {path} fixes its input "
+                                        f"at {h}x{w}; drop {{input_size}}")
+    if c == 3 and d.rgb is None:
+        raise DescriptionMissing(path, f"no {CARD_FILENAME} beside it", ["rgb"])
     names = read_labels(d.labels)
     color = "GRAY" if c == 1 else ("RGB" if d.rgb else "BGR")
     try:
-        return ModelCard(name=path.stem, classes=names, input=InputSpec(int(h), int(w), int(c), layout, "float32",
+        return ModelCard(name=path.stem, classes=names, input=InputSpec(int(h), int(w), int(c), "NHWC", "float32",
                                                                         color),
                          preprocess=Preprocess(resize=d.resize or "stretch", scale=d.scale, mean=d.mean, std=d.std,
                                                in_graph=False, name="declared",
@@ -128,22 +117,6 @@ def card_from_description(path: Path, d: Description, shape: Sequence[int | None
                          output=d.output or "probabilities")
     except CardError as exc:
         raise OptionError("", str(exc).replace("model card: ", "the description: ")) from None
-
-
-def image_layout(path: Path, shape: Sequence[int | None], dtype: str) -> str:
-    """NHWC or NCHW for a 4-D float image input; ModelLoadError for anything else."""
-    if len(shape) != 4:
-        raise ModelLoadError(f"{path}: input shape {list(shape)} is not an image batch (N,H,W,C or N,C,H,W); "
-                             "cnn-export takes image classifiers")
-    if dtype not in ("float32", "uint8"):
-        raise ModelLoadError(f"{path}: input type {dtype} is not an image type (float32 or uint8)")
-    if shape[3] in (1, 3) and shape[1] not in (1, 3):
-        return "NHWC"
-    if shape[1] in (1, 3):
-        return "NCHW"
-    if shape[3] in (1, 3):
-        return "NHWC"
-    raise ModelLoadError(f"{path}: input shape {list(shape)} has no 1- or 3-channel axis; cnn-export takes images")
 
 
 def source_inputs(images: Sequence[np.ndarray], card: ModelCard, color: str | None = None,
@@ -176,8 +149,10 @@ class KerasSource:
     kind = "Keras"
     fixed_batch = None  # the exported graph's batch is dynamic
 
-    def __init__(self, path: Path, describe: Description | None, trust: bool):
+    def __init__(self, path: Path, describe: ModelDescription | None, trust: bool):
         self.path, self.trust, self.describe = path, trust, describe
+        self.notes: list[str] = []
+        self.declared_output: str | None = None
         where = str(card_path_for(path))
         if Path(where).is_file():
             _refuse_description(path, describe, where)
@@ -185,8 +160,9 @@ class KerasSource:
 
             self.card: ModelCard | None = check_depth(load_card_for(path), where)
         else:
-            _check_description(path, describe, f"no {CARD_FILENAME} beside it")
+            _check_description(path, describe, f"no {CARD_FILENAME} beside it", channels=1)  # rgb: after the load
             self.card = None
+            self.declared_output = (describe or ModelDescription()).output
         self.model: Any = None
 
     def load(self) -> ModelCard:
@@ -198,11 +174,7 @@ class KerasSource:
             raise ExportError(f"model has {len(inputs)} inputs; cnn-export takes image classifiers with one image "
                               "input")
         if self.card is None:
-            shape = tuple(inputs[0].shape)
-            layout = image_layout(self.path, shape, "float32")
-            if layout != "NHWC":
-                raise ModelLoadError(f"{self.path}: input {list(shape)} is channels-first; Keras models here are NHWC")
-            self.card = card_from_description(self.path, self.describe or Description(), shape, layout)
+            self.card = card_from_description(self.path, self.describe or ModelDescription(), tuple(inputs[0].shape))
         from .keras2onnx import check_image_model
 
         check_image_model(self.model, self.card)
@@ -211,10 +183,16 @@ class KerasSource:
     def predict(self, x: np.ndarray) -> np.ndarray:
         return keras_outputs(self.model, x)
 
-    def to_onnx(self, card: ModelCard, input_dtype: str, opset: int) -> Any:
+    def to_onnx(self, card: ModelCard, input_dtype: str, opset: int | None) -> Any:
         from .keras2onnx import keras_to_onnx
+        from .opset import DEFAULT
 
-        return keras_to_onnx(self.model, card, input_dtype, opset)
+        return keras_to_onnx(self.model, card, input_dtype, opset or DEFAULT)
+
+
+#: a metadata value of the source longer than this is not copied into the exports (a hostile file's 62 MB
+#: ``names`` would be written into every artifact)
+MAX_COPIED_METADATA = 64 << 10
 
 
 class OnnxSource:
@@ -222,10 +200,13 @@ class OnnxSource:
 
     kind = "ONNX"
 
-    def __init__(self, path: Path, describe: Description | None):
+    def __init__(self, path: Path, describe: ModelDescription | None, opset: int | None = None):
         from .onnx_io import card_from_model, load_checked
 
-        self.path, self.describe = path, describe
+        self.path, self.describe, self.opset = path, describe, opset
+        self.notes: list[str] = []
+        self.declared_output: str | None = None
+        self.opset_change: Any = None  # opset.OpsetChange, once to_onnx has run
         self.proto = load_checked(path)
         try:
             self.card: ModelCard | None = check_depth(card_from_model(self.proto), f"{path} (metadata)")
@@ -233,23 +214,33 @@ class OnnxSource:
         except CardError as exc:
             if "no 'cnnedge.card' metadata" not in str(exc):
                 raise CardError(f"{path}: {exc}") from None
-            _check_description(path, describe, "no cnnedge.card metadata")
+            from ..runtime.labels import metadata_labels
+
+            meta = {p.key: p.value for p in self.proto.metadata_props}
+            _check_description(path, describe, "no cnnedge.card metadata", _channels(self.proto),
+                               metadata_labels(meta, str(path)) is not None)
             self.card = None
+            self.declared_output = (describe or ModelDescription()).output
         self.backend: Any = None
 
     def load(self) -> ModelCard:
-        from ..runtime.backends import load_backend
+        import warnings
 
-        self.backend = load_backend(self.path, "ort-cpu", threads=1)
+        from ..runtime.backends import load_backend
+        from ..runtime.classifier import CardMissingWarning, resolve_card
+
+        d = self.describe or ModelDescription()
+        self.backend = load_backend(self.path, "ort-cpu", threads=1,
+                                    input_size=d.input_size if self.card is None else None)
         spec = self.backend.input_spec
-        layout = image_layout(self.path, spec.shape, spec.dtype)
-        if self.card is None:
-            if spec.dtype != "float32":
-                raise ModelLoadError(f"{self.path}: input type {spec.dtype}; a model without a card must take "
-                                     "float32 input")
-            self.card = card_from_description(self.path, self.describe or Description(), spec.shape, layout)
-        elif self.card.input.layout != layout:
-            raise CardError(f"{self.path}: its card says {self.card.input.layout}, the graph takes {list(spec.shape)}")
+        if self.card is None and spec.dtype != "float32":
+            raise ModelLoadError(f"{self.path}: input type {spec.dtype}; a model without a card must take float32 "
+                                 "input")
+        values = {k: v for k, v in d.as_dict().items() if k != "input_size"}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", CardMissingWarning)
+            resolved = resolve_card(self.backend, **values)
+        self.card = resolved.card if self.card is not None else resolved.card.replace(preprocess={"name": "declared"})
         out = self.backend.output_spec.shape
         if len(out) != 2 or out[1] not in (None, self.card.num_classes):
             raise ModelLoadError(f"{self.path}: output shape {list(out)} is not one score per class for the "
@@ -265,23 +256,46 @@ class OnnxSource:
         out = self.backend.infer(x.astype(self.backend.input_spec.dtype, copy=False))
         return np.asarray(out, dtype=np.float32).reshape(len(x), -1)
 
-    def to_onnx(self, card: ModelCard, input_dtype: str, opset: int) -> Any:
+    def to_onnx(self, card: ModelCard, input_dtype: str, opset: int | None) -> Any:
         from .onnx_wrap import wrap
+        from .opset import convert
 
+        proto, self.opset_change = convert(self.proto, opset, self.path)
+        self.notes.append(f"{self.path.name}: {self.opset_change.line()}")
         if self.backend.input_spec.dtype == "uint8":  # a cnnedge export already: pixels in, nothing to wrap
             if input_dtype != "uint8":
                 raise OptionError("input_dtype", f"{input_dtype}: {self.path} takes uint8 pixels; export it as it is")
             import copy
 
-            return copy.deepcopy(self.proto)
-        return wrap(self.proto, card, input_dtype)
+            out = copy.deepcopy(proto)
+        else:
+            out = wrap(proto, card, input_dtype)
+        big = [p.key for p in out.metadata_props if len(p.value) > MAX_COPIED_METADATA]
+        if big:
+            kept = [p for p in out.metadata_props if p.key not in big]
+            del out.metadata_props[:]
+            out.metadata_props.extend(kept)
+            self.notes.append(f"{self.path.name}: metadata {', '.join(map(repr, big))} not copied (over "
+                              f"{MAX_COPIED_METADATA // 1024} KiB)")
+        return out
 
     def close(self) -> None:
         if self.backend is not None:
             self.backend.close()
 
 
-def describe_from(values: dict[str, Any]) -> Description | None:
-    """A :class:`Description` from keyword values, or None when none is given."""
-    d = Description(**{k: v for k, v in values.items() if v is not None})
+def _channels(model: Any) -> int | None:
+    """The channel count of the graph's image input (1 or 3), or None when it cannot be told."""
+    from ..runtime.backends.sizing import image_axes
+
+    init = {i.name for i in model.graph.initializer}
+    src = next(i for i in model.graph.input if i.name not in init)
+    shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in src.type.tensor_type.shape.dim)
+    axes = image_axes(shape)
+    return None if axes is None else shape[axes[2]]
+
+
+def describe_from(values: dict[str, Any]) -> ModelDescription | None:
+    """A :class:`ModelDescription` from keyword values, or None when none is given."""
+    d = ModelDescription(**{k: v for k, v in values.items() if v is not None})
     return d if d.given() else None

@@ -48,13 +48,16 @@ class ExportReport:
     out_dir: str
     artifacts: list[ArtifactResult] = field(default_factory=list)
     steps: list[dict[str, Any]] = field(default_factory=list)
+    source: dict[str, Any] | None = None  # a model from elsewhere: its opset and what was done to it
     cleanup: dict[str, Any] | None = None
+    fp16: dict[str, Any] | None = None  # the FP16 converter's clamped weight values
     card_check: dict[str, Any] | None = None  # parity.CardCheck: is the card true to the model (labels needed)
     calibration: dict[str, Any] | None = None
     verify: dict[str, Any] | None = None
     thresholds: dict[str, float] = field(default_factory=dict)
     engines: dict[str, Any] | None = None
     triton: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # what the user should read even with -q
     created: str = ""
     versions: dict[str, str] = field(default_factory=dict)
 
@@ -211,7 +214,18 @@ def run(model_path: str | os.PathLike, out_dir: str | os.PathLike | None, opts: 
     steps = _Steps(None, progress or (lambda _msg: None))
     try:
         return _run(Path(model_path), out_dir, opts, check, steps)
-    except (CnnEdgeError, KeyboardInterrupt, MemoryError):
+    except CnnEdgeError as exc:
+        if steps.current is None or isinstance(exc, (UsageError, ParityFailure)):
+            raise
+        msg = unstaged(str(exc))
+        if msg == str(exc) and str(model_path) in msg:
+            raise  # it names the model and nothing staged
+        try:
+            named = type(exc)(msg if str(model_path) in msg else f"{steps.current} failed for {model_path}: {msg}")
+        except TypeError:  # an error class with its own fields: as it is
+            raise exc from None
+        raise named from exc
+    except (KeyboardInterrupt, MemoryError):
         raise
     except Exception as exc:
         if isinstance(exc, OSError) and exc.filename is not None:
@@ -219,6 +233,15 @@ def run(model_path: str | os.PathLike, out_dir: str | os.PathLike | None, opts: 
         what = "model card nested too deeply" if isinstance(exc, RecursionError) else first_line(exc)
         raise ExportError(f"{steps.current or 'preparing the export'} failed for {model_path}: "
                           f"{type(exc).__name__}: {what} (run with --traceback for the details)") from exc
+
+
+def unstaged(message: str) -> str:
+    """``message`` without the staging folder's paths, which are gone when the user reads it: a staged file is
+    named by its own name."""
+    import re
+
+    return re.sub(r"(?:[^\s'\"]*/)?" + re.escape(STAGING_PREFIX) + r"[^\s'\":]*/([^\s'\":/]+)", r"\1 (staged)",
+                  message)
 
 
 def _run(model_path: Path, out_dir: str | os.PathLike | None, opts: ExportOptions, check: bool,
@@ -232,7 +255,6 @@ def _run(model_path: Path, out_dir: str | os.PathLike | None, opts: ExportOption
     if opts.engine:
         kit = toolkit()
         gpus = parse_gpus(opts.gpu, kit.flavour)
-    from .sources import open_source, source_inputs
 
     out = Path(out_dir) if out_dir is not None else model_path.parent
     if out.exists() and not out.is_dir():
@@ -251,7 +273,7 @@ def _run(model_path: Path, out_dir: str | os.PathLike | None, opts: ExportOption
                           created=now_iso(), versions=_versions(kit))
     timer.report = report
     with timer("read model card"):  # before the model: a bad card or a missing description costs no load
-        source = open_source(model_path, opts.describe, opts.trust)
+        source = _open(model_path, opts)
     described = source.card is None
     try:
         with timer(f"load {source.kind} model"):
@@ -260,9 +282,9 @@ def _run(model_path: Path, out_dir: str | os.PathLike | None, opts: ExportOption
             _check_triton(Path(opts.triton), card, opts)
         vset, cset = _read_images(opts, card, timer, report)
         with timer(f"{source.kind} reference outputs"):
-            ref = source.predict(source_inputs(vset.images, card))
-        if described and opts.describe is not None and opts.describe.output is None:
-            card = card.replace(output=_output_kind(ref))
+            ref = reference_outputs(source.predict, vset.images, card)
+        if described:
+            card = _check_output_kind(card, source, ref, report, timer)
         if vset.labels is not None:
             with timer("card check (labelled images)"):
                 acc = float((ref.argmax(1) == vset.labels).mean())
@@ -272,7 +294,7 @@ def _run(model_path: Path, out_dir: str | os.PathLike | None, opts: ExportOption
         if described:
             prov["created"] = report.created
         base_card = exported_card(card, opts.input_dtype).replace(precision="fp32", provenance=prov)
-        x = vset.inputs(base_card.input, base_card)
+        x = vset.inputs(base_card.input, base_card, limit=source.fixed_batch or PROBE)
         return _write(_Job(opts, report, timer, source, card, base_card, out, out, x, ref, vset, cset, kit, gpus),
                       check)
     finally:
@@ -281,13 +303,60 @@ def _run(model_path: Path, out_dir: str | os.PathLike | None, opts: ExportOption
             close()
 
 
+PROBE = 64  # images the clean-up step runs through both graphs
+BATCH = 64  # images a step holds decoded at once
+
+
+def reference_outputs(predict: Callable[[Any], Any], images: Any, card: ModelCard) -> Any:
+    """The source model's outputs on ``images`` fed as its card says, a batch at a time."""
+    import numpy as np
+
+    from .sources import source_inputs
+
+    return np.concatenate([predict(source_inputs(images[i:i + BATCH], card)) for i in range(0, len(images), BATCH)])
+
+
+def _open(model_path: Path, opts: ExportOptions) -> Any:
+    """The source; a missing description also lists the best common preprocessing measured on the user's
+    labelled images, when there are some."""
+    from .sources import DescriptionMissing, open_source
+
+    try:
+        return open_source(model_path, opts.describe, opts.trust, opts.opset)
+    except DescriptionMissing as exc:
+        from .suggest import hint
+
+        raise exc.with_hint(hint(model_path, opts.describe, exc.missing, opts.verify or opts.calib, opts.trust,
+                                 opts.opset)) from None
+
+
 def _output_kind(ref: Any) -> str:
-    """probabilities when every row is a distribution, else logits (a described model that did not say)."""
+    """probabilities when every row is a distribution, else logits."""
     import numpy as np
 
     rows = ref.astype(np.float64)
     probs = np.all(rows >= -1e-6) and np.all(rows <= 1 + 1e-6) and np.allclose(rows.sum(1), 1.0, atol=1e-3)
     return "probabilities" if probs else "logits"
+
+
+def _check_output_kind(card: ModelCard, source: Any, ref: Any, report: ExportReport, timer: "_Steps") -> ModelCard:
+    """A described model's output kind: detected when not said; when said, checked against the outputs (a
+    softmax model declared logits would get a second softmax in cnn-infer)."""
+    seen = _output_kind(ref)
+    said = source.declared_output
+    if said is None:
+        return card.replace(output=seen)
+    if said != seen:
+        _warn(report, timer, f"{source.path}: --output {said}, but its outputs on {len(ref)} images "
+                             + ("are non-negative rows summing to 1, as probabilities are; cnn-infer would apply a "
+                                "second softmax: drop --output logits" if said == "logits" else
+                                "do not sum to 1: they look like logits; use --output logits"))
+    return card
+
+
+def _warn(report: ExportReport, timer: "_Steps", line: str) -> None:
+    report.warnings.append(line)
+    timer.say(f"warning: {line}")
 
 
 def _write(job: _Job, check: bool) -> ExportReport:
@@ -349,21 +418,25 @@ def sweep_stale_staging(out: Path) -> list[Path]:
 
 
 def _read_images(opts: ExportOptions, card: ModelCard, timer: "_Steps", report: ExportReport) -> tuple[Any, Any]:
-    """Verification images (held out) and, for INT8, calibration images."""
-    from .data import load_images
+    """Verification images (held out where there are some) and, for INT8, calibration images."""
+    from .data import DATASETS, load_images
 
     with timer("read verification images"):
-        calib_is_dir = opts.calib is not None and Path(opts.calib).expanduser().is_dir()
-        source = opts.verify if opts.verify is not None else (None if calib_is_dir else opts.calib)
-        flag = "--calib" if opts.verify is None and source is not None else "--verify"
-        try:
-            vset = load_images(source, card, "test", opts.verify_size, flag)
-        except UsageError:
-            if opts.verify is None and calib_is_dir:  # nothing else to check on: the calibration folder
-                vset = load_images(opts.calib, card, "test", opts.verify_size, "--verify")
-                vset.source += " (the calibration images: no held-out set given)"
-            else:
-                raise
+        recorded = bool((card.provenance.dataset_spec or {}).get("source"))
+        if opts.verify is not None:
+            source, flag, note = opts.verify, "--verify", ""
+        elif opts.calib in DATASETS or (recorded and opts.calib is not None):
+            source, flag, note = (opts.calib if opts.calib in DATASETS else None), "--calib", ""
+        elif recorded:
+            source, flag, note = None, "--verify", ""
+        elif opts.calib is not None:
+            source, flag, note = opts.calib, "--calib", " (the calibration images: no held-out set given)"
+        else:
+            raise OptionError("verify", "needed: the model's card records no training data to check the export "
+                                        "on; give {verify} DIR (a folder of images, in folders named after the "
+                                        "classes for accuracy) or {verify} DATASET")
+        vset = load_images(source, card, "test", opts.verify_size, flag)
+        vset.source += note
         report.verify = vset.describe()
     cset = None
     if opts.int8:
@@ -379,17 +452,23 @@ def _read_images(opts: ExportOptions, card: ModelCard, timer: "_Steps", report: 
 
 def _to_onnx(job: _Job) -> None:
     from . import onnx_io
-    from .keras2onnx import DEFAULT_OPSET
 
     step = "Keras -> ONNX (tf2onnx)" if job.source.kind == "Keras" else "ONNX -> uint8-input ONNX"
     with job.timer(step):
-        proto = job.source.to_onnx(job.card, job.opts.input_dtype, job.opts.opset or DEFAULT_OPSET)
+        proto = job.source.to_onnx(job.card, job.opts.input_dtype, job.opts.opset)
+    change = getattr(job.source, "opset_change", None)
+    if change is not None:
+        job.report.source = {**asdict(change), "notes": list(job.source.notes)}
+    for note in job.source.notes:
+        job.timer.say(note)
     if job.opts.cleanup:
         with job.timer("graph cleanup (onnxslim)"):
             from .cleanup import simplify
 
-            proto, res = simplify(proto, job.x[:job.source.fixed_batch or 64])
+            proto, res = simplify(proto, job.x)
             job.report.cleanup = asdict(res)
+        if res.note:
+            _warn(job.report, job.timer, res.note)
     onnx_io.canonical_names(proto)
     job.graph_sha = hashlib.sha256(proto.graph.SerializeToString()).hexdigest()
     onnx_io.embed_card(proto, job.base_card)
@@ -403,7 +482,10 @@ def _to_fp16(job: _Job) -> None:
     from .fp16 import to_fp16
 
     with job.timer("FP16 ONNX"):
-        half = to_fp16(onnx.load(str(job.paths["fp32"])))
+        half, clamped = to_fp16(onnx.load(str(job.paths["fp32"])))
+        job.report.fp16 = {"clamped_values": clamped}
+        if clamped:
+            job.timer.say(f"FP16: {clamped} weight values outside FP16's range were clamped")
         onnx_io.embed_card(half, job.base_card.replace(precision="fp16"))
         job.paths["fp16"] = onnx_io.save(half, job.staging / ONNX_NAMES["fp16"])
 

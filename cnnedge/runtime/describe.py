@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass, fields
 from fractions import Fraction
 from typing import Any, Mapping
 
@@ -162,3 +163,52 @@ def check_description(values: Mapping[str, Any], cli: bool = False) -> dict[str,
 def flag_names(keys: Any) -> str:
     """``--scale (scale=), --std (std=)``: given values named for the CLI and the API at once."""
     return ", ".join(f"{_name(k, True)} ({k}=)" for k in keys)
+
+
+#: what a model without a card must be told: a graph says neither its class names nor its arithmetic
+REQUIRED = ("labels", "scale", "mean", "std", "rgb")
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """What a user says about a model that carries no card: the runtime's keyword arguments and the
+    export's description are this one type, checked on construction by :func:`check_description`."""
+
+    labels: Any = None
+    scale: float | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    rgb: bool | None = None
+    resize: str | None = None
+    crop_pct: float | None = None
+    pad_value: float | None = None
+    interpolation: str | None = None
+    output: str | None = None
+    input_size: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        for key, v in check_description(self.as_dict()).items():
+            object.__setattr__(self, key, v)
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any], cli: bool = False) -> "ModelDescription":
+        """From keyword values or parsed flags (``cli``: a bad value names the flag)."""
+        return cls(**check_description(values, cli=cli))
+
+    def as_dict(self) -> dict[str, Any]:
+        """The given values by name (what :class:`~cnnedge.runtime.classifier.Classifier` takes as keywords)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+    def given(self) -> list[str]:
+        return list(self.as_dict())
+
+    def missing(self, channels: int | None = None, names_known: bool = False) -> list[str]:
+        """The values a card needs that are not given: no colour order for a gray model, no labels when the
+        file names its classes."""
+        skip = {"rgb"} if channels == 1 else set()
+        if names_known:
+            skip.add("labels")
+        return [k for k in REQUIRED if k not in skip and getattr(self, k) is None]
+
+    def replace(self, **values: Any) -> "ModelDescription":
+        return ModelDescription(**{**self.as_dict(), **values})

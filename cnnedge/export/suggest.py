@@ -1,0 +1,115 @@
+"""Which preprocessing? For a model from elsewhere whose description is missing, measure the common
+conventions on the user's labelled images and list the best as flags to paste. Never chosen silently:
+the export still stops until the user says.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..card import ModelCard
+
+PREPROCESS = ("scale", "mean", "std", "rgb")
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # RGB order
+CAFFE_MEAN = (103.939, 116.779, 123.68)  # BGR order, pixels 0..255
+MAX_IMAGES = 500
+BATCH = 64
+
+
+@dataclass(frozen=True)
+class Convention:
+    name: str
+    scale: float
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    rgb: bool
+
+    def flags(self, keys: Sequence[str]) -> str:
+        parts = {"scale": f"--scale {_number(self.scale)}", "mean": "--mean " + ",".join(map(_number, self.mean)),
+                 "std": "--std " + ",".join(map(_number, self.std)), "rgb": "--rgb" if self.rgb else "--no-rgb"}
+        return " ".join(parts[k] for k in PREPROCESS if k in keys)
+
+
+def _number(x: float) -> str:
+    f = Fraction(x).limit_denominator(1000)
+    return f"{f.numerator}/{f.denominator}" if f.denominator > 1 and abs(float(f) - x) < 1e-12 else f"{x:g}"
+
+
+def conventions(channels: int) -> list[Convention]:
+    """0..1, -1..1, ImageNet mean/std, caffe means, raw 0..255; each in RGB and BGR (gray: once, channel means
+    averaged)."""
+    out = []
+    for rgb in ((True, False) if channels == 3 else (True,)):
+        def order(v: tuple[float, ...], rgb_order: bool) -> tuple[float, ...]:
+            if channels == 1:
+                return (round(sum(v) / len(v), 4),)
+            return v if rgb == rgb_order else v[::-1]
+
+        out += [Convention("0..1", 1 / 255, (0.0,), (1.0,), rgb),
+                Convention("-1..1", 1 / 255, (0.5,), (0.5,), rgb),
+                Convention("ImageNet", 1 / 255, order(IMAGENET_MEAN, True), order(IMAGENET_STD, True), rgb),
+                Convention("caffe", 1.0, order(CAFFE_MEAN, False), (1.0,), rgb),
+                Convention("raw 0..255", 1.0, (0.0,), (1.0,), rgb)]
+    return out
+
+
+def rank(predict: Callable[[np.ndarray], np.ndarray], images: Sequence[np.ndarray], labels: np.ndarray,
+         card: ModelCard, given: dict[str, Any]) -> list[tuple[Convention, float]]:
+    """Each convention's top-1 accuracy on the labelled images (the user's given values kept), best first."""
+    from .sources import source_inputs
+
+    seen, scored = set(), []
+    for c in conventions(card.input.channels):
+        c = Convention(c.name, given.get("scale", c.scale), given.get("mean", c.mean), given.get("std", c.std),
+                       given.get("rgb", c.rgb))
+        key = (c.scale, c.mean, c.std, c.rgb)
+        if key in seen:
+            continue
+        seen.add(key)
+        color = card.input.color if card.input.channels == 1 else ("RGB" if c.rgb else "BGR")
+        trial = card.replace(input={"color": color}, preprocess={"scale": c.scale, "mean": c.mean, "std": c.std,
+                                                                 "in_graph": False})
+        right = 0
+        for i in range(0, len(images), BATCH):
+            out = predict(source_inputs(images[i:i + BATCH], trial))
+            right += int(np.sum(np.argmax(out, axis=1) == labels[i:i + BATCH]))
+        scored.append((c, right / len(images)))
+    return sorted(scored, key=lambda cs: -cs[1])
+
+
+def hint(model_path: Path, describe: Any, missing: Sequence[str], folder: str | None, trust: bool,
+         opset: int | None) -> str:
+    """``; best on N labelled images: --scale 1/255 ... (97%), ...`` or "" when it cannot be measured (names
+    unknown, no folder of labelled images, a model that does not load)."""
+    from ..errors import CnnEdgeError
+    from ..runtime.describe import ModelDescription
+    from .data import load_images
+    from .sources import open_source
+
+    todo = [k for k in missing if k in PREPROCESS]
+    if not todo or len(todo) != len(missing) or folder is None or not Path(folder).expanduser().is_dir():
+        return ""
+    d = describe or ModelDescription()
+    placeholder = d.replace(**{k: v for k, v in {"scale": 1.0, "mean": (0.0,), "std": (1.0,), "rgb": True}.items()
+                               if k in todo})
+    src = None
+    try:
+        src = open_source(model_path, placeholder, trust, opset)
+        card = src.load()
+        data = load_images(folder, card, "test", MAX_IMAGES, "--verify")
+        if data.labels is None:
+            return ""
+        given = {k: getattr(d, k) for k in PREPROCESS if getattr(d, k) is not None}
+        best = rank(src.predict, data.images, data.labels, card, given)[:3]
+    except (CnnEdgeError, OSError):
+        return ""
+    finally:
+        close = getattr(src, "close", None)
+        if close is not None:
+            close()
+    return (f"; best on {len(data)} labelled images: "
+            + ", ".join(f"{c.flags(todo)} ({acc:.0%})" for c, acc in best))
