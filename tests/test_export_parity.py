@@ -304,7 +304,8 @@ def test_clearly_bad_artifact_on_many_images_fails_with_its_count(tmp_path: Path
                        Thresholds())
     assert res.verdict == "fail" and res.passed is False and res.n == len(images)
     assert any(f"({res.agree}/{len(images)})" in f and "upper bound" in f for f in res.failures), res.failures
-    assert any("accuracy drop" in f and f"{res.losses} images lost" in f for f in res.failures), res.failures
+    lost = f"({res.losses} lost, {res.gains} gained of {len(images)} images)"
+    assert any("accuracy drop" in f and lost in f for f in res.failures), res.failures
 
 
 def test_nan_outputs_fail_and_say_how_many_rows(tmp_path: Path) -> None:

@@ -254,8 +254,8 @@ def judge(res: ArtifactResult, thresholds: Thresholds, max_diff: bool = True) ->
         want_drop = thresholds.int8_accuracy_drop
         d = drop_decision(res.losses, res.gains or 0, n, want_drop)
         res.drop_bounds = (d.lower, d.upper)
-        seen = (f"accuracy drop {(res.losses - (res.gains or 0)) / n * 100:.2f} points ({res.losses} images lost, "
-                f"{res.gains} gained of {n})")
+        seen = (f"accuracy drop {(res.losses - (res.gains or 0)) / n * 100:.2f} points ({res.losses} lost, "
+                f"{res.gains} gained of {n} images)")
         if d.verdict == FAIL:
             fails.append(f"{seen} is above {want_drop * 100:.2f} (one-sided 95% lower bound "
                          f"{d.lower * 100:.2f} points)")
