@@ -7,9 +7,11 @@ preprocessing the user declared). A card that disagrees with the export shows up
 :func:`check_card` also catches a card that disagrees with the model itself.
 
 Per artifact: max absolute difference of outputs, top-1 agreement with the source model,
-accuracy where labels are known (and the drop from Keras), size on disk and
+accuracy where labels are known (and the drop from Keras), each with its image counts, size on disk and
 latency at batch 1 through the runtime (ONNX Runtime CPU). Thresholds are per precision and can be
-overridden; a miss names the artifact and what it missed.
+overridden. Verdicts are decided on evidence (:mod:`.gate`): a miss is failed only when the images show it, a
+threshold the images are too few to show met passes "undecided" with a warning, and NaN or infinite outputs
+always fail. A miss names the artifact and what it missed.
 """
 from __future__ import annotations
 
@@ -21,13 +23,18 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..card import ModelCard
+from .gate import FAIL, PASS, UNDECIDED, agreement_decision, drop_decision, mcnemar_exact
 
-CARD_MARGIN = 0.15  # accuracy gain (fraction) that convicts the card of a wrong colour order or normalisation
+CARD_ALPHA = 0.001  # the card is convicted on a one-sided exact McNemar test at this level, on the images at hand
+CARD_MARGIN = 0.05  # and only for a gain of at least this (a fraction): a real but negligible difference is no lie
+BATCH = 64  # images per call to a model: memory stays flat whatever the number of images
 
 
 @dataclass(frozen=True)
 class Thresholds:
-    """FP32 exact, FP16 close, INT8 within a point of accuracy."""
+    """FP32 exact, FP16 close, INT8 within a point of accuracy. Agreement and accuracy drop are judged by exact
+    one-sided tests at the 5% level on the images checked (see :mod:`.gate`); FP32's max abs diff is a plain
+    bound, not a sampling question."""
 
     fp32_agreement: float = 1.0
     fp32_max_diff: float = 1e-4
@@ -35,26 +42,21 @@ class Thresholds:
     int8_agreement: float = 0.98
     int8_accuracy_drop: float = 0.01  # as a fraction: 1.0 point
 
-    def check(self, precision: str, max_diff: float | None, agreement: float | None,
-              drop: float | None) -> list[str]:
-        misses = []
-        want_agree = {"fp32": self.fp32_agreement, "fp16": self.fp16_agreement, "int8": self.int8_agreement}[precision]
-        if agreement is not None and agreement < want_agree:
-            misses.append(f"top-1 agreement {agreement:.2%} < {want_agree:.2%}")
-        if precision == "fp32" and max_diff is not None and max_diff > self.fp32_max_diff:
-            misses.append(f"max abs diff {max_diff:.2e} > {self.fp32_max_diff:.0e}")
-        if precision == "int8" and drop is not None and drop > self.int8_accuracy_drop:
-            misses.append(f"accuracy drop {drop * 100:.2f} points > {self.int8_accuracy_drop * 100:.2f}")
-        return misses
+    def agreement(self, precision: str) -> float:
+        return {"fp32": self.fp32_agreement, "fp16": self.fp16_agreement, "int8": self.int8_agreement}[precision]
 
 
 @dataclass
 class ArtifactResult:
+    """One artifact against its source. ``verdict``: pass, fail (the images show a threshold missed), undecided
+    (too few images to show a threshold met: it passes, with ``warnings`` saying so) or not run; ``passed`` is
+    False only for fail, None when not run. Every rate comes with its counts over ``n`` images."""
+
     path: str
     kind: str  # onnx | engine
     precision: str
     size_bytes: int
-    max_abs_diff: float | None = None
+    max_abs_diff: float | None = None  # over the images where both outputs are finite
     top1_agreement: float | None = None
     accuracy: float | None = None
     keras_accuracy: float | None = None  # the source model's (Keras or the input ONNX), name kept for the report
@@ -64,6 +66,18 @@ class ArtifactResult:
     failures: list[str] = field(default_factory=list)
     note: str | None = None
     seconds: float | None = None
+    n: int | None = None  # images compared
+    agree: int | None = None  # images whose top-1 class matches the source's
+    correct: int | None = None  # labelled images the artifact gets right
+    source_correct: int | None = None
+    losses: int | None = None  # images the source gets right and the artifact wrong
+    gains: int | None = None  # the reverse
+    nonfinite: int | None = None  # images with a NaN or infinite output from the artifact
+    source_nonfinite: int | None = None  # from the source model
+    agreement_bounds: tuple[float, float] | None = None  # one-sided 95% Clopper-Pearson bounds
+    drop_bounds: tuple[float, float] | None = None  # one-sided 95% bounds on the accuracy drop (see gate)
+    verdict: str = "not run"
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -74,22 +88,53 @@ def top1(probs: np.ndarray) -> np.ndarray:
 
 
 @dataclass
+class AlternativeTest:
+    """The source model fed one other way against its card's way, image by image: ``b`` labelled images only the
+    alternative gets right, ``c`` only the card's way; ``p_value``: one-sided exact McNemar test that the
+    alternative is the more accurate (P(X >= b), X ~ Binomial(b + c, 1/2))."""
+
+    accuracy: float
+    b: int
+    c: int
+    p_value: float
+
+
+@dataclass
 class CardCheck:
-    """With labels: is the source model more accurate fed otherwise than its card says? Then the card is wrong."""
+    """With labels: is the source model more accurate fed otherwise than its card says? Then the card is wrong.
+    ``accuracy``/``alternatives``: fed as the card says and each other way, on ``n`` labelled images;
+    ``tests``: the paired evidence per alternative."""
 
     accuracy: float
     alternatives: dict[str, float]
     failures: list[str] = field(default_factory=list)
+    n: int = 0
+    tests: dict[str, AlternativeTest] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
         return not self.failures
 
 
+def _classes(predict: Callable[[np.ndarray], np.ndarray], images: Sequence[np.ndarray], card: ModelCard,
+             batch: int, **override: Any) -> np.ndarray:
+    """The source model's top-1 class per image, fed ``batch`` images at a time."""
+    from .sources import source_inputs
+
+    out = [top1(np.asarray(predict(source_inputs(images[i:i + batch], card, **override))))
+           for i in range(0, len(images), batch)]
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+
 def check_card(predict: Callable[[np.ndarray], np.ndarray], images: Sequence[np.ndarray], labels: np.ndarray,
-               card: ModelCard, accuracy: float, margin: float = CARD_MARGIN) -> CardCheck:
-    """Feed the source model the other colour order and the other normalisation place; a clear accuracy gain
-    (``margin``, a fraction, to at least 50%) names the card field that disagrees with the model."""
+               card: ModelCard, accuracy: float, margin: float = CARD_MARGIN, *, ref: np.ndarray | None = None,
+               alpha: float = CARD_ALPHA, batch: int = BATCH) -> CardCheck:
+    """Feed the source model the other colour order and the other normalisation place; convict the card field
+    only when the images show the alternative is better: a one-sided exact McNemar test on the images where
+    exactly one of the two feedings is right, p < ``alpha``, and a gain of at least ``margin``. A handful of
+    images never convicts (6 right against 4 is p = 0.38). ``ref``: the source's outputs fed as the card says,
+    when the caller has them (else they are computed here); ``accuracy`` is recomputed from them. ``images`` is
+    only sliced, ``batch`` at a time."""
     pre = card.preprocess
     tries: dict[str, tuple[dict[str, Any], str]] = {}
     if card.input.channels == 3:
@@ -105,19 +150,24 @@ def check_card(predict: Callable[[np.ndarray], np.ndarray], images: Sequence[np.
         tries["raw pixels"] = ({"in_graph": True}, "the card says the model takes normalised input "
                                "(preprocess.in_graph false), but it is {gain} points more accurate fed raw pixels "
                                "0..255")
-    from .sources import source_inputs
-
-    res = CardCheck(accuracy, {})
+    labels = np.asarray(labels)
+    n = len(labels)
+    card_right = (_classes(predict, images, card, batch) if ref is None else top1(ref)) == labels
+    res = CardCheck(float(card_right.mean()) if n else accuracy, {}, n=n)
     for name, (override, message) in tries.items():
-        acc = float(np.mean(top1(predict(source_inputs(images, card, **override))) == labels))
-        res.alternatives[name] = acc
-        if acc - accuracy >= margin and acc >= 0.5:  # and the model works fed that way: no verdict on chance
-            res.failures.append(message.format(gain=f"{(acc - accuracy) * 100:.0f}") +
-                                f" ({acc:.0%} against {accuracy:.0%} on {len(labels)} labelled images)")
+        alt_right = _classes(predict, images, card, batch, **override) == labels
+        b, c = int(np.sum(alt_right & ~card_right)), int(np.sum(card_right & ~alt_right))
+        test = AlternativeTest(float(alt_right.mean()) if n else 0.0, b, c, mcnemar_exact(b, c))
+        res.alternatives[name], res.tests[name] = test.accuracy, test
+        if test.p_value < alpha and n and (b - c) / n >= margin:
+            res.failures.append(message.format(gain=f"{(b - c) / n * 100:.0f}") +
+                                f" ({test.accuracy:.0%} against {res.accuracy:.0%} on {n} labelled images: {b} "
+                                f"right only fed so, {c} only as the card says; one-sided exact McNemar "
+                                f"p = {test.p_value:.1e} < {alpha:g})")
     return res
 
 
-def _outputs(clf: Any, images: Sequence[np.ndarray], batch: int = 64) -> np.ndarray:
+def _outputs(clf: Any, images: Sequence[np.ndarray], batch: int = BATCH) -> np.ndarray:
     """What the runtime computes for decoded images: the Classifier's colour/resize, then its normalise/feed."""
     outs = []
     for i in range(0, len(images), batch):
@@ -149,36 +199,93 @@ def compare_onnx(path: Path, precision: str, images: Sequence[np.ndarray], ref: 
     res = ArtifactResult(str(path), "onnx", precision, path.stat().st_size)
     with Classifier(path, backend="ort-cpu", threads=1) as clf:
         _score(res, _outputs(clf, images), ref, labels)
-        res.latency_ms_b1 = _latency_ms(clf, images[0])
-    res.failures = thresholds.check(precision, res.max_abs_diff, res.top1_agreement, res.accuracy_drop)
-    res.passed = not res.failures
+        res.latency_ms_b1 = _latency_ms(clf, images[0:1][0])
+    judge(res, thresholds)
     res.seconds = round(time.perf_counter() - t0, 3)
     return res
 
 
 def _score(res: ArtifactResult, out: np.ndarray, ref: np.ndarray, labels: np.ndarray | None) -> None:
-    """Fill the comparison columns of ``res``: the artifact's outputs against Keras's."""
-    res.max_abs_diff = float(np.max(np.abs(out - ref)))
-    res.top1_agreement = float(np.mean(top1(out) == top1(ref)))
+    """Fill the comparison columns of ``res``: the artifact's outputs against the source's, with their counts. A
+    NaN or infinite output row is no prediction: it neither agrees nor is right."""
+    ok_out, ok_ref = np.isfinite(out).all(axis=1), np.isfinite(ref).all(axis=1)
+    both = ok_out & ok_ref
+    res.n = n = len(out)
+    res.nonfinite, res.source_nonfinite = int(n - ok_out.sum()), int(n - ok_ref.sum())
+    res.max_abs_diff = float(np.max(np.abs(out[both] - ref[both]))) if both.any() else None
+    agree = both & (top1(out) == top1(ref))
+    res.agree = int(agree.sum())
+    res.top1_agreement = res.agree / n
     if labels is not None:
-        res.keras_accuracy = float(np.mean(top1(ref) == labels))
-        res.accuracy = float(np.mean(top1(out) == labels))
+        src_right = ok_ref & (top1(ref) == labels)
+        art_right = ok_out & (top1(out) == labels)
+        res.source_correct, res.correct = int(src_right.sum()), int(art_right.sum())
+        res.losses, res.gains = int(np.sum(src_right & ~art_right)), int(np.sum(art_right & ~src_right))
+        res.keras_accuracy, res.accuracy = res.source_correct / n, res.correct / n
         res.accuracy_drop = res.keras_accuracy - res.accuracy
 
 
+def judge(res: ArtifactResult, thresholds: Thresholds, max_diff: bool = True) -> None:
+    """The verdict on a scored artifact: fail when an output is NaN or infinite, when FP32's max abs diff
+    (``max_diff``: where it was measured against the same inputs) exceeds its bound, or when the images show the
+    agreement below / the accuracy drop above its threshold; undecided (a pass, with a warning) when they are
+    too few to show a threshold met."""
+    n, fails, warns = res.n or 0, [], []
+    if res.source_nonfinite:
+        fails.append(f"the source model's outputs are NaN or infinite on {res.source_nonfinite} of {n} images: "
+                     "there is no reference for them (check the preprocessing, e.g. a tiny std)")
+    if res.nonfinite:
+        fails.append(f"outputs NaN or infinite on {res.nonfinite} of {n} images")
+    want = thresholds.agreement(res.precision)
+    if res.agree is not None and n:
+        d = agreement_decision(res.agree, n, want)
+        res.agreement_bounds = (d.lower, d.upper)
+        seen = f"top-1 agreement {res.agree / n:.2%} ({res.agree}/{n})"
+        if d.verdict == FAIL:
+            fails.append(f"{seen} < {want:.2%}: {n - res.agree} images disagree" if want >= 1.0 else
+                         f"{seen} is below {want:.2%} (one-sided 95% upper bound {d.upper:.2%})")
+        elif d.verdict == UNDECIDED:
+            warns.append(f"{seen}: {n} images cannot show it is at least {want:.2%} (one-sided 95% bounds "
+                         f"{d.lower:.2%} .. {d.upper:.2%}); passed undecided")
+    if max_diff and res.precision == "fp32" and res.max_abs_diff is not None \
+            and res.max_abs_diff > thresholds.fp32_max_diff:
+        fails.append(f"max abs diff {res.max_abs_diff:.2e} > {thresholds.fp32_max_diff:.0e} (on {n} images)")
+    if res.precision == "int8" and res.losses is not None and n:
+        want_drop = thresholds.int8_accuracy_drop
+        d = drop_decision(res.losses, res.gains or 0, n, want_drop)
+        res.drop_bounds = (d.lower, d.upper)
+        seen = (f"accuracy drop {(res.losses - (res.gains or 0)) / n * 100:.2f} points ({res.losses} lost, "
+                f"{res.gains} gained of {n} images)")
+        if d.verdict == FAIL:
+            fails.append(f"{seen} is above {want_drop * 100:.2f} (one-sided 95% lower bound "
+                         f"{d.lower * 100:.2f} points)")
+        elif d.verdict == UNDECIDED:
+            warns.append(f"{seen}: {n} images cannot show it is at most {want_drop * 100:.2f} points (one-sided "
+                         f"95% upper bound {d.upper * 100:.2f}); passed undecided")
+    res.failures, res.warnings = fails, warns
+    res.verdict = FAIL if fails else UNDECIDED if warns else PASS
+    res.passed = not fails
+
+
+def warning_lines(results: Sequence[ArtifactResult]) -> list[str]:
+    """One line per warning, naming its artifact: what an export prints for undecided verdicts."""
+    return [f"{Path(r.path).name}: {w}" for r in results for w in r.warnings]
+
+
 def table(results: list[ArtifactResult]) -> str:
-    """The final table, one row per artifact."""
-    def pct(v: float | None) -> str:
-        return "-" if v is None else f"{v * 100:.2f}%"
+    """The final table, one row per artifact, each rate with its count of images; then the warnings."""
+    def pct(v: int | None, n: int | None) -> str:
+        return "-" if v is None or not n else f"{v / n * 100:.2f}% ({v}/{n})"
 
     rows = [("artifact", "prec", "max|diff|", "top1 agree", "accuracy", "source acc", "size", "ms@b1", "check")]
     for r in results:
-        verdict = {True: "ok", False: "FAIL", None: "n/a"}[r.passed]
+        verdict = {PASS: "ok", FAIL: "FAIL", UNDECIDED: "undecided"}.get(r.verdict, "n/a")
         rows.append((Path(r.path).name, r.precision, "-" if r.max_abs_diff is None else f"{r.max_abs_diff:.2e}",
-                     pct(r.top1_agreement), pct(r.accuracy), pct(r.keras_accuracy), _size(r.size_bytes),
+                     pct(r.agree, r.n), pct(r.correct, r.n), pct(r.source_correct, r.n), _size(r.size_bytes),
                      "-" if r.latency_ms_b1 is None else f"{r.latency_ms_b1:.3f}", verdict))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines + [f"warning: {w}" for w in warning_lines(results)])
 
 
 def _size(n: int) -> str:
@@ -205,9 +312,8 @@ def compare_engine(path: Path, precision: str, images: Sequence[np.ndarray], ref
         return res
     with clf:
         _score(res, _outputs(clf, images), ref, labels)
-        res.latency_ms_b1 = _latency_ms(clf, images[0])
+        res.latency_ms_b1 = _latency_ms(clf, images[0:1][0])
         res.note = "GPU latency through the runtime's TensorRT backend"
-    res.failures = thresholds.check(precision, None, res.top1_agreement, res.accuracy_drop)
-    res.passed = not res.failures
+    judge(res, thresholds, max_diff=False)
     res.seconds = round(time.perf_counter() - t0, 3)
     return res
