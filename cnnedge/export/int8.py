@@ -71,10 +71,9 @@ FILE_NAMES = {CPU: "model.int8.onnx", TENSORRT: "model.int8.trt.onnx"}
 # what ONNX Runtime's CPU provider turns Q/DQ groups into when it runs them as integer kernels
 INTEGER_OPS = ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm", "MatMulIntegerToFloat")
 FLOAT_OPS = ("Conv", "FusedConv", "NchwcConv", "MatMul", "FusedMatMul", "Gemm", "FusedGemm", "ConvTranspose")
-# images per collect_data call: what the histogram calibrators hold at once (a fixed-batch graph takes its own size);
-# part of the cache key because the merged histograms depend on it
+# images run at once in calibration (one collect_data call: what the histogram calibrators hold) and in measuring
+# the candidate layers; a fixed-batch graph takes its own size. Part of the cache key: merged histograms depend on it
 CALIBRATION_BATCH = 16
-MEASURE_BATCH = 64
 
 Batches = Callable[[], Iterable[np.ndarray]]
 
@@ -153,7 +152,8 @@ def cache_name(graph_sha256: str, data_sha256: str, method: str) -> str:
     reproducible), these preprocessed pixels and these settings."""
     import onnxruntime
 
-    key = "|".join([graph_sha256, data_sha256, method, onnxruntime.__version__, f"all-tensors-v4-chunked{CALIBRATION_BATCH}"])
+    key = "|".join([graph_sha256, data_sha256, method, onnxruntime.__version__,
+                    f"all-tensors-v4-batch{CALIBRATION_BATCH}"])
     return f"{CACHE_PREFIX}{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
 
@@ -189,6 +189,13 @@ def rebatch(batches: Iterable[np.ndarray], size: int, tail: bool = True) -> Iter
         yield np.concatenate(held)
 
 
+def _ort_method(q: Any, method: str) -> Any:
+    if method not in METHODS:
+        raise ExportError(f"calibration method {method!r}; expected one of {', '.join(METHODS)}")
+    return {"entropy": q.CalibrationMethod.Entropy, "minmax": q.CalibrationMethod.MinMax,
+            "percentile": q.CalibrationMethod.Percentile}[method]
+
+
 class _OneBatch:
     """ONNX Runtime's CalibrationDataReader protocol over a single batch: one ``collect_data`` call each."""
 
@@ -205,9 +212,9 @@ def calibrate(model: Path, batches: Batches, method: str, work_dir: Path, batch:
 
     One calibrator (``onnxruntime.quantization.create_calibrator``), fed by one ``collect_data`` call per batch
     of :data:`CALIBRATION_BATCH` images (or ``batch``, a fixed-batch graph's size: its short tail is dropped, as
-    repeating images to fill it would weigh them twice), then ``compute_data``. ``create_calibrator`` and these
-    two methods are documented ONNX Runtime API; that ``collect_data`` may be called repeatedly with the
-    histograms accumulating is stated in ``CalibraterBase.collect_data``'s docstring.
+    repeating images to fill it would weigh them twice), then ``compute_data``. ``create_calibrator`` (exported by
+    ``onnxruntime.quantization``) and these two methods are ONNX Runtime's public calibration API; that
+    ``collect_data`` may be called repeatedly, histograms accumulating, is stated in its docstring.
     """
     from .._lazy import require
 
@@ -216,11 +223,8 @@ def calibrate(model: Path, batches: Batches, method: str, work_dir: Path, batch:
 
     from . import onnx_io
 
-    if method not in METHODS:
-        raise ExportError(f"calibration method {method!r}; expected one of {', '.join(METHODS)}")
     input_name = onnx_io.io_names(onnx.load(str(model), load_external_data=False))[0]
-    calib_method = {"entropy": q.CalibrationMethod.Entropy, "minmax": q.CalibrationMethod.MinMax,
-                    "percentile": q.CalibrationMethod.Percentile}[method]
+    calib_method = _ort_method(q, method)
     n = 0
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # its calibrators print progress
@@ -262,8 +266,7 @@ def quantize(fp32_path: Path, out_dir: Path, batches: Batches, n_images: int, da
 
     from . import onnx_io
 
-    calib_method = {"entropy": q.CalibrationMethod.Entropy, "minmax": q.CalibrationMethod.MinMax,
-                    "percentile": q.CalibrationMethod.Percentile}[method]
+    calib_method = _ort_method(q, method)
     import onnx
 
     hit = cache_in is not None and cache_in.is_file()
@@ -362,7 +365,7 @@ def _measure_candidates(graph: Any, exclude: list[str], options: Int8Options, ba
     names = [s.get_inputs()[0].name for s in sessions]
     same = np.zeros(2, dtype=np.int64)
     total = 0
-    for b in rebatch(batches(), batch or MEASURE_BATCH, tail=batch is None):
+    for b in rebatch(batches(), batch or CALIBRATION_BATCH, tail=batch is None):
         ref, *top = (s.run(None, {n: b})[0].argmax(1) for s, n in zip(sessions, names))
         same += [int(np.sum(t == ref)) for t in top]
         total += len(b)
