@@ -30,6 +30,16 @@ calibration images. The choice is recorded in the export report.
 Calibration ranges are cached beside the output in a file whose name carries a
 key made of the FP32 graph, the preprocessed calibration pixels and the
 settings, so a re-export with the same data does not recalibrate.
+
+Calibration streams: ONNX Runtime's histogram calibrators (entropy,
+percentile) keep every intermediate output of every batch one
+``collect_data`` call reads, so one ``quantize_static`` over all the images
+needs memory in proportion to their number (measured: 2.6 GB with 42 images,
+7.9 GB with 336 at 224x224). :func:`calibrate` calls ``collect_data`` once per
+batch of :data:`CALIBRATION_BATCH` images (the histograms accumulate across
+calls, min/max merge) and saves the ranges as the calibration cache, which
+``quantize_static`` then reads instead of calibrating; peak memory depends on
+the model and that batch, not on the number of images.
 """
 from __future__ import annotations
 
@@ -41,7 +51,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -61,6 +71,11 @@ FILE_NAMES = {CPU: "model.int8.onnx", TENSORRT: "model.int8.trt.onnx"}
 # what ONNX Runtime's CPU provider turns Q/DQ groups into when it runs them as integer kernels
 INTEGER_OPS = ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm", "MatMulIntegerToFloat")
 FLOAT_OPS = ("Conv", "FusedConv", "NchwcConv", "MatMul", "FusedMatMul", "Gemm", "FusedGemm", "ConvTranspose")
+# images run at once in calibration (one collect_data call: what the histogram calibrators hold) and in measuring
+# the candidate layers; a fixed-batch graph takes its own size. Part of the cache key: merged histograms depend on it
+CALIBRATION_BATCH = 16
+
+Batches = Callable[[], Iterable[np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -124,12 +139,21 @@ def fingerprint(pixels: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(pixels).tobytes()).hexdigest()
 
 
+def fingerprint_batches(batches: Iterable[np.ndarray]) -> str:
+    """:func:`fingerprint` of the concatenated ``batches``, hashed as they stream (never all in memory)."""
+    h = hashlib.sha256()
+    for b in batches:
+        h.update(np.ascontiguousarray(b).tobytes())
+    return h.hexdigest()
+
+
 def cache_name(graph_sha256: str, data_sha256: str, method: str) -> str:
     """The cache file for this FP32 graph (hashed after :func:`.onnx_io.canonical_names`, which makes it
     reproducible), these preprocessed pixels and these settings."""
     import onnxruntime
 
-    key = "|".join([graph_sha256, data_sha256, method, onnxruntime.__version__, "all-tensors-v3"])
+    key = "|".join([graph_sha256, data_sha256, method, onnxruntime.__version__,
+                    f"all-tensors-v4-batch{CALIBRATION_BATCH}"])
     return f"{CACHE_PREFIX}{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
 
@@ -147,34 +171,94 @@ def ort_cpu_ops(path: str | Path) -> dict[str, int]:
     return {op: counts[op] for op in (*INTEGER_OPS, *FLOAT_OPS) if counts[op]}
 
 
-class _Reader:
-    """ONNX Runtime's CalibrationDataReader protocol over equal-size batches of the pixels."""
+def rebatch(batches: Iterable[np.ndarray], size: int, tail: bool = True) -> Iterator[np.ndarray]:
+    """``batches`` (chunks of any size) as batches of ``size`` images, so what is computed from them does not
+    depend on how the caller chunked; the short last batch is yielded when ``tail``, else dropped."""
+    held: list[np.ndarray] = []
+    count = 0
+    for chunk in batches:
+        while len(chunk):
+            take = chunk[:size - count]
+            held.append(take)
+            count += len(take)
+            chunk = chunk[len(take):]
+            if count == size:
+                yield held[0] if len(held) == 1 else np.concatenate(held)
+                held, count = [], 0
+    if held and tail:
+        yield np.concatenate(held)
 
-    def __init__(self, pixels: np.ndarray, input_name: str, batch: int | None = None):
-        # equal batches: ONNX Runtime's histogram calibrators stack per-batch outputs and fail on a short last one;
-        # a fixed-batch graph takes its own size only
-        size = batch or max(b for b in range(1, 33) if len(pixels) % b == 0)
-        self._it: Iterator[np.ndarray] = (pixels[i:i + size] for i in range(0, len(pixels), size))
-        self._name = input_name
+
+def _ort_method(q: Any, method: str) -> Any:
+    if method not in METHODS:
+        raise ExportError(f"calibration method {method!r}; expected one of {', '.join(METHODS)}")
+    return {"entropy": q.CalibrationMethod.Entropy, "minmax": q.CalibrationMethod.MinMax,
+            "percentile": q.CalibrationMethod.Percentile}[method]
+
+
+class _OneBatch:
+    """ONNX Runtime's CalibrationDataReader protocol over a single batch: one ``collect_data`` call each."""
+
+    def __init__(self, input_name: str, batch: np.ndarray):
+        self._feed: dict[str, Any] | None = {input_name: batch}
 
     def get_next(self) -> dict[str, Any] | None:
-        batch = next(self._it, None)
-        return None if batch is None else {self._name: batch}
+        feed, self._feed = self._feed, None
+        return feed
 
 
-def quantize(fp32_path: Path, out_dir: Path, pixels: np.ndarray, data_sha256: str, card: ModelCard, method: str,
-             cache_in: Path | None, cache_out: Path, options: Int8Options | None = None,
+def calibrate(model: Path, batches: Batches, method: str, work_dir: Path, batch: int | None = None) -> tuple[Any, int]:
+    """Ranges of every float tensor of ``model`` (ONNX Runtime's ``TensorsData``) and the number of images used.
+
+    One calibrator (``onnxruntime.quantization.create_calibrator``), fed by one ``collect_data`` call per batch
+    of :data:`CALIBRATION_BATCH` images (or ``batch``, a fixed-batch graph's size: its short tail is dropped, as
+    repeating images to fill it would weigh them twice), then ``compute_data``. ``create_calibrator`` (exported by
+    ``onnxruntime.quantization``) and these two methods are ONNX Runtime's public calibration API; that
+    ``collect_data`` may be called repeatedly, histograms accumulating, is stated in its docstring.
+    """
+    from .._lazy import require
+
+    q = require("onnxruntime.quantization", "INT8 export")
+    import onnx
+
+    from . import onnx_io
+
+    input_name = onnx_io.io_names(onnx.load(str(model), load_external_data=False))[0]
+    calib_method = _ort_method(q, method)
+    n = 0
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # its calibrators print progress
+            calibrator = q.create_calibrator(Path(model), None, calibrate_method=calib_method,
+                                             augmented_model_path=str(work_dir / "augmented.onnx"))
+            for b in rebatch(batches(), batch or CALIBRATION_BATCH, tail=batch is None):
+                calibrator.collect_data(_OneBatch(input_name, b))
+                n += len(b)
+            tensors = calibrator.compute_data() if n else None
+    except Exception as exc:
+        raise ExportError(f"INT8 calibration failed: {first_line(exc)}") from None
+    if tensors is None:
+        raise ExportError(f"no calibration images{f' (the model takes batches of {batch})' if batch else ''}")
+    return tensors, n
+
+
+def quantize(fp32_path: Path, out_dir: Path, batches: Batches, n_images: int, data_sha256: str, card: ModelCard,
+             method: str, cache_in: Path | None, cache_out: Path, options: Int8Options | None = None,
              batch: int | None = None) -> Int8Result:
     """Write :data:`FILE_NAMES` into ``out_dir`` from ``fp32_path``, each written once, with ``card`` embedded
     (its ``provenance.calibration`` completed with what :meth:`Int8Result.describe` says and the file's flavour).
 
-    ``pixels`` are the calibration images as the model takes them and ``data_sha256`` their :func:`fingerprint`;
-    ranges come from ``cache_in`` when present, else from ``pixels`` (and are written to ``cache_out``).
-    ``batch``: the graph's fixed batch size, when it has one (``len(pixels)`` a multiple of it).
+    ``batches()`` yields the ``n_images`` calibration images as the model takes them, in chunks of any size, the
+    same sequence on every call (it is read more than once; never all at once), and ``data_sha256`` is their
+    :func:`fingerprint_batches`. Ranges come from ``cache_in`` when present, else from :func:`calibrate` (and are
+    written to ``cache_out``). ``batch``: the graph's fixed batch size, when it has one; the images past the last
+    whole batch are left out.
     """
     if method not in METHODS:
         raise ExportError(f"calibration method {method!r}; expected one of {', '.join(METHODS)}")
     options = options or Int8Options()
+    used = n_images - n_images % batch if batch else n_images
+    if used <= 0:
+        raise ExportError(f"{n_images} calibration images; the model takes batches of {batch}")
     from .._lazy import require
 
     q = require("onnxruntime.quantization", "INT8 export")
@@ -182,11 +266,9 @@ def quantize(fp32_path: Path, out_dir: Path, pixels: np.ndarray, data_sha256: st
 
     from . import onnx_io
 
-    calib_method = {"entropy": q.CalibrationMethod.Entropy, "minmax": q.CalibrationMethod.MinMax,
-                    "percentile": q.CalibrationMethod.Percentile}[method]
+    calib_method = _ort_method(q, method)
     import onnx
 
-    input_name = onnx_io.io_names(onnx.load(str(fp32_path), load_external_data=False))[0]
     hit = cache_in is not None and cache_in.is_file()
     with tempfile.TemporaryDirectory(prefix="cnnedge-int8-", dir=out_dir) as tmp_name:
         tmp = Path(tmp_name)
@@ -203,6 +285,11 @@ def quantize(fp32_path: Path, out_dir: Path, pixels: np.ndarray, data_sha256: st
         ranges = tmp / "ranges.json"
         if hit:
             shutil.copyfile(cache_in, ranges)
+        else:
+            tensors, n = calibrate(pre, batches, method, tmp, batch)
+            if n != used:
+                raise ExportError(f"calibration read {n} images where {used} were announced")
+            q.save_tensors_data(tensors, ranges)
 
         def run(flavour: str, exclude: list[str], target: Path) -> Path:
             if flavour == CPU:
@@ -212,21 +299,19 @@ def quantize(fp32_path: Path, out_dir: Path, pixels: np.ndarray, data_sha256: st
                 kw = {"activation_type": q.QuantType.QInt8, "op_types_to_quantize": list(TENSORRT_OPS),
                       "extra_options": {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
                                         "OpTypesToExcludeOutputQuantization": list(TENSORRT_OPS)}}
-            try:
-                with contextlib.redirect_stdout(io.StringIO()):  # its calibrators print progress
-                    q.quantize_static(str(pre), str(target), _Reader(pixels, input_name, batch),
-                                      quant_format=q.QuantFormat.QDQ, per_channel=True,
+            try:  # the ranges file exists: quantize_static reads it and does not calibrate
+                with contextlib.redirect_stdout(io.StringIO()):
+                    q.quantize_static(str(pre), str(target), None, quant_format=q.QuantFormat.QDQ, per_channel=True,
                                       weight_type=q.QuantType.QInt8, calibrate_method=calib_method,
                                       nodes_to_exclude=exclude, calibration_cache_path=str(ranges), **kw)
             except Exception as exc:
                 raise ExportError(f"INT8 quantization ({flavour}) failed: {first_line(exc)}") from None
             return target
 
-        # the CPU flavour first, with every tensor calibrated: its ranges cover the TensorRT flavour's too
         exclude = with_tail(graph, options.float_layers)
         cpu = run(CPU, exclude, tmp / "cpu.onnx")
-        measured = _measure_candidates(graph, exclude, options, pixels, fp32_path, cpu,
-                                       lambda ex, name: run(CPU, ex, tmp / name), batch or 64)
+        measured = _measure_candidates(graph, exclude, options, batches, fp32_path, cpu,
+                                       lambda ex, name: run(CPU, ex, tmp / name), batch)
         exclude = with_tail(graph, [*exclude, *(m.node for m in measured if m.kept_float)])
         if any(m.kept_float for m in measured):
             cpu = run(CPU, exclude, tmp / "cpu-final.onnx")
@@ -235,7 +320,7 @@ def quantize(fp32_path: Path, out_dir: Path, pixels: np.ndarray, data_sha256: st
             from ..atomic import write_bytes
 
             write_bytes(cache_out, ranges.read_bytes())
-        result = Int8Result(method, len(pixels), cache_out.name, hit, data_sha256, dict(FILE_NAMES),
+        result = Int8Result(method, used, cache_out.name, hit, data_sha256, dict(FILE_NAMES),
                             options.activations, exclude, measured, ort_cpu_ops(cpu))
         info = result.describe()
         for flavour, src in ((CPU, cpu), (TENSORRT, trt)):
@@ -265,21 +350,25 @@ def with_tail(graph: Any, names: Any) -> list[str]:
     return out
 
 
-def _measure_candidates(graph: Any, exclude: list[str], options: Int8Options, pixels: np.ndarray, fp32_path: Path,
-                        quantized: Path, requantize: Any, batch: int = 64) -> list[LayerChoice]:
-    """Agreement with FP32 on the calibration images with each candidate layer quantized and kept float."""
+def _measure_candidates(graph: Any, exclude: list[str], options: Int8Options, batches: Batches, fp32_path: Path,
+                        quantized: Path, requantize: Any, batch: int | None = None) -> list[LayerChoice]:
+    """Agreement with FP32 on the calibration images with each candidate layer quantized and kept float: the
+    three models run side by side over one pass of ``batches()``, keeping only counts."""
     from . import onnx_io
 
     linear = [n for n in graph.node if n.op_type in CANDIDATE_OPS]
     if not linear or linear[-1].name in exclude:
         return []
     last = linear[-1]  # the classifier head: its logits decide top-1
-    ref = onnx_io.run(onnx_io.session(fp32_path), pixels, batch).argmax(1)
-
-    def agreement(path: Path) -> float:
-        return float(np.mean(onnx_io.run(onnx_io.session(path), pixels, batch).argmax(1) == ref))
-
-    with_q = agreement(quantized)
-    without = agreement(requantize(with_tail(graph, [*exclude, last.name]), "cpu-candidate.onnx"))
-    return [LayerChoice(last.name, last.op_type, with_q, without,
-                        without - with_q > options.max_agreement_cost)]
+    without = requantize(with_tail(graph, [*exclude, last.name]), "cpu-candidate.onnx")
+    sessions = [onnx_io.session(p) for p in (fp32_path, quantized, without)]
+    names = [s.get_inputs()[0].name for s in sessions]
+    same = np.zeros(2, dtype=np.int64)
+    total = 0
+    for b in rebatch(batches(), batch or CALIBRATION_BATCH, tail=batch is None):
+        ref, *top = (s.run(None, {n: b})[0].argmax(1) for s, n in zip(sessions, names))
+        same += [int(np.sum(t == ref)) for t in top]
+        total += len(b)
+    with_q, without_q = (float(c) / max(total, 1) for c in same)
+    return [LayerChoice(last.name, last.op_type, with_q, without_q,
+                        without_q - with_q > options.max_agreement_cost)]

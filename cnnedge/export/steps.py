@@ -8,6 +8,7 @@ outputs are refused up front unless ``force``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -492,7 +493,7 @@ def _to_fp16(job: _Job) -> None:
 
 
 def _to_int8(job: _Job) -> None:
-    from .int8 import CPU, FILE_NAMES, TENSORRT, cache_name, fingerprint, quantize
+    from .int8 import CPU, FILE_NAMES, TENSORRT, cache_name, fingerprint_batches, quantize
 
     cset, method, fixed = job.cset, job.opts.calib_method, job.source.fixed_batch
     if fixed and len(cset) % fixed:  # a fixed-batch graph is calibrated in whole batches
@@ -506,11 +507,11 @@ def _to_int8(job: _Job) -> None:
                         cset.skipped)
     with job.timer(f"INT8 ONNX (calibrating on {len(cset)} images, {method})"):
         card = job.base_card  # the FP32 graph's: its input is what calibration feeds
-        pixels = cset.inputs(card.input, card)  # preprocessed and fingerprinted once
-        data_sha = fingerprint(pixels)
+        batches = functools.partial(cset.batches, card.input, card, 32)  # streamed: memory flat in the images
+        data_sha = fingerprint_batches(batches())
         name = cache_name(job.graph_sha, data_sha, method)
         card = card.replace(precision="int8", provenance={"calibration": cset.describe()})
-        res = quantize(job.paths["fp32"], job.staging, pixels, data_sha, card, method, job.out / name,
+        res = quantize(job.paths["fp32"], job.staging, batches, len(cset), data_sha, card, method, job.out / name,
                        job.staging / name, job.opts.int8_options, batch=fixed)
         job.report.calibration = {**cset.describe(), **res.describe()}
         job.paths["int8"] = job.staging / FILE_NAMES[CPU]
