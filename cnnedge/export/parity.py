@@ -23,6 +23,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..card import ModelCard
+from .data import batch_for
 from .gate import FAIL, PASS, UNDECIDED, agreement_decision, drop_decision, mcnemar_exact
 
 CARD_ALPHA = 0.001  # the card is convicted on a one-sided exact McNemar test at this level, on the images at hand
@@ -198,7 +199,7 @@ def compare_onnx(path: Path, precision: str, images: Sequence[np.ndarray], ref: 
     t0 = time.perf_counter()
     res = ArtifactResult(str(path), "onnx", precision, path.stat().st_size)
     with Classifier(path, backend="ort-cpu", threads=1) as clf:
-        _score(res, _outputs(clf, images), ref, labels)
+        _score(res, _outputs(clf, images, batch_for(clf.card.input)), ref, labels)
         res.latency_ms_b1 = _latency_ms(clf, images[0:1][0])
     judge(res, thresholds)
     res.seconds = round(time.perf_counter() - t0, 3)
@@ -311,7 +312,7 @@ def compare_engine(path: Path, precision: str, images: Sequence[np.ndarray], ref
         res.note = f"not run here ({first_line(exc, 200)})"
         return res
     with clf:
-        _score(res, _outputs(clf, images), ref, labels)
+        _score(res, _outputs(clf, images, batch_for(clf.card.input)), ref, labels)
         res.latency_ms_b1 = _latency_ms(clf, images[0:1][0])
         res.note = "GPU latency through the runtime's TensorRT backend"
     judge(res, thresholds, max_diff=False)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from ..card import ModelCard, now_iso, sha256_file
 from ..errors import CnnEdgeError, ExportError, OptionError, UsageError, first_line
+from .data import batch_for
 from .int8 import FILE_NAMES as INT8_FILES
 from .int8 import TENSORRT
 from .parity import ArtifactResult, Thresholds
@@ -290,7 +291,7 @@ def _run(model_path: Path, out_dir: str | os.PathLike | None, opts: ExportOption
             with timer("card check (labelled images)"):
                 acc = float((ref.argmax(1) == vset.labels).mean())
                 report.card_check = asdict(check_card(source.predict, vset.images, vset.labels, card, acc,
-                                                           ref=ref))
+                                                           ref=ref, batch=batch_for(card.input)))
         prov = {"source_sha256": sha256_file(model_path), "parent": model_path.name,
                 "versions": {**card.provenance.versions, **report.versions}}
         if described:
@@ -306,7 +307,6 @@ def _run(model_path: Path, out_dir: str | os.PathLike | None, opts: ExportOption
 
 
 PROBE = 64  # images the clean-up step runs through both graphs
-BATCH = 64  # images a step holds decoded at once
 
 
 def reference_outputs(predict: Callable[[Any], Any], images: Any, card: ModelCard) -> Any:
@@ -315,7 +315,8 @@ def reference_outputs(predict: Callable[[Any], Any], images: Any, card: ModelCar
 
     from .sources import source_inputs
 
-    return np.concatenate([predict(source_inputs(images[i:i + BATCH], card)) for i in range(0, len(images), BATCH)])
+    n = batch_for(card.input)
+    return np.concatenate([predict(source_inputs(images[i:i + n], card)) for i in range(0, len(images), n)])
 
 
 def _open(model_path: Path, opts: ExportOptions) -> Any:
@@ -507,7 +508,8 @@ def _to_int8(job: _Job) -> None:
                         cset.skipped)
     with job.timer(f"INT8 ONNX (calibrating on {len(cset)} images, {method})"):
         card = job.base_card  # the FP32 graph's: its input is what calibration feeds
-        batches = functools.partial(cset.batches, card.input, card, 32)  # streamed: memory flat in the images
+        # streamed: memory flat in the images
+        batches = functools.partial(cset.batches, card.input, card, batch_for(card.input, 32))
         data_sha = fingerprint_batches(batches())
         name = cache_name(job.graph_sha, data_sha, method)
         card = card.replace(precision="int8", provenance={"calibration": cset.describe()})
