@@ -265,7 +265,11 @@ class OrtBackend(Backend):
         self._pinned = threading.local()  # per thread: batch size -> _Pinned, bound once
 
     def _read_card(self, p: Path) -> ModelCard | None:
-        meta = self.session.get_modelmeta().custom_metadata_map
+        try:
+            meta = self.session.get_modelmeta().custom_metadata_map
+        except UnicodeDecodeError:
+            raise ModelLoadError(f"{p}: its metadata (metadata_props) holds a key or value that is not UTF-8 "
+                                 "text; a broken or tampered file: re-export it or strip its metadata") from None
         self.metadata = {k: v for k, v in meta.items() if k != ONNX_KEY}
         raw = meta.get(ONNX_KEY)
         if raw is None:
