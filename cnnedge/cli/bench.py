@@ -13,7 +13,7 @@ import sys
 from typing import Sequence, TextIO
 
 from ..artifacts import BACKEND_NAMES
-from ..atomic import check_output
+from ..atomic import check_not_input, check_output
 from ..errors import ExitCode, UsageError
 from ._args import add_model_flags, model_description
 from ._args import non_negative_int as _non_negative
@@ -98,6 +98,10 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
     check_output("--json", args.json, args.force)
     check_output("--markdown", args.markdown, args.force)
     check_output("--plot", args.plot, args.force, ".png")
+    from ..runtime.images import IMAGE_SUFFIXES
+
+    for flag, path in (("--json", args.json), ("--markdown", args.markdown), ("--plot", args.plot)):
+        check_not_input(flag, path, [*args.models, args.end_to_end], IMAGE_SUFFIXES)
     cfg = BenchConfig(models=list(args.models), backends=backends, batches=batches, iters=args.iters,
                       duration=args.duration, warmup=args.warmup, repeats=args.repeats, threads=args.threads,
                       seed=args.seed, copy=args.copy, end_to_end=args.end_to_end, e2e_batch=args.e2e_batch,

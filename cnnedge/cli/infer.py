@@ -16,7 +16,7 @@ import sys
 import warnings
 from typing import Any, Sequence, TextIO
 
-from ..atomic import check_output
+from ..atomic import check_not_input, check_output
 from ..errors import UsageError
 from ._args import MODELS_FROM_ELSEWHERE, add_model_flags, model_description
 from ._args import positive_int as _positive
@@ -170,6 +170,11 @@ def _run(args: argparse.Namespace, sources: list[Any], out: TextIO, err: TextIO)
     for flag, path in (("--json", args.json), ("--csv", args.csv), ("--save-video", args.save_video)):
         check_output(flag, path, args.force)
     check_output("--save-dir", args.save_dir, args.force, folder=True)
+    from ..runtime.images import IMAGE_SUFFIXES
+
+    inputs = [args.model, args.labels, args.labels_csv, *(s for s in sources if isinstance(s, str))]
+    for flag, path in (("--json", args.json), ("--csv", args.csv), ("--save-video", args.save_video)):
+        check_not_input(flag, path, inputs, IMAGE_SUFFIXES)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         clf = Classifier(args.model, args.backend, **model_description(args), topk=args.topk,
