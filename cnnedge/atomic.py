@@ -162,12 +162,26 @@ class StagedOutput:
         return self.target
 
     def keep_partial(self) -> Path:
-        """Keep what was written beside the target as ``<stem>.partial<suffix>``; the target is untouched."""
-        dest = self.partial_path
+        """Keep what was written beside the target as ``<stem>.partial<suffix>``, or ``<stem>.partial-N<suffix>``
+        when that name is taken (a file there may be the user's: it is never replaced); the target is untouched."""
         _set_mode(self.path, self.target)
-        os.replace(self.path, dest)
+        for i in range(1, 1000):
+            dest = self.partial_path if i == 1 else self.target.with_name(
+                f"{self.target.stem}.partial-{i}{self.target.suffix}")
+            try:
+                os.link(self.path, dest)  # fails if dest exists: no file is ever replaced
+            except FileExistsError:
+                continue
+            except OSError:  # a file system without hard links: check, then rename
+                if os.path.lexists(dest):
+                    continue
+                os.replace(self.path, dest)
+            else:
+                os.unlink(self.path)
+            self._release()
+            return dest
         self._release()
-        return dest
+        return self.path  # 999 partial files beside it: this one keeps its temporary name
 
     def discard(self) -> None:
         with contextlib.suppress(FileNotFoundError):

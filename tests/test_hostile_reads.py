@@ -700,8 +700,8 @@ def test_sigterm_stops_like_ctrl_c(tmp_path):
     lst = _long_list(tmp_path)
     out = tmp_path / "out.jsonl"
     out.write_text("old\n")
-    r = _run_default_signals(_cli("infer"), str(model), "--source", str(lst), "--json", str(out), "--quiet",
-                             "--batch", "4", sig=signal.SIGTERM, delay=6)
+    r = _run_default_signals(_cli("infer"), str(model), "--source", str(lst), "--json", str(out), "--force",
+                             "--quiet", "--batch", "4", sig=signal.SIGTERM, delay=6)
     assert r.rc == 143 and r.seconds < 5 and "Traceback" not in r.err, r
     assert "interrupted" in r.err and "done" in r.err, r
     assert out.read_text() == "old\n"
@@ -709,6 +709,7 @@ def test_sigterm_stops_like_ctrl_c(tmp_path):
     assert partial.exists() and json.loads(partial.read_text().splitlines()[0])["path"], r
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")
 def test_run_stops_when_the_embedding_program_asks(tmp_path):
     """Item 8: run(stop=event) ends a run from another thread like Ctrl-C does."""
     from cnnedge.runtime import Classifier, run as run_all

@@ -14,8 +14,8 @@ from typing import Sequence, TextIO
 
 from ..artifacts import BACKEND_NAMES
 from ..atomic import check_not_input, check_output
-from ..errors import ExitCode, UsageError
-from ._args import add_model_flags, model_description
+from ..errors import ExitCode, UsageError, argument_names
+from ._args import CLI_NAMES, add_load_timeout, add_model_flags, model_description
 from ._args import non_negative_int as _non_negative
 from ._args import positive_int as _positive
 from ._args import positive_seconds as _seconds
@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "e.g. --backends ort-cuda --no-copy)")
     how.add_argument("--trust", action="store_true",
                      help="allow legacy .h5 Keras models (they ignore safe mode; e.g. --trust)")
+    add_load_timeout(how)
     add_model_flags(p, ("input_size",), "models without a card")
     out = p.add_argument_group("output (the table always goes to stdout)")
     out.add_argument("--json", metavar="FILE", help="every figure plus machine facts (e.g. --json bench.json)")
@@ -105,9 +106,11 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
     cfg = BenchConfig(models=list(args.models), backends=backends, batches=batches, iters=args.iters,
                       duration=args.duration, warmup=args.warmup, repeats=args.repeats, threads=args.threads,
                       seed=args.seed, copy=args.copy, end_to_end=args.end_to_end, e2e_batch=args.e2e_batch,
-                      workers=args.workers, trust=args.trust, **model_description(args, ("input_size",)))
+                      workers=args.workers, trust=args.trust, load_timeout_s=args.load_timeout_s,
+                      **model_description(args, ("input_size",)))
     log = None if args.quiet else (lambda m: print(f"{PROG}: {m}", file=err, flush=True))
-    report = run_bench(cfg, log)
+    with argument_names(CLI_NAMES):
+        report = run_bench(cfg, log)
     print(report.table(), file=out)
     noise = report.noise_summary(cfg.max_spread)
     if noise:

@@ -17,8 +17,8 @@ import warnings
 from typing import Any, Sequence, TextIO
 
 from ..atomic import check_not_input, check_output
-from ..errors import UsageError
-from ._args import MODELS_FROM_ELSEWHERE, add_model_flags, model_description
+from ..errors import UsageError, argument_names
+from ._args import CLI_NAMES, MODELS_FROM_ELSEWHERE, add_load_timeout, add_model_flags, model_description
 from ._args import positive_int as _positive
 from ._args import positive_seconds as _positive_seconds
 from ._run import entry
@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--trust", action="store_true", help="allow legacy .h5 Keras models (they ignore safe mode; "
                      "e.g. --trust)")
 
+    add_load_timeout(run)
     add_model_flags(p)
 
     out = p.add_argument_group("output")
@@ -155,7 +156,8 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
     logger = logging.getLogger("cnnedge")
     logger.addHandler(handler)
     try:
-        return _run(args, sources, out, err)
+        with argument_names(CLI_NAMES):
+            return _run(args, sources, out, err)
     finally:
         logger.removeHandler(handler)
 
@@ -179,6 +181,7 @@ def _run(args: argparse.Namespace, sources: list[Any], out: TextIO, err: TextIO)
         warnings.simplefilter("always")
         clf = Classifier(args.model, args.backend, **model_description(args), topk=args.topk,
                          reduce_decode=args.reduce_decode, threads=args.threads, fp16=args.fp16 or None,
+                         load_timeout_s=args.load_timeout_s,
                          **({"trust": True} if args.trust else {}))
     for w in caught:
         print(f"{PROG}: warning: {w.message}", file=err)

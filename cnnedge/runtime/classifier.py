@@ -19,11 +19,12 @@ from typing import Any, Iterable, Iterator, NamedTuple
 import numpy as np
 
 from ..card import InputSpec, ModelCard, Preprocess, card_path_for
-from ..errors import CardError, CnnEdgeError, ModelLoadError, UsageError, first_line
+from ..errors import CardError, CnnEdgeError, ModelLoadError, UsageError, arg_name, first_line
 from .backends import Backend, Slot, load_backend
 from .backends.sizing import check_batch_pixels, dynamic_size_error, image_axes
 from .describe import PREPROCESS_KEYS, check_description, flag_names
 from .images import read_file
+from .interrupt import DEFAULT_LOAD_TIMEOUT_S, Deadline, RunInterrupted, load_timeout_error
 from .labels import check_count, metadata_labels, read_labels
 from .preprocess import decode_for, decode_pixels, prepare_image, to_model_input
 from .results import Prediction, Result
@@ -151,6 +152,15 @@ def _topk(k: Any) -> int:
     return int(k)
 
 
+def _timeout(v: Any) -> float | None:
+    """``v`` when it is a positive number of seconds or None, else a UsageError naming the argument."""
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1e9:
+        raise UsageError(f"{arg_name('load_timeout_s')} must be a positive number of seconds, got {v!r}")
+    return float(v)
+
+
 def _looks_like_probabilities(out: np.ndarray) -> bool:
     out = out.reshape(out.shape[0], -1).astype(np.float64)
     return bool(np.all(out >= -1e-6) and np.all(out <= 1 + 1e-6) and np.allclose(out.sum(1), 1.0, atol=1e-3))
@@ -166,7 +176,8 @@ class Classifier:
     flags: a bad value is a UsageError). ``input_size=(h, w)``: the image size of a graph
     whose height and width are dynamic. ``topk``: length of each prediction's top-k list.
     ``reduce_decode``: decode large JPEG files at 1/2..1/8 size when they are at
-    least twice the model input. Other keyword arguments go to the backend
+    least twice the model input. ``load_timeout_s``: the warm-up run may take this long (None: no limit)
+    before the model is refused: a model that never finishes. Other keyword arguments go to the backend
     (``threads``, ``fp16``, ``cache_dir``, ``device_id``, ``trust``).
     """
 
@@ -174,8 +185,10 @@ class Classifier:
                  scale: Any = None, mean: Any = None, std: Any = None, rgb: bool | None = None,
                  resize: str | None = None, crop_pct: Any = None, pad_value: Any = None,
                  interpolation: str | None = None, output: str | None = None, input_size: Any = None,
-                 topk: int = 5, warmup: bool = True, reduce_decode: bool = True, **backend_opts: Any) -> None:
+                 topk: int = 5, warmup: bool = True, reduce_decode: bool = True,
+                 load_timeout_s: float | None = DEFAULT_LOAD_TIMEOUT_S, **backend_opts: Any) -> None:
         topk = _topk(topk)
+        self.load_timeout_s = _timeout(load_timeout_s)
         described = dict(labels=labels, scale=scale, mean=mean, std=std, rgb=rgb, resize=resize, crop_pct=crop_pct,
                          pad_value=pad_value, interpolation=interpolation, output=output)
         size = check_description({"input_size": input_size}).get("input_size")
@@ -249,7 +262,12 @@ class Classifier:
                 raise ModelLoadError(f"{be.path}: a warm-up batch of {'x'.join(map(str, shape))} pixels (the "
                                      "input its graph and card declare) does not fit in memory") from None
             try:
-                out = np.asarray(be.infer(x))
+                with Deadline(self.load_timeout_s, be.stop_runs) as deadline:
+                    out = np.asarray(be.infer(x))
+            except RunInterrupted:
+                if not deadline.expired:
+                    raise
+                raise load_timeout_error(be.path, self.load_timeout_s or 0) from None
             except CnnEdgeError as exc:
                 if type(exc) is not ModelLoadError:
                     raise
