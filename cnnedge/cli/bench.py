@@ -15,7 +15,7 @@ from typing import Sequence, TextIO
 from ..artifacts import BACKEND_NAMES
 from ..atomic import check_not_input, check_output
 from ..errors import ExitCode, UsageError, argument_names
-from ._args import CLI_NAMES, add_load_timeout, add_model_flags, model_description
+from ._args import CLI_NAMES, Parser, add_load_timeout, add_model_flags, model_description
 from ._args import non_negative_int as _non_negative
 from ._args import positive_int as _positive
 from ._args import positive_seconds as _seconds
@@ -25,7 +25,7 @@ PROG = "cnn-bench"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Latency (p50/p90/p99/max, no outliers removed) and throughput of model files on every "
                     "backend that can run them here, at several batch sizes. Combinations that cannot run "

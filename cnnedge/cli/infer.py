@@ -18,7 +18,7 @@ from typing import Any, Sequence, TextIO
 
 from ..atomic import check_not_input, check_output
 from ..errors import UsageError, argument_names
-from ._args import CLI_NAMES, MODELS_FROM_ELSEWHERE, add_load_timeout, add_model_flags, model_description
+from ._args import CLI_NAMES, Parser, MODELS_FROM_ELSEWHERE, add_load_timeout, add_model_flags, model_description
 from ._args import positive_int as _positive
 from ._args import positive_seconds as _positive_seconds
 from ._run import entry
@@ -29,7 +29,7 @@ PROG = "cnn-infer"
 def build_parser() -> argparse.ArgumentParser:
     from ..artifacts import BACKEND_CHOICES
 
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Classify images, folders, videos, cameras and streams with a .onnx, .engine or .keras model. "
                     "The model's card says everything about the model; flags for preprocessing are only for "

@@ -283,6 +283,10 @@ class OrtBackend(Backend):
         if len(inputs) != 1:
             raise ModelLoadError(f"{p}: a classifier has one input, this model has {len(inputs)} "
                                  f"({', '.join(i.name for i in inputs)})")
+        if len(outputs) != 1:
+            raise ModelLoadError(f"{p}: a classifier has one output, this model has {len(outputs)} "
+                                 f"({', '.join(o.name for o in outputs)}), and nothing says which holds the class "
+                                 "scores; export the graph with that output alone")
         self.input_spec = _spec(inputs[0], p)
         self.output_spec = _spec(outputs[0], p)
         self._out_names = [outputs[0].name]
