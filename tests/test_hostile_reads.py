@@ -442,19 +442,20 @@ def _default_signals() -> None:
 
 def _plain_onnx(path: Path, *, outputs: tuple[tuple[int, ...], ...] = ((10,),), loop_trips: int | None = None,
                 metadata: dict[str, str] | None = None, hw: tuple[int | None, int | None] = (8, 8),
-                channels: int | None = 3, argmax: bool = False) -> Path:
+                channels: int | None = 3, argmax: bool = False, nan: bool = False) -> Path:
     """A small uint8 NHWC classifier without a card (a third party's), built with onnx.helper.
 
     ``outputs``: each output's shape after the batch (its values come from one MatMul, reshaped);
     ``loop_trips``: a Loop of that many trips runs before the MatMul (a model that never finishes);
     ``metadata``: metadata_props; ``hw``/``channels``: the input's dims (None: dynamic);
-    ``argmax``: the only output is an int64 ArgMax."""
+    ``argmax``: the only output is an int64 ArgMax; ``nan``: every score is NaN."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
     total = int(np.prod(outputs[0]))
-    inits = [numpy_helper.from_array(rng.normal(size=(3, total)).astype(np.float32), "w")]
+    w = np.full((3, total), np.nan, np.float32) if nan else rng.normal(size=(3, total)).astype(np.float32)
+    inits = [numpy_helper.from_array(w, "w")]
     nodes = [helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT),
              helper.make_node("ReduceMean", ["xf"], ["m"], axes=[1, 2], keepdims=0)]
     feed = "m"
@@ -685,6 +686,20 @@ def test_normalised_range_beyond_float32_is_a_usage_error(tmp_path):
     with pytest.raises(UsageError, match="^std: .*float32"):
         check_description({"std": 1e-300, "scale": 1.0})
     assert check_description({"scale": 1 / 255, "std": (0.229, 0.224, 0.225)})["std"] == (0.229, 0.224, 0.225)
+
+
+def test_a_nan_score_never_reaches_a_sink_as_a_prediction(tmp_path):
+    """Item 7: a row of NaN scores is a failed row that says so, in --json and in the summary."""
+    model = _plain_onnx(tmp_path / "nan.onnx", nan=True)
+    write_images(tmp_path / "imgs", 2)
+    out = tmp_path / "out.jsonl"
+    r = infer(str(model), "--source", str(tmp_path / "imgs"), "--json", str(out))
+    assert_quick_and_small(r)
+    assert r.rc == 1 and "0 done; 2 failed" in r.err and "nan" not in r.out.lower(), r
+    rows = [json.loads(x) for x in out.read_text().splitlines()] if out.exists() else []
+    partial = tmp_path / "out.partial.jsonl"
+    rows = rows or [json.loads(x) for x in partial.read_text().splitlines()]
+    assert len(rows) == 2 and all("non-finite" in x["error"] and "score" not in x for x in rows), rows
 
 
 def _long_list(tmp_path: Path) -> Path:
