@@ -774,6 +774,30 @@ def test_model_messages_name_the_file_and_what_is_wrong(tmp_path, case):
     assert "nothing says the image size" not in line and "classes must name" not in line, line
 
 
+def test_a_batch_too_large_for_memory_is_not_called_a_hostile_model(tmp_path):
+    """Item 10: ORT cannot allocate a batch of 400 here (the address-space cap); batch 1 runs, so the line
+    says to lower --batch. The model spreads each image over a 3x4,000,000 float32 Expand (48 MB)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    m = onnx.load(str(_plain_onnx(tmp_path / "big.onnx")))
+    g = m.graph
+    g.initializer.extend([numpy_helper.from_array(np.array([1, 1, 4_000_000], np.int64), "bshape"),
+                          numpy_helper.from_array(np.array([2], np.int64), "ax")])
+    g.node.extend([helper.make_node("Unsqueeze", ["m", "ax"], ["m3"]),
+                   helper.make_node("Expand", ["m3", "bshape"], ["wide"]),
+                   helper.make_node("ReduceMax", ["wide"], ["wmax"], axes=[2], keepdims=0),
+                   helper.make_node("ReduceMax", ["wmax"], ["s"], axes=[1], keepdims=1),
+                   helper.make_node("Add", [g.output[0].name, "s"], ["y_big"])])
+    del g.output[:]
+    g.output.append(helper.make_tensor_value_info("y_big", TensorProto.FLOAT, ["N", 10]))
+    onnx.save(m, str(tmp_path / "big.onnx"))
+    r = bench(str(tmp_path / "big.onnx"), "--backends", "ort-cpu", "--batch", "400", "--iters", "2", "--warmup",
+              "1", "--repeats", "1")
+    line = _usage_error(r, "big.onnx", "--batch", rc=1)
+    assert "hostile model, not one to run" not in line, line
+
+
 def test_argparse_errors_are_short(tmp_path):
     """Item 10: a bad flag is a usage line, the error and a pointer to --help: not 17 lines."""
     for tool in ("infer", "bench"):

@@ -17,7 +17,7 @@ import numpy as np
 from ..._lazy import require
 from ...artifacts import ORT_PROVIDERS, TABLE
 from ...card import ONNX_KEY, ModelCard
-from ...errors import BackendUnavailable, CardError, CnnEdgeError, ModelLoadError, UsageError, first_line
+from ...errors import BackendUnavailable, CardError, CnnEdgeError, ModelLoadError, UsageError, arg_name, first_line
 from ..interrupt import RunInterrupted, register
 from .base import Backend, Slot, TensorSpec, Timing
 
@@ -89,8 +89,11 @@ def ort_failure(path: str | os.PathLike, exc: BaseException, doing: str) -> CnnE
     alloc = _ALLOC.search(text)
     if alloc or isinstance(exc, MemoryError):
         size = f"{int(alloc.group(1)) / 1e9:.3g} GB of" if alloc and alloc.group(1) else "more"
+        batch = re.search(r"batch of (\d+)", doing)
+        why = (f"a smaller {arg_name('batch')} may fit; if batch 1 fails too, a broken or hostile model"
+               if batch and int(batch.group(1)) > 1 else "a broken or hostile model, not one to run")
         return ModelLoadError(f"{path}: the model asks for {size} memory{where} while {doing}, more than ONNX "
-                              "Runtime could allocate here; a broken or hostile model, not one to run")
+                              f"Runtime could allocate here; {why}")
     text = _SOURCE.sub("", text.split("Status Message:", 1)[-1] if node else text).strip()
     text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)[:300]
     if "dimension" in text.lower() or "shape" in text.lower() or "rank" in text.lower():
