@@ -12,7 +12,7 @@ from __future__ import annotations
 import ast
 from typing import Any
 
-from ...errors import CardError, UsageError
+from ...errors import CardError, ModelLoadError, UsageError
 from .base import TensorSpec
 
 #: at most this many pixels per batch (batch x height x width) for a graph of dynamic size
@@ -138,11 +138,14 @@ def check_batch_memory(be: Any, batch: int, flag: str = "--batch") -> None:
         return
     per = int(np.prod(dims, dtype=object)) * np.dtype(be.input_spec.dtype).itemsize + 3 * int(np.prod(dims, dtype=object))
     budget = batch_memory_budget()
-    if batch * per > budget:
-        most = max(1, budget // per)
-        raise UsageError(f"{flag} {batch}: a batch of {batch:,} inputs of {'x'.join(map(str, dims))} "
-                         f"{be.input_spec.dtype} needs {batch * per / 2**30:,.3g} GiB, over the {budget / 2**30:.3g} "
-                         f"GiB a batch may take here (a quarter of memory); use {flag} {most} or less")
+    if batch * per <= budget:
+        return
+    need = (f"a batch of {batch:,} inputs of {'x'.join(map(str, dims))} {be.input_spec.dtype} needs "
+            f"{batch * per / 2**30:,.3g} GiB, over the {budget / 2**30:.3g} GiB a batch may take here (a quarter of "
+            "memory)")
+    if be.fixed_batch is not None and be.fixed_batch <= batch:  # the graph's own batch: not the user's choice
+        raise ModelLoadError(f"{be.path}: {need}, and its graph fixes that batch; not a model to run here")
+    raise UsageError(f"{flag} {batch}: {need} for {be.path}; use {flag} {max(1, budget // per)} or less")
 
 
 def check_batch_pixels(be: Any, batch: int, flag: str = "--batch") -> None:
