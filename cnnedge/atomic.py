@@ -26,6 +26,7 @@ def check_output(flag: str, path: str | os.PathLike | None, force: bool, suffix:
     else:
         if p.is_dir():
             raise UsageError(f"{flag} {p}: is a folder; give a file name")
+        refuse_special(p, flag)
         if p.exists() and not force:
             raise UsageError(f"{flag} {p}: exists; pass --force to overwrite it")
     probe = p.parent if str(p.parent) else Path(".")
@@ -35,6 +36,43 @@ def check_output(flag: str, path: str | os.PathLike | None, force: bool, suffix:
         raise UsageError(f"{flag} {p}: cannot write there ({probe} is not a folder)")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise UsageError(f"{flag} {p}: cannot write there ({probe} is not writable)")
+
+
+def refuse_special(path: str | os.PathLike, flag: str | None = None) -> None:
+    """UsageError when ``path`` exists and is not a regular file (a device, a FIFO, a socket, a link to one):
+    an output is renamed into place, and renaming over ``/dev/null`` replaces the device itself."""
+    import stat
+
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError as exc:
+        raise UsageError(f"{flag + ' ' if flag else ''}{path}: cannot be checked ({exc.strerror})") from None
+    if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode):
+        return
+    kind = ("a character device" if stat.S_ISCHR(st.st_mode) else "a block device" if stat.S_ISBLK(st.st_mode)
+            else "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else "special")
+    raise UsageError(f"{flag + ' ' if flag else ''}{path}: not a regular file ({kind}); cnnedge writes its outputs "
+                     "to regular files and never replaces anything else: give a file name")
+
+
+def check_not_input(flag: str, path: str | os.PathLike | None, inputs: "list[str | os.PathLike]",
+                    image_suffixes: tuple[str, ...] = ()) -> None:
+    """UsageError when output ``path`` is one of the run's own inputs (the model, an image, a list or labels
+    file), or an image file inside an input folder: ``--force`` is for old outputs, not for inputs."""
+    if path is None or not os.path.exists(path):
+        return
+    out = Path(path).resolve()
+    for given in inputs:
+        if given is None or not isinstance(given, (str, os.PathLike)) or not os.path.exists(given):
+            continue
+        inp = Path(given)
+        same = inp.is_file() and os.path.samefile(inp, out)
+        inside = inp.is_dir() and out.is_relative_to(inp.resolve()) and out.suffix.lower() in image_suffixes
+        if same or inside:
+            raise UsageError(f"{flag} {path}: is {'an input of this run' if same else 'an image in input folder ' + str(inp)}"
+                             f" ({given}); writing there would destroy it: give another file name")
 
 
 def refuse_overwrite(path: str | os.PathLike, force: bool, flag: str = "--force") -> None:
@@ -60,6 +98,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         _set_mode(tmp_path, target)
+        refuse_special(target)
         os.replace(tmp_path, target)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -117,17 +156,32 @@ class StagedOutput:
         with open(self.path, "rb+") as fh:
             os.fsync(fh.fileno())
         _set_mode(self.path, self.target)
+        refuse_special(self.target)
         os.replace(self.path, self.target)
         self._release()
         return self.target
 
     def keep_partial(self) -> Path:
-        """Keep what was written beside the target as ``<stem>.partial<suffix>``; the target is untouched."""
-        dest = self.partial_path
+        """Keep what was written beside the target as ``<stem>.partial<suffix>``, or ``<stem>.partial-N<suffix>``
+        when that name is taken (a file there may be the user's: it is never replaced); the target is untouched."""
         _set_mode(self.path, self.target)
-        os.replace(self.path, dest)
+        for i in range(1, 1000):
+            dest = self.partial_path if i == 1 else self.target.with_name(
+                f"{self.target.stem}.partial-{i}{self.target.suffix}")
+            try:
+                os.link(self.path, dest)  # fails if dest exists: no file is ever replaced
+            except FileExistsError:
+                continue
+            except OSError:  # a file system without hard links: check, then rename
+                if os.path.lexists(dest):
+                    continue
+                os.replace(self.path, dest)
+            else:
+                os.unlink(self.path)
+            self._release()
+            return dest
         self._release()
-        return dest
+        return self.path  # 999 partial files beside it: this one keeps its temporary name
 
     def discard(self) -> None:
         with contextlib.suppress(FileNotFoundError):

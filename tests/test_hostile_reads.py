@@ -428,3 +428,391 @@ def test_labels_file_that_is_a_fifo_dev_zero_or_binary_is_one_usage_error(hostil
         with pytest.raises(UsageError, match=f"--labels {path}: .*{why}"):
             read_labels(path)
         assert time.perf_counter() - t0 < 5, name
+
+
+# --- round two: the runtime under hostile and careless input (issue 21) ----------------------------------
+
+def _default_signals() -> None:
+    """The child starts as a terminal's foreground job would: SIGINT and SIGTERM at their defaults
+    (a background job of a non-interactive shell would inherit SIGINT ignored)."""
+    _limit()
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _plain_onnx(path: Path, *, outputs: tuple[tuple[int, ...], ...] = ((10,),), loop_trips: int | None = None,
+                metadata: dict[str, str] | None = None, hw: tuple[int | None, int | None] = (8, 8),
+                channels: int | None = 3, argmax: bool = False, nan: bool = False) -> Path:
+    """A small uint8 NHWC classifier without a card (a third party's), built with onnx.helper.
+
+    ``outputs``: each output's shape after the batch (its values come from one MatMul, reshaped);
+    ``loop_trips``: a Loop of that many trips runs before the MatMul (a model that never finishes);
+    ``metadata``: metadata_props; ``hw``/``channels``: the input's dims (None: dynamic);
+    ``argmax``: the only output is an int64 ArgMax; ``nan``: every score is NaN."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    total = int(np.prod(outputs[0]))
+    w = np.full((3, total), np.nan, np.float32) if nan else rng.normal(size=(3, total)).astype(np.float32)
+    inits = [numpy_helper.from_array(w, "w")]
+    nodes = [helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT),
+             helper.make_node("ReduceMean", ["xf"], ["m"], axes=[1, 2], keepdims=0)]
+    feed = "m"
+    if loop_trips is not None:
+        body = helper.make_graph(
+            [helper.make_node("Identity", ["c_in"], ["c_out"]), helper.make_node("Identity", ["v_in"], ["v_out"])],
+            "spin", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                     helper.make_tensor_value_info("c_in", TensorProto.BOOL, []),
+                     helper.make_tensor_value_info("v_in", TensorProto.FLOAT, None)],
+            [helper.make_tensor_value_info("c_out", TensorProto.BOOL, []),
+             helper.make_tensor_value_info("v_out", TensorProto.FLOAT, None)])
+        inits += [numpy_helper.from_array(np.array(loop_trips, np.int64), "trips"),
+                  numpy_helper.from_array(np.array(True), "go")]
+        nodes.append(helper.make_node("Loop", ["trips", "go", "m"], ["m_spun"], body=body))
+        feed = "m_spun"
+    nodes.append(helper.make_node("MatMul", [feed, "w"], ["flat"]))
+    outs = []
+    if argmax:
+        nodes.append(helper.make_node("ArgMax", ["flat"], ["y0"], axis=1, keepdims=0))
+        outs.append(helper.make_tensor_value_info("y0", TensorProto.INT64, ["N"]))
+    if not argmax:
+        inits.append(numpy_helper.from_array(np.array((-1,) + outputs[0], np.int64), "s0"))
+        nodes.append(helper.make_node("Reshape", ["flat", "s0"], ["y0"]))
+        outs.append(helper.make_tensor_value_info("y0", TensorProto.FLOAT, ["N", *outputs[0]]))
+        for i in range(1, len(outputs)):  # every extra output is a copy of the first
+            nodes.append(helper.make_node("Identity", ["y0"], [f"y{i}"]))
+            outs.append(helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, ["N", *outputs[0]]))
+    x = helper.make_tensor_value_info("x", TensorProto.UINT8, ["N", hw[0], hw[1], channels])
+    m = helper.make_model(helper.make_graph(nodes, "plain", [x], outs, inits),
+                          opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    for k, v in (metadata or {}).items():
+        m.metadata_props.add(key=k, value=v)
+    onnx.checker.check_model(m)
+    onnx.save(m, str(path))
+    return path
+
+
+def _patch(path: Path, old: bytes, new: bytes) -> Path:
+    data = path.read_bytes()
+    assert data.count(old) == 1
+    path.write_bytes(data.replace(old, new))
+    return path
+
+
+def _usage_error(r: Ran, *words: str, rc: int = 2) -> str:
+    assert_quick_and_small(r)
+    lines = error_lines(r)
+    assert r.rc == rc and len(lines) == 1, r
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+    return lines[0]
+
+
+def _api(code: str, *args: str, **kw) -> Ran:
+    return run("import sys, numpy as np\nfrom cnnedge.runtime import Classifier\n"
+               "from cnnedge.errors import CnnEdgeError\n" + code, *args, **kw)
+
+
+BENCH_QUICK = ("--backends", "ort-cpu", "--batch", "1", "--iters", "3", "--warmup", "1", "--repeats", "1")
+
+
+@pytest.mark.parametrize("key", ["names", "cnnedge.card", "ZZKEY"])
+def test_metadata_that_is_not_utf8_is_one_line_everywhere(tmp_path, key):
+    """Item 1: a metadata key or value with bytes that are not UTF-8 (patched into the file)."""
+    bad = b"\xff\xfe\xc0\x80"
+    model = _plain_onnx(tmp_path / "m.onnx", metadata={"ZZKEY" if key == "ZZKEY" else key: "QQQQ"})
+    _patch(model, b"ZZKEY" if key == "ZZKEY" else b"QQQQ", bad + (b"Y" if key == "ZZKEY" else b""))
+    write_images(tmp_path / "imgs", 1)
+    for r in (infer(str(model), "--source", str(tmp_path / "imgs")), bench(str(model), *BENCH_QUICK)):
+        _usage_error(r, "m.onnx", "UTF-8", rc=1)
+    r = _api("try:\n    Classifier(sys.argv[1])\nexcept CnnEdgeError as e:\n    print(type(e).__name__, '|', e)\n",
+             str(model))
+    assert r.rc == 0 and "ModelLoadError | " in r.out and "UTF-8" in r.out and "m.onnx" in r.out, r
+
+
+def _spinner(tmp_path: Path) -> Path:
+    return _plain_onnx(tmp_path / "spin.onnx", loop_trips=10 ** 15)
+
+
+def test_a_warm_up_that_outlasts_the_load_timeout_is_refused(tmp_path):
+    """Item 2: a Loop of 10^15 trips spins in the warm-up; --load-timeout-s ends it, naming the file."""
+    model = _spinner(tmp_path)
+    write_images(tmp_path / "imgs", 1)
+    r = infer(str(model), "--source", str(tmp_path / "imgs"), "--load-timeout-s", "2")
+    line = _usage_error(r, "spin.onnx", "--load-timeout-s", rc=1)
+    assert r.seconds < 15, r
+    assert "2 s" in line, line
+    r = bench(str(model), *BENCH_QUICK, "--load-timeout-s", "2")
+    _usage_error(r, "spin.onnx", "--load-timeout-s", rc=1)
+    r = _api("try:\n    Classifier(sys.argv[1], load_timeout_s=1)\nexcept CnnEdgeError as e:\n    print(e)\n",
+             str(model))
+    assert r.rc == 0 and "load_timeout_s" in r.out and "spin.onnx" in r.out and r.seconds < 15, r
+
+
+def _signal_after(sig: int, delay: float) -> Callable[[subprocess.Popen], None]:
+    def send(p: subprocess.Popen) -> None:
+        time.sleep(delay)
+        p.send_signal(sig)
+    return send
+
+
+def _run_default_signals(code: str, *args: str, sig: int, delay: float, timeout: float = 40) -> Ran:
+    """Like :func:`run`, with default signal handling, sending ``sig`` ``delay`` s after the start."""
+    fd, peak_file = tempfile.mkstemp(prefix="peak-")
+    os.close(fd)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PEAK_FILE": peak_file,
+           "PYTHONUNBUFFERED": "1"}
+    t0 = time.monotonic()
+    p = subprocess.Popen([sys.executable, "-c", _PEAK + code, *args], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env=env, preexec_fn=_default_signals, cwd=str(ROOT))
+    timer = threading.Timer(delay, lambda: p.poll() is None and p.send_signal(sig))
+    timer.start()
+    sent = t0 + delay
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate()
+    timer.cancel()
+    after = time.monotonic() - sent
+    peak = Path(peak_file).read_text()
+    os.unlink(peak_file)
+    ran = Ran(p.returncode, out.decode(errors="replace"), err.decode(errors="replace"), after,
+              int(peak) / 1024 if peak else float("inf"))
+    return ran
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_and_sigterm_end_a_model_that_never_finishes(tmp_path, sig, code):
+    """Item 2 and 8: the Loop spins inside ONNX Runtime (the warm-up of cnn-infer, the timing loop of
+    cnn-bench); the signal ends it within seconds, in one line, with 130 (Ctrl-C) or 143 (SIGTERM)."""
+    model = _spinner(tmp_path)
+    write_images(tmp_path / "imgs", 1)
+    for tool, argv in (("infer", (str(model), "--source", str(tmp_path / "imgs"))),
+                       ("bench", (str(model), *BENCH_QUICK))):
+        r = _run_default_signals(_cli(tool), *argv, sig=sig, delay=4)
+        assert r.rc == code and r.seconds < 3, r
+        assert "Traceback" not in r.err and "interrupted" in r.err.lower(), r
+
+
+def test_force_never_renames_over_a_device_or_a_fifo(tmp_path):
+    """Item 3: --force outputs that are a character device (made here with mknod) or a FIFO are refused
+    (exit 2 naming the flag), and the node is still what it was."""
+    import stat
+
+    model = _plain_onnx(tmp_path / "m.onnx")
+    write_images(tmp_path / "imgs", 1)
+    dev = tmp_path / "null"
+    os.mknod(dev, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for node in (dev, fifo):
+        for flag in ("--json", "--csv"):
+            r = infer(str(model), "--source", str(tmp_path / "imgs"), flag, str(node), "--force")
+            _usage_error(r, flag, str(node), "not a regular file")
+        for flag in ("--json", "--markdown"):
+            r = bench(str(model), *BENCH_QUICK, flag, str(node), "--force")
+            _usage_error(r, flag, str(node), "not a regular file")
+    assert stat.S_ISCHR(os.stat(dev).st_mode) and stat.S_ISFIFO(os.stat(fifo).st_mode)
+
+
+def test_an_output_that_names_an_input_is_refused_before_anything_runs(tmp_path):
+    """Item 3: --json naming the model or the image being classified, even with --force."""
+    model = _plain_onnx(tmp_path / "m.onnx")
+    imgs, _ = write_images(tmp_path / "imgs", 1)
+    before = {p: p.read_bytes() for p in (model, imgs[0])}
+    for out in (model, imgs[0]):
+        r = infer(str(model), "--source", str(imgs[0]), "--json", str(out), "--force")
+        _usage_error(r, "--json", "input")
+        r = infer(str(model), "--source", str(tmp_path / "imgs"), "--csv", str(out), "--force")
+        _usage_error(r, "--csv", "input")
+    r = bench(str(model), *BENCH_QUICK, "--json", str(model), "--force")
+    _usage_error(r, "--json", "input")
+    assert {p: p.read_bytes() for p in before} == before
+
+
+def test_crop_pct_near_zero_is_a_usage_error(tmp_path):
+    """Item 4: the resize before the crop is bounded by the pixel limit: exit 2 naming the flag."""
+    model = _plain_onnx(tmp_path / "m.onnx")
+    write_images(tmp_path / "imgs", 1)
+    for v in ("0.0001", "1e-9"):
+        r = infer(str(model), "--source", str(tmp_path / "imgs"), "--crop-pct", v)
+        _usage_error(r, "--crop-pct")
+    r = _api("try:\n    Classifier(sys.argv[1], crop_pct=1e-9)\nexcept CnnEdgeError as e:\n"
+             "    print(type(e).__name__, '|', e)\n", str(model))
+    assert r.rc == 0 and r.out.startswith("UsageError | ") and "crop_pct" in r.out, r
+
+
+def test_a_huge_batch_is_a_usage_error_naming_batch(tmp_path):
+    """Item 5: bounded by memory, exit 2 naming --batch."""
+    model = _plain_onnx(tmp_path / "m.onnx")
+    write_images(tmp_path / "imgs", 1)
+    for v in ("10000000000", "99999999999999999999"):
+        _usage_error(infer(str(model), "--source", str(tmp_path / "imgs"), "--batch", v), "--batch")
+        _usage_error(bench(str(model), "--backends", "ort-cpu", "--batch", v, "--iters", "2", "--warmup", "1",
+                           "--repeats", "1"), "--batch")
+
+
+@pytest.mark.parametrize("outputs", [((5, 2),), ((10,), (10,))])
+def test_outputs_that_are_not_a_classifiers_are_refused(tmp_path, outputs):
+    """Item 6: an [N,5,2] output, and a model of two outputs: refused naming the file."""
+    model = _plain_onnx(tmp_path / "m.onnx", outputs=outputs)
+    write_images(tmp_path / "imgs", 1)
+    line = _usage_error(infer(str(model), "--source", str(tmp_path / "imgs")), "m.onnx", rc=1)
+    assert "output" in line, line
+
+
+def test_squeezable_outputs_run(tmp_path):
+    """Item 10: an [N,10,1,1] output is a classifier's."""
+    from cnnedge.runtime import Classifier
+
+    with Classifier(_plain_onnx(tmp_path / "m.onnx", outputs=((10, 1, 1),))) as clf:
+        assert clf.card.num_classes == 10 and 0 <= clf.predict(np.zeros((8, 8, 3), np.uint8)).index < 10
+
+
+def test_normalised_range_beyond_float32_is_a_usage_error(tmp_path):
+    """Item 7: --scale 1e39, --std 1e-300, --scale 1e300: exit 2 naming the flag, in the API too."""
+    from cnnedge.errors import UsageError
+    from cnnedge.runtime.describe import check_description
+
+    model = _plain_onnx(tmp_path / "m.onnx")
+    write_images(tmp_path / "imgs", 1)
+    for flag, v in (("--scale", "1e39"), ("--scale", "1e300"), ("--std", "1e-300"), ("--mean", "1e39")):
+        _usage_error(infer(str(model), "--source", str(tmp_path / "imgs"), flag, v), flag, "float32")
+    with pytest.raises(UsageError, match="^scale: .*float32"):
+        check_description({"scale": 1e39})
+    with pytest.raises(UsageError, match="^std: .*float32"):
+        check_description({"std": 1e-300, "scale": 1.0})
+    assert check_description({"scale": 1 / 255, "std": (0.229, 0.224, 0.225)})["std"] == (0.229, 0.224, 0.225)
+
+
+def test_a_nan_score_never_reaches_a_sink_as_a_prediction(tmp_path):
+    """Item 7: a row of NaN scores is a failed row that says so, in --json and in the summary."""
+    model = _plain_onnx(tmp_path / "nan.onnx", nan=True)
+    write_images(tmp_path / "imgs", 2)
+    out = tmp_path / "out.jsonl"
+    r = infer(str(model), "--source", str(tmp_path / "imgs"), "--json", str(out))
+    assert_quick_and_small(r)
+    assert r.rc == 1 and "0 done; 2 failed" in r.err and "nan" not in r.out.lower(), r
+    rows = [json.loads(x) for x in out.read_text().splitlines()] if out.exists() else []
+    partial = tmp_path / "out.partial.jsonl"
+    rows = rows or [json.loads(x) for x in partial.read_text().splitlines()]
+    assert len(rows) == 2 and all("non-finite" in x["error"] and "score" not in x for x in rows), rows
+
+
+def _long_list(tmp_path: Path) -> Path:
+    good, _ = write_images(tmp_path / "imgs", 1)
+    lst = tmp_path / "long.txt"
+    lst.write_text(f"{good[0]}\n" * 200_000)
+    return lst
+
+
+def test_sigterm_stops_like_ctrl_c(tmp_path):
+    """Item 8: summary printed, the old output untouched, the partial kept beside it, exit 143."""
+    model = _plain_onnx(tmp_path / "m.onnx")
+    lst = _long_list(tmp_path)
+    out = tmp_path / "out.jsonl"
+    out.write_text("old\n")
+    r = _run_default_signals(_cli("infer"), str(model), "--source", str(lst), "--json", str(out), "--force",
+                             "--quiet", "--batch", "4", sig=signal.SIGTERM, delay=6)
+    assert r.rc == 143 and r.seconds < 5 and "Traceback" not in r.err, r
+    assert "interrupted" in r.err and "done" in r.err, r
+    assert out.read_text() == "old\n"
+    partial = tmp_path / "out.partial.jsonl"
+    assert partial.exists() and json.loads(partial.read_text().splitlines()[0])["path"], r
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_run_stops_when_the_embedding_program_asks(tmp_path):
+    """Item 8: run(stop=event) ends a run from another thread like Ctrl-C does."""
+    from cnnedge.runtime import Classifier, run as run_all
+    from cnnedge.runtime.sinks import JsonlSink
+
+    model = _plain_onnx(tmp_path / "m.onnx")
+    lst = _long_list(tmp_path)
+    stop = threading.Event()
+    threading.Timer(1.0, stop.set).start()
+    t0 = time.monotonic()
+    with Classifier(model) as clf:
+        summary = run_all(str(lst), clf, [JsonlSink(tmp_path / "o.jsonl")], batch=4, stop=stop)
+    assert summary.interrupted and summary.exit_code == 130 and time.monotonic() - t0 < 20
+    assert summary.stats.done > 0 and summary.partial == [tmp_path / "o.partial.jsonl"]
+
+
+def test_a_users_partial_file_is_never_overwritten(tmp_path):
+    """Item 9: out.partial.jsonl is the user's; the interrupted run's partial goes to a free name."""
+    model = _plain_onnx(tmp_path / "m.onnx")
+    lst = _long_list(tmp_path)
+    mine = tmp_path / "out.partial.jsonl"
+    mine.write_text("mine\n")
+    r = _run_default_signals(_cli("infer"), str(model), "--source", str(lst), "--json",
+                             str(tmp_path / "out.jsonl"), "--quiet", "--batch", "4", sig=signal.SIGINT, delay=6)
+    assert r.rc == 130, r
+    assert mine.read_text() == "mine\n"
+    kept = [p for p in tmp_path.glob("out.partial*.jsonl") if p != mine]
+    assert len(kept) == 1 and kept[0].name in r.err, r
+
+
+@pytest.mark.parametrize("case", ["dynamic_channels", "one_class", "argmax", "huge_fixed"])
+def test_model_messages_name_the_file_and_what_is_wrong(tmp_path, case):
+    """Item 10: misleading messages about the model, each one line naming the file."""
+    write_images(tmp_path / "imgs", 1)
+    extra: tuple[str, ...] = ()
+    if case == "dynamic_channels":
+        model = _plain_onnx(tmp_path / "m.onnx", hw=(None, None), channels=None)
+        extra, words, rc = ("--input-size", "16x16"), ("channels",), 1
+    elif case == "one_class":
+        model, words, rc = _plain_onnx(tmp_path / "m.onnx", outputs=((1,),)), ("1 class",), 1
+    elif case == "argmax":
+        model, words, rc = _plain_onnx(tmp_path / "m.onnx", argmax=True), ("int64",), 1
+    else:
+        model, words, rc = _plain_onnx(tmp_path / "m.onnx", hw=(100_000, 8)), ("100000",), 1
+    r = infer(str(model), "--source", str(tmp_path / "imgs"), *extra)
+    line = _usage_error(r, "m.onnx", *words, rc=rc)
+    assert "nothing says the image size" not in line and "classes must name" not in line, line
+
+
+def test_a_batch_too_large_for_memory_is_not_called_a_hostile_model(tmp_path):
+    """Item 10: ORT cannot allocate a batch of 400 here (the address-space cap); batch 1 runs, so the line
+    says to lower --batch. The model spreads each image over a 3x4,000,000 float32 Expand (48 MB)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    m = onnx.load(str(_plain_onnx(tmp_path / "big.onnx")))
+    g = m.graph
+    g.initializer.extend([numpy_helper.from_array(np.array([1, 1, 4_000_000], np.int64), "bshape"),
+                          numpy_helper.from_array(np.array([2], np.int64), "ax")])
+    g.node.extend([helper.make_node("Unsqueeze", ["m", "ax"], ["m3"]),
+                   helper.make_node("Expand", ["m3", "bshape"], ["wide"]),
+                   helper.make_node("ReduceMax", ["wide"], ["wmax"], axes=[2], keepdims=0),
+                   helper.make_node("ReduceMax", ["wmax"], ["s"], axes=[1], keepdims=1),
+                   helper.make_node("Add", [g.output[0].name, "s"], ["y_big"])])
+    del g.output[:]
+    g.output.append(helper.make_tensor_value_info("y_big", TensorProto.FLOAT, ["N", 10]))
+    onnx.save(m, str(tmp_path / "big.onnx"))
+    r = bench(str(tmp_path / "big.onnx"), "--backends", "ort-cpu", "--batch", "400", "--iters", "2", "--warmup",
+              "1", "--repeats", "1")
+    line = _usage_error(r, "big.onnx", "--batch", rc=1)
+    assert "hostile model, not one to run" not in line, line
+
+
+def test_argparse_errors_are_short(tmp_path):
+    """Item 10: a bad flag is a usage line, the error and a pointer to --help: not 17 lines."""
+    for tool in ("infer", "bench"):
+        r = run(_cli(tool), "m.onnx", "--no-such-flag")
+        assert r.rc == 2 and len(r.err.strip().splitlines()) <= 3 and "--help" in r.err, r
+
+
+@pytest.mark.parametrize("image", ["none", "five_channels", "four_d", "one_d"])
+def test_predict_refuses_odd_arrays_with_its_own_exception(tmp_path, image):
+    """Item 10: UsageError for arrays that are not images, never cv2.error or TypeError."""
+    from cnnedge.errors import UsageError
+    from cnnedge.runtime import Classifier
+
+    arr = {"none": None, "five_channels": np.zeros((8, 8, 5), np.uint8), "four_d": np.zeros((1, 8, 8, 3), np.uint8),
+           "one_d": np.zeros(10, np.uint8)}[image]
+    with Classifier(_plain_onnx(tmp_path / "m.onnx"), crop_pct=0.5) as clf, pytest.raises(UsageError) as e:
+        clf.predict(arr)
+    assert "empty" not in str(e.value) or image != "one_d", e.value

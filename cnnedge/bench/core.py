@@ -12,6 +12,7 @@ import numpy as np
 from ..artifacts import TABLE, is_gpu
 from ..errors import BackendUnavailable, MissingDependency, ModelLoadError, UsageError
 from ..runtime.backends.sizing import check_batch_pixels, dynamic_size_error
+from ..runtime.interrupt import DEFAULT_LOAD_TIMEOUT_S, Deadline, RunInterrupted, load_timeout_error
 from . import machine, measure, plan
 from .report import BenchReport, Row, Skipped
 from .stats import MAX_SAMPLES_KEPT, latency, spread
@@ -44,6 +45,7 @@ class BenchConfig:
     input_size: tuple[int, int] | None = None  # for graphs of dynamic height and width (--input-size)
     max_spread: float = MAX_SPREAD
     keep_samples: bool = True
+    load_timeout_s: float | None = DEFAULT_LOAD_TIMEOUT_S  # the first call may take this long (a model that never ends)
 
     def check(self) -> None:
         if self.iters is not None and self.duration is not None:
@@ -164,9 +166,21 @@ def _measure_artifact(cfg: BenchConfig, report: BenchReport, art: plan.Artifact,
                 call = measure.split_call(be, x, cfg.copy)
             else:
                 call = measure.plain_call(be, x)
+            _first_call(call, be, art.path, cfg.load_timeout_s)
             t = measure.time_calls(call, warmup=cfg.warmup, iters=cfg.iters, duration=cfg.duration,
                                    repeats=cfg.repeats)
             report.rows.append(_row(cfg, report, art, backend, method, precision, eff, requested, t))
+
+
+def _first_call(call: measure.Call, be: Any, path: Any, seconds: float | None) -> None:
+    """One untimed call under the load timeout: a model that never finishes is refused, naming the file."""
+    with Deadline(seconds, be.stop_runs) as deadline:
+        try:
+            call()
+        except RunInterrupted:
+            if not deadline.expired:
+                raise
+            raise load_timeout_error(str(path), seconds or 0) from None
 
 
 def _row(cfg: BenchConfig, report: BenchReport, art: plan.Artifact, backend: str, method: str, precision: str,

@@ -3,7 +3,14 @@ from __future__ import annotations
 
 import argparse
 from fractions import Fraction
-from typing import Any
+from typing import Any, NoReturn
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line usage error: the mistake and where the help is, not a screen of usage."""
+
+    def error(self, message: str) -> "NoReturn":  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def positive_int(text: str) -> int:
@@ -127,3 +134,16 @@ def model_description(args: argparse.Namespace, which: tuple[str, ...] = MODEL_F
     from ..runtime.describe import check_description
 
     return check_description({k: getattr(args, k, None) for k in which}, cli=True)
+
+
+def add_load_timeout(group: "argparse._ArgumentGroup | argparse.ArgumentParser") -> None:
+    """``--load-timeout-s``: how long a model's first run may take (cnn-infer, cnn-bench)."""
+    from ..runtime.interrupt import DEFAULT_LOAD_TIMEOUT_S
+
+    group.add_argument("--load-timeout-s", type=positive_seconds, default=DEFAULT_LOAD_TIMEOUT_S, metavar="S",
+                       help="refuse a model whose first run takes longer than S seconds: one that never finishes "
+                            f"(default {DEFAULT_LOAD_TIMEOUT_S:g}; e.g. --load-timeout-s 300 for a slow machine)")
+
+
+#: how library errors name the arguments that cnn-infer and cnn-bench take as flags
+CLI_NAMES = {"load_timeout_s": "--load-timeout-s", "crop_pct": "--crop-pct", "batch": "--batch"}

@@ -19,6 +19,9 @@ def run_cli(prog: str, main: Callable[[Sequence[str]], int | None], argv: Sequen
     args = list(sys.argv[1:] if argv is None else argv)
     show_tb = "--traceback" in args or os.environ.get("CNNEDGE_TRACEBACK") == "1"
     args = [a for a in args if a != "--traceback"]
+    from ..runtime.interrupt import exit_code_for, watch_signals
+
+    watch_signals()  # SIGTERM stops like Ctrl-C, and both stop a model run inside its engine
     try:
         code = main(args)
         return int(code or 0)
@@ -35,9 +38,10 @@ def run_cli(prog: str, main: Callable[[Sequence[str]], int | None], argv: Sequen
         where = exc.filename if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
         print(f"{prog}: error: {where}: {exc.strerror or exc}", file=err)
         return int(ExitCode.FAILURE)
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=err)
-        return int(ExitCode.INTERRUPTED)
+    except KeyboardInterrupt as exc:
+        code = exit_code_for(exc)
+        print(f"{prog}: interrupted{' (SIGTERM)' if code != ExitCode.INTERRUPTED else ''}", file=err)
+        return code
     except BrokenPipeError:
         return int(ExitCode.OK)
 

@@ -13,9 +13,9 @@ import sys
 from typing import Sequence, TextIO
 
 from ..artifacts import BACKEND_NAMES
-from ..atomic import check_output
-from ..errors import ExitCode, UsageError
-from ._args import add_model_flags, model_description
+from ..atomic import check_not_input, check_output
+from ..errors import ExitCode, UsageError, argument_names
+from ._args import CLI_NAMES, Parser, add_load_timeout, add_model_flags, model_description
 from ._args import non_negative_int as _non_negative
 from ._args import positive_int as _positive
 from ._args import positive_seconds as _seconds
@@ -25,7 +25,7 @@ PROG = "cnn-bench"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Latency (p50/p90/p99/max, no outliers removed) and throughput of model files on every "
                     "backend that can run them here, at several batch sizes. Combinations that cannot run "
@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "e.g. --backends ort-cuda --no-copy)")
     how.add_argument("--trust", action="store_true",
                      help="allow legacy .h5 Keras models (they ignore safe mode; e.g. --trust)")
+    add_load_timeout(how)
     add_model_flags(p, ("input_size",), "models without a card")
     out = p.add_argument_group("output (the table always goes to stdout)")
     out.add_argument("--json", metavar="FILE", help="every figure plus machine facts (e.g. --json bench.json)")
@@ -98,12 +99,18 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
     check_output("--json", args.json, args.force)
     check_output("--markdown", args.markdown, args.force)
     check_output("--plot", args.plot, args.force, ".png")
+    from ..runtime.images import IMAGE_SUFFIXES
+
+    for flag, path in (("--json", args.json), ("--markdown", args.markdown), ("--plot", args.plot)):
+        check_not_input(flag, path, [*args.models, args.end_to_end], IMAGE_SUFFIXES)
     cfg = BenchConfig(models=list(args.models), backends=backends, batches=batches, iters=args.iters,
                       duration=args.duration, warmup=args.warmup, repeats=args.repeats, threads=args.threads,
                       seed=args.seed, copy=args.copy, end_to_end=args.end_to_end, e2e_batch=args.e2e_batch,
-                      workers=args.workers, trust=args.trust, **model_description(args, ("input_size",)))
+                      workers=args.workers, trust=args.trust, load_timeout_s=args.load_timeout_s,
+                      **model_description(args, ("input_size",)))
     log = None if args.quiet else (lambda m: print(f"{PROG}: {m}", file=err, flush=True))
-    report = run_bench(cfg, log)
+    with argument_names(CLI_NAMES):
+        report = run_bench(cfg, log)
     print(report.table(), file=out)
     noise = report.noise_summary(cfg.max_spread)
     if noise:

@@ -16,9 +16,9 @@ import sys
 import warnings
 from typing import Any, Sequence, TextIO
 
-from ..atomic import check_output
-from ..errors import UsageError
-from ._args import MODELS_FROM_ELSEWHERE, add_model_flags, model_description
+from ..atomic import check_not_input, check_output
+from ..errors import UsageError, argument_names
+from ._args import CLI_NAMES, Parser, MODELS_FROM_ELSEWHERE, add_load_timeout, add_model_flags, model_description
 from ._args import positive_int as _positive
 from ._args import positive_seconds as _positive_seconds
 from ._run import entry
@@ -29,7 +29,7 @@ PROG = "cnn-infer"
 def build_parser() -> argparse.ArgumentParser:
     from ..artifacts import BACKEND_CHOICES
 
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Classify images, folders, videos, cameras and streams with a .onnx, .engine or .keras model. "
                     "The model's card says everything about the model; flags for preprocessing are only for "
@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--trust", action="store_true", help="allow legacy .h5 Keras models (they ignore safe mode; "
                      "e.g. --trust)")
 
+    add_load_timeout(run)
     add_model_flags(p)
 
     out = p.add_argument_group("output")
@@ -155,7 +156,8 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
     logger = logging.getLogger("cnnedge")
     logger.addHandler(handler)
     try:
-        return _run(args, sources, out, err)
+        with argument_names(CLI_NAMES):
+            return _run(args, sources, out, err)
     finally:
         logger.removeHandler(handler)
 
@@ -170,10 +172,16 @@ def _run(args: argparse.Namespace, sources: list[Any], out: TextIO, err: TextIO)
     for flag, path in (("--json", args.json), ("--csv", args.csv), ("--save-video", args.save_video)):
         check_output(flag, path, args.force)
     check_output("--save-dir", args.save_dir, args.force, folder=True)
+    from ..runtime.images import IMAGE_SUFFIXES
+
+    inputs = [args.model, args.labels, args.labels_csv, *(s for s in sources if isinstance(s, str))]
+    for flag, path in (("--json", args.json), ("--csv", args.csv), ("--save-video", args.save_video)):
+        check_not_input(flag, path, inputs, IMAGE_SUFFIXES)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         clf = Classifier(args.model, args.backend, **model_description(args), topk=args.topk,
                          reduce_decode=args.reduce_decode, threads=args.threads, fp16=args.fp16 or None,
+                         load_timeout_s=args.load_timeout_s,
                          **({"trust": True} if args.trust else {}))
     for w in caught:
         print(f"{PROG}: warning: {w.message}", file=err)

@@ -18,12 +18,13 @@ from typing import Any, Iterable, Iterator, NamedTuple
 
 import numpy as np
 
-from ..card import InputSpec, ModelCard, Preprocess, card_path_for
-from ..errors import CardError, CnnEdgeError, ModelLoadError, UsageError, first_line
+from ..card import MAX_SIDE, InputSpec, ModelCard, Preprocess, card_path_for
+from ..errors import CardError, CnnEdgeError, ModelLoadError, UsageError, arg_name, first_line
 from .backends import Backend, Slot, load_backend
 from .backends.sizing import check_batch_pixels, dynamic_size_error, image_axes
 from .describe import PREPROCESS_KEYS, check_description, flag_names
-from .images import read_file
+from .images import MAX_PIXELS, read_file
+from .interrupt import DEFAULT_LOAD_TIMEOUT_S, Deadline, RunInterrupted, load_timeout_error
 from .labels import check_count, metadata_labels, read_labels
 from .preprocess import decode_for, decode_pixels, prepare_image, to_model_input
 from .results import Prediction, Result
@@ -108,18 +109,21 @@ def resolve_card(backend: Backend, *, labels: Any = None, scale: Any = None, mea
     warnings.warn(f"{path} carries no model card; input size and layout come from the graph, preprocessing from "
                   "arguments (scale, mean, std, rgb, resize) and defaults", CardMissingWarning, stacklevel=3)
     axes = image_axes(shape)
-    if axes is None or None in (shape[axes[0]], shape[axes[1]]):
-        if axes is None and None not in shape[1:]:
-            raise ModelLoadError(f"{path}: input {spec_in.name!r} has shape {shape}: no axis of 1 (gray) or 3 "
-                                 "(colour) channels; cnnedge feeds images")
+    if axes is None:
+        raise ModelLoadError(f"{path}: input {spec_in.name!r} has shape {_dims(shape)}: no axis of 1 (gray) or 3 "
+                             "(colour) channels (a dynamic channel count says neither); cnnedge feeds images")
+    if None in (shape[axes[0]], shape[axes[1]]):
         raise dynamic_size_error(path, spec_in)
     h, w, c = (shape[i] for i in axes)
+    if max(h, w) > MAX_SIDE:
+        raise ModelLoadError(f"{path}: input {spec_in.name!r} is {h}x{w} pixels, over the {MAX_SIDE}-pixel side "
+                             "cnnedge feeds; not an image classifier's input")
     layout = "NCHW" if axes[2] == 1 else "NHWC"
     dtype = spec_in.dtype
     if dtype not in ("uint8", "float32", "float16"):
         raise ModelLoadError(f"{path}: input type {dtype} is not an image type (uint8, float32, float16)")
     color = "GRAY" if c == 1 else ("BGR" if desc.get("rgb") is False else "RGB")
-    n_out = backend.output_spec.shape[-1] if len(backend.output_spec.shape) >= 2 else None
+    n_out = _output_width(backend)
     if names is not None:
         labels_from = labels_flag
     else:
@@ -144,11 +148,66 @@ def resolve_card(backend: Backend, *, labels: Any = None, scale: Any = None, mea
     return Resolved(card, "output" not in desc, labels_from)
 
 
+def _dims(shape: tuple[int | None, ...]) -> str:
+    return "[" + ",".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def _output_width(backend: Backend) -> int | None:
+    """Scores per image the graph declares (dims of 1 squeezed: [N,10,1,1] is 10), None when dynamic; a
+    ModelLoadError when the output cannot be a classifier's: integer, 1 class, or a matrix per image."""
+    spec, path = backend.output_spec, backend.path
+    if not spec.dtype.startswith("float"):
+        raise ModelLoadError(f"{path}: output {spec.name!r} is {spec.dtype} {_dims(spec.shape)} (class indices, an "
+                             "ArgMax?); cnnedge needs the model's float scores, one per class: export the graph "
+                             "before its ArgMax")
+    tail = spec.shape[1:]
+    _check_scores_shape(path, spec.name, tail)
+    if not tail or None in tail:
+        return None
+    n = int(np.prod(tail))
+    if n < 2:
+        raise ModelLoadError(f"{path}: output {spec.name!r} has 1 value per image ({_dims(spec.shape)}), a "
+                             "model of 1 class; a classifier scores at least 2 classes (a single sigmoid output is not supported)")
+    return n
+
+
+def _check_scores_shape(path: str, name: str, tail: tuple[int | None, ...]) -> None:
+    """ModelLoadError unless at most one dim after the batch is above 1: one score per class."""
+    if sum(d is None or d > 1 for d in tail) > 1:
+        raise ModelLoadError(f"{path}: output {name!r} is {_dims(tail)} per image, not one score per class; "
+                             "cnnedge reads a classifier's [N, classes] output (or [N, classes, 1, 1])")
+
+
 def _topk(k: Any) -> int:
     """``k`` when it is a whole number >= 1 (a top-k list has at least the top class), else UsageError."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise UsageError(f"topk must be a whole number >= 1, got {k!r}")
     return int(k)
+
+
+def _check_crop(path: str, card: ModelCard, from_card: bool) -> None:
+    """The resize before a centre crop (input / crop_pct) stays under the decode pixel limit."""
+    c = card.preprocess.crop_pct
+    if c == 1 or card.preprocess.resize in ("letterbox", "pad"):
+        return
+    th, tw = math.floor(card.input.height / c), math.floor(card.input.width / c)
+    if th * tw <= MAX_PIXELS:
+        return
+    what = (f"crop_pct {c:g} resizes every image to {th}x{tw} before the crop, over the {MAX_PIXELS:,}-pixel "
+            "limit")
+    if from_card:
+        raise CardError(f"{path}: the card's {what}; re-export the model with a crop_pct near 0.875")
+    raise UsageError(f"{arg_name('crop_pct')} {c:g}: {what} ({path}); give the fraction of the resized image to "
+                     "keep, e.g. 0.875")
+
+
+def _timeout(v: Any) -> float | None:
+    """``v`` when it is a positive number of seconds or None, else a UsageError naming the argument."""
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1e9:
+        raise UsageError(f"{arg_name('load_timeout_s')} must be a positive number of seconds, got {v!r}")
+    return float(v)
 
 
 def _looks_like_probabilities(out: np.ndarray) -> bool:
@@ -166,7 +225,8 @@ class Classifier:
     flags: a bad value is a UsageError). ``input_size=(h, w)``: the image size of a graph
     whose height and width are dynamic. ``topk``: length of each prediction's top-k list.
     ``reduce_decode``: decode large JPEG files at 1/2..1/8 size when they are at
-    least twice the model input. Other keyword arguments go to the backend
+    least twice the model input. ``load_timeout_s``: the warm-up run may take this long (None: no limit)
+    before the model is refused: a model that never finishes. Other keyword arguments go to the backend
     (``threads``, ``fp16``, ``cache_dir``, ``device_id``, ``trust``).
     """
 
@@ -174,8 +234,10 @@ class Classifier:
                  scale: Any = None, mean: Any = None, std: Any = None, rgb: bool | None = None,
                  resize: str | None = None, crop_pct: Any = None, pad_value: Any = None,
                  interpolation: str | None = None, output: str | None = None, input_size: Any = None,
-                 topk: int = 5, warmup: bool = True, reduce_decode: bool = True, **backend_opts: Any) -> None:
+                 topk: int = 5, warmup: bool = True, reduce_decode: bool = True,
+                 load_timeout_s: float | None = DEFAULT_LOAD_TIMEOUT_S, **backend_opts: Any) -> None:
         topk = _topk(topk)
+        self.load_timeout_s = _timeout(load_timeout_s)
         described = dict(labels=labels, scale=scale, mean=mean, std=std, rgb=rgb, resize=resize, crop_pct=crop_pct,
                          pad_value=pad_value, interpolation=interpolation, output=output)
         size = check_description({"input_size": input_size}).get("input_size")
@@ -193,6 +255,7 @@ class Classifier:
             self._spec = InputSpec(self.card.input.height, self.card.input.width, self.card.input.channels,
                                    self.card.input.layout, be.input_spec.dtype, self.card.input.color)
             self._pre = self.card.preprocess
+            _check_crop(be.path, self.card, be.card is not None)
             self._logits = self.card.output == "logits"
             self.topk = topk
             self.reduce_decode = reduce_decode
@@ -249,7 +312,12 @@ class Classifier:
                 raise ModelLoadError(f"{be.path}: a warm-up batch of {'x'.join(map(str, shape))} pixels (the "
                                      "input its graph and card declare) does not fit in memory") from None
             try:
-                out = np.asarray(be.infer(x))
+                with Deadline(self.load_timeout_s, be.stop_runs) as deadline:
+                    out = np.asarray(be.infer(x))
+            except RunInterrupted:
+                if not deadline.expired:
+                    raise
+                raise load_timeout_error(be.path, self.load_timeout_s or 0) from None
             except CnnEdgeError as exc:
                 if type(exc) is not ModelLoadError:
                     raise
@@ -259,6 +327,7 @@ class Classifier:
             if out.ndim == 0 or out.shape[0] != n:
                 raise ModelLoadError(f"{be.path}: the model returns {out.shape[0] if out.ndim else 'no'} rows for a "
                                      f"batch of {n}; cnnedge needs one row of scores per image")
+            _check_scores_shape(be.path, be.output_spec.name, tuple(out.shape[1:]))
             out = out.reshape(n, -1)
             widths.append(out.shape[1])
         if len(set(widths)) > 1:
@@ -314,9 +383,13 @@ class Classifier:
             raise UsageError(f"expected an image array or a path, got {type(image).__name__}")
         if image.dtype != _UINT8:
             raise UsageError(f"expected a uint8 image (as OpenCV decodes), got {image.dtype}")
-        if image.ndim < 2 or image.size == 0:
-            raise UsageError(f"empty image (shape {'x'.join(map(str, image.shape)) or 'scalar'}): nothing to "
-                             "classify (a camera read that returned no frame?)")
+        shape = "x".join(map(str, image.shape)) or "scalar"
+        if image.ndim not in (2, 3) or image.ndim == 3 and image.shape[2] not in (1, 3, 4):
+            raise UsageError(f"expected an image: HxW (gray), HxWx3 (BGR) or HxWx4 (BGRA), got shape {shape}"
+                             + (" (a batch? use predict_batch)" if image.ndim == 4 else ""))
+        if image.size == 0:
+            raise UsageError(f"empty image (shape {shape}): nothing to classify (a camera read that returned no "
+                             "frame?)")
         return prepare_image(image, self._spec, self._pre)
 
     def infer(self, tensor: np.ndarray) -> np.ndarray:
@@ -356,6 +429,9 @@ class Classifier:
         """Classify one image: a BGR uint8 HxWx3 array (gray and BGRA are converted) or a path."""
         k = self.topk if topk is None else topk if type(topk) is int and topk > 0 else _topk(topk)
         if type(image) is not np.ndarray and not isinstance(image, np.ndarray):
+            if not isinstance(image, (str, os.PathLike)):
+                raise UsageError(f"predict() takes an image array (HxWx3 BGR uint8) or a path, got "
+                                 f"{type(image).__name__}")
             image = self.load_image(image)
         sh = image.shape  # type: ignore[union-attr]
         if sh == self._hwc and image.dtype == _UINT8 and self._slots is not None:  # type: ignore[union-attr]

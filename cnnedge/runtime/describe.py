@@ -152,12 +152,38 @@ def check_description(values: Mapping[str, Any], cli: bool = False) -> dict[str,
             out[key] = _check_one(key, v)
         except _Bad as exc:
             raise UsageError(f"{_name(key, cli)}: {exc}, e.g. {_example(key, cli)}") from None
+    _check_range(out, cli)
     resize = out.get("resize", "stretch")
     if out.get("crop_pct", 1.0) != 1.0 and resize in ("letterbox", "pad"):
         raise UsageError(f"{_name('crop_pct', cli)} applies to --resize stretch, center-crop and shorter, not "
                          f"{resize}" if cli else f"crop_pct applies to resize='stretch', 'center-crop' and "
                          f"'shorter', not {resize!r}")
     return out
+
+
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _check_range(out: Mapping[str, Any], cli: bool) -> None:
+    """UsageError naming the value to blame when pixels 0..255 normalised as ``(x * scale - mean) / std``
+    leave float32: the model would see inf, and every score would be NaN."""
+    if not any(k in out for k in ("scale", "mean", "std")):
+        return
+    scale, mean, std = out.get("scale", 1 / 255), out.get("mean", (0.0,)), out.get("std", (1.0,))
+    n = max(len(mean), len(std))
+    ends = [(p * scale - mean[i % len(mean)]) / std[i % len(std)] for p in (0.0, 255.0) for i in range(n)]
+    worst = max(abs(v) for v in ends)
+    if worst <= FLOAT32_MAX:
+        return
+    if 255 * scale > FLOAT32_MAX:
+        key = "scale"
+    elif max(abs(m) for m in mean) > FLOAT32_MAX:
+        key = "mean"
+    else:
+        key = "std" if min(std) < 1 else "scale" if "scale" in out else "mean"
+    raise UsageError(f"{_name(key, cli)}: the normalised pixel range (0..255 * scale - mean) / std reaches "
+                     f"{worst:.3g}, beyond float32's {FLOAT32_MAX:.3g}; the model would see inf and score NaN, "
+                     f"e.g. {_example(key, cli)}")
 
 
 def flag_names(keys: Any) -> str:

@@ -11,9 +11,12 @@
 :func:`run` owns the sinks it is given: when the run completes it commits them
 (a file sink replaces its target), and whatever happens it closes them (a file
 sink not committed keeps what it wrote as ``<name>.partial.<ext>``). Ctrl-C
-ends the run (the summary says so, exit code 130); a failure of the model or a
-sink midway ends it with the failure's message (exit code 1); neither loses an
-earlier complete output.
+ends the run (the summary says so, exit code 130), and so does SIGTERM in the CLIs
+(exit code 143); an embedding program stops it from any thread with ``stop``, a
+:class:`threading.Event` given to :func:`run` (set it: the batch in flight ends, or is
+stopped inside the engine, and the run ends as after Ctrl-C). A failure of the model
+or a sink midway ends it with the failure's message (exit code 1); none of these
+loses an earlier complete output.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from pathlib import Path
 from typing import Any, Sequence, TextIO
 
 from ..errors import CnnEdgeError, ExitCode
+from .interrupt import exit_code_for
 from .sinks import Progress, Sink, display_path
 from .stream import BatchModel, PipelineStats, iter_batches
 
@@ -31,7 +35,8 @@ class RunSummary:
     """How a :func:`run` ended: the pipeline's counts, and why it stopped when it did not complete."""
 
     stats: PipelineStats
-    interrupted: bool = False      # Ctrl-C
+    interrupted: bool = False      # Ctrl-C, SIGTERM or the caller's stop event
+    interrupt_code: int = int(ExitCode.INTERRUPTED)  # 130, or 143 after SIGTERM
     stopped: bool = False          # a sink asked to stop (a window closed)
     error: str | None = None       # the failure that ended the run midway
     partial: list[Path] = field(default_factory=list)  # outputs kept as <name>.partial.<ext>
@@ -39,10 +44,10 @@ class RunSummary:
 
     @property
     def exit_code(self) -> int:
-        """130 after Ctrl-C; 1 when the run failed, nothing could be processed or a stream was given up;
-        0 otherwise."""
+        """130 after Ctrl-C or a stop, 143 after SIGTERM; 1 when the run failed, nothing could be processed
+        or a stream was given up; 0 otherwise."""
         if self.interrupted:
-            return int(ExitCode.INTERRUPTED)
+            return self.interrupt_code
         if self.error is not None or self.stats.done == 0 or self.stats.given_up:
             return int(ExitCode.FAILURE)
         return int(ExitCode.OK)
@@ -70,11 +75,19 @@ class RunSummary:
     def partial_lines(self) -> list[str]:
         """Where the outputs of a run that did not complete went: say these last."""
         return [f"partial results kept in {display_path(str(p))} (the run did not complete; an earlier "
-                f"{display_path(p.name.replace('.partial', '', 1))} was left as it was)" for p in self.partial]
+                f"{display_path(_target_name(p.name))} was left as it was)" for p in self.partial]
+
+
+def _target_name(partial: str) -> str:
+    """``out.partial.jsonl`` and ``out.partial-2.jsonl`` -> ``out.jsonl``."""
+    import re
+
+    return re.sub(r"\.partial(-\d+)?(?=\.[^.]*$|$)", "", partial, count=1)
 
 
 def run(sources: Any, clf: BatchModel, sinks: Sequence[Sink] = (), *, batch: int | None = None,
-        progress: TextIO | None = None, stats: PipelineStats | None = None, **options: Any) -> RunSummary:
+        progress: TextIO | None = None, stats: PipelineStats | None = None, stop: Any = None,
+        **options: Any) -> RunSummary:
     """Classify everything ``sources`` deliver with ``clf`` and hand each Result to every sink.
 
     ``sources``: what :func:`~cnnedge.runtime.stream.iter_batches` takes (a path, folder, video,
@@ -82,7 +95,8 @@ def run(sources: Any, clf: BatchModel, sinks: Sequence[Sink] = (), *, batch: int
     inference call, None for the sources' default (:func:`~cnnedge.runtime.stream.default_batch`).
     ``options``: its keyword arguments (``max_wait_ms``, ``workers``, ``glob``, ``max_frames``, ``duration``,
     ``live``, ``open_timeout_ms``, ``read_timeout_ms``, ``give_up_s``, ``topk``); images are kept
-    for the sinks that need them. ``progress``: draw a bar there when the total is known.
+    for the sinks that need them. ``progress``: draw a bar there when the total is known. ``stop``: a
+    :class:`threading.Event`; setting it from any thread ends the run as Ctrl-C does.
     Returns a :class:`RunSummary`; user errors found before the run starts (a bad source, a bad
     option) raise as usual, after the sinks are closed.
     """
@@ -95,6 +109,7 @@ def run(sources: Any, clf: BatchModel, sinks: Sequence[Sink] = (), *, batch: int
                                keep_images=any(s.needs_images for s in sinks), **options)
         if progress is not None and stats.total:
             sinks.append(Progress(stats.total, progress))
+        watcher = _stop_watcher(stop, clf)
         try:
             for rs in results:  # one inference call's results: the sinks take them at once
                 for s in sinks:
@@ -102,15 +117,42 @@ def run(sources: Any, clf: BatchModel, sinks: Sequence[Sink] = (), *, batch: int
                 if any(s.stopped for s in sinks):
                     summary.stopped = True
                     break
-        except KeyboardInterrupt:
+                if stop is not None and stop.is_set():
+                    summary.interrupted = True
+                    break
+        except KeyboardInterrupt as exc:
             summary.interrupted = True
+            summary.interrupt_code = exit_code_for(exc)
         except (CnnEdgeError, OSError) as exc:  # the model or a sink failed midway: a summary, not a traceback
             summary.error = str(exc)
         finally:
+            if watcher is not None:
+                watcher.set()
             results.close()
     finally:
         _finish(sinks, summary, results is not None)
     return summary
+
+
+def _stop_watcher(stop: Any, clf: Any) -> Any:
+    """When ``stop`` is set, stop the model's runs in flight too (a batch stuck in the engine); the
+    Event returned ends this watcher with the run."""
+    if stop is None:
+        return None
+    import threading
+
+    done = threading.Event()
+    backend = getattr(clf, "backend", None)
+
+    def watch() -> None:
+        while not done.is_set():
+            if stop.wait(0.1):
+                if backend is not None and not done.is_set():
+                    backend.stop_runs()
+                return
+
+    threading.Thread(target=watch, name="cnnedge-run-stop", daemon=True).start()
+    return done
 
 
 def _finish(sinks: list[Sink], summary: RunSummary, started: bool) -> None:

@@ -26,7 +26,7 @@ from typing import Any, Sequence, TextIO
 
 import numpy as np
 
-from ..atomic import StagedOutput, atomic_path, refuse_overwrite, remove_stale_staged
+from ..atomic import StagedOutput, atomic_path, refuse_overwrite, refuse_special, remove_stale_staged
 from ..errors import UsageError
 from .results import Result
 from .images import IMAGE_SUFFIXES
@@ -120,6 +120,7 @@ class _FileSink(Sink):
 
     def __init__(self, path: str | os.PathLike, force: bool = False, newline: str | None = None) -> None:
         refuse_overwrite(path, force, "--force")
+        refuse_special(path)
         self.path = Path(path)
         self._staged = StagedOutput(self.path)
         self._fh = open(self._staged.path, "w", encoding="utf-8", errors="surrogateescape", newline=newline)
@@ -272,6 +273,7 @@ class VideoSink(Sink):
 
     def __init__(self, path: str | os.PathLike, fps: float = 25.0, force: bool = False) -> None:
         refuse_overwrite(path, force, "--force")
+        refuse_special(path)
         self.path, self.fps = Path(path), fps
         check_video_format(self.path)  # before any frame is classified, not at the first one
         remove_stale_staged(self.path)  # a killed run's leftover goes now, even if no frame comes

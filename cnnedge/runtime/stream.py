@@ -493,40 +493,45 @@ def _good_rows(c: Chunk) -> Any:
     return c.pixels[[i for i in range(len(c.frames)) if i not in c.errors]]
 
 
+NONFINITE = ("the model gave a non-finite score (NaN or inf) for this image: its input or its preprocessing "
+             "(--scale, --mean, --std) overflows; not a prediction")
+
+
 def _results(clf: BatchModel, d: _Done, topk: int | None, stats: PipelineStats) -> list[Result]:
-    """Results of one batch, built in the caller's thread: one vectorised post-processing call."""
+    """Results of one batch, built in the caller's thread: one vectorised post-processing call. A NaN
+    or infinite score is a failed row saying so, never a prediction."""
     preds = clf.postprocess(d.out, topk) if d.out is not None else []
     out: list[Result] = []
+
+    def predicted(f: Any, pred: Any, lat: float, image: Any) -> None:
+        if not math.isfinite(pred.score):
+            stats.failed += 1
+            out.append(Result(f.source, f.timestamp, f.frame, f.path, error=NONFINITE))
+            return
+        stats.done += 1
+        stats.latencies_ms.append(lat)
+        out.append(Result(f.source, f.timestamp, f.frame, f.path, pred, lat, image=image, batch=d.batch))
+
+    gi = iter(preds)
     if d.chunk is not None:
         c = d.chunk
         errors = c.errors or {}
         lat = (d.t - c.t0) * 1000.0
         images = c.images
-        gi = iter(preds)
         for i, f in enumerate(c.frames):
             if i in errors:
+                stats.count_unusable(f)
                 out.append(Result(f.source, f.timestamp, f.frame, f.path, error=errors[i]))
             else:
-                out.append(Result(f.source, f.timestamp, f.frame, f.path, next(gi), lat,
-                                  image=images[i] if images is not None else None, batch=d.batch))
-        nbad = len(errors)
-        for i in errors:
-            stats.count_unusable(c.frames[i])
-        stats.done += len(c.frames) - nbad
-        stats.latencies_ms.extend([lat] * (len(c.frames) - nbad))
+                predicted(f, next(gi), lat, images[i] if images is not None else None)
     else:
-        gi = iter(preds)
         for it in d.items:
             f = it.frame
             if it.error is not None:
                 stats.count_unusable(f)
                 out.append(Result(f.source, f.timestamp, f.frame, f.path, error=it.error))
             else:
-                lat = (d.t - f.t0) * 1000.0
-                stats.done += 1
-                stats.latencies_ms.append(lat)
-                out.append(Result(f.source, f.timestamp, f.frame, f.path, next(gi), lat, image=it.image,
-                                  batch=d.batch))
+                predicted(f, next(gi), (d.t - f.t0) * 1000.0, it.image)
     if d.out is not None:
         stats.batches += 1
     return out

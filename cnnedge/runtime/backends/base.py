@@ -161,6 +161,11 @@ class Backend:
         to the host. GPU backends implement it; the others refuse."""
         raise UsageError(f"{self.name} runs on the CPU; infer_device() takes GPU memory")
 
+    def stop_runs(self) -> None:
+        """Stop the runs in flight from another thread (a signal's watcher, a load timeout); they raise
+        :class:`~cnnedge.runtime.interrupt.RunInterrupted`. A backend whose engine cannot be stopped
+        midway does nothing: its runs end when they end."""
+
     def _check_device_batch(self, shape: tuple[int, ...], dtype: str) -> None:
         """UsageError unless a device batch of ``shape``/``dtype`` is one this artifact takes in one call."""
         spec = self.input_spec

@@ -17,7 +17,8 @@ import numpy as np
 from ..._lazy import require
 from ...artifacts import ORT_PROVIDERS, TABLE
 from ...card import ONNX_KEY, ModelCard
-from ...errors import BackendUnavailable, CardError, CnnEdgeError, ModelLoadError, UsageError, first_line
+from ...errors import BackendUnavailable, CardError, CnnEdgeError, ModelLoadError, UsageError, arg_name, first_line
+from ..interrupt import RunInterrupted, register
 from .base import Backend, Slot, TensorSpec, Timing
 
 PROVIDERS = ORT_PROVIDERS  # backend name -> execution provider, from the one table
@@ -88,8 +89,11 @@ def ort_failure(path: str | os.PathLike, exc: BaseException, doing: str) -> CnnE
     alloc = _ALLOC.search(text)
     if alloc or isinstance(exc, MemoryError):
         size = f"{int(alloc.group(1)) / 1e9:.3g} GB of" if alloc and alloc.group(1) else "more"
+        batch = re.search(r"batch of (\d+)", doing)
+        why = (f"a smaller {arg_name('batch')} may fit; if batch 1 fails too, a broken or hostile model"
+               if batch and int(batch.group(1)) > 1 else "a broken or hostile model, not one to run")
         return ModelLoadError(f"{path}: the model asks for {size} memory{where} while {doing}, more than ONNX "
-                              "Runtime could allocate here; a broken or hostile model, not one to run")
+                              f"Runtime could allocate here; {why}")
     text = _SOURCE.sub("", text.split("Status Message:", 1)[-1] if node else text).strip()
     text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)[:300]
     if "dimension" in text.lower() or "shape" in text.lower() or "rank" in text.lower():
@@ -100,26 +104,55 @@ def ort_failure(path: str | os.PathLike, exc: BaseException, doing: str) -> CnnE
 
 class _Session:
     """An ``InferenceSession`` whose runs fail with :func:`ort_failure`'s one line, whichever
-    path calls them (``infer``, the predict slot, a benchmark's timed call); everything else
-    is the session's own."""
+    path calls them (``infer``, the predict slot, a benchmark's timed call), and that another
+    thread can stop (:meth:`stop_runs`: each calling thread's own ``RunOptions.terminate``);
+    everything else is the session's own."""
 
-    __slots__ = ("_session", "_path")
+    __slots__ = ("_session", "_path", "_local", "_options", "_lock")
 
     def __init__(self, session: Any, path: str) -> None:
         self._session, self._path = session, path
+        self._local = threading.local()
+        self._options: list[Any] = []  # every thread's RunOptions, for stop_runs
+        self._lock = threading.Lock()
 
-    def run(self, output_names: Any, feed: Any, *args: Any, **kw: Any) -> Any:
+    def _run_options(self) -> Any:
+        ro = self._local.__dict__.get("ro")
+        if ro is None:
+            import onnxruntime as ort
+
+            ro = self._local.ro = ort.RunOptions()
+            with self._lock:
+                if len(self._options) > 256:  # short-lived threads: forget the oldest
+                    del self._options[:128]
+                self._options.append(ro)
+        return ro
+
+    def stop_runs(self) -> None:
+        with self._lock:
+            for ro in self._options:
+                ro.terminate = True
+
+    def _failed(self, ro: Any, exc: BaseException, doing: str) -> BaseException:
+        if ro.terminate:
+            ro.terminate = False  # this thread's next run starts afresh
+            return RunInterrupted(f"{self._path}: the run was stopped while {doing}")
+        return ort_failure(self._path, exc, doing)
+
+    def run(self, output_names: Any, feed: Any) -> Any:
+        ro = self._run_options()
         try:
-            return self._session.run(output_names, feed, *args, **kw)
+            return self._session.run(output_names, feed, ro)
         except Exception as exc:  # noqa: BLE001 - ORT raises its own classes for every failure
             shape = next(iter(getattr(v, "shape", ()) for v in feed.values()), ()) if isinstance(feed, dict) else ()
-            raise ort_failure(self._path, exc, f"running a batch of {shape[0]}" if shape else "running") from None
+            raise self._failed(ro, exc, f"running a batch of {shape[0]}" if shape else "running") from None
 
-    def run_with_iobinding(self, binding: Any, *args: Any, **kw: Any) -> Any:
+    def run_with_iobinding(self, binding: Any) -> Any:
+        ro = self._run_options()
         try:
-            return self._session.run_with_iobinding(binding, *args, **kw)
+            return self._session.run_with_iobinding(binding, ro)
         except Exception as exc:  # noqa: BLE001
-            raise ort_failure(self._path, exc, "running a batch") from None
+            raise self._failed(ro, exc, "running a batch") from None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._session, name)
@@ -253,6 +286,10 @@ class OrtBackend(Backend):
         if len(inputs) != 1:
             raise ModelLoadError(f"{p}: a classifier has one input, this model has {len(inputs)} "
                                  f"({', '.join(i.name for i in inputs)})")
+        if len(outputs) != 1:
+            raise ModelLoadError(f"{p}: a classifier has one output, this model has {len(outputs)} "
+                                 f"({', '.join(o.name for o in outputs)}), and nothing says which holds the class "
+                                 "scores; export the graph with that output alone")
         self.input_spec = _spec(inputs[0], p)
         self.output_spec = _spec(outputs[0], p)
         self._out_names = [outputs[0].name]
@@ -263,9 +300,20 @@ class OrtBackend(Backend):
         self._device, self.device_id = ("cuda" if gpu else "cpu"), device_id  # where timed_infer's OrtValues live
         self._resident: tuple[np.ndarray, Any] | None = None  # timed_infer(resident=True)'s batch and its OrtValue
         self._pinned = threading.local()  # per thread: batch size -> _Pinned, bound once
+        register(self)
+
+    def stop_runs(self) -> None:
+        """Stop this session's runs in flight, from any thread: each fails with RunInterrupted."""
+        session = self.session
+        if session is not None:
+            session.stop_runs()
 
     def _read_card(self, p: Path) -> ModelCard | None:
-        meta = self.session.get_modelmeta().custom_metadata_map
+        try:
+            meta = self.session.get_modelmeta().custom_metadata_map
+        except UnicodeDecodeError:
+            raise ModelLoadError(f"{p}: its metadata (metadata_props) holds a key or value that is not UTF-8 "
+                                 "text; a broken or tampered file: re-export it or strip its metadata") from None
         self.metadata = {k: v for k, v in meta.items() if k != ONNX_KEY}
         raw = meta.get(ONNX_KEY)
         if raw is None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import ast
 from typing import Any
 
-from ...errors import CardError, UsageError
+from ...errors import CardError, ModelLoadError, UsageError
 from .base import TensorSpec
 
 #: at most this many pixels per batch (batch x height x width) for a graph of dynamic size
@@ -119,8 +119,39 @@ def _dynamic_hw(be: Any) -> tuple[int, int] | None:
     return be.input_spec.shape[axes[0]], be.input_spec.shape[axes[1]]
 
 
+def batch_memory_budget() -> int:
+    """Bytes one batch's input may take: a quarter of this machine's memory (8 GiB when it cannot be read)."""
+    import os
+
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+def check_batch_memory(be: Any, batch: int, flag: str = "--batch") -> None:
+    """UsageError naming ``flag`` when ``batch`` inputs of the model's fixed size would not fit in memory."""
+    import numpy as np
+
+    dims = be.input_spec.shape[1:]
+    if None in dims:
+        return
+    per = int(np.prod(dims, dtype=object)) * np.dtype(be.input_spec.dtype).itemsize + 3 * int(np.prod(dims, dtype=object))
+    budget = batch_memory_budget()
+    if batch * per <= budget:
+        return
+    need = (f"a batch of {batch:,} inputs of {'x'.join(map(str, dims))} {be.input_spec.dtype} needs "
+            f"{batch * per / 2**30:,.3g} GiB, over the {budget / 2**30:.3g} GiB a batch may take here (a quarter of "
+            "memory)")
+    if be.fixed_batch is not None and be.fixed_batch <= batch:  # the graph's own batch: not the user's choice
+        raise ModelLoadError(f"{be.path}: {need}, and its graph fixes that batch; not a model to run here")
+    raise UsageError(f"{flag} {batch}: {need} for {be.path}; use {flag} {max(1, budget // per)} or less")
+
+
 def check_batch_pixels(be: Any, batch: int, flag: str = "--batch") -> None:
-    """UsageError when ``batch`` images at a dynamic graph's chosen size exceed MAX_BATCH_PIXELS."""
+    """UsageError when ``batch`` images at a dynamic graph's chosen size exceed MAX_BATCH_PIXELS, or
+    when the batch would not fit in memory (:func:`check_batch_memory`)."""
+    check_batch_memory(be, batch, flag)
     hw = _dynamic_hw(be)
     if hw is None:
         return

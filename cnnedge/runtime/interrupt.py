@@ -1,0 +1,145 @@
+"""Stopping a model run from outside it: Ctrl-C, SIGTERM, a load timeout, the embedding program.
+
+A Python signal handler runs only when the main thread is back in Python, and a
+model can spin inside ONNX Runtime for as long as it likes (a ``Loop`` of 10^15
+trips). ONNX Runtime stops a run when its ``RunOptions.terminate`` is set from
+another thread. So a backend registers a *stopper* here; :func:`watch_signals`
+(called once by every CLI) has CPython's C-level handler write each signal's
+number to a pipe, and a watcher thread reading it calls every stopper at once.
+The run then fails inside the engine and :class:`RunInterrupted` carries that up,
+while the signal's own Python handler raises :class:`KeyboardInterrupt` (Ctrl-C)
+or :class:`Terminated` (SIGTERM) in the main thread.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import weakref
+from typing import Any, Callable
+
+from ..errors import ModelLoadError, arg_name
+
+#: how long a model's first run may take before it is refused (``--load-timeout-s``, ``load_timeout_s=``)
+DEFAULT_LOAD_TIMEOUT_S = 60.0
+
+#: exit status after SIGTERM, as a shell reports a process it ended (128 + 15)
+TERMINATED_EXIT = 128 + int(signal.SIGTERM)
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A model run that was stopped from outside (a signal, a timeout, :func:`stop_runs`) before it ended."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: stop as Ctrl-C stops (finish or drop the batch in flight, keep partial files, print the
+    summary), then exit with :data:`TERMINATED_EXIT`."""
+
+
+_stoppers: "weakref.WeakSet[Any]" = weakref.WeakSet()
+_lock = threading.Lock()
+_last_signal: list[int] = []
+_watching = False
+
+
+def register(owner: Any) -> None:
+    """Have :func:`stop_runs` call ``owner.stop_runs()``; held weakly, so a closed backend just goes."""
+    with _lock:
+        _stoppers.add(owner)
+
+
+def stop_runs() -> None:
+    """Stop every model run now in flight in this process (any thread); each fails with RunInterrupted."""
+    with _lock:
+        owners = list(_stoppers)
+    for owner in owners:
+        try:
+            owner.stop_runs()
+        except Exception:  # noqa: BLE001 - a backend closing at this moment: nothing left to stop
+            pass
+
+
+def last_signal() -> int | None:
+    """The last SIGINT/SIGTERM the watcher saw (None: none yet)."""
+    return _last_signal[-1] if _last_signal else None
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """130 for Ctrl-C, 143 for SIGTERM (raised as Terminated, or seen by the watcher)."""
+    if isinstance(exc, Terminated) or last_signal() == int(signal.SIGTERM):
+        return TERMINATED_EXIT
+    return 128 + int(signal.SIGINT)
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def watch_signals() -> bool:
+    """From the main thread of a program that owns its signals (the CLIs): SIGTERM raises Terminated like
+    Ctrl-C raises KeyboardInterrupt, and both stop the model runs in flight at once. SIGTERM is taken only
+    where it has its default action. Returns False when it cannot (not the main thread, no pipe)."""
+    global _watching
+    if _watching:
+        return True
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        r, w = os.pipe()
+        os.set_blocking(w, False)
+        signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+    except (OSError, ValueError):
+        return False
+    threading.Thread(target=_watch, args=(r,), name="cnnedge-signals", daemon=True).start()
+    _watching = True
+    return True
+
+
+def _watch(fd: int) -> None:
+    wanted = {int(signal.SIGINT), int(signal.SIGTERM)}
+    while True:
+        try:
+            data = os.read(fd, 64)
+        except OSError:
+            return
+        if not data:
+            return
+        got = [b for b in data if b in wanted]
+        if got:
+            _last_signal.append(got[-1])
+            stop_runs()
+
+
+class Deadline:
+    """``with Deadline(seconds, stop):``: call ``stop()`` from a timer thread if the block outlasts
+    ``seconds`` (None: no limit); ``expired`` says whether it did."""
+
+    def __init__(self, seconds: float | None, stop: Callable[[], None]) -> None:
+        self.seconds, self._stop = seconds, stop
+        self.expired = False
+        self._timer: threading.Timer | None = None
+
+    def _fire(self) -> None:
+        self.expired = True
+        self._stop()
+
+    def __enter__(self) -> "Deadline":
+        if self.seconds is not None:
+            self._timer = threading.Timer(self.seconds, self._fire)
+            self._timer.daemon = True
+            self._timer.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+
+def load_timeout_error(path: str, seconds: float) -> ModelLoadError:
+    """The one line for a first run that outlasted ``seconds``."""
+    flag = arg_name("load_timeout_s")
+    return ModelLoadError(f"{path}: its first run did not finish in {seconds:g} s ({flag}); a model that never "
+                          f"ends (a Loop of huge trip count?) or one too slow for this machine: if it is only slow, "
+                          f"raise {flag}")
