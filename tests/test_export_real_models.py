@@ -297,3 +297,10 @@ def test_staged_paths_never_reach_a_message():
     msg = ("ONNX Runtime cannot load /tmp/out/.cnn-export-4242-x1/cnnedge-int8-ab/cpu.onnx: [ONNXRuntimeError] "
            ": 10 : INVALID_GRAPH")
     assert unstaged(msg) == "ONNX Runtime cannot load cpu.onnx (staged): [ONNXRuntimeError] : 10 : INVALID_GRAPH"
+
+
+def test_an_output_folder_below_a_file_is_a_usage_error(digits, tmp_path):
+    root = digits["root"]
+    code, _, err = export([str(digits["models"][11]), "--labels", str(root / "labels.txt"), *DIGIT_FLAGS,
+                           "--verify", str(root / "test"), "--out", str(digits["models"][11] / "sub"), "-q"])
+    assert code == 2 and err.count("\n") == 1 and "--out" in err and "is not a folder" in err, err

@@ -800,7 +800,7 @@ def test_a_batch_too_large_for_memory_is_not_called_a_hostile_model(tmp_path):
 
 def test_argparse_errors_are_short(tmp_path):
     """Item 10: a bad flag is a usage line, the error and a pointer to --help: not 17 lines."""
-    for tool in ("infer", "bench"):
+    for tool in ("infer", "bench", "export"):
         r = run(_cli(tool), "m.onnx", "--no-such-flag")
         assert r.rc == 2 and len(r.err.strip().splitlines()) <= 3 and "--help" in r.err, r
 

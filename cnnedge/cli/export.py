@@ -5,7 +5,7 @@ import argparse
 import sys
 from typing import Any, Sequence, TextIO
 
-from ._args import add_model_flags, fraction, model_description, non_negative_float
+from ._args import Parser, add_model_flags, fraction, model_description, non_negative_float
 from ._run import entry
 
 EXAMPLES = """examples:
@@ -20,7 +20,7 @@ EXAMPLES = """examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="cnn-export", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES,
         description="Export an image classifier (a Keras model with its card.json, or a model from elsewhere: "
                     "Keras or ONNX, described with the flags below) to ONNX FP32 (always), FP16 and INT8 ONNX and "

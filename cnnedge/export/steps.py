@@ -259,8 +259,9 @@ def _run(model_path: Path, out_dir: str | os.PathLike | None, opts: ExportOption
         gpus = parse_gpus(opts.gpu, kit.flavour)
 
     out = Path(out_dir) if out_dir is not None else model_path.parent
-    if out.exists() and not out.is_dir():
-        raise OptionError("out_dir", f"{out}: exists and is not a folder")
+    blocked = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        raise OptionError("out_dir", f"{out}: {blocked} exists and is not a folder; choose another output folder")
     if out.is_dir():
         from .commit import roll_forward
 
