@@ -23,7 +23,7 @@ from types import ModuleType
 from typing import Any, Sequence
 
 from ..card import ModelCard, sha256_file
-from ..errors import ExportError, MissingDependency, OptionError, UsageError
+from ..errors import ExportError, MissingDependency, OptionError
 from ..sidecar import EngineSidecar
 
 FLAVOURS = (("tensorrt", "tensorrt"), ("tensorrt_rtx", "tensorrt_rtx"))  # (module, sidecar flavour)

@@ -282,26 +282,15 @@ def quantize(fp32_path: Path, out_dir: Path, batches: Batches, n_images: int, da
     from .._lazy import require
 
     q = require("onnxruntime.quantization", "INT8 export")
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    import onnx
 
     from . import onnx_io
-
-    calib_method = _ort_method(q, method)
-    import onnx
 
     hit = cache_in is not None and cache_in.is_file()
     with tempfile.TemporaryDirectory(prefix="cnnedge-int8-", dir=out_dir) as tmp_name:
         tmp = Path(tmp_name)
         pre = tmp / "pre.onnx"
-        try:
-            quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
-        except Exception as exc:
-            raise ExportError(f"INT8 pre-processing (quant_pre_process) failed: {first_line(exc)}") from None
-        graph = onnx.load(str(pre)).graph
-        unknown = sorted(set(options.float_layers) - {n.name for n in graph.node})
-        if unknown:
-            raise UsageError(f"float_layers: no node named {', '.join(unknown)} in the graph (its nodes: "
-                             f"{', '.join(n.name for n in graph.node if n.op_type in TENSORRT_OPS)})")
+        graph = pre_processed(fp32_path, pre, options)
         ranges = tmp / "ranges.json"
         if hit:
             shutil.copyfile(cache_in, ranges)
@@ -312,21 +301,7 @@ def quantize(fp32_path: Path, out_dir: Path, batches: Batches, n_images: int, da
             q.save_tensors_data(tensors, ranges)
 
         def run(flavour: str, exclude: list[str], target: Path) -> Path:
-            if flavour == CPU:
-                act = q.QuantType.QUInt8 if options.activations == "uint8" else q.QuantType.QInt8
-                kw: dict[str, Any] = {"activation_type": act, "op_types_to_quantize": None, "extra_options": {}}
-            else:  # TensorRT: symmetric, float bias, Q/DQ only in front of the ops it runs in int8
-                kw = {"activation_type": q.QuantType.QInt8, "op_types_to_quantize": list(TENSORRT_OPS),
-                      "extra_options": {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
-                                        "OpTypesToExcludeOutputQuantization": list(TENSORRT_OPS)}}
-            try:  # the ranges file exists: quantize_static reads it and does not calibrate
-                with contextlib.redirect_stdout(io.StringIO()):
-                    q.quantize_static(str(pre), str(target), None, quant_format=q.QuantFormat.QDQ, per_channel=True,
-                                      weight_type=q.QuantType.QInt8, calibrate_method=calib_method,
-                                      nodes_to_exclude=exclude, calibration_cache_path=str(ranges), **kw)
-            except Exception as exc:
-                raise ExportError(f"INT8 quantization ({flavour}) failed: {first_line(exc)}") from None
-            return target
+            return quantize_with_ranges(pre, target, ranges, flavour, exclude, options.activations, method)
 
         exclude = with_tail(graph, options.float_layers)
         cpu = run(CPU, exclude, tmp / "cpu.onnx")
@@ -349,6 +324,48 @@ def quantize(fp32_path: Path, out_dir: Path, batches: Batches, n_images: int, da
                 **(card.provenance.calibration or {}), **info, "flavour": flavour}}))
             onnx_io.save(model, out_dir / FILE_NAMES[flavour])
     return result
+
+
+def pre_processed(fp32_path: Path, pre: Path, options: Int8Options) -> Any:
+    """ONNX Runtime's ``quant_pre_process`` of the FP32 graph into ``pre``; its graph, whose node names
+    ``options.float_layers`` must name."""
+    import onnx
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+    except Exception as exc:
+        raise ExportError(f"INT8 pre-processing (quant_pre_process) failed: {first_line(exc)}") from None
+    graph = onnx.load(str(pre)).graph
+    unknown = sorted(set(options.float_layers) - {n.name for n in graph.node})
+    if unknown:
+        raise UsageError(f"float_layers: no node named {', '.join(unknown)} in the graph (its nodes: "
+                         f"{', '.join(n.name for n in graph.node if n.op_type in TENSORRT_OPS)})")
+    return graph
+
+
+def quantize_with_ranges(pre: Path, target: Path, ranges: Path, flavour: str, exclude: list[str],
+                         activations: str, method: str) -> Path:
+    """One flavour's Q/DQ file from the calibrated ``ranges`` (ONNX Runtime reads the file and does not
+    calibrate): :data:`CPU` quantizes every op it can, :data:`TENSORRT` symmetric int8 in front of the ops
+    TensorRT runs in int8, with float bias."""
+    import onnxruntime.quantization as q
+
+    if flavour == CPU:
+        act = q.QuantType.QUInt8 if activations == "uint8" else q.QuantType.QInt8
+        kw: dict[str, Any] = {"activation_type": act, "op_types_to_quantize": None, "extra_options": {}}
+    else:
+        kw = {"activation_type": q.QuantType.QInt8, "op_types_to_quantize": list(TENSORRT_OPS),
+              "extra_options": {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
+                                "OpTypesToExcludeOutputQuantization": list(TENSORRT_OPS)}}
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            q.quantize_static(str(pre), str(target), None, quant_format=q.QuantFormat.QDQ, per_channel=True,
+                              weight_type=q.QuantType.QInt8, calibrate_method=_ort_method(q, method),
+                              nodes_to_exclude=exclude, calibration_cache_path=str(ranges), **kw)
+    except Exception as exc:
+        raise ExportError(f"INT8 quantization ({flavour}) failed: {first_line(exc)}") from None
+    return target
 
 
 def with_tail(graph: Any, names: Any) -> list[str]:

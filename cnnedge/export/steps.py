@@ -27,7 +27,12 @@ from .int8 import TENSORRT
 from .parity import ArtifactResult, Thresholds
 
 if TYPE_CHECKING:
+    import numpy as np
+
+    from .data import ImageSet
+    from .engine import Profile, Toolkit
     from .int8 import Int8Options
+    from .sources import KerasSource, OnnxSource
 
 INPUT_DTYPES = ("uint8", "float32")
 REPORT_NAME = "export_report.json"
@@ -163,26 +168,36 @@ class ExportOptions:
             raise OptionError("gpu", "applies to {engine} builds; add {engine} or drop {gpu}")
 
 
-@dataclass
-class _Job:
-    """The state one export shares between its steps."""
+@dataclass(frozen=True)
+class Workspace:
+    """Where an export writes and what it tells: what every step shares."""
 
     opts: ExportOptions
     report: ExportReport
     timer: "_Steps"
-    source: Any  # sources.KerasSource | sources.OnnxSource
+    out: Path
+    staging: Path  # the hidden folder the steps write into
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What the load phase read and checked before anything is written: the steps' input."""
+
+    source: "KerasSource | OnnxSource"
     card: ModelCard  # the source model's
     base_card: ModelCard  # as exported: input dtype, provenance
-    out: Path
-    staging: Path  # the hidden folder the steps write into (set by _write)
-    x: Any  # verification images as the FP32 graph takes them (the cleanup step's probe)
-    ref: Any  # the source model's outputs on them, fed as it expects
-    vset: Any
-    cset: Any
-    kit: Any
-    gpus: tuple[str, ...] | None
-    paths: dict[str, Path] = field(default_factory=dict)
-    graph_sha: str = ""
+    verify: "ImageSet"
+    calib: "ImageSet | None"
+    ref: "np.ndarray"  # the source model's outputs on the verification images, fed as it expects
+    probe: "np.ndarray"  # verification images as the FP32 graph takes them (the clean-up step's check)
+
+
+@dataclass(frozen=True)
+class Fp32:
+    """The FP32 file and the hash of its graph (the calibration cache's key)."""
+
+    path: Path
+    graph_sha: str
 
 
 def export(model_path: str | os.PathLike, out_dir: str | os.PathLike | None = None,
@@ -298,8 +313,8 @@ def _run(model_path: Path, out_dir: str | os.PathLike | None, opts: ExportOption
         if described:
             prov["created"] = report.created
         base_card = exported_card(card, opts.input_dtype).replace(precision="fp32", provenance=prov)
-        x = vset.inputs(base_card.input, base_card, limit=source.fixed_batch or PROBE)
-        return _write(_Job(opts, report, timer, source, card, base_card, out, out, x, ref, vset, cset, kit, gpus),
+        probe = vset.inputs(base_card.input, base_card, limit=source.fixed_batch or PROBE)
+        return _write(opts, report, timer, out, Checked(source, card, base_card, vset, cset, ref, probe), kit, gpus,
                       check)
     finally:
         close = getattr(source, "close", None)
@@ -363,21 +378,24 @@ def _warn(report: ExportReport, timer: "_Steps", line: str) -> None:
     timer.say(f"warning: {line}")
 
 
-def _write(job: _Job, check: bool) -> ExportReport:
+def _write(opts: ExportOptions, report: ExportReport, timer: "_Steps", out: Path, data: Checked, kit: "Toolkit | None",
+           gpus: tuple[str, ...] | None, check: bool) -> ExportReport:
     """Every step into a staging folder, then everything into place at once; the report; the verdict."""
-    opts, report, timer, out = job.opts, job.report, job.timer, job.out
     out.mkdir(parents=True, exist_ok=True)
     sweep_stale_staging(out)
-    staging = job.staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=out))
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=out))
+    ws = Workspace(opts, report, timer, out, staging)
     try:
-        _to_onnx(job)
+        fp32 = _to_onnx(ws, data)
+        files = {"fp32": fp32.path}
         if opts.fp16:
-            _to_fp16(job)
+            files["fp16"] = _to_fp16(ws, data, fp32.path)
         if opts.int8:
-            _to_int8(job)
-        _check_onnx(job)
+            files["int8"], files["int8-trt"] = _to_int8(ws, data, fp32)
+        _check_onnx(ws, data, files)
         if opts.engine:
-            _build_engines(job)
+            assert kit is not None and gpus is not None
+            _build_engines(ws, data, files, kit, gpus)
         from ..atomic import write_text
 
         write_text(staging / REPORT_NAME, json.dumps(report.to_dict(), indent=2) + "\n")
@@ -388,7 +406,7 @@ def _write(job: _Job, check: bool) -> ExportReport:
         shutil.rmtree(staging, ignore_errors=True)
     if opts.triton is not None:
         with timer("Triton model repository"):
-            report.triton = _write_triton(Path(opts.triton), report, job.base_card, opts.batch, opts.force)
+            report.triton = _write_triton(Path(opts.triton), report, data.base_card, opts.batch, opts.force)
         from ..atomic import write_text
 
         write_text(out / REPORT_NAME, json.dumps(report.to_dict(), indent=2) + "\n")
@@ -454,50 +472,53 @@ def _read_images(opts: ExportOptions, card: ModelCard, timer: "_Steps", report: 
     return vset, cset
 
 
-def _to_onnx(job: _Job) -> None:
+def _to_onnx(ws: Workspace, data: Checked) -> Fp32:
     from . import onnx_io
 
-    step = "Keras -> ONNX (tf2onnx)" if job.source.kind == "Keras" else "ONNX -> uint8-input ONNX"
-    with job.timer(step):
-        proto = job.source.to_onnx(job.card, job.opts.input_dtype, job.opts.opset)
-    change = getattr(job.source, "opset_change", None)
+    source = data.source
+    step = "Keras -> ONNX (tf2onnx)" if source.kind == "Keras" else "ONNX -> uint8-input ONNX"
+    with ws.timer(step):
+        proto = source.to_onnx(data.card, ws.opts.input_dtype, ws.opts.opset)
+    change = getattr(source, "opset_change", None)
     if change is not None:
-        job.report.source = {**asdict(change), "notes": list(job.source.notes)}
-    for note in job.source.notes:
-        job.timer.say(note)
-    if job.opts.cleanup:
-        with job.timer("graph cleanup (onnxslim)"):
+        ws.report.source = {**asdict(change), "notes": list(source.notes)}
+    for note in source.notes:
+        ws.timer.say(note)
+    if ws.opts.cleanup:
+        with ws.timer("graph cleanup (onnxslim)"):
             from .cleanup import simplify
 
-            proto, res = simplify(proto, job.x)
-            job.report.cleanup = asdict(res)
+            proto, res = simplify(proto, data.probe)
+            ws.report.cleanup = asdict(res)
         if res.note:
-            _warn(job.report, job.timer, res.note)
+            _warn(ws.report, ws.timer, res.note)
     onnx_io.canonical_names(proto)
-    job.graph_sha = hashlib.sha256(proto.graph.SerializeToString()).hexdigest()
-    onnx_io.embed_card(proto, job.base_card)
-    job.paths["fp32"] = onnx_io.save(proto, job.staging / ONNX_NAMES["fp32"])
+    graph_sha = hashlib.sha256(proto.graph.SerializeToString()).hexdigest()
+    onnx_io.embed_card(proto, data.base_card)
+    return Fp32(onnx_io.save(proto, ws.staging / ONNX_NAMES["fp32"]), graph_sha)
 
 
-def _to_fp16(job: _Job) -> None:
+def _to_fp16(ws: Workspace, data: Checked, fp32: Path) -> Path:
     import onnx
 
     from . import onnx_io
     from .fp16 import to_fp16
 
-    with job.timer("FP16 ONNX"):
-        half, clamped = to_fp16(onnx.load(str(job.paths["fp32"])))
-        job.report.fp16 = {"clamped_values": clamped}
+    with ws.timer("FP16 ONNX"):
+        half, clamped = to_fp16(onnx.load(str(fp32)))
+        ws.report.fp16 = {"clamped_values": clamped}
         if clamped:
-            job.timer.say(f"FP16: {clamped} weight values outside FP16's range were clamped")
-        onnx_io.embed_card(half, job.base_card.replace(precision="fp16"))
-        job.paths["fp16"] = onnx_io.save(half, job.staging / ONNX_NAMES["fp16"])
+            ws.timer.say(f"FP16: {clamped} weight values outside FP16's range were clamped")
+        onnx_io.embed_card(half, data.base_card.replace(precision="fp16"))
+        return onnx_io.save(half, ws.staging / ONNX_NAMES["fp16"])
 
 
-def _to_int8(job: _Job) -> None:
+def _to_int8(ws: Workspace, data: Checked, fp32: Fp32) -> tuple[Path, Path]:
+    """The CPU INT8 file and the TensorRT one (what the INT8 engine is built from)."""
     from .int8 import CPU, FILE_NAMES, TENSORRT, cache_name, fingerprint_batches, quantize
 
-    cset, method, fixed = job.cset, job.opts.calib_method, job.source.fixed_batch
+    cset, method, fixed = data.calib, ws.opts.calib_method, data.source.fixed_batch
+    assert cset is not None
     if fixed and len(cset) % fixed:  # a fixed-batch graph is calibrated in whole batches
         from .data import ImageSet
 
@@ -507,67 +528,73 @@ def _to_int8(job: _Job) -> None:
                                             f"least {fixed}")
         cset = ImageSet(cset.images[:keep], None if cset.labels is None else cset.labels[:keep], cset.source,
                         cset.skipped)
-    with job.timer(f"INT8 ONNX (calibrating on {len(cset)} images, {method})"):
-        card = job.base_card  # the FP32 graph's: its input is what calibration feeds
-        # streamed: memory flat in the images
-        batches = functools.partial(cset.batches, card.input, card, batch_for(card.input, 32))
+    with ws.timer(f"INT8 ONNX (calibrating on {len(cset)} images, {method})"):
+        card = data.base_card  # the FP32 graph's: its input is what calibration feeds
+        batches = functools.partial(cset.batches, card.input, card, batch_for(card.input, 32))  # re-startable
         data_sha = fingerprint_batches(batches())
-        name = cache_name(job.graph_sha, data_sha, method)
+        name = cache_name(fp32.graph_sha, data_sha, method)
         card = card.replace(precision="int8", provenance={"calibration": cset.describe()})
-        res = quantize(job.paths["fp32"], job.staging, batches, len(cset), data_sha, card, method, job.out / name,
-                       job.staging / name, job.opts.int8_options, batch=fixed)
-        job.report.calibration = {**cset.describe(), **res.describe()}
-        job.paths["int8"] = job.staging / FILE_NAMES[CPU]
-        job.paths["int8-trt"] = job.staging / FILE_NAMES[TENSORRT]  # what TensorRT builds the INT8 engine from
+        res = quantize(fp32.path, ws.staging, batches, len(cset), data_sha, card, method, ws.out / name,
+                       ws.staging / name, ws.opts.int8_options, batch=fixed)
+        ws.report.calibration = {**cset.describe(), **res.describe()}
+    return ws.staging / FILE_NAMES[CPU], ws.staging / FILE_NAMES[TENSORRT]
 
 
-def _check_onnx(job: _Job) -> None:
+def _check_onnx(ws: Workspace, data: Checked, files: dict[str, Path]) -> None:
     from .parity import compare_onnx
 
-    for key, p in job.paths.items():
-        with job.timer(f"parity {p.name}"):
-            r = compare_onnx(p, key.split("-")[0], job.vset.images, job.ref, job.vset.labels, job.opts.thresholds)
-            r.path = str(job.out / p.name)
-            job.report.artifacts.append(r)
+    for key, p in files.items():
+        with ws.timer(f"parity {p.name}"):
+            r = compare_onnx(p, key.split("-")[0], data.verify.images, data.ref, data.verify.labels,
+                             ws.opts.thresholds)
+            r.path = str(ws.out / p.name)
+            ws.report.artifacts.append(r)
 
 
-def _build_engines(job: _Job) -> None:
+def _engine_profile(ws: Workspace, fixed: int | None) -> "Profile":
+    """``--batch``, or the one batch size a fixed-batch graph takes (said when that differs)."""
+    from .engine import Profile
+
+    asked: Profile = ws.opts.batch
+    if not fixed:
+        return asked
+    profile = Profile(fixed, fixed, fixed)
+    if profile != asked:
+        ws.timer.say(f"the model takes batches of {fixed} only: engine profile {fixed},{fixed},{fixed} instead of "
+                     f"--batch {asked.min},{asked.opt},{asked.max}")
+    return profile
+
+
+def _build_engines(ws: Workspace, data: Checked, files: dict[str, Path], kit: "Toolkit",
+                   gpus: tuple[str, ...]) -> None:
     import onnx
 
     from . import onnx_io
     from .engine import build
     from .parity import compare_engine
 
-    kit, gpus, opts = job.kit, job.gpus, job.opts
-    profile = opts.batch
-    if job.source.fixed_batch:  # the graph takes one batch size: the profile is that size
-        from .engine import Profile
-
-        n = job.source.fixed_batch
-        profile = Profile(n, n, n)
-        if profile != opts.batch:
-            job.timer.say(f"the model takes batches of {n} only: engine profile {n},{n},{n} instead of --batch "
-                          f"{opts.batch.min},{opts.batch.opt},{opts.batch.max}")
-    cache = Path(opts.timing_cache) if opts.timing_cache else job.out / "tensorrt.timing.cache"
-    job.report.engines = {"flavour": kit.flavour, "version": kit.version, "gpus": list(gpus),
-                          "profile": profile.as_dict(), "workspace_mib": opts.workspace_mib,
-                          "timing_cache": None if kit.flavour == "tensorrt_rtx" else str(cache)}
+    opts = ws.opts
+    profile = _engine_profile(ws, data.source.fixed_batch)
+    cache = Path(opts.timing_cache) if opts.timing_cache else ws.out / "tensorrt.timing.cache"
+    ws.report.engines = {"flavour": kit.flavour, "version": kit.version, "gpus": list(gpus),
+                         "profile": profile.as_dict(), "workspace_mib": opts.workspace_mib,
+                         "timing_cache": None if kit.flavour == "tensorrt_rtx" else str(cache)}
     for precision in engine_precisions(opts.fp16, opts.int8):
-        source = job.paths.get(f"{precision}-trt", job.paths[precision])
-        target = job.staging / ENGINE_NAMES[precision]
-        with job.timer(f"{kit.flavour} engine {target.name} for {','.join(gpus)}"):
+        source = files.get(f"{precision}-trt", files[precision])
+        target = ws.staging / ENGINE_NAMES[precision]
+        with ws.timer(f"{kit.flavour} engine {target.name} for {','.join(gpus)}"):
             t0 = time.perf_counter()
             build(source, target, onnx_io.card_from_model(onnx.load(str(source))), kit, gpus, profile,
                   opts.workspace_mib, cache)
             built = round(time.perf_counter() - t0, 3)
-        with job.timer(f"parity {target.name}"):
-            r = compare_engine(target, precision, job.vset.images, job.ref, job.vset.labels, opts.thresholds)
-            r.path = str(job.out / target.name)
+        with ws.timer(f"parity {target.name}"):
+            r = compare_engine(target, precision, data.verify.images, data.ref, data.verify.labels, opts.thresholds)
+            r.path = str(ws.out / target.name)
             if r.passed is None:
                 r.note = (f"built for {','.join(gpus)} with {kit.flavour} {kit.version}; {r.note}: it is built "
                           f"from {source.name}, checked above")
             r.seconds = built if r.seconds is None else r.seconds + built
-            job.report.artifacts.append(r)
+            ws.report.artifacts.append(r)
 
 
 def _check_triton(repo: Path, card: ModelCard, opts: ExportOptions) -> None:
