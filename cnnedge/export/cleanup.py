@@ -47,9 +47,13 @@ def simplify(model: Any, probe: Any) -> tuple[Any, CleanupResult]:
     if slim is None:
         return kept("onnxslim returned no model")
     slim.metadata_props.extend(p for p in model.metadata_props if p not in slim.metadata_props)
-    a = onnx_io.run(onnx_io.session(model.SerializeToString()), probe)
+    from .compare import opened, side_by_side
+
+    with opened(model) as (before_run,):
+        a = side_by_side([before_run], lambda: [probe])[0]
     try:
-        b = onnx_io.run(onnx_io.session(slim.SerializeToString()), probe)
+        with opened(slim) as (after_run,):
+            b = side_by_side([after_run], lambda: [probe])[0]
     except Exception as exc:  # noqa: BLE001 - ONNX Runtime refuses the simplified graph
         return kept(f"ONNX Runtime cannot run onnxslim's graph ({first_line(exc, 200)})")
     if a.shape != b.shape:

@@ -391,21 +391,16 @@ def _measure_candidates(graph: Any, exclude: list[str], options: Int8Options, ba
                         quantized: Path, requantize: Any, batch: int | None = None) -> list[LayerChoice]:
     """Agreement with FP32 on the calibration images with each candidate layer quantized and kept float: the
     three models run side by side over one pass of ``batches()``, keeping only counts."""
-    from . import onnx_io
+    from .compare import opened, side_by_side, top1
 
     linear = [n for n in graph.node if n.op_type in CANDIDATE_OPS]
     if not linear or linear[-1].name in exclude:
         return []
     last = linear[-1]  # the classifier head: its logits decide top-1
     without = requantize(with_tail(graph, [*exclude, last.name]), "cpu-candidate.onnx")
-    sessions = [onnx_io.session(p) for p in (fp32_path, quantized, without)]
-    names = [s.get_inputs()[0].name for s in sessions]
-    same = np.zeros(2, dtype=np.int64)
-    total = 0
-    for b in rebatch(batches(), batch or CALIBRATION_BATCH, tail=batch is None):
-        ref, *top = (s.run(None, {n: b})[0].argmax(1) for s, n in zip(sessions, names))
-        same += [int(np.sum(t == ref)) for t in top]
-        total += len(b)
-    with_q, without_q = (float(c) / max(total, 1) for c in same)
+    with opened(fp32_path, quantized, without) as runs:
+        ref, *top = side_by_side(runs, lambda: rebatch(batches(), batch or CALIBRATION_BATCH, tail=batch is None),
+                                 top1)
+    with_q, without_q = (float(np.mean(t == ref)) if len(ref) else 0.0 for t in top)
     return [LayerChoice(last.name, last.op_type, with_q, without_q,
                         without_q - with_q > options.max_agreement_cost)]

@@ -100,14 +100,6 @@ def session(path_or_bytes: Any, threads: int = 1, optimized_model_path: str | os
                              f"{first_line(exc)}") from None
 
 
-def run(sess: Any, x: Any, batch: int = 64) -> Any:
-    import numpy as np
-
-    name = sess.get_inputs()[0].name
-    outs = [sess.run(None, {name: x[i:i + batch]})[0] for i in range(0, len(x), batch)]
-    return np.concatenate(outs).astype(np.float32)
-
-
 def canonical_names(model: Any) -> Any:
     """Rename nodes, intermediate tensors and initializers by position (graph inputs and outputs keep theirs).
 

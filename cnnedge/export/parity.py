@@ -23,6 +23,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..card import ModelCard
+from .compare import outputs, side_by_side, slices, top1
 from .data import batch_for
 from .gate import FAIL, PASS, UNDECIDED, agreement_decision, drop_decision, mcnemar_exact
 
@@ -84,10 +85,6 @@ class ArtifactResult:
         return asdict(self)
 
 
-def top1(probs: np.ndarray) -> np.ndarray:
-    return np.argmax(probs, axis=1)
-
-
 @dataclass
 class AlternativeTest:
     """The source model fed one other way against its card's way, image by image: ``b`` labelled images only the
@@ -117,14 +114,11 @@ class CardCheck:
         return not self.failures
 
 
-def _classes(predict: Callable[[np.ndarray], np.ndarray], images: Sequence[np.ndarray], card: ModelCard,
-             batch: int, **override: Any) -> np.ndarray:
-    """The source model's top-1 class per image, fed ``batch`` images at a time."""
+def _fed(predict: Callable[[np.ndarray], np.ndarray], card: ModelCard, **override: Any) -> Callable[[Any], Any]:
+    """The source model as a model of decoded images, fed as ``card`` (with ``override``) says."""
     from .sources import source_inputs
 
-    out = [top1(np.asarray(predict(source_inputs(images[i:i + batch], card, **override))))
-           for i in range(0, len(images), batch)]
-    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+    return lambda images: predict(source_inputs(images, card, **override))
 
 
 def check_card(predict: Callable[[np.ndarray], np.ndarray], images: Sequence[np.ndarray], labels: np.ndarray,
@@ -153,10 +147,12 @@ def check_card(predict: Callable[[np.ndarray], np.ndarray], images: Sequence[np.
                                "0..255")
     labels = np.asarray(labels)
     n = len(labels)
-    card_right = (_classes(predict, images, card, batch) if ref is None else top1(ref)) == labels
+    runs = [_fed(predict, card, **override) for override, _ in tries.values()]
+    classes = side_by_side(runs if ref is not None else [_fed(predict, card), *runs], slices(images, batch), top1)
+    card_right = (top1(ref) if ref is not None else classes.pop(0)) == labels
     res = CardCheck(float(card_right.mean()) if n else accuracy, {}, n=n)
-    for name, (override, message) in tries.items():
-        alt_right = _classes(predict, images, card, batch, **override) == labels
+    for (name, (_, message)), alt in zip(tries.items(), classes):
+        alt_right = alt == labels
         b, c = int(np.sum(alt_right & ~card_right)), int(np.sum(card_right & ~alt_right))
         test = AlternativeTest(float(alt_right.mean()) if n else 0.0, b, c, mcnemar_exact(b, c))
         res.alternatives[name], res.tests[name] = test.accuracy, test
@@ -170,11 +166,7 @@ def check_card(predict: Callable[[np.ndarray], np.ndarray], images: Sequence[np.
 
 def _outputs(clf: Any, images: Sequence[np.ndarray], batch: int = BATCH) -> np.ndarray:
     """What the runtime computes for decoded images: the Classifier's colour/resize, then its normalise/feed."""
-    outs = []
-    for i in range(0, len(images), batch):
-        pixels = np.stack([clf.prepare(im) for im in images[i:i + batch]])
-        outs.append(np.asarray(clf.infer_pixels(pixels), dtype=np.float32).reshape(len(pixels), -1))
-    return np.concatenate(outs)
+    return outputs(lambda imgs: clf.infer_pixels(np.stack([clf.prepare(im) for im in imgs])), slices(images, batch))
 
 
 def _latency_ms(clf: Any, image: np.ndarray, runs: int = 50) -> float:

@@ -327,12 +327,10 @@ PROBE = 64  # images the clean-up step runs through both graphs
 
 def reference_outputs(predict: Callable[[Any], Any], images: Any, card: ModelCard) -> Any:
     """The source model's outputs on ``images`` fed as its card says, a batch at a time."""
-    import numpy as np
-
+    from .compare import outputs, slices
     from .sources import source_inputs
 
-    n = batch_for(card.input)
-    return np.concatenate([predict(source_inputs(images[i:i + n], card)) for i in range(0, len(images), n)])
+    return outputs(lambda imgs: predict(source_inputs(imgs, card)), slices(images, batch_for(card.input)))
 
 
 def _open(model_path: Path, opts: ExportOptions) -> Any:

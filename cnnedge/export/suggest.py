@@ -60,9 +60,10 @@ def conventions(channels: int) -> list[Convention]:
 def rank(predict: Callable[[np.ndarray], np.ndarray], images: Sequence[np.ndarray], labels: np.ndarray,
          card: ModelCard, given: dict[str, Any]) -> list[tuple[Convention, float]]:
     """Each convention's top-1 accuracy on the labelled images (the user's given values kept), best first."""
+    from .compare import side_by_side, slices, top1
     from .sources import source_inputs
 
-    seen, scored = set(), []
+    seen, tried, runs = set(), [], []
     for c in conventions(card.input.channels):
         c = Convention(c.name, given.get("scale", c.scale), given.get("mean", c.mean), given.get("std", c.std),
                        given.get("rgb", c.rgb))
@@ -73,11 +74,10 @@ def rank(predict: Callable[[np.ndarray], np.ndarray], images: Sequence[np.ndarra
         color = card.input.color if card.input.channels == 1 else ("RGB" if c.rgb else "BGR")
         trial = card.replace(input={"color": color}, preprocess={"scale": c.scale, "mean": c.mean, "std": c.std,
                                                                  "in_graph": False})
-        right = 0
-        for i in range(0, len(images), BATCH):
-            out = predict(source_inputs(images[i:i + BATCH], trial))
-            right += int(np.sum(np.argmax(out, axis=1) == labels[i:i + BATCH]))
-        scored.append((c, right / len(images)))
+        tried.append(c)
+        runs.append(lambda imgs, trial=trial: predict(source_inputs(imgs, trial)))
+    classes = side_by_side(runs, slices(images, BATCH), top1)
+    scored = [(c, float(np.mean(k == labels))) for c, k in zip(tried, classes)]
     return sorted(scored, key=lambda cs: -cs[1])
 
 
