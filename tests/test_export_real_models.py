@@ -304,3 +304,56 @@ def test_an_output_folder_below_a_file_is_a_usage_error(digits, tmp_path):
     code, _, err = export([str(digits["models"][11]), "--labels", str(root / "labels.txt"), *DIGIT_FLAGS,
                            "--verify", str(root / "test"), "--out", str(digits["models"][11] / "sub"), "-q"])
     assert code == 2 and err.count("\n") == 1 and "--out" in err and "is not a folder" in err, err
+
+
+def test_description_values_beyond_float32_are_usage_errors(digits, tmp_path):
+    """--std 1e-300 used to give NaN outputs that passed the gate (max|diff| nan, 100% ok)."""
+    root = digits["root"]
+    for flags in (["--scale", "1/255", "--mean", "0", "--std", "1e-300"],
+                  ["--scale", "1e300", "--mean", "0", "--std", "1"]):
+        code, _, err = export([str(digits["models"][11]), "--labels", str(root / "labels.txt"), *flags,
+                               "--verify", str(root / "test"), "--out", str(tmp_path / "o"), "-q"])
+        assert code == 2 and err.count("\n") == 1 and "float32" in err, err
+
+
+PEAK = """
+import re, sys
+from cnnedge.export import Description, export
+export(sys.argv[1], sys.argv[2], describe=Description(labels=sys.argv[3], scale=1/255, mean=0.0, std=1.0, rgb=True,
+                                                      input_size=(1024, 1024)),
+       verify=sys.argv[4], verify_size=int(sys.argv[5]), cleanup=False)
+print(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1))
+"""
+
+
+def test_verification_memory_does_not_grow_with_the_images(tmp_path):
+    """A dynamic-size model at 1024x1024: 96 verification images (1.2 GB preprocessed) against 16. Before, every
+    image was held decoded and preprocessed at once."""
+    import subprocess
+    import sys
+
+    from onnx import TensorProto, helper, numpy_helper
+
+    g = helper.make_graph([helper.make_node("GlobalAveragePool", ["x"], ["p"]),
+                           helper.make_node("Flatten", ["p"], ["f"]),
+                           helper.make_node("Gemm", ["f", "w"], ["z"]),
+                           helper.make_node("Softmax", ["z"], ["y"], axis=1)], "gap",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
+                          [numpy_helper.from_array(np.array([[1, -1], [0, 0], [-1, 1]], np.float32), "w")])
+    model = tmp_path / "gap.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(model))
+    (tmp_path / "labels.txt").write_text("warm\ncold\n")
+    from skimage import data
+
+    photo = np.ascontiguousarray(data.astronaut()[:, :, ::-1])
+    folder = tmp_path / "photos"
+    write_images(folder, [np.roll(photo, 5 * i, axis=1) for i in range(96)])
+    peaks = {}
+    for n in (16, 96):
+        r = subprocess.run([sys.executable, "-c", PEAK, str(model), str(tmp_path / f"out{n}"),
+                            str(tmp_path / "labels.txt"), str(folder), str(n)], capture_output=True, text=True,
+                           timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+        peaks[n] = int(r.stdout.split()[-1]) / 1024
+    assert peaks[96] < 1.3 * peaks[16], peaks

@@ -16,12 +16,12 @@ from ..card import InputSpec, ModelCard
 from ..errors import DataError, UsageError
 
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100")
-BATCH_BYTES = 256 << 20  # one preprocessed float32 batch: what a step holds at once, whatever the image count
+BATCH_BYTES = 64 << 20  # one preprocessed float32 batch (a model's activations are several times that)
 
 
 def batch_for(spec: InputSpec, most: int = 64) -> int:
-    """Images per model call so that one float32 batch of ``spec`` stays under :data:`BATCH_BYTES` (at
-    2000x2000 a batch of 64 would be 3 GB)."""
+    """Images per model call so that one float32 batch of ``spec`` stays under :data:`BATCH_BYTES`: what a step
+    holds at once, whatever the image count (at 2000x2000 a batch of 64 would be 3 GB)."""
     return max(1, min(most, BATCH_BYTES // (spec.height * spec.width * spec.channels * 4)))
 
 

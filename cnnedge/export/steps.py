@@ -313,7 +313,7 @@ def _run(model_path: Path, out_dir: str | os.PathLike | None, opts: ExportOption
         if described:
             prov["created"] = report.created
         base_card = exported_card(card, opts.input_dtype).replace(precision="fp32", provenance=prov)
-        probe = vset.inputs(base_card.input, base_card, limit=source.fixed_batch or PROBE)
+        probe = vset.inputs(base_card.input, base_card, limit=source.fixed_batch or batch_for(card.input, PROBE))
         return _write(opts, report, timer, out, Checked(source, card, base_card, vset, cset, ref, probe), kit, gpus,
                       check)
     finally:
