@@ -36,7 +36,7 @@ def build(preset: str, size: int, run: Path) -> Path:
     import keras
 
     from cnnedge.card import InputSpec, ModelCard, Preprocess, Provenance
-    from cnnedge.trainer.data import describe, make_spec
+    from cnnedge.datasets import describe, make_spec
     from cnnedge.trainer.presets import create_model, get_preset
 
     p = get_preset(preset)

@@ -80,7 +80,7 @@ def step_infer(run_dir: Path) -> None:
 
     from .cli.infer import main as infer_main
     from .keras_io import load_card_for
-    from .trainer.data import split_images
+    from .datasets import split_images
 
     card = load_card_for(run_dir / "model.keras")
     images, labels, classes = split_images(card.provenance.dataset_spec, "test")

@@ -16,7 +16,7 @@ def load() -> tuple[np.ndarray, np.ndarray]:
     """The 10,000 scans and labels; skips the test when the files are not there."""
     if not (IMAGES.is_file() and LABELS.is_file()):
         pytest.skip(f"real MNIST digits not found in {MNIST}")
-    from cnnedge.trainer.data import read_idx
+    from cnnedge.datasets import read_idx
 
     return read_idx(IMAGES), read_idx(LABELS)
 

@@ -52,7 +52,7 @@ def photos(tmp_path_factory) -> Path:
     """JPEGs of the digits at 96x96 (real scans, upscaled), for --end-to-end."""
     import cv2
 
-    from cnnedge.trainer.data import make_spec, split_images
+    from cnnedge.datasets import make_spec, split_images
 
     images, _, _ = split_images(make_spec("digits", size=(96, 96)), "test", limit=40)
     folder = tmp_path_factory.mktemp("photos")

@@ -72,7 +72,7 @@ def model(tmp_path_factory):
 def digits(model):
     """For each digit 0..9, the held-out scan (upscaled to a 96x96 frame) the model is surest of."""
     from cnnedge.runtime import Classifier
-    from cnnedge.trainer.data import split_images
+    from cnnedge.datasets import split_images
 
     images, labels, _ = split_images(model.card.provenance.dataset_spec, "test")
     frames = [cv2.resize(im, (96, 96), interpolation=cv2.INTER_LINEAR) for im in images]
@@ -104,7 +104,7 @@ def write_video(path: Path, order: list[int], digits: dict[int, np.ndarray], siz
 
 def write_folder(folder: Path, model, n: int) -> list[Path]:
     """``n`` held-out digit scans as 64x64 PNGs in class folders, plus one corrupt file; returns all paths."""
-    from cnnedge.trainer.data import split_images
+    from cnnedge.datasets import split_images
 
     images, labels, _ = split_images(model.card.provenance.dataset_spec, "test", n)
     paths = []

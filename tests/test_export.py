@@ -27,7 +27,7 @@ def train_digits(run: Path) -> Path:
 
     from cnnedge.card import InputSpec, ModelCard, Preprocess, Provenance
     from cnnedge.runtime.preprocess import preprocess_batch
-    from cnnedge.trainer.data import make_spec, split_images
+    from cnnedge.datasets import make_spec, split_images
 
     spec = make_spec("digits", size=(SIZE, SIZE))
     card = ModelCard(name="digits-test", classes=tuple(str(i) for i in range(10)),
@@ -69,7 +69,7 @@ def reference(trained):
     from cnnedge.card import ModelCard
     from cnnedge.keras_io import load_keras_model
     from cnnedge.runtime.preprocess import preprocess_batch
-    from cnnedge.trainer.data import split_images
+    from cnnedge.datasets import split_images
 
     card = ModelCard.load(trained.parent / "card.json")
     images, labels, _ = split_images(card.provenance.dataset_spec, "test")
@@ -242,7 +242,7 @@ def test_cli_float32_input_calibration_folder_and_threshold_failure(trained, tmp
     from cnnedge.cli._run import run_cli
     from cnnedge.cli.export import main
     from cnnedge.export import read_card
-    from cnnedge.trainer.data import make_spec, split_images
+    from cnnedge.datasets import make_spec, split_images
 
     calib = tmp_path / "calib"
     images, labels, classes = split_images(make_spec("digits", size=(SIZE, SIZE)), "val")

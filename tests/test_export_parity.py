@@ -27,7 +27,7 @@ def outside(tmp_path_factory) -> Path:
 
     from cnnedge.card import InputSpec, ModelCard, Preprocess, Provenance
     from cnnedge.runtime.preprocess import normalize, preprocess_batch
-    from cnnedge.trainer.data import make_spec, split_images
+    from cnnedge.datasets import make_spec, split_images
 
     spec = make_spec("digits", size=(SIZE, SIZE))
     pre = Preprocess(scale=1 / 255, mean=(MEAN,), std=(STD,), in_graph=False, name="outside")
@@ -53,7 +53,7 @@ def outside(tmp_path_factory) -> Path:
 def test_normalisation_outside_the_model_is_folded_and_passes(outside: Path) -> None:
     from cnnedge.export import export
     from cnnedge.runtime import Classifier
-    from cnnedge.trainer.data import split_images
+    from cnnedge.datasets import split_images
 
     report = export(outside, outside.parent / "out", verify="digits", verify_size=300)
     assert report.passed, report.failures

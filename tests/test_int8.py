@@ -214,7 +214,7 @@ def test_real_mnist_int8_keeps_accuracy(tmp_path):
     import cv2
 
     from cnnedge.export import export
-    from cnnedge.trainer.data import read_idx
+    from cnnedge.datasets import read_idx
     from cnnedge.trainer.loop import TrainConfig, train
 
     x, y = read_idx(MNIST_DIR / "t10k-images-idx3-ubyte.gz"), read_idx(MNIST_DIR / "t10k-labels-idx1-ubyte.gz")

@@ -28,7 +28,7 @@ def test_mnist_cnn_on_real_mnist_folder(tmp_path: Path) -> None:
 
     from cnnedge.cli._run import run_cli
     from cnnedge.cli.train import main
-    from cnnedge.trainer.data import read_idx
+    from cnnedge.datasets import read_idx
 
     x, y = read_idx(IMAGES), read_idx(LABELS)
     assert x.shape == (10000, 28, 28) and y.shape == (10000,)

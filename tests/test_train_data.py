@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cnnedge.errors import DataError, UsageError
-from cnnedge.trainer.data import SPLITS, load_split, make_spec, read_idx, split_images, stratified_indices
+from cnnedge.datasets import SPLITS, load_split, make_spec, read_idx, split_images, stratified_indices
 
 MNIST_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
 
@@ -56,7 +56,7 @@ def test_digits_split_is_stratified_deterministic_and_bgr_uint8() -> None:
 
 @pytest.mark.slow
 def test_split_images_does_not_import_tensorflow() -> None:
-    code = ("import sys; from cnnedge.trainer.data import make_spec, split_images; "
+    code = ("import sys; from cnnedge.datasets import make_spec, split_images; "
             "im, y, c = split_images(make_spec('digits'), 'val', limit=4); "
             "assert len(im) == 4; assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, "
             "sorted(m for m in sys.modules if m.startswith(('tensorflow', 'keras')))[:3]; print('ok')")
@@ -193,7 +193,7 @@ def test_keras_mnist_source_reads_the_keras_cache(tmp_path: Path, monkeypatch: p
 
 @pytest.mark.slow
 def test_keras_dataset_offline_error_says_where_keras_caches(tmp_path: Path) -> None:
-    code = ("from cnnedge.trainer.data import make_spec, split_images\n"
+    code = ("from cnnedge.datasets import make_spec, split_images\n"
             "from cnnedge.errors import DataError\n"
             "try:\n    split_images(make_spec('fashion_mnist'), 'train')\n"
             "except DataError as e:\n    print('ERR', e)\n")

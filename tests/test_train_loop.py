@@ -15,7 +15,7 @@ from cnnedge.card import ModelCard, sha256_file
 from cnnedge.cli._run import run_cli
 from cnnedge.cli.train import main
 from cnnedge.keras_io import load_keras_model
-from cnnedge.trainer.data import split_images
+from cnnedge.datasets import split_images
 from cnnedge.trainer.loop import ARTIFACTS, TrainConfig, resume, train
 from cnnedge.trainer.tfdata import Augment
 

@@ -1,4 +1,4 @@
-"""Images for calibration and parity checks: a folder, a dataset the trainer knows, or the card's own data.
+"""Images for calibration and parity checks: a folder, a known dataset, or the card's own data.
 
 Every image is an OpenCV BGR uint8 array and becomes a model input only through
 :func:`cnnedge.runtime.preprocess.preprocess_batch`, the runtime's own path, so a
@@ -13,9 +13,9 @@ from typing import Any, Iterator, Sequence, overload
 import numpy as np
 
 from ..card import InputSpec, ModelCard
+from ..datasets import DATASETS, labelled_entries, load_split, make_spec
 from ..errors import DataError, UsageError
 
-DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100")
 BATCH_BYTES = 64 << 20  # one preprocessed float32 batch (a model's activations are several times that)
 
 
@@ -124,17 +124,11 @@ def _spec_for(name: str, card: ModelCard) -> dict[str, Any]:
     recorded = dict(card.provenance.dataset_spec or {})
     if recorded.get("source") == name:
         return recorded  # same seed and split fractions as training: its test split is held out
-    from ..trainer.data import make_spec
-
     size = (card.input.height, card.input.width) if name == "digits" else None
     return make_spec(name, size=size)
 
 
 def _from_spec(spec: dict[str, Any], split: str, limit: int | None, card: ModelCard, label: str) -> ImageSet:
-    try:
-        from ..trainer.data import load_split
-    except ImportError as exc:  # the trainer extra is missing
-        raise UsageError(f"cannot read the {spec.get('source')} dataset ({exc}); pass a folder of images") from None
     s = load_split(spec, split, limit)
     labels = _map_labels(s.labels, list(s.classes), card)
     return ImageSet(list(s.images), labels, label, len(s.skipped))
@@ -151,26 +145,24 @@ def _map_labels(labels: np.ndarray, names: Sequence[str], card: ModelCard) -> np
 
 def read_folder(root: Path, card: ModelCard, limit: int | None, flag: str) -> ImageSet:
     """Every image file under ``root`` (sorted); labels when each sits in a folder named after a card class."""
-    from ..runtime.images import ImageError, is_image_file, read_image
+    from ..runtime.images import ImageError, read_image
 
-    files = sorted(f for f in root.rglob("*") if f.is_file() and not f.name.startswith("."))
     images: list[Path] = []
     labels: list[int | None] = []
-    index = {c: i for i, c in enumerate(card.classes)}
     skipped: list[str] = []
-    for f in files:
+    for entry, label in labelled_entries(root, card.classes):
         if limit is not None and len(images) >= limit:
             break
-        if not is_image_file(f):
-            skipped.append(f"{f.name}: not an image file")
+        if entry.skip is not None:
+            skipped.append(f"{entry.path.name}: {entry.skip}")
             continue
         try:
-            read_image(f)
-            images.append(f)
+            read_image(entry.path)
+            images.append(entry.path)
         except ImageError as exc:
-            skipped.append(f"{f.name}: {exc.reason}")
+            skipped.append(f"{entry.path.name}: {exc.reason}")
             continue
-        labels.append(index.get(f.parent.name) if f.parent != root else None)
+        labels.append(label)
     if not images:
         why = f" ({len(skipped)} file(s) skipped, e.g. {skipped[0]})" if skipped else ""
         raise DataError(f"{flag} {root}: no readable images{why}")

@@ -121,7 +121,7 @@ def card_from_description(path: Path, d: ModelDescription, shape: Sequence[int |
 
 def source_inputs(images: Sequence[np.ndarray], card: ModelCard, color: str | None = None,
                   in_graph: bool | None = None) -> np.ndarray:
-    """Decoded images as the source model takes them: prepared as cnn-train fed it (the trainer's
+    """Decoded images as the source model takes them: prepared as cnn-train fed it (the training
     :func:`~cnnedge.runtime.preprocess.prepare_image` path: colour, resize), float32 pixels, normalised on the host
     when the card says the model does not normalise itself, in the card's layout. ``color``/``in_graph`` override
     the card (the card check tries the alternatives)."""

@@ -1,7 +1,6 @@
-"""The trainer: preset networks, data sources, the training loop and its run directory.
+"""The trainer: preset networks, the training loop and its run directory.
 
-``cnnedge.trainer.data`` imports neither TensorFlow nor Keras, so export and
-parity tools can rebuild a recorded data split (see :func:`data.split_images`)
-without the training stack. The rest loads TensorFlow lazily, when it trains.
+The data sources live below it, in :mod:`cnnedge.datasets`, so export and parity tools rebuild a recorded
+split without the training stack. The rest loads TensorFlow lazily, when it trains.
 """
 from __future__ import annotations

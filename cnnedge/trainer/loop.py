@@ -21,11 +21,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .. import datasets
 from ..atomic import atomic_path, write_text
 from ..card import CARD_FILENAME, InputSpec, ModelCard, Preprocess, Provenance, now_iso, sha256_file
 from ..errors import DataError, UsageError, arg_name
 from ..tfquiet import keras_warnings_off
-from . import data as data_mod
 from . import rundir
 from .config import RunSettings, TrainConfig, validate
 from .prepared import Prepared, check_sizes, log_skipped, native_size, prepare_folder, skipped_files
@@ -88,7 +88,7 @@ def resolve(cfg: TrainConfig, preset: Preset | None = None) -> RunSettings:
                   augment=cfg.augment, mixed_precision=cfg.mixed_precision, data=cfg.data,
                   resize=dict(cfg.resize))
     validate(values)  # before the data is looked at
-    spec = data_mod.make_spec(cfg.data, seed=cfg.seed, val_split=cfg.val_split, test_split=cfg.test_split,
+    spec = datasets.make_spec(cfg.data, seed=cfg.seed, val_split=cfg.val_split, test_split=cfg.test_split,
                               size=cfg.img_size, csv_shape=cfg.csv_shape)
     if weights not in (None, "none") and not preset.transfer:
         raise UsageError(f"{arg_name('weights')} applies to the transfer presets (vgg16-transfer, vgg19-transfer, "
@@ -141,7 +141,7 @@ class _Job:
             _require_gpu()
         spec = settings.dataset_spec
         t0 = time.perf_counter()
-        raw = None if spec["source"] == "folder" else {k: data_mod.load_split(spec, k) for k in data_mod.SPLITS}
+        raw = None if spec["source"] == "folder" else {k: datasets.load_split(spec, k) for k in datasets.SPLITS}
         classes = list(spec["classes"]) if raw is None else raw["train"].classes
         if resume:
             card = ModelCard.load(out / CARD_FILENAME)
@@ -308,7 +308,7 @@ def _new_card(s: RunSettings, classes: list[str], native: tuple[int, int] | None
                               name=preset.preprocess_name, **s.resize),
         output="probabilities",
         precision="mixed" if s.mixed_precision else "fp32",
-        provenance=Provenance(dataset=data_mod.describe(s.dataset_spec), dataset_spec=s.dataset_spec,
+        provenance=Provenance(dataset=datasets.describe(s.dataset_spec), dataset_spec=s.dataset_spec,
                               created=now_iso()),
     )
 

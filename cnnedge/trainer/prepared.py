@@ -11,8 +11,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..card import ModelCard
+from ..datasets import KERAS_DATASETS, SPLITS, describe, split_files
 from ..errors import DataError, UsageError
-from . import data as data_mod
 
 
 def native_size(spec: dict, train_images: Sequence[np.ndarray]) -> tuple[int, int] | None:
@@ -22,7 +22,7 @@ def native_size(spec: dict, train_images: Sequence[np.ndarray]) -> tuple[int, in
         return int(h), int(w)
     if src == "csv":
         return int(spec["shape"][0]), int(spec["shape"][1])
-    if src in data_mod.KERAS_DATASETS and train_images:
+    if src in KERAS_DATASETS and train_images:
         return tuple(train_images[0].shape[:2])  # type: ignore[return-value]
     return None  # folders: images of any size; the preset's size
 
@@ -54,7 +54,7 @@ def prepare_folder(spec: dict, card: ModelCard) -> dict[str, Prepared]:
     from ..runtime.images import ImageError, read_image
     from ..runtime.preprocess import prepare_image
 
-    lists = {k: data_mod.split_files(spec, k)[:2] for k in data_mod.SPLITS}
+    lists = {k: split_files(spec, k)[:2] for k in SPLITS}
     n = len({f for files, _ in lists.values() for f in files})
     if n * card.input.height * card.input.width * card.input.channels > max_train_bytes():
         return {k: Prepared(None, np.asarray(lab, np.int64), list(files)) for k, (files, lab) in lists.items()}
@@ -98,11 +98,11 @@ def log_skipped(skipped: list[tuple[str, str]], log: Callable[[str], None]) -> N
 def check_sizes(spec: dict, data: dict[str, Prepared], n_classes: int, log: Callable[[str], None],
                  seconds: float) -> None:
     if not len(data["train"]):
-        raise DataError(f"{data_mod.describe(spec)}: no readable training images")
+        raise DataError(f"{describe(spec)}: no readable training images")
     if not len(data["val"]):
-        raise DataError(f"{data_mod.describe(spec)}: the validation split is empty; give --val-split (e.g. 0.2) "
+        raise DataError(f"{describe(spec)}: the validation split is empty; give --val-split (e.g. 0.2) "
                         "or a val/ folder")
     counts = ", ".join(f"{k} {len(v)}" for k, v in data.items())
     streamed = " (streamed from the files each epoch)" if data["train"].files is not None else ""
-    log(f"data: {data_mod.describe(spec)}: {n_classes} classes; {counts} images{streamed} ({seconds:.1f}s)")
+    log(f"data: {describe(spec)}: {n_classes} classes; {counts} images{streamed} ({seconds:.1f}s)")
     log_skipped(skipped_files(data), log)
