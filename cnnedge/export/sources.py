@@ -3,7 +3,8 @@
 A source knows three things: its card (from ``card.json``, the ONNX metadata, or a :class:`Description` the
 user gives for a model from elsewhere), its reference outputs on decoded images (the model fed the way it
 expects them), and the FP32 ONNX graph the artifacts are made from (uint8 NHWC pixels in, the declared
-normalisation folded in, unless ``input_dtype`` is float32).
+normalisation folded in, unless ``input_dtype`` is float32). Both kinds run behind the runtime's backends (Keras,
+ONNX Runtime), and a model without a card gets its card as cnn-infer makes one.
 """
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..card import CARD_FILENAME, InputSpec, ModelCard, Preprocess, card_path_for
-from ..errors import CardError, ExportError, ModelLoadError, OptionError
+from ..card import CARD_FILENAME, ModelCard, card_path_for
+from ..errors import CardError, ModelLoadError, OptionError
 from ..runtime.describe import REQUIRED, ModelDescription
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
@@ -84,41 +85,6 @@ def _refuse_description(path: Path, describe: ModelDescription | None, where: st
                               "without a card)")
 
 
-def card_from_description(path: Path, d: ModelDescription, shape: Sequence[int | None]) -> ModelCard:
-    """The card of a Keras model from elsewhere (NHWC): the graph's input shape and the user's description."""
-    from ..runtime.backends.sizing import image_axes
-    from ..runtime.labels import read_labels
-
-    axes = image_axes(tuple(shape), "NHWC")
-    if axes is None or shape[3] not in (1, 3):
-        raise ModelLoadError(f"{path}: input {list(shape)} is not an NHWC image batch with 1 or 3 channels; "
-                             "Keras models here are NHWC")
-    h, w, c = (shape[i] for i in axes)
-    if h is None or w is None:
-        if d.input_size is None:
-            raise OptionError("input_size", f"needed: {path} takes images of any size ({list(shape)}); give the "
-                                            "size it was trained at, e.g. 224x224")
-        h, w = d.input_size
-    elif d.input_size is not None and tuple(d.input_size) != (h, w):
-        raise OptionError("input_size", f"{d.input_size[0]}x{d.input_size[1]}: the graph of {path} fixes its input "
-                                        f"at {h}x{w}; drop {{input_size}}")
-    if c == 3 and d.rgb is None:
-        raise DescriptionMissing(path, f"no {CARD_FILENAME} beside it", ["rgb"])
-    names = read_labels(d.labels)
-    color = "GRAY" if c == 1 else ("RGB" if d.rgb else "BGR")
-    try:
-        return ModelCard(name=path.stem, classes=names, input=InputSpec(int(h), int(w), int(c), "NHWC", "float32",
-                                                                        color),
-                         preprocess=Preprocess(resize=d.resize or "stretch", scale=d.scale, mean=d.mean, std=d.std,
-                                               in_graph=False, name="declared",
-                                               crop_pct=1.0 if d.crop_pct is None else d.crop_pct,
-                                               pad_value=0.0 if d.pad_value is None else d.pad_value,
-                                               interpolation=d.interpolation or "auto"),
-                         output=d.output or "probabilities")
-    except CardError as exc:
-        raise OptionError("", str(exc).replace("model card: ", "the description: ")) from None
-
-
 def source_inputs(images: Sequence[np.ndarray], card: ModelCard, color: str | None = None,
                   in_graph: bool | None = None) -> np.ndarray:
     """Decoded images as the source model takes them: prepared as cnn-train fed it (the training
@@ -134,15 +100,6 @@ def source_inputs(images: Sequence[np.ndarray], card: ModelCard, color: str | No
     pixels = np.stack([prepare_image(im, spec, pre) for im in images])
     x = pixels.astype(np.float32) if (pre.in_graph if in_graph is None else in_graph) else normalize(pixels, pre)
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if spec.layout == "NCHW" else x
-
-
-def keras_outputs(model: Any, x: np.ndarray, batch: int = 128) -> np.ndarray:
-    """Reference outputs: the Keras model called directly (not ``predict``) on its float32 input."""
-    from ..tfquiet import keras_warnings_off
-
-    with keras_warnings_off():
-        outs = [np.asarray(model(x[i:i + batch], training=False)) for i in range(0, len(x), batch)]
-    return np.concatenate(outs).astype(np.float32)
 
 
 class KerasSource:
@@ -164,24 +121,36 @@ class KerasSource:
             self.card = None
             self.declared_output = (describe or ModelDescription()).output
         self.model: Any = None
+        self.backend: Any = None
 
     def load(self) -> ModelCard:
-        from ..keras_io import load_keras_model
+        """The model behind the runtime's Keras backend; a card from the graph and the description as cnn-infer
+        makes it (:func:`~cnnedge.runtime.classifier.resolve_card`) for a model without one."""
+        from ..runtime.backends import load_backend
 
-        self.model = load_keras_model(self.path, trust=self.trust)
-        inputs = list(getattr(self.model, "inputs", None) or [])
-        if len(inputs) != 1:
-            raise ExportError(f"model has {len(inputs)} inputs; cnn-export takes image classifiers with one image "
-                              "input")
+        d = self.describe or ModelDescription()
+        self.backend = load_backend(self.path, "keras", trust=self.trust,
+                                    input_size=d.input_size if self.card is None else None)
+        self.model = self.backend.model
         if self.card is None:
-            self.card = card_from_description(self.path, self.describe or ModelDescription(), tuple(inputs[0].shape))
+            from ..runtime.backends.sizing import image_axes
+
+            shape = self.backend.input_spec.shape
+            axes = image_axes(shape)
+            if axes is not None and shape[axes[2]] == 3 and d.rgb is None:
+                raise DescriptionMissing(self.path, f"no {CARD_FILENAME} beside it", ["rgb"])
+            self.card = described_card(self.backend, d)
         from .keras2onnx import check_image_model
 
         check_image_model(self.model, self.card)
         return self.card
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        return keras_outputs(self.model, x)
+        return np.asarray(self.backend.infer(x), dtype=np.float32).reshape(len(x), -1)
+
+    def close(self) -> None:
+        if self.backend is not None:
+            self.backend.close()
 
     def to_onnx(self, card: ModelCard, input_dtype: str, opset: int | None) -> Any:
         from .keras2onnx import keras_to_onnx
@@ -224,10 +193,8 @@ class OnnxSource:
         self.backend: Any = None
 
     def load(self) -> ModelCard:
-        import warnings
-
         from ..runtime.backends import load_backend
-        from ..runtime.classifier import CardMissingWarning, resolve_card
+        from ..runtime.classifier import resolve_card
 
         d = self.describe or ModelDescription()
         self.backend = load_backend(self.path, "ort-cpu", threads=1,
@@ -236,11 +203,7 @@ class OnnxSource:
         if self.card is None and spec.dtype != "float32":
             raise ModelLoadError(f"{self.path}: input type {spec.dtype}; a model without a card must take float32 "
                                  "input")
-        values = {k: v for k, v in d.as_dict().items() if k != "input_size"}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", CardMissingWarning)
-            resolved = resolve_card(self.backend, **values)
-        self.card = resolved.card if self.card is not None else resolved.card.replace(preprocess={"name": "declared"})
+        self.card = described_card(self.backend, d) if self.card is None else resolve_card(self.backend).card
         out = self.backend.output_spec.shape
         if len(out) != 2 or out[1] not in (None, self.card.num_classes):
             raise ModelLoadError(f"{self.path}: output shape {list(out)} is not one score per class for the "
@@ -282,6 +245,20 @@ class OnnxSource:
     def close(self) -> None:
         if self.backend is not None:
             self.backend.close()
+
+
+def described_card(backend: Any, d: ModelDescription) -> ModelCard:
+    """The card of a model from elsewhere: its graph and the user's description, made as cnn-infer makes it
+    (:func:`~cnnedge.runtime.classifier.resolve_card`: layout, size, channels, metadata names, label count)."""
+    import warnings
+
+    from ..runtime.classifier import CardMissingWarning, resolve_card
+
+    values = {k: v for k, v in d.as_dict().items() if k != "input_size"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CardMissingWarning)
+        card = resolve_card(backend, **values).card
+    return card.replace(preprocess={"name": "declared"})
 
 
 def _channels(model: Any) -> int | None:
