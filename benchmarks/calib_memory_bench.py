@@ -29,8 +29,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 HERE = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(HERE))
 
-PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
-          "stereo_motorcycle")
 SIDE = 256
 VERIFY = 20
 
@@ -53,18 +51,9 @@ print("RESULT", int(status["VmHWM"].split()[0]) // 1024, report.calibration["ima
 
 
 def photos() -> list:
-    import cv2
-    import skimage.data as d
+    from runtime_bench import photos as named
 
-    out = []
-    for name in PHOTOS:
-        try:
-            im = getattr(d, name)()
-        except Exception:  # noqa: BLE001 - a photo that needs a download is left out
-            continue
-        im = im[0] if isinstance(im, tuple) else im
-        out.append(cv2.cvtColor(im[:, :, :3], cv2.COLOR_RGB2BGR))
-    return out
+    return list(named().values())
 
 
 def write_jpegs(folder: Path, n: int, seed: int) -> None:
