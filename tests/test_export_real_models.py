@@ -357,3 +357,11 @@ def test_verification_memory_does_not_grow_with_the_images(tmp_path):
         assert r.returncode == 0, r.stderr[-2000:]
         peaks[n] = int(r.stdout.split()[-1]) / 1024
     assert peaks[96] < 1.3 * peaks[16], peaks
+
+
+def test_a_label_count_mismatch_is_the_same_usage_error_as_in_cnn_infer(digits, tmp_path):
+    root = digits["root"]
+    (tmp_path / "three.txt").write_text("a\nb\nc\n")
+    code, _, err = export([str(digits["models"][11]), "--labels", str(tmp_path / "three.txt"), *DIGIT_FLAGS,
+                           "--verify", str(root / "test"), "--out", str(tmp_path / "o"), "-q"])
+    assert code == 2 and err.count("\n") == 1 and "3 names given, the model outputs 10 classes" in err, err
