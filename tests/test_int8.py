@@ -365,3 +365,23 @@ def test_calibration_peak_memory_does_not_grow_with_the_images(tmp_path):
         assert out.returncode == 0, out.stderr[-2000:]
         peaks.append(int(out.stdout.split()[-1]))
     assert peaks[1] - peaks[0] < 60, f"peak RSS {peaks[0]} MB with 24 images, {peaks[1]} MB with 240"
+
+
+def test_the_demo_model_with_its_card_saying_in_graph_false_fails_on_its_269_test_images(demo, tmp_path):
+    """The card check, the other way round from a right card on few images: the demo's digits-cnn normalises
+    inside its graph, and a card that says otherwise is convicted on the card's own test split."""
+    import shutil
+
+    from cnnedge.card import ModelCard
+    from cnnedge.export import ParityFailure, export
+
+    run, _, _ = demo
+    edited = tmp_path / "edited"
+    edited.mkdir()
+    shutil.copy(run / "model.keras", edited / "model.keras")
+    ModelCard.load(run / "card.json").replace(preprocess={"in_graph": False}).save(edited / "card.json")
+    with pytest.raises(ParityFailure) as info:
+        export(edited / "model.keras", edited / "out")
+    check = info.value.report.card_check
+    assert check["n"] == 269 and check["failures"], check
+    assert "preprocess.in_graph" in str(info.value) and "269 labelled images" in str(info.value)
