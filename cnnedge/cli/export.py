@@ -46,8 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="calibration images to use (default 300), e.g. --calib-size 500")
     p.add_argument("--calib-method", default="entropy", metavar="METHOD",
                    help="entropy (default), minmax or percentile, e.g. --calib-method minmax")
-    p.add_argument("--verify", metavar="DIR|DATASET", help="held-out images for the parity check (default: the "
-                   "calibration source's or the card's test split), e.g. --verify val_photos/")
+    p.add_argument("--verify", metavar="DIR|DATASET", help="held-out images for the parity check; the gate's "
+                   "verdicts rest on them (default: the card's or the --calib dataset's test split; for a model "
+                   "from elsewhere, the --calib images), e.g. --verify val_photos/")
     p.add_argument("--verify-size", type=int, default=1000, metavar="N",
                    help="parity images to use (default 1000), e.g. --verify-size 200")
     p.add_argument("--batch", default="1,8,32", metavar="MIN,OPT,MAX",
@@ -60,9 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "tensorrt.timing.cache in the output folder; TensorRT-RTX has none), e.g. --timing-cache t.cache")
     p.add_argument("--triton", metavar="REPO", help="also write a Triton model repository entry per artifact, "
                    "e.g. --triton model_repository/")
-    p.add_argument("--opset", type=int, metavar="N", help="ONNX opset (default 17), e.g. --opset 18")
-    p.add_argument("--no-cleanup", action="store_true", help="skip onnxslim graph simplification, e.g. when "
-                   "it fails on an unusual graph: --no-cleanup")
+    p.add_argument("--opset", type=int, metavar="N", help="ONNX opset of the export, 13..21 (default 17; an ONNX "
+                   "source keeps its own opset if it is 13 or above and is converted to 17 if below), e.g. "
+                   "--opset 18")
+    p.add_argument("--no-cleanup", action="store_true", help="skip onnxslim graph simplification (when it "
+                   "fails, the export keeps the graph as it was and says so), e.g. --no-cleanup")
     p.add_argument("--trust", action="store_true", help="allow legacy .h5 models, which ignore Keras safe mode "
                    "(only for files you trust), e.g. cnn-export old.h5 --trust")
     p.add_argument("--force", action="store_true", help="overwrite existing output files (and Triton "
@@ -72,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-diff-fp32", type=non_negative_float, default=1e-4, metavar="F",
                    help="FP32 max abs output difference (default 1e-4), e.g. 1e-3")
     p.add_argument("--min-agreement-fp16", type=fraction, default=0.995, metavar="F",
-                   help="FP16 top-1 agreement (default 0.995), e.g. 0.99")
+                   help="FP16 top-1 agreement (default 0.995). Like every rate threshold it fails an artifact only "
+                        "when the images show it below (one-sided 95%%), and says 'undecided' with a warning when "
+                        "they are too few to show it met, e.g. 0.99")
     p.add_argument("--min-agreement-int8", type=fraction, default=0.98, metavar="F",
                    help="INT8 top-1 agreement (default 0.98), e.g. 0.95")
     p.add_argument("--max-drop-int8", type=non_negative_float, default=1.0, metavar="POINTS",
