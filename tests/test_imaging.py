@@ -43,7 +43,8 @@ def test_importing_imaging_loads_nothing_above_it_and_sets_nothing():
 
 
 def test_first_decode_sets_the_pixel_limit_before_opencv_loads(tmp_path):
-    code = ("import os, sys\nfrom cnnedge.imaging.decode import read_image\nfrom cnnedge.imaging.errors import ImageError\n"
+    code = ("import os, sys\nfrom cnnedge.imaging.decode import read_image\n"
+            "from cnnedge.imaging.errors import ImageError\n"
             "try:\n    read_image(sys.argv[1])\n    print('DECODED')\nexcept ImageError as e:\n    print(e.reason)\n"
             f"print(os.environ[{VARIABLE!r}])")
     assert _python(code, str(_bmp_bomb(tmp_path / "bomb.bmp"))).splitlines() == [
@@ -51,7 +52,8 @@ def test_first_decode_sets_the_pixel_limit_before_opencv_loads(tmp_path):
 
 
 def test_a_pixel_limit_the_user_set_is_kept(tmp_path):
-    code = ("import os, sys\nfrom cnnedge.imaging.decode import read_image\nfrom cnnedge.imaging.errors import ImageError\n"
+    code = ("import os, sys\nfrom cnnedge.imaging.decode import read_image\n"
+            "from cnnedge.imaging.errors import ImageError\n"
             "try:\n    read_image(sys.argv[1])\nexcept ImageError as e:\n    print(e.reason)\n"
             f"print(os.environ[{VARIABLE!r}])")
     lines = _python(code, str(_bmp_bomb(tmp_path / "bomb.bmp")), env={VARIABLE: "1000000000"}).splitlines()
