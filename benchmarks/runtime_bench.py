@@ -113,7 +113,7 @@ def write_jpegs(photo: dict[str, np.ndarray], folder: Path, n: int) -> list[tupl
 
 
 def bound(paths: list[Path], threads: int, reduced: bool) -> float:
-    from cnnedge.runtime.images import reduce_factor
+    from cnnedge.imaging.decode import reduce_factor
 
     def one(p: Path) -> np.ndarray:
         data = p.read_bytes()

@@ -9,7 +9,7 @@ strictly: an unknown version, a missing field or a wrong type is a
 Preprocessing contract, applied in this order to an OpenCV BGR uint8 image:
 convert to ``input.color``; resize to ``input.height`` x ``input.width`` by
 ``preprocess.resize`` (with ``crop_pct``, ``pad_value`` and ``interpolation``; each
-mode is defined in :mod:`cnnedge.runtime.preprocess`); then
+mode is defined in :mod:`cnnedge.imaging.resize`); then
 ``y = (x * scale - mean) / std`` per channel. When ``preprocess.in_graph`` is true
 the model does that arithmetic itself and the host feeds pixels (0..255) in
 ``input.dtype``.

@@ -76,12 +76,12 @@ def step_export(run_dir: Path) -> None:
 def step_infer(run_dir: Path) -> None:
     """Classify a folder of real digit images (the held-out test split, written as PNGs
     in one folder per class) with the INT8 model, as a user would with cnn-infer."""
-    import cv2
-
     from .cli.infer import main as infer_main
+    from .imaging.opencv import opencv
     from .keras_io import load_card_for
     from .datasets import split_images
 
+    cv2 = opencv()
     card = load_card_for(run_dir / "model.keras")
     images, labels, classes = split_images(card.provenance.dataset_spec, "test")
     folder = run_dir / "images"

@@ -29,7 +29,7 @@ from cnnedge.artifacts import BACKEND_CHOICES
 from cnnedge.cli import run_cli
 from cnnedge.errors import UsageError
 from cnnedge.runtime import Classifier
-from cnnedge.runtime.images import ImageError
+from cnnedge.imaging.errors import ImageError
 
 FIELDS = ["path", "label", "score", "second", "second_score", "truth", "error"]
 TILE = 160

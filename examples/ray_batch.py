@@ -44,7 +44,7 @@ class ClassifyBatch:
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from cnnedge.runtime.images import ImageError
+        from cnnedge.imaging.errors import ImageError
 
         paths = [str(p) for p in batch["path"]]
         images, errors = [], []

@@ -31,7 +31,7 @@ import numpy as np
 from cnnedge.cli import run_cli
 from cnnedge.errors import CnnEdgeError, UsageError
 from cnnedge.runtime import Classifier
-from cnnedge.runtime.preprocess import to_model_input
+from cnnedge.imaging.normalize import to_model_input
 from cnnedge.runtime.sources import folder_files
 
 

@@ -26,7 +26,7 @@ def train_digits(run: Path) -> Path:
     import keras
 
     from cnnedge.card import InputSpec, ModelCard, Preprocess, Provenance
-    from cnnedge.runtime.preprocess import preprocess_batch
+    from cnnedge.imaging.prepare import preprocess_batch
     from cnnedge.datasets import make_spec, split_images
 
     spec = make_spec("digits", size=(SIZE, SIZE))
@@ -68,7 +68,7 @@ def reference(trained):
     """Keras outputs and labels on the digits test split, computed here, not taken from the report."""
     from cnnedge.card import ModelCard
     from cnnedge.keras_io import load_keras_model
-    from cnnedge.runtime.preprocess import preprocess_batch
+    from cnnedge.imaging.prepare import preprocess_batch
     from cnnedge.datasets import split_images
 
     card = ModelCard.load(trained.parent / "card.json")
@@ -114,7 +114,7 @@ def test_onnx_runs_in_onnxruntime_and_matches_keras(exported, reference, name, m
     import onnxruntime as ort
 
     from cnnedge.export import read_card
-    from cnnedge.runtime.preprocess import preprocess_batch
+    from cnnedge.imaging.prepare import preprocess_batch
 
     _, out, _ = exported
     images, labels, ref, _ = reference

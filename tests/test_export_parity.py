@@ -26,7 +26,8 @@ def outside(tmp_path_factory) -> Path:
     import keras
 
     from cnnedge.card import InputSpec, ModelCard, Preprocess, Provenance
-    from cnnedge.runtime.preprocess import normalize, preprocess_batch
+    from cnnedge.imaging.normalize import normalize
+    from cnnedge.imaging.prepare import preprocess_batch
     from cnnedge.datasets import make_spec, split_images
 
     spec = make_spec("digits", size=(SIZE, SIZE))

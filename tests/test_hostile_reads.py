@@ -129,7 +129,7 @@ def hostile(tmp_path: Path) -> dict[str, Path]:
 
 def test_read_file_refuses_non_regular_files_without_reading(hostile):
     """In a subprocess: a broken guard would block (FIFO) or read until memory runs out (/dev/zero)."""
-    code = ("import sys\nfrom cnnedge.runtime.images import ImageError, read_file\n"
+    code = ("import sys\nfrom cnnedge.imaging.errors import ImageError\nfrom cnnedge.imaging.files import read_file\n"
             "for p in sys.argv[1:]:\n"
             "    try:\n        read_file(p)\n        print('READ', p)\n"
             "    except ImageError as e:\n        print(e.kind, '|', e)\n")
@@ -146,16 +146,17 @@ def test_a_fifo_swapped_in_after_the_stat_cannot_block(hostile, tmp_path):
     The stat is replaced by a regular file's to make the race happen every time."""
     regular = tmp_path / "real.png"
     regular.write_bytes(b"x" * 10)
-    code = ("import os, sys\nfrom cnnedge.runtime import images\n"
-            "images.stat_path = lambda p: os.stat(sys.argv[2])\n"
-            "try:\n    images.read_file(sys.argv[1])\n    print('READ')\n"
-            "except images.ImageError as e:\n    print(e)\n")
+    code = ("import os, sys\nfrom cnnedge.imaging import files\nfrom cnnedge.imaging.errors import ImageError\n"
+            "files.stat_path = lambda p: os.stat(sys.argv[2])\n"
+            "try:\n    files.read_file(sys.argv[1])\n    print('READ')\n"
+            "except ImageError as e:\n    print(e)\n")
     r = run(code, str(hostile["fifo"]), str(regular), timeout=15)
     assert r.rc == 0 and "not a regular file (a FIFO)" in r.out, r
 
 
 def test_reads_are_capped_whatever_fstat_says(tmp_path):
-    from cnnedge.runtime.images import ImageError, read_file
+    from cnnedge.imaging.errors import ImageError
+    from cnnedge.imaging.files import read_file
 
     status = read_file("/proc/self/status")  # a regular file whose fstat size is 0
     assert os.stat("/proc/self/status").st_size == 0 and b"VmRSS" in status

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from cnnedge.card import InputSpec, Preprocess
-from cnnedge.runtime.images import decode_image, reduce_factor
-from cnnedge.runtime.preprocess import decode_for, decode_need, decode_pixels, prepare_image, resize
+from cnnedge.imaging.decode import decode_image, reduce_factor
+from cnnedge.imaging.prepare import decode_for, decode_pixels, prepare_image
+from cnnedge.imaging.resize import decode_need, resize
 
 cv2 = pytest.importorskip("cv2")
 

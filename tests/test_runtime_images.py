@@ -9,9 +9,12 @@ import numpy as np
 import pytest
 
 from cnnedge.card import InputSpec, Preprocess
-from cnnedge.runtime.images import (MAX_PIXELS, ImageError, decode_image, image_size, read_image,
-                                    reduce_factor)
-from cnnedge.runtime.preprocess import preprocess_batch, to_color
+from cnnedge.imaging.color import to_color
+from cnnedge.imaging.decode import decode_image, read_image, reduce_factor
+from cnnedge.imaging.errors import ImageError
+from cnnedge.imaging.headers import image_size
+from cnnedge.imaging.opencv import MAX_PIXELS
+from cnnedge.imaging.prepare import preprocess_batch
 
 
 def _photo() -> np.ndarray:

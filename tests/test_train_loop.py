@@ -66,7 +66,7 @@ def test_digits_cnn_reaches_97_percent_and_writes_the_run_folder(digits_run: tup
 
 @pytest.mark.slow
 def test_recorded_split_and_runtime_preprocessing_reproduce_the_test_accuracy(digits_run: tuple[Path, str]) -> None:
-    from cnnedge.runtime.preprocess import preprocess_batch
+    from cnnedge.imaging.prepare import preprocess_batch
 
     out, _ = digits_run
     card = ModelCard.load(out / "card.json")
@@ -128,7 +128,7 @@ def test_interrupt_keeps_the_best_checkpoint_and_resume_continues(tmp_path: Path
     best = min(r["val_loss"] for r in rows)
     model = load_keras_model(out / "model.keras")
     images, labels, _ = split_images(card.provenance.dataset_spec, "val")
-    from cnnedge.runtime.preprocess import preprocess_batch
+    from cnnedge.imaging.prepare import preprocess_batch
 
     probs = model.predict(preprocess_batch(images, card.input, card.preprocess), verbose=0)
     loss = float(np.mean(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-7, 1.0))))

@@ -87,7 +87,8 @@ def list_images(folder: str | Path) -> list[str]:
 
 def bound(clf: "Classifier", files: list[str], workers: int) -> tuple[float, dict[str, float]]:
     """Read + decode + resize alone over ``files`` on ``workers`` threads: (images/s, mean ms per stage)."""
-    from ..runtime.images import ImageError, read_file
+    from ..imaging.errors import ImageError
+    from ..imaging.files import read_file
 
     def one(path: str) -> tuple[float, float, float] | None:
         t0 = time.perf_counter()

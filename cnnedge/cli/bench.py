@@ -99,7 +99,7 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
     check_output("--json", args.json, args.force)
     check_output("--markdown", args.markdown, args.force)
     check_output("--plot", args.plot, args.force, ".png")
-    from ..runtime.images import IMAGE_SUFFIXES
+    from ..imaging.files import IMAGE_SUFFIXES
 
     for flag, path in (("--json", args.json), ("--markdown", args.markdown), ("--plot", args.plot)):
         check_not_input(flag, path, [*args.models, args.end_to_end], IMAGE_SUFFIXES)

@@ -172,7 +172,7 @@ def _run(args: argparse.Namespace, sources: list[Any], out: TextIO, err: TextIO)
     for flag, path in (("--json", args.json), ("--csv", args.csv), ("--save-video", args.save_video)):
         check_output(flag, path, args.force)
     check_output("--save-dir", args.save_dir, args.force, folder=True)
-    from ..runtime.images import IMAGE_SUFFIXES
+    from ..imaging.files import IMAGE_SUFFIXES
 
     inputs = [args.model, args.labels, args.labels_csv, *(s for s in sources if isinstance(s, str))]
     for flag, path in (("--json", args.json), ("--csv", args.csv), ("--save-video", args.save_video)):

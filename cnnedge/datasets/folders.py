@@ -14,7 +14,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from ..runtime.images import ImageError, is_image_file, require_regular, stat_path
+from ..imaging.errors import ImageError
+from ..imaging.files import is_image_file, require_regular, stat_path
 
 NOT_IMAGE = "not an image file"
 

@@ -93,7 +93,8 @@ def split_files(spec: dict, split: str) -> tuple[list[Path], np.ndarray, list[st
 
 def read_files(files: Iterable[Path], labels: np.ndarray) -> tuple[list[np.ndarray], np.ndarray, list[tuple[str, str]]]:
     """Decode files with the runtime's reader; unreadable ones are skipped and reported."""
-    from ..runtime.images import ImageError, read_image
+    from ..imaging.decode import read_image
+    from ..imaging.errors import ImageError
 
     images, keep, skipped = [], [], []
     for i, f in enumerate(files):

@@ -36,9 +36,10 @@ FASHION_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t1
 
 def digits_split(spec: dict, split: str, limit: int | None) -> Split:
     """scikit-learn's 1,797 real 8x8 scans, upscaled to the spec's size."""
-    import cv2
-
     from .._lazy import require
+    from ..imaging.opencv import opencv
+
+    cv2 = opencv()
 
     datasets = require("sklearn.datasets", "the embedded digits")
     d = datasets.load_digits()

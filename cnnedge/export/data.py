@@ -1,7 +1,7 @@
 """Images for calibration and parity checks: a folder, a known dataset, or the card's own data.
 
 Every image is an OpenCV BGR uint8 array and becomes a model input only through
-:func:`cnnedge.runtime.preprocess.preprocess_batch`, the runtime's own path, so a
+:func:`cnnedge.imaging.prepare.preprocess_batch`, the runtime's own path, so a
 training/deployment preprocessing mismatch shows up in the parity report.
 """
 from __future__ import annotations
@@ -42,7 +42,7 @@ class FileImages(Sequence[np.ndarray]):
     def __getitem__(self, i: slice) -> list[np.ndarray]: ...
 
     def __getitem__(self, i: int | slice) -> np.ndarray | list[np.ndarray]:
-        from ..runtime.images import read_image
+        from ..imaging.decode import read_image
 
         if isinstance(i, slice):
             return [read_image(f) for f in self.files[i]]
@@ -71,13 +71,13 @@ class ImageSet:
     def inputs(self, spec: InputSpec, card: ModelCard, limit: int | None = None) -> np.ndarray:
         """The set (its first ``limit`` images) as one model-input batch for ``spec`` (the runtime's
         preprocessing)."""
-        from ..runtime.preprocess import preprocess_batch
+        from ..imaging.prepare import preprocess_batch
 
         return preprocess_batch(self.images[:limit], spec, card.preprocess)
 
     def batches(self, spec: InputSpec, card: ModelCard, size: int = 32) -> Iterator[np.ndarray]:
         """Re-startable: each call starts again from the first image."""
-        from ..runtime.preprocess import preprocess_batch
+        from ..imaging.prepare import preprocess_batch
 
         for i in range(0, len(self.images), size):
             yield preprocess_batch(self.images[i:i + size], spec, card.preprocess)
@@ -145,7 +145,8 @@ def _map_labels(labels: np.ndarray, names: Sequence[str], card: ModelCard) -> np
 
 def read_folder(root: Path, card: ModelCard, limit: int | None, flag: str) -> ImageSet:
     """Every image file under ``root`` (sorted); labels when each sits in a folder named after a card class."""
-    from ..runtime.images import ImageError, read_image
+    from ..imaging.decode import read_image
+    from ..imaging.errors import ImageError
 
     images: list[Path] = []
     labels: list[int | None] = []

@@ -88,12 +88,13 @@ def _refuse_description(path: Path, describe: ModelDescription | None, where: st
 def source_inputs(images: Sequence[np.ndarray], card: ModelCard, color: str | None = None,
                   in_graph: bool | None = None) -> np.ndarray:
     """Decoded images as the source model takes them: prepared as cnn-train fed it (the training
-    :func:`~cnnedge.runtime.preprocess.prepare_image` path: colour, resize), float32 pixels, normalised on the host
+    :func:`~cnnedge.imaging.prepare.prepare_image` path: colour, resize), float32 pixels, normalised on the host
     when the card says the model does not normalise itself, in the card's layout. ``color``/``in_graph`` override
     the card (the card check tries the alternatives)."""
     from dataclasses import replace
 
-    from ..runtime.preprocess import normalize, prepare_image
+    from ..imaging.normalize import normalize
+    from ..imaging.prepare import prepare_image
 
     spec = card.input if color is None else replace(card.input, color=color)
     pre = card.preprocess

@@ -20,13 +20,15 @@ import numpy as np
 
 from ..card import MAX_SIDE, InputSpec, ModelCard, Preprocess, card_path_for
 from ..errors import CardError, CnnEdgeError, ModelLoadError, UsageError, arg_name, first_line
+from ..imaging.files import read_file
+from ..imaging.normalize import to_model_input
+from ..imaging.opencv import MAX_PIXELS, opencv
+from ..imaging.prepare import decode_for, decode_pixels, prepare_image
 from .backends import Backend, Slot, load_backend
 from .backends.sizing import check_batch_pixels, dynamic_size_error, image_axes
 from .describe import PREPROCESS_KEYS, check_description, flag_names
-from .images import MAX_PIXELS, read_file
 from .interrupt import DEFAULT_LOAD_TIMEOUT_S, Deadline, RunInterrupted, load_timeout_error
 from .labels import check_count, metadata_labels, read_labels
-from .preprocess import decode_for, decode_pixels, prepare_image, to_model_input
 from .results import Prediction, Result
 
 
@@ -259,8 +261,7 @@ class Classifier:
             self._logits = self.card.output == "logits"
             self.topk = topk
             self.reduce_decode = reduce_decode
-            import cv2
-
+            cv2 = opencv()  # with the decode limits set, before this process or its decode workers load it
             self._cv2 = cv2
             self._hwc = (self._spec.height, self._spec.width, 3)
             self._cvt = {"RGB": cv2.COLOR_BGR2RGB, "BGR": None, "GRAY": cv2.COLOR_BGR2GRAY}[self._spec.color]

@@ -35,8 +35,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..card import InputSpec, Preprocess
-from .images import ImageError, read_file
-from .preprocess import decode_pixels
+from ..imaging.errors import ImageError
+from ..imaging.files import read_file
+from ..imaging.prepare import decode_pixels
 
 CRASH_HOOK = "CNNEDGE_TEST_DECODE_CRASH"
 SPAWN_AFTER_S = 1.0  # start worker processes once a run has lasted this long ...

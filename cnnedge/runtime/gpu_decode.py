@@ -26,7 +26,7 @@ import numpy as np
 from ..artifacts import TABLE
 from ..errors import MissingDependency, UsageError
 from .decodepool import Chunk, _error_text, skipped_rows
-from .images import read_file
+from ..imaging.files import read_file
 _JPEG = b"\xff\xd8\xff"
 _INFLIGHT = 3  # chunks decoded ahead of the model
 

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..errors import ModelLoadError, UsageError
-from .images import ImageError, read_file
+from ..imaging.errors import ImageError
+from ..imaging.files import read_file
 
 METADATA_KEYS = ("names", "labels", "classes")
 MAX_METADATA_CHARS = 1 << 20

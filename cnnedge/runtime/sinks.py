@@ -28,8 +28,8 @@ import numpy as np
 
 from ..atomic import StagedOutput, atomic_path, refuse_overwrite, refuse_special, remove_stale_staged
 from ..errors import UsageError
+from ..imaging.files import IMAGE_SUFFIXES
 from .results import Result
-from .images import IMAGE_SUFFIXES
 
 CSV_COLUMNS = ("source", "path", "frame", "timestamp", "index", "label", "score", "latency_ms", "topk", "error")
 
@@ -187,7 +187,7 @@ def annotate(img: np.ndarray, r: Result) -> np.ndarray:
     """A copy of ``img`` (BGR) with the label and score drawn on it."""
     import cv2
 
-    from .preprocess import to_color
+    from ..imaging.color import to_color
 
     out = to_color(img, "BGR").copy()
     p = r.prediction

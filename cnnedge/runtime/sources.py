@@ -44,8 +44,9 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 
 from ..errors import DataError
-from .images import (BROKEN_LINK, LINK_LOOP, MAX_FILE_BYTES, NOT_REGULAR, ImageError, is_image_file, read_file,
-                     require_regular, stat_path)
+from ..imaging.errors import ImageError
+from ..imaging.files import (BROKEN_LINK, LINK_LOOP, MAX_FILE_BYTES, NOT_REGULAR, is_image_file, read_file,
+                             require_regular, stat_path)
 
 log = logging.getLogger("cnnedge.runtime")
 

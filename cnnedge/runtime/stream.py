@@ -30,7 +30,7 @@ from ..errors import UsageError
 from .decodepool import Chunk, DecodeParams, DecodePool, available_cores
 from .gpu_decode import on_gpu
 from .gpu_decode import wanted as gpu_decode_wanted
-from .images import is_image_file, read_file
+from ..imaging.files import is_image_file, read_file
 from .results import Prediction, Result
 from .sources import FileSource, Frame, LiveSource, Source, open_source
 

@@ -51,8 +51,9 @@ def max_train_bytes() -> int:
 
 def prepare_folder(spec: dict, card: ModelCard) -> dict[str, Prepared]:
     """Decode and prepare each file once, keeping only the model-size pixels (or stream them)."""
-    from ..runtime.images import ImageError, read_image
-    from ..runtime.preprocess import prepare_image
+    from ..imaging.decode import read_image
+    from ..imaging.errors import ImageError
+    from ..imaging.prepare import prepare_image
 
     lists = {k: split_files(spec, k)[:2] for k in SPLITS}
     n = len({f for files, _ in lists.values() for f in files})

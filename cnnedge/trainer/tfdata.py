@@ -59,9 +59,9 @@ class Augment:
 
 def prepare_pixels(images: Sequence[np.ndarray], spec: InputSpec, pre: Preprocess) -> np.ndarray:
     """BGR uint8 images -> one NHWC uint8 array in the card's colour and size, through the
-    runtime's own :func:`cnnedge.runtime.preprocess.prepare_image` (so training sees
+    runtime's own :func:`cnnedge.imaging.prepare.prepare_image` (so training sees
     exactly what deployment will feed)."""
-    from ..runtime.preprocess import prepare_image
+    from ..imaging.prepare import prepare_image
 
     if not len(images):
         return np.zeros((0, spec.height, spec.width, spec.channels), np.uint8)
@@ -87,8 +87,9 @@ def stream_dataset(files: Sequence[Any], labels: np.ndarray, spec: InputSpec, pr
     """Like :func:`make_dataset`, for datasets too large to hold: each epoch decodes the files with
     the runtime's reader and preprocessing; unreadable ones are skipped and added to ``skipped``."""
     from .._lazy import require
-    from ..runtime.images import ImageError, read_image
-    from ..runtime.preprocess import prepare_image
+    from ..imaging.decode import read_image
+    from ..imaging.errors import ImageError
+    from ..imaging.prepare import prepare_image
 
     tf = require("tensorflow", "training")
     files = [str(f) for f in files]
