@@ -117,3 +117,16 @@ def test_the_private_use_check_sees_the_forms_it_forbids(tmp_path):
                    "be.session\nself._clf.decode\n")
     assert [h.split(": ", 1)[1] for h in _private_uses(src, tmp_path)] == [
         "be._cudart", "clf.backend._infer_impl", "self.backend._lock", "clf._slots"]
+
+
+def test_no_backend_module_touches_another_object_s_private():
+    """Slots, bound buffers and sizing go through a backend's public methods (the namedtuple API aside)."""
+    hits = []
+    for path in sorted((ROOT / "cnnedge" / "runtime" / "backends").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+                    and node.attr not in ("_replace", "_asdict", "_fields", "_make")
+                    and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))
+                    and not (isinstance(node.value, ast.Call) and ast.unparse(node.value.func) == "super")):
+                hits.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)}")
+    assert hits == []

@@ -289,12 +289,11 @@ def test_buffers_bound_once_give_the_session_s_answers():
     # The GPU path's buffers (page-locked host memory bound to the session once) are bound the same way
     # on plain memory here, which is what a machine without CUDA can run.
     from cnnedge.runtime.backends import load_backend
-    from cnnedge.runtime.backends.ort import _Pinned
 
     _, _, x, _ = split()
     batch = np.stack([cv2.resize(im, (32, 32)) for im in x[:5]])[..., ::-1].copy()
     with load_backend(models()["onnx"], "ort-cpu", threads=1) as be:
-        bound = _Pinned(be, 5, pinned=False)
+        bound = be.bind_buffers(5, page_locked=False)
         np.copyto(bound.input, batch)
         be.session.run_with_iobinding(bound.binding)
         want = be.session.run(None, {be.input_spec.name: batch})[0]

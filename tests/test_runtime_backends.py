@@ -193,6 +193,108 @@ def test_infer_device_is_refused_by_a_backend_without_a_device():
             be.infer_device(1 << 20, (1, 32, 32, 3), "uint8")
 
 
+class _HostPointerBackend:
+    """A Backend whose 'device' is host memory: ``_infer_device_impl`` reads the batch at ``ptr`` (what a GPU
+    backend does with device memory), so the base class's checks and in-flight gate run on a CPU."""
+
+    @staticmethod
+    def make(delay: float = 0.0):
+        import ctypes
+        import threading
+        import time
+
+        from cnnedge.runtime.backends import Backend, TensorSpec
+
+        class B(Backend):
+            name = "host-device"
+            entered = threading.Event()  # set once a device call is inside the implementation
+
+            def __init__(self) -> None:
+                super().__init__()
+                self.path = "host.engine"
+                self.input_spec = TensorSpec("x", (None, 4), "float32")
+                self.output_spec = TensorSpec("y", (None, 1), "float32")
+                self.max_batch = 8
+
+            def _infer_impl(self, batch):
+                return batch.sum(axis=1, keepdims=True)
+
+            def _takes_device_batches(self) -> bool:
+                return True
+
+            def _infer_device_impl(self, ptr, shape, dtype):
+                self.entered.set()
+                time.sleep(delay)
+                raw = (ctypes.c_float * int(np.prod(shape))).from_address(ptr)
+                return np.frombuffer(raw, np.float32).reshape(shape).sum(axis=1, keepdims=True)
+
+        return B()
+
+
+def test_infer_device_is_checked_and_counted_in_flight_by_the_base_class():
+    """The base class refuses a device batch the artifact cannot take in one call, runs the subclass's
+    ``_infer_device_impl`` counted in flight (close() waits for it) and refuses calls after close()."""
+    import threading
+    import time
+
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    be = _HostPointerBackend.make(delay=0.2)
+    np.testing.assert_array_equal(be.infer_device(x.ctypes.data, x.shape, "float32"), be.infer(x))
+    with pytest.raises(UsageError, match=r"takes float32 \(None, 4\) in batches of 1..8, got float32 \(3, 5\)"):
+        be.infer_device(x.ctypes.data, (3, 5), "float32")
+    with pytest.raises(UsageError, match="in batches of 1..8, got uint8"):
+        be.infer_device(x.ctypes.data, (3, 4), "uint8")
+    with pytest.raises(UsageError, match=r"got float32 \(9, 4\)"):  # over max_batch: one call's worth only
+        be.infer_device(x.ctypes.data, (9, 4), "float32")
+    done: dict[str, float] = {}
+
+    def work() -> None:
+        be.infer_device(x.ctypes.data, x.shape, "float32")
+        done["end"] = time.perf_counter()
+
+    be.entered.clear()
+    t = threading.Thread(target=work)
+    t.start()
+    assert be.entered.wait(10)
+    be.close()
+    closed_at = time.perf_counter()
+    t.join(10)
+    assert closed_at >= done["end"], "close() returned while infer_device() was still running"
+    with pytest.raises(UsageError, match="closed"):
+        be.infer_device(x.ctypes.data, x.shape, "float32")
+
+
+def test_set_input_spec_fixes_dynamic_dims_and_the_checks_follow():
+    """A dynamic height and width fixed by set_input_spec (what sizing does) is what infer() checks
+    from then on; a fixed dimension, the dtype or the name cannot change."""
+    from cnnedge.runtime.backends import Backend, TensorSpec
+
+    class Dyn(Backend):
+        name = "dyn"
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.path = "dyn.onnx"
+            self.input_spec = TensorSpec("x", (None, None, None, 3), "uint8")
+            self.output_spec = TensorSpec("y", (None, 1), "float32")
+
+        def _infer_impl(self, batch):
+            return batch.reshape(batch.shape[0], -1).sum(axis=1, keepdims=True).astype(np.float32)
+
+    with Dyn() as be:
+        be.infer(np.zeros((1, 16, 16, 3), np.uint8))  # any size while dynamic (and the hot path's checks cached)
+        be.set_input_spec(TensorSpec("x", (None, 8, 8, 3), "uint8"))
+        assert be.input_spec.shape == (None, 8, 8, 3)
+        assert be.infer(np.ones((2, 8, 8, 3), np.uint8)).tolist() == [[192.0], [192.0]]
+        with pytest.raises(UsageError, match="takes shape Nx8x8x3, got 1x16x16x3"):
+            be.infer(np.zeros((1, 16, 16, 3), np.uint8))
+        for bad in (TensorSpec("x", (None, 4, 4, 3), "uint8"), TensorSpec("x", (None, 8, 8, 3), "float32"),
+                    TensorSpec("z", (None, 8, 8, 3), "uint8"), TensorSpec("x", (2, 8, 8, 3), "uint8")):
+            with pytest.raises(ValueError, match="fixes dynamic dimensions only"):
+                be.set_input_spec(bad)
+        assert be.input_spec.shape == (None, 8, 8, 3)
+
+
 def test_replay_backend_answers_with_its_stored_output_through_the_classifier():
     """benchmarks/runtime_bench.py measures the Classifier's own cost on a ReplayBackend (public API, no
     patched privates): the Classifier runs on it like on the real backend and returns the stored answer."""

@@ -24,6 +24,10 @@ and feeds fixed-batch models padded chunks of their size (:func:`plan_batches`),
 ``_infer_impl``, which only runs. ``timed_infer`` runs the same checks and calls
 ``_timed_impl`` under the same gate (default: the whole ``_infer_impl`` counted as
 compute; ONNX Runtime and TensorRT time their copies apart on their own buffers).
+``infer_device(ptr, shape, dtype)`` (a batch in GPU memory) refuses on a CPU backend, checks
+the batch and calls ``_infer_device_impl`` under the same gate. A slot's run is a callable the
+backend makes over its own buffers. ``set_input_spec(spec)`` fixes a dynamic height and width
+(:mod:`.sizing` calls it).
 
 ``load_backend(path, backend="auto", **opts)`` chooses from the table in
 :mod:`cnnedge.artifacts`: ``.engine``/``.plan`` -> ``trt``; ``.onnx`` -> the

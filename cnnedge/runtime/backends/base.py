@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -74,21 +74,27 @@ class Slot:
 
     The caller writes the image into ``input`` (the model's layout and dtype, batch 1)
     in place and calls ``run()``, whose output stays valid until the next ``run()`` on
-    the same slot. A slot belongs to one thread at a time. This one runs through
-    ``infer``; a backend may return one that binds its buffers once, so that a call
-    allocates nothing (ONNX Runtime on CPU).
+    the same slot. A slot belongs to one thread at a time. Without ``run`` it runs
+    through ``infer``; a backend may give the run of its own buffers bound once, so that
+    a call allocates nothing (ONNX Runtime on CPU): the backend makes that callable, so
+    the slot never touches the backend's buffers or gate.
     """
 
-    def __init__(self, backend: "Backend", input: np.ndarray) -> None:
+    def __init__(self, backend: "Backend", input: np.ndarray,
+                 run: Callable[[], np.ndarray] | None = None) -> None:
         self.backend = backend
         self.input = input
+        self._own_run = run
 
     def run(self) -> np.ndarray:
-        return self.backend.infer(self.input)
+        own = self._own_run
+        return own() if own is not None else self.backend.infer(self.input)
 
 
 class Backend:
-    """Base class. Subclasses set the attributes in ``__init__`` and write ``_infer_impl``.
+    """Base class. Subclasses set the attributes in ``__init__`` and write ``_infer_impl`` (and, on a GPU,
+    ``_takes_device_batches`` and ``_infer_device_impl``), which only run: the public methods check,
+    count the call in flight for close(), split or pad, and time.
 
     Attributes: ``name`` (e.g. ``"ort-cpu"``), ``path``, ``input_spec`` and
     ``output_spec`` (:class:`TensorSpec`), ``fixed_batch`` (the only batch size the
@@ -158,8 +164,18 @@ class Backend:
     def infer_device(self, ptr: int, shape: tuple[int, ...], dtype: str) -> np.ndarray:
         """Run a batch that is already in this GPU's memory (``ptr``: a device pointer to a C-contiguous
         ``shape`` array of ``dtype``, e.g. from a GPU decoder, its writes finished); the output comes back
-        to the host. GPU backends implement it; the others refuse."""
-        raise UsageError(f"{self.name} runs on the CPU; infer_device() takes GPU memory")
+        to the host. GPU backends implement it; the others refuse.
+
+        Checks the batch (one call's worth: no split, no padding) and runs ``_infer_device_impl``
+        counted as in flight, as :meth:`infer` does."""
+        if not self._takes_device_batches():
+            raise UsageError(f"{self.name} runs on the CPU; infer_device() takes GPU memory")
+        self._check_device_batch(shape, dtype)
+        self._enter()
+        try:
+            return self._infer_device_impl(int(ptr), tuple(shape), dtype)
+        finally:
+            self._leave()
 
     def stop_runs(self) -> None:
         """Stop the runs in flight from another thread (a signal's watcher, a load timeout); they raise
@@ -199,6 +215,17 @@ class Backend:
             return self._timed_impl(batch, resident)
         finally:
             self._leave()
+
+    def set_input_spec(self, spec: TensorSpec) -> None:
+        """Fix the dynamic non-batch dimensions of ``input_spec`` (a graph of dynamic height and width,
+        sized by :mod:`.sizing`); the name, dtype, rank, batch and fixed dimensions must stay as they are."""
+        old = self.input_spec
+        if (spec.name != old.name or spec.dtype != old.dtype or len(spec.shape) != len(old.shape)
+                or spec.shape[0] != old.shape[0]
+                or any(d is not None and d != n for d, n in zip(old.shape[1:], spec.shape[1:]))):
+            raise ValueError(f"set_input_spec() fixes dynamic dimensions only: {old} cannot become {spec}")
+        self.input_spec = spec
+        self.__dict__.pop("_fast", None)  # the hot-path checks were cached for the old shape
 
     def _checked(self, batch: np.ndarray) -> np.ndarray:
         """``batch`` when it fits the input spec (made contiguous), else a one-line UsageError."""
@@ -276,6 +303,14 @@ class Backend:
                 self.fixed_batch is None and self.max_batch is None and self.min_batch <= 1)
 
     def _infer_impl(self, batch: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _takes_device_batches(self) -> bool:
+        """Whether :meth:`infer_device` runs here: a backend on a GPU says so."""
+        return False
+
+    def _infer_device_impl(self, ptr: int, shape: tuple[int, ...], dtype: str) -> np.ndarray:  # pragma: no cover
+        """Run one checked device batch; called counted as in flight (see :meth:`infer_device`)."""
         raise NotImplementedError
 
     def close(self) -> None:

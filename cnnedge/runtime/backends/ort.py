@@ -299,7 +299,7 @@ class OrtBackend(Backend):
         self._gpu = gpu  # GPU providers run through IO binding from pinned host buffers
         self._device, self.device_id = ("cuda" if gpu else "cpu"), device_id  # where timed_infer's OrtValues live
         self._resident: tuple[np.ndarray, Any] | None = None  # timed_infer(resident=True)'s batch and its OrtValue
-        self._pinned = threading.local()  # per thread: batch size -> _Pinned, bound once
+        self._pinned = threading.local()  # per thread: batch size -> BoundBuffers (page-locked), bound once
         register(self)
 
     def stop_runs(self) -> None:
@@ -393,9 +393,33 @@ class OrtBackend(Backend):
         out_tail = tuple(self.output_spec.shape[1:])
         if base is None or None in out_tail:
             return base
-        return _BoundSlot(self, _Pinned(self, 1, pinned=self._gpu))
+        buffers = self.bind_buffers(1, page_locked=self._gpu)
+        return Slot(self, buffers.input, functools.partial(self._run_bound, buffers))
 
-    def _pinned_for(self, n: int) -> "_Pinned | None":
+    def _run_bound(self, buffers: "BoundBuffers") -> np.ndarray:
+        """A slot's run: its buffers' binding, counted as in flight (the binding and the memory it
+        points at live as long as the slot's callable)."""
+        self._enter()
+        try:
+            self.session.run_with_iobinding(buffers.binding)
+        finally:
+            self._leave()
+        return buffers.output
+
+    def bind_buffers(self, n: int, page_locked: bool = True) -> "BoundBuffers":
+        """A new input and output host array for batches of ``n``, bound to this session once: fill
+        ``input``, run ``session.run_with_iobinding(binding)``, read ``output``. ``page_locked``: in
+        page-locked memory when CUDA gives it (a GPU provider copies it by DMA), plain memory otherwise.
+        Needs fixed input and output dimensions."""
+        ins, outs = self.input_spec, self.output_spec
+        x = _host_buffer((n,) + tuple(ins.shape[1:]), np.dtype(ins.dtype), page_locked)
+        y = _host_buffer((n,) + tuple(outs.shape[1:]), np.dtype(outs.dtype), page_locked)
+        b = self.session.io_binding()
+        b.bind_input(self._in_name, "cpu", 0, x.dtype, list(x.shape), x.ctypes.data)
+        b.bind_output(self._out_names[0], "cpu", 0, y.dtype, list(y.shape), y.ctypes.data)
+        return BoundBuffers(x, y, b)
+
+    def _pinned_for(self, n: int) -> "BoundBuffers | None":
         """This thread's pinned input/output pair for batches of ``n``, bound once (None when the output
         size is dynamic or the input's other dimensions are)."""
         cache = self._pinned.__dict__.setdefault("by_n", {})
@@ -405,23 +429,19 @@ class OrtBackend(Backend):
                 return None
             if len(cache) >= 4:  # a few batch sizes per thread (the batch and the last, shorter one)
                 cache.pop(next(iter(cache)))
-            got = cache[n] = _Pinned(self, n)
+            got = cache[n] = self.bind_buffers(n)
         return got
 
-    def infer_device(self, ptr: int, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    def _takes_device_batches(self) -> bool:
+        return self._gpu
+
+    def _infer_device_impl(self, ptr: int, shape: tuple[int, ...], dtype: str) -> np.ndarray:
         """The device batch bound as the session's input by IO binding (see :meth:`Backend.infer_device`)."""
-        if not self._gpu:
-            return super().infer_device(ptr, shape, dtype)
-        self._check_device_batch(shape, dtype)
-        self._enter()
-        try:
-            b = self.session.io_binding()
-            b.bind_input(self._in_name, "cuda", self.device_id, np.dtype(dtype), list(shape), int(ptr))
-            b.bind_output(self._out_names[0], "cpu")
-            self.session.run_with_iobinding(b)
-            return b.copy_outputs_to_cpu()[0]
-        finally:
-            self._leave()
+        b = self.session.io_binding()
+        b.bind_input(self._in_name, "cuda", self.device_id, np.dtype(dtype), list(shape), ptr)
+        b.bind_output(self._out_names[0], "cpu")
+        self.session.run_with_iobinding(b)
+        return b.copy_outputs_to_cpu()[0]
 
     def _close_impl(self) -> None:
         self.session = None  # type: ignore[assignment]
@@ -429,70 +449,53 @@ class OrtBackend(Backend):
         self._pinned = threading.local()  # every thread's pinned buffers and bindings go with the session
 
 
-def _host_buffer(shape: tuple[int, ...], dtype: np.dtype, pinned: bool) -> np.ndarray:
+def _host_buffer(shape: tuple[int, ...], dtype: np.dtype, page_locked: bool) -> np.ndarray:
     """A host array for a binding: page-locked (``cudaHostAlloc`` through cuda-python, the ``gpu`` extra's)
-    when ``pinned``, so the GPU copies from and to it by DMA, about three times as fast as from pageable
-    memory; plain memory otherwise or when CUDA cannot give it. Pinned memory is freed when the last
+    when asked, so the GPU copies from and to it by DMA, about three times as fast as from pageable
+    memory; plain memory otherwise or when CUDA cannot give it. Page-locked memory is freed when the last
     array over it goes (an :meth:`OrtBackend.input_buffer` a caller still holds keeps it)."""
-    nbytes = int(np.prod(shape)) * dtype.itemsize
-    if pinned:
+    if page_locked:
         try:
             from .trt import import_cudart
 
-            cudart = import_cudart()
-            err, ptr = cudart.cudaHostAlloc(max(1, nbytes), getattr(cudart, "cudaHostAllocPortable", 1))
-            if int(err) == 0:
-                raw = (ctypes.c_uint8 * nbytes).from_address(int(ptr))
-                raw._owner = _PinnedMemory(cudart, int(ptr))  # type: ignore[attr-defined]
-                return np.frombuffer(raw, np.uint8).view(dtype).reshape(shape)
+            block = PageLockedBlock(import_cudart(), shape, dtype)
+            return np.asarray(block)  # the array's base is the block: it frees the memory with the last view
         except Exception:  # noqa: BLE001 - no cuda-python or no memory to lock: pageable still works
             pass
     return np.zeros(shape, dtype)
 
 
-class _PinnedMemory:
-    """One cudaHostAlloc block, freed with the last array that views it."""
+class PageLockedBlock:
+    """One ``cudaHostAlloc`` block seen by numpy as a ``shape`` array of ``dtype`` (``np.asarray(block)``);
+    freed when the last array over it goes."""
 
-    def __init__(self, cudart: Any, ptr: int) -> None:
-        self.cudart, self.ptr = cudart, ptr
+    def __init__(self, cudart: Any, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        err, ptr = cudart.cudaHostAlloc(max(1, nbytes), getattr(cudart, "cudaHostAllocPortable", 1))
+        if int(err) != 0:
+            raise MemoryError(f"cudaHostAlloc of {nbytes} bytes failed: {getattr(err, 'name', err)}")
+        self.cudart, self.ptr = cudart, int(ptr)
+        self.__array_interface__ = {"version": 3, "shape": tuple(shape), "typestr": dtype.str,
+                                    "data": (self.ptr, False)}
 
     def __del__(self) -> None:
+        ptr = self.__dict__.get("ptr")
+        if ptr is None:
+            return
         try:
-            self.cudart.cudaFreeHost(self.ptr)
+            self.cudart.cudaFreeHost(ptr)
         except Exception:  # noqa: BLE001 - interpreter shutdown
             pass
 
 
-class _Pinned:
-    """An input and output buffer of one batch size, bound to the session once; pinned on a GPU."""
+class BoundBuffers:
+    """An input and an output host array of one batch size and the session's IO binding over them
+    (:meth:`OrtBackend.bind_buffers`); they live as long as this object."""
 
-    def __init__(self, backend: OrtBackend, n: int, pinned: bool = True) -> None:
-        ins, outs = backend.input_spec, backend.output_spec
-        self.input = _host_buffer((n,) + tuple(ins.shape[1:]), np.dtype(ins.dtype), pinned)
-        self.output = _host_buffer((n,) + tuple(outs.shape[1:]), np.dtype(outs.dtype), pinned)
-        self.binding = b = backend.session.io_binding()
-        b.bind_input(backend._in_name, "cpu", 0, self.input.dtype, list(self.input.shape), self.input.ctypes.data)
-        b.bind_output(backend._out_names[0], "cpu", 0, self.output.dtype, list(self.output.shape),
-                      self.output.ctypes.data)
+    __slots__ = ("input", "output", "binding")
 
-
-class _BoundSlot(Slot):
-    """The predict slot over a :class:`_Pinned` pair of batch 1: its binding is made once."""
-
-    def __init__(self, backend: OrtBackend, buffers: _Pinned) -> None:
-        super().__init__(backend, buffers.input)
-        self.output = buffers.output
-        self._buffers = buffers  # the binding and the memory it points at live as long as the slot
-        self._run = backend.session.run_with_iobinding
-
-    def run(self) -> np.ndarray:
-        be = self.backend
-        be._enter()
-        try:
-            self._run(self._buffers.binding)
-        finally:
-            be._leave()
-        return self.output
+    def __init__(self, input: np.ndarray, output: np.ndarray, binding: Any) -> None:
+        self.input, self.output, self.binding = input, output, binding
 
 
 def _spec(arg: Any, p: Path) -> TensorSpec:

@@ -41,21 +41,14 @@ class ReplayBackend(Backend):
 
     def _make_slot(self) -> Slot | None:
         base = super()._make_slot()
-        return None if base is None else _ReplaySlot(self, base.input)
+        return None if base is None else Slot(self, base.input, self._first_row)
+
+    def _first_row(self) -> np.ndarray:
+        """A slot's run: the stored output's first row, after the closed check every call makes (nothing
+        to free under it, so no in-flight count)."""
+        if self._closed:
+            raise UsageError(f"{self.name} backend for {self.path} is closed")
+        return self.output[:1]
 
     def _close_impl(self) -> None:
         self.real.close()
-
-
-class _ReplaySlot(Slot):
-    """The stored output's first row (after the closed check every call makes; nothing to free under it,
-    so no in-flight count)."""
-
-    def __init__(self, backend: ReplayBackend, input: np.ndarray) -> None:
-        super().__init__(backend, input)
-        self.output = backend.output[:1]
-
-    def run(self) -> np.ndarray:
-        if self.backend._closed:
-            raise UsageError(f"{self.backend.name} backend for {self.backend.path} is closed")
-        return self.output

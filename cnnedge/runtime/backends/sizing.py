@@ -99,8 +99,7 @@ def set_input_size(be: Any, input_size: tuple[int, int] | None) -> None:
         raise CardError(msg + "; the card or file is wrong: give the right size with --input-size")
     shape = list(spec.shape)
     shape[hi], shape[wi] = h, w
-    be.input_spec = TensorSpec(spec.name, tuple(shape), spec.dtype)
-    be.__dict__.pop("_fast", None)  # the hot-path checks were cached for the dynamic shape
+    be.set_input_spec(TensorSpec(spec.name, tuple(shape), spec.dtype))
     be.size_from = source
 
 

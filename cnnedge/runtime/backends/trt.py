@@ -14,6 +14,7 @@ cannot execute on machines without an NVIDIA GPU.
 from __future__ import annotations
 
 import ctypes
+import functools
 import importlib
 import os
 import threading
@@ -188,26 +189,24 @@ class TrtBackend(Backend):
             self._h_in[:n * self._in_row] = batch.reshape(-1).view(np.uint8)
             return self._execute(n).copy()  # the caller owns what infer() returns
 
-    def infer_device(self, ptr: int, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    def _takes_device_batches(self) -> bool:
+        return True
+
+    def _infer_device_impl(self, ptr: int, shape: tuple[int, ...], dtype: str) -> np.ndarray:
         """A device batch copied device-to-device into the engine's input buffer on its stream, then run
         and downloaded as :meth:`infer` does (see :meth:`Backend.infer_device`): no trip through the host."""
-        self._check_device_batch(shape, dtype)
         n = int(shape[0])
         cudart = self._cudart
-        self._enter()
-        try:
-            with self._lock:
-                self._set_batch(n)
-                self._resident = None
-                _check(cudart.cudaMemcpyAsync(self._d_in, int(ptr), n * self._in_row,
-                                              cudart.cudaMemcpyKind.cudaMemcpyDeviceToDevice, self._stream),
-                       "copy on the device")
-                self._launch()
-                self._download(n)
-                self._sync()
-                return self._out_view(n).copy()
-        finally:
-            self._leave()
+        with self._lock:
+            self._set_batch(n)
+            self._resident = None
+            _check(cudart.cudaMemcpyAsync(self._d_in, ptr, n * self._in_row,
+                                          cudart.cudaMemcpyKind.cudaMemcpyDeviceToDevice, self._stream),
+                   "copy on the device")
+            self._launch()
+            self._download(n)
+            self._sync()
+            return self._out_view(n).copy()
 
     def _execute(self, n: int) -> np.ndarray:
         """Run the first ``n`` rows of the pinned input buffer; the output rows as a view of the
@@ -279,7 +278,21 @@ class TrtBackend(Backend):
         base = super()._make_slot()
         if base is None:
             return None
-        return _PinnedSlot(self, base.input, np.zeros((1,) + tuple(self._out_row_shape), self._out_dtype))
+        output = np.zeros((1,) + tuple(self._out_row_shape), self._out_dtype)
+        # a view of the slot's input: it follows what the caller writes
+        return Slot(self, base.input, functools.partial(self._run_row, base.input.reshape(-1).view(np.uint8), output))
+
+    def _run_row(self, row: np.ndarray, output: np.ndarray) -> np.ndarray:
+        """A slot's run: under the lock, the row is copied into the page-locked input buffer and the
+        output row out into the slot's own array; nothing is allocated per call."""
+        self._enter()
+        try:
+            with self._lock:
+                self._h_in[:self._in_row] = row
+                np.copyto(output, self._execute(1))
+        finally:
+            self._leave()
+        return output
 
     def _close_impl(self) -> None:
         # Backend.close() has already waited for in-flight calls; the lock also covers a direct
@@ -292,27 +305,6 @@ class TrtBackend(Backend):
                               (cudart.cudaFreeHost, self._h_in_ptr), (cudart.cudaFreeHost, self._h_out_ptr)):
                 free(ptr)
             cudart.cudaStreamDestroy(self._stream)
-
-
-class _PinnedSlot(Slot):
-    """A batch of one through the engine's pinned buffers: under the backend's lock the row is
-    copied in and the output row out, into this slot's own arrays; nothing is allocated per call."""
-
-    def __init__(self, backend: TrtBackend, input: np.ndarray, output: np.ndarray) -> None:
-        super().__init__(backend, input)
-        self.output = output
-        self._in_bytes = input.reshape(-1).view(np.uint8)  # a view: it follows what the caller writes
-
-    def run(self) -> np.ndarray:
-        be: TrtBackend = self.backend  # type: ignore[assignment]
-        be._enter()
-        try:
-            with be._lock:
-                be._h_in[:be._in_row] = self._in_bytes
-                np.copyto(self.output, be._execute(1))
-        finally:
-            be._leave()
-        return self.output
 
 
 def _pinned_array(ptr: Any, nbytes: int) -> np.ndarray:
