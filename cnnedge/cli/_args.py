@@ -7,7 +7,29 @@ from typing import Any, NoReturn
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with a one-line usage error: the mistake and where the help is, not a screen of usage."""
+    """argparse with a one-line usage error (the mistake and where the help is, not a screen of usage) that
+    keeps its options in ``flags``, its groups' included: argparse lists them only privately."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.flags: list[argparse.Action] = []
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        self.flags.append(action)
+        return action
+
+    def add_argument_group(self, *args: Any, **kwargs: Any) -> Any:
+        group = super().add_argument_group(*args, **kwargs)
+        add = group.add_argument
+
+        def recorded(*a: Any, **k: Any) -> argparse.Action:
+            action = add(*a, **k)
+            self.flags.append(action)
+            return action
+
+        group.add_argument = recorded  # type: ignore[method-assign]
+        return group
 
     def error(self, message: str) -> "NoReturn":  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -108,7 +130,7 @@ models from elsewhere (no card; the flags say what the model expects):
 
 def add_model_flags(parser: argparse.ArgumentParser, which: tuple[str, ...] = MODEL_FLAGS,
                     title: str = "models without a card (third-party ONNX, or a .keras without its card.json)"
-                    ) -> argparse._ArgumentGroup:
+                    ) -> Any:
     """Add the model-description flags named in ``which`` as one group. Values stay text here:
     :func:`model_description` checks them all in one place, as the Python API does."""
     from ..card import INTERPOLATIONS, OUTPUT_KINDS, RESIZE_MODES

@@ -7,7 +7,7 @@ import sys
 from typing import Any, Sequence
 
 from ..errors import UsageError, argument_names
-from ._args import add_model_flags, model_description
+from ._args import Parser, add_model_flags, model_description
 from ._run import entry
 
 EXAMPLES = """examples:
@@ -20,7 +20,7 @@ EXAMPLES = """examples:
 """
 
 
-class _Parser(argparse.ArgumentParser):
+class _Parser(Parser):
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(f"{message} (see cnn-train --help)")
 
@@ -44,7 +44,7 @@ def _shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> _Parser:
     p = _Parser(prog="cnn-train", description="Train an image-classification CNN (a classic tutorial network) "
                 "into a run folder: model.keras, card.json, history.csv, plots and metrics.json.",
                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -101,7 +101,7 @@ def _given(argv: Sequence[str]) -> list[str]:
     """The option strings of the flags actually given in ``argv`` (abbreviations and --x=v included)."""
     parser = build_parser()
     unset = object()
-    actions = [a for a in parser._actions if a.option_strings]
+    actions = [a for a in parser.flags if a.option_strings]
     parser.set_defaults(**{a.dest: unset for a in actions})
     ns = parser.parse_args(argv)
     return [a.option_strings[-1] for a in actions if getattr(ns, a.dest, unset) is not unset]
@@ -109,7 +109,7 @@ def _given(argv: Sequence[str]) -> list[str]:
 
 def flag_names() -> dict[str, str]:
     """The library's argument names -> this command's flags, for the library's error messages."""
-    names = {a.dest: a.option_strings[-1] for a in build_parser()._actions if a.option_strings}
+    names = {a.dest: a.option_strings[-1] for a in build_parser().flags if a.option_strings}
     return {**names, "run_dir": "--resume"}
 
 
