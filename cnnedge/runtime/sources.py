@@ -1,16 +1,24 @@
-"""Sources: where frames come from. One factory, :func:`open_source`, one table:
+"""Sources: where frames come from. One factory, :func:`open_source`, and one table, :data:`SOURCE_KINDS`:
+data saying how each kind is recognised, which class reads it and which options its constructor takes.
 
-=========================  ===============================================
+=========================  ============================================================  ====================
+spec                       source                                                        options it takes
+=========================  ============================================================  ====================
 ``photo.jpg``              one image file
-``photos/`` (+ ``glob``)   a folder, recursive, sorted; each file once, in order
+``photos/``                a folder, recursive, sorted; each file once, in order         ``glob``
 ``list.txt``               a list file: one image path a line (relative to the list)
-``clip.mp4``               a video file, every frame in order (``live=True``: newest only)
-``0``, ``camera:0``        a camera by index (``/dev/video0``, ``v4l2:///dev/video0``); an existing
-                           file or folder named ``0`` wins over the camera (``camera:0`` does not)
-``rtsp://``, ``http://``   a network stream (RTSP, HTTP MJPEG, ...)
-``csi://0``                a Jetson CSI camera (composes the nvarguscamerasrc pipeline)
-``... ! appsink``          a GStreamer pipeline string
-=========================  ===============================================
+``clip.mp4``               a video file, every frame in order
+``clip.mp4``, ``live``     the video replayed at its own rate, newest frame only         timeouts
+``0``, ``camera:0``        a camera by index; an existing file or folder named ``0``     ``give_up_s``
+                           wins over the camera (``camera:0`` does not)
+``/dev/video0``            a V4L2 device (also ``v4l2:///dev/video0``)                   ``give_up_s``
+``rtsp://``, ``http://``   a network stream (RTSP, HTTP MJPEG, ...)                      timeouts, ``give_up_s``
+``csi://0``                a Jetson CSI camera (composes the nvarguscamerasrc pipeline)  timeouts, ``give_up_s``
+``... ! appsink``          a GStreamer pipeline string                                   timeouts, ``give_up_s``
+=========================  ============================================================  ====================
+
+An option a kind does not take does not apply to it and is not passed (``glob`` means nothing to a
+camera). Every source is an iterator of Frames and a context manager that closes it.
 
 Only regular files are read. A folder entry that is not used (a file that is not
 named like an image, a hidden name, something that is not a regular file, a broken
