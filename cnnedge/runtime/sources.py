@@ -1,16 +1,24 @@
-"""Sources: where frames come from. One factory, :func:`open_source`, one table:
+"""Sources: where frames come from. One factory, :func:`open_source`, and one table, :data:`SOURCE_KINDS`:
+data saying how each kind is recognised, which class reads it and which options its constructor takes.
 
-=========================  ===============================================
+=========================  ============================================================  ====================
+spec                       source                                                        options it takes
+=========================  ============================================================  ====================
 ``photo.jpg``              one image file
-``photos/`` (+ ``glob``)   a folder, recursive, sorted; each file once, in order
+``photos/``                a folder, recursive, sorted; each file once, in order         ``glob``
 ``list.txt``               a list file: one image path a line (relative to the list)
-``clip.mp4``               a video file, every frame in order (``live=True``: newest only)
-``0``, ``camera:0``        a camera by index (``/dev/video0``, ``v4l2:///dev/video0``); an existing
-                           file or folder named ``0`` wins over the camera (``camera:0`` does not)
-``rtsp://``, ``http://``   a network stream (RTSP, HTTP MJPEG, ...)
-``csi://0``                a Jetson CSI camera (composes the nvarguscamerasrc pipeline)
-``... ! appsink``          a GStreamer pipeline string
-=========================  ===============================================
+``clip.mp4``               a video file, every frame in order
+``clip.mp4``, ``live``     the video replayed at its own rate, newest frame only         timeouts
+``0``, ``camera:0``        a camera by index; an existing file or folder named ``0``     ``give_up_s``
+                           wins over the camera (``camera:0`` does not)
+``/dev/video0``            a V4L2 device (also ``v4l2:///dev/video0``)                   ``give_up_s``
+``rtsp://``, ``http://``   a network stream (RTSP, HTTP MJPEG, ...)                      timeouts, ``give_up_s``
+``csi://0``                a Jetson CSI camera (composes the nvarguscamerasrc pipeline)  timeouts, ``give_up_s``
+``... ! appsink``          a GStreamer pipeline string                                   timeouts, ``give_up_s``
+=========================  ============================================================  ====================
+
+An option a kind does not take does not apply to it and is not passed (``glob`` means nothing to a
+camera). Every source is an iterator of Frames and a context manager that closes it.
 
 Only regular files are read. A folder entry that is not used (a file that is not
 named like an image, a hidden name, something that is not a regular file, a broken
@@ -38,7 +46,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
@@ -93,7 +101,8 @@ class Frame:
 
 class Source:
     """Base: an iterator of Frames with ``name``, ``live``, ``total`` (None if unknown),
-    ``dropped`` and ``reconnects`` counters, ``gave_up`` and ``close()``."""
+    ``dropped`` and ``reconnects`` counters, ``gave_up`` and ``close()``; a context manager that
+    closes it (closing twice is harmless)."""
 
     live = False
     name = ""
@@ -110,6 +119,12 @@ class Source:
 
     def close(self) -> None:
         pass
+
+    def __enter__(self) -> Source:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class FileSource(Source):
@@ -295,6 +310,12 @@ class LiveSource(Source):
                 return False
             delay = min(delay * 2, self.max_backoff)
 
+    def give_up_after(self, seconds: float) -> None:
+        """End the source once it has been down ``seconds`` (a run's ``give_up_s`` for a source the caller
+        opened); no effect on one that does not reconnect. Read by the capture thread once the stream is lost."""
+        if self.reconnect:
+            self.give_up_s = seconds
+
     def get(self, timeout: float | None = None) -> Frame | None:
         """The newest frame not yet taken; None on timeout. StopIteration once ended."""
         with self._cond:
@@ -427,71 +448,187 @@ def _named(p: Path) -> Path | Skipped:
     return p
 
 
+class Target:
+    """A source spec as the table reads it: its text, the path it names and, looked up once when a row
+    asks, what is at that path. ``live``: a video file is to be replayed as a camera."""
+
+    def __init__(self, spec: Any, live: bool = False) -> None:
+        self.spec, self.live = spec, live
+        self.text = str(spec)
+        self._status: os.stat_result | None = None
+        self._regular = False
+
+    @property
+    def scheme(self) -> str:
+        return urlsplit(self.text).scheme.lower()
+
+    @property
+    def path_text(self) -> str:
+        """The path the spec names (a ``file://`` URL's path, else the spec itself)."""
+        return urlsplit(self.text).path if self.scheme == "file" else self.text
+
+    @property
+    def path(self) -> Path:
+        return Path(self.path_text)
+
+    @property
+    def camera_index(self) -> int | None:
+        """The camera an int, ``camera:N`` or a string of digits names; digits name a camera only when no
+        file or folder has that name."""
+        if isinstance(self.spec, int):
+            return self.spec
+        if isinstance(self.spec, str) and self.spec.isdigit() and not os.path.exists(self.spec):
+            return int(self.spec)
+        if self.text.startswith("camera:") and self.text[7:].isdigit():
+            return int(self.text[7:])
+        return None
+
+    def status(self) -> os.stat_result:
+        """What is at the path (links followed); a SourceError when nothing usable is."""
+        if self._status is None:
+            try:
+                self._status = stat_path(self.path)
+            except ImageError as exc:
+                if exc.kind is not None:
+                    raise SourceError(f"{self.path}: {exc.reason}") from None
+                raise SourceError(f"{self.path}: no such file or folder (a source is an image, folder, list file, "
+                                  "video, camera index, URL, csi://N or GStreamer pipeline)") from None
+        return self._status
+
+    def is_folder(self) -> bool:
+        return stat.S_ISDIR(self.status().st_mode)
+
+    def is_regular_file(self) -> bool:
+        """True for a regular file; anything else at the path is a SourceError (only regular files are read)."""
+        if not self._regular:
+            try:
+                require_regular(self.path, self.status())
+            except ImageError as exc:
+                raise SourceError(f"{self.path}: {exc.reason}") from None
+            self._regular = True
+        return True
+
+    def has_suffix(self, suffixes: Sequence[str]) -> bool:
+        """A regular file named with one of ``suffixes``."""
+        return self.is_regular_file() and self.path.suffix.lower() in suffixes
+
+
+TIMEOUTS = ("open_timeout_ms", "read_timeout_ms")
+OPTIONS = ("glob", "live", *TIMEOUTS, "give_up_s")  # what open_source takes; each kind is given its own part
+RECONNECTING = (*TIMEOUTS, "give_up_s")
+
+
+@dataclass(frozen=True)
+class SourceKind:
+    """One row of the source table: how a spec is recognised, what builds its source, and which of
+    :data:`OPTIONS` that constructor takes (the others do not apply to it and are not passed)."""
+
+    name: str
+    recognise: Callable[[Target], bool]
+    build: Callable[..., Source]  # build(target, **the options it takes)
+    options: tuple[str, ...] = ()
+
+
+def _is_gstreamer(t: Target) -> bool:
+    return "!" in t.text and ("appsink" in t.text or "src" in t.text.split("!")[0])
+
+
+def _files(t: Target) -> FileSource:
+    return FileSource([_named(Path(p)) for p in t.spec], name="files")
+
+
+def _camera(t: Target, give_up_s: float | None = None) -> LiveSource:
+    index = t.camera_index
+    try:
+        return LiveSource(index, f"camera:{index}", _cv2().CAP_ANY, timeouts=False, give_up_s=give_up_s)
+    except SourceError:
+        raise SourceError(f"camera {index}: cannot open (no such camera, or it is in use)") from None
+
+
+def _v4l2_url(t: Target, give_up_s: float | None = None) -> LiveSource:
+    return LiveSource(t.text[len("v4l2://"):], t.text, _cv2().CAP_V4L2, timeouts=False, give_up_s=give_up_s)
+
+
+def _video_device(t: Target, give_up_s: float | None = None) -> LiveSource:
+    return LiveSource(t.path_text, t.path_text, _cv2().CAP_V4L2, timeouts=False, give_up_s=give_up_s)
+
+
+def _csi(t: Target, **options: Any) -> LiveSource:
+    if not t.text[6:].isdigit():
+        raise SourceError(f"{t.text}: expected csi://N with N the sensor id")
+    return gstreamer(csi_pipeline(int(t.text[6:])), name=t.text, **options)
+
+
+def _gstreamer(t: Target, **options: Any) -> LiveSource:
+    return gstreamer(t.text, **options)
+
+
+def _stream(t: Target, **options: Any) -> LiveSource:
+    return LiveSource(t.text, _redact(t.text), _cv2().CAP_FFMPEG, **options)
+
+
+def _folder(t: Target, glob: str | None = None) -> FileSource:
+    return FileSource(folder_entries(t.path, glob), name=str(t.path))
+
+
+def _live_video(t: Target, **options: Any) -> LiveSource:
+    """A video file replayed like a camera: frames arrive at the file's own rate, so drops are repeatable."""
+    p = str(t.path)
+    return LiveSource(p, p, _cv2().CAP_ANY, reconnect=False, fps=video_fps(p), **options)
+
+
+def _video(t: Target) -> VideoFileSource:
+    return VideoFileSource(t.path)
+
+
+def _list_file(t: Target) -> FileSource:
+    return FileSource(read_list_file(t.path), name=str(t.path))
+
+
+def _image(t: Target) -> FileSource:
+    return FileSource([t.path], name=str(t.path))
+
+
+SOURCE_KINDS: tuple[SourceKind, ...] = (  # in the order a spec is tried against them
+    SourceKind("image files", lambda t: isinstance(t.spec, (list, tuple)), _files),
+    SourceKind("camera", lambda t: t.camera_index is not None, _camera, ("give_up_s",)),
+    SourceKind("v4l2 url", lambda t: t.text.startswith("v4l2://"), _v4l2_url, ("give_up_s",)),
+    SourceKind("csi camera", lambda t: t.text.startswith("csi://"), _csi, RECONNECTING),
+    SourceKind("gstreamer", _is_gstreamer, _gstreamer, RECONNECTING),
+    SourceKind("stream", lambda t: t.scheme in STREAM_SCHEMES, _stream, RECONNECTING),
+    SourceKind("video device", lambda t: t.path_text.startswith("/dev/video"), _video_device, ("give_up_s",)),
+    SourceKind("folder", Target.is_folder, _folder, ("glob",)),
+    SourceKind("live video", lambda t: t.has_suffix(VIDEO_SUFFIXES) and t.live, _live_video, TIMEOUTS),
+    SourceKind("video", lambda t: t.has_suffix(VIDEO_SUFFIXES), _video),
+    SourceKind("list file", lambda t: t.has_suffix(LIST_SUFFIXES), _list_file),
+    SourceKind("image", Target.is_regular_file, _image),
+)
+
+
+def source_kind(target: Target) -> SourceKind:
+    """The first row of :data:`SOURCE_KINDS` that recognises ``target`` (a SourceError when its path
+    cannot be read as a source)."""
+    return next(k for k in SOURCE_KINDS if k.recognise(target))
+
+
 def open_source(spec: Any, *, glob: str | None = None, live: bool = False,
                 open_timeout_ms: int = OPEN_TIMEOUT_MS, read_timeout_ms: int = READ_TIMEOUT_MS,
                 give_up_s: float | None = None) -> Source:
-    """A Source from a path, URL, camera index, ``csi://N`` or GStreamer string (see the table above).
+    """A Source from a path, URL, camera index, ``csi://N`` or GStreamer string (see :data:`SOURCE_KINDS`).
 
-    ``give_up_s``: a live source that has been down this long ends (see :class:`LiveSource`).
+    Each option goes to the constructor of the kinds that take it and does not apply to the others:
+    ``glob`` to a folder, the timeouts to streams, GStreamer and replayed videos, ``give_up_s`` to
+    sources that reconnect (see :class:`LiveSource`). A Source given as it is comes back as it is.
     """
-    src = _open(spec, glob, live, open_timeout_ms, read_timeout_ms)
-    if give_up_s is not None and isinstance(src, LiveSource) and src.reconnect:
-        src.give_up_s = give_up_s  # read by the capture thread only once the stream is lost
-    return src
-
-
-def _open(spec: Any, glob: str | None, live: bool, open_timeout_ms: int, read_timeout_ms: int) -> Source:
     if isinstance(spec, Source):
+        if give_up_s is not None and isinstance(spec, LiveSource):
+            spec.give_up_after(give_up_s)
         return spec
-    cv2 = _cv2()
-    if isinstance(spec, (list, tuple)):
-        return FileSource([_named(Path(p)) for p in spec], name="files")
-    if isinstance(spec, int) or (isinstance(spec, str) and spec.isdigit() and not os.path.exists(spec)):
-        return _camera(int(spec))  # a string of digits is a camera only when no file or folder has that name
-    s = str(spec)
-    if s.startswith("camera:") and s[7:].isdigit():
-        return _camera(int(s[7:]))
-    if s.startswith("v4l2://"):
-        dev = s[len("v4l2://"):]
-        return LiveSource(dev, s, cv2.CAP_V4L2, timeouts=False)
-    if s.startswith("csi://"):
-        if not s[6:].isdigit():
-            raise SourceError(f"{s}: expected csi://N with N the sensor id")
-        return gstreamer(csi_pipeline(int(s[6:])), name=s, open_timeout_ms=open_timeout_ms,
-                         read_timeout_ms=read_timeout_ms)
-    if "!" in s and ("appsink" in s or "src" in s.split("!")[0]):
-        return gstreamer(s, open_timeout_ms=open_timeout_ms, read_timeout_ms=read_timeout_ms)
-    scheme = urlsplit(s).scheme.lower()
-    if scheme in STREAM_SCHEMES:
-        return LiveSource(s, _redact(s), cv2.CAP_FFMPEG, open_timeout_ms=open_timeout_ms,
-                          read_timeout_ms=read_timeout_ms)
-    if scheme == "file":
-        s = urlsplit(s).path
-    p = Path(s)
-    if s.startswith("/dev/video"):
-        return LiveSource(s, s, cv2.CAP_V4L2, timeouts=False)
-    try:
-        st = stat_path(p)
-    except ImageError as exc:
-        if exc.kind is not None:
-            raise SourceError(f"{p}: {exc.reason}") from None
-        raise SourceError(f"{p}: no such file or folder (a source is an image, folder, list file, video, "
-                          "camera index, URL, csi://N or GStreamer pipeline)") from None
-    if stat.S_ISDIR(st.st_mode):
-        return FileSource(folder_entries(p, glob), name=str(p))
-    try:
-        require_regular(p, st)
-    except ImageError as exc:
-        raise SourceError(f"{p}: {exc.reason}") from None
-    suffix = p.suffix.lower()
-    if suffix in VIDEO_SUFFIXES:
-        if live:  # replayed like a camera: frames arrive at the file's own rate, so drops are repeatable
-            return LiveSource(str(p), str(p), cv2.CAP_ANY, open_timeout_ms=open_timeout_ms,
-                              read_timeout_ms=read_timeout_ms, reconnect=False, fps=video_fps(p))
-        return VideoFileSource(p)
-    if suffix in LIST_SUFFIXES:
-        return FileSource(read_list_file(p), name=str(p))
-    return FileSource([p], name=str(p))
+    given = {"glob": glob, "live": live, "open_timeout_ms": open_timeout_ms, "read_timeout_ms": read_timeout_ms,
+             "give_up_s": give_up_s}
+    target = Target(spec, live)
+    kind = source_kind(target)
+    return kind.build(target, **{name: given[name] for name in kind.options})
 
 
 def video_fps(path: str | os.PathLike, default: float = 30.0) -> float:
@@ -505,22 +642,14 @@ def video_fps(path: str | os.PathLike, default: float = 30.0) -> float:
     return fps if 0.0 < fps <= 1000.0 else default
 
 
-def _camera(index: int) -> LiveSource:
-    cv2 = _cv2()
-    try:
-        return LiveSource(index, f"camera:{index}", cv2.CAP_ANY, timeouts=False)
-    except SourceError:
-        raise SourceError(f"camera {index}: cannot open (no such camera, or it is in use)") from None
-
-
 def gstreamer(pipeline: str, name: str | None = None, *, open_timeout_ms: int = OPEN_TIMEOUT_MS,
-              read_timeout_ms: int = READ_TIMEOUT_MS) -> LiveSource:
+              read_timeout_ms: int = READ_TIMEOUT_MS, give_up_s: float | None = None) -> LiveSource:
     """A GStreamer pipeline as a live source. OpenCV documents CAP_PROP_OPEN_TIMEOUT_MSEC and
     CAP_PROP_READ_TIMEOUT_MSEC for its FFmpeg and GStreamer back-ends, so both are passed here
-    (local V4L2 cameras take none)."""
+    (local V4L2 cameras take none). ``give_up_s``: see :class:`LiveSource`."""
     cv2 = _cv2()
     if not has_gstreamer():
         raise SourceError("this OpenCV build has no GStreamer support (opencv-python-headless from PyPI has none); "
                           "use an OpenCV built with GStreamer (on Jetson: the system python3-opencv)")
     return LiveSource(pipeline, name or "gstreamer", cv2.CAP_GSTREAMER, open_timeout_ms=open_timeout_ms,
-                      read_timeout_ms=read_timeout_ms)
+                      read_timeout_ms=read_timeout_ms, give_up_s=give_up_s)
