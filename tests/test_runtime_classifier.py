@@ -158,8 +158,11 @@ def test_predict_per_thread_buffers_match_the_batch_path(data):
         got: dict[int, Prediction] = {}
         errors: list[BaseException] = []
 
+        together = threading.Barrier(4)  # all four alive at once: thread ids are not reused
+
         def work(lo: int) -> None:
             try:
+                together.wait(timeout=60)
                 for i in range(lo, 200, 4):
                     got[i] = clf.predict(x[i])
             except BaseException as exc:  # noqa: BLE001 - reported below

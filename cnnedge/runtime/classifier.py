@@ -83,26 +83,8 @@ def resolve_card(backend: Backend, *, labels: Any = None, scale: Any = None, mea
     if len(shape) != 4:
         raise ModelLoadError(f"{path}: input {spec_in.name!r} has shape {shape}; an image classifier "
                              "takes a 4-D NHWC or NCHW tensor")
-    given = [k for k in PREPROCESS_KEYS + ("output",) if k in desc]
-    card = backend.card
-    if card is not None:
-        if given:
-            raise UsageError(f"{path} carries a model card, which fixes {', '.join(given)}; drop "
-                             f"{flag_names(given)} (they are for models without a card)")
-        spec = card.input
-        if not _fits(spec, shape):
-            other = InputSpec(spec.height, spec.width, spec.channels,
-                              "NCHW" if spec.layout == "NHWC" else "NHWC", spec.dtype, spec.color)
-            if not _fits(other, shape):
-                raise CardError(f"{path}: the card says input {spec.layout} {spec.height}x{spec.width}x"
-                                f"{spec.channels}, the graph takes {shape}; re-export the model")
-            card = card.replace(input={"layout": other.layout})
-        if names is not None:
-            if len(names) != card.num_classes:
-                raise UsageError(f"labels: {len(names)} names given, the model's card has {card.num_classes} classes")
-            return Resolved(card.replace(classes=names), False, labels_flag)
-        return Resolved(card, False, "the model card")
-
+    if backend.card is not None:
+        return _carded(backend, desc, names, labels_flag)
     if backend.name == "keras" and not any(k in desc for k in PREPROCESS_KEYS):
         raise UsageError(f"{path} has no model card ({card_path_for(path).name} beside it), so nothing says how its "
                          "inputs were scaled; put the card.json of its training run beside it, or describe the model "
@@ -125,19 +107,7 @@ def resolve_card(backend: Backend, *, labels: Any = None, scale: Any = None, mea
     if dtype not in ("uint8", "float32", "float16"):
         raise ModelLoadError(f"{path}: input type {dtype} is not an image type (uint8, float32, float16)")
     color = "GRAY" if c == 1 else ("BGR" if desc.get("rgb") is False else "RGB")
-    n_out = _output_width(backend)
-    if names is not None:
-        labels_from = labels_flag
-    else:
-        meta = metadata_labels(backend.metadata, path)
-        if meta is not None:
-            names, labels_from = meta[0], f"the file's metadata ({meta[1]!r})"
-        else:
-            labels_from = "indices (no labels given)"
-            names = ("0", "1") if n_out is None else tuple(str(i) for i in range(n_out))  # None: the warm-up counts
-    if labels_from != "indices (no labels given)":
-        check_count(names, n_out, "labels" if labels_from == labels_flag else labels_from, path,
-                    labels_from == labels_flag)
+    names, labels_from = _class_names(backend, names, labels_flag)
     try:
         pre = Preprocess(resize=desc.get("resize", "stretch"), scale=desc.get("scale", 1 / 255),
                          mean=desc.get("mean", (0.0,)), std=desc.get("std", (1.0,)), in_graph=dtype == "uint8",
@@ -148,6 +118,46 @@ def resolve_card(backend: Backend, *, labels: Any = None, scale: Any = None, mea
     except CardError as exc:
         raise UsageError(str(exc).replace("model card: preprocess.", "").replace("model card: ", "")) from None
     return Resolved(card, "output" not in desc, labels_from)
+
+
+def _carded(backend: Backend, desc: dict[str, Any], names: tuple[str, ...] | None, labels_flag: str) -> Resolved:
+    """The artifact's own card, checked against its graph (a layout the card got the other way round is
+    mended); description values are refused, labels may rename the classes."""
+    path, shape, card = backend.path, backend.input_spec.shape, backend.card
+    assert card is not None
+    given = [k for k in PREPROCESS_KEYS + ("output",) if k in desc]
+    if given:
+        raise UsageError(f"{path} carries a model card, which fixes {', '.join(given)}; drop "
+                         f"{flag_names(given)} (they are for models without a card)")
+    spec = card.input
+    if not _fits(spec, shape):
+        other = InputSpec(spec.height, spec.width, spec.channels,
+                          "NCHW" if spec.layout == "NHWC" else "NHWC", spec.dtype, spec.color)
+        if not _fits(other, shape):
+            raise CardError(f"{path}: the card says input {spec.layout} {spec.height}x{spec.width}x"
+                            f"{spec.channels}, the graph takes {shape}; re-export the model")
+        card = card.replace(input={"layout": other.layout})
+    if names is None:
+        return Resolved(card, False, "the model card")
+    if len(names) != card.num_classes:
+        raise UsageError(f"labels: {len(names)} names given, the model's card has {card.num_classes} classes")
+    return Resolved(card.replace(classes=names), False, labels_flag)
+
+
+def _class_names(backend: Backend, names: tuple[str, ...] | None, labels_flag: str) -> tuple[tuple[str, ...], str]:
+    """The class names of a model without a card and where they came from: the labels given, the file's
+    metadata, or indices; checked against the output's width when it is known."""
+    path, n_out = backend.path, _output_width(backend)
+    if names is not None:
+        labels_from = labels_flag
+    else:
+        meta = metadata_labels(backend.metadata, path)
+        if meta is None:
+            return ("0", "1") if n_out is None else tuple(str(i) for i in range(n_out)), "indices (no labels given)"
+        names, labels_from = meta[0], f"the file's metadata ({meta[1]!r})"
+    check_count(names, n_out, "labels" if labels_from == labels_flag else labels_from, path,
+                labels_from == labels_flag)
+    return names, labels_from
 
 
 def _dims(shape: tuple[int | None, ...]) -> str:
