@@ -100,8 +100,15 @@ def test_the_repository_loads_its_cnnedge_entries(exported, server):
 def test_engine_entry_is_refused_in_one_line_naming_the_plan_without_a_gpu(exported, server):
     if not exported.engine:
         pytest.skip("tensorrt_rtx does not import here: no plan was built")
-    entry = _index(server)[f"{exported.card.name}_fp16_engine_cnnedge"]
-    if entry["state"] == "READY":  # a GPU that runs the plan
+    name = f"{exported.card.name}_fp16_engine_cnnedge"
+    entry = _index(server)[name]
+    if entry["state"] == "READY":  # a GPU that runs the plan: it answers as the FP16 ONNX model does
+        tc = _client()
+        from cnnedge.runtime import Classifier
+
+        with Classifier(exported.out / "model.fp16.onnx") as clf:
+            want = clf.predict(exported.paths[0]).index
+        assert tc.ask_image(tc.connect(server.http, False), False, name, exported.paths[0].read_bytes())[1] == want
         return
     first = entry["reason"].splitlines()[0]  # the Python backend appends the raising frames ("At: ...")
     assert entry["state"] == "UNAVAILABLE", entry
