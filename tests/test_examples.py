@@ -6,10 +6,11 @@ Videos are made of real digit scans (the held-out test split), each digit
 shown for a run of frames, so every printed label can be checked against the
 digit on the frame the example says it classified.
 
-No Triton server and no ROS 2 run on this machine: the Triton test checks the
-request the client builds (tritonclient's own objects against the repository's
-config.pbtxt, parsed with tritonclient's model_config_pb2), not a round trip; the
-ROS 2 test checks the guard that runs when rclpy is absent, and the message
+The Triton test here checks the request the client builds for an entry on Triton's
+ONNX Runtime backend (tritonclient's own objects against the repository's config.pbtxt,
+parsed with tritonclient's model_config_pb2): the test machines' Triton server has the
+Python backend only, so the round trip runs with the cnnedge entries, in
+tests/test_triton_server.py. No ROS 2 runs on this machine: the ROS 2 test checks the guard that runs when rclpy is absent, and the message
 conversion, which needs no ROS.
 """
 from __future__ import annotations

@@ -195,6 +195,8 @@ def test_sidecar_mismatch_is_refused_before_loading(exported, tmp_path):
 
 
 def test_triton_configs_parse_with_tritons_schema(exported):
+    """Triton's own backends' entries cannot load on these machines (tests/test_triton_server.py loads the
+    cnnedge ones): their configs are checked against Triton's schema and its model-configuration rules."""
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
@@ -202,19 +204,40 @@ def test_triton_configs_parse_with_tritons_schema(exported):
 
     report, out, repo = exported
     models = sorted(p.name for p in repo.iterdir())
-    assert models == ["digits-test", "digits-test_fp16", "digits-test_int8"]  # RTX plans: not for Triton
+    ort = ["digits-test_fp16_onnxruntime", "digits-test_int8_onnxruntime", "digits-test_onnxruntime"]
+    cnnedge = ["digits-test_cnnedge", "digits-test_fp16_cnnedge", "digits-test_fp16_engine_cnnedge",
+               "digits-test_int8_cnnedge", "digits-test_int8_engine_cnnedge"]
+    assert models == sorted(ort + cnnedge)  # RTX plans: no _tensorrt entry (Triton's backend loads full TensorRT's)
     for name in models:
         cfg = text_format.Parse((repo / name / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
-        assert cfg.name == name and cfg.platform == "onnxruntime_onnx" and cfg.max_batch_size == 32
-        assert cfg.input[0].name == "images" and cfg.input[0].data_type == model_config_pb2.TYPE_UINT8
-        assert list(cfg.input[0].dims) == [SIZE, SIZE, 3]
-        assert cfg.output[0].name == "probabilities" and list(cfg.output[0].dims) == [10]
-        assert cfg.output[0].data_type == model_config_pb2.TYPE_FP32
+        assert cfg.name == name and cfg.max_batch_size == 32
         assert cfg.HasField("dynamic_batching") and max(cfg.dynamic_batching.preferred_batch_size) == 32
-        assert (repo / name / "labels.txt").read_text().split() == [str(i) for i in range(10)]
-    src = {"digits-test": "model.onnx", "digits-test_fp16": "model.fp16.onnx", "digits-test_int8": "model.int8.onnx"}
+        assert all(1 <= b <= cfg.max_batch_size for b in cfg.dynamic_batching.preferred_batch_size)
+        assert all(d > 0 for i in cfg.input if i.name != "IMAGE" for d in i.dims)
+        assert cfg.output[0].data_type == model_config_pb2.TYPE_FP32 and list(cfg.output[0].dims) == [10]
+        assert (repo / name / cfg.output[0].label_filename).read_text().split() == [str(i) for i in range(10)]
+    for name in ort:
+        cfg = text_format.Parse((repo / name / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+        assert cfg.platform == "onnxruntime_onnx" and not cfg.backend
+        assert cfg.input[0].name == "images" and cfg.input[0].data_type == model_config_pb2.TYPE_UINT8
+        assert list(cfg.input[0].dims) == [SIZE, SIZE, 3] and cfg.input[0].format == model_config_pb2.ModelInput.FORMAT_NHWC
+        assert cfg.output[0].name == "probabilities"
+    src = {"digits-test_onnxruntime": "model.onnx", "digits-test_fp16_onnxruntime": "model.fp16.onnx",
+           "digits-test_int8_onnxruntime": "model.int8.onnx"}
     for name, artifact in src.items():
         assert sha256_file(repo / name / "1" / "model.onnx") == sha256_file(out / artifact)
+    for name in cnnedge:
+        cfg = text_format.Parse((repo / name / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+        assert cfg.backend == "python" and not cfg.platform
+        assert [(i.name, i.data_type, list(i.dims), i.optional) for i in cfg.input] == [
+            ("IMAGE", model_config_pb2.TYPE_UINT8, [-1], True), ("PIXELS", model_config_pb2.TYPE_UINT8, [SIZE, SIZE, 3], True)]
+        assert [o.name for o in cfg.output] == ["PROBABILITIES", "CLASS", "SCORE"]
+        assert cfg.instance_group[0].count == 2
+        artifact = cfg.parameters["artifact"].string_value
+        assert sha256_file(repo / name / "1" / artifact) == sha256_file(out / artifact)
+        assert "cnnedge.serve.triton_python import TritonPythonModel" in (repo / name / "1" / "model.py").read_text()
+        if artifact.endswith(".engine"):
+            assert (repo / name / "1" / (artifact + ".json")).read_bytes() == (out / (artifact + ".json")).read_bytes()
 
 
 def test_existing_outputs_are_kept_and_calibration_is_cached(exported, trained, tmp_path):

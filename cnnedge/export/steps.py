@@ -598,14 +598,15 @@ def _build_engines(ws: Workspace, data: Checked, files: dict[str, Path], kit: "T
 def _check_triton(repo: Path, card: ModelCard, opts: ExportOptions) -> None:
     """Refuse up front (not after the export) to overwrite a Triton model without --force."""
     from ..atomic import refuse_overwrite
-    from .triton import model_name
+    from .triton import planned_names
 
     precisions = ["fp32"] + (["fp16"] if opts.fp16 else []) + (["int8"] if opts.int8 else [])
-    for p in precisions:
-        refuse_overwrite(repo / model_name(card, p, False) / "config.pbtxt", opts.force)
+    for name in planned_names(card, precisions, bool(opts.engine)):
+        refuse_overwrite(repo / name / "config.pbtxt", opts.force)
 
 
 def _write_triton(repo: Path, report: ExportReport, card: ModelCard, profile: Any, force: bool) -> list[str]:
+    """Per artifact, the entry for Triton's own backend (when it has one) and cnnedge's Python-backend entry."""
     from . import onnx_io
     from .triton import TritonModel, model_name, write_model
 
@@ -619,16 +620,18 @@ def _write_triton(repo: Path, report: ExportReport, card: ModelCard, profile: An
 
             proto = onnx.load(str(p), load_external_data=False)
             inp, outp = onnx_io.io_names(proto)
-            m = TritonModel(model_name(card, a.precision, False), p, "onnxruntime_onnx", inp, outp)
-        elif report.engines and report.engines["flavour"] == "tensorrt":
+            models = [TritonModel(model_name(card, a.precision, "onnxruntime"), p, "onnxruntime", inp, outp),
+                      TritonModel(model_name(card, a.precision, "cnnedge"), p, "cnnedge", inp, outp)]
+        else:
             from ..sidecar import EngineSidecar
 
             side = EngineSidecar.load(p)
-            m = TritonModel(model_name(card, a.precision, True), p, "tensorrt_plan", side.input_name,
-                            side.output_name)
-        else:
-            continue
-        written.append(str(write_model(repo, m, card, profile.max, force)))
+            models = [TritonModel(model_name(card, a.precision, "cnnedge-engine"), p, "cnnedge-engine",
+                                  side.input_name, side.output_name)]
+            if report.engines and report.engines["flavour"] == "tensorrt":
+                models.insert(0, TritonModel(model_name(card, a.precision, "tensorrt"), p, "tensorrt",
+                                             side.input_name, side.output_name))
+        written += [str(write_model(repo, m, card, profile.max, force)) for m in models]
     return written
 
 
