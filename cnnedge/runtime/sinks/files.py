@@ -1,0 +1,85 @@
+"""Results as JSON Lines or CSV files, staged beside the target: replaced at commit, kept as
+``<name>.partial.<ext>`` when closed without one."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+from ...atomic import StagedOutput, refuse_overwrite, refuse_special
+from ..results import Result
+from .base import Sink
+
+CSV_COLUMNS = ("source", "path", "frame", "timestamp", "index", "label", "score", "latency_ms", "topk", "error")
+
+
+class _FileSink(Sink):
+    """A text file staged beside ``path``: renamed over it at commit, kept as ``<name>.partial.<ext>``
+    when closed without one. Names that are not UTF-8 are written as their own bytes."""
+
+    def __init__(self, path: str | os.PathLike, force: bool = False, newline: str | None = None) -> None:
+        refuse_overwrite(path, force, "--force")
+        refuse_special(path)
+        self.path = Path(path)
+        self._staged = StagedOutput(self.path)
+        self._fh = open(self._staged.path, "w", encoding="utf-8", errors="surrogateescape", newline=newline)
+        self.written = 0
+
+    def write(self, r: Result) -> None:
+        self._fh.write(self._format(r))
+        self.written += 1
+
+    def write_batch(self, results: Sequence[Result]) -> None:
+        self._fh.write("".join(self._format(r) for r in results))
+        self.written += len(results)
+
+    def _format(self, r: Result) -> str:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def commit(self) -> None:
+        if not self._fh.closed:
+            self._fh.close()
+            self._staged.commit()
+
+    def close(self) -> None:
+        """Without a commit: keep what was written as ``<name>.partial.<ext>`` (nothing written: nothing kept)."""
+        if not self._fh.closed:
+            self._fh.close()
+            if self.written:
+                self.partial = self._staged.keep_partial()
+            else:
+                self._staged.discard()
+
+
+class JsonlSink(_FileSink):
+    """``--json out.jsonl``: one object per result (failures carry ``error``)."""
+
+    def _format(self, r: Result) -> str:
+        return json.dumps(r.to_dict()) + "\n"
+
+
+class CsvSink(_FileSink):
+    """``--csv out.csv``: the same fields, ``topk`` as ``label:score;label:score``."""
+
+    def __init__(self, path: str | os.PathLike, force: bool = False) -> None:
+        super().__init__(path, force, newline="")
+        self._row = io.StringIO()
+        self._w = csv.DictWriter(self._row, CSV_COLUMNS)
+        self._w.writeheader()
+        self._fh.write(self._take())
+
+    def _take(self) -> str:
+        text = self._row.getvalue()
+        self._row.seek(0)
+        self._row.truncate()
+        return text
+
+    def _format(self, r: Result) -> str:
+        d = r.to_dict()
+        if "topk" in d:
+            d["topk"] = ";".join(f"{lab}:{s}" for lab, s in d["topk"])
+        self._w.writerow({k: d.get(k, "") for k in CSV_COLUMNS})
+        return self._take()
