@@ -386,3 +386,51 @@ def test_a_waiting_caller_decodes_queued_pieces_with_decode_one_here(tmp_path):
             assert np.array_equal(np.delete(pixels, 7, axis=0), direct)
         finally:
             pool.close()
+
+
+class _DeviceLikeDecoder:
+    """Stands in for nvImageCodec + CV-CUDA (absent here): decodes with OpenCV, then hands the batch on as the
+    GPU decoder does, a packed device-like buffer of the rows that decoded (its pointer, shape and dtype,
+    and a copy back to the host), with the failed rows reported beside it."""
+
+    def __init__(self, pre) -> None:
+        from cnnedge.runtime.pipeline import HostDecoder
+
+        self.host = HostDecoder(pre)
+        self.copies_back = 0
+
+    def decode_batch(self, items):
+        from cnnedge.runtime.pipeline import DeviceBuffer
+
+        got = self.host.decode_batch(items)
+        good = np.ascontiguousarray(got.model_rows()) if got.usable else None
+        if good is not None:
+            def to_host(a=good):
+                self.copies_back += 1
+                return a.copy()
+
+            got.pixels = DeviceBuffer(good.ctypes.data, good.shape, "uint8", good, to_host)
+            got.packed = True
+        return got
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_device_batch_goes_through_the_same_inference_stage(tmp_path):
+    """The --decode gpu road on a CPU: a decoder yielding device-like Batches (a double for nvImageCodec) feeds
+    the real ONNX Runtime backend through the pipeline's inference stage, which takes the copy back to the
+    host that a backend without device input needs; Results match the CPU decode pool's, failures included."""
+    from cnnedge.runtime.pipeline import Preprocessor
+
+    _digits(tmp_path / "imgs", 21)
+    (tmp_path / "imgs" / "img00003x.png").write_bytes(b"not an image")
+    with Classifier(models()["onnx"], "ort-cpu", threads=1) as clf:
+        double = _DeviceLikeDecoder(Preprocessor.from_card(clf.card, clf.backend.input_spec.dtype))
+        stats = PipelineStats()
+        on_device = list(run_pipeline(clf, str(tmp_path / "imgs"), batch=8, decoder=double, stats=stats))
+        cpu = list(run_pipeline(clf, str(tmp_path / "imgs"), batch=8, decode="cpu", processes=False))
+    assert double.copies_back == 3 and stats.batches == 3
+    assert [r.path for r in on_device] == [r.path for r in cpu]
+    assert [r.error is None for r in on_device] == [r.error is None for r in cpu] and stats.failed == 1
+    assert [r.prediction.index for r in on_device if r.ok] == [r.prediction.index for r in cpu if r.ok]

@@ -23,6 +23,7 @@ class PipelineStats:
     skipped_by: dict[str, int] = field(default_factory=dict)  # the same, per kind
     latencies_ms: list[float] = field(default_factory=list)
     sources: list[Source] = field(default_factory=list)
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # inference, postprocess: time in each, all batches
 
     @property
     def dropped(self) -> int:

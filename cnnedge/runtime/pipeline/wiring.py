@@ -178,6 +178,7 @@ def _flow(model: Any, sources: list[Source], plan: Plan, stats: PipelineStats,
         yield from _results(infer, done, maker, plan.max_frames, stats)
     finally:
         stats.elapsed = time.perf_counter() - stats.started
+        stats.stage_seconds.update(inference=infer.seconds, postprocess=maker.seconds)
         stop.set()
         for src in sources:
             src.close()
