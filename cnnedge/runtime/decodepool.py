@@ -1,12 +1,12 @@
-"""Files -> batches of model-size pixels, decoded where the GIL does not serialise them.
+"""Items -> Batches of model-size pixels, decoded where the GIL does not serialise them.
 
-A :class:`DecodePool` takes chunks of files (one batch each) and hands back, in
-submission order, the chunk's pixels in a reusable batch buffer (a slot) plus the
-files that failed. Chunks are decoded by threads of this process at first (they
-start at once, share a chunk in pieces, and OpenCV releases the GIL while it decodes
+A :class:`DecodePool` takes lists of items (one batch each) and hands back, in
+submission order, a Batch whose pixels sit in a reusable buffer (a slot of a ring)
+plus the rows that failed. Batches are decoded by threads of this process at first (they
+start at once, share a batch in pieces, and OpenCV releases the GIL while it decodes
 and resizes) and, on 4 or more workers for runs long enough to pay for starting them
-(about a core-second each), by worker processes writing whole chunks into
-shared-memory slots, as a PyTorch DataLoader does. Once a worker is up, new chunks go
+(about a core-second each), by worker processes writing whole batches of files into
+shared-memory slots, as a PyTorch DataLoader does. Once a worker is up, new file batches go
 to the processes. Worker processes are plain ``python -m cnnedge.runtime.decodepool``
 subprocesses, so a caller's script is never re-imported (no ``__main__`` guard needed).
 

@@ -36,11 +36,14 @@ class Arrival:
 
 class Batcher:
     """Groups what the feeders hand in (``arrivals``) into batches of at most ``size`` items for
-    ``stage.submit``; tells the stage ``end()`` once every source has ended."""
+    ``stage.submit``; tells the stage ``end()`` once every source has ended. ``pace`` (live sources): a
+    batch starts only once the inference stage has run the one before (it releases ``pace``), as when the
+    batcher was the inference loop's first half: no batch of old frames waits behind a slow model."""
 
     def __init__(self, sources: list[Source], stage: Any, size: int, max_wait_s: float,
-                 stop: threading.Event) -> None:
+                 stop: threading.Event, pace: threading.Semaphore | None = None) -> None:
         self.sources, self.stage, self.size, self.max_wait_s, self.stop = sources, stage, size, max_wait_s, stop
+        self.pace = pace
         self.arrivals: "queue.Queue[Any]" = queue.Queue()
         self.active = len(sources)
         self.held: Arrival | None = None  # arrived when the open batch had no room: starts the next one
@@ -122,8 +125,12 @@ class Batcher:
     def work(self) -> None:
         try:
             while (self.active > 0 or self.held is not None) and not self.stop.is_set():
+                if self.pace is not None and not self.pace.acquire(timeout=0.1):
+                    continue
                 first = self.take(0.1)
                 if first is None:
+                    if self.pace is not None:
+                        self.pace.release()
                     continue
                 items = self.fill(list(first.items))
                 if not self.stage.submit(items):

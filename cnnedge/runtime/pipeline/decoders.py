@@ -23,6 +23,8 @@ class Decoder(Protocol):
 
     def decode_batch(self, items: Sequence[Any]) -> Batch: ...
 
+    def close(self) -> None: ...
+
 
 class DecodeStage(Protocol):
     """A decoder at work beside the other stages: lists of items in, Batches out of ``out`` in order."""
@@ -85,6 +87,9 @@ class HostDecoder:
         errors, images = self.decode_rows(items, out, skipped_rows(items))
         return Batch(list(items), out, errors, images, started=_started(items, started))
 
+    def close(self) -> None:
+        """Nothing held."""
+
 
 def _started(items: Sequence[Any], t: float) -> float | None:
     """A batch of files is timed from its decode; frames from their capture."""
@@ -138,6 +143,4 @@ class OrderedStage:
         self.stop.set()
         if self.thread.is_alive():
             self.thread.join(timeout=5)
-        close = getattr(self.decoder, "close", None)
-        if callable(close):
-            close()
+        self.decoder.close()

@@ -26,13 +26,15 @@ class InferenceStage:
     """Takes Batches from ``ready`` in order, runs each once through the backend (a device Batch through
     ``infer_device`` when the backend and the card allow it, a host one through ``infer``), gives its
     buffer back and hands an :class:`Inferred` on to ``done``. ``when_idle``: work to do while no batch
-    is ready (decode a queued piece); it returns False when it had none. Times itself (``seconds``)."""
+    is ready (decode a queued piece); it returns False when it had none. ``finished``: called as each batch
+    has run (the batcher may start the next). Times itself (``seconds``)."""
 
     def __init__(self, backend: Backend, preprocessor: Preprocessor, ready: "queue.Queue[Any]",
                  done: "queue.Queue[Any]", stop: threading.Event, deadline: float | None = None,
-                 when_idle: Callable[[], bool] | None = None) -> None:
+                 when_idle: Callable[[], bool] | None = None, finished: Callable[[], None] | None = None) -> None:
         self.backend, self.preprocessor = backend, preprocessor
         self.ready, self.done, self.stop, self.deadline, self.when_idle = ready, done, stop, deadline, when_idle
+        self.finished = finished
         self.calls = 0
         self.seconds = 0.0
         self.thread = threading.Thread(target=self.work, name="infer", daemon=True)
@@ -98,6 +100,8 @@ class InferenceStage:
                     out = self.infer(got)
                 finally:
                     got.give_back()
+                    if self.finished is not None:
+                        self.finished()
                 if not self.hand_on(Inferred(got, out, time.perf_counter(), self.calls)):
                     return
         except BaseException as exc:  # noqa: BLE001 - the caller's thread re-raises it

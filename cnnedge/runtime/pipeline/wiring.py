@@ -165,11 +165,13 @@ def _flow(model: Any, sources: list[Source], plan: Plan, stats: PipelineStats,
     done: queue.Queue = queue.Queue(maxsize=4)
     pre = Preprocessor.from_card(model.card, model.backend.input_spec.dtype, model.reduce_decode)
     stage = decode_stage(model, pre, sources, plan, stats, on_device, ready, stop)
-    batcher = Batcher(sources, stage, plan.batch or 1, plan.max_wait_s, stop)
+    live = any(isinstance(s, LiveSource) for s in sources)  # their frames must not wait behind a decode
+    pace = threading.Semaphore(1) if live else None  # nor in a queue of batches behind a slow model
+    batcher = Batcher(sources, stage, plan.batch or 1, plan.max_wait_s, stop, pace)
     stats.started = time.perf_counter()
     deadline = None if plan.duration is None else stats.started + plan.duration
-    live = any(isinstance(s, LiveSource) for s in sources)  # their frames must not wait behind a decode
-    infer = InferenceStage(model.backend, pre, ready, done, stop, deadline, None if live else stage.decode_one_here)
+    infer = InferenceStage(model.backend, pre, ready, done, stop, deadline, None if live else stage.decode_one_here,
+                           pace.release if pace is not None else None)
     maker = ResultMaker(model.postprocess, plan.topk, stats)
     stage.start()
     batcher.start()
