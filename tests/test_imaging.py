@@ -68,13 +68,3 @@ def test_a_classifier_sets_the_limit_that_its_decode_workers_inherit(tmp_path):
             "with Classifier(sys.argv[1], 'ort-cpu', warmup=False):\n"
             f"    print(before, os.environ.get({VARIABLE!r}), 'cv2' in sys.modules)")
     assert _python(code, str(helper_model(tmp_path / "m.onnx"))) == "(None, False) 64000000 True"
-
-
-def test_the_old_module_paths_are_the_same_functions_and_set_nothing():
-    """cnnedge.runtime.images and .preprocess stay importable for code not yet moved to cnnedge.imaging."""
-    code = ("import os, sys\nimport cnnedge.runtime.images as old_images, cnnedge.runtime.preprocess as old_pre\n"
-            "from cnnedge.imaging import decode, files, prepare, resize\n"
-            "same = (old_images.read_file is files.read_file, old_images.decode_image is decode.decode_image,\n"
-            "        old_pre.prepare_image is prepare.prepare_image, old_pre.resize is resize.resize)\n"
-            f"print(all(same), 'cv2' in sys.modules, os.environ.get({VARIABLE!r}))")
-    assert _python(code) == "True False None"

@@ -15,7 +15,6 @@ import pytest
 
 from cnnedge.errors import UsageError
 from cnnedge.runtime.classifier import Classifier
-from cnnedge.runtime.decodepool import CRASH_HOOK
 from cnnedge.runtime.gpu_decode import split_decodable, unavailable_reason
 from cnnedge.runtime.stream import PipelineStats, default_workers, iter_batches, run_pipeline
 
@@ -108,16 +107,24 @@ def test_iter_batches_gives_a_list_per_inference_call(tmp_path):
 
 
 def test_a_crashing_worker_is_replaced_and_its_file_reported(tmp_path, monkeypatch):
-    # No real image reliably crashes OpenCV's decoder, so the documented test-only hook
-    # CNNEDGE_TEST_DECODE_CRASH makes a worker process exit abruptly (os._exit) on such files.
+    # No real image reliably crashes OpenCV's decoder, so the pool is given a decoder (tests/crashing_decoder.py,
+    # which the worker processes import) that makes its worker process exit abruptly (os._exit) on such files.
+    from crashing_decoder import CrashingDecoder
+
+    from cnnedge.runtime.pipeline import Preprocessor
+
     _digits(tmp_path / "imgs", 60)
     for i in (13, 41):
         os.rename(tmp_path / "imgs" / f"img{i:05d}.png", tmp_path / "imgs" / f"img{i:05d}boom.png")
-    monkeypatch.setenv(CRASH_HOOK, "boom")
+    here = str(Path(__file__).parent)
+    monkeypatch.setenv("PYTHONPATH", here + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH")
+                                             else ""))
     expected = sorted(str(p) for p in (tmp_path / "imgs").iterdir())
     with Classifier(models()["onnx"], threads=1) as clf:
         stats = PipelineStats()
-        results = list(run_pipeline(clf, str(tmp_path / "imgs"), batch=8, workers=2, processes=True, stats=stats))
+        crashing = CrashingDecoder(Preprocessor.from_card(clf.card), "boom")
+        results = list(run_pipeline(clf, str(tmp_path / "imgs"), batch=8, workers=2, processes=True, stats=stats,
+                                    decoder=crashing))
     assert [r.path for r in results] == expected  # nothing lost, nothing repeated
     failed = {Path(r.path).name: r.error for r in results if r.error}
     assert set(failed) == {"img00013boom.png", "img00041boom.png"}
@@ -346,34 +353,83 @@ def test_worker_processes_start_mid_run_and_every_file_stays_once_in_order(tmp_p
     assert len(seen) == 4, f"expected the 4 decode workers, saw {len(seen)}"
 
 
-def test_a_waiting_caller_decodes_queued_pieces_with_help(tmp_path):
-    """The inference thread calls help() when nothing is ready: it decodes queued pieces itself beside
-    the pool's thread, chunks still come out whole, in order, with their failures, and help() is False
-    once nothing is queued."""
+def test_a_waiting_caller_decodes_queued_pieces_with_decode_one_here(tmp_path):
+    """The inference stage calls decode_one_here() when nothing is ready: it decodes queued pieces itself
+    beside the pool's thread, batches still come out whole, in order, with their failures, and
+    decode_one_here() is False once nothing is queued."""
     import queue
 
-    from cnnedge.runtime.decodepool import DecodeParams, DecodePool
+    from cnnedge.runtime.decodepool import DecodePool
+    from cnnedge.runtime.pipeline import HostDecoder, Preprocessor
     from cnnedge.runtime.sources import Frame
 
     files = _digits(tmp_path / "imgs", 30)
     files[7].write_bytes(b"not an image")
     with Classifier(models()["onnx"], threads=1) as clf:
-        params = DecodeParams(clf.card.input, clf.card.preprocess)
+        pre = Preprocessor.from_card(clf.card)
         out: queue.Queue = queue.Queue()
-        pool = DecodePool(params.decode, params, 1, 6, out, processes=False)
+        pool = DecodePool(HostDecoder(pre), 1, 6, out, processes=False)
         pool.start()
         try:
             for i in range(0, 30, 6):
                 assert pool.submit([Frame("t", 0.0, 0.0, path=str(p)) for p in files[i:i + 6]])
             helped = 0
-            while pool.help():
+            while pool.decode_one_here():
                 helped += 1
-            chunks = [out.get(timeout=10) for _ in range(5)]
-            assert helped >= 1 and not pool.help()
-            assert [c.seq for c in chunks] == list(range(5))
-            assert [sorted(c.errors) for c in chunks] == [[], [1], [], [], []]
-            pixels = np.concatenate([np.array(c.pixels) for c in chunks])
-            direct = np.stack([params.decode(str(p)) for i, p in enumerate(files) if i != 7])
+            batches = [out.get(timeout=10) for _ in range(5)]
+            assert helped >= 1 and not pool.decode_one_here()
+            assert [b.items[0].path for b in batches] == [str(files[i]) for i in range(0, 30, 6)]
+            assert [sorted(b.errors) for b in batches] == [[], [1], [], [], []]
+            pixels = np.concatenate([np.array(b.pixels) for b in batches])
+            direct = np.stack([pre.file_pixels(str(p)) for i, p in enumerate(files) if i != 7])
             assert np.array_equal(np.delete(pixels, 7, axis=0), direct)
         finally:
             pool.close()
+
+
+class _DeviceLikeDecoder:
+    """Stands in for nvImageCodec + CV-CUDA (absent here): decodes with OpenCV, then hands the batch on as the
+    GPU decoder does, a packed device-like buffer of the rows that decoded (its pointer, shape and dtype,
+    and a copy back to the host), with the failed rows reported beside it."""
+
+    def __init__(self, pre) -> None:
+        from cnnedge.runtime.pipeline import HostDecoder
+
+        self.host = HostDecoder(pre)
+        self.copies_back = 0
+
+    def decode_batch(self, items):
+        from cnnedge.runtime.pipeline import DeviceBuffer
+
+        got = self.host.decode_batch(items)
+        good = np.ascontiguousarray(got.model_rows()) if got.usable else None
+        if good is not None:
+            def to_host(a=good):
+                self.copies_back += 1
+                return a.copy()
+
+            got.pixels = DeviceBuffer(good.ctypes.data, good.shape, "uint8", good, to_host)
+            got.packed = True
+        return got
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_device_batch_goes_through_the_same_inference_stage(tmp_path):
+    """The --decode gpu road on a CPU: a decoder yielding device-like Batches (a double for nvImageCodec) feeds
+    the real ONNX Runtime backend through the pipeline's inference stage, which takes the copy back to the
+    host that a backend without device input needs; Results match the CPU decode pool's, failures included."""
+    from cnnedge.runtime.pipeline import Preprocessor
+
+    _digits(tmp_path / "imgs", 21)
+    (tmp_path / "imgs" / "img00003x.png").write_bytes(b"not an image")
+    with Classifier(models()["onnx"], "ort-cpu", threads=1) as clf:
+        double = _DeviceLikeDecoder(Preprocessor.from_card(clf.card, clf.backend.input_spec.dtype))
+        stats = PipelineStats()
+        on_device = list(run_pipeline(clf, str(tmp_path / "imgs"), batch=8, decoder=double, stats=stats))
+        cpu = list(run_pipeline(clf, str(tmp_path / "imgs"), batch=8, decode="cpu", processes=False))
+    assert double.copies_back == 3 and stats.batches == 3
+    assert [r.path for r in on_device] == [r.path for r in cpu]
+    assert [r.error is None for r in on_device] == [r.error is None for r in cpu] and stats.failed == 1
+    assert [r.prediction.index for r in on_device if r.ok] == [r.prediction.index for r in cpu if r.ok]

@@ -1,14 +1,13 @@
-"""``--end-to-end DIR``: the whole pipeline on a folder, next to the decode+resize-only bound of the same run.
+"""``--end-to-end DIR``: the whole pipeline on a folder, next to the decode bound of the same files.
 
-The pipeline is :func:`cnnedge.runtime.stream.run_pipeline` as cnn-infer runs
-it, with one difference: files are decoded by threads in this process, never by
-the worker processes cnn-infer starts on 4+ cores for long runs (nor on the GPU),
-because the stage times come from a thin wrapper around the Classifier that times
-the calls the pipeline makes (``decode``, ``prepare``, ``infer_pixels``,
-``postprocess``), and a worker process would decode out of its sight; reading a file happens inside the pipeline's worker before
-``decode``, so its time per image is taken from the bound pass over the same
-files. Waiting for a batch is what is left of the per-image latency (file read
-to result) after the other stages.
+The pipeline is :func:`cnnedge.runtime.pipeline.run`, the stages cnn-infer runs (batcher, the CPU
+decode pool, inference, results), with one difference: files are decoded by threads in this process,
+never by the worker processes cnn-infer starts on 4+ cores for long runs (nor on the GPU), because
+the decoder given to the pool (:class:`TimedDecoder`, cnn-infer's own with a clock around its two
+steps) adds up its time where a worker process would be out of sight. A file is read, then decoded
+and resized in one call, as cnn-infer does it: ``decode`` holds both, ``resize`` is 0. Inference and
+post-processing are timed by their stages. Waiting for a batch is what is left of the per-image
+latency (decode start to result) after the other stages.
 """
 from __future__ import annotations
 
@@ -16,58 +15,49 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import UsageError
-from ..runtime.results import Prediction
+from ..runtime.pipeline import HostDecoder, Preprocessor
 from .report import EndToEnd
 
 if TYPE_CHECKING:
     from ..runtime.classifier import Classifier
-    from ..runtime.stream import BatchModel
-
-T = TypeVar("T")
 
 
-class TimedClassifier:
-    """A :class:`~cnnedge.runtime.stream.BatchModel` that runs another one's steps and adds up
-    the time of each call the pipeline makes (``decode_pixels`` as its two steps, each timed)."""
+class TimedDecoder(HostDecoder):
+    """cnn-infer's decoder (read, then decode and resize in one call) adding up the time of each step."""
 
-    def __init__(self, clf: "BatchModel") -> None:
-        self._clf = clf
-        self._lock = threading.Lock()
-        self.total = {"decode": 0.0, "resize": 0.0, "inference": 0.0, "postprocess": 0.0}
-        self.count = {k: 0 for k in self.total}
+    def __init__(self, preprocessor: Preprocessor) -> None:
+        super().__init__(preprocessor)
+        self.lock = threading.Lock()
+        self.total = {"read": 0.0, "decode": 0.0}
+        self.count = 0
 
-    def _timed(self, key: str, fn: Callable[..., T], *args: Any) -> T:
+    def decode_row(self, item: Any) -> Any:
+        if item.path is None:
+            return super().decode_row(item)
+        from ..imaging.files import read_file
+
         t0 = time.perf_counter()
-        try:
-            return fn(*args)
-        finally:
-            dt = time.perf_counter() - t0
-            with self._lock:
-                self.total[key] += dt
-                self.count[key] += 1
-
-    def decode(self, data: bytes, path: Any = None) -> np.ndarray:
-        return self._timed("decode", self._clf.decode, data, path)
-
-    def prepare(self, image: np.ndarray) -> np.ndarray:
-        return self._timed("resize", self._clf.prepare, image)
-
-    def decode_pixels(self, data: bytes, path: Any = None) -> np.ndarray:
-        return self.prepare(self.decode(data, path))
-
-    def infer_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        return self._timed("inference", self._clf.infer_pixels, pixels)
-
-    def postprocess(self, out: np.ndarray, topk: int | None = None) -> Sequence[Prediction]:
-        return self._timed("postprocess", self._clf.postprocess, out, topk)
+        data = read_file(item.path)
+        t1 = time.perf_counter()
+        pixels = self.preprocessor.decode_pixels(data, item.path)
+        t2 = time.perf_counter()
+        with self.lock:
+            self.total["read"] += t1 - t0
+            self.total["decode"] += t2 - t1
+            self.count += 1
+        return pixels
 
     def mean_ms(self, key: str) -> float:
-        return 1000.0 * self.total[key] / self.count[key] if self.count[key] else 0.0
+        return 1000.0 * self.total[key] / self.count if self.count else 0.0
+
+
+def preprocessor_of(clf: "Classifier") -> Preprocessor:
+    return Preprocessor.from_card(clf.card, clf.backend.input_spec.dtype, clf.reduce_decode)
 
 
 def list_images(folder: str | Path) -> list[str]:
@@ -86,63 +76,60 @@ def list_images(folder: str | Path) -> list[str]:
 
 
 def bound(clf: "Classifier", files: list[str], workers: int) -> tuple[float, dict[str, float]]:
-    """Read + decode + resize alone over ``files`` on ``workers`` threads: (images/s, mean ms per stage)."""
+    """Read + decode + resize alone (the pipeline's decoder, one call per file) over ``files`` on
+    ``workers`` threads: (images/s, mean ms per stage)."""
     from ..imaging.errors import ImageError
-    from ..imaging.files import read_file
+    from ..runtime.sources import Frame
 
-    def one(path: str) -> tuple[float, float, float] | None:
-        t0 = time.perf_counter()
+    timed = TimedDecoder(preprocessor_of(clf))
+
+    def one(path: str) -> bool:
         try:
-            data = read_file(path)
-            t1 = time.perf_counter()
-            img = clf.decode(data, path)
-            t2 = time.perf_counter()
-            clf.prepare(img)
+            timed.decode_row(Frame("bound", 0.0, 0.0, path=path))
         except ImageError:
-            return None
-        return t1 - t0, t2 - t1, time.perf_counter() - t2
+            return False
+        return True
 
     t_start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        times = [t for t in pool.map(one, files) if t is not None]
+        n = sum(pool.map(one, files))
     wall = time.perf_counter() - t_start
-    if not times:
+    if not n:
         raise UsageError("--end-to-end: none of the images could be decoded")
-    a = np.asarray(times) * 1000.0
-    return len(times) / wall, {"read": float(a[:, 0].mean()), "decode": float(a[:, 1].mean()),
-                               "resize": float(a[:, 2].mean())}
+    return n / wall, {"read": timed.mean_ms("read"), "decode": timed.mean_ms("decode"), "resize": 0.0}
 
 
 def run_end_to_end(clf: "Classifier", artifact: str, files: list[str], folder: str, batch: int, workers: int,
                    bound_result: tuple[float, dict[str, float]]) -> EndToEnd:
-    from ..runtime.stream import PipelineStats, run_pipeline
+    from ..runtime.pipeline import PipelineStats, run
 
     side = clf.card.input
     warm = np.zeros((batch, side.height, side.width, side.channels), np.uint8)
     clf.infer_pixels(warm)  # the batch size's first call allocates; keep it out of the figures
-    timed = TimedClassifier(clf)
+    timed = TimedDecoder(preprocessor_of(clf))
     stats = PipelineStats()
     t0 = time.perf_counter()
-    results = run_pipeline(timed, folder, batch=batch, workers=workers, stats=stats, decode="cpu", processes=False)
+    results = run(clf, folder, batch=batch, workers=workers, stats=stats, decode="cpu", processes=False,
+                  decoder=timed)
     try:
         for _ in results:
             pass
     finally:
-        results.close()
+        results.close()  # type: ignore[attr-defined]
     seconds = time.perf_counter() - t0
     if stats.done == 0:
         raise UsageError(f"--end-to-end {folder}: no image could be classified ({stats.failed} failed)")
     lat = np.asarray(stats.latencies_ms)
     p50, p90, p99 = (float(v) for v in np.percentile(lat, [50, 90, 99]))
-    bound_ips, bound_stages = bound_result
-    per_image_batch = stats.done / max(stats.batches, 1)
-    stages = {"read": bound_stages["read"], "decode": timed.mean_ms("decode"), "resize": timed.mean_ms("resize"),
-              "inference": timed.mean_ms("inference"), "postprocess": timed.mean_ms("postprocess")}
-    # latency per image = read + decode + resize + wait for the batch to fill and run + inference + postprocess
-    stages["wait"] = max(0.0, float(lat.mean()) - stages["read"] - stages["decode"] - stages["resize"]
-                         - stages["inference"] - stages["postprocess"])
+    calls = max(stats.batches, 1)
+    stages = {"read": timed.mean_ms("read"), "decode": timed.mean_ms("decode"), "resize": 0.0,
+              "inference": 1000.0 * stats.stage_seconds.get("inference", 0.0) / calls,
+              "postprocess": 1000.0 * stats.stage_seconds.get("postprocess", 0.0) / calls}
+    # latency per image = read + decode and resize + wait for the batch to fill and run + inference + postprocess
+    stages["wait"] = max(0.0, float(lat.mean()) - sum(stages.values()))
     return EndToEnd(artifact=artifact, backend=clf.backend_name, batch=batch, workers=workers, images=stats.done,
-                    failed=stats.failed, throughput=stats.throughput, bound_throughput=bound_ips,
+                    failed=stats.failed, throughput=stats.throughput, bound_throughput=bound_result[0],
                     latency_ms={"p50": p50, "p90": p90, "p99": p99, "max": float(lat.max()),
-                                "mean": float(lat.mean()), "images_per_batch": per_image_batch},
+                                "mean": float(lat.mean()), "images_per_batch": stats.done / calls},
                     stages_ms=stages, seconds=seconds)
+

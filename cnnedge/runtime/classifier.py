@@ -23,12 +23,13 @@ from ..errors import CardError, CnnEdgeError, ModelLoadError, UsageError, arg_na
 from ..imaging.files import read_file
 from ..imaging.normalize import to_model_input
 from ..imaging.opencv import MAX_PIXELS, opencv
-from ..imaging.prepare import decode_for, decode_pixels, prepare_image
+from ..imaging.prepare import decode_for, decode_pixels
 from .backends import Backend, Slot, load_backend
 from .backends.sizing import check_batch_pixels, dynamic_size_error, image_axes
 from .describe import PREPROCESS_KEYS, check_description, flag_names
 from .interrupt import DEFAULT_LOAD_TIMEOUT_S, Deadline, RunInterrupted, load_timeout_error
 from .labels import check_count, metadata_labels, read_labels
+from .pipeline.preprocessor import Preprocessor
 from .results import Prediction, Result
 
 
@@ -277,7 +278,8 @@ class Classifier:
             self._cvt = {"RGB": cv2.COLOR_BGR2RGB, "BGR": None, "GRAY": cv2.COLOR_BGR2GRAY}[self._spec.color]
             if self._spec.color == "GRAY" or self._pre.crop_pct != 1:
                 self._hwc = (-1,)  # gray models, and crops of an image already at the input size, take the general path
-            self._direct = (self._pre.in_graph and self._spec.layout == "NHWC" and self._spec.dtype == "uint8")
+            self.preprocessor = Preprocessor(self._spec, self._pre, reduce_decode)
+            self._direct = self.preprocessor.pixels_are_input
             # predict()'s per-frame path: one reusable batch-of-one slot per calling thread, filled in place
             self._slots: dict[int, Slot] | None = None
             if self._direct:
@@ -390,18 +392,7 @@ class Classifier:
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
         """One BGR/gray/BGRA uint8 image -> HxWxC uint8 in the model's colour order and size."""
-        if type(image) is not np.ndarray and not isinstance(image, np.ndarray):
-            raise UsageError(f"expected an image array or a path, got {type(image).__name__}")
-        if image.dtype != _UINT8:
-            raise UsageError(f"expected a uint8 image (as OpenCV decodes), got {image.dtype}")
-        shape = "x".join(map(str, image.shape)) or "scalar"
-        if image.ndim not in (2, 3) or image.ndim == 3 and image.shape[2] not in (1, 3, 4):
-            raise UsageError(f"expected an image: HxW (gray), HxWx3 (BGR) or HxWx4 (BGRA), got shape {shape}"
-                             + (" (a batch? use predict_batch)" if image.ndim == 4 else ""))
-        if image.size == 0:
-            raise UsageError(f"empty image (shape {shape}): nothing to classify (a camera read that returned no "
-                             "frame?)")
-        return prepare_image(image, self._spec, self._pre)
+        return self.preprocessor.prepare(image)
 
     def infer(self, tensor: np.ndarray) -> np.ndarray:
         """Raw model output for an already-preprocessed batch (the model's layout and dtype)."""
@@ -514,7 +505,7 @@ class Classifier:
 
         Options: ``max_wait_ms``, ``workers``, ``glob``, ``max_frames``, ``duration``,
         ``keep_images``, ``open_timeout_ms``, ``read_timeout_ms``, ``give_up_s``, ``topk``,
-        ``decode`` (``auto``/``cpu``/``gpu``), ``processes`` (see :func:`cnnedge.runtime.stream.iter_batches`).
+        ``decode`` (``auto``/``cpu``/``gpu``), ``processes`` (see :func:`cnnedge.runtime.pipeline.run`).
         """
         from .stream import run_pipeline
 

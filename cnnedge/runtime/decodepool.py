@@ -1,27 +1,29 @@
-"""Files -> batches of model-size pixels, decoded where the GIL does not serialise them.
+"""Items -> Batches of model-size pixels, decoded where the GIL does not serialise them.
 
-A :class:`DecodePool` takes chunks of files (one batch each) and hands back, in
-submission order, the chunk's pixels in a reusable batch buffer (a slot) plus the
-files that failed. Chunks are decoded by threads of this process at first (they
-start at once, share a chunk in pieces, and OpenCV releases the GIL while it decodes
+A :class:`DecodePool` takes lists of items (one batch each) and hands back, in
+submission order, a Batch whose pixels sit in a reusable buffer (a slot of a ring)
+plus the rows that failed. Batches are decoded by threads of this process at first (they
+start at once, share a batch in pieces, and OpenCV releases the GIL while it decodes
 and resizes) and, on 4 or more workers for runs long enough to pay for starting them
-(about a core-second each), by worker processes writing whole chunks into
-shared-memory slots, as a PyTorch DataLoader does. Once a worker is up, new chunks go
+(about a core-second each), by worker processes writing whole batches of files into
+shared-memory slots, as a PyTorch DataLoader does. Once a worker is up, new file batches go
 to the processes. Worker processes are plain ``python -m cnnedge.runtime.decodepool``
 subprocesses, so a caller's script is never re-imported (no ``__main__`` guard needed).
 
-A worker process knows only the decode parameters (:class:`DecodeParams`: the card's
-input spec and preprocessing), never the model or backend. A worker that dies on a
+A worker process knows only its decoder (the card's input spec and preprocessing),
+never the model or backend. A worker that dies on a
 file (a crashing decoder, the OOM killer) is replaced; the file it was on is reported
 as failed and the rest of its chunk decoded again, so no file is lost or repeated.
 
-Test hook: the environment variable ``CNNEDGE_TEST_DECODE_CRASH`` (a file-name
-substring) makes a worker *process* exit abruptly on such files. It exists because no
-real image reliably crashes OpenCV's decoders; nothing else reads it.
+The pool implements the pipeline's decode stage
+(:class:`~cnnedge.runtime.pipeline.decoders.DecodeStage`) around a
+:class:`~cnnedge.runtime.pipeline.decoders.HostDecoder`, which its threads run and worker
+processes are given (a test gives one that crashes on some files).
 """
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import os
 import queue
@@ -29,34 +31,19 @@ import shutil
 import signal
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from ..card import InputSpec, Preprocess
-from ..imaging.errors import ImageError
-from ..imaging.files import read_file
-from ..imaging.prepare import decode_pixels
+from .pipeline.batch import END_OF_INPUT, Batch
+from .pipeline.decoders import HostDecoder, skipped_rows
 
-CRASH_HOOK = "CNNEDGE_TEST_DECODE_CRASH"
 SPAWN_AFTER_S = 1.0  # start worker processes once a run has lasted this long ...
 SPAWN_MIN_LEFT_S = 4.0  # ... and, at its pace so far, has at least this long to go
 PROCESS_MIN_WORKERS = 4  # below this, threads: starting processes costs about a core-second each
 MAX_RING_BYTES = 1 << 30
 _PREFETCH = 2  # chunks queued per worker process
-
-
-@dataclass(frozen=True)
-class DecodeParams:
-    """All a worker process needs: the model input (size, colour, channels), the resize mode, reduced decode."""
-
-    input: InputSpec
-    preprocess: Preprocess
-    reduce: bool = True
-
-    def decode(self, path: str) -> np.ndarray:
-        return decode_pixels(read_file(path), path, self.input, self.preprocess, self.reduce)
 
 
 def available_cores() -> int:
@@ -65,43 +52,6 @@ def available_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
         return max(1, os.cpu_count() or 1)
-
-
-def _error_text(exc: BaseException) -> str:
-    return exc.reason if isinstance(exc, ImageError) else f"{type(exc).__name__}: {exc}"
-
-
-def skipped_rows(frames: Sequence[Any]) -> dict[int, str] | None:
-    """The rows of a chunk that are reported, never read (a folder's hidden, non-image or non-regular
-    entries: ``Frame.skip``), with their reason; None when there are none."""
-    rows = {i: f.skip.reason for i, f in enumerate(frames) if getattr(f, "skip", None) is not None}
-    return rows or None
-
-
-def decode_into(decode: Callable[[str], Any], paths: Sequence[str], out: np.ndarray,
-                skip: dict[int, str] | None = None, keep: bool = False,
-                cursor: np.ndarray | None = None) -> tuple[dict[int, str], list[Any] | None]:
-    """Decode ``paths`` into ``out[i]``; returns the failures (index -> reason) and, with ``keep``,
-    the originals. ``decode`` returns the pixels, or ``(pixels, original)`` when ``keep``.
-    ``cursor`` (a worker's) records the index being decoded, so a crash names its file."""
-    errors = dict(skip or {})
-    images: list[Any] | None = [None] * len(paths) if keep else None
-    for i, p in enumerate(paths):
-        if i in errors:
-            continue
-        if cursor is not None:
-            cursor[1] = i
-            hook = os.environ.get(CRASH_HOOK)
-            if hook and hook in os.path.basename(p):
-                os._exit(70)
-        try:
-            got = decode(p)
-            if keep:
-                got, images[i] = got  # type: ignore[index]
-            out[i] = got
-        except Exception as exc:  # noqa: BLE001 - one bad file never ends a run
-            errors[i] = _error_text(exc)
-    return errors, images
 
 
 def _worker_main() -> None:
@@ -114,7 +64,7 @@ def _worker_main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops us
     rd, wr = Connection(os.dup(0), writable=False), Connection(os.dup(1), readable=False)
     os.dup2(2, 1)  # a library's print must not corrupt the pipe
-    params, shm_name, ring_shape, wid, crash = pickle.loads(rd.recv_bytes())
+    decoder, shm_name, ring_shape, wid = pickle.loads(rd.recv_bytes())
     try:
         import cv2
 
@@ -129,8 +79,6 @@ def _worker_main() -> None:
     ring = np.ndarray(ring_shape, np.uint8, mm)
     cursors = np.ndarray((ring_shape[0] + 64, 2), np.int64, mm, offset=ring.nbytes)
     cursor = cursors[wid]
-    if crash:
-        os.environ[CRASH_HOOK] = crash
     wr.send(("ready",))
     while True:
         try:
@@ -139,57 +87,102 @@ def _worker_main() -> None:
             break  # the parent is gone
         if msg is None:
             break
-        seq, slot, paths, skip = msg
+        seq, slot, items, skip = msg
         cursor[0], cursor[1] = seq, -1
-        errors, _ = decode_into(params.decode, paths, ring[slot], skip, cursor=cursor)
+        errors, _ = decoder.decode_rows(items, ring[slot], skip, cursor=cursor)
         cursor[0] = -1
         wr.send(("done", seq, errors))
 
 
 @dataclass
-class Chunk:
-    """One decoded chunk: ``pixels`` rows 0..n-1 are the files' (failed rows hold garbage)."""
+class _Job:
+    """One submitted list of items on its way through the pool: rows 0..n-1 of ``slot`` are its pixels."""
 
     seq: int
-    frames: list[Any]
-    pixels: np.ndarray | None = None
-    errors: dict[int, str] | None = None
-    images: list[Any] | None = None
+    items: list[Any]
     slot: int = -1
-    t0: float = 0.0
-    marker: Any = None  # passed through in order (a source's end), no files
+    errors: dict[int, str] = field(default_factory=dict)
+    images: list[Any] | None = None
+    started: float = 0.0
+    last: bool = False  # the end of input, passed through in order
     left: int = 0  # pieces still decoding in threads
+
+
+def _shared_memory(size: int, ring_bytes: int) -> Any:
+    """A shared-memory block for the ring, or None when /dev/shm has not room for twice the ring (tmpfs
+    hands out pages on first write: a ring larger than what is free would end in SIGBUS)."""
+    try:
+        free = shutil.disk_usage("/dev/shm").free
+    except OSError:
+        return None
+    if free <= 2 * ring_bytes:
+        return None
+    from multiprocessing import shared_memory
+
+    try:
+        return shared_memory.SharedMemory(create=True, size=size)
+    except OSError:
+        return None
+
+
+def worker_env() -> dict[str, str]:
+    """A worker process's environment: one OpenMP thread, and this package's folder on ``PYTHONPATH``
+    only when an installed cnnedge (editable or not) is not this one (a checkout run from its folder)."""
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if not _installed_is(here):
+        root = os.path.dirname(here)
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def _installed_is(package_dir: str) -> bool:
+    """Whether the installed distribution of cnnedge provides the package at ``package_dir``."""
+    import json
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution("cnnedge")
+    except metadata.PackageNotFoundError:
+        return False
+    url = json.loads(dist.read_text("direct_url.json") or "{}")
+    if url.get("dir_info", {}).get("editable"):
+        from urllib.parse import unquote, urlparse
+
+        src = unquote(urlparse(url.get("url", "")).path)
+        return os.path.realpath(os.path.join(src, "cnnedge")) == os.path.realpath(package_dir)
+    return os.path.realpath(str(dist.locate_file("cnnedge"))) == os.path.realpath(package_dir)
 
 
 class _Proc:
     def __init__(self, proc: Any, conn: Any) -> None:
         self.proc, self.conn = proc, conn
         self.ready = False
-        self.inflight: collections.OrderedDict[int, Chunk] = collections.OrderedDict()
+        self.inflight: collections.OrderedDict[int, _Job] = collections.OrderedDict()
 
 
 class DecodePool:
-    """Chunks in, decoded chunks out in submission order (``out``, a queue), slots recycled by ``release``.
+    """The pipeline's CPU decode stage: item lists in, Batches out in submission order (``out``, a queue),
+    each Batch's buffer (a slot of a ring) back to the pool when the Batch is given back.
 
-    ``decode``: path -> pixels (or (pixels, original) with ``keep``), used by the threads.
-    ``params``: what worker processes use; None keeps decoding in threads.
-    ``processes``: True decodes only in them (started at once); None starts them on machines with
-    :data:`PROCESS_MIN_WORKERS` or more workers once a run has lasted :data:`SPAWN_AFTER_S` and has,
-    at its pace so far, :data:`SPAWN_MIN_LEFT_S` to go (``total``: the files expected, None if
-    unknown); False never. Threads: ``workers - 1`` of them, and the inference thread decodes too
-    while it waits (:meth:`help`).
+    ``decoder``: what the threads run and worker processes are given. ``processes``: True decodes only in
+    them (started at once); None starts them on machines with :data:`PROCESS_MIN_WORKERS` or more workers
+    once a run has lasted :data:`SPAWN_AFTER_S` and has, at its pace so far, :data:`SPAWN_MIN_LEFT_S` to go
+    (``total``: the files expected, None if unknown); False never. Threads: ``workers - 1`` of them, and the
+    inference stage decodes too while it waits (:meth:`decode_one_here`). Frames (items with an image) and
+    a decoder that keeps originals stay in the threads.
     """
 
-    def __init__(self, decode: Callable[[str], Any], params: DecodeParams | None, workers: int, batch: int,
-                 out: "queue.Queue[Any]", *, keep: bool = False, processes: bool | None = None,
-                 stop: threading.Event | None = None, total: int | None = None) -> None:
-        self.decode, self.params, self.workers, self.batch, self.out = decode, params, workers, batch, out
-        self.keep = keep
+    def __init__(self, decoder: HostDecoder, workers: int, batch: int, out: "queue.Queue[Any]", *,
+                 processes: bool | None = None, stop: threading.Event | None = None,
+                 total: int | None = None) -> None:
+        self.decoder, self.workers, self.batch, self.out = decoder, workers, batch, out
+        self.keep = decoder.keep
         self.stop = stop or threading.Event()
-        spec = params.input if params is not None else None
-        self.row_shape = (spec.height, spec.width, spec.channels) if spec is not None else None
+        self.row_shape = decoder.preprocessor.row_shape
         self.restarts = 0
-        self._procs_wanted = (params is not None and not keep and workers >= 1
+        self._procs_wanted = (not self.keep and workers >= 1
                               and (processes is True or processes is None and workers >= PROCESS_MIN_WORKERS))
         self._started = time.perf_counter()
         self._spawn_at = self._started + (0.0 if processes else SPAWN_AFTER_S)
@@ -201,47 +194,33 @@ class DecodePool:
         self._cursors: np.ndarray | None = None
         self._nslots = 0
         self._free: "queue.Queue[int]" = queue.Queue()
-        self._inbox: "queue.Queue[tuple]" = queue.Queue()  # the manager's: tasks for processes, their news
-        self._tasks: "queue.Queue[tuple[Chunk, int, int]]" = queue.Queue()  # the threads': chunk, rows a..b
+        self._inbox: "queue.Queue[tuple]" = queue.Queue()  # the manager's: jobs for processes, their news
+        self._pieces: "queue.Queue[tuple[_Job, int, int]]" = queue.Queue()  # the threads': job, rows a..b
         self._piece_lock = threading.Lock()
         self._seq = itertools.count()
         self._submit_lock = threading.Lock()
         self._emit_lock = threading.Lock()
-        self._done: dict[int, Chunk] = {}
+        self._finished: dict[int, _Job] = {}
         self._next = 0
-        self._to_procs = False  # set once a worker process is ready: new chunks go to the processes
-        self._nthreads = max(1, workers - 1)  # and the inference thread, through help()
+        self._to_procs = False  # set once a worker process is ready: new jobs go to the processes
+        self._nthreads = max(1, workers - 1)  # and the inference stage, through decode_one_here()
         self._threads: list[threading.Thread] = []
         self._procs: dict[int, _Proc] = {}
         self._manager: threading.Thread | None = None
         self._closed = False
 
     # setup ---------------------------------------------------------------------------
-    def _make_ring(self, row_shape: tuple[int, ...]) -> None:
-        self.row_shape = row_shape
-        slot_bytes = self.batch * int(np.prod(row_shape))
+    def _make_ring(self) -> None:
+        slot_bytes = self.batch * int(np.prod(self.row_shape))
         want = 2 * self.workers * _PREFETCH + 4
         nslots = max(self.workers + 3, min(want, MAX_RING_BYTES // max(1, slot_bytes)))
         ring_bytes = nslots * slot_bytes
-        shared = False
         if self._procs_wanted:
-            try:
-                free = shutil.disk_usage("/dev/shm").free
-            except OSError:
-                free = 0
-            # tmpfs hands out pages on first write: a ring larger than what is free would end in SIGBUS
-            if free > 2 * ring_bytes:
-                from multiprocessing import shared_memory
-
-                try:
-                    self._shm = shared_memory.SharedMemory(create=True, size=ring_bytes + (nslots + 64) * 16)
-                    shared = True
-                except OSError:
-                    self._shm = None
-        if not shared:
+            self._shm = _shared_memory(ring_bytes + (nslots + 64) * 16, ring_bytes)
+        if self._shm is None:
             self._procs_wanted = False
-        shape = (nslots, self.batch) + tuple(row_shape)
-        if shared:
+        shape = (nslots, self.batch) + tuple(self.row_shape)
+        if self._shm is not None:
             self._ring = np.ndarray(shape, np.uint8, self._shm.buf)
             self._cursors = np.ndarray((nslots + 64, 2), np.int64, self._shm.buf, offset=self._ring.nbytes)
             self._cursors[:] = -1
@@ -252,11 +231,7 @@ class DecodePool:
             self._free.put(i)
 
     def start(self) -> None:
-        if self.row_shape is not None:
-            self._make_ring(self.row_shape)
-            self._start_workers()
-
-    def _start_workers(self) -> None:
+        self._make_ring()
         if self._procs_wanted:
             self._manager = threading.Thread(target=self._manage, name="decode manager", daemon=True)
             self._manager.start()
@@ -269,14 +244,9 @@ class DecodePool:
             self._threads.append(t)
             t.start()
 
-    # the feeders' side ---------------------------------------------------------------
-    def submit(self, frames: list[Any]) -> bool:
-        """Queue one chunk (at most ``batch`` frames with paths); blocks for a free slot. False once stopped."""
-        if self._ring is None:
-            with self._submit_lock:
-                if self._ring is None:  # a model without a card: the first image sets the row shape
-                    self._make_ring(self._probe_shape(frames))
-                    self._start_workers()
+    # the batcher's side ----------------------------------------------------------------
+    def submit(self, items: list[Any]) -> bool:
+        """Queue one list of at most ``batch`` items; blocks for a free slot. False once stopped."""
         while not self.stop.is_set():
             try:
                 slot = self._free.get(timeout=0.1)
@@ -286,102 +256,93 @@ class DecodePool:
         else:
             return False
         with self._submit_lock:
-            c = Chunk(next(self._seq), frames, slot=slot, errors=skipped_rows(frames))
-            if self._to_procs or self._only_procs and self._procs_wanted:
-                self._inbox.put(("task", c))
+            job = _Job(next(self._seq), items, slot=slot, errors=skipped_rows(items))
+            frames = any(f.path is None for f in items)
+            if not frames and (self._to_procs or self._only_procs and self._procs_wanted):
+                self._inbox.put(("task", job))
             else:
-                self._to_threads(c)
+                self._to_threads(job)
         return True
 
-    def _to_threads(self, c: Chunk) -> None:
-        """Queue a chunk for the threads in pieces (at least 4 files each), so that the threads share a
+    def _to_threads(self, job: _Job) -> None:
+        """Queue a job for the threads in pieces (at least 4 items each), so that the threads share a
         batch and one slow thread does not hold back the batches after it."""
-        n = len(c.frames)
+        n = len(job.items)
         step = max(4, -(-n // self._nthreads))
-        c.errors = dict(c.errors or {})
-        c.images = [None] * n if self.keep else None
-        c.left = len(range(0, n, step))
+        job.images = [None] * n if self.keep else None
+        job.left = len(range(0, n, step))
         for a in range(0, n, step):
-            self._tasks.put((c, a, min(n, a + step)))
+            self._pieces.put((job, a, min(n, a + step)))
 
-    def mark(self, marker: Any) -> None:
-        """Pass ``marker`` through in order after everything submitted so far."""
+    def end(self) -> None:
+        """Pass :data:`~cnnedge.runtime.pipeline.batch.END_OF_INPUT` on in order after everything submitted."""
         with self._submit_lock:
-            self._deliver(Chunk(next(self._seq), [], marker=marker))
+            self._deliver(_Job(next(self._seq), [], last=True))
 
-    def _deliver(self, c: Chunk) -> None:
-        """A finished chunk: hand it and every chunk now in order after it on."""
+    def _deliver(self, job: _Job) -> None:
+        """A finished job: hand it and every job now in order after it on, as Batches."""
         with self._emit_lock:
-            self._decoded += len(c.frames)
-            self._done[c.seq] = c
-            while self._next in self._done:
-                self.out.put(self._done.pop(self._next))
+            self._decoded += len(job.items)
+            self._finished[job.seq] = job
+            while self._next in self._finished:
+                self.out.put(self._batch_of(self._finished.pop(self._next)))
                 self._next += 1
 
-    def release(self, slot: int) -> None:
-        if slot >= 0:
-            self._free.put(slot)
-
-    def _probe_shape(self, frames: list[Any]) -> tuple[int, ...]:
-        for f in frames:
-            if getattr(f, "skip", None) is not None:
-                continue
-            try:
-                got = self.decode(f.path)
-                px = got[0] if self.keep else got
-                return tuple(px.shape)
-            except Exception:  # noqa: BLE001 - a bad first file: try the next
-                continue
-        return (1, 1, 1)  # every file failed: any shape carries their errors
+    def _batch_of(self, job: _Job) -> Any:
+        if job.last:
+            return END_OF_INPUT
+        assert self._ring is not None
+        pixels = self._ring[job.slot][:len(job.items)]
+        started = job.started if any(f.path is not None for f in job.items) else None
+        return Batch(job.items, pixels, job.errors, job.images, started=started,
+                     release=functools.partial(self._free.put, job.slot))
 
     # threads -----------------------------------------------------------------------
     def _thread_main(self) -> None:
         while not self.stop.is_set():
             try:
-                task = self._tasks.get(timeout=0.1)
+                piece = self._pieces.get(timeout=0.1)
             except queue.Empty:
                 continue
-            if not self._decode_piece(*task):
+            if not self._decode_piece(*piece):
                 return
 
-    def help(self) -> bool:
-        """Decode one queued piece in the caller's thread, if there is one: the inference thread calls
+    def decode_one_here(self) -> bool:
+        """Decode one queued piece in the calling thread, if there is one: the inference stage calls
         this while it has nothing to run, so it decodes instead of waiting and the pool needs one thread
         fewer than the cores (a thread per core more only contends for the GIL). False when none was queued."""
         try:
-            task = self._tasks.get_nowait()
+            piece = self._pieces.get_nowait()
         except queue.Empty:
             return False
-        self._decode_piece(*task)
+        self._decode_piece(*piece)
         return True
 
-    def _decode_piece(self, c: Chunk, a: int, b: int) -> bool:
-        """Decode rows ``a..b`` of ``c``; hand the chunk on when it was the last piece. False after an
-        unexpected error, which goes to ``out`` so the batcher never waits on a lost chunk."""
-        if not c.t0:
-            c.t0 = time.perf_counter()
+    def _decode_piece(self, job: _Job, a: int, b: int) -> bool:
+        """Decode rows ``a..b`` of ``job``; hand it on when it was the last piece. False after an
+        unexpected error, which goes to ``out`` so that the inference stage never waits on a lost batch."""
+        if not job.started:
+            job.started = time.perf_counter()
         try:
             assert self._ring is not None
-            skip = {i - a: e for i, e in (c.errors or {}).items() if a <= i < b}
-            errors, images = decode_into(self.decode, [f.path for f in c.frames[a:b]], self._ring[c.slot][a:b],
-                                         skip, keep=self.keep)
-        except BaseException as exc:  # noqa: BLE001 - never leave the batcher waiting
+            skip = {i - a: e for i, e in job.errors.items() if a <= i < b}
+            errors, images = self.decoder.decode_rows(job.items[a:b], self._ring[job.slot][a:b], skip)
+        except BaseException as exc:  # noqa: BLE001 - never leave the inference stage waiting
             self.out.put(exc)
             return False
         with self._piece_lock:
-            c.errors.update({a + i: e for i, e in errors.items()})  # type: ignore[union-attr]
-            if images is not None and c.images is not None:
-                c.images[a:b] = images
-            c.left -= 1
-            last = c.left == 0
+            job.errors.update({a + i: e for i, e in errors.items()})
+            if images is not None and job.images is not None:
+                job.images[a:b] = images
+            job.left -= 1
+            last = job.left == 0
         if last:
-            c.pixels = self._ring[c.slot][:len(c.frames)]
-            self._deliver(c)
+            self._deliver(job)
         return True
 
     # the manager thread (worker processes only) --------------------------------------
     def _manage(self) -> None:
-        pending: collections.deque[Chunk] = collections.deque()
+        pending: collections.deque[_Job] = collections.deque()
         try:
             while not self.stop.is_set():
                 try:
@@ -401,7 +362,6 @@ class DecodePool:
                         c = p.inflight.pop(ev[2]) if p is not None and ev[2] in p.inflight else None
                         if c is not None:
                             c.errors = ev[3]
-                            c.pixels = self._ring[c.slot][:len(c.frames)]  # type: ignore[index]
                             self._deliver(c)
                     elif kind == "dead":
                         self._replace(ev[1], pending)
@@ -409,7 +369,7 @@ class DecodePool:
                         ev = self._inbox.get_nowait()
                     except queue.Empty:
                         ev = None
-                if (self._procs_wanted and not self._procs and (pending or self._tasks.qsize())
+                if (self._procs_wanted and not self._procs and (pending or self._pieces.qsize())
                         and time.perf_counter() >= self._spawn_at and self._long_enough()):
                     self._spawn_all()
                 if not self._procs_wanted:  # given up on processes: what they had goes to threads
@@ -423,10 +383,10 @@ class DecodePool:
                     if len(p.inflight) >= _PREFETCH:
                         break
                     c = pending.popleft()
-                    c.t0 = time.perf_counter()
+                    c.started = time.perf_counter()
                     p.inflight[c.seq] = c
                     try:
-                        p.conn.send((c.seq, c.slot, [f.path for f in c.frames], c.errors or {}))
+                        p.conn.send((c.seq, c.slot, c.items, c.errors))
                     except OSError:
                         pass  # it died: its reader reports that and the chunk goes back
         except BaseException as exc:  # noqa: BLE001 - never leave the batcher waiting on a dead manager
@@ -451,17 +411,13 @@ class DecodePool:
         from multiprocessing.connection import Connection
 
         assert self._ring is not None and self._shm is not None
-        env = dict(os.environ)
-        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        env.setdefault("OMP_NUM_THREADS", "1")
         proc = subprocess.Popen([sys.executable, "-m", "cnnedge.runtime.decodepool"], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, env=env, close_fds=True)
+                                stdout=subprocess.PIPE, env=worker_env(), close_fds=True)
         send = Connection(os.dup(proc.stdin.fileno()), readable=False)  # type: ignore[union-attr]
         recv = Connection(os.dup(proc.stdout.fileno()), writable=False)  # type: ignore[union-attr]
         proc.stdin.close()  # type: ignore[union-attr]
         proc.stdout.close()  # type: ignore[union-attr]
-        send.send_bytes(pickle.dumps((self.params, self._shm.name, self._ring.shape, wid, os.environ.get(CRASH_HOOK))))
+        send.send_bytes(pickle.dumps((self.decoder, self._shm.name, self._ring.shape, wid)))
         self._procs[wid] = _Proc(proc, send)
         threading.Thread(target=self._reader, args=(wid, recv), name=f"decode reader {wid}", daemon=True).start()
 
@@ -490,9 +446,8 @@ class DecodePool:
         seq, idx = (int(x) for x in self._cursors[wid])
         self._cursors[wid] = -1
         for c in reversed(p.inflight.values()):
-            if c.seq == seq and 0 <= idx < len(c.frames):
+            if c.seq == seq and 0 <= idx < len(c.items):
                 how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-                c.errors = dict(c.errors or {})
                 c.errors[idx] = f"the decoder crashed on this file (worker process ended with {how}); skipped"
             pending.appendleft(c)
         try:

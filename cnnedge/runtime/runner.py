@@ -27,7 +27,8 @@ from typing import Any, Sequence, TextIO
 from ..errors import CnnEdgeError, ExitCode
 from .interrupt import exit_code_for
 from .sinks import Progress, Sink, display_path
-from .stream import BatchModel, PipelineStats, iter_batches
+from . import pipeline
+from .stream import BatchModel, PipelineStats
 
 
 @dataclass
@@ -90,9 +91,9 @@ def run(sources: Any, clf: BatchModel, sinks: Sequence[Sink] = (), *, batch: int
         **options: Any) -> RunSummary:
     """Classify everything ``sources`` deliver with ``clf`` and hand each Result to every sink.
 
-    ``sources``: what :func:`~cnnedge.runtime.stream.iter_batches` takes (a path, folder, video,
+    ``sources``: what :func:`cnnedge.runtime.pipeline.run` takes (a path, folder, video,
     camera index, URL, GStreamer string, an opened Source, or a list of them). ``batch``: images per
-    inference call, None for the sources' default (:func:`~cnnedge.runtime.stream.default_batch`).
+    inference call, None for the sources' default (:func:`cnnedge.runtime.pipeline.default_batch`).
     ``options``: its keyword arguments (``max_wait_ms``, ``workers``, ``glob``, ``max_frames``, ``duration``,
     ``live``, ``open_timeout_ms``, ``read_timeout_ms``, ``give_up_s``, ``topk``); images are kept
     for the sinks that need them. ``progress``: draw a bar there when the total is known. ``stop``: a
@@ -105,7 +106,7 @@ def run(sources: Any, clf: BatchModel, sinks: Sequence[Sink] = (), *, batch: int
     sinks = list(sinks)
     results = None
     try:
-        results = iter_batches(clf, sources, batch=batch, stats=stats,
+        results = pipeline.run(clf, sources, batch=batch, stats=stats,
                                keep_images=any(s.needs_images for s in sinks), **options)
         if progress is not None and stats.total:
             sinks.append(Progress(stats.total, progress))
@@ -142,12 +143,12 @@ def _stop_watcher(stop: Any, clf: Any) -> Any:
     import threading
 
     done = threading.Event()
-    backend = getattr(clf, "backend", None)
+    backend = clf.backend
 
     def watch() -> None:
         while not done.is_set():
             if stop.wait(0.1):
-                if backend is not None and not done.is_set():
+                if not done.is_set():
                     backend.stop_runs()
                 return
 

@@ -1,0 +1,57 @@
+"""The results stage: a batch's raw output -> its Results, built in the caller's thread in one
+vectorised post-processing call, so that sinks take a batch at a time."""
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..results import Prediction, Result
+from .inference import Inferred
+from .stats import PipelineStats
+
+NONFINITE = ("the model gave a non-finite score (NaN or inf) for this image: its input or its preprocessing "
+             "(--scale, --mean, --std) overflows; not a prediction")
+
+
+class ResultMaker:
+    """Turns :class:`~.inference.Inferred` batches into lists of Results and counts them in ``stats``.
+    ``postprocess``: raw output -> Predictions (the card's classes, top-k). A NaN or infinite score is a
+    failed row saying so, never a prediction. Times itself (``seconds``)."""
+
+    def __init__(self, postprocess: Callable[[np.ndarray, int | None], Sequence[Prediction]], topk: int | None,
+                 stats: PipelineStats) -> None:
+        self.postprocess, self.topk, self.stats = postprocess, topk, stats
+        self.seconds = 0.0
+
+    def results(self, done: Inferred) -> list[Result]:
+        t0 = time.perf_counter()
+        batch, stats = done.batch, self.stats
+        preds = iter(self.postprocess(done.output, self.topk) if done.output is not None else [])
+        images = batch.images
+        out: list[Result] = []
+        for i, f in enumerate(batch.items):
+            error = batch.errors.get(i)
+            if error is not None:
+                stats.count_unusable(f)
+                out.append(Result(f.source, f.timestamp, f.frame, f.path, error=error))
+                continue
+            pred = next(preds)
+            if not math.isfinite(pred.score):
+                stats.failed += 1
+                out.append(Result(f.source, f.timestamp, f.frame, f.path, error=NONFINITE))
+                continue
+            start = batch.started if batch.started is not None and f.path is not None else f.t0
+            lat = (done.ended - start) * 1000.0
+            stats.done += 1
+            stats.latencies_ms.append(lat)
+            out.append(Result(f.source, f.timestamp, f.frame, f.path, pred, lat,
+                              image=images[i] if images is not None else None, batch=done.call))
+        if done.output is not None:
+            stats.batches += 1
+        self.seconds += time.perf_counter() - t0
+        return out
+
+
