@@ -27,8 +27,6 @@ PROG = "cnn-infer"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..artifacts import BACKEND_CHOICES
-
     p = Parser(
         prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Classify images, folders, videos, cameras and streams with a .onnx, .engine or .keras model. "
@@ -39,6 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
                "  cnn-infer other.onnx --source img.jpg --scale 1/255 --mean 0.5 --std 0.5 --labels labels.txt\n\n"
                + MODELS_FROM_ELSEWHERE)
     p.add_argument("model", help="model file: .onnx, .engine or .keras (e.g. runs/digits/model.int8.onnx)")
+    _add_sources(p)
+    _add_inference(p)
+    add_model_flags(p)
+    _add_outputs(p)
+    return p
+
+
+def _add_sources(p: argparse.ArgumentParser) -> None:
     src = p.add_argument_group("sources (several may be given; they share batches)")
     src.add_argument("--source", action="append", default=[], metavar="SRC",
                      help="image, folder (recursive), list file, video, URL (rtsp://, http://) or csi://N "
@@ -68,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "until then) and exit 1 at the end, so a supervisor can restart; default: keep "
                           "reconnecting for as long as the run lasts (e.g. --give-up-after 60)")
 
+
+def _add_inference(p: argparse.ArgumentParser) -> None:
+    from ..artifacts import BACKEND_CHOICES
+
     run = p.add_argument_group("inference")
     run.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
                      help="auto picks TensorRT for .engine and the best ONNX Runtime provider for .onnx "
@@ -92,8 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "e.g. --trust)")
 
     add_load_timeout(run)
-    add_model_flags(p)
 
+
+def _add_outputs(p: argparse.ArgumentParser) -> None:
     out = p.add_argument_group("output")
     out.add_argument("--topk", type=_positive, default=1, metavar="K", help="show the K best classes "
                      "(e.g. --topk 3)")
@@ -112,7 +123,6 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="progress bar on stderr for folders (default: when stderr is a terminal; e.g. --no-progress)")
     out.add_argument("--force", action="store_true", help="overwrite existing --json/--csv/--save-video files (e.g. --json out.jsonl --force)")
-    return p
 
 
 def _wait_ms(text: str) -> float:
