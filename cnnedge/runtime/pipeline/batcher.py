@@ -69,9 +69,10 @@ class Batcher:
                         time.sleep(0.002)
                         continue
                     items = list(itertools.islice(files, self.size))
-                    if not items:
+                    if items:
+                        self.arrivals.put(Arrival(items))
+                    if len(items) < self.size:  # the source has ended: say so now, so its last batch need not wait
                         break
-                    self.arrivals.put(Arrival(items))
             elif isinstance(src, LiveSource):
                 self.feed_newest(src)
             else:
