@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -138,6 +139,17 @@ def test_infer_checks_dtype_and_shape():
         assert be.infer(np.zeros((3, 32, 32, 3), np.uint8)).shape == (3, 10)
     with pytest.raises(UsageError, match="closed"):
         be.infer(np.zeros((1, 32, 32, 3), np.uint8))
+
+
+def test_every_infer_call_times_itself():
+    """The base class times each call it runs (as Polygraphy's runners do), for tools that read it."""
+    with load_backend(models()["onnx"], "ort-cpu", threads=1) as be:
+        assert be.inference_time == 0.0
+        x = np.zeros((4,) + tuple(be.input_spec.shape[1:]), dtype=be.input_spec.dtype)
+        t0 = time.perf_counter()
+        be.infer(x)
+        wall = time.perf_counter() - t0
+        assert 0.0 < be.inference_time <= wall
 
 
 def test_timed_infer_times_copies_apart_from_compute():

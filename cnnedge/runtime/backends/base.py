@@ -117,6 +117,7 @@ class Backend:
         self.min_batch: int = 1
         self.card: ModelCard | None = None
         self.metadata: dict[str, str] = {}  # the file's own key/value metadata (ONNX metadata_props)
+        self.inference_time = 0.0  # seconds the last infer()/infer_device() spent running (as Polygraphy's runners)
         self.size_from: str | None = None  # where a dynamic graph's image size came from (sizing.py)
         self._closed = False
         # close() waits for in-flight infer() calls: they count themselves in and out under this
@@ -172,9 +173,11 @@ class Backend:
             raise UsageError(f"{self.name} runs on the CPU; infer_device() takes GPU memory")
         self._check_device_batch(shape, dtype)
         self._enter()
+        t0 = time.perf_counter()
         try:
             return self._infer_device_impl(int(ptr), tuple(shape), dtype)
         finally:
+            self.inference_time = time.perf_counter() - t0
             self._leave()
 
     def stop_runs(self) -> None:
@@ -255,6 +258,7 @@ class Backend:
         """Run ``_infer_impl`` (over ``plan``'s chunks when given) counted as in flight, so that
         close() waits for it; a call that starts after close() raises UsageError."""
         self._enter()
+        t0 = time.perf_counter()
         try:
             if plan is None:
                 return self._infer_impl(batch)
@@ -267,6 +271,7 @@ class Backend:
                 outs.append(self._infer_impl(chunk)[:stop - start])
             return np.concatenate(outs)
         finally:
+            self.inference_time = time.perf_counter() - t0
             self._leave()
 
     def _enter(self) -> None:
