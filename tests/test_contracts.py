@@ -1,6 +1,8 @@
 """The runtime's contracts, read from the source with ``ast``: no import circle between cnnedge's modules
 (an import inside a function counts too), and nothing outside cnnedge/runtime touches a backend's or the
-Classifier's private attributes (``be._x``, ``backend._x``, ``clf._x``, ``self.backend._x``)."""
+Classifier's private attributes (``be._x``, ``backend._x``, ``clf._x``, ``self.backend._x``); and across the
+package, no object's private attribute reached and no private name imported from another module, and no
+function over 80 lines."""
 from __future__ import annotations
 
 import ast
@@ -119,14 +121,51 @@ def test_the_private_use_check_sees_the_forms_it_forbids(tmp_path):
         "be._cudart", "clf.backend._infer_impl", "self.backend._lock", "clf._slots"]
 
 
-def test_no_backend_module_touches_another_object_s_private():
-    """Slots, bound buffers and sizing go through a backend's public methods (the namedtuple API aside)."""
+NAMEDTUPLE_API = ("_replace", "_asdict", "_fields", "_make")
+
+
+def _reaches(path: Path) -> list[str]:
+    """``x._attr`` where ``x`` is not ``self``/``cls``/``super()`` (the namedtuple API aside)."""
     hits = []
-    for path in sorted((ROOT / "cnnedge" / "runtime" / "backends").glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
-                    and node.attr not in ("_replace", "_asdict", "_fields", "_make")
-                    and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))
-                    and not (isinstance(node.value, ast.Call) and ast.unparse(node.value.func) == "super")):
-                hits.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)}")
-    assert hits == []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+                and node.attr not in NAMEDTUPLE_API
+                and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))
+                and not (isinstance(node.value, ast.Call) and ast.unparse(node.value.func) == "super")):
+            hits.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)}")
+    return hits
+
+
+def _private_imports(path: Path) -> list[str]:
+    """``from module import _name``: a private name taken from another module."""
+    return [f"{path.relative_to(ROOT)}:{node.lineno}: {a.name}"
+            for node in ast.walk(ast.parse(path.read_text(), str(path))) if isinstance(node, ast.ImportFrom)
+            for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+
+
+def _long_functions(path: Path, most: int = 80) -> list[str]:
+    return [f"{path.relative_to(ROOT)}:{node.lineno}: {node.name} {node.end_lineno - node.lineno + 1} lines"
+            for node in ast.walk(ast.parse(path.read_text(), str(path)))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.end_lineno - node.lineno + 1 > most]
+
+
+def test_no_module_touches_another_object_s_private_or_imports_one():
+    """Slots, bound buffers, sizing, the pipeline's stages and the CLIs go through public names; argparse's
+    and the stdlib's privates included."""
+    files = sorted((ROOT / "cnnedge").rglob("*.py"))
+    assert [h for p in files for h in _reaches(p) + _private_imports(p)] == []
+
+
+def test_no_function_is_over_80_lines():
+    assert [h for p in sorted((ROOT / "cnnedge").rglob("*.py")) for h in _long_functions(p)] == []
+
+
+def test_the_structure_checks_see_what_they_forbid(tmp_path, monkeypatch):
+    monkeypatch.setattr(__import__(__name__), "ROOT", tmp_path)
+    src = tmp_path / "x.py"
+    src.write_text("from .decodepool import _error_text, Chunk\nbe._enter()\nself._lock\nsuper()._x\n"
+                   "row._replace(a=1)\ndef f():\n" + "    pass\n" * 80)
+    assert [h.split(": ", 1)[1] for h in _reaches(src)] == ["be._enter"]
+    assert [h.split(": ", 1)[1] for h in _private_imports(src)] == ["_error_text"]
+    assert [h.split(": ", 1)[1] for h in _long_functions(src)] == ["f 81 lines"]
