@@ -136,7 +136,7 @@ class Int8Result:
 
 def fingerprint(pixels: np.ndarray) -> str:
     """sha256 of the preprocessed calibration pixels: the calibration cache key's data part."""
-    return hashlib.sha256(np.ascontiguousarray(pixels).tobytes()).hexdigest()
+    return fingerprint_batches([pixels])
 
 
 def fingerprint_batches(batches: Iterable[np.ndarray]) -> str:
@@ -225,18 +225,21 @@ def calibrate(model: Path, batches: Batches, method: str, work_dir: Path, batch:
 
     input_name = onnx_io.io_names(onnx.load(str(model), load_external_data=False))[0]
     calib_method = _ort_method(q, method)
-    n = 0
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # its calibrators print progress
             calibrator = q.create_calibrator(Path(model), None, calibrate_method=calib_method,
                                              augmented_model_path=str(work_dir / "augmented.onnx"))
-            for b in rebatch(batches(), batch or CALIBRATION_BATCH, tail=batch is None):
-                calibrator.collect_data(_OneBatch(input_name, b))
-                n += len(b)
-            if n and method == "entropy":  # again, over each tensor's range on all the images
-                empty_histograms(calibrator.collector.get_histogram_dict(), calibrator.collector.num_bins)
+            def collect() -> int:
+                seen = 0
                 for b in rebatch(batches(), batch or CALIBRATION_BATCH, tail=batch is None):
                     calibrator.collect_data(_OneBatch(input_name, b))
+                    seen += len(b)
+                return seen
+
+            n = collect()
+            if n and method == "entropy":  # again, over each tensor's range on all the images
+                empty_histograms(calibrator.collector.get_histogram_dict(), calibrator.collector.num_bins)
+                collect()
             tensors = calibrator.compute_data() if n else None
     except Exception as exc:
         raise ExportError(f"INT8 calibration failed: {first_line(exc)}") from None

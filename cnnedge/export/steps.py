@@ -347,19 +347,12 @@ def _open(model_path: Path, opts: ExportOptions) -> Any:
                                  opts.opset)) from None
 
 
-def _output_kind(ref: Any) -> str:
-    """probabilities when every row is a distribution, else logits."""
-    import numpy as np
-
-    rows = ref.astype(np.float64)
-    probs = np.all(rows >= -1e-6) and np.all(rows <= 1 + 1e-6) and np.allclose(rows.sum(1), 1.0, atol=1e-3)
-    return "probabilities" if probs else "logits"
-
-
 def _check_output_kind(card: ModelCard, source: Any, ref: Any, report: ExportReport, timer: "_Steps") -> ModelCard:
     """A described model's output kind: detected when not said; when said, checked against the outputs (a
     softmax model declared logits would get a second softmax in cnn-infer)."""
-    seen = _output_kind(ref)
+    from ..runtime.classifier import output_kind
+
+    seen = output_kind(ref)
     said = source.declared_output
     if said is None:
         return card.replace(output=seen)

@@ -223,9 +223,12 @@ def _timeout(v: Any) -> float | None:
     return float(v)
 
 
-def _looks_like_probabilities(out: np.ndarray) -> bool:
+def output_kind(out: np.ndarray) -> str:
+    """``probabilities`` when every row is non-negative and sums to 1, else ``logits``: what a model's raw
+    output looks like (cnn-infer's detection and cnn-export's check of a declared kind)."""
     out = out.reshape(out.shape[0], -1).astype(np.float64)
-    return bool(np.all(out >= -1e-6) and np.all(out <= 1 + 1e-6) and np.allclose(out.sum(1), 1.0, atol=1e-3))
+    probs = np.all(out >= -1e-6) and np.all(out <= 1 + 1e-6) and np.allclose(out.sum(1), 1.0, atol=1e-3)
+    return "probabilities" if probs else "logits"
 
 
 class Classifier:
@@ -352,7 +355,7 @@ class Classifier:
                 raise CardError(f"{be.path}: the model outputs {out.shape[1]} classes, its labels "
                                 f"({self.labels_from}) name {self.card.num_classes}")
             self.card = self.card.replace(classes=tuple(str(i) for i in range(out.shape[1])))
-        kind = "probabilities" if _looks_like_probabilities(out) else "logits"
+        kind = output_kind(out)
         if detect:
             self.card = self.card.replace(output=kind)
             self._logits = kind == "logits"
