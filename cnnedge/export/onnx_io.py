@@ -46,8 +46,7 @@ def load_checked(path: str | os.PathLike) -> Any:
         model = onnx.load(str(path))
     except Exception as exc:
         raise ModelLoadError(f"{path}: not a readable ONNX model ({first_line(exc)})") from None
-    init = {i.name for i in model.graph.initializer}
-    inputs = [i.name for i in model.graph.input if i.name not in init]
+    inputs = [i.name for i in fed_inputs(model)]
     if len(inputs) != 1:
         raise ModelLoadError(f"{path}: the graph has {len(inputs)} inputs ({', '.join(inputs)}); cnn-export takes "
                              "image classifiers with one image input")
@@ -72,9 +71,14 @@ def node_count(model: Any) -> int:
     return len(model.graph.node)
 
 
-def io_names(model: Any) -> tuple[str, str]:
+def fed_inputs(model: Any) -> list[Any]:
+    """The graph inputs a caller feeds (old exporters also list initializers as inputs), as ValueInfos."""
     init = {i.name for i in model.graph.initializer}
-    inputs = [i.name for i in model.graph.input if i.name not in init]
+    return [i for i in model.graph.input if i.name not in init]
+
+
+def io_names(model: Any) -> tuple[str, str]:
+    inputs = [i.name for i in fed_inputs(model)]
     if len(inputs) != 1 or len(model.graph.output) != 1:
         raise ModelLoadError(f"expected one input and one output, found {len(inputs)} and {len(model.graph.output)}")
     return inputs[0], model.graph.output[0].name

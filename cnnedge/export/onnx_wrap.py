@@ -57,13 +57,14 @@ def wrap(model: Any, card: ModelCard, input_dtype: str = "uint8") -> Any:
     returns the graph as it is (the host keeps feeding what the source takes)."""
     from onnx import TensorProto, helper, numpy_helper
 
+    from .onnx_io import fed_inputs
+
     out = copy.deepcopy(model)
     if input_dtype != "uint8":
         return out
     g = out.graph
     used = graph_names(g)
-    init = {i.name for i in g.initializer}
-    src = next(i for i in g.input if i.name not in init)
+    src = fed_inputs(out)[0]
     dims = src.type.tensor_type.shape.dim
     batch = dims[0].dim_value if dims and dims[0].HasField("dim_value") else "batch"
     spec = card.input

@@ -265,9 +265,9 @@ def described_card(backend: Any, d: ModelDescription) -> ModelCard:
 def _channels(model: Any) -> int | None:
     """The channel count of the graph's image input (1 or 3), or None when it cannot be told."""
     from ..runtime.backends.sizing import image_axes
+    from .onnx_io import fed_inputs
 
-    init = {i.name for i in model.graph.initializer}
-    src = next(i for i in model.graph.input if i.name not in init)
+    src = fed_inputs(model)[0]
     shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in src.type.tensor_type.shape.dim)
     axes = image_axes(shape)
     return None if axes is None else shape[axes[2]]

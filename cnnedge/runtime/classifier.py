@@ -405,19 +405,23 @@ class Classifier:
         """Raw output for an NHWC uint8 batch of prepared images (see :meth:`prepare`)."""
         return self.backend.infer(to_model_input(pixels, self._spec, self._pre))
 
-    def postprocess(self, out: np.ndarray, topk: int | None = None) -> list[Prediction]:
-        """Model output -> Predictions (softmax only when the card says logits)."""
-        k = min(self.topk if topk is None else _topk(topk), self.card.num_classes)
+    def probabilities(self, out: np.ndarray) -> np.ndarray:
+        """Model output -> one float32 row of class probabilities per image (a softmax only when the card says
+        logits)."""
         out = out.reshape(out.shape[0], -1)
         if out.shape[1] != self.card.num_classes:
             raise CardError(f"{self.backend.path}: the model output has {out.shape[1]} values per image, the card "
                             f"names {self.card.num_classes} classes")
-        if self._logits:
-            z = out.astype(np.float32) - out.max(axis=1, keepdims=True)
-            np.exp(z, out=z)
-            out = z / z.sum(axis=1, keepdims=True)
-        else:
-            out = out.astype(np.float32, copy=False)
+        if not self._logits:
+            return out.astype(np.float32, copy=False)
+        z = out.astype(np.float32) - out.max(axis=1, keepdims=True)
+        np.exp(z, out=z)
+        return z / z.sum(axis=1, keepdims=True)
+
+    def postprocess(self, out: np.ndarray, topk: int | None = None) -> list[Prediction]:
+        """Model output -> Predictions (softmax only when the card says logits)."""
+        k = min(self.topk if topk is None else _topk(topk), self.card.num_classes)
+        out = self.probabilities(out)
         if k == 1:
             idx = out.argmax(axis=1)[:, None]
         else:

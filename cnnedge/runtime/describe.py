@@ -216,11 +216,6 @@ class ModelDescription:
         for key, v in check_description(self.as_dict()).items():
             object.__setattr__(self, key, v)
 
-    @classmethod
-    def from_values(cls, values: Mapping[str, Any], cli: bool = False) -> "ModelDescription":
-        """From keyword values or parsed flags (``cli``: a bad value names the flag)."""
-        return cls(**check_description(values, cli=cli))
-
     def as_dict(self) -> dict[str, Any]:
         """The given values by name (what :class:`~cnnedge.runtime.classifier.Classifier` takes as keywords)."""
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
