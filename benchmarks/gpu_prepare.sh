@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds, on a machine without a GPU, everything benchmarks/gpu_check.py needs on a GPU machine that has no
 # package registry, in one folder of at most 40 MiB (default .gpu/check, ignored by git):
-#   models/digits  the demo's exports (FP32, FP16, both INT8 files; `make demo` first if they are missing)
+#   models/digits  the demo's exports (FP32, FP16, both INT8 files; `make demo` runs first when missing)
 #                  and the demo's labelled images;
 #   models/big     a 224x224 imagenette-cnn trained one epoch on scikit-image's photographs, exported to
 #                  FP16 and INT8 for GPUs (the weights do not matter for speed);
@@ -11,14 +11,14 @@
 #                  157 MB, the packed folder about 29 MiB;
 #   manifest.json  the commit, the versions and every file's size and sha256.
 # Usage, from the project's root:  bash benchmarks/gpu_prepare.sh [FOLDER] [--sm 90]
-# About 4 minutes on 2 cores (training and export 2, packing 1). onnxruntime-gpu comes separately
+# About a minute on 2 cores, once the 157 MB of wheels are downloaded (.gpu/wheels). onnxruntime-gpu comes separately
 # (../shared/gpu/prepare-ort-gpu.sh): it is too large to share a call with this folder.
 set -euo pipefail
 out=.gpu/check; sm=90
 while [ $# -gt 0 ]; do
   case "$1" in
     --sm) sm="$2"; shift 2 ;;
-    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     -*) echo "gpu_prepare.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     *) out="$1"; shift ;;
   esac
@@ -26,7 +26,6 @@ done
 root=$(git rev-parse --show-toplevel); cd "$root"
 py=.venv/bin/python
 [ -x "$py" ] || { echo "gpu_prepare.sh: no .venv here; run 'make install' first" >&2; exit 2; }
-case "$out" in .gpu/*) grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> .git/info/exclude ;; esac
 [ -f runs/demo/model.int8.trt.onnx ] || make demo
 work=$(mktemp -d); new="$out.partial"; trap 'rm -rf "$work" "$new"' EXIT
 rm -rf "$new"; mkdir -p "$new/models/digits" "$new/models/big" "$new/photos" "$new/decode"

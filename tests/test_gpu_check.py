@@ -3,6 +3,7 @@ the GPU steps as skipped with the reason and exits 0; benchmarks/gpu_site.py cut
 from its PyPI wheel) down to one GPU generation without touching anything else in it."""
 from __future__ import annotations
 
+import ctypes
 import json
 import shutil
 import struct
@@ -144,6 +145,10 @@ def test_prune_keeps_one_generation_of_a_real_cuda_library_and_nothing_else_chan
     assert done.kept == sum(len(e) for b in after for _, e in b)
     assert done.dropped > 8 * done.kept
     assert bytes(data[off:off + size]).count(0) > done.dropped  # the freed space is zeros: packs to nothing
+    cut = tmp_path / "cut" / "libnvjpeg.so.13"
+    cut.parent.mkdir()
+    cut.write_bytes(data)
+    ctypes.CDLL(str(cut))  # the dynamic linker loads it and runs its constructors (its kernels need a GPU)
 
 
 def test_prune_refuses_a_generation_a_library_has_no_kernels_for(tmp_path):
