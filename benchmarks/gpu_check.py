@@ -35,7 +35,6 @@ PREDICT_OVERHEAD_US = 25.0
 H2D_MS = 2.0
 FOLDER_IMG_S, FOLDER_VS_BOUND = 2000.0, 1.0
 GPU_DECODE_IMG_S, GPU_DECODE_AGREEMENT = 5000.0, 0.995
-PARITY = {"fp32": 0.995, "fp16": 0.995, "int8": 0.98}  # the export gate's top-1 agreement thresholds
 SKIPPED, OK, ERROR = "skipped", "ok", "error"
 
 
@@ -46,7 +45,7 @@ class Check:
     def __init__(self, folder: Path, json_path: Path | None, images: int, quick: bool) -> None:
         self.folder, self.json_path, self.images, self.quick = folder, json_path, images, quick
         self.results: dict[str, dict] = {}
-        self.gpu_reason: str | None = None
+        self.gpu_reason: str | None = "the environment step did not finish"
         self.work = Path(tempfile.mkdtemp(prefix="gpu_check-"))
         self.photos: list[Path] = []
         self.cpu_rows: dict[str, int] = {}  # path -> top-1 of the CPU decoder's run, for --decode gpu to match
@@ -138,6 +137,8 @@ def environment(c: Check) -> dict:
         c.gpu_reason = "no NVIDIA GPU here (nvidia-smi finds none)"
     elif "CUDAExecutionProvider" not in providers:
         c.gpu_reason = f"onnxruntime {ort.__version__} here has no CUDA provider ({', '.join(providers)})"
+    else:
+        c.gpu_reason = None
     head = f"{found[0]['name']}, driver {found[0]['driver']}" if found else "no GPU"
     return {"summary": f"{head}; onnxruntime {ort.__version__} ({', '.join(providers)}); {os.cpu_count()} cores",
             "gpus": found, "onnxruntime": ort.__version__, "onnxruntime_file": ort.__file__, "providers": providers,
@@ -173,6 +174,7 @@ def parity(c: Check) -> dict:
 
     from cnnedge import Classifier
     from cnnedge.export.gate import agreement_decision
+    from cnnedge.export.parity import Thresholds
 
     digits = sorted(p for p in (c.folder / "models/digits/images").rglob("*") if p.is_file())
     out, targets = {}, []
@@ -191,12 +193,13 @@ def parity(c: Check) -> dict:
                 yb.append(b.infer(x).astype(np.float64))
             ya, yb = np.concatenate(ya), np.concatenate(yb)
         k, n = int((ya.argmax(1) == yb.argmax(1)).sum()), len(images)
-        d = agreement_decision(k, n, PARITY[precision])
+        want = Thresholds().agreement(precision)  # the export gate's
+        d = agreement_decision(k, n, want)
         key = f"{name}/{file}"
         out[key] = {"n": n, "agree": k, "lower_bound": round(d.lower, 4), "verdict": d.verdict,
                     "max_abs_diff": float(np.abs(ya - yb).max())}
         targets.append(target(f"top-1 ort-cuda vs ort-cpu, {key} ({k}/{n})", round(k / n, 4),
-                              f">= {PARITY[precision]}", None if d.verdict == "undecided" else d.verdict == "pass"))
+                              f">= {want:g}", None if d.verdict == "undecided" else d.verdict == "pass"))
     return {"summary": "; ".join(f"{k}: {v['agree']}/{v['n']}, max diff {v['max_abs_diff']:.1e}" for k, v in out.items()),
             "models": out, "targets": targets}
 
@@ -510,13 +513,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="gpu_check.py", description=__doc__.split("\n\n")[0],
                                  epilog="example: python3 benchmarks/gpu_check.py .gpu/check --ort /tmp/ortsite "
                                         "--json $OUT/gpu_check.json")
-    ap.add_argument("folder", type=Path, help="what benchmarks/gpu_prepare.sh built (default layout .gpu/check)")
-    ap.add_argument("--ort", type=Path, help="an unpacked onnxruntime-gpu to import first (e.g. /tmp/ortsite)")
-    ap.add_argument("--site", type=Path, default=Path(tempfile.gettempdir()) / "cnnedge-gpu-site",
+    ap.add_argument("folder", type=Path, metavar="FOLDER", help="what benchmarks/gpu_prepare.sh built (default layout .gpu/check)")
+    ap.add_argument("--ort", type=Path, metavar="DIR", help="an unpacked onnxruntime-gpu to import first (e.g. /tmp/ortsite)")
+    ap.add_argument("--site", type=Path, metavar="DIR", default=Path(tempfile.gettempdir()) / "cnnedge-gpu-site",
                     help="where the folder's decode libraries are unpacked (default /tmp/cnnedge-gpu-site)")
-    ap.add_argument("--json", type=Path, help="write every figure here (refused if it exists, unless --force)")
+    ap.add_argument("--json", type=Path, metavar="FILE", help="write every figure here (refused if it exists, unless --force)")
     ap.add_argument("--force", action="store_true", help="overwrite an existing --json file")
-    ap.add_argument("--images", type=int, default=2000, help="photos made for the folder steps (default 2000)")
+    ap.add_argument("--images", type=int, metavar="N", default=2000, help="photos made for the folder steps (default 2000)")
     ap.add_argument("--quick", action="store_true", help="shorter timings (a smoke run; figures are rougher)")
     args = ap.parse_args(argv)
     if not (args.folder / "models" / "digits" / "model.onnx").exists():

@@ -17,13 +17,17 @@ set -euo pipefail
 out=.gpu/check; sm=90
 while [ $# -gt 0 ]; do
   case "$1" in
-    --sm) sm="$2"; shift 2 ;;
+    --sm) [[ "${2:-}" =~ ^[0-9]+$ ]] || { echo "gpu_prepare.sh: --sm takes a GPU generation, e.g. --sm 90" >&2; exit 2; }
+          sm="$2"; shift 2 ;;
     -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     -*) echo "gpu_prepare.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     *) out="$1"; shift ;;
   esac
 done
 root=$(git rev-parse --show-toplevel); cd "$root"
+if [ -e "$out" ] && [ ! -f "$out/manifest.json" ]; then
+  echo "gpu_prepare.sh: $out exists and was not made by this script; give a new folder" >&2; exit 2
+fi
 py=.venv/bin/python
 [ -x "$py" ] || { echo "gpu_prepare.sh: no .venv here; run 'make install' first" >&2; exit 2; }
 [ -f runs/demo/model.int8.trt.onnx ] || make demo
