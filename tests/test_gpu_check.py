@@ -82,7 +82,7 @@ def test_gpu_check_without_a_gpu_runs_the_cpu_steps_and_exits_0(check_folder, tm
     # what the CPU steps measured, checked against what this machine is
     assert res["environment"]["gpus"] == [] and "CPUExecutionProvider" in res["environment"]["providers"]
     assert {v[0] for v in res["auto_backend"]["picked"].values()} == {"ort-cpu"}
-    assert res["auto_backend"]["stderr_lines"] == []  # quiet providers: opening and running a model prints nothing
+    assert res["auto_backend"]["printed"] == []  # quiet providers: opening and running a model prints nothing
     assert "ort-trt" in res["auto_backend"]["ort_trt"] or "TensorRT" in res["auto_backend"]["ort_trt"]
     over = res["predict_overhead"]["models"]["digits/model.onnx"]
     assert over["bare_run_us"][0] > 0 and over["predict_us"][0] > over["bare_run_us"][0] * 0.5

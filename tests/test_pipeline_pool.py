@@ -310,6 +310,36 @@ def test_buffers_bound_once_give_the_session_s_answers():
         np.testing.assert_allclose(bound.output, want[::-1], rtol=1e-6)
 
 
+def test_preload_dlls_prints_nothing_on_stdout_and_what_it_said_is_kept(capsys):
+    """onnxruntime-gpu 1.31.1's preload_dlls() prints these lines on stdout wherever CUDA's libraries are missing
+    (seen with the real wheel under CPython 3.12 here, by benchmarks/gpu_check.py's auto_backend step), and
+    cnn-infer writes its results on stdout. The wheel (~250 MB) is not installed in the test environment: a
+    stand-in prints its exact lines; this ONNX Runtime's own preload_dlls is called for real."""
+    import onnxruntime
+
+    from cnnedge.runtime.backends.ort import quiet_preload
+
+    class GpuWheel:
+        @staticmethod
+        def preload_dlls() -> None:
+            print("Failed to load libcublasLt.so.13: libcublasLt.so.13: cannot open shared object file: No such file "
+                  "or directory")
+            print("\033[33mWARNING: Unable to parse CUDA version 'x'. Skipping DLL preloading.\033[0m")
+
+    class Broken:
+        @staticmethod
+        def preload_dlls() -> None:
+            raise RuntimeError("Invalid parameter of directory=None. The directory does not exist!")
+
+    said = quiet_preload(GpuWheel)
+    assert said == ["Failed to load libcublasLt.so.13: libcublasLt.so.13: cannot open shared object file: No such "
+                    "file or directory", "WARNING: Unable to parse CUDA version 'x'. Skipping DLL preloading."]
+    assert quiet_preload(Broken) == ["RuntimeError: Invalid parameter of directory=None. The directory does not exist!"]
+    if hasattr(onnxruntime, "preload_dlls"):
+        assert quiet_preload(onnxruntime) == []  # the CPU package has no CUDA to load
+    assert capsys.readouterr() == ("", "")
+
+
 def test_auto_skips_the_tensorrt_provider_when_its_library_cannot_load():
     from cnnedge.runtime.backends.ort import tensorrt_loadable
 

@@ -189,6 +189,7 @@ def tensorrt_loadable() -> bool:
 
 _ORT_READY = False
 _DLLS_LOADED = False
+PRELOAD_SAID: list[str] = []  # what onnxruntime.preload_dlls() printed, kept off the user's stdout
 
 
 def prepare_ort(ort: Any, gpu: bool) -> None:
@@ -204,10 +205,24 @@ def prepare_ort(ort: Any, gpu: bool) -> None:
         _ORT_READY = True
     if gpu and hasattr(ort, "preload_dlls") and not _DLLS_LOADED:
         _DLLS_LOADED = True
-        try:
+        PRELOAD_SAID[:] = quiet_preload(ort)
+
+
+def quiet_preload(ort: Any) -> list[str]:
+    """``ort.preload_dlls()`` with what it prints captured and returned, not written: onnxruntime-gpu 1.31 prints
+    "Failed to load libcublasLt.so.13 ..." on stdout, where cnn-infer writes its results, wherever CUDA's
+    libraries are missing. Any failure is one of the lines: system libraries may still serve, and the
+    session says if not."""
+    import contextlib
+    import io
+
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(said):
             ort.preload_dlls()
-        except Exception:  # noqa: BLE001 - system libraries may still serve; the session says if not
-            pass
+    except Exception as exc:  # noqa: BLE001
+        said.write(f"{type(exc).__name__}: {exc}\n")
+    return [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in said.getvalue().splitlines() if line.strip()]
 
 
 def available_providers() -> list[str]:
@@ -277,8 +292,9 @@ class OrtBackend(Backend):
             raise ModelLoadError(f"{p}: not a loadable ONNX model ({text})") from None
         got = self.session.get_providers()
         if provider not in got:
+            said = f" (onnxruntime.preload_dlls: {PRELOAD_SAID[0]})" if PRELOAD_SAID else ""
             raise BackendUnavailable(f"backend {backend}: ONNX Runtime could not start {provider} (no usable GPU "
-                                     f"or missing CUDA/TensorRT libraries); it fell back to {', '.join(got)}")
+                                     f"or missing CUDA/TensorRT libraries){said}; it fell back to {', '.join(got)}")
         self.name = backend
         self.providers = got
 
