@@ -258,6 +258,9 @@ class OrtBackend(Backend):
             pkg = "onnxruntime-gpu" if gpu else "onnxruntime"
             raise BackendUnavailable(f"backend {backend} needs ONNX Runtime's {provider}, which this install lacks "
                                      f"(available: {', '.join(ort.get_available_providers())}); install {pkg}")
+        if backend == "ort-trt" and not tensorrt_loadable():  # else ONNX Runtime prints an 'EP Error' block on stdout
+            raise BackendUnavailable("backend ort-trt needs TensorRT's library (libnvinfer), which cannot be loaded "
+                                     "here; install cnnedge[tensorrt] (or JetPack's TensorRT), or use ort-cuda")
         check_external_data(p)
         prepare_ort(ort, backend != "ort-cpu")
 
