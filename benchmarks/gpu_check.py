@@ -93,19 +93,6 @@ def target(name: str, value: float | None, want: str, ok: bool | None) -> dict:
             "verdict": "n/a" if ok is None else ("pass" if ok else "fail")}
 
 
-def median_us(fn: Callable[[], Any], n: int, warm: int = 20) -> tuple[float, float]:
-    """Median and p99 of ``n`` timed calls, in microseconds."""
-    for _ in range(warm):
-        fn()
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    times.sort()
-    return round(statistics.median(times) * 1e6, 1), round(times[int(0.99 * (len(times) - 1))] * 1e6, 1)
-
-
 def cli(tool: str, args: list[str], timeout: float = 300) -> dict:
     """A cnnedge CLI in a fresh process, as a user runs it (the project on PYTHONPATH, no install needed)."""
     code = f"import sys; from cnnedge.cli.{tool} import console; sys.argv[0] = 'cnn-{tool}'; console()"
@@ -208,29 +195,23 @@ def parity(c: Check) -> dict:
 
 
 def predict_overhead(c: Check) -> dict:
-    """``Classifier.predict`` on one frame against a bare ``session.run`` of the tensor it feeds (same provider)."""
+    """``Classifier.predict`` on one frame against a bare ``session.run`` of the tensor it feeds, on the very same
+    session: runtime_bench.py's measurement (the minimum over interleaved rounds), on this check's backend."""
     import numpy as np
-    import onnxruntime as ort
 
-    from cnnedge import Classifier
-    from cnnedge.runtime.backends.ort import default_threads
+    from runtime_bench import overhead
 
-    provider = "CUDAExecutionProvider" if c.gpu else "CPUExecutionProvider"
-    n = 100 if c.quick else 500
+    rounds, calls = (3, 20) if c.quick else (20, 100)
     out = {}
     for name, file in (("digits", "model.onnx"), ("big", "model.fp16.onnx")):
         path = c.model(name, file)
-        with Classifier(path, backend=c.backend) as clf:
-            h, w = clf.input_size
-            frame = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
-            x = clf.prepare(frame)[None]
-            so = ort.SessionOptions()
-            so.intra_op_num_threads = default_threads()  # as the Classifier's session
-            s = ort.InferenceSession(str(path), so, providers=[provider])
-            feed = {s.get_inputs()[0].name: x}
-            bare = median_us(lambda: s.run(None, feed), n)
-            api = median_us(lambda: clf.predict(frame), n)
-        out[f"{name}/{file}"] = {"bare_run_us": bare, "predict_us": api, "overhead_us": round(api[0] - bare[0], 1)}
+        side = json.loads((path.parent / "card.json").read_text())["input"]
+        frame = np.random.default_rng(0).integers(0, 256, (side["height"], side["width"], 3), dtype=np.uint8)
+        got = overhead(path, frame, rounds, calls, backend=c.backend)
+        out[f"{name}/{file}"] = {"bare_run_us": round(got["session.run"], 1),
+                                 "predict_us": round(got["Classifier.predict (top-5)"], 1),
+                                 "overhead_us": round(got["predict_top5_overhead_us"], 1),
+                                 "wrapper_alone_us": round(got["wrapper alone: Classifier.predict (top-5)"], 1)}
     worst = max(v["overhead_us"] for v in out.values())
     return {"summary": f"{c.backend}: " + "; ".join(f"{k} +{v['overhead_us']} us" for k, v in out.items()),
             "backend": c.backend, "models": out,
@@ -310,12 +291,14 @@ def bench(c: Check) -> dict:
 
 
 def make_photos(c: Check) -> None:
-    """``--images`` distinct JPEGs (crops, flips and qualities of the folder's photos): agreement counted over
-    2,000 different images says more than 2,000 copies of 28."""
+    """``--images`` distinct JPEGs, runtime_bench.py's random 640x480 views (scale, crop, flip) of the folder's
+    photos: agreement counted over 2,000 different images says more than 2,000 copies of 28."""
     import cv2
     import numpy as np
 
-    src = [cv2.imread(str(p)) for p in sorted((c.folder / "photos").glob("*.jpg"))]
+    from runtime_bench import crop
+
+    src = [cv2.imread(str(p)) for p in sorted((c.folder / "photos").rglob("*.jpg"))]
     if not src:
         raise SystemExit(f"gpu_check: {c.folder}/photos has no JPEG files; run benchmarks/gpu_prepare.sh")
     d = c.work / "photos"
@@ -323,35 +306,25 @@ def make_photos(c: Check) -> None:
 
     def one(i: int) -> Path:
         rng = np.random.default_rng(i)
-        im = src[i % len(src)]
-        h, w = im.shape[:2]
-        s = rng.uniform(0.6, 1.0)
-        ch, cw = int(h * s), int(w * s)
-        y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-        crop = cv2.resize(im[y:y + ch, x:x + cw], (640, 480), interpolation=cv2.INTER_AREA)
-        if rng.random() < 0.5:
-            crop = crop[:, ::-1]
         path = d / f"{i:05d}.jpg"
-        cv2.imwrite(str(path), crop, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(80, 96))])
+        cv2.imwrite(str(path), crop(src[i % len(src)], rng), [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(80, 96))])
         return path
     with ThreadPoolExecutor(os.cpu_count()) as ex:
         c.photos = list(ex.map(one, range(c.images)))
 
 
-def decode_bound(c: Check, size: tuple[int, int]) -> dict:
-    """OpenCV decode + resize of every photo on one thread per core: what a CPU-decoding pipeline can reach."""
-    import cv2
+def decode_bound(c: Check, model: Path) -> dict:
+    """cnn-infer's own decoder alone (read, decode, resize; cnn-bench --end-to-end's bound) over every photo on one
+    thread per core, at full size and as cnn-infer decodes by default (JPEGs reduced 1/2..1/8 where the model
+    is smaller)."""
+    from cnnedge import Classifier
+    from cnnedge.bench.e2e import bound
 
     files = [str(p) for p in c.photos]
     out = {}
-    for label, flag in (("full", cv2.IMREAD_COLOR), ("reduced_2", cv2.IMREAD_REDUCED_COLOR_2)):
-        def one(p: str) -> Any:
-            return cv2.resize(cv2.imread(p, flag), size[::-1], interpolation=cv2.INTER_AREA)
-        with ThreadPoolExecutor(os.cpu_count()) as ex:
-            list(ex.map(one, files[:100]))
-            t = time.perf_counter()
-            list(ex.map(one, files))
-            out[label] = round(len(files) / (time.perf_counter() - t))
+    for label, reduce in (("full", False), ("reduced", True)):
+        with Classifier(model, backend="ort-cpu", reduce_decode=reduce) as clf:
+            out[label] = round(bound(clf, files, os.cpu_count() or 1)[0])
     return out
 
 
@@ -373,12 +346,8 @@ def infer_run(c: Check, model: Path, tag: str, extra: list[str]) -> dict:
 
 def folder(c: Check) -> dict:
     """Default ``cnn-infer`` on the photos against the OpenCV decode bound measured now, and with ``--decode cpu``."""
-    from cnnedge import Classifier
-
     model = c.model("big", "model.fp16.onnx")
-    with Classifier(model, backend="ort-cpu") as clf:
-        size = clf.input_size
-    bound = decode_bound(c, size)
+    bound = decode_bound(c, model)
     runs = {"default": infer_run(c, model, "default", [])}
     if c.gpu:
         runs["decode_cpu"] = infer_run(c, model, "cpu", ["--decode", "cpu"])

@@ -5,7 +5,8 @@
 #                  and the demo's labelled images;
 #   models/big     a 224x224 imagenette-cnn trained one epoch on scikit-image's photographs, exported to
 #                  FP16 and INT8 for GPUs (the weights do not matter for speed);
-#   photos         28 640x480 JPEG crops of those photographs (the check makes its 2,000 images from them);
+#   photos         28 640x480 JPEG views of those photographs, a folder each (benchmarks/runtime_bench.py's
+#                  write_jpegs; the check makes its 2,000 images from them);
 #   decode         nvImageCodec, nvJPEG and CV-CUDA for CPython 3.12 and CUDA 13 (pinned, sha256-checked),
 #                  cut down to H100/H200 (sm_90) kernels by benchmarks/gpu_site.py: the three wheels are
 #                  157 MB, the packed folder about 29 MiB;
@@ -41,25 +42,19 @@ cp -r runs/demo/images "$new/models/digits/"
 
 echo "gpu_prepare: photos"
 "$py" - "$new/photos" <<'PY'
-import sys, cv2, numpy as np
-from skimage import data
-out = sys.argv[1]; rng = np.random.default_rng(0); k = 0
-for n in ["astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "cat"]:
-    im = getattr(data, n)(); im = cv2.cvtColor(im if im.ndim == 3 else cv2.cvtColor(im, cv2.COLOR_GRAY2RGB), cv2.COLOR_RGB2BGR)
-    h, w = im.shape[:2]
-    for j in range(4):
-        y0, x0 = rng.integers(0, h // 4), rng.integers(0, w // 4)
-        crop = cv2.resize(im[y0:y0 + 3 * h // 4, x0:x0 + 3 * w // 4], (640, 480), interpolation=cv2.INTER_AREA)
-        cv2.imwrite(f"{out}/{'a' if k < 12 else 'b'}_{n}_{j}.jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, 90]); k += 1
+import sys
+from pathlib import Path
+sys.path.insert(0, "benchmarks")
+from runtime_bench import photos, write_jpegs
+write_jpegs(photos(), Path(sys.argv[1]), 28)
 PY
 
-echo "gpu_prepare: a 224x224 imagenette-cnn (one epoch), exported to FP32/FP16/INT8"
-mkdir -p "$work/ds/a" "$work/ds/b" "$work/flat"
-cp "$new"/photos/a_* "$work/ds/a/"; cp "$new"/photos/b_* "$work/ds/b/"; cp "$new"/photos/* "$work/flat/"
-.venv/bin/cnn-train --preset imagenette-cnn --data "$work/ds" --out "$work/big" --epochs 1 --img-size 224 \
+echo "gpu_prepare: a 224x224 imagenette-cnn (one epoch), exported to FP16/INT8"
+mkdir -p "$work/flat"; cp "$new"/photos/*/* "$work/flat/"
+.venv/bin/cnn-train --preset imagenette-cnn --data "$new/photos" --out "$work/big" --epochs 1 --img-size 224 \
   --val-split 0.25 > "$work/train.log" 2>&1 || { tail -5 "$work/train.log" >&2; exit 1; }
 # unlabelled verification: a one-epoch model on 28 images proves nothing about its card
-.venv/bin/cnn-export "$work/big/model.keras" --fp16 --int8 --calib "$work/ds" --verify "$work/flat" \
+.venv/bin/cnn-export "$work/big/model.keras" --fp16 --int8 --calib "$new/photos" --verify "$work/flat" \
   > "$work/export.log" 2>&1 || { tail -5 "$work/export.log" >&2; exit 1; }
 # FP16 and INT8 only: the FP32 file (4.7 MB) does not fit beside the decode libraries; FP32 is checked on digits
 cp "$work"/big/model.fp16.onnx "$work"/big/model.int8.trt.onnx "$work"/big/card.json "$new/models/big/"

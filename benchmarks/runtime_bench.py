@@ -173,12 +173,14 @@ def cnn_infer(folder: Path, onnx_path: Path, reduced: bool, batch: int = 32) -> 
     return float(re.search(r"([\d.]+) images/s", summary).group(1)), summary
 
 
-def overhead(onnx_path: Path, frame: np.ndarray, rounds: int = 60, calls: int = 100) -> dict[str, float]:
+def overhead(onnx_path: Path, frame: np.ndarray, rounds: int = 60, calls: int = 100,
+             backend: str = "auto") -> dict[str, float]:
     """Per-call time at batch 1, interleaved, the minimum over rounds of each round's mean:
-    on a shared 2-core machine the minimum is the figure least disturbed by other processes."""
+    on a shared 2-core machine the minimum is the figure least disturbed by other processes.
+    ``backend``: an ONNX Runtime backend (gpu_check.py measures ort-cuda with it)."""
     from cnnedge.runtime import Classifier
 
-    clf = Classifier(onnx_path, threads=1)
+    clf = Classifier(onnx_path, backend=backend, threads=1)
     sess = clf.backend.session  # the very same session, so only the wrapper differs
     iname, oname = sess.get_inputs()[0].name, sess.get_outputs()[0].name
     x = clf.prepare(frame)[None]
@@ -220,7 +222,7 @@ def overhead(onnx_path: Path, frame: np.ndarray, rounds: int = 60, calls: int = 
     from cnnedge.runtime.backends import load_backend
     from cnnedge.runtime.backends.replay import ReplayBackend
 
-    real = load_backend(onnx_path, threads=1)
+    real = load_backend(onnx_path, backend, threads=1)
     replay = Classifier(ReplayBackend(real, real.infer(x)))
     alone = {"wrapper alone: Classifier.predict (top-1)": lambda: replay.predict(frame, 1),
              "wrapper alone: Classifier.predict (top-5)": lambda: replay.predict(frame),
