@@ -125,14 +125,10 @@ def _open(path: str | os.PathLike, backend: str = "auto", **opts: Any) -> Backen
 
                 require("onnxruntime", "ONNX models")
             errors = []
-            from .ort import PROVIDERS, tensorrt_loadable
-
             for name in wants:
                 if TABLE[name].ort_provider not in avail:
                     continue
-                if TABLE[name].ort_provider == PROVIDERS["ort-trt"] and not tensorrt_loadable():
-                    continue  # TensorRT's libraries missing: the provider would only log a failure
-                try:
+                try:  # ort-trt without TensorRT's library is refused here before ONNX Runtime tries it
                     return OrtBackend(int8_file_for(path, name), name, **opts)
                 except BackendUnavailable as exc:
                     errors.append(str(exc))

@@ -161,7 +161,8 @@ class _Session:
 @functools.lru_cache(maxsize=None)
 def tensorrt_loadable() -> bool:
     """Whether TensorRT's runtime library can be loaded, which ONNX Runtime's TensorRT provider needs:
-    checked first, so ``auto`` does not try (and log a failure for) a provider that cannot start."""
+    checked before an ort-trt session is made (by ``auto`` too), so ONNX Runtime never tries, and prints its
+    failure for, a provider that cannot start."""
     names = (["nvinfer_10.dll", "nvinfer.dll"] if sys.platform == "win32"
              else ["libnvinfer.so.10", "libnvinfer.so.11", "libnvinfer.so"])
     try:  # the pip wheels (tensorrt / tensorrt-cu12-libs) keep the library in their own folder
