@@ -102,8 +102,9 @@ def cli(tool: str, args: list[str], timeout: float = 300) -> dict:
             "stderr": p.stderr[-3000:]}
 
 
-def python(code: str, env: dict | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env)
+def python(code: str, *args: str, env: dict | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout,
+                          env=env)
 
 
 # ---------------------------------------------------------------------------------------------- the steps
@@ -140,7 +141,7 @@ def auto_backend(c: Check) -> dict:
     code = ("import json, sys, numpy as np\nfrom cnnedge import Classifier\nout = {}\nfor p in sys.argv[1:]:\n"
             "    with Classifier(p) as clf:\n        clf.predict(np.zeros((64, 64, 3), np.uint8))\n"
             "        out[p] = [clf.backend_name, clf.backend.path]\nprint(json.dumps(out))")
-    p = subprocess.run([sys.executable, "-c", code, *map(str, files)], capture_output=True, text=True, timeout=300)
+    p = python(code, *map(str, files), timeout=300)
     if p.returncode:
         raise RuntimeError(p.stderr.strip().splitlines()[-1] if p.stderr.strip() else f"exit {p.returncode}")
     printed = [line for line in p.stdout.splitlines() if line.strip()]  # the JSON comes last
