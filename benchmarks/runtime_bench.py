@@ -189,10 +189,7 @@ def overhead(onnx_path: Path, frame: np.ndarray, rounds: int = 60, calls: int = 
         return int(sess.run([oname], {iname: cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)[None]})[0].argmax())
 
     # what Classifier.predict's slot does underneath, bare: buffers bound to the session once
-    bound_in, bound_out = np.empty_like(x), np.empty((1,) + tuple(clf.backend.output_spec.shape[1:]), np.float32)
-    binding = sess.io_binding()
-    binding.bind_input(iname, "cpu", 0, bound_in.dtype, list(bound_in.shape), bound_in.ctypes.data)
-    binding.bind_output(oname, "cpu", 0, bound_out.dtype, list(bound_out.shape), bound_out.ctypes.data)
+    binding = clf.backend.bind_buffers(1, page_locked=False).binding
 
     fns = {
         "session.run": lambda: sess.run([oname], {iname: x}),
