@@ -385,3 +385,163 @@ def test_the_demo_model_with_its_card_saying_in_graph_false_fails_on_its_269_tes
     check = info.value.report.card_check
     assert check["n"] == 269 and check["failures"], check
     assert "preprocess.in_graph" in str(info.value) and "269 labelled images" in str(info.value)
+
+
+# --- the CPU file on every x86 CPU: 7-bit weights, checked, and run on an emulated AVX2 CPU without VNNI ----------
+
+QEMU = __import__("shutil").which("qemu-x86_64")
+needs_qemu = pytest.mark.skipif(QEMU is None, reason="qemu-x86_64 not found (apt-get install qemu-user; `make test` "
+                                                     "installs it): no emulated AVX2 CPU to run the INT8 files on")
+
+
+def test_cpu_file_has_weights_that_cannot_saturate_and_records_it(demo):
+    from cnnedge.export import read_card
+    from cnnedge.export.saturation import INT16_MAX, check
+
+    run, report, _ = demo
+    sat = report.calibration["saturation"]
+    weighted = sum(source_ops(run / "model.onnx")[o] for o in ("Conv", "Gemm", "MatMul"))
+    assert sat["holds"] and sat["layers"] == weighted and 0 < sat["worst_pair_sum"] <= INT16_MAX, sat
+    assert report.calibration["cpu_weight_bits"] == 7
+    assert read_card(run / "model.int8.onnx").provenance.calibration["saturation"] == sat
+    # the check can fail: the TensorRT file's 8-bit weights (for TensorRT, whose sums are 32-bit) overflow it
+    trt = check(run / "model.int8.trt.onnx")
+    assert not trt.holds and trt.worst_pair_sum > INT16_MAX and trt.offenders
+
+
+def test_the_report_says_which_cpus_the_cpu_file_was_verified_on(demo):
+    from cnnedge.runtime.cpu_kernels import int8_kernels
+
+    _, report, _ = demo
+    said, here = report.cpu_int8, int8_kernels()
+    assert said["native"] == here.describe() and said["verified"][0] == f"{here.name} (native)"
+    assert report.to_dict()["cpu_int8"] == said
+    if here.exact and QEMU:
+        (emu,) = report.emulated
+        assert emu.cpu.startswith("AVX2 without VNNI (emulated") and emu.passed and emu.n == report.verify["images"]
+        assert emu.agree == report.artifact("model.int8.onnx").agree and said["verified"][1] == emu.cpu
+        assert "@ emulated AVX2" in report.table()
+    elif here.exact:
+        assert not report.emulated and "qemu-x86_64 not found" in said["not_verified"][0]
+    else:  # this CPU is the one that saturates: the native check is that check
+        assert not report.emulated and "cannot be emulated" in said["not_verified"][-1]
+
+
+def _digit_pixels(run: Path, n: int) -> np.ndarray:
+    from cnnedge.datasets import split_images
+    from cnnedge.keras_io import load_card_for
+    from cnnedge.runtime.classifier import Classifier
+
+    images, _, _ = split_images(load_card_for(run / "model.keras").provenance.dataset_spec, "test")
+    with Classifier(run / "model.onnx", backend="ort-cpu", threads=1) as clf:
+        return np.stack([clf.prepare(im) for im in images[:n]])
+
+
+@needs_qemu
+def test_8bit_weights_saturate_on_the_emulated_avx2_cpu_and_the_cpu_file_does_not(demo, tmp_path):
+    """ONNX Runtime's own quantize_static with 8-bit weights (what cnnedge's CPU file was before) gives other
+    answers on an AVX2 CPU without VNNI than here; the exported CPU file gives the same, bit for bit."""
+    import onnxruntime.quantization as q
+
+    from cnnedge.export import emulated
+    from cnnedge.runtime.classifier import Classifier
+    from cnnedge.runtime.cpu_kernels import int8_kernels
+
+    if not int8_kernels().exact:
+        pytest.skip(f"this CPU's kernels ({int8_kernels().name}) are the emulated ones: nothing to compare")
+    run, _, _ = demo
+    pixels = _digit_pixels(run, 200)
+
+    class Reader(q.CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{"images": pixels[i:i + 50]} for i in range(0, 200, 50)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    import onnx
+
+    assert onnx.load(str(run / "model.onnx")).graph.input[0].name == "images"
+    eight = tmp_path / "int8-8bit.onnx"
+    q.quantize_static(str(run / "model.onnx"), str(eight), Reader(), quant_format=q.QuantFormat.QDQ,
+                      per_channel=True, activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8)
+    for path, saturates in ((eight, True), (run / "model.int8.onnx", False)):
+        with Classifier(path, backend="ort-cpu", threads=1) as clf:
+            native = np.concatenate([clf.infer_pixels(pixels[i:i + 64]) for i in range(0, 200, 64)])
+        there, said = emulated.run(path, pixels, QEMU, 64)
+        assert said["kernels"]["name"] == "AVX2 without VNNI" and not said["kernels"]["exact"]
+        diff = float(np.max(np.abs(there - native.reshape(there.shape))))
+        assert (diff > 1e-3) == saturates, (path.name, diff)
+
+
+@needs_qemu
+def test_an_old_int8_file_warns_on_a_cpu_whose_sums_saturate(demo, tmp_path):
+    """cnn-infer under the emulated AVX2 CPU: a CPU INT8 file whose card records no no-saturation guarantee (as
+    files exported before it) is warned about in one line; the exported file is not."""
+    import subprocess
+    import sys
+
+    import onnx
+
+    from cnnedge.export import onnx_io, read_card
+
+    run, _, _ = demo
+    old = tmp_path / "old" / "model.int8.onnx"
+    old.parent.mkdir()
+    card = read_card(run / "model.int8.onnx")
+    cal = dict(card.provenance.calibration)
+    del cal["saturation"]
+    model = onnx.load(str(run / "model.int8.onnx"))
+    onnx_io.embed_card(model, card.replace(provenance={"calibration": cal}))
+    onnx_io.save(model, old)
+    folder = tmp_path / "one"
+    folder.mkdir()
+    import cv2
+
+    assert cv2.imwrite(str(folder / "a.png"), _digit_pixels(run, 1)[0])
+    for path, warned in ((old, True), (run / "model.int8.onnx", False)):
+        done = subprocess.run([QEMU, "-cpu", "Haswell", sys.executable, str(Path(sys.executable).parent / "cnn-infer"),
+                               str(path),
+                               "--source", str(folder), "--quiet"], capture_output=True, text=True, timeout=600)
+        lines = [ln for ln in done.stderr.splitlines() if "TCG doesn't support" not in ln]
+        assert done.returncode == 0, lines
+        said = [ln for ln in lines if "saturate" in ln]
+        assert len(said) == (1 if warned else 0), lines
+        if warned:
+            assert "AVX2 without VNNI" in said[0] and "cnn-export --int8" in said[0]
+
+
+def test_fallback_keeps_the_layers_that_lose_most_float_until_the_files_agree(demo, tmp_path):
+    """An outlier channel (one Conv's output channel scaled by 1000 and the next Conv's matching input weights by
+    1/1000: the same function, as real networks often have) ruins per-tensor int8 activations. The fallback finds
+    and keeps float what it must, records each kept layer with its cost, and both files then pass the gate."""
+    import onnx
+    from onnx import numpy_helper
+
+    from cnnedge.export import Int8Options, export
+
+    run, _, _ = demo
+    model = onnx.load(str(run / "model.onnx"))
+    inits = {i.name: i for i in model.graph.initializer}
+    first, second = [n for n in model.graph.node if n.op_type == "Conv"][:2]
+    w1, b1, w2 = (numpy_helper.to_array(inits[n]).copy() for n in (first.input[1], first.input[2], second.input[1]))
+    w1[0] *= 1000
+    b1[0] *= 1000
+    w2[:, 0] /= 1000
+    for name, arr in ((first.input[1], w1), (first.input[2], b1), (second.input[1], w2)):
+        inits[name].CopyFrom(numpy_helper.from_array(arr, name))
+    src = tmp_path / "outlier.onnx"
+    onnx.save(model, str(src))
+    off = export(src, tmp_path / "off", int8=True, check=False, int8_options=Int8Options(target_agreement=0.0))
+    assert not off.passed and off.calibration["fallback"] == {}
+    rep = export(src, tmp_path / "on", int8=True)
+    assert rep.passed, rep.failures
+    for flavour, name in (("onnxruntime-cpu", "model.int8.onnx"), ("tensorrt", "model.int8.trt.onnx")):
+        fb = rep.calibration["fallback"][flavour]
+        assert fb["agreement_before"] < 0.99 <= fb["agreement_after"] and fb["reached"], fb
+        assert fb["kept"] and all(0 < k["mac_share"] <= 1 for k in fb["kept"])
+        assert fb["float_mac_share"] == pytest.approx(sum(k["mac_share"] for k in fb["kept"]), abs=1e-3)
+        assert fb["kept"][-1]["agreement"] == fb["agreement_after"]
+        assert off.artifact(name).top1_agreement < rep.artifact(name).top1_agreement
+    # the TensorRT file needs only the Conv after the outlier float: its input is what int8 ruins
+    assert [k["node"] for k in rep.calibration["fallback"]["tensorrt"]["kept"]] == [second.name]

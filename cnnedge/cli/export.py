@@ -46,6 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="calibration images to use (default 300), e.g. --calib-size 500")
     p.add_argument("--calib-method", default="entropy", metavar="METHOD",
                    help="entropy (default), minmax or percentile, e.g. --calib-method minmax")
+    p.add_argument("--int8-float", metavar="NODE,...", default="",
+                   help="graph nodes to keep float in both INT8 files (names as the export report's "
+                        "calibration.measured_layers and fallback list them), e.g. --int8-float Conv_3,Gemm_12")
+    p.add_argument("--int8-target", type=fraction, default=0.99, metavar="F",
+                   help="when the CPU INT8 file agrees with FP32 on fewer calibration images than this, the layers "
+                        "that lose most are kept float until it does (default 0.99; 0 turns it off), e.g. 0.995")
+    p.add_argument("--int8-activations", choices=("uint8", "int8"), default="uint8",
+                   help="activation type of the CPU INT8 file: uint8 (U8S8, fastest on x86; default) or int8 "
+                        "(S8S8), e.g. --int8-activations int8")
     p.add_argument("--verify", metavar="DIR|DATASET", help="held-out images for the parity check; the gate's "
                    "verdicts rest on them (default: the card's or the --calib dataset's test split; for a model "
                    "from elsewhere, the --calib images), e.g. --verify val_photos/")
@@ -89,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-FLAGS = {"input_dtype": "--input", "calib_method": "--calib-method", "calib_size": "--calib-size",
+FLAGS = {"input_dtype": "--input", "int8_options": "--int8-float/--int8-target/--int8-activations", "calib_method": "--calib-method", "calib_size": "--calib-size",
          "verify_size": "--verify-size", "workspace_mib": "--workspace", "timing_cache": "--timing-cache",
          "out_dir": "--out", "cleanup": "--no-cleanup", "rgb": "--rgb/--no-rgb"}  # fields whose flag is not --<name>
 
@@ -102,6 +111,7 @@ def flag(option: str) -> str:
 
 def options_from(args: argparse.Namespace) -> Any:
     """The parsed flags as the library's ExportOptions."""
+    from ..export.int8 import Int8Options
     from ..export.parity import Thresholds
     from ..export.steps import ExportOptions
 
@@ -115,7 +125,9 @@ def options_from(args: argparse.Namespace) -> Any:
                          verify=args.verify, verify_size=args.verify_size, batch=args.batch, gpu=args.gpu,
                          workspace_mib=args.workspace, timing_cache=args.timing_cache, triton=args.triton,
                          thresholds=thresholds, opset=args.opset, cleanup=not args.no_cleanup, trust=args.trust,
-                         force=args.force)
+                         force=args.force, int8_options=Int8Options(
+                             activations=args.int8_activations, target_agreement=args.int8_target,
+                             float_layers=tuple(n.strip() for n in args.int8_float.split(",") if n.strip())))
 
 
 def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:

@@ -14,8 +14,15 @@ fast on both, so ``--int8`` writes two from the same calibration ranges:
 
 - ``model.int8.onnx`` (:data:`CPU`): every op ONNX Runtime quantizes, Q/DQ on
   inputs and outputs, uint8 activations (U8S8: the x86 VNNI instruction
-  multiplies u8 by s8) or int8 ones (:class:`Int8Options`), per-channel int8
-  weights, int32 bias. ONNX Runtime fuses it into integer kernels.
+  multiplies u8 by s8) or int8 ones (:class:`Int8Options`), per-channel
+  7-bit weights (``reduce_range``), int32 bias. ONNX Runtime fuses it into
+  integer kernels. 7-bit, because on x86 without VNNI (AVX2, AVX-512 before
+  Cascade Lake, AMD before Zen 4) those kernels add pairs of u8 x s8 products
+  in 16 bits, which 8-bit weights overflow: the same file then gives other
+  answers than where it was checked (a real gender model: 9 of 20 faces).
+  With |w| <= 64 no pair can leave int16 (255 x 128 = 32640); the export
+  checks that on the file's own weights (:mod:`.saturation`) and records it,
+  and its parity is also run on an emulated AVX2 CPU (:mod:`.emulated`).
 - ``model.int8.trt.onnx`` (:data:`TENSORRT`): symmetric int8 Q/DQ in front of
   Conv/MatMul/Gemm only, per-channel symmetric weights, float bias; TensorRT
   fuses it into int8 kernels. The INT8 engine is built from it, and the
@@ -25,7 +32,11 @@ Layers that lose most in int8 stay float, chosen by measuring: each candidate
 (the last Gemm/MatMul, whose logits decide top-1; quantizing it cost the
 digits model 2.6 points of agreement) is quantized and kept float when that
 costs more than ``max_agreement_cost`` of top-1 agreement with FP32 on the
-calibration images. The choice is recorded in the export report.
+calibration images. Then, when the CPU file still agrees with FP32 on fewer
+calibration images than ``target_agreement`` (99%), :func:`fallback` ranks
+every Conv/Gemm/MatMul by the signal-to-noise ratio it loses in int8 and keeps
+the worst float in growing rounds until the file agrees. The choices, each with
+its share of the multiply-adds, are recorded in the export report.
 
 Calibration ranges are cached beside the output in a file whose name carries a
 key made of the FP32 graph, the preprocessed calibration pixels and the
@@ -57,6 +68,8 @@ import numpy as np
 
 from ..card import ModelCard
 from ..errors import ExportError, UsageError, first_line
+from . import saturation
+from .saturation import WEIGHT_BITS
 
 METHODS = ("entropy", "minmax", "percentile")
 ACTIVATIONS = ("uint8", "int8")
@@ -86,11 +99,14 @@ class Int8Options:
     ``float_layers``: node names of the pre-processed graph to keep float in both files, besides the measured ones.
     ``max_agreement_cost``: a candidate layer stays float when quantizing it lowers top-1 agreement with FP32 on
     the calibration images by more than this fraction.
+    ``target_agreement``: when the CPU file agrees with FP32 on fewer of the calibration images than this, the
+    layers that lose most are kept float (:func:`fallback`) until it does; 0 turns the fallback off.
     """
 
     activations: str = "uint8"
     float_layers: tuple[str, ...] = ()
     max_agreement_cost: float = 0.005
+    target_agreement: float = 0.99
 
     def __post_init__(self) -> None:
         if self.activations not in ACTIVATIONS:
@@ -98,8 +114,10 @@ class Int8Options:
         if isinstance(self.float_layers, str) or not all(isinstance(n, str) for n in self.float_layers):
             raise UsageError(f"float_layers must be a sequence of node names, found {self.float_layers!r}")
         object.__setattr__(self, "float_layers", tuple(self.float_layers))
-        if not 0.0 <= self.max_agreement_cost <= 1.0:
-            raise UsageError(f"max_agreement_cost must be a fraction in 0..1, found {self.max_agreement_cost!r}")
+        for name in ("max_agreement_cost", "target_agreement"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+                raise UsageError(f"{name} must be a fraction in 0..1, found {value!r}")
 
 
 @dataclass(frozen=True)
@@ -114,6 +132,30 @@ class LayerChoice:
 
 
 @dataclass(frozen=True)
+class KeptLayer:
+    """A layer the fallback keeps float in the CPU file, and what that costs."""
+
+    node: str
+    op: str
+    noise_added: float  # noise-to-signal power ratio the layer adds in int8 (see :func:`sensitivity`)
+    mac_share: float  # of the model's multiply-adds per image: what this layer now runs in float
+    agreement: float  # the CPU file's top-1 agreement with FP32 on the calibration images, this layer float too
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """What :func:`fallback` did: the CPU file's calibration agreement before and after keeping ``kept`` float."""
+
+    target: float
+    images: int
+    agreement_before: float
+    agreement_after: float
+    kept: list[KeptLayer]
+    float_mac_share: float  # of the model's multiply-adds, all kept layers together
+    reached: bool
+
+
+@dataclass(frozen=True)
 class Int8Result:
     method: str
     images: int
@@ -125,13 +167,17 @@ class Int8Result:
     float_layers: list[str]
     measured: list[LayerChoice] = field(default_factory=list)
     ort_cpu_ops: dict[str, int] = field(default_factory=dict)
+    fallback: dict[str, Fallback] = field(default_factory=dict)  # per flavour that needed it
+    saturation: dict[str, Any] = field(default_factory=dict)  # .saturation.Guarantee.describe() of the CPU file
 
     def describe(self) -> dict[str, Any]:
         """What the export report and the INT8 cards record."""
         return {"method": self.method, "data_sha256": self.data_sha256, "cache_file": self.cache_file,
                 "cache_hit": self.cache_hit, "files": self.files, "cpu_activations": self.activations,
-                "float_layers": self.float_layers, "measured_layers": [asdict(m) for m in self.measured],
-                "ort_cpu_ops": self.ort_cpu_ops}
+                "cpu_weight_bits": WEIGHT_BITS, "float_layers": self.float_layers,
+                "measured_layers": [asdict(m) for m in self.measured],
+                "fallback": {flavour: asdict(f) for flavour, f in self.fallback.items()},
+                "saturation": self.saturation, "ort_cpu_ops": self.ort_cpu_ops}
 
 
 def fingerprint(pixels: np.ndarray) -> str:
@@ -308,18 +354,34 @@ def quantize(fp32_path: Path, out_dir: Path, batches: Batches, n_images: int, da
 
         exclude = with_tail(graph, options.float_layers)
         cpu = run(CPU, exclude, tmp / "cpu.onnx")
-        measured = _measure_candidates(graph, exclude, options, batches, fp32_path, cpu,
-                                       lambda ex, name: run(CPU, ex, tmp / name), batch)
+        requantize = lambda ex, name: run(CPU, ex, tmp / name)  # noqa: E731
+        measured, agreement = _measure_candidates(graph, exclude, options, batches, fp32_path, cpu, requantize,
+                                                  batch)
         exclude = with_tail(graph, [*exclude, *(m.node for m in measured if m.kept_float)])
         if any(m.kept_float for m in measured):
             cpu = run(CPU, exclude, tmp / "cpu-final.onnx")
+        fell_back: dict[str, Fallback] = {}
+        cpu, done = fallback(graph, pre, fp32_path, cpu, exclude, agreement, options, batches, requantize, batch)
+        if done is not None:
+            fell_back[CPU] = done
+        guarantee = saturation.check(cpu)
+        if not guarantee.holds:
+            raise ExportError(f"the CPU INT8 file's weights can saturate ONNX Runtime's 16-bit pair sums on x86 CPUs "
+                              f"without VNNI (255 x (two largest |w|) = {guarantee.worst_pair_sum} > "
+                              f"{guarantee.limit} in {', '.join(guarantee.offenders[:3])}); this ONNX Runtime did "
+                              f"not quantize to {WEIGHT_BITS}-bit weights")
         trt = run(TENSORRT, exclude, tmp / "trt.onnx")
+        trt, done = fallback(graph, pre, fp32_path, trt, exclude, None, options, batches,
+                             lambda ex, name: run(TENSORRT, ex, tmp / f"trt-{name}"), batch)
+        if done is not None:
+            fell_back[TENSORRT] = done
         if not hit:
             from ..atomic import write_bytes
 
             write_bytes(cache_out, ranges.read_bytes())
         result = Int8Result(method, used, cache_out.name, hit, data_sha256, dict(FILE_NAMES),
-                            options.activations, exclude, measured, ort_cpu_ops(cpu))
+                            options.activations, exclude, measured, ort_cpu_ops(cpu), fell_back,
+                            guarantee.describe())
         info = result.describe()
         for flavour, src in ((CPU, cpu), (TENSORRT, trt)):
             model = onnx.load(str(src))
@@ -356,7 +418,8 @@ def quantize_with_ranges(pre: Path, target: Path, ranges: Path, flavour: str, ex
 
     if flavour == CPU:
         act = q.QuantType.QUInt8 if activations == "uint8" else q.QuantType.QInt8
-        kw: dict[str, Any] = {"activation_type": act, "op_types_to_quantize": None, "extra_options": {}}
+        kw: dict[str, Any] = {"activation_type": act, "op_types_to_quantize": None, "extra_options": {},
+                              "reduce_range": True}
     else:
         kw = {"activation_type": q.QuantType.QInt8, "op_types_to_quantize": list(TENSORRT_OPS),
               "extra_options": {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
@@ -391,19 +454,177 @@ def with_tail(graph: Any, names: Any) -> list[str]:
 
 
 def _measure_candidates(graph: Any, exclude: list[str], options: Int8Options, batches: Batches, fp32_path: Path,
-                        quantized: Path, requantize: Any, batch: int | None = None) -> list[LayerChoice]:
+                        quantized: Path, requantize: Any, batch: int | None = None
+                        ) -> tuple[list[LayerChoice], float]:
     """Agreement with FP32 on the calibration images with each candidate layer quantized and kept float: the
-    three models run side by side over one pass of ``batches()``, keeping only counts."""
-    from .compare import opened, side_by_side, top1
-
+    three models run side by side over one pass of ``batches()``, keeping only counts. Also the agreement of the
+    CPU file as chosen."""
     linear = [n for n in graph.node if n.op_type in CANDIDATE_OPS]
     if not linear or linear[-1].name in exclude:
-        return []
+        return [], _agreements(fp32_path, [quantized], batches, batch)[0]
     last = linear[-1]  # the classifier head: its logits decide top-1
     without = requantize(with_tail(graph, [*exclude, last.name]), "cpu-candidate.onnx")
-    with opened(fp32_path, quantized, without) as runs:
+    with_q, without_q = _agreements(fp32_path, [quantized, without], batches, batch)
+    keep = without_q - with_q > options.max_agreement_cost
+    return [LayerChoice(last.name, last.op_type, with_q, without_q, keep)], without_q if keep else with_q
+
+
+def _agreements(fp32_path: Path, models: list[Path], batches: Batches, batch: int | None) -> list[float]:
+    """Top-1 agreement of each of ``models`` with ``fp32_path`` on the calibration images, side by side."""
+    from .compare import opened, side_by_side, top1
+
+    with opened(fp32_path, *models) as runs:
         ref, *top = side_by_side(runs, lambda: rebatch(batches(), batch or CALIBRATION_BATCH, tail=batch is None),
                                  top1)
-    with_q, without_q = (float(np.mean(t == ref)) if len(ref) else 0.0 for t in top)
-    return [LayerChoice(last.name, last.op_type, with_q, without_q,
-                        without_q - with_q > options.max_agreement_cost)]
+    return [float(np.mean(t == ref)) if len(ref) else 0.0 for t in top]
+
+
+def _rounds(n: int) -> Iterator[int]:
+    """How many of the ``n`` ranked layers each fallback round keeps float: 1, 2, 3, 4, then growing by half."""
+    k = 1
+    while k < n:
+        yield k
+        k = k + 1 if k < 4 else k + k // 2
+    yield n
+
+
+def fallback(graph: Any, pre: Path, fp32_path: Path, quantized: Path, exclude: list[str], agreement: float | None,
+             options: Int8Options, batches: Batches, requantize: Any, batch: int | None
+             ) -> tuple[Path, Fallback | None]:
+    """Accuracy-aware fallback for one INT8 file (``quantized``, made by ``requantize(exclude, name)``): while it
+    agrees with FP32 (run by ONNX Runtime's CPU provider, which simulates a Q/DQ file's int8 exactly) on fewer
+    calibration images than ``options.target_agreement``, keep float the layers that lose most in int8 (ranked by
+    :func:`sensitivity`), in growing rounds, until it agrees or none is left. ``agreement``: the file's, when
+    already measured. Returns the file and what was done (None when nothing needed doing)."""
+    if options.target_agreement <= 0:
+        return quantized, None
+    if agreement is None:
+        agreement = _agreements(fp32_path, [quantized], batches, batch)[0]
+    if agreement >= options.target_agreement:
+        return quantized, None
+    ranking = [r for r in sensitivity(pre, quantized, batches, batch) if r[0] not in exclude]
+    macs = mac_counts(graph)
+    total = sum(macs.values()) or 1
+    kept: list[KeptLayer] = []
+    best, reached, now = quantized, False, agreement
+    for k in _rounds(len(ranking)):
+        best = requantize(with_tail(graph, [*exclude, *(r[0] for r in ranking[:k])]), f"fallback-{k}.onnx")
+        now = _agreements(fp32_path, [best], batches, batch)[0]
+        kept += [KeptLayer(node, op, float(f"{added:.3g}"), round(macs.get(node, 0) / total, 4), now)
+                 for node, op, added in ranking[len(kept):k]]
+        if now >= options.target_agreement:
+            reached = True
+            break
+    share = sum(k.mac_share for k in kept)
+    return best, Fallback(options.target_agreement, SENSITIVITY_IMAGES, agreement, now, kept, round(share, 4),
+                          reached)
+
+
+SENSITIVITY_IMAGES = 64  # calibration images the per-layer errors are measured on: every intermediate is held
+SENSITIVE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def sensitivity(pre: Path, quantized: Path, batches: Batches, batch: int | None) -> list[tuple[str, str, float]]:
+    """The compute layers of the pre-processed FP32 graph ``pre``, those that lose most in int8 first, each with
+    the noise it adds: its output's noise-to-signal power ratio in ``quantized`` (against the FP32 tensor, over
+    the first :data:`SENSITIVITY_IMAGES` calibration images; per channel, then averaged, so that one loud channel
+    cannot hide the others' loss) minus that of its input *before* the layer's own input quantization. So a layer is charged with what keeping it float removes: the quantization of its input
+    and weights, and its arithmetic on them (ONNX Runtime's ``qdq_loss_debug`` measures the same per tensor).
+    Layers are matched by node name (the quantizer keeps them); sums stream, so memory holds one batch."""
+    import onnx
+
+    from . import onnx_io
+
+    fg, qg = onnx.load(str(pre)).graph, onnx.load(str(quantized)).graph
+    qnodes = {n.name: n for n in qg.node}
+    producer = {o: n for n in qg.node for o in n.output}
+    inputs = {i.name for i in qg.input}
+    pairs: list[tuple[Any, tuple[str, str], tuple[str, str]]] = []  # layer, (float, quant) before, (.., ..) after
+    for layer in fg.node:
+        q = qnodes.get(layer.name)
+        if layer.op_type not in SENSITIVE_OPS or q is None or not layer.input or not q.input:
+            continue
+        src = q.input[0]
+        dq = producer.get(src)
+        if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in producer \
+                and producer[dq.input[0]].op_type == "QuantizeLinear":
+            src = producer[dq.input[0]].input[0]
+        pairs.append((layer, (layer.input[0], src), _after(layer, q, fg, qnodes, qg)))
+    wanted_f = list(dict.fromkeys(t for _, *ps in pairs for t, _ in ps))
+    wanted_q = list(dict.fromkeys(t for _, *ps in pairs for _, t in ps if t not in inputs))
+    fs, qs = (onnx_io.session(_with_outputs(p, w).SerializeToString()) for p, w in ((pre, wanted_f),
+                                                                                   (quantized, wanted_q)))
+    input_name = fs.get_inputs()[0].name
+    signal: dict[tuple[str, str], Any] = collections.defaultdict(float)  # per channel (axis 1)
+    noise: dict[tuple[str, str], Any] = collections.defaultdict(float)
+    seen = 0
+    for b in rebatch(batches(), batch or CALIBRATION_BATCH, tail=batch is None):
+        if seen >= SENSITIVITY_IMAGES:
+            break
+        seen += len(b)
+        ref = dict(zip(wanted_f, fs.run(wanted_f, {input_name: b})))
+        got = {**dict(zip(wanted_q, qs.run(wanted_q, {input_name: b}))), **{i: b for i in inputs}}
+        for _, *ps in pairs:
+            for pair in ps:
+                f, q = np.asarray(ref[pair[0]], np.float64), np.asarray(got[pair[1]], np.float64)
+                if f.shape != q.shape:
+                    continue
+                axes = tuple(i for i in range(f.ndim) if i != 1)
+                signal[pair] = signal[pair] + np.sum(f * f, axis=axes)
+                noise[pair] = noise[pair] + np.sum((f - q) ** 2, axis=axes)
+
+    def nsr(pair: tuple[str, str]) -> float:
+        s, n = np.atleast_1d(signal[pair]), np.atleast_1d(noise[pair])
+        live = s > 0  # a channel that is always zero carries nothing to lose
+        return float(np.mean(np.minimum(n[live] / s[live], 1.0))) if live.any() else 0.0
+
+    ranked = [(layer.name, layer.op_type, nsr(after) - nsr(before)) for layer, before, after in pairs
+              if np.any(np.atleast_1d(signal[after]) > 0)]
+    return sorted(ranked, key=lambda r: -r[2])
+
+
+def _after(layer: Any, q: Any, fg: Any, qnodes: dict[str, Any], qg: Any) -> tuple[str, str]:
+    """The (FP32 tensor, quantized tensor) pair a layer's output is judged on: after its output's own Q/DQ, where
+    the quantized file has one (keeping the layer float removes it too); against the FP32 Relu's output where the
+    quantizer folded that Relu into the Q (a uint8 zero point at 0 clips as Relu does)."""
+    f_out, q_out = layer.output[0], q.output[0]
+    consumers = [n for n in qg.node if q_out in n.input]
+    if len(consumers) == 1 and consumers[0].op_type == "QuantizeLinear":
+        dq = [n for n in qg.node if consumers[0].output[0] in n.input and n.op_type == "DequantizeLinear"]
+        if dq:
+            q_out = dq[0].output[0]
+    f_next = [n for n in fg.node if f_out in n.input]
+    if len(f_next) == 1 and f_next[0].op_type == "Relu" and f_next[0].name not in qnodes:
+        f_out = f_next[0].output[0]
+    return f_out, q_out
+
+
+def _with_outputs(path: Path, names: list[str]) -> Any:
+    """The model at ``path`` with the float tensors ``names`` (those it has) added to its outputs."""
+    import onnx
+
+    model = onnx.load(str(path))
+    produced = {o for n in model.graph.node for o in n.output}
+    present = {o.name for o in model.graph.output}
+    for t in names:
+        if t in produced and t not in present:
+            model.graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
+    return model
+
+
+def mac_counts(graph: Any) -> dict[str, int]:
+    """Multiply-adds per image of each Conv/Gemm/MatMul with a constant weight, from the shapes ONNX's shape
+    inference left in ``graph`` (a layer whose shape is unknown counts 0)."""
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in [*graph.value_info, *graph.output]}
+    weights = {i.name: list(i.dims) for i in graph.initializer}
+    counts = {}
+    for n in graph.node:
+        if n.op_type not in SENSITIVE_OPS or len(n.input) < 2 or n.input[1] not in weights:
+            continue
+        w, out = weights[n.input[1]], shapes.get(n.output[0], [])
+        if n.op_type in ("Conv", "ConvTranspose"):
+            counts[n.name] = int(np.prod(out[1:])) * int(np.prod(w[1:])) if out and all(out[1:]) else 0
+        else:
+            counts[n.name] = int(np.prod(w)) * (int(np.prod(out[1:-1])) if len(out) > 2 and all(out[1:-1]) else 1)
+    return counts

@@ -15,6 +15,7 @@ always fail. A miss names the artifact and what it missed.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +28,9 @@ from .compare import outputs, side_by_side, slices, top1
 from .data import batch_for
 from .gate import FAIL, PASS, UNDECIDED, agreement_decision, drop_decision, mcnemar_exact
 
+# an INT8 file whose loss on the user's images is above the threshold, measured but not significant, is not shipped
+MEASURED_LOSS_HELP = ("not shipped: give more --verify images, calibrate on images like them (--calib), keep layers "
+                      "float (--int8-float, Int8Options.float_layers), or accept the loss with")
 CARD_ALPHA = 0.001  # the card is convicted on a one-sided exact McNemar test at this level, on the images at hand
 CARD_MARGIN = 0.05  # and only for a gain of at least this (a fraction): a real but negligible difference is no lie
 BATCH = 64  # images per call to a model: memory stays flat whatever the number of images
@@ -80,6 +84,7 @@ class ArtifactResult:
     drop_bounds: tuple[float, float] | None = None  # one-sided 95% bounds on the accuracy drop (see gate)
     verdict: str = "not run"
     warnings: list[str] = field(default_factory=list)
+    cpu: str | None = None  # the CPU's integer kernels it ran on (ONNX files): "AVX-512 VNNI", "AVX2 ... (emulated)"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -189,10 +194,38 @@ def compare_onnx(path: Path, precision: str, images: Sequence[np.ndarray], ref: 
     from ..runtime.classifier import Classifier
 
     t0 = time.perf_counter()
-    res = ArtifactResult(str(path), "onnx", precision, path.stat().st_size)
+    from ..runtime.cpu_kernels import int8_kernels
+
+    res = ArtifactResult(str(path), "onnx", precision, path.stat().st_size, cpu=int8_kernels().name)
     with Classifier(path, backend="ort-cpu", threads=1) as clf:
         _score(res, _outputs(clf, images, batch_for(clf.card.input)), ref, labels)
         res.latency_ms_b1 = _latency_ms(clf, images[0:1][0])
+    judge(res, thresholds)
+    res.seconds = round(time.perf_counter() - t0, 3)
+    return res
+
+
+def compare_emulated(path: Path, precision: str, images: Sequence[np.ndarray], ref: np.ndarray,
+                     labels: np.ndarray | None, thresholds: Thresholds, exe: str) -> ArtifactResult:
+    """:func:`compare_onnx` on an emulated x86 CPU without VNNI (:mod:`.emulated`): the same pixels, prepared
+    here by the Classifier, run there by it, judged by the same gate."""
+    from ..runtime.classifier import Classifier
+    from . import emulated
+
+    t0 = time.perf_counter()
+    keep = min(len(images), emulated.MAX_IMAGES)
+    with Classifier(path, backend="ort-cpu", threads=1) as clf:
+        pixels = [clf.prepare(im) for im in images[:keep]]
+        batch = batch_for(clf.card.input)
+    out, said = emulated.run(path, pixels, exe, batch)
+    if said["kernels"]["exact"]:
+        from ..errors import ExportError
+
+        raise ExportError(f"{emulated.EMULATOR} -cpu {emulated.CPU_MODEL} ran {path.name} on "
+                          f"{said['kernels']['name']} kernels: the emulation did not take effect")
+    res = ArtifactResult(str(path), "onnx", precision, path.stat().st_size,
+                         cpu=f"{said['kernels']['name']} (emulated: {emulated.EMULATOR} -cpu {emulated.CPU_MODEL})")
+    _score(res, out, ref[:keep], None if labels is None else labels[:keep])
     judge(res, thresholds)
     res.seconds = round(time.perf_counter() - t0, 3)
     return res
@@ -237,6 +270,10 @@ def judge(res: ArtifactResult, thresholds: Thresholds, max_diff: bool = True) ->
         if d.verdict == FAIL:
             fails.append(f"{seen} < {want:.2%}: {n - res.agree} images disagree" if want >= 1.0 else
                          f"{seen} is below {want:.2%} (one-sided 95% upper bound {d.upper:.2%})")
+        elif d.verdict == UNDECIDED and res.precision == "int8" and res.agree / n < want:
+            fails.append(f"{seen} is below {want:.2%}, a measured loss that {n} images are too few to show (one-sided "
+                         f"95% bounds {d.lower:.2%} .. {d.upper:.2%}); {MEASURED_LOSS_HELP} --min-agreement-int8 "
+                         f"{math.floor(res.agree / n * 1000) / 1000:g}")
         elif d.verdict == UNDECIDED:
             warns.append(f"{seen}: {n} images cannot show it is at least {want:.2%} (one-sided 95% bounds "
                          f"{d.lower:.2%} .. {d.upper:.2%}); passed undecided")
@@ -249,9 +286,14 @@ def judge(res: ArtifactResult, thresholds: Thresholds, max_diff: bool = True) ->
         res.drop_bounds = (d.lower, d.upper)
         seen = (f"accuracy drop {(res.losses - (res.gains or 0)) / n * 100:.2f} points ({res.losses} lost, "
                 f"{res.gains} gained of {n} images)")
+        drop = (res.losses - (res.gains or 0)) / n
         if d.verdict == FAIL:
             fails.append(f"{seen} is above {want_drop * 100:.2f} (one-sided 95% lower bound "
                          f"{d.lower * 100:.2f} points)")
+        elif d.verdict == UNDECIDED and drop > want_drop:
+            fails.append(f"{seen} is above {want_drop * 100:.2f}, a measured loss that {n} images are too few to show "
+                         f"(one-sided 95% upper bound {d.upper * 100:.2f}); {MEASURED_LOSS_HELP} --max-drop-int8 "
+                         f"{math.ceil(drop * 1000) / 10:g}")
         elif d.verdict == UNDECIDED:
             warns.append(f"{seen}: {n} images cannot show it is at most {want_drop * 100:.2f} points (one-sided "
                          f"95% upper bound {d.upper * 100:.2f}); passed undecided")
@@ -262,7 +304,8 @@ def judge(res: ArtifactResult, thresholds: Thresholds, max_diff: bool = True) ->
 
 def warning_lines(results: Sequence[ArtifactResult]) -> list[str]:
     """One line per warning, naming its artifact: what an export prints for undecided verdicts."""
-    return [f"{Path(r.path).name}: {w}" for r in results for w in r.warnings]
+    return [f"{Path(r.path).name}{' (emulated AVX2)' if r.cpu and 'emulated' in r.cpu else ''}: {w}"
+            for r in results for w in r.warnings]
 
 
 def table(results: list[ArtifactResult]) -> str:
@@ -273,7 +316,8 @@ def table(results: list[ArtifactResult]) -> str:
     rows = [("artifact", "prec", "max|diff|", "top1 agree", "accuracy", "source acc", "size", "ms@b1", "check")]
     for r in results:
         verdict = {PASS: "ok", FAIL: "FAIL", UNDECIDED: "undecided"}.get(r.verdict, "n/a")
-        rows.append((Path(r.path).name, r.precision, "-" if r.max_abs_diff is None else f"{r.max_abs_diff:.2e}",
+        name = Path(r.path).name + (" @ emulated AVX2" if r.cpu and "emulated" in r.cpu else "")
+        rows.append((name, r.precision, "-" if r.max_abs_diff is None else f"{r.max_abs_diff:.2e}",
                      pct(r.agree, r.n), pct(r.correct, r.n), pct(r.source_correct, r.n), _size(r.size_bytes),
                      "-" if r.latency_ms_b1 is None else f"{r.latency_ms_b1:.3f}", verdict))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

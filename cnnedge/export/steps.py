@@ -54,6 +54,8 @@ class ExportReport:
     model: str
     out_dir: str
     artifacts: list[ArtifactResult] = field(default_factory=list)
+    emulated: list[ArtifactResult] = field(default_factory=list)  # the CPU INT8 file on an emulated AVX2 CPU
+    cpu_int8: dict[str, Any] | None = None  # emulated.IsaCheck: the CPUs the CPU INT8 file was verified on
     steps: list[dict[str, Any]] = field(default_factory=list)
     source: dict[str, Any] | None = None  # a model from elsewhere: its opset and what was done to it
     cleanup: dict[str, Any] | None = None
@@ -70,12 +72,17 @@ class ExportReport:
 
     @property
     def passed(self) -> bool:
-        return all(a.passed is not False for a in self.artifacts) and not self._card_failures
+        return all(a.passed is not False for a in self.checked) and not self._card_failures
+
+    @property
+    def checked(self) -> list[ArtifactResult]:
+        """Every parity result: the artifacts as run here, then the CPU INT8 file on the emulated CPU."""
+        return self.artifacts + self.emulated
 
     @property
     def failures(self) -> list[str]:
-        return self._card_failures + [f"{Path(a.path).name}: {'; '.join(a.failures)}" for a in self.artifacts
-                                      if a.passed is False]
+        return self._card_failures + [f"{Path(a.path).name}{' (emulated AVX2)' if a in self.emulated else ''}: "
+                                      f"{'; '.join(a.failures)}" for a in self.checked if a.passed is False]
 
     @property
     def _card_failures(self) -> list[str]:
@@ -90,6 +97,7 @@ class ExportReport:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["artifacts"] = [a.to_dict() for a in self.artifacts]
+        d["emulated"] = [a.to_dict() for a in self.emulated]
         d["passed"] = self.passed
         d["total_seconds"] = round(sum(s["seconds"] for s in self.steps), 3)
         return d
@@ -97,7 +105,7 @@ class ExportReport:
     def table(self) -> str:
         from .parity import table
 
-        return table(self.artifacts)
+        return table(self.checked)
 
 
 def planned_outputs(fp16: bool, int8: bool, engine: bool) -> list[str]:
@@ -540,6 +548,33 @@ def _check_onnx(ws: Workspace, data: Checked, files: dict[str, Path]) -> None:
                              ws.opts.thresholds)
             r.path = str(ws.out / p.name)
             ws.report.artifacts.append(r)
+        if key == "int8":
+            _check_int8_cpus(ws, data, p, r)
+
+
+def _check_int8_cpus(ws: Workspace, data: Checked, path: Path, native: ArtifactResult) -> None:
+    """The CPU INT8 file on the CPUs it will meet: its weights' no-saturation guarantee, the native run above,
+    and an emulated AVX2 CPU without VNNI where this one has VNNI (see :mod:`.emulated`)."""
+    from . import emulated
+    from .parity import compare_emulated
+    from ..runtime.cpu_kernels import int8_kernels
+
+    check = emulated.IsaCheck(int8_kernels().describe(), [f"{native.cpu} (native)"],
+                              saturation=(ws.report.calibration or {}).get("saturation"))
+    exe, why = emulated.emulator()
+    if exe is None:
+        check.not_verified.append(f"x86 without VNNI, emulated: {why}")
+    else:
+        with ws.timer(f"parity {path.name} on an emulated AVX2 CPU ({emulated.EMULATOR} -cpu {emulated.CPU_MODEL})"):
+            r = compare_emulated(path, "int8", data.verify.images, data.ref, data.verify.labels, ws.opts.thresholds,
+                                 exe)
+            r.path = str(ws.out / path.name)
+            ws.report.emulated.append(r)
+            check.verified.append(r.cpu or "")
+    if not int8_kernels().exact:
+        check.not_verified.append("x86 with VNNI: cannot be emulated here (qemu 7 has no AVX-512); its 32-bit sums "
+                                  "are exact")
+    ws.report.cpu_int8 = check.describe()
 
 
 def _engine_profile(ws: Workspace, fixed: int | None) -> "Profile":

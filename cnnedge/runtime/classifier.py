@@ -231,6 +231,22 @@ def output_kind(out: np.ndarray) -> str:
     return "probabilities" if probs else "logits"
 
 
+def _check_int8_kernels(backend: Backend, card: ModelCard) -> None:
+    """Warn when an INT8 file without cnnedge's no-saturation guarantee (7-bit weights, checked at export and
+    recorded in its card) runs on ONNX Runtime's CPU kernels on a CPU whose pair sums saturate (x86 without VNNI):
+    its answers there can differ from those it was checked with."""
+    if card.precision != "int8" or backend.name != "ort-cpu":
+        return
+    from .cpu_kernels import int8_kernels
+
+    kernels = int8_kernels()
+    held = ((card.provenance.calibration or {}).get("saturation") or {}).get("holds")
+    if not kernels.exact and not held:
+        warnings.warn(f"{backend.path}: this INT8 file's weights are not shown to stay within 16-bit pair sums, "
+                      f"and this CPU's integer kernels ({kernels.name}) saturate there: its answers may be wrong "
+                      "here; export it again with cnn-export --int8 (7-bit weights, checked)", stacklevel=3)
+
+
 class Classifier:
     """Load a model and classify images with it. See the module docstring.
 
@@ -272,6 +288,7 @@ class Classifier:
                                    self.card.input.layout, be.input_spec.dtype, self.card.input.color)
             self._pre = self.card.preprocess
             _check_crop(be.path, self.card, be.card is not None)
+            _check_int8_kernels(be, self.card)
             self._logits = self.card.output == "logits"
             self.topk = topk
             self.reduce_decode = reduce_decode
