@@ -545,3 +545,34 @@ def test_fallback_keeps_the_layers_that_lose_most_float_until_the_files_agree(de
         assert off.artifact(name).top1_agreement < rep.artifact(name).top1_agreement
     # the TensorRT file needs only the Conv after the outlier float: its input is what int8 ruins
     assert [k["node"] for k in rep.calibration["fallback"]["tensorrt"]["kept"]] == [second.name]
+
+
+def test_cnn_infer_and_cnn_bench_say_which_int8_kernels_this_cpu_runs(demo, tmp_path):
+    import io
+    import json
+
+    import cv2
+
+    from cnnedge.cli.bench import main as bench
+    from cnnedge.cli.infer import main as infer
+    from cnnedge.runtime.cpu_kernels import int8_kernels
+
+    run, _, _ = demo
+    folder = tmp_path / "one"
+    folder.mkdir()
+    assert cv2.imwrite(str(folder / "a.png"), _digit_pixels(run, 1)[0])
+    name = int8_kernels().name
+    out, err = io.StringIO(), io.StringIO()
+    assert infer([str(run / "model.int8.onnx"), "--source", str(folder), "--backend", "ort-cpu", "--quiet"],
+                 out, err) == 0
+    assert f"on ort-cpu ({name} int8 kernels)" in err.getvalue()
+    err = io.StringIO()
+    assert infer([str(run / "model.onnx"), "--source", str(folder), "--backend", "ort-cpu", "--quiet"],
+                 io.StringIO(), err) == 0
+    assert "int8 kernels" not in err.getvalue()  # an FP32 file runs no integer kernel
+    out = io.StringIO()
+    assert bench([str(run / "model.onnx"), str(run / "model.int8.onnx"), "--backends", "ort-cpu", "--batch", "1",
+                  "--iters", "5", "--warmup", "1", "--repeats", "1", "--json", str(tmp_path / "b.json"), "--quiet"],
+                 out, io.StringIO()) == 0
+    assert f"CPU int8 kernels: {name}" in out.getvalue()
+    assert json.loads((tmp_path / "b.json").read_text())["machine"]["cpu_int8_kernels"]["name"] == name

@@ -9,6 +9,7 @@ from importlib import metadata
 from typing import Any
 
 from ..runtime.backends.ort import available_providers
+from ..runtime.cpu_kernels import int8_kernels
 
 LIBRARIES = ("cnnedge", "numpy", "opencv-python-headless", "opencv-python", "onnxruntime", "onnxruntime-gpu",
              "onnx", "tensorflow", "tensorflow-cpu", "keras", "tensorrt", "tensorrt-rtx", "cuda-python",
@@ -69,6 +70,7 @@ def facts() -> dict[str, Any]:
         usable = os.cpu_count() or 1
     return {
         "cpu": cpu_model(),
+        "cpu_int8_kernels": int8_kernels().describe(),
         "cores": os.cpu_count(),
         "cores_usable": usable,
         "machine": platform.machine(),

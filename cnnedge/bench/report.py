@@ -147,8 +147,11 @@ class BenchReport:
         return out
 
     def _speedup_lines(self) -> list[str]:
+        kernels = (self.machine.get("cpu_int8_kernels") or {}).get("name")
         return [f"INT8/FP32 speed here: {s['artifact']} on {s['backend']}, batch {s['batch']}: {s['speedup']:.2f}x "
-                f"{s['fp32_artifact']}'s (p50)" for s in self.int8_speedups()]
+                f"{s['fp32_artifact']}'s (p50)" + (f"; CPU int8 kernels: {kernels}"
+                                                   if kernels and s["backend"].startswith("ort-cpu") else "")
+                for s in self.int8_speedups()]
 
     # forms ---------------------------------------------------------------------------------------------
     def _cells(self) -> tuple[list[str], list[list[str]]]:
@@ -174,6 +177,10 @@ class BenchReport:
         else:
             out.append("nothing could run here")
         out += self._speedup_lines()
+        kernels = (self.machine.get("cpu_int8_kernels") or {}).get("name")
+        if kernels and not self.int8_speedups() and any(r.precision == "int8" and r.label.startswith("ort-cpu")
+                                                        for r in self.rows):
+            out.append(f"CPU int8 kernels here: {kernels}")
         out += self._stage_lines()
         out += self._e2e_lines()
         out += self.skipped_lines()
@@ -231,6 +238,7 @@ class BenchReport:
         out += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
         m = self.machine
         out += ["", f"Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores"
+                + (f" (int8 kernels: {m['cpu_int8_kernels']['name']})" if m.get("cpu_int8_kernels") else "")
                 + (f", GPU {', '.join(g['name'] for g in m['gpus'])}" if m.get("gpus") else ", no GPU")
                 + f"; load average {self.settings.get('load_before')} before, {self.settings.get('load_after')} after; "
                 f"ONNX Runtime intra-op threads {self.settings.get('threads')}."]
