@@ -212,8 +212,8 @@ def test_csv_value_errors_name_the_line_in_the_file(tmp_path: Path) -> None:
     bad, big = list(lines), list(lines)
     bad[12] = "0,1,x,3,4"  # line 13 of the file (the header is line 1)
     big[7] = "1,1,2,300,4"  # line 8
-    for name, rows, needle in (("bad", bad, "line 13 holds a value that is not a number"),
-                               ("big", big, "line 8: pixel values must be 0..255")):
+    for name, rows, needle in (("bad", bad, "line 13, column 3 (p1): pixel value 'x' is not a number from 0 to 255"),
+                               ("big", big, "line 8, column 4 (p2): pixel value '300' is not a number from 0 to 255")):
         p = tmp_path / f"{name}.csv"
         p.write_text("\n".join(rows) + "\n")
         spec = make_spec(str(p), val_split=0.2, test_split=0.2)
@@ -224,3 +224,79 @@ def test_csv_value_errors_name_the_line_in_the_file(tmp_path: Path) -> None:
             except DataError as exc:
                 errors.append(str(exc))
         assert len(errors) == 1 and needle in errors[0], errors
+
+
+def _labelled_csv(path: Path, labels: list[str], header: bool = True) -> Path:
+    """Four 2x2 gray pixels a row, one row per label."""
+    rows = (["label,p0,p1,p2,p3"] if header else []) + [f"{lab},{i % 256},7,8,9" for i, lab in enumerate(labels)]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_csv_labels_are_class_indices_or_names_and_a_bad_one_is_named_by_line_and_column(tmp_path: Path) -> None:
+    good = [str(i % 3) for i in range(30)]
+    cases = {  # row 9 is line 11 of the file (the header is line 1)
+        "negative": ("-1", "line 11, column 1 (label): label '-1' is negative"),
+        "float": ("1.5", "line 11, column 1 (label): label '1.5' is not a whole number"),
+        "nan": ("nan", "line 11, column 1 (label): label 'nan' is not a whole number"),
+        "beyond a gap": ("255", "line 11, column 1 (label): label 255 is out of range: the other labels are class "
+                                "indices 0..2 and no row is labelled 3..254"),
+        "a name among numbers": ("cat", "line 11, column 1 (label): label 'cat' is a name while most labels are "
+                                        "class indices"),
+        "empty": ("", "line 11, column 1 (label): the label is empty"),
+    }
+    for name, (label, needle) in cases.items():
+        labels = list(good)
+        labels[9] = label
+        path = _labelled_csv(tmp_path / f"{name.replace(' ', '_')}.csv", labels)
+        with pytest.raises(DataError) as info:
+            make_spec(str(path))
+        assert str(info.value).startswith(f"{path}: {needle}"), (name, str(info.value))
+        assert "\n" not in str(info.value)
+    # a number among names, without a header: column 1 has no name
+    names = ["cat", "dog"] * 10
+    names[4] = "3"
+    path = _labelled_csv(tmp_path / "names.csv", names, header=False)
+    with pytest.raises(DataError, match=r"names.csv: line 5, column 1: label '3' is a number while most labels are "
+                                        "class names"):
+        make_spec(str(path))
+    # what is accepted: whole numbers written as floats, indices from 1, names
+    for labels, classes in (([f"{i % 3}.0" for i in range(30)], ["0", "1", "2"]),
+                            ([str(1 + i % 3) for i in range(30)], ["1", "2", "3"]),
+                            ([("cat", "dog")[i % 2] for i in range(30)], ["cat", "dog"])):
+        spec = make_spec(str(_labelled_csv(tmp_path / "ok.csv", labels)))
+        assert spec["classes"] == classes
+        assert sum(len(load_split(spec, s)) for s in ("train", "val")) == 30
+
+
+def test_csv_pixels_that_are_not_numbers_from_0_to_255_are_named_by_line_and_column(tmp_path: Path) -> None:
+    for value, col in (("nan", 2), ("inf", 3), ("-inf", 5), ("", 4), ("-1", 2)):
+        rows = ["label,p0,p1,p2,p3"] + [f"{i % 2},1,2,3,4" for i in range(20)]
+        pixels = ["1", "2", "3", "4"]
+        pixels[col - 2] = value
+        rows[6] = "1," + ",".join(pixels)  # line 7
+        path = tmp_path / "px.csv"
+        path.write_text("\n".join(rows) + "\n")
+        spec = make_spec(str(path), val_split=0.2, test_split=0.2)  # each row in one split
+        errors = []
+        for split in SPLITS:
+            try:
+                load_split(spec, split)
+            except DataError as exc:
+                errors.append(str(exc))
+        want = f"{path}: line 7, column {col} (p{col - 2}): pixel value {value!r} is not a number from 0 to 255"
+        assert len(errors) == 1 and errors[0].startswith(want), (value, errors)
+
+
+def test_seed_bounds_and_csv_shape_only_for_a_csv(tmp_path: Path) -> None:
+    for seed in (-1, 2**32, 2**64, True, 1.5):
+        with pytest.raises(UsageError, match="seed must be a whole number from 0 to 4294967295"):
+            make_spec("digits", seed=seed)
+    assert make_spec("digits", seed=2**32 - 1)["seed"] == 2**32 - 1
+    root = _folder(tmp_path / "pets", corrupt=False)
+    for data in ("digits", "mnist", str(root)):
+        with pytest.raises(UsageError, match="csv_shape applies to a .csv data, not to"):
+            make_spec(data, csv_shape=(4, 4))
+    p = _csv(tmp_path / "ok.csv")
+    with pytest.raises(DataError, match="do not form a 18446744073709551616x1x1 image"):
+        make_spec(str(p), csv_shape=(2**64, 1))

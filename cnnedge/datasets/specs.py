@@ -11,6 +11,7 @@ from .folderset import folder_layout
 from .readers import KERAS_DATASETS
 
 DATASETS = ("digits", *KERAS_DATASETS)
+MAX_SEED = 2**32 - 1  # Keras' set_random_seed takes 0 .. 2**32 - 1
 DEFAULT_SPLITS = {  # (val_split, test_split) when the user gives none
     "digits": (0.15, 0.15),
     "keras": (0.1, 0.0),
@@ -29,6 +30,8 @@ def make_spec(data: str, *, seed: int = 0, val_split: float | None = None, test_
     if not isinstance(data, str) or not data:
         raise UsageError(f"{arg_name('data')} is empty; give digits, mnist, fashion_mnist, cifar10, cifar100, a folder "
                          "or a .csv")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise UsageError(f"{arg_name('seed')} must be a whole number from 0 to {MAX_SEED}, found {seed!r}")
     for name, frac in (("--val-split", val_split), ("--test-split", test_split)):  # tests hold these names
         if frac is not None and not 0.0 <= frac < 1.0:
             raise UsageError(f"{name} must be a fraction in [0, 1), found {frac}")
@@ -36,6 +39,8 @@ def make_spec(data: str, *, seed: int = 0, val_split: float | None = None, test_
         raise UsageError(f"{arg_name('val_split')} {val_split} plus {arg_name('test_split')} {test_split} leaves too "
                          "little to train on; "
                          "keep their sum below 0.9")
+    if csv_shape is not None and (data in DATASETS or Path(data).expanduser().is_dir()):
+        raise UsageError(f"{arg_name('csv_shape')} applies to a .csv {arg_name('data')}, not to {data}; drop it")
     if data == "digits":
         dv, dt = DEFAULT_SPLITS["digits"]
         h, w = size or (32, 32)
