@@ -511,16 +511,12 @@ def test_an_old_int8_file_warns_on_a_cpu_whose_sums_saturate(demo, tmp_path):
             assert "AVX2 without VNNI" in said[0] and "cnn-export --int8" in said[0]
 
 
-def test_fallback_keeps_the_layers_that_lose_most_float_until_the_files_agree(demo, tmp_path):
-    """An outlier channel (one Conv's output channel scaled by 1000 and the next Conv's matching input weights by
-    1/1000: the same function, as real networks often have) ruins per-tensor int8 activations. The fallback finds
-    and keeps float what it must, records each kept layer with its cost, and both files then pass the gate."""
+def _outlier_model(run: Path, tmp_path: Path) -> tuple[Path, str]:
+    """The demo's model.onnx with its first Conv's output channel 0 scaled by 1000 and the second Conv's matching
+    input weights by 1/1000 (ReLU and MaxPool commute with the scale: the same function); the second Conv's name."""
     import onnx
     from onnx import numpy_helper
 
-    from cnnedge.export import Int8Options, export
-
-    run, _, _ = demo
     model = onnx.load(str(run / "model.onnx"))
     inits = {i.name: i for i in model.graph.initializer}
     first, second = [n for n in model.graph.node if n.op_type == "Conv"][:2]
@@ -532,6 +528,17 @@ def test_fallback_keeps_the_layers_that_lose_most_float_until_the_files_agree(de
         inits[name].CopyFrom(numpy_helper.from_array(arr, name))
     src = tmp_path / "outlier.onnx"
     onnx.save(model, str(src))
+    return src, second.name
+
+
+def test_fallback_keeps_the_layers_that_lose_most_float_until_the_files_agree(demo, tmp_path):
+    """An outlier channel (one Conv's output channel scaled by 1000 and the next Conv's matching input weights by
+    1/1000: the same function, as real networks often have) ruins per-tensor int8 activations. The fallback finds
+    and keeps float what it must, records each kept layer with its cost, and both files then pass the gate."""
+    from cnnedge.export import Int8Options, export
+
+    run, _, _ = demo
+    src, second = _outlier_model(run, tmp_path)
     off = export(src, tmp_path / "off", int8=True, check=False, int8_options=Int8Options(target_agreement=0.0))
     assert not off.passed and off.calibration["fallback"] == {}
     rep = export(src, tmp_path / "on", int8=True)
@@ -544,7 +551,7 @@ def test_fallback_keeps_the_layers_that_lose_most_float_until_the_files_agree(de
         assert fb["kept"][-1]["agreement"] == fb["agreement_after"]
         assert off.artifact(name).top1_agreement < rep.artifact(name).top1_agreement
     # the TensorRT file needs only the Conv after the outlier float: its input is what int8 ruins
-    assert [k["node"] for k in rep.calibration["fallback"]["tensorrt"]["kept"]] == [second.name]
+    assert [k["node"] for k in rep.calibration["fallback"]["tensorrt"]["kept"]] == [second]
 
 
 def test_cnn_infer_and_cnn_bench_say_which_int8_kernels_this_cpu_runs(demo, tmp_path):
@@ -576,3 +583,28 @@ def test_cnn_infer_and_cnn_bench_say_which_int8_kernels_this_cpu_runs(demo, tmp_
                  out, io.StringIO()) == 0
     assert f"CPU int8 kernels: {name}" in out.getvalue()
     assert json.loads((tmp_path / "b.json").read_text())["machine"]["cpu_int8_kernels"]["name"] == name
+
+
+def test_a_failed_export_with_force_replaces_nothing_and_a_smaller_one_leaves_no_stale_sibling(demo, tmp_path):
+    """All or nothing under --force (issue 33): an export that fails its gate replaces none of the folder's
+    files and writes no Triton entry; its files go to an export-failed-* folder. An export with fewer
+    artifacts removes the earlier ones it does not replace, in the same commit."""
+    from cnnedge.card import sha256_file
+    from cnnedge.export import Int8Options, ParityFailure, export
+
+    run, _, _ = demo
+    src, _ = _outlier_model(run, tmp_path)
+    out, repo = tmp_path / "out", tmp_path / "triton"
+    export(run / "model.onnx", out, int8=True)
+    before = {p.name: sha256_file(p) for p in out.iterdir() if p.is_file()}
+    with pytest.raises(ParityFailure) as info:
+        export(src, out, int8=True, force=True, triton=str(repo), int8_options=Int8Options(target_agreement=0.0))
+    assert f"nothing in {out} was replaced" in str(info.value)
+    assert {p.name: sha256_file(p) for p in out.iterdir() if p.is_file()} == before
+    (failed,) = out.glob("export-failed-*")
+    assert (failed / "model.int8.onnx").is_file() and (failed / "export_report.json").is_file()
+    assert str(failed) in str(info.value) and not repo.exists()
+    assert not list(out.glob(".cnn-export-*"))
+    export(run / "model.onnx", out, force=True)  # FP32 only, over the INT8 export
+    assert (out / "model.onnx").is_file() and not (out / "model.int8.onnx").exists()
+    assert not (out / "model.int8.trt.onnx").exists()

@@ -47,16 +47,32 @@ def pending(folder: str | os.PathLike) -> str | None:
             "mix two exports; run cnn-export again (it completes the interrupted one first)")
 
 
-def commit(staging: Path, out: Path) -> list[str]:
-    """Move every file of ``staging`` into ``out``, recorded first so that a kill midway can be completed."""
+def commit(staging: Path, out: Path, remove: list[str] = ()) -> list[str]:  # type: ignore[assignment]
+    """Move every file of ``staging`` into ``out`` and delete ``remove`` (names in ``out``: what an earlier export
+    left that this one replaces with nothing), recorded first so that a kill midway can be completed."""
     from ..atomic import write_text
 
     names = sorted(f.name for f in staging.iterdir() if f.is_file())
-    write_text(out / RECORD, json.dumps({"pid": os.getpid(), "staging": staging.name, "files": names}) + "\n")
-    for name in names:
-        os.replace(staging / name, out / name)
+    gone = sorted(n for n in remove if n not in names)
+    write_text(out / RECORD, json.dumps({"pid": os.getpid(), "staging": staging.name, "files": names,
+                                         "remove": gone}) + "\n")
+    _apply(out, staging, names, gone)
     (out / RECORD).unlink()
     return names
+
+
+def _apply(out: Path, staging: Path, names: list, gone: list) -> list[str]:
+    """The renames and removals of one commit; what was moved."""
+    moved = []
+    for name in names:
+        src = staging / str(name)
+        if isinstance(name, str) and "/" not in name and src.is_file():
+            os.replace(src, out / name)
+            moved.append(name)
+    for name in gone:
+        if isinstance(name, str) and "/" not in name and name not in names:
+            (out / name).unlink(missing_ok=True)
+    return moved
 
 
 def roll_forward(out: Path) -> list[str]:
@@ -67,15 +83,12 @@ def roll_forward(out: Path) -> list[str]:
     pid = data.get("pid")
     if isinstance(pid, int) and pid != os.getpid() and _alive(pid):
         return []  # that export is still committing
-    moved = []
+    moved: list[str] = []
     staging = out / str(data.get("staging") or "")
     files = data.get("files") if isinstance(data.get("files"), list) else []
+    gone = data.get("remove") if isinstance(data.get("remove"), list) else []
     if data.get("staging") and staging.is_dir() and staging.parent == out:
-        for name in files:
-            src = staging / str(name)
-            if isinstance(name, str) and "/" not in name and src.is_file():
-                os.replace(src, out / name)
-                moved.append(name)
+        moved = _apply(out, staging, files, gone)
         shutil.rmtree(staging, ignore_errors=True)
     (out / RECORD).unlink(missing_ok=True)
     return moved

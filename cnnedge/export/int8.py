@@ -410,16 +410,19 @@ def pre_processed(fp32_path: Path, pre: Path, options: Int8Options) -> Any:
 
 
 def quantize_with_ranges(pre: Path, target: Path, ranges: Path, flavour: str, exclude: list[str],
-                         activations: str, method: str) -> Path:
+                         activations: str, method: str, weight_bits: int = WEIGHT_BITS) -> Path:
     """One flavour's Q/DQ file from the calibrated ``ranges`` (ONNX Runtime reads the file and does not
-    calibrate): :data:`CPU` quantizes every op it can, :data:`TENSORRT` symmetric int8 in front of the ops
-    TensorRT runs in int8, with float bias."""
+    calibrate): :data:`CPU` quantizes every op it can, with ``weight_bits`` (7: no 16-bit pair sum can saturate
+    on x86 without VNNI, see :mod:`.saturation`; 8 only to measure what 7 costs), :data:`TENSORRT` symmetric
+    int8 in front of the ops TensorRT runs in int8, with float bias."""
     import onnxruntime.quantization as q
 
+    if weight_bits not in (7, 8):
+        raise UsageError(f"weight_bits {weight_bits!r}; expected 7 or 8")
     if flavour == CPU:
         act = q.QuantType.QUInt8 if activations == "uint8" else q.QuantType.QInt8
         kw: dict[str, Any] = {"activation_type": act, "op_types_to_quantize": None, "extra_options": {},
-                              "reduce_range": True}
+                              "reduce_range": weight_bits == 7}
     else:
         kw = {"activation_type": q.QuantType.QInt8, "op_types_to_quantize": list(TENSORRT_OPS),
               "extra_options": {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,

@@ -400,7 +400,14 @@ def _write(opts: ExportOptions, report: ExportReport, timer: "_Steps", out: Path
         write_text(staging / REPORT_NAME, json.dumps(report.to_dict(), indent=2) + "\n")
         from .commit import commit
 
-        commit(staging, out)  # everything succeeded: into place, all or nothing (see .commit)
+        if check and not report.passed:  # the gate failed: nothing of the folder's is replaced or removed
+            kept = _keep_failed(staging, out)
+            raise ParityFailure("parity check failed: " + " | ".join(report.failures) + f"; nothing in {out} was "
+                                f"replaced: the failed files and their report are in {kept} (thresholds can be "
+                                "changed with --min-agreement-* / --max-*)", report)
+        # everything succeeded: into place, all or nothing (see .commit); with --force, what a previous export
+        # left that this one does not write goes in the same commit, so the folder never mixes two models
+        commit(staging, out, remove=stale_outputs(out, planned_outputs(opts.fp16, opts.int8, opts.engine)))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if opts.triton is not None:
@@ -409,13 +416,37 @@ def _write(opts: ExportOptions, report: ExportReport, timer: "_Steps", out: Path
         from ..atomic import write_text
 
         write_text(out / REPORT_NAME, json.dumps(report.to_dict(), indent=2) + "\n")
-    if check and not report.passed:
-        raise ParityFailure("parity check failed: " + " | ".join(report.failures) + f" (see {out / REPORT_NAME}; "
-                            "thresholds can be changed with --min-agreement-* / --max-*)", report)
     return report
 
 
 STAGING_PREFIX = ".cnn-export-"
+FAILED_PREFIX = "export-failed-"
+
+
+def all_outputs() -> list[str]:
+    """Every file name an export can write into its folder (of any option combination)."""
+    return planned_outputs(True, True, True) + [ENGINE_NAMES["fp32"], ENGINE_NAMES["fp32"] + ".json"]
+
+
+def stale_outputs(out: Path, planned: list[str]) -> list[str]:
+    """The export files in ``out`` that an export writing ``planned`` would not replace: left by an earlier
+    export (of another model, or with other options), they must go with the commit."""
+    return [n for n in all_outputs() if n not in planned and (out / n).is_file()]
+
+
+def _keep_failed(staging: Path, out: Path) -> Path:
+    """Move a failed export's staged files (its artifacts and report) to a new ``export-failed-<time>`` folder in
+    ``out``, where the user can look at them, away from the working set."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for i in range(1000):
+        target = out / f"{FAILED_PREFIX}{stamp}{f'-{i}' if i else ''}"
+        try:
+            os.rename(staging, target)  # refuses an existing non-empty folder: never merges into one
+            return target
+        except OSError:
+            if not target.exists():
+                raise
+    raise ExportError(f"{out}: could not find a free {FAILED_PREFIX}* folder name for the failed export's files")
 
 
 def sweep_stale_staging(out: Path) -> list[Path]:
