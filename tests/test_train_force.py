@@ -3,6 +3,7 @@ where it was; Ctrl-C before the new run's first checkpoint keeps the old run, af
 each says which run the folder holds. Real subprocesses on the digits data."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -20,11 +21,15 @@ ROOT = Path(__file__).resolve().parents[1]
 STAGING = ".cnn-train-new"
 
 pytestmark = pytest.mark.slow
+RUN_CONFIG = {"preset": "mnist-dense", "epochs": 1, "batch_size": 32, "channels": 3, "seed": 0, "patience": 5,
+              "learning_rate": 0.001, "img_size": [8, 8], "weights": None, "augment": {}, "mixed_precision": False,
+              "data": "digits", "dataset_spec": {"source": "digits", "size": [8, 8], "seed": 0}}
 
 
 def _old_run(run: Path) -> dict[str, bytes]:
     run.mkdir(parents=True)
     files = {name: f"old {name}".encode() for name in ARTIFACTS}
+    files["train_config.json"] = json.dumps(RUN_CONFIG).encode()  # what makes the folder a run
     files.update({n: f"old {n}".encode() for n in ("model.onnx", "model.int8.onnx", "export_report.json")})
     files["notes.txt"] = b"not ours"
     for name, body in files.items():

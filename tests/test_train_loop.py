@@ -245,10 +245,17 @@ class _InterruptFirstBatch(keras.callbacks.Callback):
         raise KeyboardInterrupt
 
 
+# a run's train_config.json (what makes a folder a run); its other files need not be real here
+RUN_CONFIG = {"preset": "mnist-dense", "epochs": 1, "batch_size": 32, "channels": 3, "seed": 0, "patience": 5,
+              "learning_rate": 0.001, "img_size": [8, 8], "weights": None, "augment": {}, "mixed_precision": False,
+              "data": "digits", "dataset_spec": {"source": "digits", "size": [8, 8], "seed": 0}}
+
+
 def _old_run(run: Path) -> dict[str, bytes]:
     """A finished run with its export outputs, and files that are not cnn-train's or cnn-export's."""
     run.mkdir(parents=True)
     files = {name: f"old {name}".encode() for name in ARTIFACTS}
+    files["train_config.json"] = json.dumps(RUN_CONFIG).encode()
     files.update({n: f"old {n}".encode() for n in (
         "model.onnx", "model.fp16.onnx", "model.int8.onnx", "model.engine", "model.int8.engine",
         "model.int8.engine.json", "export_report.json", "model.int8.calib-0123abcd.json")})
@@ -306,8 +313,8 @@ def test_ctrl_c_before_the_first_epoch_leaves_no_run_to_refuse(tmp_path: Path) -
         train(cfg, callbacks=[_InterruptFirstBatch()], log=said.append)
     assert "start again with the same command" in said[-1] and "--resume" not in said[-1], said[-1]
     assert not (run / "model.keras").exists()
-    # a folder without a checkpoint (e.g. a run killed before its first epoch) is not a run to protect
-    (run / "train_config.json").write_text("{}")
+    # a run without a checkpoint (e.g. one killed before its first epoch) has nothing to protect
+    (run / "train_config.json").write_text(json.dumps({**RUN_CONFIG, "preset": "digits-cnn"}))
     (run / "history.csv").write_text("epoch,loss\n")
     code, _, err = _cli(["--preset", "mnist-dense", "--data", "digits", "--img-size", "8", "--out", str(run),
                          "--epochs", "1", "--quiet"])
@@ -330,3 +337,36 @@ def test_the_final_summary_counts_and_names_the_skipped_images(tmp_path: Path) -
     names = lines[-2]
     assert "skipped 7 unreadable image" in names and "and 2 more" in names, names
     assert names.count(str(data)) == 5, names  # the first five by name, then a count
+
+
+@pytest.mark.slow
+def test_resume_refuses_a_checkpoint_keras_cannot_load_and_continues_once_a_bad_history_is_moved_away(
+        tmp_path: Path) -> None:
+    import shutil
+    import zipfile
+
+    run = tmp_path / "run"
+    code, _, err = _cli(["--preset", "mnist-dense", "--data", "digits", "--img-size", "8", "--out", str(run),
+                         "--epochs", "1", "--quiet"])
+    assert code == 0, err
+    # a zip Keras cannot load (the weights are gone): refused in one line, nothing written, no advice to resume
+    broken = tmp_path / "broken"
+    shutil.copytree(run, broken)
+    with zipfile.ZipFile(run / "model.keras") as zin, zipfile.ZipFile(broken / "model.keras", "w") as zout:
+        for info in zin.infolist():
+            if not info.filename.endswith((".h5", ".npz")):
+                zout.writestr(info, zin.read(info))
+    before = {p.name: p.read_bytes() for p in broken.iterdir()}
+    code, out, err = _cli(["--resume", str(broken), "--epochs", "2", "--quiet"])
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"{broken / 'model.keras'}: the run's checkpoint cannot be loaded" in err, err
+    assert "--resume" not in out and "stopped by" not in out, out
+    assert {p.name: p.read_bytes() for p in broken.iterdir()} == before
+    # a garbage history: refused; moved away as the error says, the run continues from its checkpoint
+    (run / "history.csv").write_text("epoch,loss\nx,y\n")
+    code, _, err = _cli(["--resume", str(run), "--epochs", "2", "--quiet"])
+    assert code == 2 and "move history.csv away to continue from the checkpoint" in err, err
+    (run / "history.csv").rename(tmp_path / "history.bad.csv")
+    code, _, err = _cli(["--resume", str(run), "--epochs", "2", "--quiet"])
+    assert code == 0, err
+    assert len((run / "history.csv").read_text().strip().splitlines()) == 3  # the header and epochs 1, 2

@@ -6,7 +6,10 @@ import re
 import sys
 from typing import Any, Sequence
 
+from ..datasets.specs import MAX_SEED
+from ..imaging.opencv import MAX_PIXELS
 from ..errors import UsageError, argument_names
+from ..trainer.config import MAX_BATCH, MAX_EPOCHS, MAX_LR, MAX_SIDE, MIN_LR
 from ._args import Parser, add_model_flags, model_description
 from ._run import entry
 
@@ -35,12 +38,13 @@ def _size(text: str) -> tuple[int, int]:
 
 def _shape(text: str) -> tuple[int, ...]:
     parts = re.split(r"[xX,]", text.strip())
+    want = f"expected HxW or HxWxC, H and W from 1 to {MAX_SIDE}, C 1 or 3 (e.g. 28x28)"
     try:
         shape = tuple(int(p) for p in parts)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW or HxWxC (e.g. 28x28), found {text!r}") from None
-    if len(shape) not in (2, 3) or min(shape) <= 0:
-        raise argparse.ArgumentTypeError(f"expected HxW or HxWxC (e.g. 28x28), found {text!r}")
+        raise argparse.ArgumentTypeError(f"{want}, found {text!r}") from None
+    if len(shape) not in (2, 3) or not all(1 <= v <= MAX_SIDE for v in shape[:2]) or shape[2:] not in ((), (1,), (3,)):
+        raise argparse.ArgumentTypeError(f"{want}, found {text!r}")
     return shape
 
 
@@ -54,43 +58,65 @@ def build_parser() -> _Parser:
                    help="digits (embedded, default), mnist, fashion_mnist, cifar10, cifar100, a folder with one "
                         "sub-folder per class, or a Fashion-MNIST-layout .csv; e.g. --data ~/imagenette/train")
     p.add_argument("--out", metavar="RUN_DIR", help="run folder to create, e.g. --out runs/digits")
-    p.add_argument("--epochs", type=int, metavar="N", help="maximum epochs (default: the preset's), e.g. --epochs 20")
-    p.add_argument("--batch-size", type=int, metavar="N", help="batch size (default: the preset's), e.g. --batch-size 64")
+    p.add_argument("--epochs", type=int, metavar="N",
+                   help=f"maximum epochs, 1 to {MAX_EPOCHS} (default: the preset's), e.g. --epochs 20")
+    p.add_argument("--batch-size", type=int, metavar="N",
+                   help=f"batch size, 1 to {MAX_BATCH} (default: the preset's), e.g. --batch-size 64")
     p.add_argument("--img-size", type=_size, metavar="H[xW]",
-                   help="model input size (default: the data's own size, else the preset's), e.g. --img-size 224x224")
+                   help=f"model input size, each side 4 to {MAX_SIDE} (default: the data's own size, else the "
+                        "preset's), e.g. --img-size 224x224")
     p.add_argument("--channels", type=int, choices=(1, 3), default=3,
                    help="3 colour channels (default) or 1 for a grayscale model, e.g. --channels 1")
     p.add_argument("--val-split", type=float, metavar="F",
-                   help="fraction held out (stratified) for validation, e.g. --val-split 0.2 (default 0.2 for "
-                        "folders and CSV, 0.15 for digits, 0.1 for keras datasets)")
+                   help="fraction held out (stratified) for validation, 0 to below 1, with --test-split below 0.9 "
+                        "in all, e.g. --val-split 0.2 (default 0.2 for folders and CSV, 0.15 for digits, 0.1 for "
+                        "keras datasets)")
     p.add_argument("--test-split", type=float, metavar="F",
-                   help="fraction held out as a separate test set, e.g. --test-split 0.1 (folders without "
-                        "test/ measure test accuracy on the validation split otherwise)")
+                   help="fraction held out as a separate test set, 0 to below 1, with --val-split below 0.9 in all, "
+                        "e.g. --test-split 0.1 (folders without test/ measure test accuracy on the validation split "
+                        "otherwise)")
     p.add_argument("--csv-shape", type=_shape, metavar="HxW[xC]",
-                   help="image shape of a CSV's pixel columns when not square gray/colour, e.g. --csv-shape 28x28")
-    p.add_argument("--seed", type=int, default=0, help="seed for the split, shuffling and weights, e.g. --seed 1")
-    p.add_argument("--patience", type=int, default=5,
-                   help="stop after N epochs without a better val_loss (0: never), e.g. --patience 3")
-    p.add_argument("--learning-rate", type=float, metavar="LR", help="Adam learning rate (default 1e-3), e.g. 3e-4")
+                   help=f"image shape of a CSV's pixel columns when not square gray/colour, H and W 1 to {MAX_SIDE}, "
+                        "C 1 or 3, e.g. --csv-shape 28x28")
+    p.add_argument("--seed", type=int, default=0, metavar="N",
+                   help=f"seed for the split, shuffling and weights, 0 to {MAX_SEED} (default 0), e.g. --seed 1")
+    p.add_argument("--patience", type=int, default=5, metavar="N",
+                   help=f"stop after N epochs without a better val_loss, 0 (never) to {MAX_EPOCHS} (default 5), "
+                        "e.g. --patience 3")
+    p.add_argument("--learning-rate", type=float, metavar="LR",
+                   help=f"Adam learning rate, {MIN_LR:g} to below {MAX_LR:g} (default 1e-3), e.g. 3e-4")
     p.add_argument("--weights", metavar="W",
                    help="transfer presets: imagenet (default, downloads once), none, or a path to a weights "
                         "file, e.g. --weights none")
     aug = p.add_argument_group("augmentation (training input pipeline only; never in the saved model)")
     aug.add_argument("--flip", action="store_true", help="random horizontal flips, e.g. --flip")
-    aug.add_argument("--rotation", type=float, default=0.0, metavar="DEG", help="random rotation up to +-DEG, e.g. --rotation 15")
-    aug.add_argument("--zoom", type=float, default=0.0, metavar="F", help="random zoom up to +-F, e.g. --zoom 0.1")
+    aug.add_argument("--rotation", type=float, default=0.0, metavar="DEG",
+                     help="random rotation up to +-DEG, 0 to 180, e.g. --rotation 15")
+    aug.add_argument("--zoom", type=float, default=0.0, metavar="F",
+                     help="random zoom up to +-F, 0 to below 1, e.g. --zoom 0.1")
     aug.add_argument("--shift", type=float, default=0.0, metavar="F",
-                     help="random shift up to +-F of height and width, e.g. --shift 0.1")
-    aug.add_argument("--shear", type=float, default=0.0, metavar="F", help="random shear up to +-F, e.g. --shear 0.1")
+                     help="random shift up to +-F of height and width, 0 to below 1, e.g. --shift 0.1")
+    aug.add_argument("--shear", type=float, default=0.0, metavar="F",
+                     help="random shear up to +-F, 0 to below 1, e.g. --shear 0.1")
     add_model_flags(p, ("resize", "crop_pct", "pad_value", "interpolation"),
                     "how images are resized to --img-size (recorded in the card; the runtime does the same)")
+    _restate(p, "crop_pct", f"with stretch, center-crop or shorter: resize to input/F, then centre-crop the input, "
+             f"as timm's crop_pct; F above 0 and at most 1, and input/F at most {MAX_PIXELS:,} pixels (default 1; "
+             "e.g. --crop-pct 0.875 is 256 -> 224)")
     p.add_argument("--mixed-precision", action="store_true",
                    help="train in mixed float16 (needs a GPU), e.g. --mixed-precision")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run, e.g. --resume runs/food --epochs 30")
-    p.add_argument("--force", action="store_true", help="overwrite an existing run folder, e.g. --force")
+    p.add_argument("--force", action="store_true",
+                   help="replace the run in --out once the new one completes (a folder that is not a cnn-train "
+                        "run is never written into), e.g. --force")
     p.add_argument("--quiet", action="store_true", help="one line per epoch instead of a progress bar")
     p.add_argument("--traceback", action="store_true", help="show the full traceback of an error")
     return p
+
+
+def _restate(parser: _Parser, dest: str, text: str) -> None:
+    """cnn-train's own help for a shared flag (its bound in training)."""
+    next(a for a in parser.flags if a.dest == dest).help = text
 
 
 # flags that mean something when continuing a run; every other one belongs to the run's own settings

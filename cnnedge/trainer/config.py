@@ -10,14 +10,21 @@ its flags with :func:`cnnedge.errors.argument_names`.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from ..datasets.specs import MAX_SEED
 from ..errors import UsageError, arg_name, argument_names
+from ..imaging.opencv import MAX_PIXELS
 from .tfdata import Augment
 
+# The bounds of every number a run takes; cnn-train's --help states each.
 MAX_SIDE = 4096
+MAX_EPOCHS = 100_000       # also the most --patience means anything
+MAX_BATCH = 65_536
+MIN_LR, MAX_LR = 1e-8, 10.0  # below 1e-8, Adam's steps vanish in float32 weights; MAX_LR excluded
 
 
 @dataclass
@@ -175,12 +182,14 @@ def _simple(ok: Callable[[Any], bool], want: str) -> Callable[[str, Any], str | 
 # field -> (name, value) -> a problem, or None
 CHECKS: dict[str, Callable[[str, Any], str | None]] = {
     "preset": _simple(lambda v: isinstance(v, str) and bool(v), "a preset name"),
-    "epochs": _simple(lambda v: _int(v) and v > 0, "a positive integer"),
-    "batch_size": _simple(lambda v: _int(v) and v > 0, "a positive integer"),
+    "epochs": _simple(lambda v: _int(v) and 0 < v <= MAX_EPOCHS, f"a positive integer up to {MAX_EPOCHS}"),
+    "batch_size": _simple(lambda v: _int(v) and 0 < v <= MAX_BATCH, f"a positive integer up to {MAX_BATCH}"),
     "channels": _simple(lambda v: _int(v) and v in (1, 3), "1 or 3"),
-    "seed": _simple(_int, "an integer"),
-    "patience": _simple(lambda v: _int(v) and v >= 0, "an integer >= 0 (0: no early stopping)"),
-    "learning_rate": _simple(lambda v: _num(v) and 0 < v < 10, "a small positive number"),
+    "seed": _simple(lambda v: _int(v) and 0 <= v <= MAX_SEED, f"a whole number from 0 to {MAX_SEED}"),
+    "patience": _simple(lambda v: _int(v) and 0 <= v <= MAX_EPOCHS,
+                        f"an integer from 0 (no early stopping) to {MAX_EPOCHS}"),
+    "learning_rate": _simple(lambda v: _num(v) and MIN_LR <= v < MAX_LR,
+                             f"a number from {MIN_LR:g} to below {MAX_LR:g}"),
     "img_size": lambda name, v: _size_problem(v),
     "weights": _simple(lambda v: v is None or isinstance(v, str), "null or a string"),
     "augment": _simple(lambda v: isinstance(v, Augment), "an Augment"),
@@ -197,3 +206,17 @@ def validate(values: Mapping[str, Any]) -> None:
         problem = CHECKS[name](name, value)
         if problem:
             raise UsageError(problem)
+
+
+def check_crop(height: int, width: int, resize: str, crop_pct: float) -> None:
+    """Refuse a crop_pct whose resize before the centre crop (input / crop_pct) passes the decode pixel limit:
+    the runtime would refuse the model's card, and training would resize every image that large first."""
+    if crop_pct == 1 or resize in ("letterbox", "pad"):
+        return
+    th, tw = height / crop_pct, width / crop_pct
+    if math.isfinite(th * tw) and math.floor(th) * math.floor(tw) <= MAX_PIXELS:
+        return
+    least = math.sqrt(height * width / MAX_PIXELS)
+    raise UsageError(f"{arg_name('crop_pct')} {crop_pct:g} resizes every image to {th:.6g}x{tw:.6g} before the "
+                     f"crop to {height}x{width}, over the {MAX_PIXELS:,}-pixel limit; give the fraction of the "
+                     f"resized image to keep, at least {math.ceil(least * 1e4) / 1e4:g} here (e.g. 0.875)")

@@ -15,6 +15,7 @@ import platform
 import sys
 import time
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -24,10 +25,11 @@ import numpy as np
 from .. import datasets
 from ..atomic import atomic_path, write_text
 from ..card import CARD_FILENAME, InputSpec, ModelCard, Preprocess, Provenance, now_iso, sha256_file
-from ..errors import DataError, UsageError, arg_name
+from ..errors import DataError, ModelLoadError, UsageError, arg_name, first_line
+from ..keras_io import check_model_file
 from ..tfquiet import keras_warnings_off
 from . import rundir
-from .config import RunSettings, TrainConfig, validate
+from .config import RunSettings, TrainConfig, check_crop, validate
 from .prepared import Prepared, check_sizes, log_skipped, native_size, prepare_folder, skipped_files
 from .presets import Preset, create_model, get_preset, weights_arg
 from .report import metrics_from, plot_confusion, plot_history, read_history, write_history, write_json
@@ -70,6 +72,8 @@ def train(cfg: TrainConfig, callbacks: Sequence[Any] = (), log: Callable[[str], 
     log = log or _print
     preset = get_preset(cfg.preset)
     out = Path(cfg.out)
+    if isinstance(cfg.data, str) and cfg.data not in datasets.DATASETS:
+        rundir.check_outside_data(out, cfg.data)
     rundir.check_out(out, cfg.force, log)
     settings = resolve(cfg, preset)
     return _Job.load(settings, out, log, resume=False).run(callbacks, cfg.verbose, staged=cfg.force
@@ -115,6 +119,8 @@ def resume(run_dir: str | os.PathLike, epochs: int | None = None, callbacks: Seq
     except (OSError, ValueError) as exc:
         raise UsageError(f"{arg_name('run_dir')} {d}: cannot read {CONFIG_FILE} ({exc})") from None
     settings = RunSettings.from_json(obj, d / CONFIG_FILE)
+    read_history(d / HISTORY_FILE)  # a damaged history or checkpoint is refused before the data is read
+    _check_checkpoint(d / MODEL_FILE)
     changes = {k: v for k, v in (("epochs", epochs), ("patience", patience)) if v is not None}
     return _Job.load(settings.replace(**changes), d, log, resume=True).run(callbacks, verbose, staged=False)
 
@@ -149,6 +155,7 @@ class _Job:
                 raise DataError(f"{arg_name('run_dir')} {out}: the data's classes changed since the run started")
         else:
             card = _new_card(settings, classes, native_size(spec, raw["train"].images) if raw else None)
+        check_crop(card.input.height, card.input.width, card.preprocess.resize, card.preprocess.crop_pct)
         if raw is not None:
             data = {k: Prepared(prepare_pixels(v.images, card.input, card.preprocess), v.labels, None, v.skipped)
                     for k, v in raw.items()}
@@ -200,8 +207,12 @@ class _Job:
     def _model(self, keras: Any) -> Any:
         s = self.settings
         if self.resume:
-            with keras_warnings_off():
-                model = keras.saving.load_model(self.work / MODEL_FILE, compile=True, safe_mode=True)
+            path = self.work / MODEL_FILE
+            try:
+                with keras_warnings_off():
+                    model = keras.saving.load_model(path, compile=True, safe_mode=True)
+            except (ValueError, TypeError, KeyError, OSError, AttributeError, zipfile.BadZipFile) as exc:
+                raise _bad_checkpoint(path, first_line(exc)) from None
         else:
             with keras_warnings_off():
                 model = create_model(s.preset, self.card.input.shape, len(self.classes), s.weights)
@@ -270,6 +281,8 @@ class _Job:
     def _stopped(self, exc: BaseException) -> None:
         """After a failure or Ctrl-C: keep the checkpoint (a staged run replaces the old run only on Ctrl-C),
         or leave the folder as it was; say which run the folder now holds."""
+        if self.resume and self.ckpt is None:
+            return  # stopped before its first epoch (e.g. a checkpoint Keras cannot load): nothing was written
         kind = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"stopped by {type(exc).__name__}"
         staged, has_model = self.work != self.out, (self.work / MODEL_FILE).is_file()
         ckpt = self.ckpt
@@ -311,6 +324,19 @@ def _new_card(s: RunSettings, classes: list[str], native: tuple[int, int] | None
         provenance=Provenance(dataset=datasets.describe(s.dataset_spec), dataset_spec=s.dataset_spec,
                               created=now_iso()),
     )
+
+
+def _bad_checkpoint(path: Path, why: str) -> ModelLoadError:
+    return ModelLoadError(f"{path}: the run's checkpoint cannot be loaded ({why}); restore it, or start the run "
+                          f"again with {arg_name('force')} (its settings are in {path.parent / CONFIG_FILE})")
+
+
+def _check_checkpoint(path: Path) -> None:
+    """The checks of a .keras file that need no Keras (a zip archive within bounds), before the data is read."""
+    try:
+        check_model_file(path)
+    except (ModelLoadError, UsageError) as exc:
+        raise _bad_checkpoint(path, str(exc).removeprefix(f"{path}: ")) from None
 
 
 def _versions() -> dict[str, str]:

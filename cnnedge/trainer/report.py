@@ -6,11 +6,12 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from ..atomic import atomic_path, write_text
+from ..errors import UsageError, arg_name, first_line
 
 HISTORY_KEYS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy")
 
@@ -25,15 +26,49 @@ def write_history(path: str | os.PathLike, rows: Sequence[dict[str, Any]]) -> No
     write_text(path, buf.getvalue())
 
 
+MAX_HISTORY_BYTES = 64 << 20  # 100,000 epochs of a few metrics are a few MB
+
+
 def read_history(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows :func:`write_history` wrote (none when there is no file): epochs 1, 2, 3 ... and numbers;
+    anything else is a UsageError naming the line, the column and what to do."""
     p = Path(path)
     if not p.is_file():
         return []
-    rows = []
-    with open(p, newline="") as fh:
-        for r in csv.DictReader(fh):
-            rows.append({k: (int(v) if k == "epoch" else float(v)) for k, v in r.items() if v not in ("", None)})
+
+    def bad(what: str) -> UsageError:
+        return UsageError(f"{p}: {what}; not a cnn-train history: move {p.name} away to continue from the "
+                          f"checkpoint with the epochs counted from 0, or start a new run with {arg_name('force')}")
+
+    if p.stat().st_size > MAX_HISTORY_BYTES:
+        raise bad(f"{p.stat().st_size} bytes is over the {MAX_HISTORY_BYTES}-byte limit")
+    rows: list[dict[str, Any]] = []
+    try:
+        with open(p, newline="") as fh:
+            reader = csv.DictReader(fh)
+            if not reader.fieldnames or reader.fieldnames[0] != "epoch":
+                raise bad(f"line 1: the header must start with 'epoch', found {(reader.fieldnames or [''])[0]!r}")
+            for r in reader:
+                rows.append(_history_row(r, len(rows) + 1, lambda what: bad(f"line {reader.line_num}: {what}")))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise bad(f"not a text CSV file ({first_line(exc)})") from None
     return rows
+
+
+def _history_row(r: dict[Any, Any], epoch: int, bad: Callable[[str], UsageError]) -> dict[str, Any]:
+    if None in r:
+        raise bad(f"{len(r[None])} more value(s) than the header names")
+    row: dict[str, Any] = {}
+    for k, v in r.items():
+        if v in ("", None):
+            continue
+        try:
+            row[k] = int(v) if k == "epoch" else float(v)
+        except ValueError:
+            raise bad(f"column {k!r} holds {v[:40]!r}, not a{' whole' if k == 'epoch' else ''} number") from None
+    if row.get("epoch") != epoch:
+        raise bad(f"column 'epoch' holds {r['epoch']!r}, expected {epoch} (the epochs count 1, 2, 3 ...)")
+    return row
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n: int) -> np.ndarray:

@@ -1,4 +1,12 @@
-"""The run folder: what a run writes there, and how ``--force`` replaces a run without ever losing it.
+"""The run folder: what a run writes there, which folders a run may write into, and how ``--force``
+replaces a run without ever losing it.
+
+A folder is a cnn-train run when it holds ``train_config.json``, a regular file holding a JSON object with
+``preset`` and ``dataset_spec``: the first file every run writes, and the last it would lose (a run stopped
+before its first checkpoint removes what it wrote and leaves the folder as it found it). A run writes only
+into a folder that does not exist yet, an empty one (no entries at all, hidden ones included) or a run; any
+other folder is the user's and is never written into, with or without ``--force``. Nor may the run folder
+be, or be inside, a ``--data`` folder: it would become a class of the next run on that data.
 
 A ``--force`` run into a folder that holds a run is built beside it, in
 ``<out>/.cnn-train-new/``; the old run stays whole where it was. Only when the
@@ -34,6 +42,19 @@ EXPORT_PATTERNS = ("model.onnx", "model.*.onnx", "model.onnx.json", "model.*.onn
                    "export_report.json", "model.int8.calib-*.json")
 STAGING_DIR = ".cnn-train-new"
 SWAP_MARKER = "swap.json"
+MAX_CONFIG_BYTES = 1 << 20  # a train_config.json is a few hundred bytes; a larger one is not a run's
+
+
+def is_run(folder: str | os.PathLike) -> bool:
+    """True when ``folder`` is a cnn-train run: it holds the ``train_config.json`` of one (see above)."""
+    p = Path(folder) / CONFIG_FILE
+    try:
+        if not p.is_file() or p.stat().st_size > MAX_CONFIG_BYTES:
+            return False
+        obj = json.loads(p.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(obj, dict) and "preset" in obj and "dataset_spec" in obj
 
 
 def is_complete(run_dir: str | os.PathLike) -> bool:
@@ -51,16 +72,38 @@ def export_outputs(out: Path) -> list[Path]:
     return list(found)
 
 
+def check_outside_data(out: Path, data: str | os.PathLike) -> None:
+    """Refuse an ``out`` that is the ``data`` folder or inside it (its plots would be a class next time)."""
+    d = Path(data).expanduser()
+    if not d.is_dir():
+        return
+    d, o = d.resolve(), out.expanduser().resolve()
+    if o == d or d in o.parents:
+        where = "is the" if o == d else "is inside the"
+        raise UsageError(f"{arg_name('out')} {out}: {where} {arg_name('data')} folder {d}; the run's files would "
+                         f"become a class of the next run on it: choose an {arg_name('out')} outside {d}")
+
+
 def check_out(out: Path, force: bool, log: Callable[[str], None]) -> None:
-    """Refuse an ``out`` that is a file, or that holds a run when ``force`` is not given; first finish or
-    remove what a killed ``--force`` run left there."""
+    """Refuse an ``out`` that is a file, a folder of the user's (neither empty nor a run), or a run with a
+    checkpoint when ``force`` is not given; first finish or remove what a killed ``--force`` run left there."""
     if out.exists() and not out.is_dir():
         raise UsageError(f"{arg_name('out')} {out}: exists and is not a folder")
-    if out.is_dir():
-        finish_unfinished(out, log)
-    # a run is a folder with a checkpoint; one interrupted before its first (train_config.json and perhaps
-    # history.csv only) is not, and a new run simply starts over in it
-    if out.is_dir() and not force and (out / MODEL_FILE).exists():
+    if not out.is_dir():
+        return
+    if not is_run(out):
+        names = sorted(e.name for e in out.iterdir())
+        if names:
+            more = f" and {len(names) - 4} more" if len(names) > 4 else ""
+            raise FileExistsRefused(
+                f"{arg_name('out')} {out}: not a cnn-train run (no {CONFIG_FILE} of one) and not empty (it holds "
+                f"{', '.join(names[:4])}{more}); cnn-train never writes into such a folder, with or without "
+                f"{arg_name('force')}: choose another {arg_name('out')}, a new or empty folder")
+        return
+    finish_unfinished(out, log)
+    # a run with a checkpoint needs --force; one interrupted before its first (train_config.json and perhaps
+    # history.csv only) has nothing to lose, and a new run simply starts over in it
+    if not force and (out / MODEL_FILE).exists():
         ours = [n for n in ARTIFACTS if (out / n).exists()]
         raise FileExistsRefused(f"{arg_name('out')} {out}: already holds a run ({', '.join(ours[:4])}); pass "
                                 f"{arg_name('force')} to overwrite it, {arg_name('resume')} {out} to continue it, "
