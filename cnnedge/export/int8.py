@@ -404,7 +404,7 @@ def pre_processed(fp32_path: Path, pre: Path, options: Int8Options) -> Any:
     graph = onnx.load(str(pre)).graph
     unknown = sorted(set(options.float_layers) - {n.name for n in graph.node})
     if unknown:
-        raise UsageError(f"float_layers: no node named {', '.join(unknown)} in the graph (its nodes: "
+        raise UsageError(f"--int8-float (float_layers): no node named {', '.join(unknown)} in the graph (its nodes: "
                          f"{', '.join(n.name for n in graph.node if n.op_type in TENSORRT_OPS)})")
     return graph
 

@@ -412,7 +412,8 @@ def _write(opts: ExportOptions, report: ExportReport, timer: "_Steps", out: Path
         shutil.rmtree(staging, ignore_errors=True)
     if opts.triton is not None:
         with timer("Triton model repository"):
-            report.triton = _write_triton(Path(opts.triton), report, data.base_card, opts.batch, opts.force)
+            report.triton = _write_triton(Path(opts.triton), report, data.base_card, opts.batch, opts.force,
+                                          data.source.fixed_batch)
         from ..atomic import write_text
 
         write_text(out / REPORT_NAME, json.dumps(report.to_dict(), indent=2) + "\n")
@@ -657,14 +658,16 @@ def _build_engines(ws: Workspace, data: Checked, files: dict[str, Path], kit: "T
 def _check_triton(repo: Path, card: ModelCard, opts: ExportOptions) -> None:
     """Refuse up front (not after the export) to overwrite a Triton model without --force."""
     from ..atomic import refuse_overwrite
-    from .triton import planned_names
+    from .triton import check_labels, planned_names
 
+    check_labels(card)
     precisions = ["fp32"] + (["fp16"] if opts.fp16 else []) + (["int8"] if opts.int8 else [])
     for name in planned_names(card, precisions, bool(opts.engine)):
         refuse_overwrite(repo / name / "config.pbtxt", opts.force)
 
 
-def _write_triton(repo: Path, report: ExportReport, card: ModelCard, profile: Any, force: bool) -> list[str]:
+def _write_triton(repo: Path, report: ExportReport, card: ModelCard, profile: Any, force: bool,
+                  fixed_batch: int | None = None) -> list[str]:
     """Per artifact, the entry for Triton's own backend (when it has one) and cnnedge's Python-backend entry."""
     from . import onnx_io
     from .triton import TritonModel, model_name, write_model
@@ -690,7 +693,7 @@ def _write_triton(repo: Path, report: ExportReport, card: ModelCard, profile: An
             if report.engines and report.engines["flavour"] == "tensorrt":
                 models.insert(0, TritonModel(model_name(card, a.precision, "tensorrt"), p, "tensorrt",
                                              side.input_name, side.output_name))
-        written += [str(write_model(repo, m, card, profile.max, force)) for m in models]
+        written += [str(write_model(repo, m, card, profile.max, force, fixed_batch)) for m in models]
     return written
 
 

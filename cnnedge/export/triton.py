@@ -59,6 +59,33 @@ def planned_names(card: ModelCard, precisions: list[str], engines: bool) -> list
     return [model_name(card, p, k) for p in precisions for k in kinds]
 
 
+def quoted(text: str) -> str:
+    """``text`` as a protobuf text-format string literal: quotes, backslashes and control characters escaped, so
+    that a name from a model file can neither break config.pbtxt nor add a field to it."""
+    out = []
+    for ch in text:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ch == "\n":
+            out.append("\\n")
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\{ord(ch):03o}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def check_labels(card: ModelCard) -> None:
+    """Triton's labels.txt holds one class name a line, with no escaping: a name with a line break would shift
+    every label after it, so it is refused."""
+    from ..errors import UsageError
+
+    bad = [c for c in card.classes if any(ch in c for ch in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")]
+    if bad:
+        raise UsageError(f"--triton: class name {bad[0]!r} holds a line break, which Triton's labels.txt (one name a "
+                         "line) cannot hold; rename the class in the card or --labels file")
+
+
 def _batching(max_batch: int) -> str:
     preferred = ", ".join(str(b) for b in sorted({max(1, max_batch // 4), max_batch}))
     return ("dynamic_batching {\n"
@@ -67,15 +94,18 @@ def _batching(max_batch: int) -> str:
             "}\n")
 
 
-def config_text(m: TritonModel, card: ModelCard, max_batch: int) -> str:
-    """config.pbtxt of an entry on Triton's ONNX Runtime or TensorRT backend."""
-    dims = ", ".join(str(d) for d in card.input.shape)
-    return (f'name: "{m.name}"\n'
+def config_text(m: TritonModel, card: ModelCard, max_batch: int, fixed_batch: int | None = None) -> str:
+    """config.pbtxt of an entry on Triton's ONNX Runtime or TensorRT backend. A graph that takes one batch size
+    only (``fixed_batch``) cannot be batched by Triton: ``max_batch_size: 0`` and the batch in the dims."""
+    lead = [] if fixed_batch is None else [fixed_batch]
+    dims = ", ".join(str(d) for d in (*lead, *card.input.shape))
+    out_dims = ", ".join(str(d) for d in (*lead, card.num_classes))
+    return (f"name: {quoted(m.name)}\n"
             f"{KINDS[m.kind][1]}\n"
-            f"max_batch_size: {max_batch}\n"
+            f"max_batch_size: {0 if fixed_batch else max_batch}\n"
             "input [\n"
             "  {\n"
-            f'    name: "{m.input_name}"\n'
+            f"    name: {quoted(m.input_name)}\n"
             f"    data_type: {_TYPES[card.input.dtype]}\n"
             f"    format: {'FORMAT_NHWC' if card.input.layout == 'NHWC' else 'FORMAT_NCHW'}\n"
             f"    dims: [ {dims} ]\n"
@@ -83,13 +113,13 @@ def config_text(m: TritonModel, card: ModelCard, max_batch: int) -> str:
             "]\n"
             "output [\n"
             "  {\n"
-            f'    name: "{m.output_name}"\n'
+            f"    name: {quoted(m.output_name)}\n"
             "    data_type: TYPE_FP32\n"
-            f"    dims: [ {card.num_classes} ]\n"
+            f"    dims: [ {out_dims} ]\n"
             '    label_filename: "labels.txt"\n'
             "  }\n"
             "]\n"
-            + _batching(max_batch)
+            + ("" if fixed_batch else _batching(max_batch))
             + "instance_group [ { kind: KIND_AUTO } ]\n")
 
 
@@ -98,7 +128,7 @@ def cnnedge_config_text(m: TritonModel, card: ModelCard, max_batch: int, instanc
     any size batch together) or PIXELS (prepared uint8) in; two instances, so that one decodes while
     the other infers."""
     spec = card.input
-    return (f'name: "{m.name}"\n'
+    return (f"name: {quoted(m.name)}\n"
             f"{KINDS[m.kind][1]}\n"
             f"max_batch_size: {max_batch}\n"
             "input [\n"
@@ -114,11 +144,13 @@ def cnnedge_config_text(m: TritonModel, card: ModelCard, max_batch: int, instanc
             "]\n"
             + _batching(max_batch)
             + f"instance_group [ {{ count: {instances}, kind: KIND_AUTO }} ]\n"
-            f'parameters {{ key: "artifact", value: {{ string_value: "{m.artifact.name}" }} }}\n')
+            f'parameters {{ key: "artifact", value: {{ string_value: {quoted(m.artifact.name)} }} }}\n')
 
 
-def write_model(repo: Path, m: TritonModel, card: ModelCard, max_batch: int, force: bool) -> Path:
+def write_model(repo: Path, m: TritonModel, card: ModelCard, max_batch: int, force: bool,
+                fixed_batch: int | None = None) -> Path:
     """Write one model directory atomically file by file; refuses to overwrite without ``force``."""
+    check_labels(card)
     from ..atomic import atomic_path, refuse_overwrite, write_text
 
     d = repo / m.name
@@ -140,5 +172,5 @@ def write_model(repo: Path, m: TritonModel, card: ModelCard, max_batch: int, for
         write_text(d / "1" / "model.py", ENTRY_SOURCE)
         write_text(d / "config.pbtxt", cnnedge_config_text(m, card, max_batch))
     else:
-        write_text(d / "config.pbtxt", config_text(m, card, max_batch))
+        write_text(d / "config.pbtxt", config_text(m, card, max_batch, fixed_batch))
     return d

@@ -30,12 +30,16 @@ def read_labels(labels: Sequence[str] | str | os.PathLike | None) -> tuple[str, 
     if isinstance(labels, (str, os.PathLike)):
         p = Path(labels)
         try:  # regular files only, read to a bound: a FIFO or /dev/zero given here neither blocks nor fills memory
-            text = read_file(p, MAX_LABELS_BYTES).decode("utf-8")
+            text = read_file(p, MAX_LABELS_BYTES).decode("utf-8-sig")  # a BOM (Notepad) is no part of a name
         except ImageError as exc:
             raise UsageError(f"--labels {p}: cannot read ({exc.reason})") from None
         except UnicodeDecodeError:
             raise UsageError(f"--labels {p}: not UTF-8 text; give a text file with one class name a line") from None
-        names = tuple(line.strip() for line in text.splitlines() if line.strip())
+        lines = text.splitlines()
+        nul = next((n for n, line in enumerate(lines, 1) if "\0" in line), None)
+        if nul is not None:
+            raise UsageError(f"--labels {p} line {nul}: a NUL byte; give a text file with one class name a line")
+        names = tuple(line.strip() for line in lines if line.strip())
     else:
         names = tuple(str(x) for x in labels)
     if len(names) < 2:
