@@ -75,6 +75,27 @@ def check_not_input(flag: str, path: str | os.PathLike | None, inputs: "list[str
                              f" ({given}); writing there would destroy it: give another file name")
 
 
+def check_distinct(outputs: "list[tuple[str, str | os.PathLike | None]]", stdout: str | None = "-") -> None:
+    """UsageError when two output flags name the same file (the same name, a link to it or a hard link), or
+    both ``stdout`` (the name that means stdout; None: there is none): one output would replace the other and
+    be lost without a word."""
+    seen: list[tuple[str, str | os.PathLike, str]] = []
+    for flag, path in outputs:
+        if path is None:
+            continue
+        key = "-" if stdout is not None and str(path) == stdout else os.path.realpath(path)
+        for other, other_path, other_key in seen:
+            same = key == other_key or key != "-" and other_key != "-" and os.path.exists(key) \
+                and os.path.exists(other_key) and os.path.samefile(key, other_key)
+            if not same:
+                continue
+            if key == "-":
+                raise UsageError(f"{other} - and {flag} -: both would write to stdout; send one of them to a file")
+            raise UsageError(f"{flag} {path}: the same file as {other} {other_path}; one would replace the other: "
+                             "give each output its own file")
+        seen.append((flag, path, key))
+
+
 def refuse_overwrite(path: str | os.PathLike, force: bool, flag: str = "--force") -> None:
     """Raise unless ``path`` is absent or the user said ``force``."""
     if not force and Path(path).exists():

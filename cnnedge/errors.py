@@ -16,6 +16,7 @@ class ExitCode(IntEnum):
     FAILURE = 1
     USAGE = 2
     INTERRUPTED = 130
+    BROKEN_PIPE = 141  # the output's reader went away (`| head -1`): a shell's status after SIGPIPE, 128 + 13
 
 
 class CnnEdgeError(Exception):

@@ -13,6 +13,7 @@ from ..artifacts import TABLE, is_gpu
 from ..errors import BackendUnavailable, MissingDependency, ModelLoadError, UsageError
 from ..runtime.backends.sizing import check_batch_pixels, dynamic_size_error
 from ..runtime.interrupt import DEFAULT_LOAD_TIMEOUT_S, Deadline, RunInterrupted, load_timeout_error
+from ..runtime.limits import MAX_SEED, check_threads
 from . import machine, measure, plan
 from .report import BenchReport, Row, Skipped
 from .stats import MAX_SAMPLES_KEPT, latency, spread
@@ -58,8 +59,10 @@ class BenchConfig:
             raise UsageError(f"--warmup must be >= 0, got {self.warmup}")
         if self.repeats < 1:
             raise UsageError(f"--repeats must be at least 1, got {self.repeats}")
-        if self.threads is not None and self.threads < 1:
-            raise UsageError(f"--threads must be at least 1, got {self.threads}")
+        check_threads(self.threads, "--threads")  # 100,000 intra-op threads crashed ONNX Runtime
+        check_threads(self.workers, "--workers")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise UsageError(f"--seed must be a whole number in 0..{MAX_SEED}, got {self.seed!r}")
         if self.iters is None and self.duration is None:
             self.duration = DEFAULT_DURATION_S
 
@@ -216,6 +219,7 @@ def _end_to_end(cfg: BenchConfig, report: BenchReport, art: plan.Artifact, backe
 
     want = cfg.e2e_batch or max(batches)
     eff, note = plan.effective_batch(want, be.fixed_batch, getattr(be, "min_batch", 1) or 1, be.max_batch)
+    check_batch_pixels(be, eff, "--e2e-batch" if cfg.e2e_batch else "--batch")
     if note:
         report.notes.append(f"{art.name} on {backend} end-to-end: {note}")
     workers = cfg.workers or default_workers()

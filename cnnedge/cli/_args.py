@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import math
 from fractions import Fraction
-from typing import Any, NoReturn
+from typing import Any, Callable, NoReturn
+
+from ..runtime.limits import MAX_SECONDS, max_threads, threads_bound
 
 
 class Parser(argparse.ArgumentParser):
@@ -35,32 +38,58 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def positive_int(text: str) -> int:
-    return _int_at_least(text, 1, "a positive integer")
+def int_in(low: int, high: int | None = None, bound: str | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number from ``low`` to ``high`` (None: no upper bound). Its ``bound``
+    attribute is how ``--help`` and the error name the range (default ``low..high`` or ``>= low``)."""
+    said = bound or (f"{low}..{high}" if high is not None else f">= {low}")
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number {said}, got {text!r}") from None
+        if v < low or high is not None and v > high:
+            raise argparse.ArgumentTypeError(f"expected a whole number {said}, got {v}")
+        return v
+
+    parse.bound = said  # type: ignore[attr-defined]
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    return _int_at_least(text, 0, "an integer >= 0")
+def float_in(low: float, high: float, what: str = "a number", low_open: bool = True,
+             high_open: bool = True, bound: str | None = None) -> Callable[[str], float]:
+    """An argparse type: a finite number between ``low`` and ``high`` (open ends by default: NaN and inf are
+    never in). Its ``bound`` attribute names the range (default e.g. ``> 0 and < 1e+09``)."""
+    said = bound or f"{'>' if low_open else '>='} {low:g} and {'<' if high_open else '<='} {high:g}"
+
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what} {said}, got {text!r}") from None
+        inside = (low < v if low_open else low <= v) and (v < high if high_open else v <= high)
+        if not (math.isfinite(v) and inside):
+            raise argparse.ArgumentTypeError(f"expected {what} {said}, got {text!r}")
+        return v
+
+    parse.bound = said  # type: ignore[attr-defined]
+    return parse
 
 
-def _int_at_least(text: str, low: int, what: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-    if v < low:
-        raise argparse.ArgumentTypeError(f"expected {what}, got {v}")
-    return v
+positive_int = int_in(1)
+non_negative_int = int_in(0)
+#: seconds: a duration or a timeout, finite (``inf`` would never end, ``nan`` compares false to everything)
+positive_seconds = float_in(0, MAX_SECONDS, "a number of seconds")
 
 
-def positive_seconds(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {v}")
-    return v
+def threads_int() -> Callable[[str], int]:
+    """``--threads`` and ``--workers``: 1 to :func:`~cnnedge.runtime.limits.max_threads` (4 per core)."""
+    return int_in(1, max_threads(), threads_bound())
+
+
+def bound(kind: Callable[[str], Any]) -> str:
+    """The range an argparse type from this module takes, as its ``--help`` names it."""
+    return getattr(kind, "bound")
 
 
 def number(text: str) -> float:
@@ -93,18 +122,18 @@ _MODEL_FLAGS: dict[str, tuple[str | None, str]] = {
     "labels": ("FILE", "class names, one a line; without it, names come from the file's metadata (Ultralytics "
                        "'names', 'labels', 'classes') or are indices (e.g. --labels labels.txt)"),
     "input_size": ("HxW", "image size for a graph whose height and width are dynamic, e.g. [N,3,?,?]; the "
-                          "size the model was trained at (e.g. --input-size 48x192)"),
-    "scale": ("X", "multiply pixels (0..255) by X first (default 1/255; e.g. --scale 1/255)"),
-    "mean": ("M", "subtract after scaling, one value or one per channel (default 0; e.g. --mean "
+                          "size the model was trained at, each side 1..16384 (e.g. --input-size 48x192)"),
+    "scale": ("X", "multiply pixels (0..255) by X first, X > 0 (default 1/255; e.g. --scale 1/255)"),
+    "mean": ("M", "subtract after scaling, one finite value or one per channel (default 0; e.g. --mean "
                   "0.485,0.456,0.406)"),
-    "std": ("S", "then divide, one value or one per channel (default 1; e.g. --std 0.229,0.224,0.225)"),
+    "std": ("S", "then divide, one value > 0 or one per channel (default 1; e.g. --std 0.229,0.224,0.225)"),
     "rgb": (None, "feed RGB (default) or BGR with --no-rgb, for models trained on OpenCV's order (e.g. --no-rgb)"),
     "resize": ("MODE", "stretch (default; the tutorials), center-crop (keep aspect, crop to fill), shorter "
                        "(shorter side to input/crop-pct, centre crop: torchvision/timm ImageNet models), "
                        "letterbox (fit, centred on --pad-value), pad (fit, top-left, pad right/bottom: OCR text "
                        "lines, documents) (e.g. --resize shorter)"),
     "crop_pct": ("F", "with stretch, center-crop or shorter: resize to input/F, then centre-crop the input, "
-                      "as timm's crop_pct; 0.875 is 256 -> 224 (default 1; e.g. --crop-pct 0.875)"),
+                      "as timm's crop_pct, 0 < F <= 1; 0.875 is 256 -> 224 (default 1; e.g. --crop-pct 0.875)"),
     "pad_value": ("V", "pixel value 0..255 that letterbox and pad fill with; 127.5 after (x/255-0.5)/0.5 is "
                        "PaddleOCR's zero padding (default 0; e.g. --pad-value 127)"),
     "interpolation": ("I", "auto (default: area when shrinking, linear when enlarging), area, linear "
@@ -163,9 +192,12 @@ def add_load_timeout(group: "argparse._ArgumentGroup | argparse.ArgumentParser")
     from ..runtime.interrupt import DEFAULT_LOAD_TIMEOUT_S
 
     group.add_argument("--load-timeout-s", type=positive_seconds, default=DEFAULT_LOAD_TIMEOUT_S, metavar="S",
-                       help="refuse a model whose first run takes longer than S seconds: one that never finishes "
-                            f"(default {DEFAULT_LOAD_TIMEOUT_S:g}; e.g. --load-timeout-s 300 for a slow machine)")
+                       help="refuse a model whose first run takes longer than S seconds: one that never finishes; "
+                            f"S {bound(positive_seconds)} (default {DEFAULT_LOAD_TIMEOUT_S:g}; e.g. --load-timeout-s "
+                            "300 for a slow machine)")
 
 
 #: how library errors name the arguments that cnn-infer and cnn-bench take as flags
-CLI_NAMES = {"load_timeout_s": "--load-timeout-s", "crop_pct": "--crop-pct", "batch": "--batch"}
+CLI_NAMES = {"load_timeout_s": "--load-timeout-s", "crop_pct": "--crop-pct", "batch": "--batch",
+             "threads": "--threads", "workers": "--workers", "duration": "--duration", "seed": "--seed",
+             "fps": "--fps"}

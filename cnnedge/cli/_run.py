@@ -24,7 +24,12 @@ def run_cli(prog: str, main: Callable[[Sequence[str]], int | None], argv: Sequen
     watch_signals()  # SIGTERM stops like Ctrl-C, and both stop a model run inside its engine
     try:
         code = main(args)
+        if sys.stdout is not None:
+            sys.stdout.flush()  # here, where a reader that went away is caught, not in Python's flush at exit
         return int(code or 0)
+    except BrokenPipeError:  # `cnn-... | head -1`: the reader has what it wanted; end quietly
+        silence(sys.stdout)
+        return int(ExitCode.BROKEN_PIPE)
     except CnnEdgeError as exc:
         if show_tb:
             traceback.print_exc(file=err)
@@ -42,8 +47,20 @@ def run_cli(prog: str, main: Callable[[Sequence[str]], int | None], argv: Sequen
         code = exit_code_for(exc)
         print(f"{prog}: interrupted{' (SIGTERM)' if code != ExitCode.INTERRUPTED else ''}", file=err)
         return code
-    except BrokenPipeError:
-        return int(ExitCode.OK)
+
+
+def silence(stream: TextIO) -> None:
+    """Point the file descriptor of a stream whose reader went away at /dev/null: what is still buffered for
+    it, and Python's flush at exit, then go nowhere instead of raising BrokenPipeError ('Exception ignored')."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (a StringIO in tests): nothing to do
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
 
 
 def entry(prog: str, main: Callable[[Sequence[str]], int | None]) -> Callable[[], None]:

@@ -13,15 +13,17 @@ import sys
 from typing import Sequence, TextIO
 
 from ..artifacts import BACKEND_NAMES
-from ..atomic import check_not_input, check_output
+from ..atomic import check_distinct, check_not_input, check_output
 from ..errors import ExitCode, UsageError, argument_names
-from ._args import CLI_NAMES, Parser, add_load_timeout, add_model_flags, model_description
+from ..runtime.limits import MAX_SEED
+from ._args import CLI_NAMES, Parser, add_load_timeout, add_model_flags, bound, int_in, model_description, threads_int
 from ._args import non_negative_int as _non_negative
 from ._args import positive_int as _positive
 from ._args import positive_seconds as _seconds
 from ._run import entry
 
 PROG = "cnn-bench"
+_seed = int_in(0, MAX_SEED)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,30 +44,35 @@ def build_parser() -> argparse.ArgumentParser:
                            f"{', '.join(BACKEND_NAMES)} (default auto; e.g. --backends ort-cpu,keras). keras adds "
                            "the tutorial baselines model.predict(x) and model(x)")
     what.add_argument("--batch", default="1,8,32", metavar="LIST",
-                      help="batch sizes (default 1,8,32; e.g. --batch 1,8,32,128); above an engine's profile "
-                           "max, the max is used and said so")
+                      help="batch sizes, each >= 1 and at most what fits in a quarter of memory (default 1,8,32; "
+                           "e.g. --batch 1,8,32,128); above an engine's profile max, the max is used and said so")
     what.add_argument("--end-to-end", metavar="DIR",
                       help="also run the whole pipeline (read, decode, resize, batch, infer) on a folder of images, "
                            "next to the decode+resize-only bound (e.g. --end-to-end photos/)")
     what.add_argument("--e2e-batch", type=_positive, metavar="N",
-                      help="batch size of the end-to-end run (default: the largest --batch; e.g. --e2e-batch 8)")
-    what.add_argument("--workers", type=_positive, metavar="N",
-                      help="decode threads for --end-to-end (default: CPU cores + 2, 3..8; e.g. --workers 2)")
+                      help=f"batch size of the end-to-end run, N {bound(_positive)} and at most what fits in a "
+                           "quarter of memory (default: the largest --batch; e.g. --e2e-batch 8)")
+    threads = threads_int()
+    what.add_argument("--workers", type=threads, metavar="N",
+                      help=f"decode threads for --end-to-end, {bound(threads)} (default: CPU cores + 2, 3..8; "
+                           "e.g. --workers 2)")
     how = p.add_argument_group("how")
     how.add_argument("--iters", type=_positive, metavar="N",
-                     help="timed calls per combination, split over --repeats runs (e.g. --iters 300)")
+                     help=f"timed calls per combination, split over --repeats runs, N {bound(_positive)} "
+                          "(e.g. --iters 300)")
     how.add_argument("--duration", type=_seconds, metavar="S",
-                     help="seconds of timed calls per combination instead of --iters (default 2; e.g. --duration 5)")
+                     help=f"seconds of timed calls per combination instead of --iters, S {bound(_seconds)} "
+                          "(default 2; e.g. --duration 5)")
     how.add_argument("--warmup", type=_non_negative, default=10, metavar="N",
-                     help="untimed calls before timing (default 10; e.g. --warmup 50)")
+                     help=f"untimed calls before timing, N {bound(_non_negative)} (default 10; e.g. --warmup 50)")
     how.add_argument("--repeats", type=_positive, default=3, metavar="N",
-                     help="timed runs per combination; a large spread between them is warned about "
-                          "(default 3; e.g. --repeats 5)")
-    how.add_argument("--threads", type=_positive, metavar="N",
-                     help="ONNX Runtime intra-op threads, and TensorFlow's for .keras (default: half the cores; "
-                          "e.g. --threads 1)")
-    how.add_argument("--seed", type=int, default=0, metavar="N",
-                     help="seed of the fixed random inputs (default 0; e.g. --seed 1)")
+                     help=f"timed runs per combination, N {bound(_positive)}; a large spread between them is "
+                          "warned about (default 3; e.g. --repeats 5)")
+    how.add_argument("--threads", type=threads, metavar="N",
+                     help=f"ONNX Runtime intra-op threads, and TensorFlow's for .keras, {bound(threads)} "
+                          "(default: half the cores; e.g. --threads 1)")
+    how.add_argument("--seed", type=_seed, default=0, metavar="N",
+                     help=f"seed of the fixed random inputs, {bound(_seed)} (default 0; e.g. --seed 1)")
     how.add_argument("--no-copy", dest="copy", action="store_false",
                      help="GPU backends: time with input and output already on the device (default: host-to-"
                           "device and device-to-host copies timed apart from the compute; "
@@ -96,6 +103,7 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
     batches = parse_batches(args.batch)
     if args.iters is not None and args.duration is not None:
         raise UsageError("give --iters or --duration, not both (e.g. --iters 300)")
+    check_distinct([("--json", args.json), ("--markdown", args.markdown), ("--plot", args.plot)], stdout=None)
     check_output("--json", args.json, args.force)
     check_output("--markdown", args.markdown, args.force)
     check_output("--plot", args.plot, args.force, ".png")

@@ -10,20 +10,28 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import sys
 import warnings
 from typing import Any, Sequence, TextIO
 
-from ..atomic import check_not_input, check_output
+from ..atomic import check_distinct, check_not_input, check_output
 from ..errors import UsageError, argument_names
+from ..runtime.limits import MAX_CAMERA_INDEX, MAX_FPS, MAX_SECONDS, MAX_TIMEOUT_MS, MIN_FPS
 from ._args import CLI_NAMES, Parser, MODELS_FROM_ELSEWHERE, add_load_timeout, add_model_flags, model_description
+from ._args import bound, float_in, int_in, threads_int
 from ._args import positive_int as _positive
 from ._args import positive_seconds as _positive_seconds
-from ._run import entry
+
+_camera = int_in(0, MAX_CAMERA_INDEX)
+_timeout_ms = int_in(1, MAX_TIMEOUT_MS, f"1..{MAX_TIMEOUT_MS} (a day)")
+#: a finite number of milliseconds >= 0 (inf would never close a batch, nan compares false to all)
+_wait_ms = float_in(0, MAX_SECONDS * 1000, "milliseconds", low_open=False)
+_fps = float_in(MIN_FPS, MAX_FPS, "a frame rate", low_open=False, high_open=False, bound=f"{MIN_FPS:g}..{MAX_FPS:g}")
+from ._run import entry, silence
 
 PROG = "cnn-infer"
+STDOUT = "-"  # --json - and --csv -: to stdout, instead of the result lines
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,30 +57,35 @@ def _add_sources(p: argparse.ArgumentParser) -> None:
     src.add_argument("--source", action="append", default=[], metavar="SRC",
                      help="image, folder (recursive), list file, video, URL (rtsp://, http://) or csi://N "
                           "(e.g. --source photos/)")
-    src.add_argument("--camera", action="append", type=int, default=[], metavar="N",
-                     help="camera by index; repeat for several (e.g. --camera 0 --camera 1)")
+    src.add_argument("--camera", action="append", type=_camera, default=[], metavar="N",
+                     help=f"camera by index, {bound(_camera)}; repeat for several (e.g. --camera 0 --camera 1)")
     src.add_argument("--gst", action="append", default=[], metavar="PIPELINE",
                      help="GStreamer pipeline ending in appsink (e.g. --gst 'v4l2src ! videoconvert ! appsink')")
-    src.add_argument("--csi", action="append", type=int, default=[], metavar="N",
-                     help="Jetson CSI camera by sensor id; composes the nvarguscamerasrc pipeline (e.g. --csi 0)")
+    src.add_argument("--csi", action="append", type=_camera, default=[], metavar="N",
+                     help=f"Jetson CSI camera by sensor id, {bound(_camera)}; composes the nvarguscamerasrc "
+                          "pipeline (e.g. --csi 0)")
     src.add_argument("--glob", metavar="PATTERN", help="only files matching this in folders (e.g. --glob '*.jpg')")
     src.add_argument("--live", action="store_true",
                      help="replay video files like a camera: at the file's own frame rate (30 when it does not "
                           "say), newest frame only, dropping what the model cannot keep up with "
                           "(e.g. --source clip.mp4 --live)")
-    src.add_argument("--max-frames", type=_positive, metavar="N", help="stop after N results (e.g. --max-frames 500)")
-    src.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (e.g. --duration 60)")
-    src.add_argument("--open-timeout-ms", type=_positive, default=10000, metavar="MS",
-                     help="give up opening a stream (URL, --source video, --gst/--csi pipeline) after MS; local "
-                          "cameras (--camera, /dev/video*) take no timeout (default 10000; "
-                          "e.g. --open-timeout-ms 3000)")
-    src.add_argument("--read-timeout-ms", type=_positive, default=5000, metavar="MS",
+    src.add_argument("--max-frames", type=_positive, metavar="N",
+                     help=f"stop after N results, N {bound(_positive)} (e.g. --max-frames 500)")
+    src.add_argument("--duration", type=_positive_seconds, metavar="S",
+                     help=f"stop after S seconds, S {bound(_positive_seconds)} (e.g. --duration 60)")
+    src.add_argument("--open-timeout-ms", type=_timeout_ms, default=10000, metavar="MS",
+                     help="give up opening a stream (URL, --source video, --gst/--csi pipeline) after MS, "
+                          f"{bound(_timeout_ms)}; local cameras (--camera, /dev/video*) take no timeout "
+                          "(default 10000; e.g. --open-timeout-ms 3000)")
+    src.add_argument("--read-timeout-ms", type=_timeout_ms, default=5000, metavar="MS",
                      help="a stream or GStreamer pipeline read that blocks longer than MS counts as a drop and "
-                          "reconnects; local cameras take no timeout (default 5000; e.g. --read-timeout-ms 2000)")
+                          f"reconnects, {bound(_timeout_ms)}; local cameras take no timeout (default 5000; "
+                          "e.g. --read-timeout-ms 2000)")
     src.add_argument("--give-up-after", type=_positive_seconds, metavar="S",
                      help="end a camera or stream that has been down S seconds (reconnecting with back-off "
-                          "until then) and exit 1 at the end, so a supervisor can restart; default: keep "
-                          "reconnecting for as long as the run lasts (e.g. --give-up-after 60)")
+                          "until then) and exit 1 at the end, so a supervisor can restart; S "
+                          f"{bound(_positive_seconds)}; default: keep reconnecting for as long as the run lasts "
+                          "(e.g. --give-up-after 60)")
 
 
 def _add_inference(p: argparse.ArgumentParser) -> None:
@@ -82,17 +95,22 @@ def _add_inference(p: argparse.ArgumentParser) -> None:
     run.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
                      help="auto picks TensorRT for .engine and the best ONNX Runtime provider for .onnx "
                           "(e.g. --backend ort-cpu)")
-    run.add_argument("--batch", type=_positive, metavar="N", help="images per inference (default 32 when every "
-                     "source is image files or folders, 8 with a camera, stream or video; e.g. --batch 16)")
+    run.add_argument("--batch", type=_positive, metavar="N",
+                     help=f"images per inference, N {bound(_positive)} and at most what fits in a quarter of "
+                          "memory (a graph of dynamic size: 2^25 pixels a batch) (default 32 when every source is "
+                          "image files or folders, 8 with a camera, stream or video; e.g. --batch 16)")
     run.add_argument("--max-wait-ms", type=_wait_ms, default=10.0, metavar="MS",
-                     help="close a batch this long after its first frame (default 10; e.g. --max-wait-ms 20)")
-    run.add_argument("--workers", type=_positive, metavar="N", help="decode workers, each a batch at a time "
-                     "(default: the cores this process may use; e.g. --workers 4)")
+                     help=f"close a batch this long after its first frame, MS {bound(_wait_ms)} (default 10; "
+                          "e.g. --max-wait-ms 20)")
+    workers = threads_int()
+    run.add_argument("--workers", type=workers, metavar="N", help="decode workers, each a batch at a time, "
+                     f"{bound(workers)} (default: the cores this process may use; e.g. --workers 4)")
     run.add_argument("--decode", choices=("auto", "cpu", "gpu"), default="auto",
                      help="where JPEGs are decoded and resized: gpu (nvImageCodec + CV-CUDA, the gpu-decode extra "
                           "and a GPU backend), cpu, or auto: gpu when both are there (e.g. --decode cpu)")
-    run.add_argument("--threads", type=_positive, metavar="N",
-                     help="ONNX Runtime intra-op threads (default: half the cores; e.g. --threads 1)")
+    run.add_argument("--threads", type=workers, metavar="N",
+                     help=f"ONNX Runtime intra-op threads, {bound(workers)} (default: half the cores; "
+                          "e.g. --threads 1)")
     run.add_argument("--fp16", action="store_true", help="TensorRT execution provider builds FP16 kernels "
                      "(e.g. --backend ort-trt --fp16)")
     run.add_argument("--no-reduce-decode", dest="reduce_decode", action="store_false",
@@ -106,13 +124,16 @@ def _add_inference(p: argparse.ArgumentParser) -> None:
 
 def _add_outputs(p: argparse.ArgumentParser) -> None:
     out = p.add_argument_group("output")
-    out.add_argument("--topk", type=_positive, default=1, metavar="K", help="show the K best classes "
-                     "(e.g. --topk 3)")
-    out.add_argument("--json", metavar="FILE", help="write one JSON object per result (e.g. --json out.jsonl)")
-    out.add_argument("--csv", metavar="FILE", help="write a CSV row per result (e.g. --csv out.csv)")
+    out.add_argument("--topk", type=_positive, default=1, metavar="K", help=f"show the K best classes, K "
+                     f"{bound(_positive)} (all of them when K is more than the model has; e.g. --topk 3)")
+    out.add_argument("--json", metavar="FILE", help="write one JSON object per result; - writes them to stdout "
+                     "instead of the result lines (e.g. --json out.jsonl)")
+    out.add_argument("--csv", metavar="FILE", help="write a CSV row per result; - writes them to stdout instead "
+                     "of the result lines (e.g. --csv out.csv)")
     out.add_argument("--save-dir", metavar="DIR", help="write annotated images (e.g. --save-dir annotated/)")
     out.add_argument("--save-video", metavar="FILE", help="write an annotated video (e.g. --save-video out.mp4)")
-    out.add_argument("--fps", type=float, default=25.0, help="frame rate of --save-video (default 25; e.g. --fps 30)")
+    out.add_argument("--fps", type=_fps, default=25.0, metavar="F",
+                     help=f"frame rate of --save-video, {bound(_fps)} (default 25; e.g. --fps 30)")
     out.add_argument("--show", action="store_true", help="show annotated frames in a window; needs OpenCV with GUI (e.g. --camera 0 --show)")
     out.add_argument("--eval", action="store_true",
                      help="accuracy, per-class recall and confusion matrix, true classes from folder names "
@@ -123,17 +144,6 @@ def _add_outputs(p: argparse.ArgumentParser) -> None:
     out.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="progress bar on stderr for folders (default: when stderr is a terminal; e.g. --no-progress)")
     out.add_argument("--force", action="store_true", help="overwrite existing --json/--csv/--save-video files (e.g. --json out.jsonl --force)")
-
-
-def _wait_ms(text: str) -> float:
-    """A finite number of milliseconds >= 0 (inf would never close a batch, nan compares false to all)."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected milliseconds, got {text!r}") from None
-    if not (math.isfinite(v) and v >= 0):
-        raise argparse.ArgumentTypeError(f"expected a finite number of milliseconds >= 0, got {text!r}")
-    return v
 
 
 class _StderrHandler(logging.Handler):
@@ -179,13 +189,17 @@ def _run(args: argparse.Namespace, sources: list[Any], out: TextIO, err: TextIO)
     from ..runtime.classifier import Classifier
     from ..runtime.runner import run
 
-    for flag, path in (("--json", args.json), ("--csv", args.csv), ("--save-video", args.save_video)):
+    files = [(flag, path) for flag, path in (("--json", args.json), ("--csv", args.csv),
+                                             ("--save-video", args.save_video)) if path != STDOUT]
+    check_distinct([("--json", args.json), ("--csv", args.csv), ("--save-video", _named(args.save_video)),
+                    ("--save-dir", _named(args.save_dir))])
+    for flag, path in files:
         check_output(flag, path, args.force)
     check_output("--save-dir", args.save_dir, args.force, folder=True)
     from ..imaging.files import IMAGE_SUFFIXES
 
     inputs = [args.model, args.labels, args.labels_csv, *(s for s in sources if isinstance(s, str))]
-    for flag, path in (("--json", args.json), ("--csv", args.csv), ("--save-video", args.save_video)):
+    for flag, path in files:
         check_not_input(flag, path, inputs, IMAGE_SUFFIXES)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -198,11 +212,12 @@ def _run(args: argparse.Namespace, sources: list[Any], out: TextIO, err: TextIO)
     with clf, ExitStack() as stack:
         if args.batch is not None:
             clf.check_batch(args.batch)
-        sinks: list[S.Sink] = [S.ErrorSink(err) if args.quiet else S.LineSink(out, err, args.topk)]
+        rows_out = STDOUT in (args.json, args.csv)  # stdout carries JSON or CSV rows, not result lines
+        sinks: list[S.Sink] = [S.ErrorSink(err) if args.quiet or rows_out else S.LineSink(out, err, args.topk)]
         if args.json:
-            sinks.append(stack.enter_context(S.JsonlSink(args.json, args.force)))
+            sinks.append(stack.enter_context(S.JsonlSink(out if args.json == STDOUT else args.json, args.force)))
         if args.csv:
-            sinks.append(stack.enter_context(S.CsvSink(args.csv, args.force)))
+            sinks.append(stack.enter_context(S.CsvSink(out if args.csv == STDOUT else args.csv, args.force)))
         if args.save_dir:
             sinks.append(S.SaveDirSink(args.save_dir))
         if args.save_video:
@@ -224,14 +239,21 @@ def _run(args: argparse.Namespace, sources: list[Any], out: TextIO, err: TextIO)
                       glob=args.glob, max_frames=args.max_frames, duration=args.duration, live=args.live,
                       open_timeout_ms=args.open_timeout_ms, read_timeout_ms=args.read_timeout_ms,
                       give_up_s=args.give_up_after, decode=args.decode, progress=err if show_progress else None)
+    if summary.output_closed:  # `| head -1`: what is left for stdout goes nowhere, quietly
+        silence(out)
     print(f"{PROG}: {summary.line()}", file=err)
-    if ev is not None:
-        print(ev.format(), file=out)
+    if ev is not None and not summary.output_closed:
+        print(ev.format(), file=err if rows_out else out)
     for line in summary.problems():
         print(f"{PROG}: error: {line}", file=err)
     for line in summary.partial_lines():
         print(f"{PROG}: {line}", file=err)
     return summary.exit_code
+
+
+def _named(path: str | None) -> str | None:
+    """An output that takes no ``-`` for stdout: ``-`` is a file of that name there."""
+    return os.path.join(".", path) if path == STDOUT else path
 
 
 console = entry(PROG, main)

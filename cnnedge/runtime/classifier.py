@@ -223,6 +223,37 @@ def _timeout(v: Any) -> float | None:
     return float(v)
 
 
+def _batch_items(images: Any) -> list[Any]:
+    """predict_batch's images as a list: a list or any iterable of images, or the images of an NxHxWxC array;
+    a UsageError for what is not a batch (None, one path, the bytes of a file, one image: iterating those
+    would give characters, byte values or pixel rows)."""
+    if isinstance(images, np.ndarray):
+        if images.ndim == 4:
+            return list(images)
+        raise UsageError(f"predict_batch() takes a list of images or an NxHxWxC array, got an array of shape "
+                         f"{'x'.join(map(str, images.shape)) or '()'}; for one image use predict(image) or "
+                         "predict_batch([image])")
+    what = "None" if images is None else type(images).__name__
+    if images is None or isinstance(images, (str, os.PathLike, bytes, bytearray, memoryview, dict)):
+        raise UsageError(f"predict_batch() takes a list of images (BGR uint8 arrays or paths), got {what}"
+                         f"{_hint(images)}")
+    try:
+        return list(images)
+    except TypeError:
+        raise UsageError(f"predict_batch() takes a list of images (BGR uint8 arrays or paths), got {what}") from None
+
+
+def _hint(v: Any) -> str:
+    """What to do with a value that is not an image: a path alone, or the bytes of an encoded file."""
+    if isinstance(v, (str, os.PathLike)):
+        return "; for one file use predict(path) or predict_batch([path])"
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return "; for the bytes of an image file (PNG, JPEG) use decode(data) first, or give its path"
+    if isinstance(v, (list, tuple)):
+        return "; for pixels in nested lists use np.asarray(pixels, np.uint8)"
+    return ""
+
+
 def output_kind(out: np.ndarray) -> str:
     """``probabilities`` when every row is non-negative and sums to 1, else ``logits``: what a model's raw
     output looks like (cnn-infer's detection and cnn-export's check of a declared kind)."""
@@ -514,13 +545,23 @@ class Classifier:
 
     def predict_batch(self, images: Iterable[np.ndarray | str | os.PathLike], topk: int | None = None
                       ) -> list[Prediction]:
-        """Classify several images in one batched inference; a list in, a list out."""
-        imgs = [im if isinstance(im, np.ndarray) else self.load_image(im) for im in images]
+        """Classify several images in one batched inference: a list (any iterable) of images, each a BGR uint8
+        array or a path, or one NxHxWxC array; a list of Predictions out, in order. Anything else (None, one
+        path, the bytes of a file, an item that is neither) is a UsageError saying what to give."""
+        imgs = [self._batch_image(im, i) for i, im in enumerate(_batch_items(images))]
         if not imgs:
             return []
         self.check_batch(len(imgs), "predict_batch: images per call")
         pixels = np.stack([self.prepare(im) for im in imgs])
         return self.postprocess(self.infer_pixels(pixels), topk)
+
+    def _batch_image(self, im: Any, i: int) -> np.ndarray:
+        if isinstance(im, np.ndarray):
+            return im
+        if isinstance(im, (str, os.PathLike)):
+            return self.load_image(im)
+        raise UsageError(f"predict_batch() image {i}: expected an image array (HxWx3 BGR uint8) or a path, got "
+                         f"{type(im).__name__}{_hint(im)}")
 
     def stream(self, source: Any, batch: int | None = None, **options: Any) -> Iterator[Result]:
         """Classify a source (path, folder, list file, video, camera index, URL, GStreamer

@@ -15,8 +15,8 @@ ends the run (the summary says so, exit code 130), and so does SIGTERM in the CL
 (exit code 143); an embedding program stops it from any thread with ``stop``, a
 :class:`threading.Event` given to :func:`run` (set it: the batch in flight ends, or is
 stopped inside the engine, and the run ends as after Ctrl-C). A failure of the model
-or a sink midway ends it with the failure's message (exit code 1); none of these
-loses an earlier complete output.
+or a sink midway ends it with the failure's message (exit code 1); a sink whose reader went away (stdout
+closed by ``| head -1``) ends it quietly (exit code 141). None of these loses an earlier complete output.
 """
 from __future__ import annotations
 
@@ -42,13 +42,17 @@ class RunSummary:
     error: str | None = None       # the failure that ended the run midway
     partial: list[Path] = field(default_factory=list)  # outputs kept as <name>.partial.<ext>
     give_up_s: float | None = None
+    output_closed: bool = False    # a sink's reader went away (`cnn-infer ... | head -1`): the run ended there
 
     @property
     def exit_code(self) -> int:
-        """130 after Ctrl-C or a stop, 143 after SIGTERM; 1 when the run failed, nothing could be processed
-        or a stream was given up; 0 otherwise."""
+        """130 after Ctrl-C or a stop, 143 after SIGTERM, 141 when the output's reader went away (a shell's
+        status for a process ended by SIGPIPE); 1 when the run failed, nothing could be processed or a stream
+        was given up; 0 otherwise."""
         if self.interrupted:
             return self.interrupt_code
+        if self.output_closed:
+            return int(ExitCode.BROKEN_PIPE)
         if self.error is not None or self.stats.done == 0 or self.stats.given_up:
             return int(ExitCode.FAILURE)
         return int(ExitCode.OK)
@@ -58,15 +62,16 @@ class RunSummary:
         return self.exit_code == ExitCode.OK
 
     def line(self) -> str:
-        """The one-line summary (counts, throughput, latency), marked when interrupted."""
-        return ("interrupted; " if self.interrupted else "") + self.stats.summary()
+        """The one-line summary (counts, throughput, latency), marked when interrupted or cut short."""
+        cut = "interrupted; " if self.interrupted else "output closed by its reader; " if self.output_closed else ""
+        return cut + self.stats.summary()
 
     def problems(self) -> list[str]:
         """Why the exit code is not 0, one line each (empty when it is)."""
         out = []
         if self.error is not None:
             out.append(self.error)
-        elif self.stats.done == 0 and not self.interrupted:
+        elif self.stats.done == 0 and not self.interrupted and not self.output_closed:
             out.append("nothing could be processed")
         if self.stats.given_up:
             after = f" after {self.give_up_s:g} s" if self.give_up_s else ""
@@ -113,8 +118,9 @@ def run(sources: Any, clf: BatchModel, sinks: Sequence[Sink] = (), *, batch: int
         watcher = _stop_watcher(stop, clf)
         try:
             for rs in results:  # one inference call's results: the sinks take them at once
-                for s in sinks:
-                    s.write_batch(rs)
+                if not _deliver(sinks, rs):
+                    summary.output_closed = True
+                    break
                 if any(s.stopped for s in sinks):
                     summary.stopped = True
                     break
@@ -133,6 +139,17 @@ def run(sources: Any, clf: BatchModel, sinks: Sequence[Sink] = (), *, batch: int
     finally:
         _finish(sinks, summary, results is not None)
     return summary
+
+
+def _deliver(sinks: Sequence[Sink], results: Sequence[Any]) -> bool:
+    """Hand one batch's results to every sink; False when a sink's reader has gone (a closed pipe): the run
+    ends there, quietly, as a shell pipeline expects of `cnn-infer ... | head -1`."""
+    try:
+        for s in sinks:
+            s.write_batch(results)
+    except BrokenPipeError:
+        return False
+    return True
 
 
 def _stop_watcher(stop: Any, clf: Any) -> Any:

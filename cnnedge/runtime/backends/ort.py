@@ -19,6 +19,7 @@ from ...artifacts import ORT_PROVIDERS, TABLE
 from ...card import ONNX_KEY, ModelCard
 from ...errors import BackendUnavailable, CardError, CnnEdgeError, ModelLoadError, UsageError, arg_name, first_line
 from ..interrupt import RunInterrupted, register
+from ..limits import check_threads
 from .base import Backend, Slot, TensorSpec, Timing
 
 PROVIDERS = ORT_PROVIDERS  # backend name -> execution provider, from the one table
@@ -268,7 +269,7 @@ class OrtBackend(Backend):
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.intra_op_num_threads = int(threads) if threads else default_threads()
+        so.intra_op_num_threads = check_threads(threads, "threads") or default_threads()
         so.inter_op_num_threads = 1
         so.log_severity_level = 4  # its errors arrive as exceptions, which ort_failure words in one line
         if so.intra_op_num_threads == 1:

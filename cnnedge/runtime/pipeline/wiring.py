@@ -30,6 +30,7 @@ from .decoders import Decoder, HostDecoder, OrderedStage
 from .inference import Inferred, InferenceStage
 from .preprocessor import Preprocessor
 from .results import ResultMaker
+from ..limits import check_seconds, check_threads
 from .stats import PipelineStats
 
 DECODE_MODES = ("auto", "cpu", "gpu")
@@ -93,6 +94,8 @@ def run(model: Any, source: Any, batch: int | None = None, *, max_wait_ms: float
         raise UsageError(f"max_wait_ms must be a finite number >= 0, got {max_wait_ms!r}")
     if decode not in DECODE_MODES:
         raise UsageError(f"decode {decode!r}: expected one of {', '.join(DECODE_MODES)}")
+    check_threads(workers, "workers")  # each may be a process: --workers 10000 would start thousands
+    check_seconds(duration, "duration")
     plan = Plan(batch, max_wait_ms / 1000.0, workers or default_workers(), max_frames, duration, keep_images,
                 topk, decode, processes, decoder)
     on_device = decoder is None and gpu_decode_wanted(model, decode, keep_images)

@@ -10,25 +10,59 @@ from typing import Any, Sequence
 import numpy as np
 
 from ...errors import UsageError
+from ...imaging.errors import ImageError
+from ...imaging.files import read_file
 from ..results import Result
 from .base import Sink
+from .text import display_path
+
+
+#: the largest --labels-csv read: a million rows of long paths
+MAX_LABELS_CSV_BYTES = 256 << 20
 
 
 def read_labels_csv(path: str | os.PathLike) -> dict[str, str]:
-    """``path,label`` rows (a header row is allowed); paths relative to the CSV's folder."""
+    """``path,label`` rows (a header row is allowed); paths relative to the CSV's folder.
+
+    Only a regular file is read, to a bound (a FIFO or ``/dev/zero`` given here neither blocks nor fills
+    memory); text that is not UTF-8, a NUL byte or a row the csv module refuses is a one-line UsageError
+    naming the file and the line."""
     p = Path(path)
+    flag = f"--labels-csv {p}"
     try:
-        rows = list(csv.reader(io.StringIO(p.read_text(encoding="utf-8"))))
-    except OSError as exc:
-        raise UsageError(f"--labels-csv {p}: cannot read ({exc.strerror or exc})") from None
+        text = read_file(p, MAX_LABELS_CSV_BYTES).decode("utf-8")
+    except ImageError as exc:
+        raise UsageError(f"{flag}: cannot read ({exc.reason})") from None
+    except UnicodeDecodeError as exc:
+        line = _text_line(exc.object, exc.start)
+        raise UsageError(f"{flag} line {line}: not UTF-8 text; give a CSV of path,label rows") from None
+    reader = csv.reader(io.StringIO(text))
     out = {}
-    for row in rows:
-        if len(row) < 2 or row[0].strip().lower() in ("path", "file", "filename"):
-            continue
-        q = Path(row[0].strip())
-        q = q if q.is_absolute() else p.parent / q
-        out[str(q.resolve())] = row[1].strip()
+    try:
+        for row in reader:
+            out.update(_truth_row(row, p, f"{flag} line {reader.line_num}"))
+    except csv.Error as exc:
+        raise UsageError(f"{flag} line {reader.line_num}: not a CSV row ({exc})") from None
     return out
+
+
+def _truth_row(row: list[str], csv_path: Path, where: str) -> dict[str, str]:
+    """``{resolved path: label}`` for one row, empty for a header or a short row."""
+    if len(row) < 2 or row[0].strip().lower() in ("path", "file", "filename"):
+        return {}
+    if any("\0" in field for field in row[:2]):
+        raise UsageError(f"{where}: a NUL byte, which no path or class name holds; give path,label rows")
+    q = Path(row[0].strip())
+    q = q if q.is_absolute() else csv_path.parent / q
+    try:
+        return {str(q.resolve()): row[1].strip()}
+    except (OSError, RuntimeError) as exc:
+        raise UsageError(f"{where}: cannot use the path {display_path(row[0].strip())} ({exc})") from None
+
+
+def _text_line(data: bytes, offset: int) -> int:
+    """The 1-based line of byte ``offset`` in ``data``."""
+    return data.count(b"\n", 0, offset) + 1
 
 
 class EvalSink(Sink):

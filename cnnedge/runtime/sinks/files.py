@@ -1,13 +1,14 @@
 """Results as JSON Lines or CSV files, staged beside the target: replaced at commit, kept as
-``<name>.partial.<ext>`` when closed without one."""
+``<name>.partial.<ext>`` when closed without one; or on a stream (stdout), as they come."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, TextIO
 
 from ...atomic import StagedOutput, refuse_overwrite, refuse_special
 from ..results import Result
@@ -18,35 +19,50 @@ CSV_COLUMNS = ("source", "path", "frame", "timestamp", "index", "label", "score"
 
 class _FileSink(Sink):
     """A text file staged beside ``path``: renamed over it at commit, kept as ``<name>.partial.<ext>``
-    when closed without one. Names that are not UTF-8 are written as their own bytes."""
+    when closed without one. Names that are not UTF-8 are written as their own bytes.
 
-    def __init__(self, path: str | os.PathLike, force: bool = False, newline: str | None = None) -> None:
-        refuse_overwrite(path, force, "--force")
-        refuse_special(path)
-        self.path = Path(path)
+    ``path`` may be an open text stream instead (cnn-infer's ``--json -``: stdout): rows go to it a batch at a
+    time, flushed, and it is neither staged nor closed."""
+
+    def __init__(self, path: str | os.PathLike | TextIO, force: bool = False, newline: str | None = None) -> None:
+        self.written = 0
+        self.path: Path | None = None
+        self._staged: StagedOutput | None = None
+        if hasattr(path, "write"):
+            self._fh: TextIO = path  # type: ignore[assignment]
+            return
+        refuse_overwrite(path, force, "--force")  # type: ignore[arg-type]
+        refuse_special(path)  # type: ignore[arg-type]
+        self.path = Path(path)  # type: ignore[arg-type]
         self._staged = StagedOutput(self.path)
         self._fh = open(self._staged.path, "w", encoding="utf-8", errors="surrogateescape", newline=newline)
-        self.written = 0
 
     def write(self, r: Result) -> None:
-        self._fh.write(self._format(r))
-        self.written += 1
+        self.write_batch([r])
 
     def write_batch(self, results: Sequence[Result]) -> None:
         self._fh.write("".join(self._format(r) for r in results))
         self.written += len(results)
+        if self._staged is None:  # a stream's reader sees each batch, and one that went away is found now
+            self._fh.flush()
 
     def _format(self, r: Result) -> str:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def commit(self) -> None:
-        if not self._fh.closed:
+        if self._staged is None:
+            self._fh.flush()
+        elif not self._fh.closed:
             self._fh.close()
             self._staged.commit()
 
     def close(self) -> None:
-        """Without a commit: keep what was written as ``<name>.partial.<ext>`` (nothing written: nothing kept)."""
-        if not self._fh.closed:
+        """Without a commit: keep what was written as ``<name>.partial.<ext>`` (nothing written: nothing kept).
+        A stream is flushed, not closed (a reader that went away is not an error here)."""
+        if self._staged is None:
+            with contextlib.suppress(BrokenPipeError):
+                self._fh.flush()
+        elif not self._fh.closed:
             self._fh.close()
             if self.written:
                 self.partial = self._staged.keep_partial()
@@ -64,7 +80,7 @@ class JsonlSink(_FileSink):
 class CsvSink(_FileSink):
     """``--csv out.csv``: the same fields, ``topk`` as ``label:score;label:score``."""
 
-    def __init__(self, path: str | os.PathLike, force: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike | TextIO, force: bool = False) -> None:
         super().__init__(path, force, newline="")
         self._row = io.StringIO()
         self._w = csv.DictWriter(self._row, CSV_COLUMNS)

@@ -8,6 +8,7 @@ from typing import Any
 from ...atomic import StagedOutput, refuse_overwrite, refuse_special, remove_stale_staged
 from ...errors import UsageError
 from ...imaging.files import IMAGE_SUFFIXES
+from ..limits import check_fps
 from ..results import Result
 from .annotated import annotate
 from .base import Sink
@@ -57,6 +58,7 @@ class VideoSink(Sink):
     needs_images = True
 
     def __init__(self, path: str | os.PathLike, fps: float = 25.0, force: bool = False) -> None:
+        fps = check_fps(fps)  # OpenCV's writers fail on 0 and NaN after the run, and hang on inf
         refuse_overwrite(path, force, "--force")
         refuse_special(path)
         self.path, self.fps = Path(path), fps

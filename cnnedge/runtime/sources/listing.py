@@ -88,8 +88,11 @@ def read_list_file(path: Path) -> list[Path | Skipped]:
     except UnicodeDecodeError as exc:
         raise SourceError(f"{path}: cannot read list file ({exc})") from None
     out: list[Path | Skipped] = []
-    for line in text.splitlines():
+    for number, line in enumerate(text.splitlines(), 1):
         line = line.strip()
+        if "\0" in line:  # no path holds one (os.stat would raise ValueError)
+            raise SourceError(f"{path} line {number}: a NUL byte, which no file name holds; a list file names one "
+                              "path a line")
         if line and not line.startswith("#"):
             p = Path(line)
             out.append(list_entry(p if p.is_absolute() else path.parent / p))

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from ...imaging.errors import ImageError
 from ...imaging.files import require_regular, stat_path
+from ..limits import MAX_CAMERA_INDEX
 from .capture import OPEN_TIMEOUT_MS, READ_TIMEOUT_MS, cv2_module, video_fps
 from .files import FileSource, VideoFileSource
 from .frames import Source, SourceError
@@ -123,6 +124,8 @@ def _files(t: Target) -> FileSource:
 
 def _camera(t: Target, give_up_s: float | None = None) -> LiveSource:
     index = t.camera_index
+    if not 0 <= index <= MAX_CAMERA_INDEX:  # OpenCV crashes on -1 and refuses with a traceback past 2**31
+        raise SourceError(f"camera {index}: not a camera index; they are 0..{MAX_CAMERA_INDEX}")
     try:
         return LiveSource(index, f"camera:{index}", cv2_module().CAP_ANY, timeouts=False, give_up_s=give_up_s)
     except SourceError:
