@@ -559,8 +559,13 @@ def _signal_after(sig: int, delay: float) -> Callable[[subprocess.Popen], None]:
     return send
 
 
-def _run_default_signals(code: str, *args: str, sig: int, delay: float, timeout: float = 40) -> Ran:
-    """Like :func:`run`, with default signal handling, sending ``sig`` ``delay`` s after the start."""
+def _run_default_signals(code: str, *args: str, sig: int, delay: float | None = None,
+                         when: Callable[[], bool] | None = None, wait: float = 180, timeout: float = 40) -> Ran:
+    """Like :func:`run`, with default signal handling, sending ``sig`` ``delay`` s after the start, or, with
+    ``when``, as soon as ``when()`` is true (polled while the child runs, for at most ``wait`` s: an event,
+    not a timer, so a loaded machine only makes it wait longer). ``Ran.seconds`` counts from the signal;
+    it is infinite when no signal was sent (the child ended first, or ``when()`` never came true)."""
+    assert (delay is None) != (when is None), "delay or when, not both"
     fd, peak_file = tempfile.mkstemp(prefix="peak-")
     os.close(fd)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PEAK_FILE": peak_file,
@@ -568,16 +573,35 @@ def _run_default_signals(code: str, *args: str, sig: int, delay: float, timeout:
     t0 = time.monotonic()
     p = subprocess.Popen([sys.executable, "-c", _PEAK + code, *args], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, env=env, preexec_fn=_default_signals, cwd=str(ROOT))
-    timer = threading.Timer(delay, lambda: p.poll() is None and p.send_signal(sig))
-    timer.start()
-    sent = t0 + delay
+    sent: list[float] = []
+    done = threading.Event()
+
+    def send() -> None:
+        if p.poll() is None:
+            p.send_signal(sig)
+            sent.append(time.monotonic())
+
+    def watch() -> None:
+        deadline = t0 + wait
+        while not done.is_set() and p.poll() is None and time.monotonic() < deadline:
+            if when():
+                send()
+                return
+            done.wait(0.02)
+
+    signaller = threading.Timer(delay, send) if when is None else threading.Thread(target=watch, daemon=True)
+    signaller.start()
     try:
-        out, err = p.communicate(timeout=timeout)
+        out, err = p.communicate(timeout=timeout if when is None else wait + timeout)
     except subprocess.TimeoutExpired:
         p.kill()
         out, err = p.communicate()
-    timer.cancel()
-    after = time.monotonic() - sent
+    done.set()
+    if when is None:
+        signaller.cancel()
+    signaller.join()
+    end = time.monotonic()
+    after = end - sent[0] if sent else float("inf")
     peak = Path(peak_file).read_text()
     os.unlink(peak_file)
     ran = Ran(p.returncode, out.decode(errors="replace"), err.decode(errors="replace"), after,
@@ -703,6 +727,17 @@ def test_a_nan_score_never_reaches_a_sink_as_a_prediction(tmp_path):
     assert len(rows) == 2 and all("non-finite" in x["error"] and "score" not in x for x in rows), rows
 
 
+def _writing(target: Path) -> Callable[[], bool]:
+    """True once the run's staged output for ``target`` (``.<name>.run-*``, see atomic.StagedOutput) holds
+    results: from then on an interrupted run has a partial file to keep (nothing written: nothing kept)."""
+    def writing() -> bool:
+        try:
+            return any(f.stat().st_size > 0 for f in target.parent.glob(f".{target.name}.run-*"))
+        except FileNotFoundError:  # the staged file went between the listing and the stat
+            return False
+    return writing
+
+
 def _long_list(tmp_path: Path) -> Path:
     good, _ = write_images(tmp_path / "imgs", 1)
     lst = tmp_path / "long.txt"
@@ -717,7 +752,7 @@ def test_sigterm_stops_like_ctrl_c(tmp_path):
     out = tmp_path / "out.jsonl"
     out.write_text("old\n")
     r = _run_default_signals(_cli("infer"), str(model), "--source", str(lst), "--json", str(out), "--force",
-                             "--quiet", "--batch", "4", sig=signal.SIGTERM, delay=6)
+                             "--quiet", "--batch", "4", sig=signal.SIGTERM, when=_writing(out))
     assert r.rc == 143 and r.seconds < 5 and "Traceback" not in r.err, r
     assert "interrupted" in r.err and "done" in r.err, r
     assert out.read_text() == "old\n"
@@ -749,8 +784,9 @@ def test_a_users_partial_file_is_never_overwritten(tmp_path):
     mine = tmp_path / "out.partial.jsonl"
     mine.write_text("mine\n")
     r = _run_default_signals(_cli("infer"), str(model), "--source", str(lst), "--json",
-                             str(tmp_path / "out.jsonl"), "--quiet", "--batch", "4", sig=signal.SIGINT, delay=6)
-    assert r.rc == 130, r
+                             str(tmp_path / "out.jsonl"), "--quiet", "--batch", "4", sig=signal.SIGINT,
+                             when=_writing(tmp_path / "out.jsonl"))
+    assert r.rc == 130 and r.seconds < 40, r  # seconds: inf if the run never wrote a result, or ended unsignalled
     assert mine.read_text() == "mine\n"
     kept = [p for p in tmp_path.glob("out.partial*.jsonl") if p != mine]
     assert len(kept) == 1 and kept[0].name in r.err, r
