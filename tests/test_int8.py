@@ -401,7 +401,7 @@ def test_cpu_file_has_weights_that_cannot_saturate_and_records_it(demo):
     run, report, _ = demo
     sat = report.calibration["saturation"]
     weighted = sum(source_ops(run / "model.onnx")[o] for o in ("Conv", "Gemm", "MatMul"))
-    assert sat["holds"] and sat["layers"] == weighted and 0 < sat["worst_pair_sum"] <= INT16_MAX, sat
+    assert sat["holds"] and sat["layers"] >= weighted and 0 < sat["worst_pair_sum"] <= INT16_MAX, sat
     assert report.calibration["cpu_weight_bits"] == 7
     assert read_card(run / "model.int8.onnx").provenance.calibration["saturation"] == sat
     # the check can fail: the TensorRT file's 8-bit weights (for TensorRT, whose sums are 32-bit) overflow it

@@ -434,7 +434,48 @@ def quantize_with_ranges(pre: Path, target: Path, ranges: Path, flavour: str, ex
                               nodes_to_exclude=exclude, calibration_cache_path=str(ranges), **kw)
     except Exception as exc:
         raise ExportError(f"INT8 quantization ({flavour}) failed: {first_line(exc)}") from None
+    if exclude:
+        float_inputs(target, exclude)
     return target
+
+
+def float_inputs(path: Path, names: Iterable[str]) -> None:
+    """Feed each Conv/Gemm/MatMul named in ``names`` (a layer kept float) the float tensor its input was quantized
+    from, instead of the Q/DQ copy the quantizer leaves it when a neighbour is quantized; Q/DQ pairs nothing
+    reads any more go. Without this, ONNX Runtime's ``WeightBiasQuantization`` sees DequantizeLinear -> Conv with
+    float weights at load and quantizes those weights itself, per tensor, to 8 bits: the layer is not float,
+    and its sums saturate on x86 without VNNI (PaddleOCR's text-direction model: 54 layers "kept float" ran as
+    8-bit QLinearConv)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    keep = set(names)
+    changed = False
+    for node in graph.node:
+        if node.name not in keep or node.op_type not in saturation.WEIGHTED_OPS or not node.input:
+            continue
+        dq = producer.get(node.input[0])
+        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        if q is not None and q.op_type == "QuantizeLinear":
+            node.input[0] = q.input[0]
+            changed = True
+    if not changed:
+        return
+    outputs = {o.name for o in graph.output}
+    while True:
+        read = {i for n in graph.node for i in n.input} | outputs
+        dead = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                and not any(o in read for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            graph.node.remove(n)
+    used = {i for n in graph.node for i in n.input}
+    for init in [i for i in graph.initializer if i.name not in used]:
+        graph.initializer.remove(init)
+    onnx.save(model, str(path))
 
 
 def with_tail(graph: Any, names: Any) -> list[str]:

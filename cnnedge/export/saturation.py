@@ -28,7 +28,7 @@ WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 class Guarantee:
     """The largest pair sum any weight tensor of the file can produce, against int16's limit."""
 
-    layers: int  # integer weight tensors checked
+    layers: int  # int8 weight tensors checked: the file's dequantized ones and those of ORT's integer kernels
     worst_pair_sum: int  # max over them of 255 * (the two largest |w|)
     limit: int = INT16_MAX
     worst_layer: str | None = None
@@ -44,26 +44,65 @@ class Guarantee:
                         "(VPMADDUBSW, x86 without VNNI) can saturate"}
 
 
-def check(path: str | Path) -> Guarantee:
-    """The :class:`Guarantee` of the quantized ONNX file at ``path``, from its int8 weight initializers."""
-    import onnx
-    from onnx import numpy_helper
+# ONNX Runtime's integer kernels and the input that holds their int8 weights
+INTEGER_WEIGHT_INPUT = {"QLinearConv": 3, "QLinearMatMul": 3, "QGemm": 3, "ConvInteger": 1, "MatMulInteger": 1}
 
-    graph = onnx.load(str(path)).graph
-    inits = {i.name: i for i in graph.initializer}
-    weighted = {n.input[1] for n in graph.node if n.op_type in WEIGHTED_OPS and len(n.input) > 1}
-    worst, worst_name, offenders, layers = 0, None, [], 0
-    for node in graph.node:
-        if node.op_type != "DequantizeLinear" or node.output[0] not in weighted or node.input[0] not in inits:
-            continue
-        q = numpy_helper.to_array(inits[node.input[0]])
-        if q.dtype != np.int8 or q.size == 0:
-            continue
-        layers += 1
+
+def check(path: str | Path) -> Guarantee:
+    """The :class:`Guarantee` of the quantized ONNX file at ``path``: its int8 weights as ONNX Runtime's CPU
+    provider runs them, read from the graph it optimizes the file into (its fusions applied, and any weight it
+    quantizes itself at load: its ``WeightBiasQuantization`` gives a float Conv or Gemm between Q/DQ activations
+    full 8-bit weights), and the file's own DequantizeLinear weights."""
+    import tempfile
+
+    import onnx
+
+    from . import onnx_io
+
+    with tempfile.TemporaryDirectory(prefix="cnnedge-saturation-") as tmp:
+        optimized = Path(tmp) / "optimized.onnx"
+        onnx_io.session(path, optimized_model_path=optimized)
+        run = onnx.load(str(optimized)).graph
+    weights = _run_weights(run) | _file_weights(onnx.load(str(path)).graph)
+    worst, worst_name, offenders = 0, None, []
+    for name, q in sorted(weights.items()):
         mags = np.sort(np.abs(q.astype(np.int32)).ravel())
         pair = ACTIVATION_MAX * int(mags[-1] + (mags[-2] if mags.size > 1 else 0))
         if pair > worst:
-            worst, worst_name = pair, node.input[0]
+            worst, worst_name = pair, name
         if pair > INT16_MAX:
-            offenders.append(node.input[0])
-    return Guarantee(layers, worst, INT16_MAX, worst_name, offenders)
+            offenders.append(name)
+    return Guarantee(len(weights), worst, INT16_MAX, worst_name, offenders)
+
+
+def _int8(inits: dict[str, Any], name: str) -> np.ndarray | None:
+    from onnx import numpy_helper
+
+    if name not in inits:
+        return None
+    q = numpy_helper.to_array(inits[name])
+    return q if q.dtype == np.int8 and q.size else None
+
+
+def _run_weights(graph: Any) -> dict[str, np.ndarray]:
+    """The int8 weights of the integer kernels in ONNX Runtime's optimized graph, by the node that runs them."""
+    inits = {i.name: i for i in graph.initializer}
+    out = {}
+    for n in graph.node:
+        at = INTEGER_WEIGHT_INPUT.get(n.op_type)
+        q = _int8(inits, n.input[at]) if at is not None and len(n.input) > at else None
+        if q is not None:
+            out[n.name or n.input[at]] = q
+    return out
+
+
+def _file_weights(graph: Any) -> dict[str, np.ndarray]:
+    """The file's int8 weights dequantized into a Conv/Gemm/MatMul, by the node they feed."""
+    inits = {i.name: i for i in graph.initializer}
+    feeds = {n.input[1]: n.name for n in graph.node if n.op_type in WEIGHTED_OPS and len(n.input) > 1}
+    out = {}
+    for n in graph.node:
+        q = _int8(inits, n.input[0]) if n.op_type == "DequantizeLinear" and n.output[0] in feeds else None
+        if q is not None:
+            out[feeds[n.output[0]]] = q
+    return out
