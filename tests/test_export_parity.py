@@ -334,3 +334,25 @@ def test_nan_reference_fails(tmp_path: Path) -> None:
     res = compare_onnx(_onnx(tmp_path / "model.onnx", w), "fp32", images[:50], ref, labels[:50], Thresholds())
     assert res.passed is False and res.source_nonfinite == 50
     assert any("source model's outputs are NaN or infinite on 50 of 50" in f for f in res.failures), res.failures
+
+
+def test_wrong_normalisation_values_on_many_images_are_convicted_and_right_ones_pass() -> None:
+    """A nearest-centroid model on pixels scaled to -1..1 (normalised on the host): a card saying 0..1 (mean 0,
+    std 1) is convicted by the -1..1 values, named as flags to paste; the right card passes."""
+    from cnnedge.export.parity import check_card
+
+    images, labels = _digits()
+    x = (np.stack(images).reshape(len(images), -1).astype(np.float64) / 255 - 0.5) / 0.5
+    cent = np.stack([x[labels == k].mean(0) for k in range(10)])
+
+    def predict(v: np.ndarray) -> np.ndarray:
+        return _softmax(-((v.reshape(len(v), -1)[:, None, :] - cent[None]) ** 2).sum(-1) / 10)
+
+    right = check_card(predict, images[:300], labels[:300], _card(scale=1 / 255, mean=(0.5,), std=(0.5,),
+                                                                   in_graph=False), 0.0)
+    assert right.passed, right.failures
+    wrong = check_card(predict, images[:300], labels[:300], _card(scale=1 / 255, mean=(0.0,), std=(1.0,),
+                                                                   in_graph=False), 0.0)
+    t = wrong.tests["values -1..1"]
+    assert not wrong.passed and t.p_value < 1e-3 and (t.b - t.c) / 300 >= 0.05, wrong.tests
+    assert any("--scale 1/255 --mean 0.5 --std 0.5" in f and "mean [0.0]" in f for f in wrong.failures), wrong.failures

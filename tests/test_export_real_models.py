@@ -270,7 +270,12 @@ def test_fp16_export_is_quiet_and_counts_the_clamped_weights(gender, faces, tmp_
                                "--verify", str(faces), "--out", str(out), "-q"])
     assert code == 0, err
     assert not [w for w in seen if "truncated" in str(w.message)]
-    assert report(out)["fp16"]["clamped_values"] > 0
+    fp16 = report(out)["fp16"]
+    assert fp16["clamped_values"] > 0 and fp16["clamped_values"] == fp16["tiny_values"] + fp16["large_values"]
+    from cnnedge.export.fp16 import moved_line  # says which way they moved (tiny ones are raised, not clamped)
+
+    line = moved_line(fp16)
+    assert ("tiny weight values" in line) == bool(fp16["tiny_values"]) and "outside FP16's range" not in line
 
 
 def test_cleanup_failure_keeps_the_graph_and_says_so(gender, faces, tmp_path, monkeypatch):

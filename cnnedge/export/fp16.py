@@ -23,9 +23,9 @@ FP32_OPS = ("Softmax", "LogSoftmax", "ReduceMean", "ReduceSum", "ReduceSumSquare
 MIN_POSITIVE, MAX_FINITE = 1e-7, 1e4  # the converter's defaults: values beyond are clamped
 
 
-def to_fp16(model: Any) -> tuple[Any, int]:
-    """The half-precision model and how many weight values the converter clamped into FP16's range (it warns
-    once per tensor; the count goes in the report instead)."""
+def to_fp16(model: Any) -> tuple[Any, dict[str, int]]:
+    """The half-precision model and how many weight values the converter moved into FP16's range (it warns
+    once per tensor; the counts go in the report instead): :func:`moved`."""
     import warnings
 
     from .._lazy import require
@@ -49,21 +49,33 @@ def to_fp16(model: Any) -> tuple[Any, int]:
         onnx.checker.check_model(half)
     except Exception as exc:
         raise ExportError(f"FP16 conversion failed: {first_line(exc)}") from None
-    return half, clamped(model, half)
+    return half, moved(model, half)
 
 
-def clamped(model: Any, half: Any) -> int:
-    """Values of ``model``'s float32 weights that became FP16 in ``half`` and lay outside the converter's range."""
+def moved(model: Any, half: Any) -> dict[str, int]:
+    """Values of ``model``'s float32 weights that became FP16 in ``half`` and lay outside the converter's range:
+    ``tiny`` ones (0 < |w| < 1e-7, set to +-1e-7) and ``large`` ones (|w| > 1e4, clamped to +-1e4); and
+    ``clamped_values``, both together."""
     import numpy as np
     from onnx import TensorProto, numpy_helper
 
     halved = {i.name for i in half.graph.initializer if i.data_type == TensorProto.FLOAT16}
-    n = 0
+    tiny = large = 0
     for init in model.graph.initializer:
         if init.data_type == TensorProto.FLOAT and init.name in halved:
             a = np.abs(numpy_helper.to_array(init))
-            n += int(np.count_nonzero(((a > 0) & (a < MIN_POSITIVE)) | (a > MAX_FINITE)))
-    return n
+            tiny += int(np.count_nonzero((a > 0) & (a < MIN_POSITIVE)))
+            large += int(np.count_nonzero(a > MAX_FINITE))
+    return {"clamped_values": tiny + large, "tiny_values": tiny, "large_values": large}
+
+
+def moved_line(counts: dict[str, int]) -> str | None:
+    """What the export says of :func:`moved`'s counts, or None when nothing moved."""
+    parts = ([f"{counts['tiny_values']} tiny weight values (0 < |w| < {MIN_POSITIVE:g}) were set to "
+              f"+-{MIN_POSITIVE:g}"] if counts["tiny_values"] else []) + \
+            ([f"{counts['large_values']} weight values beyond +-{MAX_FINITE:g} were clamped to it"]
+             if counts["large_values"] else [])
+    return f"FP16: {'; '.join(parts)}" if parts else None
 
 
 def _detach_output_softmax(model: Any) -> tuple[Any, Any]:

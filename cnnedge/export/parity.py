@@ -129,7 +129,8 @@ def _fed(predict: Callable[[np.ndarray], np.ndarray], card: ModelCard, **overrid
 def check_card(predict: Callable[[np.ndarray], np.ndarray], images: Sequence[np.ndarray], labels: np.ndarray,
                card: ModelCard, accuracy: float, margin: float = CARD_MARGIN, *, ref: np.ndarray | None = None,
                alpha: float = CARD_ALPHA, batch: int = BATCH) -> CardCheck:
-    """Feed the source model the other colour order and the other normalisation place; convict the card field
+    """Feed the source model the other colour order, the other normalisation place and, where the host normalises,
+    the common other normalisation values (scale, mean, std); convict the card field
     only when the images show the alternative is better: a one-sided exact McNemar test on the images where
     exactly one of the two feedings is right, p < ``alpha``, and a gain of at least ``margin``. A handful of
     images never convicts (6 right against 4 is p = 0.38). ``ref``: the source's outputs fed as the card says,
@@ -150,9 +151,13 @@ def check_card(predict: Callable[[np.ndarray], np.ndarray], images: Sequence[np.
         tries["raw pixels"] = ({"in_graph": True}, "the card says the model takes normalised input "
                                "(preprocess.in_graph false), but it is {gain} points more accurate fed raw pixels "
                                "0..255")
+    runs = [_fed(predict, card, **override) for override, _ in tries.values()]
+    if not pre.in_graph:  # the host applies the card's values: are they the model's? (scale, mean, std)
+        for name, values, message in _value_alternatives(card):
+            tries[name] = ({}, message)
+            runs.append(_fed(predict, card.replace(preprocess=values)))
     labels = np.asarray(labels)
     n = len(labels)
-    runs = [_fed(predict, card, **override) for override, _ in tries.values()]
     classes = side_by_side(runs if ref is not None else [_fed(predict, card), *runs], slices(images, batch), top1)
     card_right = (top1(ref) if ref is not None else classes.pop(0)) == labels
     res = CardCheck(float(card_right.mean()) if n else accuracy, {}, n=n)
@@ -167,6 +172,27 @@ def check_card(predict: Callable[[np.ndarray], np.ndarray], images: Sequence[np.
                                 f"right only fed so, {c} only as the card says; one-sided exact McNemar "
                                 f"p = {test.p_value:.1e} < {alpha:g})")
     return res
+
+
+def _value_alternatives(card: ModelCard) -> list[tuple[str, dict[str, Any], str]]:
+    """The common normalisations (:func:`.suggest.conventions`: 0..1, -1..1, ImageNet, caffe, raw), in the card's
+    colour order, whose values differ from the card's: each a name, the preprocess values and the message that
+    convicts the card's values."""
+    from .suggest import conventions
+
+    pre = card.preprocess
+    rgb = card.input.color != "BGR"
+    out = []
+    for c in conventions(card.input.channels):
+        same = len(c.mean) == len(pre.mean) and len(c.std) == len(pre.std) and \
+            np.allclose([c.scale, *c.mean, *c.std], [pre.scale, *pre.mean, *pre.std])
+        if c.rgb != rgb or same:
+            continue
+        values = {"scale": c.scale, "mean": c.mean, "std": c.std}
+        out.append((f"values {c.name}", values,
+                    f"the card says scale {pre.scale:g}, mean {list(pre.mean)}, std {list(pre.std)}, but the model "
+                    f"is {{gain}} points more accurate with the {c.name} values ({c.flags(('scale', 'mean', 'std'))})"))
+    return out
 
 
 def _outputs(clf: Any, images: Sequence[np.ndarray], batch: int = BATCH) -> np.ndarray:

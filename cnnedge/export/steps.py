@@ -533,13 +533,14 @@ def _to_fp16(ws: Workspace, data: Checked, fp32: Path) -> Path:
     import onnx
 
     from . import onnx_io
-    from .fp16 import to_fp16
+    from .fp16 import moved_line, to_fp16
 
     with ws.timer("FP16 ONNX"):
-        half, clamped = to_fp16(onnx.load(str(fp32)))
-        ws.report.fp16 = {"clamped_values": clamped}
-        if clamped:
-            ws.timer.say(f"FP16: {clamped} weight values outside FP16's range were clamped")
+        half, counts = to_fp16(onnx.load(str(fp32)))
+        ws.report.fp16 = counts
+        line = moved_line(counts)
+        if line:
+            ws.timer.say(line)
         onnx_io.embed_card(half, data.base_card.replace(precision="fp16"))
         return onnx_io.save(half, ws.staging / ONNX_NAMES["fp16"])
 

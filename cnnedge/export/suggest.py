@@ -5,7 +5,6 @@ the export still stops until the user says.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -35,8 +34,13 @@ class Convention:
 
 
 def _number(x: float) -> str:
-    f = Fraction(x).limit_denominator(1000)
-    return f"{f.numerator}/{f.denominator}" if f.denominator > 10 and abs(float(f) - x) < 1e-12 else f"{x:g}"
+    """A flag value as a person writes it: ``1/255`` and ``1/127.5`` for scales, decimals otherwise (0.485, not
+    97/200)."""
+    if x and abs(1 / x) >= 10:
+        r = 1 / x
+        if abs(r - round(r, 1)) < 1e-9 * abs(r):
+            return f"1/{round(r, 1):g}"
+    return f"{x:g}"
 
 
 def conventions(channels: int) -> list[Convention]:
