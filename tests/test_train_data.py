@@ -206,6 +206,18 @@ def test_keras_dataset_offline_error_says_where_keras_caches(tmp_path: Path) -> 
     assert "fashion-mnist/" in line
 
 
+def _split_errors(path: Path) -> list[str]:
+    """The DataError of each split of the CSV at ``path`` that fails to load (each row is in one split)."""
+    spec = make_spec(str(path), val_split=0.2, test_split=0.2)
+    errors = []
+    for split in SPLITS:
+        try:
+            load_split(spec, split)
+        except DataError as exc:
+            errors.append(str(exc))
+    return errors
+
+
 def test_csv_value_errors_name_the_line_in_the_file(tmp_path: Path) -> None:
     lines = ["label," + ",".join(f"p{i}" for i in range(4))]
     lines += [f"{i % 2},1,2,3,4" for i in range(20)]
@@ -216,13 +228,7 @@ def test_csv_value_errors_name_the_line_in_the_file(tmp_path: Path) -> None:
                                ("big", big, "line 8, column 4 (p2): pixel value '300' is not a number from 0 to 255")):
         p = tmp_path / f"{name}.csv"
         p.write_text("\n".join(rows) + "\n")
-        spec = make_spec(str(p), val_split=0.2, test_split=0.2)
-        errors = []
-        for split in SPLITS:
-            try:
-                load_split(spec, split)
-            except DataError as exc:
-                errors.append(str(exc))
+        errors = _split_errors(p)
         assert len(errors) == 1 and needle in errors[0], errors
 
 
@@ -277,13 +283,7 @@ def test_csv_pixels_that_are_not_numbers_from_0_to_255_are_named_by_line_and_col
         rows[6] = "1," + ",".join(pixels)  # line 7
         path = tmp_path / "px.csv"
         path.write_text("\n".join(rows) + "\n")
-        spec = make_spec(str(path), val_split=0.2, test_split=0.2)  # each row in one split
-        errors = []
-        for split in SPLITS:
-            try:
-                load_split(spec, split)
-            except DataError as exc:
-                errors.append(str(exc))
+        errors = _split_errors(path)
         want = f"{path}: line 7, column {col} (p{col - 2}): pixel value {value!r} is not a number from 0 to 255"
         assert len(errors) == 1 and errors[0].startswith(want), (value, errors)
 
