@@ -232,17 +232,19 @@ def compare_onnx(path: Path, precision: str, images: Sequence[np.ndarray], ref: 
 
 
 def compare_emulated(path: Path, precision: str, images: Sequence[np.ndarray], ref: np.ndarray,
-                     labels: np.ndarray | None, thresholds: Thresholds, exe: str) -> ArtifactResult:
-    """:func:`compare_onnx` on an emulated x86 CPU without VNNI (:mod:`.emulated`): the same pixels, prepared
-    here by the Classifier, run there by it, judged by the same gate."""
+                     labels: np.ndarray | None, thresholds: Thresholds, exe: str, limit: int) -> ArtifactResult:
+    """:func:`compare_onnx` on an emulated x86 CPU without VNNI (:mod:`.emulated`) for the first ``limit``
+    images: the same pixels, prepared here by the Classifier, run there by it, judged by the same gate; its note
+    compares the outputs with this CPU's run of the same file on the same pixels."""
     from ..runtime.classifier import Classifier
     from . import emulated
 
     t0 = time.perf_counter()
-    keep = min(len(images), emulated.MAX_IMAGES)
+    keep = min(len(images), limit)
     with Classifier(path, backend="ort-cpu", threads=1) as clf:
         pixels = [clf.prepare(im) for im in images[:keep]]
         batch = batch_for(clf.card.input)
+        native = outputs(lambda px: clf.infer_pixels(np.stack(px)), slices(pixels, batch))
     out, said = emulated.run(path, pixels, exe, batch)
     if said["kernels"]["exact"]:
         from ..errors import ExportError
@@ -253,6 +255,9 @@ def compare_emulated(path: Path, precision: str, images: Sequence[np.ndarray], r
                          cpu=f"{said['kernels']['name']} (emulated: {emulated.EMULATOR} -cpu {emulated.CPU_MODEL})")
     _score(res, out, ref[:keep], None if labels is None else labels[:keep])
     judge(res, thresholds)
+    differs = int(np.sum(top1(out) != top1(native)))
+    res.note = (f"against this CPU's run of the same file on the same {keep} of {len(images)} images: max abs diff "
+                f"{float(np.max(np.abs(out - native))) if keep else 0.0:.2e}, top-1 differs on {differs}")
     res.seconds = round(time.perf_counter() - t0, 3)
     return res
 

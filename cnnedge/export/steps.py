@@ -600,7 +600,7 @@ def _check_int8_cpus(ws: Workspace, data: Checked, path: Path, native: ArtifactR
     else:
         with ws.timer(f"parity {path.name} on an emulated AVX2 CPU ({emulated.EMULATOR} -cpu {emulated.CPU_MODEL})"):
             r = compare_emulated(path, "int8", data.verify.images, data.ref, data.verify.labels, ws.opts.thresholds,
-                                 exe)
+                                 exe, emulated.images_for(native.latency_ms_b1))
             r.path = str(ws.out / path.name)
             ws.report.emulated.append(r)
             check.verified.append(r.cpu or "")
