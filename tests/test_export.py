@@ -304,7 +304,10 @@ def test_cli_float32_input_calibration_folder_and_threshold_failure(trained, tmp
                    [str(trained), "--out", str(tmp_path / "strict"), "--max-diff-fp32", "1e-12", "-q"], stderr=err)
     assert code == 1
     assert "model.onnx: max abs diff" in err.getvalue() and "> 1e-12" in err.getvalue()
-    assert json.loads((tmp_path / "strict" / "export_report.json").read_text())["passed"] is False
+    assert not (tmp_path / "strict" / "export_report.json").exists()  # a failed export puts nothing in place
+    (failed,) = (tmp_path / "strict").glob("export-failed-*")
+    assert json.loads((failed / "export_report.json").read_text())["passed"] is False
+    assert str(failed) in err.getvalue()
 
 
 def test_trainer_digits_cnn_preset_exports_within_thresholds(tmp_path):
