@@ -440,27 +440,41 @@ def quantize_with_ranges(pre: Path, target: Path, ranges: Path, flavour: str, ex
 
 
 def float_inputs(path: Path, names: Iterable[str]) -> None:
-    """Feed each Conv/Gemm/MatMul named in ``names`` (a layer kept float) the float tensor its input was quantized
-    from, instead of the Q/DQ copy the quantizer leaves it when a neighbour is quantized; Q/DQ pairs nothing
-    reads any more go. Without this, ONNX Runtime's ``WeightBiasQuantization`` sees DequantizeLinear -> Conv with
-    float weights at load and quantizes those weights itself, per tensor, to 8 bits: the layer is not float,
-    and its sums saturate on x86 without VNNI (PaddleOCR's text-direction model: 54 layers "kept float" ran as
-    8-bit QLinearConv)."""
+    """Make each Conv/ConvTranspose/Gemm/MatMul named in ``names`` (a layer kept float) read its input through
+    its own per-channel DequantizeLinear (the same scale and zero point repeated along the channel axis) instead
+    of the per-tensor one the quantizer shares with its neighbours. Numerically the same; but ONNX Runtime's
+    ``WeightBiasQuantization`` takes a per-tensor DequantizeLinear -> Conv/Gemm with float weights as its cue to
+    quantize those weights itself at load, per tensor, to 8 bits: the layer was not float, and its sums saturated
+    on x86 without VNNI (PaddleOCR's text-direction model: 54 layers "kept float" ran as 8-bit QLinearConv). A
+    per-channel activation scale matches neither that pass nor a QDQ fusion, and the producer keeps its own
+    integer kernel. Q/DQ nodes nothing reads any more go."""
     import onnx
+    from onnx import helper, numpy_helper
 
     model = onnx.load(str(path))
     graph = model.graph
     producer = {o: n for n in graph.node for o in n.output}
+    inits = {i.name: i for i in graph.initializer}
     keep = set(names)
     changed = False
-    for node in graph.node:
-        if node.name not in keep or node.op_type not in saturation.WEIGHTED_OPS or not node.input:
+    for node in list(graph.node):
+        if node.name not in keep or node.op_type not in saturation.WEIGHTED_OPS or len(node.input) < 2:
             continue
         dq = producer.get(node.input[0])
-        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
-        if q is not None and q.op_type == "QuantizeLinear":
-            node.input[0] = q.input[0]
-            changed = True
+        channels, axis = _input_channels(node, inits)
+        if dq is None or dq.op_type != "DequantizeLinear" or channels is None or len(dq.input) < 3 \
+                or dq.input[1] not in inits or dq.input[2] not in inits:
+            continue
+        scale, zero = (numpy_helper.to_array(inits[dq.input[i]]) for i in (1, 2))
+        if scale.size != 1 or zero.size != 1:
+            continue
+        base = f"{node.name}_float_input"
+        graph.initializer.extend([numpy_helper.from_array(np.full(channels, scale.item(), scale.dtype), base + "_scale"),
+                                  numpy_helper.from_array(np.full(channels, zero.item(), zero.dtype), base + "_zero")])
+        graph.node.insert(list(graph.node).index(node), helper.make_node(
+            "DequantizeLinear", [dq.input[0], base + "_scale", base + "_zero"], [base], name=base, axis=axis))
+        node.input[0] = base
+        changed = True
     if not changed:
         return
     outputs = {o.name for o in graph.output}
@@ -625,6 +639,21 @@ def sensitivity(pre: Path, quantized: Path, batches: Batches, batch: int | None)
     ranked = [(layer.name, layer.op_type, nsr(after) - nsr(before)) for layer, before, after in pairs
               if np.any(np.atleast_1d(signal[after]) > 0)]
     return sorted(ranked, key=lambda r: -r[2])
+
+
+def _input_channels(node: Any, inits: dict[str, Any]) -> tuple[int | None, int]:
+    """The channel count of a weighted layer's input, read from its weight's shape, and its axis in the input."""
+    w = inits.get(node.input[1])
+    if w is None or len(w.dims) < 2:
+        return None, 1
+    attrs = {a.name: a.i for a in node.attribute if a.type == a.INT}
+    if node.op_type == "Conv":
+        return int(w.dims[1]) * int(attrs.get("group", 1)), 1
+    if node.op_type == "ConvTranspose":
+        return int(w.dims[0]), 1
+    if node.op_type == "Gemm":
+        return (int(w.dims[1]) if attrs.get("transB", 0) else int(w.dims[0])), 1
+    return int(w.dims[-2]), -1  # MatMul: [..., K] @ [K, N]
 
 
 def _after(layer: Any, q: Any, fg: Any, qnodes: dict[str, Any], qg: Any) -> tuple[str, str]:
