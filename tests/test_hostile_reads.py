@@ -560,7 +560,8 @@ def _signal_after(sig: int, delay: float) -> Callable[[subprocess.Popen], None]:
 
 
 def _run_default_signals(code: str, *args: str, sig: int, delay: float | None = None,
-                         when: Callable[[], bool] | None = None, wait: float = 180, timeout: float = 40) -> Ran:
+                         when: Callable[[], bool] | None = None, wait: float = 180, timeout: float = 40,
+                         repeat: int = 1) -> Ran:
     """Like :func:`run`, with default signal handling, sending ``sig`` ``delay`` s after the start, or, with
     ``when``, as soon as ``when()`` is true (polled while the child runs, for at most ``wait`` s: an event,
     not a timer, so a loaded machine only makes it wait longer). ``Ran.seconds`` counts from the signal;
@@ -576,10 +577,13 @@ def _run_default_signals(code: str, *args: str, sig: int, delay: float | None = 
     sent: list[float] = []
     done = threading.Event()
 
-    def send() -> None:
-        if p.poll() is None:
-            p.send_signal(sig)
-            sent.append(time.monotonic())
+    def send() -> None:  # ``repeat`` times, 1 ms apart, as `timeout` and some supervisors do
+        for i in range(repeat):
+            if p.poll() is None:
+                p.send_signal(sig)
+                sent.append(time.monotonic())
+                if i + 1 < repeat:
+                    time.sleep(0.001)
 
     def watch() -> None:
         deadline = t0 + wait
@@ -745,15 +749,19 @@ def _long_list(tmp_path: Path) -> Path:
     return lst
 
 
-def test_sigterm_stops_like_ctrl_c(tmp_path):
-    """Item 8: summary printed, the old output untouched, the partial kept beside it, exit 143."""
+@pytest.mark.parametrize("sig,repeat,code", [(signal.SIGTERM, 1, 143), (signal.SIGHUP, 1, 129),
+                                             (signal.SIGTERM, 2, 143), (signal.SIGINT, 2, 130)])
+def test_sigterm_stops_like_ctrl_c(tmp_path, sig, repeat, code):
+    """Item 8: summary printed, the old output untouched, the partial kept beside it, exit 143. Issue 33: SIGHUP
+    (a closed terminal or ssh session) does the same with 129, and a second signal 1 ms after the first (two
+    Ctrl-C, or the two SIGTERMs of `timeout` and some supervisors) only hurries the same clean stop."""
     model = _plain_onnx(tmp_path / "m.onnx")
     lst = _long_list(tmp_path)
     out = tmp_path / "out.jsonl"
     out.write_text("old\n")
     r = _run_default_signals(_cli("infer"), str(model), "--source", str(lst), "--json", str(out), "--force",
-                             "--quiet", "--batch", "4", sig=signal.SIGTERM, when=_writing(out))
-    assert r.rc == 143 and r.seconds < 5 and "Traceback" not in r.err, r
+                             "--quiet", "--batch", "4", sig=sig, when=_writing(out), repeat=repeat)
+    assert r.rc == code and r.seconds < 5 and "Traceback" not in r.err, r
     assert "interrupted" in r.err and "done" in r.err, r
     assert out.read_text() == "old\n"
     partial = tmp_path / "out.partial.jsonl"

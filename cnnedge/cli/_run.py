@@ -45,7 +45,8 @@ def run_cli(prog: str, main: Callable[[Sequence[str]], int | None], argv: Sequen
         return int(ExitCode.FAILURE)
     except KeyboardInterrupt as exc:
         code = exit_code_for(exc)
-        print(f"{prog}: interrupted{' (SIGTERM)' if code != ExitCode.INTERRUPTED else ''}", file=err)
+        name = {129: " (SIGHUP)", 143: " (SIGTERM)"}.get(code, "")
+        print(f"{prog}: interrupted{name}", file=err)
         return code
 
 

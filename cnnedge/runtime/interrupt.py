@@ -32,8 +32,16 @@ class RunInterrupted(KeyboardInterrupt):
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM: stop as Ctrl-C stops (finish or drop the batch in flight, keep partial files, print the
-    summary), then exit with :data:`TERMINATED_EXIT`."""
+    """SIGTERM or SIGHUP: stop as Ctrl-C stops (finish or drop the batch in flight, keep partial files, print the
+    summary), then exit with 128 + the signal (:data:`TERMINATED_EXIT` for SIGTERM)."""
+
+    def __init__(self, signum: int = int(signal.SIGTERM)) -> None:
+        super().__init__()
+        self.signum = int(signum)
+
+
+#: the signals a CLI stops on: Ctrl-C, a service manager's stop, a closed terminal or ssh session
+STOP_SIGNALS = tuple(int(getattr(signal, n)) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
 
 
 _stoppers: "weakref.WeakSet[Any]" = weakref.WeakSet()
@@ -60,32 +68,49 @@ def stop_runs() -> None:
 
 
 def last_signal() -> int | None:
-    """The last SIGINT/SIGTERM the watcher saw (None: none yet)."""
-    return _last_signal[-1] if _last_signal else None
+    """The first stop signal the watcher saw (None: none yet): what the run stops for."""
+    return _last_signal[0] if _last_signal else None
 
 
 def exit_code_for(exc: BaseException) -> int:
-    """130 for Ctrl-C, 143 for SIGTERM (raised as Terminated, or seen by the watcher)."""
-    if isinstance(exc, Terminated) or last_signal() == int(signal.SIGTERM):
-        return TERMINATED_EXIT
-    return 128 + int(signal.SIGINT)
+    """128 + the signal the run stopped for: 130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP."""
+    if isinstance(exc, Terminated):
+        return 128 + exc.signum
+    seen = last_signal()
+    return 128 + (seen if seen is not None else int(signal.SIGINT))
 
 
-def _raise_terminated(signum: int, frame: Any) -> None:
-    raise Terminated()
+_handled: list[int] = []  # the stop signals the handler took, in order
+
+
+def _stop(signum: int, frame: Any) -> None:
+    """The first stop signal raises (KeyboardInterrupt for Ctrl-C, Terminated otherwise) and the run stops
+    cleanly; a second one only stops the model runs again (never interrupting the clean stop itself, which keeps
+    the partial files: two Ctrl-C in a row, or the two SIGTERMs some supervisors send, must not turn an
+    interrupted run into a completed one); a third raises again, the way out of a stop that hangs."""
+    _handled.append(int(signum))
+    if len(_handled) == 2:
+        stop_runs()
+        return
+    if signum == int(signal.SIGINT):
+        raise KeyboardInterrupt
+    raise Terminated(signum)
 
 
 def watch_signals() -> bool:
-    """From the main thread of a program that owns its signals (the CLIs): SIGTERM raises Terminated like
-    Ctrl-C raises KeyboardInterrupt, and both stop the model runs in flight at once. SIGTERM is taken only
-    where it has its default action. Returns False when it cannot (not the main thread, no pipe)."""
+    """From the main thread of a program that owns its signals (the CLIs): SIGTERM and SIGHUP raise Terminated
+    as Ctrl-C raises KeyboardInterrupt, once (see :func:`_stop`), and every one stops the model runs in flight at
+    once. A signal is taken only where it has its default action (a SIGINT ignored by a background shell stays
+    ignored). Returns False when it cannot (not the main thread, no pipe)."""
     global _watching
     if _watching:
         return True
     if threading.current_thread() is not threading.main_thread():
         return False
-    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _raise_terminated)
+    for sig in STOP_SIGNALS:
+        now = signal.getsignal(sig)
+        if now == signal.SIG_DFL or (sig == int(signal.SIGINT) and now is signal.default_int_handler):
+            signal.signal(sig, _stop)
     try:
         r, w = os.pipe()
         os.set_blocking(w, False)
@@ -98,7 +123,7 @@ def watch_signals() -> bool:
 
 
 def _watch(fd: int) -> None:
-    wanted = {int(signal.SIGINT), int(signal.SIGTERM)}
+    wanted = set(STOP_SIGNALS)
     while True:
         try:
             data = os.read(fd, 64)
@@ -108,7 +133,7 @@ def _watch(fd: int) -> None:
             return
         got = [b for b in data if b in wanted]
         if got:
-            _last_signal.append(got[-1])
+            _last_signal.extend(got)
             stop_runs()
 
 
