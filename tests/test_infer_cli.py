@@ -480,3 +480,18 @@ def test_ctrl_c_stops_cleanly_with_a_summary(tmp_path):
     assert 0 < len(rows) <= done and all("label" in r for r in rows)  # a batch is counted before it is written
     assert str(partial) in err.strip().splitlines()[-1]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl", "out.partial.jsonl"]  # no temporary left
+
+
+def test_save_dir_keeps_a_file_already_there_unless_force(folder, tmp_path):
+    """Issue 33: --save-dir replaced an existing file without --force. It now takes the next free name."""
+    d, paths, _ = folder
+    ann = tmp_path / "ann"
+    first = f"000000_{sorted(paths)[0].stem}.jpg"
+    ann.mkdir()
+    (ann / first).write_bytes(b"mine")
+    code, _, err = cli(str(models()["onnx"]), "--source", str(d), "--save-dir", str(ann), "--quiet")
+    assert code == 0, err
+    assert (ann / first).read_bytes() == b"mine" and (ann / first.replace(".jpg", "-2.jpg")).stat().st_size > 100
+    code, _, err = cli(str(models()["onnx"]), "--source", str(d), "--save-dir", str(ann), "--quiet", "--force")
+    assert code == 0, err
+    assert (ann / first).read_bytes() != b"mine"

@@ -130,7 +130,7 @@ def _add_outputs(p: argparse.ArgumentParser) -> None:
                      "instead of the result lines (e.g. --json out.jsonl)")
     out.add_argument("--csv", metavar="FILE", help="write a CSV row per result; - writes them to stdout instead "
                      "of the result lines (e.g. --csv out.csv)")
-    out.add_argument("--save-dir", metavar="DIR", help="write annotated images (e.g. --save-dir annotated/)")
+    out.add_argument("--save-dir", metavar="DIR", help="write annotated images, NNNNNN_<name>.jpg; a file already there is kept (the image takes <name>-2.jpg) unless --force (e.g. --save-dir annotated/)")
     out.add_argument("--save-video", metavar="FILE", help="write an annotated video (e.g. --save-video out.mp4)")
     out.add_argument("--fps", type=_fps, default=25.0, metavar="F",
                      help=f"frame rate of --save-video, {bound(_fps)} (default 25; e.g. --fps 30)")
@@ -143,7 +143,7 @@ def _add_outputs(p: argparse.ArgumentParser) -> None:
     out.add_argument("--quiet", "-q", action="store_true", help="no line per result, only the summary (e.g. --source photos/ --quiet)")
     out.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="progress bar on stderr for folders (default: when stderr is a terminal; e.g. --no-progress)")
-    out.add_argument("--force", action="store_true", help="overwrite existing --json/--csv/--save-video files (e.g. --json out.jsonl --force)")
+    out.add_argument("--force", action="store_true", help="overwrite existing --json/--csv/--save-video files and --save-dir images (e.g. --json out.jsonl --force)")
 
 
 class _StderrHandler(logging.Handler):
@@ -219,7 +219,7 @@ def _run(args: argparse.Namespace, sources: list[Any], out: TextIO, err: TextIO)
         if args.csv:
             sinks.append(stack.enter_context(S.CsvSink(out if args.csv == STDOUT else args.csv, args.force)))
         if args.save_dir:
-            sinks.append(S.SaveDirSink(args.save_dir))
+            sinks.append(S.SaveDirSink(args.save_dir, args.force))
         if args.save_video:
             sinks.append(stack.enter_context(S.VideoSink(args.save_video, args.fps, args.force)))
         if args.show:

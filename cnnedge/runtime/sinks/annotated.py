@@ -36,13 +36,15 @@ def _safe(name: str) -> str:
 
 
 class SaveDirSink(Sink):
-    """``--save-dir DIR``: annotated images, ``NNNNNN_<name>.jpg`` in arrival order."""
+    """``--save-dir DIR``: annotated images, ``NNNNNN_<name>.jpg`` in arrival order. A file already there is
+    replaced only with ``force``; otherwise the image takes the next free ``NNNNNN_<name>-2.jpg``..."""
 
     needs_images = True
 
-    def __init__(self, folder: str | os.PathLike) -> None:
+    def __init__(self, folder: str | os.PathLike, force: bool = False) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.force = force
         self.n = 0
 
     def write(self, r: Result) -> None:
@@ -51,7 +53,12 @@ class SaveDirSink(Sink):
         if r.error is not None or r.image is None:
             return
         stem = Path(r.path).stem if r.path else f"{_safe(r.source)}_{r.frame:06d}"
-        target = self.folder / f"{self.n:06d}_{_safe(stem)}.jpg"
+        name = f"{self.n:06d}_{_safe(stem)}"
+        target = self.folder / f"{name}.jpg"
+        k = 2
+        while not self.force and os.path.lexists(target):
+            target = self.folder / f"{name}-{k}.jpg"
+            k += 1
         self.n += 1
         with atomic_path(target) as tmp:
             if not cv2.imwrite(str(tmp), annotate(r.image, r)):
