@@ -579,15 +579,15 @@ def fallback(graph: Any, pre: Path, fp32_path: Path, quantized: Path, exclude: l
 
 
 SENSITIVITY_IMAGES = 64  # calibration images the per-layer errors are measured on: every intermediate is held
-SENSITIVE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 def sensitivity(pre: Path, quantized: Path, batches: Batches, batch: int | None) -> list[tuple[str, str, float]]:
     """The compute layers of the pre-processed FP32 graph ``pre``, those that lose most in int8 first, each with
     the noise it adds: its output's noise-to-signal power ratio in ``quantized`` (against the FP32 tensor, over
     the first :data:`SENSITIVITY_IMAGES` calibration images; per channel, then averaged, so that one loud channel
-    cannot hide the others' loss) minus that of its input *before* the layer's own input quantization. So a layer is charged with what keeping it float removes: the quantization of its input
-    and weights, and its arithmetic on them (ONNX Runtime's ``qdq_loss_debug`` measures the same per tensor).
+    cannot hide the others' loss) minus that of its input *before* the layer's own input quantization. So a layer
+    is charged with what keeping it float removes: the quantization of its input and weights, and its arithmetic
+    on them (ONNX Runtime's ``qdq_loss_debug`` measures the same per tensor).
     Layers are matched by node name (the quantizer keeps them); sums stream, so memory holds one batch."""
     import onnx
 
@@ -600,7 +600,7 @@ def sensitivity(pre: Path, quantized: Path, batches: Batches, batch: int | None)
     pairs: list[tuple[Any, tuple[str, str], tuple[str, str]]] = []  # layer, (float, quant) before, (.., ..) after
     for layer in fg.node:
         q = qnodes.get(layer.name)
-        if layer.op_type not in SENSITIVE_OPS or q is None or not layer.input or not q.input:
+        if layer.op_type not in saturation.WEIGHTED_OPS or q is None or not layer.input or not q.input:
             continue
         src = q.input[0]
         dq = producer.get(src)
@@ -693,7 +693,7 @@ def mac_counts(graph: Any) -> dict[str, int]:
     weights = {i.name: list(i.dims) for i in graph.initializer}
     counts = {}
     for n in graph.node:
-        if n.op_type not in SENSITIVE_OPS or len(n.input) < 2 or n.input[1] not in weights:
+        if n.op_type not in saturation.WEIGHTED_OPS or len(n.input) < 2 or n.input[1] not in weights:
             continue
         w, out = weights[n.input[1]], shapes.get(n.output[0], [])
         if n.op_type in ("Conv", "ConvTranspose"):

@@ -88,6 +88,12 @@ class ArtifactResult:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def label(self) -> str:
+        """The artifact's name as the table, warnings and failures show it: ``@ emulated AVX2`` for the CPU INT8
+        file's run on the emulated CPU (:func:`compare_emulated`)."""
+        return Path(self.path).name + (" @ emulated AVX2" if self.cpu and "emulated" in self.cpu else "")
+
 
 @dataclass
 class AlternativeTest:
@@ -334,8 +340,7 @@ def judge(res: ArtifactResult, thresholds: Thresholds, max_diff: bool = True) ->
 
 def warning_lines(results: Sequence[ArtifactResult]) -> list[str]:
     """One line per warning, naming its artifact: what an export prints for undecided verdicts."""
-    return [f"{Path(r.path).name}{' (emulated AVX2)' if r.cpu and 'emulated' in r.cpu else ''}: {w}"
-            for r in results for w in r.warnings]
+    return [f"{r.label}: {w}" for r in results for w in r.warnings]
 
 
 def table(results: list[ArtifactResult]) -> str:
@@ -346,8 +351,7 @@ def table(results: list[ArtifactResult]) -> str:
     rows = [("artifact", "prec", "max|diff|", "top1 agree", "accuracy", "source acc", "size", "ms@b1", "check")]
     for r in results:
         verdict = {PASS: "ok", FAIL: "FAIL", UNDECIDED: "undecided"}.get(r.verdict, "n/a")
-        name = Path(r.path).name + (" @ emulated AVX2" if r.cpu and "emulated" in r.cpu else "")
-        rows.append((name, r.precision, "-" if r.max_abs_diff is None else f"{r.max_abs_diff:.2e}",
+        rows.append((r.label, r.precision, "-" if r.max_abs_diff is None else f"{r.max_abs_diff:.2e}",
                      pct(r.agree, r.n), pct(r.correct, r.n), pct(r.source_correct, r.n), _size(r.size_bytes),
                      "-" if r.latency_ms_b1 is None else f"{r.latency_ms_b1:.3f}", verdict))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

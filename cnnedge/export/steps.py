@@ -81,8 +81,8 @@ class ExportReport:
 
     @property
     def failures(self) -> list[str]:
-        return self._card_failures + [f"{Path(a.path).name}{' (emulated AVX2)' if a in self.emulated else ''}: "
-                                      f"{'; '.join(a.failures)}" for a in self.checked if a.passed is False]
+        return self._card_failures + [f"{a.label}: {'; '.join(a.failures)}" for a in self.checked
+                                      if a.passed is False]
 
     @property
     def _card_failures(self) -> list[str]:

@@ -24,11 +24,6 @@ class Int8Kernels:
     exact: bool
     machine: str
 
-    def line(self) -> str:
-        return (f"CPU int8 kernels: {self.name} "
-                + ("(32-bit sums: exact)" if self.exact else "(16-bit pair sums: 8-bit weights can saturate; "
-                                                            "cnnedge's INT8 files use 7-bit weights)"))
-
     def describe(self) -> dict[str, Any]:
         return asdict(self)
 
