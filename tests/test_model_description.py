@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-from cnnedge.card import ONNX_KEY, InputSpec, ModelCard, Preprocess
+from cnnedge.card import ONNX_KEY, InputSpec, ModelCard, Preprocess, Provenance
 from cnnedge.cli import infer as infer_cli
 from cnnedge.cli._run import run_cli
 from cnnedge.errors import CardError, ModelLoadError, UsageError
@@ -218,3 +218,42 @@ def test_help_shows_models_from_elsewhere():
     text = infer_cli.build_parser().format_help()
     assert "models from elsewhere" in text and "--resize shorter --crop-pct 0.875" in text
     assert "--input-size 48x192 --resize pad" in text
+
+
+def _sourced_card(source: str) -> str:
+    return ModelCard(name="tiny", classes=["a", "b", "c"], input=InputSpec(4, 4, 3, "NCHW", "float32", "RGB"),
+                     preprocess=Preprocess(in_graph=False), provenance=Provenance(source_sha256=source)).to_json()
+
+
+def test_the_card_is_read_from_an_onnx_file_without_onnx(tmp_path):
+    from cnnedge.runtime.backends.onesource import onnx_card_json
+
+    card = _sourced_card("a" * 64)
+    path = _onnx(tmp_path / "m.onnx", metadata={"author": "x" * 300, ONNX_KEY: card, "after": "y"})
+    assert onnx_card_json(path) == card == {p.key: p.value for p in onnx.load(path).metadata_props}[ONNX_KEY]
+    assert onnx_card_json(_onnx(tmp_path / "none.onnx", metadata={"author": "x"})) is None
+    (tmp_path / "junk.onnx").write_bytes(b"\xff" * 64)
+    (tmp_path / "cut.onnx").write_bytes(open(path, "rb").read()[:40])
+    assert onnx_card_json(tmp_path / "junk.onnx") is None and onnx_card_json(tmp_path / "cut.onnx") is None
+
+
+def test_a_folder_mixing_two_source_models_is_refused(tmp_path):
+    """model.int8.onnx of one model beside model.onnx of another (copied in by hand, or left by an older
+    export) would run with exit 0 and wrong answers: the runtime refuses it, naming the other file."""
+    a, b = "a" * 64, "b" * 64
+    _onnx(tmp_path / "model.onnx", metadata={ONNX_KEY: _sourced_card(a)})
+    stale = _onnx(tmp_path / "model.int8.onnx", metadata={ONNX_KEY: _sourced_card(b)})
+    _onnx(tmp_path / "model.fp16.onnx", metadata={"author": "no card: not compared"})
+    with pytest.raises(ModelLoadError, match=r"model.int8.onnx: exported from source bbbbbbbbbbbb, but model.onnx "
+                                             r"\(source aaaaaaaaaaaa\) beside it came from another model.*--force"):
+        _clf(stale)
+    img = tmp_path / "a.png"
+    cv2.imwrite(str(img), np.zeros((4, 4, 3), np.uint8))
+    code, err = _cli([str(tmp_path / "model.onnx"), "--source", str(img)])
+    assert code == 1 and "model.int8.onnx (source bbbbbbbbbbbb)" in err and len(err.strip().splitlines()) == 1
+    _onnx(tmp_path / "model.int8.onnx", metadata={ONNX_KEY: _sourced_card(a)})
+    with _clf(stale) as c:
+        assert c.card.classes == ("a", "b", "c")
+    _onnx(tmp_path / "other.onnx", metadata={ONNX_KEY: _sourced_card(b)})  # another stem: another model's name
+    with _clf(tmp_path / "model.onnx") as c:
+        assert c.card.classes == ("a", "b", "c")

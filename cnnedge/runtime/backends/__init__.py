@@ -78,10 +78,12 @@ def load_backend(path: str | os.PathLike, backend: str = "auto", *, input_size: 
 
     ``input_size=(h, w)`` fixes the image size of a graph whose height and width are
     dynamic (see :mod:`.sizing`: the card or Ultralytics' ``imgsz`` otherwise)."""
+    from .onesource import check_one_source
     from .sizing import set_input_size
 
     be = _open(path, backend, **opts)
     try:
+        check_one_source(be.path or path, be.card.provenance.source_sha256 if be.card else None)
         set_input_size(be, input_size)
     except BaseException:
         be.close()
