@@ -278,3 +278,20 @@ _RULES: dict[str, Any] = {
     **{f"DepthwiseConv{r}D": _depthwise(r) for r in (1, 2)},
     **{f"SeparableConv{r}D": _separable(r) for r in (1, 2)},
 }
+
+
+def input_channels(path: str | os.PathLike) -> int | None:
+    """The image channels a ``.keras`` archive's config declares for its first layer, or None when it cannot tell
+    (a description check asks for the colour order of a colour model before the model is loaded)."""
+    p = Path(path)
+    try:
+        with zipfile.ZipFile(p) as zf:
+            config = _read_config(p, zf)
+        for _, layer in _layers(config, ""):
+            shape = _input_shape(layer)
+            if shape is not None and len(shape) == 4:
+                cfg = layer.get("config") if isinstance(layer.get("config"), dict) else {}
+                return _channels(cfg, shape)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, KeyError, ValueError, ModelLoadError):
+        return None
+    return None

@@ -283,3 +283,39 @@ def test_fixed_batch_onnx_exports_with_engines_for_its_batch(mnist, tmp_path):
     assert report["calibration"]["images"] == 50  # whole batches of 2
     assert all(a["passed"] is not False for a in report["artifacts"])
     assert "engine profile 2,2,2 instead of --batch 1,8,32" in err
+
+
+def test_a_colour_keras_model_without_a_card_is_asked_its_colour_order_and_gets_suggestions(mnist, tmp_path):
+    """The missing list names --rgb/--no-rgb before the model loads (the archive's config says 3 channels), and
+    the conventions measured on labelled images include the colour order: digits drawn in the red channel only
+    tell RGB from BGR."""
+    import cv2
+
+    keras = _keras()
+    idx = list(mnist["parts"]["train"])
+
+    def red(gray: np.ndarray) -> np.ndarray:
+        rgb = np.zeros(gray.shape + (3,), np.uint8)
+        rgb[..., 0] = gray
+        return rgb
+
+    model = keras.Sequential([keras.Input((SIDE, SIDE, 3)), keras.layers.Conv2D(8, 3, activation="relu"),
+                              keras.layers.MaxPooling2D(), keras.layers.Flatten(),
+                              keras.layers.Dense(10, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(red(mnist["x"][idx]) / np.float32(255), mnist["y"][idx], epochs=3, batch_size=32, verbose=0)
+    src = tmp_path / "colour.keras"
+    model.save(src)
+    test = tmp_path / "test"
+    for i in list(mnist["parts"]["test"])[:200]:
+        f = test / str(int(mnist["y"][i])) / f"{i}.png"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(f), cv2.cvtColor(red(mnist["x"][i]), cv2.COLOR_RGB2BGR))
+    labels = str(mnist["root"] / "labels.txt")
+    code, _, err = export_cli([str(src), "--labels", labels, "--out", str(tmp_path / "o1")])
+    _one_line(code, err, "missing: --scale, --mean, --std, --rgb/--no-rgb")
+    code, _, err = export_cli([str(src), "--labels", labels, "--verify", str(test), "--out", str(tmp_path / "o2")])
+    line = _one_line(code, err, "missing: --scale, --mean, --std, --rgb/--no-rgb", "best on 200 labelled images: ")
+    picks = line.split("best on 200 labelled images: ")[1].split(", ")
+    assert all(p.rsplit(" (", 1)[0].split()[-1] in ("--rgb", "--no-rgb") for p in picks), picks
+    assert picks[0].startswith("--scale 1/255 --mean 0 --std 1 --rgb ("), picks

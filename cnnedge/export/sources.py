@@ -118,7 +118,10 @@ class KerasSource:
 
             self.card: ModelCard | None = check_depth(load_card_for(path), where)
         else:
-            _check_description(path, describe, f"no {CARD_FILENAME} beside it", channels=1)  # rgb: after the load
+            from ..keras_archive import input_channels
+
+            channels = input_channels(path) if path.suffix.lower() == ".keras" else None
+            _check_description(path, describe, f"no {CARD_FILENAME} beside it", channels=channels or 1)
             self.card = None
             self.declared_output = (describe or ModelDescription()).output
         self.model: Any = None

@@ -99,11 +99,13 @@ def hint(model_path: Path, describe: Any, missing: Sequence[str], folder: str | 
         return ""
     d = describe or ModelDescription()
     placeholder = d.replace(**{k: v for k, v in {"scale": 1.0, "mean": (0.0,), "std": (1.0,), "rgb": True}.items()
-                               if k in todo})
+                               if k in todo or (k == "rgb" and d.rgb is None)})
     src = None
     try:
         src = open_source(model_path, placeholder, trust, opset)
         card = src.load()
+        if card.input.channels == 3 and d.rgb is None and "rgb" not in todo:  # a colour model found by the load
+            todo.append("rgb")
         data = load_images(folder, card, "test", MAX_IMAGES, "--verify")
         if data.labels is None:
             return ""
