@@ -131,8 +131,8 @@ class Preprocess:
         object.__setattr__(self, "crop_pct", float(self.crop_pct))
         object.__setattr__(self, "pad_value", float(self.pad_value))
         _check_type("preprocess.scale", self.scale, (int, float))
-        if not (math.isfinite(self.scale) and self.scale > 0):
-            raise CardError(f"model card: preprocess.scale must be a finite positive number, found {self.scale}")
+        if not (math.isfinite(self.scale) and self.scale != 0):
+            raise CardError(f"model card: preprocess.scale must be a finite number other than 0, found {self.scale}")
         _check_type("preprocess.in_graph", self.in_graph, (bool,))
         _check_type("preprocess.name", self.name, (str,))
         for key in ("mean", "std"):
@@ -145,8 +145,8 @@ class Preprocess:
                 if not math.isfinite(v):
                     raise CardError(f"model card: preprocess.{key}[{i}] must be finite, found {v}")
             object.__setattr__(self, key, tuple(float(v) for v in seq))
-        if any(s <= 0 for s in self.std):
-            raise CardError("model card: preprocess.std must be positive (it must not contain 0)")
+        if any(s == 0 for s in self.std):
+            raise CardError("model card: preprocess.std must not contain 0")
         object.__setattr__(self, "scale", float(self.scale))
 
 

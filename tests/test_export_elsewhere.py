@@ -319,3 +319,32 @@ def test_a_colour_keras_model_without_a_card_is_asked_its_colour_order_and_gets_
     picks = line.split("best on 200 labelled images: ")[1].split(", ")
     assert all(p.rsplit(" (", 1)[0].split()[-1] in ("--rgb", "--no-rgb") for p in picks), picks
     assert picks[0].startswith("--scale 1/255 --mean 0 --std 1 --rgb ("), picks
+
+
+def test_inverted_pixels_are_described_with_a_negative_std_or_scale(mnist, tmp_path):
+    """A model trained on dark digits on white (1 - x/255) is described by --scale 1/255 --mean 1 --std -1, or
+    (as argparse could not take before) --scale -1/255 --mean -1 --std 1; both export, pass the card check, and run like Keras."""
+    keras = _keras()
+    idx = list(mnist["parts"]["train"])
+
+    def pre(gray: np.ndarray) -> np.ndarray:
+        return (1 - gray.astype(np.float32) / 255)[..., None]
+
+    model = keras.Sequential([keras.Input((SIDE, SIDE, 1)), keras.layers.Conv2D(8, 3, activation="relu"),
+                              keras.layers.MaxPooling2D(), keras.layers.Flatten(),
+                              keras.layers.Dense(10, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(pre(mnist["x"][idx]), mnist["y"][idx], epochs=3, batch_size=32, verbose=0)
+    src = tmp_path / "inverted.keras"
+    model.save(src)
+    root = mnist["root"]
+    test_idx = list(mnist["parts"]["test"])
+    ref = np.asarray(model(pre(mnist["x"][test_idx]), training=False)).argmax(1)
+    for i, flags in enumerate((["--scale", "1/255", "--mean", "1", "--std", "-1"],
+                              ["--scale", "-1/255", "--mean", "-1", "--std", "1"])):
+        out = tmp_path / f"out{i}"
+        code, table, err = export_cli([str(src), "--labels", str(root / "labels.txt"), *flags, "--no-rgb",
+                                       "--verify", str(root / "test"), "--out", str(out), "-q"])
+        assert code == 0, err + table
+        got = infer_predictions(out / "model.onnx", root / "test", out)
+        assert _agreement(got, mnist["files"]["test"], ref) >= 0.99

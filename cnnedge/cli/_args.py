@@ -3,10 +3,14 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from fractions import Fraction
 from typing import Any, Callable, NoReturn
 
 from ..runtime.limits import MAX_SECONDS, max_threads, threads_bound
+
+
+_SIGNED = re.compile(r"^-[0-9.]")
 
 
 class Parser(argparse.ArgumentParser):
@@ -15,7 +19,27 @@ class Parser(argparse.ArgumentParser):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.flags: list[argparse.Action] = []
+        self.signed: set[str] = set()  # flags whose value may start with '-' (see parse_known_args)
         super().__init__(*args, **kwargs)
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:  # type: ignore[override]
+        """argparse takes ``-1/255`` or ``-0.5,0.2`` after a flag for another flag (only plain negative numbers
+        pass): a signed flag followed by such a value is read as ``--flag=VALUE``."""
+        import sys
+
+        argv = list(sys.argv[1:] if args is None else args)
+        joined, i = [], 0
+        while i < len(argv):
+            if argv[i] == "--":
+                joined += argv[i:]
+                break
+            if argv[i] in self.signed and i + 1 < len(argv) and _SIGNED.match(str(argv[i + 1])):
+                joined.append(f"{argv[i]}={argv[i + 1]}")
+                i += 2
+                continue
+            joined.append(argv[i])
+            i += 1
+        return super().parse_known_args(joined, namespace)
 
     def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
         action = super().add_argument(*args, **kwargs)
@@ -123,10 +147,12 @@ _MODEL_FLAGS: dict[str, tuple[str | None, str]] = {
                        "'names', 'labels', 'classes') or are indices (e.g. --labels labels.txt)"),
     "input_size": ("HxW", "image size for a graph whose height and width are dynamic, e.g. [N,3,?,?]; the "
                           "size the model was trained at, each side 1..16384 (e.g. --input-size 48x192)"),
-    "scale": ("X", "multiply pixels (0..255) by X first, X > 0 (default 1/255; e.g. --scale 1/255)"),
+    "scale": ("X", "multiply pixels (0..255) by X first, X not 0 (default 1/255; e.g. --scale 1/255)"),
     "mean": ("M", "subtract after scaling, one finite value or one per channel (default 0; e.g. --mean "
                   "0.485,0.456,0.406)"),
-    "std": ("S", "then divide, one value > 0 or one per channel (default 1; e.g. --std 0.229,0.224,0.225)"),
+    "std": ("S", "then divide, one value (not 0) or one per channel (default 1; e.g. --std 0.229,0.224,0.225); "
+                 "a negative std inverts: --scale 1/255 --mean 1 --std -1 feeds 1 - x/255 (white digits on black "
+                 "become black on white)"),
     "rgb": (None, "feed RGB (default) or BGR with --no-rgb, for models trained on OpenCV's order (e.g. --no-rgb)"),
     "resize": ("MODE", "stretch (default; the tutorials), center-crop (keep aspect, crop to fill), shorter "
                        "(shorter side to input/crop-pct, centre crop: torchvision/timm ImageNet models), "
@@ -175,13 +201,15 @@ def add_model_flags(parser: argparse.ArgumentParser, which: tuple[str, ...] = MO
             g.add_argument(flag, choices=choices[key], help=help_text)
         else:
             g.add_argument(flag, metavar=metavar, help=help_text)
+            if key in ("scale", "mean", "std") and isinstance(parser, Parser):
+                parser.signed.add(flag)
     return g
 
 
 def model_description(args: argparse.Namespace, which: tuple[str, ...] = MODEL_FLAGS) -> dict[str, Any]:
     """The given model-description flags, checked and typed (keyword arguments for Classifier:
     ``input_size`` as (h, w), ``mean`` as a tuple ...); a bad value is a UsageError (exit 2)
-    that names the flag and shows its form, e.g. ``--std: must be positive, e.g. --std 0.229,0.224,0.225``."""
+    that names the flag and shows its form, e.g. ``--std: must not contain 0 (...), e.g. --std 0.229,0.224,0.225``."""
     from ..runtime.describe import check_description
 
     return check_description({k: getattr(args, k, None) for k in which}, cli=True)

@@ -37,9 +37,9 @@ def _number(x: float) -> str:
     """A flag value as a person writes it: ``1/255`` and ``1/127.5`` for scales, decimals otherwise (0.485, not
     97/200)."""
     if x and abs(1 / x) >= 10:
-        r = 1 / x
-        if abs(r - round(r, 1)) < 1e-9 * abs(r):
-            return f"1/{round(r, 1):g}"
+        r = abs(1 / x)
+        if abs(r - round(r, 1)) < 1e-9 * r:
+            return f"{'-' if x < 0 else ''}1/{round(r, 1):g}"
     return f"{x:g}"
 
 

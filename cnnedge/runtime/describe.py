@@ -3,7 +3,7 @@
 The values arrive as cnn-infer/cnn-bench/cnn-export flags or as Classifier keyword
 arguments; :func:`check_description` turns them into typed values or raises a
 one-line :class:`~cnnedge.errors.UsageError` that names the flag (or argument) and
-shows the accepted form, e.g. ``--std: must be positive, e.g. --std 0.229,0.224,0.225``.
+shows the accepted form, e.g. ``--std: must not contain 0 (...), e.g. --std 0.229,0.224,0.225``.
 """
 from __future__ import annotations
 
@@ -107,15 +107,15 @@ def _check_one(key: str, v: Any) -> Any:
         return v
     if key == "scale":
         x = _number(v)
-        if x <= 0:
-            raise _Bad("must be positive")
+        if x == 0:
+            raise _Bad("must not be 0 (a negative value inverts pixels)")
         return x
     if key == "mean":
         return _numbers(v)
     if key == "std":
         xs = _numbers(v)
-        if any(x <= 0 for x in xs):
-            raise _Bad("must be positive")
+        if any(x == 0 for x in xs):
+            raise _Bad("must not contain 0 (a negative value inverts pixels)")
         return xs
     if key == "rgb":
         if type(v).__name__ not in ("bool", "bool_"):
@@ -180,7 +180,7 @@ def _check_range(out: Mapping[str, Any], cli: bool) -> None:
     elif max(abs(m) for m in mean) > FLOAT32_MAX:
         key = "mean"
     else:
-        key = "std" if min(std) < 1 else "scale" if "scale" in out else "mean"
+        key = "std" if min(abs(s) for s in std) < 1 else "scale" if "scale" in out else "mean"
     raise UsageError(f"{_name(key, cli)}: the normalised pixel range (0..255 * scale - mean) / std reaches "
                      f"{worst:.3g}, beyond float32's {FLOAT32_MAX:.3g}; the model would see inf and score NaN, "
                      f"e.g. {_example(key, cli)}")
