@@ -82,8 +82,9 @@ def _add_sources(p: argparse.ArgumentParser) -> None:
                           f"reconnects, {bound(_timeout_ms)}; local cameras take no timeout (default 5000; "
                           "e.g. --read-timeout-ms 2000)")
     src.add_argument("--give-up-after", type=_positive_seconds, metavar="S",
-                     help="end a camera or stream that has been down S seconds (reconnecting with back-off "
-                          "until then) and exit 1 at the end, so a supervisor can restart; S "
+                     help="end a camera or stream that has given no frame for S seconds (one that opens but "
+                          "sends garbage too; reconnecting with back-off until then, ending at most an open and a "
+                          "read timeout later) and exit 1 at the end, so a supervisor can restart; S "
                           f"{bound(_positive_seconds)}; default: keep reconnecting for as long as the run lasts "
                           "(e.g. --give-up-after 60)")
 

@@ -72,6 +72,12 @@ def last_signal() -> int | None:
     return _last_signal[0] if _last_signal else None
 
 
+def stop_requested() -> bool:
+    """Whether a stop signal has come (seen by the watcher that :func:`watch_signals` starts): a wait in a thread
+    where no signal handler runs, or one that must not outlast the stop (a stream's open), ends on it."""
+    return bool(_last_signal)
+
+
 def exit_code_for(exc: BaseException) -> int:
     """128 + the signal the run stopped for: 130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP."""
     if isinstance(exc, Terminated):

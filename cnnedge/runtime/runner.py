@@ -71,7 +71,7 @@ class RunSummary:
         out = []
         if self.error is not None:
             out.append(self.error)
-        elif self.stats.done == 0 and not self.interrupted and not self.output_closed:
+        elif self.stats.done == 0 and not (self.interrupted or self.output_closed or self.stats.given_up):
             out.append("nothing could be processed")
         if self.stats.given_up:
             after = f" after {self.give_up_s:g} s" if self.give_up_s else ""
@@ -111,8 +111,13 @@ def run(sources: Any, clf: BatchModel, sinks: Sequence[Sink] = (), *, batch: int
     sinks = list(sinks)
     results = None
     try:
-        results = pipeline.run(clf, sources, batch=batch, stats=stats,
-                               keep_images=any(s.needs_images for s in sinks), **options)
+        try:
+            results = pipeline.run(clf, sources, batch=batch, stats=stats,
+                                   keep_images=any(s.needs_images for s in sinks), **options)
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM while a stream opens: a summary, as later
+            summary.interrupted = True
+            summary.interrupt_code = exit_code_for(exc)
+            return summary
         if progress is not None and stats.total:
             sinks.append(Progress(stats.total, progress))
         watcher = _stop_watcher(stop, clf)

@@ -10,10 +10,14 @@ from typing import Any
 
 import numpy as np
 
-from .capture import OPEN_TIMEOUT_MS, READ_TIMEOUT_MS, cv2_module, open_capture
+from ..interrupt import RunInterrupted
+from .capture import OPEN_TIMEOUT_MS, READ_TIMEOUT_MS, cv2_module, open_capture_stoppably
 from .frames import Frame, Source, SourceError
 
 log = logging.getLogger("cnnedge.runtime")
+
+#: how long closing a live source waits for its capture thread (one blocked in C ends on its own timeout)
+CLOSE_WAIT_S = 1.0
 
 
 class LiveSource(Source):
@@ -21,8 +25,9 @@ class LiveSource(Source):
 
     ``reconnect``: reopen with back-off (``backoff`` seconds, doubling up to
     ``max_backoff``) when reads fail; a file target ends at its last frame instead.
-    ``give_up_s``: end the source (``gave_up`` set) when it has stayed down this
-    long; None keeps trying until closed.
+    ``give_up_s``: end the source (``gave_up`` set) when it has delivered no frame for this long (a stream
+    that opens but sends only garbage is down too), at most one open and one read timeout later; None keeps
+    trying until closed.
     ``fps``: deliver no faster than this (a video file replayed as a camera would
     deliver it); None reads as fast as the capture gives frames.
     """
@@ -44,7 +49,8 @@ class LiveSource(Source):
         self.gave_up = False
         self.dropped = self.reconnects = self.frames = self.size_changes = 0
         self.size: tuple[int, ...] | None = None
-        self._cap = open_capture(target, self.api, self.params)
+        self._timeouts_s = (open_timeout_ms + read_timeout_ms) / 1000 if timeouts else 0.0
+        self._cap = open_capture_stoppably(target, self.api, self.params, name)
         if self._cap is None:
             raise SourceError(f"{name}: cannot open (no such camera, unreachable address, or a format OpenCV "
                               "cannot read)")
@@ -52,6 +58,9 @@ class LiveSource(Source):
         self._latest: Frame | None = None
         self._ended = False
         self._stop = threading.Event()
+        self._last_frame = time.perf_counter()  # what "down for give_up_s" counts from
+        self._lost_at = 0.0
+        self._delay = backoff  # the back-off before the next reopen; reset by a frame, not by an open
         self._thread = threading.Thread(target=self._loop, name=f"capture {name}", daemon=True)
         self._thread.start()
 
@@ -94,29 +103,39 @@ class LiveSource(Source):
                 self.dropped += 1
             self._latest = Frame(self.name, ts, t0, frame=self.frames, image=img)
             self.frames += 1
+            self._last_frame = t0
+            self._delay = self.backoff
             self._cond.notify_all()
 
     def _reopen(self) -> bool:
-        delay = self.backoff
-        lost = time.perf_counter()
+        """Reopen with back-off until a capture opens (True), the source is closed, or it has been without a
+        frame for ``give_up_s`` (False, ``gave_up`` set). An open that gives no frame (garbage on the wire)
+        does not reset that clock nor the back-off."""
         limit = self.give_up_s
-        log.warning("%s: stream lost; reconnecting%s", self.name,
-                    "" if limit is None else f" (giving up after {limit:g} s)")
+        if self._last_frame > self._lost_at:  # said once per loss, not after each open that gives no frame
+            self._lost_at = time.perf_counter()
+            log.warning("%s: stream lost; reconnecting%s", self.name,
+                        "" if limit is None else f" (giving up after {limit:g} s without a frame)")
         while True:
-            wait = delay if limit is None else min(delay, max(0.0, lost + limit - time.perf_counter()))
+            down = time.perf_counter() - self._last_frame
+            if limit is not None and down >= limit:
+                self.gave_up = True
+                log.warning("%s: gave up: no frame for %.1f s", self.name, down)
+                return False
+            wait = self._delay if limit is None else min(self._delay, limit - down)
             if self._stop.wait(wait):
                 return False
-            cap = open_capture(self.target, self.api, self.params)
+            try:
+                cap = open_capture_stoppably(self.target, self.api, self.params, self.name, self._stop)
+            except RunInterrupted:  # a stop signal: the run closes this source
+                return False
             if cap is not None:
                 self._cap = cap
                 self.reconnects += 1
-                log.warning("%s: reconnected (attempt after %.2f s back-off)", self.name, delay)
+                log.warning("%s: reconnected (attempt after %.2f s back-off)", self.name, wait)
+                self._delay = min(self._delay * 2, self.max_backoff)
                 return True
-            if limit is not None and time.perf_counter() - lost >= limit:
-                self.gave_up = True
-                log.warning("%s: gave up: no frame for %.1f s", self.name, time.perf_counter() - lost)
-                return False
-            delay = min(delay * 2, self.max_backoff)
+            self._delay = min(self._delay * 2, self.max_backoff)
 
     def give_up_after(self, seconds: float) -> None:
         """End the source once it has been down ``seconds`` (a run's ``give_up_s`` for a source the caller
@@ -125,14 +144,25 @@ class LiveSource(Source):
             self.give_up_s = seconds
 
     def get(self, timeout: float | None = None) -> Frame | None:
-        """The newest frame not yet taken; None on timeout. StopIteration once ended."""
+        """The newest frame not yet taken; None on timeout. StopIteration once ended, or once ``give_up_s``, an
+        open and a read timeout and a second have passed without a frame (a capture stuck past its timeouts)."""
         with self._cond:
             if self._latest is None and not self._ended:
                 self._cond.wait(timeout)
             f, self._latest = self._latest, None
+            if f is None and not self._ended and self._stuck():
+                self.gave_up = self._ended = True
+                self._stop.set()
+                log.warning("%s: gave up: no frame for %.1f s", self.name, time.perf_counter() - self._last_frame)
             if f is None and self._ended:
                 raise StopIteration
             return f
+
+    def _stuck(self) -> bool:
+        limit = self.give_up_s
+        if limit is None or not self.reconnect:
+            return False
+        return time.perf_counter() - self._last_frame > limit + self._timeouts_s + 1.0
 
     def __next__(self) -> Frame:
         while True:
@@ -141,9 +171,11 @@ class LiveSource(Source):
                 return f
 
     def close(self) -> None:
+        """Stop the capture thread; wait a moment for it to release the capture, never for a read or an open
+        in C to time out (it releases the capture itself when that returns)."""
         self._stop.set()
         if threading.current_thread() is not self._thread:
-            self._thread.join(timeout=max(2.0, self.params[3] / 1000 + 1 if self.params else 2.0))
+            self._thread.join(timeout=CLOSE_WAIT_S)
 
 
 def csi_pipeline(sensor_id: int = 0, width: int = 1280, height: int = 720, fps: int = 30, flip: int = 0) -> str:
