@@ -1,5 +1,6 @@
-"""The Dockerfiles cannot be built here (no Docker engine): lint them with hadolint
-and check the project's own rules on the parsed instructions."""
+"""Every Dockerfile, linted with hadolint and checked against the project's own rules on the parsed
+instructions (no GPU or Jetson image can be built here; the CPU image is built and run by podman in
+tests/test_docker_image.py)."""
 from __future__ import annotations
 
 import re
@@ -63,3 +64,22 @@ def test_image_specific_rules():
     assert "[gpu]" in gpu and "[cpu]" not in gpu, "onnxruntime and onnxruntime-gpu must never be installed together"
     cpu = " ".join(i["value"] for i in instructions(DOCKER / "Dockerfile.cpu") if i["instruction"] == "RUN")
     assert "[cpu]" in cpu and "gpu" not in cpu
+
+
+def test_cpu_image_installs_pinned_versions_that_satisfy_the_package():
+    """docker/constraints-cpu.txt pins every package (==) and each pin meets cnnedge[cpu]'s own requirements, so
+    the image installs one tested set; tests/test_docker_image.py checks that it installs exactly these."""
+    from packaging.requirements import Requirement
+
+    lines = [ln.strip() for ln in (DOCKER / "constraints-cpu.txt").read_text().splitlines()]
+    pins = [Requirement(ln) for ln in lines if ln and not ln.startswith("#")]
+    assert pins and all(len(r.specifier) == 1 and next(iter(r.specifier)).operator == "==" for r in pins), pins
+    versions = {r.name.lower(): next(iter(r.specifier)).version for r in pins}
+    project = (DOCKER.parent / "pyproject.toml").read_text()
+    runtime = r'"((?:numpy|opencv-python-headless|onnxruntime)[<>=!~][^"]*)"'
+    needs = [Requirement(q) for q in re.findall(runtime, project)]
+    assert {r.name for r in needs} == {"numpy", "opencv-python-headless", "onnxruntime"}
+    for req in needs:
+        assert req.specifier.contains(versions[req.name]), f"{req.name}=={versions[req.name]} does not meet {req}"
+    cpu = " ".join(i["value"] for i in instructions(DOCKER / "Dockerfile.cpu") if i["instruction"] == "RUN")
+    assert "-c /src/constraints-cpu.txt" in cpu
