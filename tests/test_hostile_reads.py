@@ -99,7 +99,8 @@ def _cli(tool: str) -> str:
 
 
 def infer(*argv: str, **kw) -> Ran:
-    return run(_cli("infer"), *argv, **kw)
+    """cnn-infer on this file's card-less models: the preprocessing is assumed, as they test other things."""
+    return run(_cli("infer"), *argv, "--assume-preprocessing", **kw)
 
 
 def bench(*argv: str, **kw) -> Ran:
@@ -619,7 +620,7 @@ def test_ctrl_c_and_sigterm_end_a_model_that_never_finishes(tmp_path, sig, code)
     cnn-bench); the signal ends it within seconds, in one line, with 130 (Ctrl-C) or 143 (SIGTERM)."""
     model = _spinner(tmp_path)
     write_images(tmp_path / "imgs", 1)
-    for tool, argv in (("infer", (str(model), "--source", str(tmp_path / "imgs"))),
+    for tool, argv in (("infer", (str(model), "--source", str(tmp_path / "imgs"), "--assume-preprocessing")),
                        ("bench", (str(model), *BENCH_QUICK))):
         r = _run_default_signals(_cli(tool), *argv, sig=sig, delay=4)
         assert r.rc == code and r.seconds < 3, r
@@ -759,7 +760,8 @@ def test_sigterm_stops_like_ctrl_c(tmp_path, sig, repeat, code):
     lst = _long_list(tmp_path)
     out = tmp_path / "out.jsonl"
     out.write_text("old\n")
-    r = _run_default_signals(_cli("infer"), str(model), "--source", str(lst), "--json", str(out), "--force",
+    r = _run_default_signals(_cli("infer"), str(model), "--assume-preprocessing", "--source", str(lst), "--json",
+                             str(out), "--force",
                              "--quiet", "--batch", "4", sig=sig, when=_writing(out), repeat=repeat)
     assert r.rc == code and r.seconds < 5 and "Traceback" not in r.err, r
     assert "interrupted" in r.err and "done" in r.err, r
@@ -791,7 +793,7 @@ def test_a_users_partial_file_is_never_overwritten(tmp_path):
     lst = _long_list(tmp_path)
     mine = tmp_path / "out.partial.jsonl"
     mine.write_text("mine\n")
-    r = _run_default_signals(_cli("infer"), str(model), "--source", str(lst), "--json",
+    r = _run_default_signals(_cli("infer"), str(model), "--assume-preprocessing", "--source", str(lst), "--json",
                              str(tmp_path / "out.jsonl"), "--quiet", "--batch", "4", sig=signal.SIGINT,
                              when=_writing(tmp_path / "out.jsonl"))
     assert r.rc == 130 and r.seconds < 40, r  # seconds: inf if the run never wrote a result, or ended unsignalled

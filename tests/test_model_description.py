@@ -12,7 +12,7 @@ from cnnedge.card import ONNX_KEY, InputSpec, ModelCard, Preprocess, Provenance
 from cnnedge.cli import infer as infer_cli
 from cnnedge.cli._run import run_cli
 from cnnedge.errors import CardError, ModelLoadError, UsageError
-from cnnedge.runtime.classifier import Classifier, OutputKindWarning
+from cnnedge.runtime.classifier import CardMissingWarning, Classifier, OutputKindWarning
 
 onnx = pytest.importorskip("onnx")
 cv2 = pytest.importorskip("cv2")
@@ -116,7 +116,7 @@ def test_class_names_from_onnx_metadata(tmp_path, key, value, names):
         assert c.predict(np.zeros((4, 4, 3), np.uint8)).label in names
     img = tmp_path / "a.png"
     cv2.imwrite(str(img), np.zeros((4, 4, 3), np.uint8))
-    code, err = _cli([model, "--source", str(img)])
+    code, err = _cli([model, "--source", str(img), "--assume-preprocessing"])
     assert code == 0 and f"class names from the file's metadata ({key!r})" in err
 
 
@@ -270,3 +270,23 @@ def test_negative_values_are_read_after_their_flag():
     assert d["scale"] == pytest.approx(-1 / 255) and d["mean"] == (-0.5, 0.2, -0.1) and d["std"] == (-1.0,)
     with pytest.raises(SystemExit):  # only those three: a file name starting with '-' is still refused
         infer_cli.build_parser().parse_args(["m.onnx", "--source", "d", "--labels", "-1/255"])
+
+
+def test_cnn_infer_refuses_to_guess_a_card_less_models_preprocessing(tmp_path):
+    """A card-less model ran on guessed preprocessing with exit 0 (a chess-tile model said "empty" for every
+    tile); cnn-infer asks for the flags or --assume-preprocessing, and says what it assumed. The API assumes, with
+    the same warning, unless assume_preprocessing=False."""
+    model = _onnx(tmp_path / "m.onnx")
+    img = tmp_path / "a.png"
+    cv2.imwrite(str(img), np.zeros((4, 4, 3), np.uint8))
+    code, err = _cli([model, "--source", str(img)])
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "m.onnx carries no model card" in err and "--scale, --mean, --std" in err and "--assume-preprocessing" in err
+    code, err = _cli([model, "--source", str(img), "--assume-preprocessing"])
+    assert code == 0 and "these are assumed: scale 1/255, mean 0, std 1, RGB, resize stretch" in err, err
+    code, err = _cli([model, "--source", str(img), "--scale", "1/255", "--std", "0.5", "--no-rgb"])
+    assert code == 0 and "these are assumed: mean 0, resize stretch" in err, err
+    with pytest.raises(UsageError, match="carries no model card, so nothing says how its pixels were scaled"):
+        Classifier(model, "ort-cpu", assume_preprocessing=False)
+    with pytest.warns(CardMissingWarning, match="assumed: scale 1/255, mean 0, std 1, RGB, resize stretch"):
+        Classifier(model, "ort-cpu").close()

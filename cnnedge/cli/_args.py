@@ -179,7 +179,7 @@ models from elsewhere (no card; the flags say what the model expects):
   cnn-infer ch_ppocr_mobile_v2.0_cls_infer.onnx --source lines/ --input-size 48x192 --resize pad \\
       --pad-value 127.5 --interpolation linear --scale 1/255 --mean 0.5 --std 0.5 --no-rgb --labels 0_180.txt
   # a model with class names in its metadata (an Ultralytics classify export): names and size are read
-  cnn-infer yolo11n-cls.onnx --source photos/ --resize shorter --interpolation linear
+  cnn-infer yolo11n-cls.onnx --source photos/ --resize shorter --interpolation linear --scale 1/255
 """
 
 

@@ -47,7 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="model file: .onnx, .engine or .keras (e.g. runs/digits/model.int8.onnx)")
     _add_sources(p)
     _add_inference(p)
-    add_model_flags(p)
+    add_model_flags(p).add_argument(
+        "--assume-preprocessing", action="store_true",
+        help="run a model without a card on 0..1 RGB pixels (scale 1/255, mean 0, std 1) where no flag above says "
+             "otherwise; without it, cnn-infer refuses to guess how a card-less model's pixels were scaled")
     _add_outputs(p)
     return p
 
@@ -206,7 +209,7 @@ def _run(args: argparse.Namespace, sources: list[Any], out: TextIO, err: TextIO)
         warnings.simplefilter("always")
         clf = Classifier(args.model, args.backend, **model_description(args), topk=args.topk,
                          reduce_decode=args.reduce_decode, threads=args.threads, fp16=args.fp16 or None,
-                         load_timeout_s=args.load_timeout_s,
+                         load_timeout_s=args.load_timeout_s, assume_preprocessing=args.assume_preprocessing,
                          **({"trust": True} if args.trust else {}))
     for w in caught:
         print(f"{PROG}: warning: {w.message}", file=err)

@@ -60,7 +60,7 @@ class Resolved(NamedTuple):
 
 def resolve_card(backend: Backend, *, labels: Any = None, scale: Any = None, mean: Any = None, std: Any = None,
                  rgb: Any = None, resize: Any = None, crop_pct: Any = None, pad_value: Any = None,
-                 interpolation: Any = None, output: Any = None) -> Resolved:
+                 interpolation: Any = None, output: Any = None, assume_preprocessing: bool = True) -> Resolved:
     """The card to run ``backend`` with.
 
     With a card in the artifact, it is checked against the graph. Without one, the
@@ -68,9 +68,11 @@ def resolve_card(backend: Backend, *, labels: Any = None, scale: Any = None, mea
     ``load_backend``'s ``input_size``), class names from ``labels`` or the file's
     metadata, and the rest from the arguments (the same as cnn-infer's flags,
     validated by :func:`~cnnedge.runtime.describe.check_description`); a
-    CardMissingWarning says so. A ``.keras`` file without a
-    card is refused unless its preprocessing is described: generic defaults would
-    give wrong answers.
+    CardMissingWarning says what was assumed. With ``assume_preprocessing=False``
+    (cnn-infer without --assume-preprocessing) a file without a card is refused
+    unless its pixel arithmetic (scale, mean or std) is described: generic defaults
+    give wrong answers with exit 0 (a chess-tile model said "empty" for every tile).
+    A ``.keras`` file without a card is always refused unless described.
     """
     path = backend.path
     spec_in = backend.input_spec
@@ -91,8 +93,13 @@ def resolve_card(backend: Backend, *, labels: Any = None, scale: Any = None, mea
                          "inputs were scaled; put the card.json of its training run beside it, or describe the model "
                          "with --scale, --mean, --std, --resize and --labels (scale=, mean=, ... in Python), e.g. "
                          "--scale 1/255 --labels labels.txt")
-    warnings.warn(f"{path} carries no model card; input size and layout come from the graph, preprocessing from "
-                  "arguments (scale, mean, std, rgb, resize) and defaults", CardMissingWarning, stacklevel=3)
+    if not assume_preprocessing and not any(k in desc for k in ("scale", "mean", "std")):
+        raise UsageError(f"{path} carries no model card, so nothing says how its pixels were scaled; describe it "
+                         "with --scale, --mean, --std and --rgb/--no-rgb (scale=, mean=, std=, rgb= in Python), e.g. "
+                         "--scale 1/255 --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225, or pass "
+                         "--assume-preprocessing (assume_preprocessing=True) to feed 0..1 RGB pixels; cnn-export "
+                         "MODEL --labels FILE --verify LABELLED_FOLDER measures the common conventions and lists the "
+                         "best")
     axes = image_axes(shape)
     if axes is None:
         raise ModelLoadError(f"{path}: input {spec_in.name!r} has shape {_dims(shape)}: no axis of 1 (gray) or 3 "
@@ -108,6 +115,10 @@ def resolve_card(backend: Backend, *, labels: Any = None, scale: Any = None, mea
     if dtype not in ("uint8", "float32", "float16"):
         raise ModelLoadError(f"{path}: input type {dtype} is not an image type (uint8, float32, float16)")
     color = "GRAY" if c == 1 else ("BGR" if desc.get("rgb") is False else "RGB")
+    assumed = [k for k in ("scale", "mean", "std", "rgb", "resize") if k not in desc and (k != "rgb" or c == 3)]
+    warnings.warn(f"{path} carries no model card; size and layout come from the graph"
+                  + (f", and these are assumed: {_assumed(assumed)}" if assumed else ""),
+                  CardMissingWarning, stacklevel=3)
     names, labels_from = _class_names(backend, names, labels_flag)
     try:
         pre = Preprocess(resize=desc.get("resize", "stretch"), scale=desc.get("scale", 1 / 255),
@@ -119,6 +130,12 @@ def resolve_card(backend: Backend, *, labels: Any = None, scale: Any = None, mea
     except CardError as exc:
         raise UsageError(str(exc).replace("model card: preprocess.", "").replace("model card: ", "")) from None
     return Resolved(card, "output" not in desc, labels_from)
+
+
+def _assumed(keys: list[str]) -> str:
+    """``scale 1/255, mean 0, std 1, RGB``: the defaults a card-less model runs on, as a person reads them."""
+    text = {"scale": "scale 1/255", "mean": "mean 0", "std": "std 1", "rgb": "RGB", "resize": "resize stretch"}
+    return ", ".join(text[k] for k in keys)
 
 
 def _carded(backend: Backend, desc: dict[str, Any], names: tuple[str, ...] | None, labels_flag: str) -> Resolved:
@@ -288,8 +305,11 @@ class Classifier:
     flags: a bad value is a UsageError). ``input_size=(h, w)``: the image size of a graph
     whose height and width are dynamic. ``topk``: length of each prediction's top-k list.
     ``reduce_decode``: decode large JPEG files at 1/2..1/8 size when they are at
-    least twice the model input. ``load_timeout_s``: the warm-up run may take this long (None: no limit)
-    before the model is refused: a model that never finishes. Other keyword arguments go to the backend
+    least twice the model input. ``assume_preprocessing``: a model without a card runs on 0..1 RGB
+    pixels where no argument says otherwise, with a CardMissingWarning naming what was assumed; False
+    refuses it with a UsageError unless scale, mean or std is given (what cnn-infer does).
+    ``load_timeout_s``: the warm-up run may take this long (None: no limit) before the model is
+    refused: a model that never finishes. Other keyword arguments go to the backend
     (``threads``, ``fp16``, ``cache_dir``, ``device_id``, ``trust``).
     """
 
@@ -298,7 +318,8 @@ class Classifier:
                  resize: str | None = None, crop_pct: Any = None, pad_value: Any = None,
                  interpolation: str | None = None, output: str | None = None, input_size: Any = None,
                  topk: int = 5, warmup: bool = True, reduce_decode: bool = True,
-                 load_timeout_s: float | None = DEFAULT_LOAD_TIMEOUT_S, **backend_opts: Any) -> None:
+                 load_timeout_s: float | None = DEFAULT_LOAD_TIMEOUT_S, assume_preprocessing: bool = True,
+                 **backend_opts: Any) -> None:
         topk = _topk(topk)
         self.load_timeout_s = _timeout(load_timeout_s)
         described = dict(labels=labels, scale=scale, mean=mean, std=std, rgb=rgb, resize=resize, crop_pct=crop_pct,
@@ -313,7 +334,8 @@ class Classifier:
         else:
             self.backend = load_backend(model, backend, input_size=size, **backend_opts)
         try:
-            self.card, detect, self.labels_from = resolve_card(self.backend, **described)
+            self.card, detect, self.labels_from = resolve_card(self.backend, **described,
+                                                               assume_preprocessing=assume_preprocessing)
             be = self.backend
             self._spec = InputSpec(self.card.input.height, self.card.input.width, self.card.input.channels,
                                    self.card.input.layout, be.input_spec.dtype, self.card.input.color)
