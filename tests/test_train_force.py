@@ -132,3 +132,42 @@ def test_ctrl_c_after_the_first_checkpoint_swaps_the_new_run_in(tmp_path: Path) 
                           "accuracy.png", "notes.txt"}, sorted(after)
     assert ModelCard.load(run / "card.json").provenance.source_sha256 == sha256_file(run / "model.keras")
     assert not (run / STAGING).exists()
+
+
+def test_a_swap_killed_between_its_renames_is_refused_by_readers_and_finished_by_resume(tmp_path: Path) -> None:
+    """A kill -9 between the renames of a committed swap left model.keras of the new run beside card.json of the
+    old one, and the runtime and cnn-export read that mix. The state is built here as such a kill leaves it (two
+    real runs; the new one's files staged, the swap marker written and its first rename done, as
+    ``rundir.swap_in`` does them): readers refuse it in one line, and ``cnn-train --resume`` completes it."""
+    from cnnedge.errors import ModelLoadError
+    from cnnedge.runtime import Classifier
+    from cnnedge.trainer import rundir
+
+    runs = []
+    for name in ("old", "new"):
+        log = tmp_path / f"{name}.log"
+        proc = _start(tmp_path / name, log, "--epochs", "1")
+        assert proc.wait(timeout=300) == 0, log.read_text()
+        runs.append(tmp_path / name)
+    old, new = runs
+    staging = old / STAGING
+    staging.mkdir()
+    names = [n for n in ARTIFACTS if (new / n).is_file()]
+    for n in names:
+        (staging / n).write_bytes((new / n).read_bytes())
+    (staging / rundir.SWAP_MARKER).write_text(json.dumps({"files": names}) + "\n")
+    os.replace(staging / names[0], old / names[0])  # model.keras: the first rename of the swap
+    with pytest.raises(ModelLoadError, match="killed while replacing the run in this folder.*--resume"):
+        Classifier(old / "model.keras")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cli = [sys.executable, "-c", "from cnnedge.cli.export import console; console()", str(old / "model.keras"),
+           "--out", str(tmp_path / "export")]
+    r = subprocess.run(cli, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 1 and "killed while replacing" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "export").exists()
+    r = subprocess.run([sys.executable, "-c", "from cnnedge.cli.train import console; console()", "--resume",
+                        str(old), "--quiet"], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0 and "finished replacing its run" in r.stdout + r.stderr, r.stdout + r.stderr
+    assert ModelCard.load(old / "card.json").provenance.source_sha256 == sha256_file(old / "model.keras")
+    with Classifier(old / "model.keras") as clf:
+        assert clf.card == ModelCard.load(new / "card.json")

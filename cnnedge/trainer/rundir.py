@@ -154,6 +154,17 @@ def _committed(staging: Path) -> list[str] | None:
     return files if ok else None
 
 
+def unfinished_swap(folder: str | os.PathLike) -> str | None:
+    """A one-line reason when ``folder`` holds a run a killed ``--force`` run was replacing file by file (its swap
+    committed, not finished): its model and card may come from two runs until cnn-train finishes the swap."""
+    out = Path(folder)
+    if _committed(out / STAGING_DIR) is None:
+        return None
+    return (f"{out}: a cnn-train --force run was killed while replacing the run in this folder, so its "
+            f"{MODEL_FILE} and {CARD_FILENAME} may come from two runs; run cnn-train --resume {out} (it completes "
+            "the replacement first)")
+
+
 def finish_unfinished(out: Path, log: Callable[[str], None]) -> None:
     """What a killed ``--force`` run left in ``out``: a committed swap is finished, anything else removed."""
     staging = out / STAGING_DIR

@@ -108,8 +108,9 @@ def _open(path: str | os.PathLike, backend: str = "auto", **opts: Any) -> Backen
         backend_info(backend)
     kind = kind_of(path)
     from ...export.commit import pending  # standard library only: loads no exporter
+    from ...trainer.rundir import unfinished_swap  # likewise: loads no trainer
 
-    half_done = pending(Path(path).parent)
+    half_done = pending(Path(path).parent) or unfinished_swap(Path(path).parent)
     if half_done:
         raise ModelLoadError(half_done)
     opts = {k: v for k, v in opts.items() if v is not None}
