@@ -590,3 +590,22 @@ def test_close_waits_for_an_inflight_infer(tmp_path):
     assert closed_at >= done["end"], "close() returned while infer() was still running"
     with pytest.raises(UsageError, match="closed"):
         be.infer(x)
+
+
+def test_onnx_runtime_spins_only_with_free_cores_and_says_so(tmp_path):
+    """Spinning intra-op threads took the cores of the caller and the decode workers on 2 cores (spinning off
+    took 0.51-0.67 of the time at 2 threads, batch 1; benchmarks/ort_spin_bench.py): it is on only when each
+    intra-op thread leaves a free core beside it, and the backend says which it chose."""
+    from cnnedge.runtime.backends.base import settings_text
+    from cnnedge.runtime.backends.ort import spinning
+
+    assert [spinning(t, cores=c) for t, c in ((1, 16), (2, 2), (2, 4), (2, 5), (3, 8), (4, 8))] == \
+        [False, False, False, True, True, False]
+    path = helper_model(tmp_path / "m.onnx")
+    for threads in (1, 2):
+        with load_backend(path, "ort-cpu", threads=threads) as be:
+            assert be.settings == {"threads": threads, "spinning": spinning(threads)}
+            said = be.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+            assert said == ("1" if spinning(threads) else "0")
+            assert settings_text(be.settings) == f", {threads} thread{'s' * (threads > 1)}, spinning " + \
+                ("on" if spinning(threads) else "off")

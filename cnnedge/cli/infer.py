@@ -231,13 +231,16 @@ def _run(args: argparse.Namespace, sources: list[Any], out: TextIO, err: TextIO)
         ev = S.EvalSink(clf.card.classes, args.labels_csv) if args.eval else None
         if ev is not None:
             sinks.append(ev)
+        from ..runtime.backends.base import settings_text
+
         kernels = ""
         if clf.card.precision == "int8" and clf.backend_name == "ort-cpu":
             from ..runtime.cpu_kernels import int8_kernels
 
             kernels = f" ({int8_kernels().name} int8 kernels)"
         print(f"{PROG}: {clf.card.name} ({clf.card.num_classes} classes, {clf.card.input.height}x"
-              f"{clf.card.input.width}) on {clf.backend_name}{kernels}; class names from {clf.labels_from}", file=err)
+              f"{clf.card.input.width}) on {clf.backend_name}{kernels}{settings_text(clf.backend.settings)}; class "
+              f"names from {clf.labels_from}", file=err)
         show_progress = args.progress if args.progress is not None else err.isatty()
         summary = run(sources, clf, sinks, batch=args.batch, max_wait_ms=args.max_wait_ms, workers=args.workers,
                       glob=args.glob, max_frames=args.max_frames, duration=args.duration, live=args.live,

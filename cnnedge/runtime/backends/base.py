@@ -99,7 +99,9 @@ class Backend:
     Attributes: ``name`` (e.g. ``"ort-cpu"``), ``path``, ``input_spec`` and
     ``output_spec`` (:class:`TensorSpec`), ``fixed_batch`` (the only batch size the
     artifact takes, or None), ``max_batch`` (the largest it takes, or None),
-    ``card`` (the :class:`ModelCard` the artifact carries, or None).
+    ``card`` (the :class:`ModelCard` the artifact carries, or None), ``settings``
+    (the engine settings chosen for this machine, e.g. ``{"threads": 2, "spinning": False}``:
+    cnn-infer's start line and cnn-bench's report show them).
 
     ``infer`` may be called from several threads at once: a backend whose runtime
     cannot run two calls together (a TensorRT context, a Keras function) serialises
@@ -119,6 +121,7 @@ class Backend:
         self.metadata: dict[str, str] = {}  # the file's own key/value metadata (ONNX metadata_props)
         self.inference_time = 0.0  # seconds the last infer()/infer_device() spent running (as Polygraphy's runners)
         self.size_from: str | None = None  # where a dynamic graph's image size came from (sizing.py)
+        self.settings: dict[str, object] = {}  # the engine settings chosen for this machine (threads, spinning ...)
         self._closed = False
         # close() waits for in-flight infer() calls: they count themselves in and out under this
         # lock (a plain one: two C-level acquisitions per call on the hot path), so a session,
@@ -350,3 +353,11 @@ class Backend:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} {self.path} input={self.input_spec}>"
+
+
+def settings_text(settings: dict[str, object]) -> str:
+    """``, 2 threads, spinning off``: a backend's chosen settings as cnn-infer's start line and cnn-bench show them."""
+    words = {"threads": lambda v: f"{v} thread{'s' if v != 1 else ''}",
+             "spinning": lambda v: "spinning " + ("on" if v else "off")}
+    parts = [words[k](v) if k in words else f"{k} {v}" for k, v in settings.items()]
+    return "".join(", " + p for p in parts)

@@ -39,6 +39,26 @@ def default_threads() -> int:
     return max(1, min(4, n // 2))
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity: a container's or taskset's limit), not the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def spinning(threads: int, batch: int | None = None, cores: int | None = None) -> bool:
+    """Whether ONNX Runtime's intra-op threads may spin-wait between parallel sections.
+
+    Spinning buys latency only with idle cores to spin on. Measured on 2 cores (benchmarks/ort_spin_bench.py):
+    at 2 threads spinning off took 0.51-0.67 of the time at batch 1 and 0.77-0.90 at batch 32, as the spinning
+    threads took the cores of the caller and the decode workers. So it is on only when the cores this process
+    may use leave at least one free core per intra-op thread beside them (``threads * 2 < cores``), whatever the
+    batch (``batch`` is accepted for when a batch-dependent rule is measured)."""
+    del batch
+    return threads > 1 and threads * 2 < (cores or usable_cores())
+
+
 def check_external_data(path: str | os.PathLike) -> None:
     """Refuse an ONNX file whose external data lies outside its folder.
 
@@ -272,8 +292,9 @@ class OrtBackend(Backend):
         so.intra_op_num_threads = check_threads(threads, "threads") or default_threads()
         so.inter_op_num_threads = 1
         so.log_severity_level = 4  # its errors arrive as exceptions, which ort_failure words in one line
-        if so.intra_op_num_threads == 1:
-            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        spins = spinning(so.intra_op_num_threads)
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spins else "0")
+        self.settings = {"threads": so.intra_op_num_threads, "spinning": spins}
 
         providers: list[Any] = []
         if backend == "ort-trt":
