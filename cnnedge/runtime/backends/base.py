@@ -75,9 +75,9 @@ class Slot:
     The caller writes the image into ``input`` (the model's layout and dtype, batch 1)
     in place and calls ``run()``, whose output stays valid until the next ``run()`` on
     the same slot. A slot belongs to one thread at a time. Without ``run`` it runs
-    through ``infer``; a backend may give the run of its own buffers bound once, so that
-    a call allocates nothing (ONNX Runtime on CPU): the backend makes that callable, so
-    the slot never touches the backend's buffers or gate.
+    through ``infer``; a backend may give a run of its own that skips ``infer``'s planning
+    (ONNX Runtime: ``session.run`` on the buffer on CPU, buffers bound once on a GPU): the
+    backend makes that callable, so the slot never touches the backend's buffers or gate.
     """
 
     def __init__(self, backend: "Backend", input: np.ndarray,

@@ -427,16 +427,28 @@ class OrtBackend(Backend):
         return out, Timing(t1 - t0, t2 - t1, t3 - t2)
 
     def _make_slot(self) -> Slot | None:
-        """With fixed output sizes, a slot whose input and output buffers are bound to the session
-        once: a call then builds no feed and allocates no output (about 9 µs less than ``session.run``
-        per call for a small CNN on CPU, measured in benchmarks/runtime_bench.py). On a GPU the two
-        buffers are pinned host memory, which ONNX Runtime copies to and from the device by DMA."""
+        """A slot that runs its input buffer without :meth:`infer`'s planning. On a GPU (with fixed output
+        sizes) its input and output buffers are pinned host memory bound to the session once, which ONNX
+        Runtime copies to and from the device by DMA. On the CPU it runs ``session.run`` on the buffer: ONNX
+        Runtime 1.32's ``run_with_iobinding`` with RunOptions (which :meth:`stop_runs` needs) took 42 µs more
+        per call than ``run`` for a small CNN (164 against 206 µs; benchmarks/runtime_bench.py's overhead)."""
         base = super()._make_slot()
-        out_tail = tuple(self.output_spec.shape[1:])
-        if base is None or None in out_tail:
+        if base is None:
             return base
-        buffers = self.bind_buffers(1, page_locked=self._gpu)
+        if not self._gpu:
+            return Slot(self, base.input, functools.partial(self._run_feed, base.input))
+        if None in tuple(self.output_spec.shape[1:]):
+            return base
+        buffers = self.bind_buffers(1, page_locked=True)
         return Slot(self, buffers.input, functools.partial(self._run_bound, buffers))
+
+    def _run_feed(self, x: np.ndarray) -> np.ndarray:
+        """A CPU slot's run: its input buffer fed to ``session.run``, counted as in flight."""
+        self._enter()
+        try:
+            return self.session.run(self._out_names, {self._in_name: x})[0]
+        finally:
+            self._leave()
 
     def _run_bound(self, buffers: "BoundBuffers") -> np.ndarray:
         """A slot's run: its buffers' binding, counted as in flight (the binding and the memory it
