@@ -1,26 +1,37 @@
-"""A ROS 2 node: sensor_msgs/Image in, the classification out as std_msgs/String JSON (and vision_msgs if present).
+"""A ROS 2 node: sensor_msgs/Image or CompressedImage in, the classification out as std_msgs/String JSON.
 
-Shows: cnnedge's ``Classifier`` inside a ROS 2 node. The image subscription
-uses the sensor-data QoS with depth 1 (best effort, newest only), so a slow
-model drops stale frames instead of queueing them. Images are converted with a
-plain numpy view of the message (bgr8, rgb8, bgra8, rgba8, mono8, mono16);
-other encodings go through cv_bridge when it is installed. Each result is
-published on ``~/classification`` as JSON:
+Shows: cnnedge's ``Classifier`` inside a ROS 2 node. It subscribes to ``image`` (sensor_msgs/Image) and
+``image/compressed`` (sensor_msgs/CompressedImage, JPEG or PNG as image_transport's compressed plugin sends),
+both with the sensor-data QoS at depth 1 (best effort, newest only), so a slow model drops stale frames
+instead of queueing them. Raw images are converted with a plain numpy view of the message (bgr8, rgb8,
+bgra8, rgba8, mono8, mono16); other encodings go through cv_bridge when it is installed. Compressed images
+are decoded by cnnedge's own decoder, with the limits cnn-infer keeps (pixel bombs, truncated files). Each
+result is published on ``~/classification`` as JSON (the message every install gets):
     {"label": "7", "score": 0.98, "topk": [["7", 0.98], ...], "stamp": 12.5, "frame_id": "cam", "latency_ms": 0.6}
-and, when vision_msgs is installed, as vision_msgs/Classification on ``~/classification/vision``.
+with ``stamp`` and ``frame_id`` copied from the image's header, and, when vision_msgs imports, as
+vision_msgs/Classification on ``~/classification/vision``. SIGINT (Ctrl-C, what ros2 launch sends first) and
+SIGTERM stop it cleanly: the node is destroyed, the model closed, exit status 0.
 
-Needs ROS 2 (Humble or newer) with rclpy, sensor_msgs and std_msgs; without
-them it says what to install and exits with status 2.
+Needs rclpy, sensor_msgs and std_msgs, from either
+  - ROS 2 (Humble or newer) from apt, with the system Python that ROS 2 uses:
+        source /opt/ros/humble/setup.bash
+  - or PyPI's ROS 2 Kilted wheels, in a Python 3.11 venv beside cnnedge (tests/test_ros2_node.py runs it so):
+        pip install 'cnnedge[cpu]' 'ros-kilted-rclpy[fastrtps]' ros-kilted-sensor-msgs ros-kilted-std-msgs
+    (no wheels of vision_msgs or cv_bridge were found: JSON only there).
+Without them it says what to install and exits with status 2.
 
-Run (in a shell where ROS 2 is sourced, e.g. `source /opt/ros/humble/setup.bash`):
-    python3 examples/ros2_node.py runs/demo/model.onnx --ros-args -r image:=/camera/image_raw -p threshold:=0.5
+Run:
+    python3 examples/ros2_node.py runs/demo/model.int8.onnx --ros-args -r image:=/camera/image_raw \
+        -r image/compressed:=/camera/image_raw/compressed -p threshold:=0.5
     ros2 topic echo /cnnedge_classifier/classification
 """
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from typing import Any
 
@@ -28,12 +39,15 @@ import numpy as np
 
 INSTALL_HINT = """\
 ros2_node.py: error: ROS 2 Python packages are not importable here ({missing}).
-Install ROS 2 (https://docs.ros.org/en/rolling/Installation.html), e.g. on Ubuntu 22.04:
+Either install ROS 2 (https://docs.ros.org/en/rolling/Installation.html), e.g. on Ubuntu 22.04:
     sudo apt install ros-humble-ros-base ros-humble-vision-msgs ros-humble-cv-bridge
 then source it in this shell and run again with the system Python that ROS 2 uses:
     source /opt/ros/humble/setup.bash
     python3 examples/ros2_node.py MODEL [--ros-args ...]
-(rclpy comes with ROS 2, not from pip.)"""
+or, with Python 3.11, install ROS 2 Kilted's rclpy from PyPI into this environment:
+    pip install 'ros-kilted-rclpy[fastrtps]' ros-kilted-sensor-msgs ros-kilted-std-msgs"""
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 # encoding -> (channels, numpy dtype, OpenCV conversion to BGR or None)
 ENCODINGS: dict[str, tuple[int, str, str | None]] = {
@@ -69,6 +83,16 @@ def image_to_bgr(msg: Any) -> np.ndarray:
     return cv2.cvtColor(img, getattr(cv2, code)) if code else img
 
 
+def compressed_to_bgr(msg: Any) -> np.ndarray:
+    """A sensor_msgs/CompressedImage (JPEG, PNG, ...) -> a uint8 BGR array, by cnnedge's decoder and its limits.
+
+    Raises cnnedge's ImageError for data that is not a whole, readable image of a sane size.
+    """
+    from cnnedge.imaging.decode import decode_image
+
+    return decode_image(bytes(msg.data), f"CompressedImage ({msg.format or 'no format'})")
+
+
 def result_json(pred: Any, stamp: float, frame_id: str, latency_ms: float) -> str:
     """The JSON text published for one classified image."""
     return json.dumps({"label": pred.label, "score": round(float(pred.score), 6),
@@ -82,13 +106,17 @@ def _import_ros() -> dict[str, Any] | None:
         import rclpy
         from rclpy.qos import qos_profile_sensor_data
         from rclpy.utilities import remove_ros_args
-        from sensor_msgs.msg import Image
+        from sensor_msgs.msg import CompressedImage, Image
         from std_msgs.msg import String
     except ImportError as exc:
         print(INSTALL_HINT.format(missing=exc.name or exc), file=sys.stderr)
         return None
     ros: dict[str, Any] = {"rclpy": rclpy, "qos": qos_profile_sensor_data, "Image": Image, "String": String,
-                           "remove_ros_args": remove_ros_args}
+                           "CompressedImage": CompressedImage, "remove_ros_args": remove_ros_args}
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
+
+    ros.update(executor=SingleThreadedExecutor, no_signal_handlers=SignalHandlerOptions.NO)
     try:
         from vision_msgs.msg import Classification, ObjectHypothesis
 
@@ -113,31 +141,32 @@ def main(argv: list[str]) -> int:
     args = ros["remove_ros_args"](full)[1:]
     if len(args) != 1 or args[0].startswith("-"):
         print("usage: python3 examples/ros2_node.py MODEL [--ros-args -r image:=/camera/image_raw "
-              "-p threshold:=0.5 -p topk:=3]", file=sys.stderr)
+              "-r image/compressed:=/camera/image_raw/compressed -p threshold:=0.5 -p topk:=3]", file=sys.stderr)
         return 2
+    # A ROS node is stopped by signals (ros2 launch sends SIGINT, then SIGTERM). Whichever thread the kernel hands
+    # one to (ONNX Runtime's, DDS's, the executor's), Python writes its number to the wakeup pipe that this thread
+    # waits on once the node runs, so a stop never lands halfway through a callback or the clean-up.
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    for s in STOP_SIGNALS:
+        signal.signal(s, lambda signum, frame: None)
     from cnnedge.runtime import Classifier
 
-    rclpy.init(args=full)
+    clf = Classifier(args[0])  # a model that cannot load fails here, before ROS starts
+    rclpy.init(args=full, signal_handler_options=ros["no_signal_handlers"])
     node = rclpy.create_node("cnnedge_classifier")
     threshold = float(node.declare_parameter("threshold", 0.0).value)
     topk = int(node.declare_parameter("topk", 3).value)
-    clf = Classifier(args[0], topk=topk)
     pub = node.create_publisher(ros["String"], "~/classification", 10)
     vpub = (node.create_publisher(ros["Classification"], "~/classification/vision", 10)
             if "Classification" in ros else None)
     log = node.get_logger()
-    log.info(f"{clf!r}: listening on {node.resolve_topic_name('image')}")
 
-    def on_image(msg: Any) -> None:
+    def classify(msg: Any, to_bgr: Any) -> None:
         t0 = time.perf_counter()
         try:
-            try:
-                img = image_to_bgr(msg)
-            except ValueError:
-                if "bridge" not in ros:
-                    raise
-                img = ros["bridge"].imgmsg_to_cv2(msg, desired_encoding="bgr8")
-            pred = clf.predict(img)
+            pred = clf.predict(to_bgr(msg), topk=topk)
         except Exception as exc:  # noqa: BLE001 - a bad frame is logged, the node keeps running
             log.warning(f"frame skipped: {exc}")
             return
@@ -155,21 +184,61 @@ def main(argv: list[str]) -> int:
                 out.results.append(hyp)
             vpub.publish(out)
 
-    node.create_subscription(ros["Image"], "image", on_image, ros["qos"])
-    try:
-        rclpy.spin(node)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        clf.close()
-        node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+    def raw_to_bgr(msg: Any) -> np.ndarray:
+        try:
+            return image_to_bgr(msg)
+        except ValueError:
+            if "bridge" not in ros:
+                raise
+            return ros["bridge"].imgmsg_to_cv2(msg, desired_encoding="bgr8")
+
+    node.create_subscription(ros["Image"], "image", lambda m: classify(m, raw_to_bgr), ros["qos"])
+    node.create_subscription(ros["CompressedImage"], "image/compressed", lambda m: classify(m, compressed_to_bgr),
+                             ros["qos"])
+    executor = ros["executor"]()
+    executor.add_node(node)
+    failed: list[BaseException] = []
+    stopping = threading.Event()
+
+    def spin() -> None:
+        try:
+            executor.spin()
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which ends the node
+            if not stopping.is_set():
+                failed.append(exc)
+                os.write(wake_w, b"\0")
+
+    spinner = threading.Thread(target=spin, name="ros2-spin", daemon=True)
+    spinner.start()
+    log.info(f"{clf!r}: listening on {node.resolve_topic_name('image')} and "
+             f"{node.resolve_topic_name('image/compressed')}")
+    sig = os.read(wake_r, 1)[0]
+    while sig and sig not in STOP_SIGNALS:  # another signal a library handles in Python: not ours
+        sig = os.read(wake_r, 1)[0]
+    stopping.set()
+    for s in STOP_SIGNALS:  # a second signal ends the process at once
+        signal.signal(s, signal.SIG_DFL)
+    if not failed:
+        print(f"ros2_node.py: {signal.Signals(sig).name}: stopping", file=sys.stderr)
+    executor.shutdown()
+    spinner.join()
+    node.destroy_node()
+    clf.close()
+    rclpy.shutdown()
+    if failed:
+        raise failed[0]
+    print("ros2_node.py: stopped", file=sys.stderr)
     return 0
 
 
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from cnnedge.cli import run_cli
+    # not cnnedge.cli.run_cli, unlike the other examples: it takes SIGINT and SIGTERM itself, and here ROS's
+    # way of stopping (above) owns them
+    from cnnedge.errors import CnnEdgeError
 
-    sys.exit(run_cli("ros2_node.py", main))
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except CnnEdgeError as exc:
+        print(f"ros2_node.py: error: {exc}", file=sys.stderr)
+        sys.exit(int(exc.exit_code))

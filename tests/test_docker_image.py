@@ -20,6 +20,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from _demo import demo_model, write_images
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,27 +67,11 @@ def podman(image, *args: str, timeout: float = 300) -> subprocess.CompletedProce
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    """digits-cnn trained briefly and exported to INT8 as `make demo` does, and its held-out digits as class
-    folders of PNGs (the demo's images/ folder)."""
-    pytest.importorskip("tensorflow")
-    import cv2
-
-    from cnnedge.datasets import split_images
-    from cnnedge.export import export
-    from cnnedge.trainer.loop import TrainConfig, train
-
+    """The demo's INT8 model and its held-out digits as class folders of PNGs (runs/demo/images)."""
     base = tmp_path_factory.mktemp("image")
-    run = base / "demo"
-    result = train(TrainConfig(preset="digits-cnn", data="digits", out=str(run), epochs=8, verbose=0),
-                   log=lambda s: None)
-    export(run / "model.keras", int8=True)
-    images, labels, classes = split_images(result.card.provenance.dataset_spec, "test")
-    photos = base / "photos"
-    for i, (img, label) in enumerate(zip(images, labels)):
-        path = photos / classes[int(label)] / f"{i:04d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        assert cv2.imwrite(str(path), img)
-    return SimpleNamespace(run=run, photos=photos, count=len(images))
+    model = demo_model(base)
+    count = write_images(model, base / "photos")
+    return SimpleNamespace(run=model.run, photos=base / "photos", count=count)
 
 
 def readme_command(start: str) -> list[str]:

@@ -10,8 +10,9 @@ The Triton test here checks the request the client builds for an entry on Triton
 ONNX Runtime backend (tritonclient's own objects against the repository's config.pbtxt,
 parsed with tritonclient's model_config_pb2): the test machines' Triton server has the
 Python backend only, so the round trip runs with the cnnedge entries, in
-tests/test_triton_server.py. No ROS 2 runs on this machine: the ROS 2 test checks the guard that runs when rclpy is absent, and the message
-conversion, which needs no ROS.
+tests/test_triton_server.py. The ROS 2 node runs with a real rclpy (PyPI's ROS 2 Kilted wheels) in
+tests/test_ros2_node.py; here, the guard that runs when rclpy is absent and the message conversion, which
+need no ROS.
 """
 from __future__ import annotations
 
@@ -186,6 +187,7 @@ def test_ros2_node_without_rclpy_explains_what_to_install(tmp_path):
     assert res.returncode == 2, (res.stdout, res.stderr)
     assert "Traceback" not in res.stderr and "rclpy" in res.stderr
     assert "apt install ros-" in res.stderr and "source /opt/ros/" in res.stderr
+    assert "pip install 'ros-kilted-rclpy[fastrtps]' ros-kilted-sensor-msgs ros-kilted-std-msgs" in res.stderr
     # importing the module needs no ROS at all
     ros2 = load_example("ros2_node")
     assert callable(ros2.image_to_bgr) and "rclpy" not in sys.modules
