@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ModelLoadError, UsageError
+from .errors import UnsupportedModelFile, UsageError
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,7 @@ class ArtifactKind:
     suffixes: tuple[str, ...]
     backends: tuple[str, ...]
     legacy_suffixes: tuple[str, ...] = ()  # opened when named, never picked up from a run folder
+    label: str = ""  # what messages call it
 
 
 @dataclass(frozen=True)
@@ -42,9 +43,9 @@ class BackendInfo:
 _ORT_OPTIONS = frozenset({"threads", "fp16", "cache_dir", "device_id"})
 
 KINDS: dict[str, ArtifactKind] = {k.name: k for k in (
-    ArtifactKind("keras", (".keras",), ("keras",), legacy_suffixes=(".h5", ".hdf5")),
-    ArtifactKind("onnx", (".onnx",), ("ort-trt", "ort-cuda", "ort-cpu")),
-    ArtifactKind("engine", (".engine", ".plan", ".trt"), ("trt",)),
+    ArtifactKind("keras", (".keras",), ("keras",), legacy_suffixes=(".h5", ".hdf5"), label="Keras"),
+    ArtifactKind("onnx", (".onnx",), ("ort-trt", "ort-cuda", "ort-cpu"), label="ONNX"),
+    ArtifactKind("engine", (".engine", ".plan", ".trt"), ("trt",), label="TensorRT"),
 )}
 
 TABLE: dict[str, BackendInfo] = {b.name: b for b in (
@@ -59,19 +60,22 @@ BACKEND_NAMES: tuple[str, ...] = tuple(TABLE)
 BACKEND_CHOICES: tuple[str, ...] = ("auto",) + BACKEND_NAMES
 ORT_PROVIDERS: dict[str, str] = {b.name: b.ort_provider for b in TABLE.values() if b.ort_provider}
 KERAS_SUFFIXES = KINDS["keras"].suffixes + KINDS["keras"].legacy_suffixes
+EXPORT_SOURCES: tuple[str, ...] = ("keras", "onnx")  # the kinds cnn-export converts (cnn-infer runs every kind)
 SUFFIX_KIND: dict[str, str] = {s: k.name for k in KINDS.values() for s in k.suffixes + k.legacy_suffixes}
 KIND_ORDER: dict[str, int] = {k: i for i, k in enumerate(KINDS)}
 
 
-def describe_suffixes() -> str:
-    """``.keras, .onnx or .engine``: the main suffix of each kind, for messages."""
-    mains = [k.suffixes[0] for k in KINDS.values()]
-    return ", ".join(mains[:-1]) + " or " + mains[-1]
+def describe_suffixes(kinds: tuple[str, ...] = tuple(KINDS)) -> str:
+    """Every suffix that ``kinds`` take, for messages: ``Keras .keras/.h5/.hdf5, ONNX .onnx or TensorRT
+    .engine/.plan/.trt``."""
+    parts = [f"{k.label} {'/'.join(k.suffixes + k.legacy_suffixes)}" for k in (KINDS[name] for name in kinds)]
+    return ", ".join(parts[:-1]) + " or " + parts[-1] if len(parts) > 1 else parts[0]
 
 
-def kind_for_suffix(path: str | os.PathLike) -> str | None:
-    """The artifact kind from the file name alone, or None."""
-    return SUFFIX_KIND.get(Path(path).suffix.lower())
+def kind_for_suffix(path: str | os.PathLike, kinds: tuple[str, ...] = tuple(KINDS)) -> str | None:
+    """The artifact kind from the file name alone, among ``kinds``, or None."""
+    kind = SUFFIX_KIND.get(Path(path).suffix.lower())
+    return kind if kind in kinds else None
 
 
 def backend_info(name: str, what: str = "backend") -> BackendInfo:
@@ -98,9 +102,10 @@ def check_options(name: str, options: "dict[str, object]") -> None:
                          f"(it takes: {', '.join(sorted(allowed))})")
 
 
-def require_kind(path: str | os.PathLike, tool: str = "cnnedge") -> str:
-    """The kind of ``path`` by suffix, or a ModelLoadError naming the suffixes ``tool`` knows."""
-    kind = kind_for_suffix(path)
+def require_kind(path: str | os.PathLike, tool: str = "cnnedge", kinds: tuple[str, ...] = tuple(KINDS)) -> str:
+    """The kind of ``path`` by suffix, among the ``kinds`` that ``tool`` takes; otherwise an
+    :class:`~cnnedge.errors.UnsupportedModelFile` (a usage mistake) naming every suffix they have."""
+    kind = kind_for_suffix(path, kinds)
     if kind is None:
-        raise ModelLoadError(f"{path}: not a model file {tool} knows (expected {describe_suffixes()})")
+        raise UnsupportedModelFile(f"{path}: not a model file {tool} knows (expected {describe_suffixes(kinds)})")
     return kind

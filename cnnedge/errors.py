@@ -43,6 +43,13 @@ class ModelLoadError(CnnEdgeError):
     """A model file that cannot (or must not) be loaded."""
 
 
+class UnsupportedModelFile(ModelLoadError):
+    """A model file of a kind the tool does not take (its suffix, or a Keras 2 HDF5 file): the user gave the wrong
+    file, so a usage mistake (exit 2), unlike a file of a taken kind that fails to load or convert (exit 1)."""
+
+    exit_code = ExitCode.USAGE
+
+
 class MissingDependency(CnnEdgeError):
     """An optional package needed for this feature is not installed."""
 

@@ -12,9 +12,9 @@ import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
-from .artifacts import KINDS
+from .artifacts import KINDS, describe_suffixes
 from .card import ModelCard, card_path_for
-from .errors import CardError, ModelLoadError, UsageError, first_line
+from .errors import CardError, ModelLoadError, UnsupportedModelFile, UsageError, first_line
 from .keras_archive import check_keras_archive
 from .tfquiet import keras_warnings_off
 
@@ -31,11 +31,14 @@ def check_model_file(path: str | os.PathLike, trust: bool = False) -> str:
         raise UsageError(f"{p}: is a folder; give the model file (e.g. {p / 'model.keras'})")
     suffix = p.suffix.lower()
     if suffix in KINDS["keras"].legacy_suffixes:
+        from .keras_h5 import check_hdf5_model
+
+        check_hdf5_model(p)  # a Keras 2 file: told before --trust, which would not make it load
         if not trust:
-            raise ModelLoadError(f"{p}: legacy HDF5 models ignore Keras safe mode and can run arbitrary code; "
-                                 "re-save it as .keras, or pass --trust if you trust where it came from")
+            raise UnsupportedModelFile(f"{p}: legacy HDF5 models ignore Keras safe mode and can run arbitrary code; "
+                                       "re-save it as .keras, or pass --trust if you trust where it came from")
     elif suffix not in KINDS["keras"].suffixes:
-        raise ModelLoadError(f"{p}: not a Keras model (expected a .keras file)")
+        raise UnsupportedModelFile(f"{p}: not a Keras model (expected {describe_suffixes(('keras',))})")
     elif not zipfile.is_zipfile(p):
         raise ModelLoadError(f"{p}: not a valid .keras archive (truncated or corrupt?)")
     else:

@@ -26,6 +26,11 @@ WHEELS = {
     "nvidia-nvjpeg==13.3.2.43": ("nvidia_nvjpeg-13.3.2.43-py3-none-manylinux2014_x86_64.manylinux_2_17_x86_64.whl",
                                  "27f9c4a25a73f1d1ad35c342c8d657c8ff43e23877f338ef15fb2602ac2e5aa8",
                                  "nvidia/cu13/lib/libnvjpeg.so.13"),
+    # 1.7 MB: Keras 2 for TensorFlow 2.21, pure Python, run from the unpacked wheel (never installed: it requires
+    # the `tensorflow` distribution, not tensorflow-cpu) to write real Keras 2 .h5 files (tests/test_keras_h5.py)
+    "tf-keras==2.21.0": ("tf_keras-2.21.0-py3-none-any.whl",
+                         "f858bf3d97f892304e7fbcf5eb0942ed91674e27204f940a85de8c93cf07fe62",
+                         "tf_keras/__init__.py"),
     # 55 MB: Triton Inference Server with its Python backend only (tests/test_triton_server.py)
     "nvidia-pytriton==0.7.0": ("nvidia_pytriton-0.7.0-py3-none-manylinux_2_35_x86_64.whl",
                                "21f063ff93bb426d0c06b7a55e7eb9efcfe62c0dddd9a908e9877e18710128df",

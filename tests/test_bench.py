@@ -190,7 +190,7 @@ def test_bad_input_is_one_line(run_dir, tmp_path):
     existing.write_text("{}")
     cases = [
         ([onnx, "--backends", "ort-cp"], 2, "did you mean 'ort-cpu'"),
-        ([str(text)], 1, "not a model file"),
+        ([str(text)], 2, "not a model file"),  # a wrong file is a usage mistake, as in cnn-infer and cnn-export
         ([str(garbage)], 1, "not a valid ONNX model"),
         ([str(tmp_path / "missing.onnx")], 2, "no such file"),
         ([str(empty)], 2, "no model files"),

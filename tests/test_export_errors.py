@@ -87,19 +87,25 @@ def test_lambda_layer_is_refused_by_safe_mode(keras, tmp_path):
 
 
 def test_legacy_h5_needs_trust(tmp_path):
+    """A missing flag: a usage mistake (exit 2)."""
     (tmp_path / "model.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 64)
     code, err = cli([str(tmp_path / "model.h5")])
     assert_one_line_error(code, err, "--trust", "safe mode")
+    assert code == 2
     assert listing(tmp_path) == ["model.h5"]
 
 
 def test_not_a_keras_file(tmp_path):
+    """A file of a kind cnn-export does not take is a usage mistake (exit 2), named with every suffix it takes
+    (the one list in cnnedge.artifacts); an ONNX file that does not parse is a failure (exit 1)."""
     (tmp_path / "model.pt").write_bytes(b"not really")
     code, err = cli([str(tmp_path / "model.pt")])
-    assert_one_line_error(code, err, "not a Keras model")
+    assert_one_line_error(code, err, "not a model file cnn-export knows", ".keras/.h5/.hdf5", ".onnx")
+    assert code == 2
     (tmp_path / "model.onnx").write_bytes(b"not really")  # ONNX is an input now: a broken one is named as such
     code, err = cli([str(tmp_path / "model.onnx"), "--out", str(tmp_path / "out")])
     assert_one_line_error(code, err, "not a readable ONNX model")
+    assert code == 1
 
 
 @pytest.mark.slow  # Keras

@@ -5,6 +5,7 @@ import argparse
 import sys
 from typing import Any, Sequence, TextIO
 
+from ..artifacts import EXPORT_SOURCES, describe_suffixes
 from ._args import Parser, add_model_flags, fraction, model_description, non_negative_float
 from ._run import entry
 
@@ -26,8 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "Keras or ONNX, described with the flags below) to ONNX FP32 (always), FP16 and INT8 ONNX and "
                     "TensorRT engines; every artifact is checked against the source model and reported in "
                     "export_report.json.")
-    p.add_argument("model", help="the model: .keras (card.json beside it), .h5 with --trust, or .onnx, e.g. "
-                                 "runs/digits/model.keras")
+    p.add_argument("model", help=f"the model: {describe_suffixes(EXPORT_SOURCES)} (a .keras with card.json beside "
+                                 "it, a .h5 with --trust), e.g. runs/digits/model.keras")
     p.add_argument("--out", metavar="DIR", help="output folder (default: the model's folder), e.g. --out exported/")
     p.add_argument("--fp16", action="store_true", help="also write model.fp16.onnx (half-precision weights and "
                    "compute), e.g. cnn-export model.keras --fp16")

@@ -15,6 +15,7 @@ import sys
 import warnings
 from typing import Any, Sequence, TextIO
 
+from ..artifacts import describe_suffixes
 from ..atomic import check_distinct, check_not_input, check_output
 from ..errors import UsageError, argument_names
 from ..runtime.limits import MAX_CAMERA_INDEX, MAX_FPS, MAX_SECONDS, MAX_TIMEOUT_MS, MIN_FPS
@@ -37,14 +38,15 @@ STDOUT = "-"  # --json - and --csv -: to stdout, instead of the result lines
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(
         prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Classify images, folders, videos, cameras and streams with a .onnx, .engine or .keras model. "
+        description=f"Classify images, folders, videos, cameras and streams with a model: {describe_suffixes()}. "
                     "The model's card says everything about the model; flags for preprocessing are only for "
                     "models without one.",
         epilog="examples:\n  cnn-infer model.int8.onnx --source photos/ --eval\n"
                "  cnn-infer model.engine --camera 0 --json out.jsonl --max-frames 100\n"
                "  cnn-infer other.onnx --source img.jpg --scale 1/255 --mean 0.5 --std 0.5 --labels labels.txt\n\n"
                + MODELS_FROM_ELSEWHERE)
-    p.add_argument("model", help="model file: .onnx, .engine or .keras (e.g. runs/digits/model.int8.onnx)")
+    p.add_argument("model", help=f"model file: {describe_suffixes()} (a .h5 with --trust), e.g. "
+                                 "runs/digits/model.int8.onnx")
     _add_sources(p)
     _add_inference(p)
     add_model_flags(p).add_argument(

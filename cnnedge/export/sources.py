@@ -17,7 +17,6 @@ from ..card import CARD_FILENAME, ModelCard, card_path_for
 from ..errors import CardError, ModelLoadError, OptionError
 from ..runtime.describe import REQUIRED, ModelDescription
 
-KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 Description = ModelDescription  # the export's name for the one description type (cnnedge.runtime.describe)
 
 
@@ -25,15 +24,14 @@ def open_source(path: Path, describe: ModelDescription | None, trust: bool,
                 opset: int | None = None) -> "KerasSource | OnnxSource":
     """The source for ``path``; its card is read (or the description checked) before any model is loaded.
     ``opset``: the ONNX opset asked for (None: the export's default)."""
-    suffix = path.suffix.lower()
-    if suffix == ".onnx":
-        return OnnxSource(path, describe, opset)
-    if suffix in KERAS_SUFFIXES:
-        from ..keras_io import check_model_file
+    from ..artifacts import EXPORT_SOURCES, require_kind
 
-        check_model_file(path, trust)
-        return KerasSource(path, describe, trust)
-    raise ModelLoadError(f"{path}: not a Keras model or an ONNX file (expected .keras, .h5/.hdf5, or .onnx)")
+    if require_kind(path, "cnn-export", EXPORT_SOURCES) == "onnx":
+        return OnnxSource(path, describe, opset)
+    from ..keras_io import check_model_file
+
+    check_model_file(path, trust)
+    return KerasSource(path, describe, trust)
 
 
 class DescriptionMissing(OptionError):
