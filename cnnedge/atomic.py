@@ -5,9 +5,20 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
-from .errors import FileExistsRefused, UsageError
+from .errors import CnnEdgeError, FileExistsRefused, UsageError
+
+
+class OutputError(CnnEdgeError):
+    """An output that could not be written whole or put in place (a full disk, a file of its name that appeared
+    while the run wrote it): an old file is left as it was, and the message says where this run's results are."""
+
+
+def write_failure(target: str | os.PathLike, exc: OSError) -> OutputError:
+    """The one line for a write into ``target``'s temporary that failed (a full disk, a quota, an I/O error)."""
+    return OutputError(f"{target}: cannot write it ({exc.strerror or exc}); "
+                       + ("the old file is left as it was" if os.path.lexists(target) else "nothing was replaced"))
 
 
 def check_output(flag: str, path: str | os.PathLike | None, force: bool, suffix: str | None = None,
@@ -103,11 +114,13 @@ def refuse_overwrite(path: str | os.PathLike, force: bool, flag: str = "--force"
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, replace: bool = True) -> Iterator[Path]:
     """Yield a temporary path in the same folder; rename it over ``path`` on success.
 
     The temporary keeps the target's suffix so that libraries that dispatch on the
-    extension (Keras, ONNX, OpenCV) write the right format.
+    extension (Keras, ONNX, OpenCV) write the right format. ``replace=False``: a file that
+    appeared at ``path`` meanwhile is kept (see :func:`put_in_place`). A write that fails
+    without naming a file (a full disk) is an OSError naming ``path``.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -120,10 +133,62 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(fh.fileno())
         _set_mode(tmp_path, target)
         refuse_special(target)
-        os.replace(tmp_path, target)
+        put_in_place(tmp_path, target, replace)
+    except OSError as exc:
+        if exc.filename is not None:
+            raise
+        raise OSError(exc.errno, exc.strerror or str(exc), str(target)) from exc
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+
+
+def put_in_place(tmp: Path, target: Path, replace: bool) -> None:
+    """Move the finished ``tmp`` to ``target``: renamed over it when ``replace``; otherwise hard-linked, which
+    fails if a file of that name appeared since the run checked (another run into the same file), and then that
+    file is left as it was, ``tmp`` is kept under a free name (``<stem>-2<suffix>``, ...) and an OutputError says
+    where."""
+    if replace:
+        os.replace(tmp, target)
+        return
+    try:
+        os.link(tmp, target)
+    except FileExistsError:
+        _appeared(tmp, target)
+    except OSError:  # a file system without hard links: check, then rename
+        if os.path.lexists(target):
+            _appeared(tmp, target)
+        os.replace(tmp, target)
+    else:
+        os.unlink(tmp)
+
+
+def _appeared(tmp: Path, target: Path) -> None:
+    kept = keep_under_free_name(tmp, (target.with_name(f"{target.stem}-{i}{target.suffix}") for i in range(2, 1000)))
+    raise OutputError(f"{target}: a file of this name appeared while this run was writing it (another run into "
+                      f"the same file?); it was left as it was and this run's results are in {kept} "
+                      "(pass --force to replace it)")
+
+
+def keep_under_free_name(tmp: Path, names: Iterable[Path]) -> Path:
+    """Give ``tmp`` the first of ``names`` that no file has (a hard link, which never replaces one; a check and a
+    rename where links fail); ``tmp`` itself when every name is taken or the folder takes no new name."""
+    for dest in names:
+        try:
+            os.link(tmp, dest)
+        except FileExistsError:
+            continue
+        except OSError:
+            if os.path.lexists(dest):
+                continue
+            try:
+                os.replace(tmp, dest)
+            except OSError:
+                return tmp
+            return dest
+        os.unlink(tmp)
+        return dest
+    return tmp
 
 
 def _set_mode(tmp: Path, target: Path) -> None:
@@ -137,13 +202,13 @@ def _set_mode(tmp: Path, target: Path) -> None:
     os.chmod(tmp, mode)
 
 
-def write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    with atomic_path(path) as tmp:
+def write_bytes(path: str | os.PathLike, data: bytes, replace: bool = True) -> None:
+    with atomic_path(path, replace) as tmp:
         tmp.write_bytes(data)
 
 
-def write_text(path: str | os.PathLike, text: str) -> None:
-    write_bytes(path, text.encode("utf-8"))
+def write_text(path: str | os.PathLike, text: str, replace: bool = True) -> None:
+    write_bytes(path, text.encode("utf-8"), replace)
 
 
 STAGED_TAG = ".run-"  # in a staged output's temporary name: what the next run into the same place cleans up
@@ -156,10 +221,13 @@ class StagedOutput:
 
     The temporary is locked (``flock``) for as long as this object lives, so a later run into the
     same place removes a leftover whose writer was killed (kill -9) and leaves a live one alone.
+    ``replace=False`` (no ``--force``): a file that appeared at ``target`` while the run wrote is
+    kept, and so are this run's results (see :func:`put_in_place`).
     """
 
-    def __init__(self, target: str | os.PathLike) -> None:
+    def __init__(self, target: str | os.PathLike, replace: bool = True) -> None:
         self.target = Path(target)
+        self.replace = replace
         self.target.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_staged(self.target)
         fd, tmp = tempfile.mkstemp(prefix=f".{self.target.name}{STAGED_TAG}", suffix=f".tmp{self.target.suffix}",
@@ -173,36 +241,27 @@ class StagedOutput:
         return self.target.with_name(f"{self.target.stem}.partial{self.target.suffix}")
 
     def commit(self) -> Path:
-        """Rename the finished file over the target (fsynced, with the target's mode)."""
+        """Put the finished file in place (fsynced, with the target's mode): see :func:`put_in_place`."""
         with open(self.path, "rb+") as fh:
             os.fsync(fh.fileno())
         _set_mode(self.path, self.target)
         refuse_special(self.target)
-        os.replace(self.path, self.target)
-        self._release()
+        try:
+            put_in_place(self.path, self.target, self.replace)
+        finally:
+            self._release()
         return self.target
 
     def keep_partial(self) -> Path:
         """Keep what was written beside the target as ``<stem>.partial<suffix>``, or ``<stem>.partial-N<suffix>``
-        when that name is taken (a file there may be the user's: it is never replaced); the target is untouched."""
+        when that name is taken (a file there may be the user's: it is never replaced); the target is untouched.
+        With 999 partial files beside it (or a folder that takes no new name), it keeps its temporary name."""
         _set_mode(self.path, self.target)
-        for i in range(1, 1000):
-            dest = self.partial_path if i == 1 else self.target.with_name(
-                f"{self.target.stem}.partial-{i}{self.target.suffix}")
-            try:
-                os.link(self.path, dest)  # fails if dest exists: no file is ever replaced
-            except FileExistsError:
-                continue
-            except OSError:  # a file system without hard links: check, then rename
-                if os.path.lexists(dest):
-                    continue
-                os.replace(self.path, dest)
-            else:
-                os.unlink(self.path)
-            self._release()
-            return dest
+        t = self.target
+        kept = keep_under_free_name(self.path, [self.partial_path] + [t.with_name(f"{t.stem}.partial-{i}{t.suffix}")
+                                                                     for i in range(2, 1000)])
         self._release()
-        return self.path  # 999 partial files beside it: this one keeps its temporary name
+        return kept
 
     def discard(self) -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -180,10 +180,17 @@ def _stop_watcher(stop: Any, clf: Any) -> Any:
 
 def _finish(sinks: list[Sink], summary: RunSummary, started: bool) -> None:
     """Commit every sink when the run completed; close them all, whatever happened (a second Ctrl-C
-    while closing still closes the rest, then ends the process)."""
+    while closing still closes the rest, then ends the process). A sink that cannot commit (a full disk,
+    a file that appeared at its name) fails the run with its line; the others still commit."""
     if started and summary.complete:
+        failed = []
         for s in sinks:
-            s.commit()
+            try:
+                s.commit()
+            except (CnnEdgeError, OSError) as exc:
+                failed.append(str(exc))
+        if failed:
+            summary.error = "; ".join(failed)
     pending: BaseException | None = None
     for s in sinks:
         try:

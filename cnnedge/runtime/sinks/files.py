@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Sequence, TextIO
 
-from ...atomic import StagedOutput, refuse_overwrite, refuse_special
+from ...atomic import StagedOutput, refuse_overwrite, refuse_special, write_failure
 from ..results import Result
 from .base import Sink
 
@@ -19,7 +19,9 @@ CSV_COLUMNS = ("source", "path", "frame", "timestamp", "index", "label", "score"
 
 class _FileSink(Sink):
     """A text file staged beside ``path``: renamed over it at commit, kept as ``<name>.partial.<ext>``
-    when closed without one. Names that are not UTF-8 are written as their own bytes.
+    when closed without one. Names that are not UTF-8 are written as their own bytes. Each batch is flushed,
+    so a full disk fails the run at the batch that meets it (an OutputError naming the file), never at the end.
+    Without ``force``, a file that appears at ``path`` during the run is kept (see :class:`StagedOutput`).
 
     ``path`` may be an open text stream instead (cnn-infer's ``--json -``: stdout): rows go to it a batch at a
     time, flushed, and it is neither staged nor closed."""
@@ -34,17 +36,24 @@ class _FileSink(Sink):
         refuse_overwrite(path, force, "--force")  # type: ignore[arg-type]
         refuse_special(path)  # type: ignore[arg-type]
         self.path = Path(path)  # type: ignore[arg-type]
-        self._staged = StagedOutput(self.path)
+        self._staged = StagedOutput(self.path, replace=force)
         self._fh = open(self._staged.path, "w", encoding="utf-8", errors="surrogateescape", newline=newline)
 
     def write(self, r: Result) -> None:
         self.write_batch([r])
 
     def write_batch(self, results: Sequence[Result]) -> None:
-        self._fh.write("".join(self._format(r) for r in results))
-        self.written += len(results)
+        text = "".join(self._format(r) for r in results)
         if self._staged is None:  # a stream's reader sees each batch, and one that went away is found now
+            self._fh.write(text)
             self._fh.flush()
+        else:
+            try:
+                self._fh.write(text)
+                self._fh.flush()
+            except OSError as exc:
+                raise write_failure(self.path, exc) from None  # type: ignore[arg-type]
+        self.written += len(results)
 
     def _format(self, r: Result) -> str:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -53,8 +62,12 @@ class _FileSink(Sink):
         if self._staged is None:
             self._fh.flush()
         elif not self._fh.closed:
-            self._fh.close()
-            self._staged.commit()
+            try:
+                self._fh.close()
+                self._staged.commit()
+            except OSError as exc:  # fsync or rename on a full disk: what was written is kept, as partial
+                self.partial = self._staged.keep_partial()
+                raise write_failure(self.path, exc) from None  # type: ignore[arg-type]
 
     def close(self) -> None:
         """Without a commit: keep what was written as ``<name>.partial.<ext>`` (nothing written: nothing kept).
@@ -63,7 +76,8 @@ class _FileSink(Sink):
             with contextlib.suppress(BrokenPipeError):
                 self._fh.flush()
         elif not self._fh.closed:
-            self._fh.close()
+            with contextlib.suppress(OSError):  # a full disk: what reached the file is what is kept
+                self._fh.close()
             if self.written:
                 self.partial = self._staged.keep_partial()
             else:

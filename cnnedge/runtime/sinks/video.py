@@ -5,7 +5,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ...atomic import StagedOutput, refuse_overwrite, refuse_special, remove_stale_staged
+import numpy as np
+
+from ...atomic import OutputError, StagedOutput, refuse_overwrite, refuse_special, remove_stale_staged
 from ...errors import UsageError
 from ...imaging.files import IMAGE_SUFFIXES
 from ..limits import check_fps
@@ -42,7 +44,10 @@ def check_video_format(path: str | os.PathLike, flag: str = "--save-video") -> N
             probe = Path(d) / f"probe{suffix}"
             writer = cv2.VideoWriter(str(probe), cv2.VideoWriter_fourcc(*video_codec(p)), 25.0, (64, 48))
             ok = writer.isOpened()
+            if ok:  # one frame, read back: a container OpenCV writes but cannot read (MJPEG in .mpg) is refused
+                writer.write(np.zeros((48, 64, 3), np.uint8))
             writer.release()
+            ok = ok and video_is_whole(probe, 1)
     except cv2.error:
         ok = False
     finally:
@@ -50,6 +55,21 @@ def check_video_format(path: str | os.PathLike, flag: str = "--save-video") -> N
             logging_.setLogLevel(level)
     if not ok:
         raise UsageError(f"{flag} {p}: OpenCV cannot write {suffix!r} videos; use .mp4, .avi, .mkv or .mov")
+
+
+def video_is_whole(path: str | os.PathLike, frames: int) -> bool:
+    """Whether the video at ``path`` opens, counts ``frames`` frames and reads its last one. OpenCV's writer
+    reports no failed write: a full disk leaves a file with no index (AVI), no moov atom (MP4) or cut short."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    try:
+        if not cap.isOpened() or int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) != frames:
+            return False
+        cap.set(cv2.CAP_PROP_POS_FRAMES, frames - 1)
+        return bool(cap.read()[0])
+    finally:
+        cap.release()
 
 
 class VideoSink(Sink):
@@ -61,7 +81,7 @@ class VideoSink(Sink):
         fps = check_fps(fps)  # OpenCV's writers fail on 0 and NaN after the run, and hang on inf
         refuse_overwrite(path, force, "--force")
         refuse_special(path)
-        self.path, self.fps = Path(path), fps
+        self.path, self.fps, self.force = Path(path), fps, force
         check_video_format(self.path)  # before any frame is classified, not at the first one
         remove_stale_staged(self.path)  # a killed run's leftover goes now, even if no frame comes
         self._staged: StagedOutput | None = None
@@ -76,7 +96,7 @@ class VideoSink(Sink):
             return
         img = annotate(r.image, r)
         if self._writer is None:
-            self._staged = StagedOutput(self.path)
+            self._staged = StagedOutput(self.path, replace=self.force)
             self._size = (img.shape[1], img.shape[0])
             codec = video_codec(self.path)
             self._writer = cv2.VideoWriter(str(self._staged.path), cv2.VideoWriter_fourcc(*codec), self.fps,
@@ -89,12 +109,18 @@ class VideoSink(Sink):
         self.frames += 1
 
     def commit(self) -> None:
+        """Put the video in place once it reads back whole; otherwise keep it as partial and fail, naming it."""
         if self._writer is not None:
             self._writer.release()
             self._writer = None
         if self._staged is not None:
-            self._staged.commit()
-            self._staged = None
+            staged, self._staged = self._staged, None
+            if not video_is_whole(staged.path, self.frames):
+                self.partial = staged.keep_partial()
+                old = "the old file is left as it was" if self.path.exists() else "nothing was replaced"
+                raise OutputError(f"--save-video {self.path}: the video written cannot be read back whole "
+                                  f"({self.frames} frames were written; a full disk?); {old}")
+            staged.commit()
 
     def close(self) -> None:
         if self._writer is not None:
