@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -166,6 +167,86 @@ def test_cnn_bench_json_and_markdown_naming_one_file_are_refused(tmp_path):
     assert code == 2 and out == "" and not target.exists(), err
     one_error(err, "--markdown", "the same file as --json")
     assert "on ort-cpu" not in err  # nothing measured
+
+
+@pytest.mark.parametrize("flag", ["--json", "--markdown"])
+def test_cnn_bench_dash_writes_to_stdout_and_the_table_to_stderr(tmp_path, monkeypatch, flag):
+    """cnn-bench --json - (or --markdown -) as cnn-infer's --json -: the report on stdout, nothing else there, the
+    table on stderr, and no file named '-'."""
+    monkeypatch.chdir(tmp_path)
+    code, out, err = bench_cli(str(models()["onnx"]), *BENCH_QUICK, flag, "-")
+    assert code == 0, err
+    if flag == "--json":
+        assert [r["batch"] for r in json.loads(out)["rows"]] == [1]
+    else:
+        assert out.startswith("| fastest | artifact |") and "ort-cpu" in out
+    assert "* fastest at batch 1 (p50)" in err and "* fastest" not in out  # the table went to stderr
+    assert list(tmp_path.iterdir()) == []
+    code, out, err = bench_cli(str(models()["onnx"]), *BENCH_QUICK, "--json", "-", "--markdown", "-")
+    assert code == 2 and out == ""
+    one_error(err, "--json - and --markdown -", "stdout")
+
+
+def _ignore_sigint() -> None:
+    """As a shell without job control starts `cnn-bench ... &`: SIGINT ignored (SIGTERM at its default)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _default_stop_signals() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig,code,start", [(signal.SIGINT, 130, _default_stop_signals),
+                                            (signal.SIGINT, 130, _ignore_sigint),
+                                            (signal.SIGTERM, 143, _default_stop_signals)],
+                         ids=["sigint", "sigint-inherited-ignored", "sigterm"])
+def test_a_signal_stops_cnn_bench_mid_measurement_with_what_was_measured(tmp_path, sig, code, start):
+    """cnn-bench ran on after Ctrl-C (started in the background of a script, it had SIGINT ignored) until it was
+    killed. The signal is sent while the second model is measured (once cnn-bench says it started on it): the
+    run ends within seconds with 128 + the signal, the first model's row on stdout, and no result file (it would
+    look complete)."""
+    import threading
+    import time
+
+    from test_hostile_reads import _classifier_onnx
+
+    first = _classifier_onnx(tmp_path / "first.onnx")
+    second = _classifier_onnx(tmp_path / "second.onnx")
+    report = tmp_path / "bench.json"
+    p = subprocess.Popen([sys.executable, "-c", BENCH, str(first), str(second), "--backends", "ort-cpu", "--batch",
+                          "1", "--duration", "8", "--repeats", "1", "--warmup", "1", "--json", str(report)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=start,
+                         env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    err_lines: list[str] = []
+    sent: list[float] = []
+
+    def watch() -> None:
+        for line in p.stderr:
+            err_lines.append(line)
+            if "second.onnx on ort-cpu" in line and not sent:
+                time.sleep(1.0)  # into the timing loop; any moment of the measurement must stop the same way
+                sent.append(time.monotonic())
+                p.send_signal(sig)
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    try:
+        out = p.stdout.read()
+        rc = p.wait(timeout=240)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    t.join(10)
+    err = "".join(err_lines)
+    assert sent and rc == code and time.monotonic() - sent[0] < 5, (rc, err)
+    assert "first.onnx" in out and "second.onnx" not in out and "Traceback" not in err, (out, err)
+    assert err.splitlines()[-1] == "cnn-bench: interrupted; 1 row measured (above); no --json/--markdown/--plot " \
+                                   "file written", err
+    assert not report.exists() and sorted(os.listdir(tmp_path)) == ["first.onnx", "second.onnx"]
 
 
 # --- every number has a bound -----------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import numpy as np
 from ..artifacts import TABLE, is_gpu
 from ..errors import BackendUnavailable, MissingDependency, ModelLoadError, UsageError
 from ..runtime.backends.sizing import check_batch_pixels, dynamic_size_error
-from ..runtime.interrupt import DEFAULT_LOAD_TIMEOUT_S, Deadline, RunInterrupted, load_timeout_error
+from ..runtime.interrupt import DEFAULT_LOAD_TIMEOUT_S, Deadline, RunInterrupted, exit_code_for, load_timeout_error
 from ..runtime.limits import MAX_SEED, check_threads
 from . import machine, measure, plan
 from .report import BenchReport, Row, Skipped
@@ -67,8 +67,19 @@ class BenchConfig:
             self.duration = DEFAULT_DURATION_S
 
 
+class BenchInterrupted(KeyboardInterrupt):
+    """Ctrl-C, SIGTERM or SIGHUP during :func:`run_bench`: ``report`` holds the rows measured before it (the one in
+    progress is dropped), ``exit_code`` is 128 + the signal. A KeyboardInterrupt, so a caller that does not look
+    for it stops as before."""
+
+    def __init__(self, report: BenchReport, exit_code: int) -> None:
+        super().__init__()
+        self.report, self.exit_code = report, exit_code
+
+
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> BenchReport:
-    """Measure every combination of ``cfg`` that can run here; return the report (nothing is written)."""
+    """Measure every combination of ``cfg`` that can run here; return the report (nothing is written).
+    Interrupted, it raises :class:`BenchInterrupted` with what was measured."""
     say = log or (lambda _m: None)
     cfg.check()
     backends = plan.parse_backends(",".join(cfg.backends))
@@ -90,6 +101,20 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> Ben
                        "backends": backends, "batches": batches, "threads": threads,
                        "load_before": machine.load_average()}
     t_all = time.perf_counter()
+    try:
+        _measure_all(cfg, report, pairs, batches, files, threads, say)
+    except KeyboardInterrupt as exc:
+        report.seconds = time.perf_counter() - t_all
+        raise BenchInterrupted(report, exit_code_for(exc)) from None
+    report.seconds = time.perf_counter() - t_all
+    report.settings["load_after"] = machine.load_average()
+    if not report.rows and not report.skipped:
+        raise UsageError("nothing to measure")
+    return report
+
+
+def _measure_all(cfg: BenchConfig, report: BenchReport, pairs: list[Any], batches: list[int],
+                 files: list[str] | None, threads: int, say: Callable[[str], None]) -> None:
     bounds: dict[Any, Any] = {}
     for art, backend in pairs:
         say(f"{art.name} on {backend} ...")
@@ -116,11 +141,6 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> Ben
                 _end_to_end(cfg, report, art, backend, be, files, batches, threads, bounds, say)
         finally:
             be.close()
-    report.seconds = time.perf_counter() - t_all
-    report.settings["load_after"] = machine.load_average()
-    if not report.rows and not report.skipped:
-        raise UsageError("nothing to measure")
-    return report
 
 
 def _tensorflow_threads(threads: int | None, report: BenchReport) -> None:

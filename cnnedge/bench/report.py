@@ -268,17 +268,21 @@ class BenchReport:
                 "skipped": [s.to_dict() for s in self.skipped], "notes": self.notes, "warnings": self.warnings,
                 "end_to_end": [e.to_dict() for e in self.end_to_end]}
 
-    def write_json(self, path: str | os.PathLike) -> None:
+    def json_text(self) -> str:
+        return json.dumps(self.to_dict(), indent=1) + "\n"
+
+    def write_json(self, path: str | os.PathLike, replace: bool = True) -> None:
+        """Written atomically; ``replace=False`` (no --force) keeps a file that appeared at ``path`` meanwhile."""
         from ..atomic import write_text
 
-        write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
+        write_text(path, self.json_text(), replace)
 
-    def write_markdown(self, path: str | os.PathLike) -> None:
+    def write_markdown(self, path: str | os.PathLike, replace: bool = True) -> None:
         from ..atomic import write_text
 
-        write_text(path, self.markdown())
+        write_text(path, self.markdown(), replace)
 
-    def plot(self, path: str | os.PathLike) -> None:
+    def plot(self, path: str | os.PathLike, replace: bool = True) -> None:
         """Latency (p50, with p99 as a dashed line) vs batch, one line per artifact/backend; throughput below."""
         from .._lazy import require
 
@@ -315,7 +319,7 @@ class BenchReport:
         fig.suptitle(f"cnn-bench on {m.get('cpu', '?')} ({m.get('cores', '?')} cores"
                      + (f", {m['gpus'][0]['name']}" if m.get("gpus") else "") + ")", fontsize=9)
         fig.tight_layout()
-        with atomic_path(Path(path)) as tmp:
+        with atomic_path(Path(path), replace) as tmp:
             fig.savefig(tmp, dpi=100, format="png")
         plt.close(fig)
 

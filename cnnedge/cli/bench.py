@@ -9,8 +9,9 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from typing import Sequence, TextIO
+from typing import TYPE_CHECKING, Sequence, TextIO
 
 from ..artifacts import BACKEND_NAMES
 from ..atomic import check_distinct, check_not_input, check_output
@@ -22,7 +23,12 @@ from ._args import positive_int as _positive
 from ._args import positive_seconds as _seconds
 from ._run import entry
 
+if TYPE_CHECKING:
+    from ..bench.core import BenchInterrupted
+    from ..bench.report import BenchReport
+
 PROG = "cnn-bench"
+STDOUT = "-"  # --json - and --markdown -: to stdout, and the table to stderr
 _seed = int_in(0, MAX_SEED)
 
 
@@ -81,9 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="allow legacy .h5 Keras models (they ignore safe mode; e.g. --trust)")
     add_load_timeout(how)
     add_model_flags(p, ("input_size",), "models without a card")
-    out = p.add_argument_group("output (the table always goes to stdout)")
-    out.add_argument("--json", metavar="FILE", help="every figure plus machine facts (e.g. --json bench.json)")
-    out.add_argument("--markdown", metavar="FILE", help="the table as Markdown (e.g. --markdown bench.md)")
+    out = p.add_argument_group("output (the table goes to stdout; to stderr when --json or --markdown is -)")
+    out.add_argument("--json", metavar="FILE", help="every figure plus machine facts; - writes it to stdout and the "
+                     "table to stderr (e.g. --json bench.json)")
+    out.add_argument("--markdown", metavar="FILE", help="the table as Markdown; - writes it to stdout and the table "
+                     "to stderr (e.g. --markdown bench.md)")
     out.add_argument("--plot", metavar="FILE.png",
                      help="latency and throughput vs batch size, one line per artifact/backend (e.g. --plot "
                           "bench.png)")
@@ -96,46 +104,79 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     out, err = stdout or sys.stdout, stderr or sys.stderr
     args = build_parser().parse_args(argv)
-    from ..bench.core import BenchConfig, run_bench
+    from ..bench.core import BenchConfig, BenchInterrupted, run_bench
     from ..bench.plan import parse_backends, parse_batches
 
     backends = parse_backends(args.backends)
     batches = parse_batches(args.batch)
     if args.iters is not None and args.duration is not None:
         raise UsageError("give --iters or --duration, not both (e.g. --iters 300)")
-    check_distinct([("--json", args.json), ("--markdown", args.markdown), ("--plot", args.plot)], stdout=None)
-    check_output("--json", args.json, args.force)
-    check_output("--markdown", args.markdown, args.force)
-    check_output("--plot", args.plot, args.force, ".png")
-    from ..imaging.files import IMAGE_SUFFIXES
-
-    for flag, path in (("--json", args.json), ("--markdown", args.markdown), ("--plot", args.plot)):
-        check_not_input(flag, path, [*args.models, args.end_to_end], IMAGE_SUFFIXES)
+    files = _check_outputs(args)
     cfg = BenchConfig(models=list(args.models), backends=backends, batches=batches, iters=args.iters,
                       duration=args.duration, warmup=args.warmup, repeats=args.repeats, threads=args.threads,
                       seed=args.seed, copy=args.copy, end_to_end=args.end_to_end, e2e_batch=args.e2e_batch,
                       workers=args.workers, trust=args.trust, load_timeout_s=args.load_timeout_s,
                       **model_description(args, ("input_size",)))
     log = None if args.quiet else (lambda m: print(f"{PROG}: {m}", file=err, flush=True))
-    with argument_names(CLI_NAMES):
-        report = run_bench(cfg, log)
-    print(report.table(), file=out)
+    table_to = err if STDOUT in (args.json, args.markdown) else out
+    try:
+        with argument_names(CLI_NAMES):
+            report = run_bench(cfg, log)
+    except BenchInterrupted as stop:
+        return _interrupted(stop, table_to, err)
+    print(report.table(), file=table_to)
     noise = report.noise_summary(cfg.max_spread)
     if noise:
         print(f"{PROG}: warning: {noise}", file=err)
-    if args.json:
-        report.write_json(args.json)
-    if args.markdown:
-        report.write_markdown(args.markdown)
-    if args.plot:
-        report.plot(args.plot)
-    written = [f for f in (args.json, args.markdown, args.plot) if f]
-    if written and log:
-        log(f"wrote {', '.join(written)}")
+    _write_outputs(report, args, out)
+    if files and log:
+        log(f"wrote {', '.join(path for _, path in files)}")
     if not report.rows:
         print(f"{PROG}: error: no combination could run here (reasons above)", file=err)
         return int(ExitCode.FAILURE)
     return int(ExitCode.OK)
+
+
+def _check_outputs(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The output files (``-`` for stdout left out), each refused at start if it cannot be written."""
+    from ..imaging.files import IMAGE_SUFFIXES
+
+    outputs = [("--json", args.json), ("--markdown", args.markdown), ("--plot", _named(args.plot))]
+    check_distinct(outputs)
+    files = [(flag, path) for flag, path in outputs if path is not None and path != STDOUT]
+    for flag, path in files:
+        check_output(flag, path, args.force, ".png" if flag == "--plot" else None)
+        check_not_input(flag, path, [*args.models, args.end_to_end], IMAGE_SUFFIXES)
+    return files
+
+
+def _write_outputs(report: "BenchReport", args: argparse.Namespace, out: TextIO) -> None:
+    """Without --force, a file that appeared at an output's name during the run is kept (the report goes beside)."""
+    if args.json == STDOUT:
+        print(report.json_text(), end="", file=out)
+    elif args.json:
+        report.write_json(args.json, replace=args.force)
+    if args.markdown == STDOUT:
+        print(report.markdown(), end="", file=out)
+    elif args.markdown:
+        report.write_markdown(args.markdown, replace=args.force)
+    if args.plot:
+        report.plot(args.plot, replace=args.force)
+
+
+def _interrupted(stop: "BenchInterrupted", table_to: TextIO, err: TextIO) -> int:
+    """What was measured before Ctrl-C or SIGTERM, marked as such; no file is written (they would look complete)."""
+    rows = stop.report.rows
+    if rows:
+        print(stop.report.table(), file=table_to)
+    print(f"{PROG}: interrupted; {len(rows)} row{'s' if len(rows) != 1 else ''} measured"
+          f"{' (above)' if rows else ''}; no --json/--markdown/--plot file written", file=err)
+    return stop.exit_code
+
+
+def _named(path: str | None) -> str | None:
+    """An output that takes no ``-`` for stdout: ``-`` is a file of that name there."""
+    return os.path.join(".", path) if path == STDOUT else path
 
 
 console = entry(PROG, main)

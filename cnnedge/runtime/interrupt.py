@@ -44,6 +44,9 @@ class Terminated(KeyboardInterrupt):
 STOP_SIGNALS = tuple(int(getattr(signal, n)) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
 
 
+#: the stop signals taken even when inherited as ignored (see :func:`watch_signals`)
+TAKEN_IF_IGNORED = tuple(int(getattr(signal, n)) for n in ("SIGINT", "SIGTERM") if hasattr(signal, n))
+
 _stoppers: "weakref.WeakSet[Any]" = weakref.WeakSet()
 _lock = threading.Lock()
 _last_signal: list[int] = []
@@ -106,8 +109,10 @@ def _stop(signum: int, frame: Any) -> None:
 def watch_signals() -> bool:
     """From the main thread of a program that owns its signals (the CLIs): SIGTERM and SIGHUP raise Terminated
     as Ctrl-C raises KeyboardInterrupt, once (see :func:`_stop`), and every one stops the model runs in flight at
-    once. A signal is taken only where it has its default action (a SIGINT ignored by a background shell stays
-    ignored). Returns False when it cannot (not the main thread, no pipe)."""
+    once. A signal is taken where it has its default action, and SIGINT and SIGTERM also where they were inherited
+    ignored: a shell without job control starts `cnn-bench ... &` with SIGINT ignored, and the run then outlived
+    `kill -INT` and the script's Ctrl-C; a SIGHUP ignored stays ignored (that is what nohup asks). A handler the
+    embedding program installed is left alone. Returns False when it cannot (not the main thread, no pipe)."""
     global _watching
     if _watching:
         return True
@@ -115,7 +120,8 @@ def watch_signals() -> bool:
         return False
     for sig in STOP_SIGNALS:
         now = signal.getsignal(sig)
-        if now == signal.SIG_DFL or (sig == int(signal.SIGINT) and now is signal.default_int_handler):
+        if now == signal.SIG_DFL or (sig == int(signal.SIGINT) and now is signal.default_int_handler) or (
+                now == signal.SIG_IGN and sig in TAKEN_IF_IGNORED):
             signal.signal(sig, _stop)
     try:
         r, w = os.pipe()
