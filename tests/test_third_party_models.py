@@ -183,7 +183,7 @@ def test_batch_pixels_are_capped_for_a_dynamic_size(tmp_path, ocr):
     cv2.imwrite(str(img), np.zeros((30, 90, 3), np.uint8))
     # a long strip keeps the warm-up cheap: 786,432 pixels an image, 42 images at most
     code, err = _run(infer_cli.main, [ocr, "--source", str(img), "--backend", "ort-cpu", "--input-size",
-                                      "48x16384", "--batch", "64"])
+                                      "48x16384", "--batch", "64", "--assume-preprocessing"])
     assert code == 2 and "--batch 64 at 48x16384" in err and "--batch 42 or less" in err
     code, err = _run(bench_cli.main, [ocr, "--backends", "ort-cpu", "--input-size", "48x16384", "--batch", "1,64",
                                       "--iters", "1", "--repeats", "1", "--warmup", "0", "-q"])
@@ -205,10 +205,10 @@ def test_the_default_batch_stays_under_the_pixel_limit_of_a_dynamic_size(tmp_pat
         finally:
             src.close()
     code, err = _run(infer_cli.main, [ocr, "--source", str(img), "--backend", "ort-cpu", "--input-size",
-                                      "96x16384", "--batch", "32"])
+                                      "96x16384", "--batch", "32", "--assume-preprocessing"])
     assert code == 2 and "--batch 21 or less" in err
     code, err = _run(infer_cli.main, [ocr, "--source", str(img), "--backend", "ort-cpu", "--input-size",
-                                      "96x16384", "--quiet", "--no-progress"])
+                                      "96x16384", "--quiet", "--no-progress", "--assume-preprocessing"])
     assert code == 0 and "1 done" in err, err
 
 
