@@ -60,14 +60,18 @@ def photos(tmp_path_factory) -> Path:
     return d
 
 
+def one_image_list(folder: Path, n: int) -> Path:
+    """A list file in ``folder`` naming one small image ``n`` times."""
+    good, _ = write_images(folder, 1)
+    lst = folder / "list.txt"
+    lst.write_text(f"{good[0]}\n" * n)
+    return lst
+
+
 @pytest.fixture(scope="module")
 def long_list(tmp_path_factory) -> Path:
-    """A list file naming one image 20,000 times: minutes of work, so the run is going when its reader leaves."""
-    d = tmp_path_factory.mktemp("long")
-    good, _ = write_images(d, 1)
-    lst = d / "long.txt"
-    lst.write_text(f"{good[0]}\n" * 20_000)
-    return lst
+    """Minutes of work, so the run is going when its reader leaves."""
+    return one_image_list(tmp_path_factory.mktemp("long"), 20_000)
 
 
 # --- `-` is stdout ------------------------------------------------------------------------------------------

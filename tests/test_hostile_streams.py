@@ -11,7 +11,7 @@ import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -23,16 +23,18 @@ cv2 = pytest.importorskip("cv2")
 pytest.importorskip("onnxruntime")
 
 
-class GarbageMjpeg:
-    """multipart/x-mixed-replace parts labelled image/jpeg: ``good`` real JPEG frames on the first connection,
-    then random bytes, on that connection and every later one. Each part is paced; a handler ends with the
-    server."""
+class PartsServer:
+    """multipart/x-mixed-replace over HTTP on 127.0.0.1, parts labelled image/jpeg every 20 ms until the server
+    stops: ``part(connection, n)`` gives the bytes of part n of the connection-th GET (both from 1). ``gate``: no
+    part is sent until that many connections are open."""
 
-    def __init__(self, good: int = 0) -> None:
-        self.good = good
+    def __init__(self, part: Callable[[int, int], bytes], gate: int = 0) -> None:
         self.connections = 0
+        self.lock = threading.Lock()
+        self.all_in = threading.Event()
         self.stopping = threading.Event()
-        jpeg = cv2.imencode(".jpg", np.full((48, 64, 3), 90, np.uint8))[1].tobytes()
+        if gate <= 0:
+            self.all_in.set()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -40,17 +42,21 @@ class GarbageMjpeg:
                 pass
 
             def do_GET(self) -> None:
-                server.connections += 1
-                good = server.good if server.connections == 1 else 0
+                with server.lock:
+                    server.connections += 1
+                    connection = server.connections
+                    if connection >= gate:
+                        server.all_in.set()
                 self.send_response(200)
                 self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
                 self.end_headers()
-                rng = np.random.default_rng(server.connections)
+                if not server.all_in.wait(300):
+                    return
                 try:
-                    for n in range(10_000):
+                    for n in range(1, 100_000):
                         if server.stopping.wait(0.02):
                             return
-                        data = jpeg if n < good else rng.integers(0, 256, 3000, dtype=np.uint8).tobytes()
+                        data = part(connection, n)
                         self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n"
                                          % len(data) + data + b"\r\n")
                 except OSError:
@@ -63,8 +69,20 @@ class GarbageMjpeg:
 
     def stop(self) -> None:
         self.stopping.set()
+        self.all_in.set()
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def jpeg() -> bytes:
+    return cv2.imencode(".jpg", np.full((48, 64, 3), 90, np.uint8))[1].tobytes()
+
+
+def garbage_after(good: int) -> PartsServer:
+    """``good`` real JPEG frames on the first connection, then random bytes there and on every later one."""
+    frame = jpeg()
+    rng = np.random.default_rng(0)
+    return PartsServer(lambda c, n: frame if c == 1 and n <= good else rng.integers(0, 256, 3000, np.uint8).tobytes())
 
 
 class SilentServer:
@@ -101,15 +119,15 @@ def model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture()
-def garbage() -> Iterator[GarbageMjpeg]:
-    srv = GarbageMjpeg()
+def garbage() -> Iterator[PartsServer]:
+    srv = garbage_after(0)
     yield srv
     srv.stop()
 
 
 @pytest.fixture()
-def good_then_garbage() -> Iterator[GarbageMjpeg]:
-    srv = GarbageMjpeg(good=15)
+def good_then_garbage() -> Iterator[PartsServer]:
+    srv = garbage_after(15)
     yield srv
     srv.stop()
 
@@ -131,7 +149,7 @@ BOUND_S = GIVE_UP_S + (OPEN_MS + READ_MS) / 1000 + 25
 def test_a_stream_of_garbage_is_given_up_within_the_flags_bound(model, server, request):
     """Garbage opens (FFmpeg probes it for seconds and says yes) and then gives no frame; each reopen used to
     restart the --give-up-after clock, so the run never ended. Down now means no frame, whatever opens."""
-    srv: GarbageMjpeg = request.getfixturevalue(server)
+    srv: PartsServer = request.getfixturevalue(server)
     r = infer(str(model), "--source", srv.url, "--give-up-after", str(GIVE_UP_S), "--open-timeout-ms", str(OPEN_MS),
               "--read-timeout-ms", str(READ_MS), "--quiet", timeout=BOUND_S + 30)
     assert r.rc == 1 and r.seconds < BOUND_S and "Traceback" not in r.err, r

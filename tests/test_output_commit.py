@@ -9,17 +9,15 @@ import os
 import re
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_hostile_reads import ROOT, _classifier_onnx, _cli, bench, error_lines, infer  # noqa: E402
-from test_runtime_models import write_images  # noqa: E402
+from test_hostile_outputs import one_image_list  # noqa: E402
+from test_hostile_streams import PartsServer, jpeg  # noqa: E402
 
 cv2 = pytest.importorskip("cv2")
 pytest.importorskip("onnxruntime")
@@ -32,12 +30,8 @@ def model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def many(tmp_path_factory) -> Path:
-    """A list file naming one small image 600 times: more rows and frames than the full disk takes."""
-    d = tmp_path_factory.mktemp("many")
-    paths, _ = write_images(d, 1)
-    lst = d / "many.txt"
-    lst.write_text(f"{paths[0]}\n" * 600)
-    return lst
+    """More rows and frames than the full disk takes."""
+    return one_image_list(tmp_path_factory.mktemp("many"), 600)
 
 
 @pytest.fixture()
@@ -122,54 +116,10 @@ def test_cnn_bench_json_onto_a_full_disk_is_one_line(model, disk):
 
 # --- several runs committing the same new file ---------------------------------------------------------------
 
-class GatedMjpeg:
-    """An MJPEG stream that sends no frame until ``clients`` connections are open: every run has passed its
-    start-time check on the output before any of them can finish."""
-
-    def __init__(self, clients: int) -> None:
-        self.clients, self.connected = clients, 0
-        self.lock = threading.Lock()
-        self.all_in = threading.Event()
-        self.stopping = threading.Event()
-        jpeg = cv2.imencode(".jpg", np.full((48, 64, 3), 120, np.uint8))[1].tobytes()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                with server.lock:
-                    server.connected += 1
-                    if server.connected >= server.clients:
-                        server.all_in.set()
-                self.send_response(200)
-                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
-                self.end_headers()
-                if not server.all_in.wait(300):
-                    return
-                try:
-                    while not server.stopping.wait(0.03):
-                        self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n"
-                                         % len(jpeg) + jpeg + b"\r\n")
-                except OSError:
-                    pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/cam.mjpg"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.all_in.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 def _runs_at_once(model: Path, out: Path, n: int, *extra: str) -> list[tuple[int, str]]:
     """``n`` cnn-infer processes classifying one gated stream into ``out``; (exit code, stderr) of each."""
-    srv = GatedMjpeg(n)
+    frame = jpeg()
+    srv = PartsServer(lambda c, k: frame, gate=n)  # every run has passed its start-time check before any frame
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen([sys.executable, "-c", _cli("infer"), str(model), "--source", srv.url, "--json",
                                str(out), "--max-frames", "5", "--quiet", "--open-timeout-ms", "60000", *extra],
