@@ -34,7 +34,8 @@ and each overwritten frame is counted in ``dropped``. Reads never block longer
 than the open/read timeouts; a dropped stream reconnects with back-off (the
 frame size is re-checked) and no frame is ever invented or delivered twice. It
 keeps trying for as long as the run lasts, unless ``give_up_s`` says when a
-stream that stays down ends instead (a supervisor then restarts the process).
+stream that gives no frame (one sending garbage too) ends instead (a supervisor then restarts the process).
+Opens run in a thread of their own, so Ctrl-C and SIGTERM never wait for one to time out.
 
 Where each part lives: :mod:`.frames` (Frame, Skipped, Source, SourceError), :mod:`.capture` (OpenCV
 captures and their timeouts), :mod:`.files` (image files, video files), :mod:`.live` (live captures,
