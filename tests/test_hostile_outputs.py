@@ -165,6 +165,25 @@ def test_two_outputs_naming_one_file_are_refused(photos, tmp_path, first, second
     assert "on ort-cpu" not in err  # refused at start: no model loaded
 
 
+@pytest.mark.parametrize("how", ["linked folder", "hard link"])
+def test_two_outputs_reaching_one_file_by_other_roads_are_refused(photos, tmp_path, how):
+    """A new name reached through a link to its folder, and an old file's hard link: the same file all the same."""
+    d = tmp_path / "d"
+    d.mkdir()
+    (tmp_path / "link").symlink_to(d)
+    if how == "hard link":
+        (d / "old.csv").write_text("the user's file\n")
+        os.link(d / "old.csv", d / "other.csv")
+        first, second = d / "old.csv", d / "other.csv"
+    else:
+        first, second = d / "new.csv", tmp_path / "link" / "new.csv"
+    code, out, err = cli(str(models()["onnx"]), "--source", str(photos), "--json", str(first), "--csv", str(second),
+                         "--force")
+    assert code == 2 and out == "", err
+    one_error(err, "--csv", "the same file as --json")
+    assert sorted(os.listdir(d)) == (["old.csv", "other.csv"] if how == "hard link" else [])
+
+
 def test_cnn_bench_json_and_markdown_naming_one_file_are_refused(tmp_path):
     target = tmp_path / "bench.txt"
     code, out, err = bench_cli(str(models()["onnx"]), *BENCH_QUICK, "--json", str(target), "--markdown", str(target))
