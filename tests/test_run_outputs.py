@@ -225,3 +225,13 @@ def test_save_video_replaces_the_old_file_only_on_commit(tmp_path):
         done.write_batch(results)
     assert done.partial is None and target.stat().st_size > 1000
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.avi", "out.partial.avi"]
+
+
+def test_max_frames_counts_what_the_sinks_got(photos, tmp_path):
+    """--max-frames 5 on 12 images in batches of 4: the run stops inside the second batch, and the summary
+    says 5 done, as the JSONL holds 5 rows (it said 8: the whole batch was counted)."""
+    out = tmp_path / "o.jsonl"
+    code, _, err = cli(str(models()["onnx"]), "--source", str(photos), "--batch", "4", "--max-frames", "5",
+                       "--json", str(out), "--quiet", "--no-progress")
+    assert code == 0 and "5 done; 0 failed" in err, err
+    assert len(out.read_text().splitlines()) == 5

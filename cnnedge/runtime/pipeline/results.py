@@ -26,13 +26,15 @@ class ResultMaker:
         self.postprocess, self.topk, self.stats = postprocess, topk, stats
         self.seconds = 0.0
 
-    def results(self, done: Inferred) -> list[Result]:
+    def results(self, done: Inferred, limit: int | None = None) -> list[Result]:
+        """The batch's Results, the first ``limit`` of them only (``max_frames``): the rest are neither
+        returned nor counted, so the summary says what the sinks got."""
         t0 = time.perf_counter()
         batch, stats = done.batch, self.stats
         preds = iter(self.postprocess(done.output, self.topk) if done.output is not None else [])
         images = batch.images
         out: list[Result] = []
-        for i, f in enumerate(batch.items):
+        for i, f in enumerate(batch.items[:limit]):
             error = batch.errors.get(i)
             if error is not None:
                 stats.count_unusable(f)

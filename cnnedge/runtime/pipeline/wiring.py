@@ -209,10 +209,9 @@ def _results(infer: InferenceStage, done: "queue.Queue[Any]", maker: ResultMaker
         if isinstance(got, BaseException):
             raise got
         assert isinstance(got, Inferred)
-        rs = maker.results(got)
-        last = max_frames is not None and emitted + len(rs) >= max_frames
-        if last:
-            rs = rs[:max_frames - emitted]  # type: ignore[operator]
+        left = None if max_frames is None else max_frames - emitted
+        rs = maker.results(got, left)
+        last = left is not None and len(rs) >= left
         emitted += len(rs)
         stats.elapsed = time.perf_counter() - stats.started
         yield rs
