@@ -104,6 +104,9 @@ def test_run_folder_every_artifact_json_plot_markdown(run_dir, tmp_path):
     m = data["machine"]
     assert m["cores"] >= 1 and m["cpu"] and "onnxruntime" in m["libraries"] and "keras" in m["libraries"]
     assert data["settings"]["threads"] == 1 and data["settings"]["seed"] == 0
+    for a in onnx_files:  # what each engine was set to here, in the JSON and under the table
+        assert data["engines"][f"{a} on ort-cpu"] == {"threads": 1, "spinning": False}
+        assert f"engine: {a} on ort-cpu, 1 thread, spinning off" in out
     # INT8 against FP32 of the same backend and batch, as measured in this run
     p50 = {(r["artifact"], r["batch"]): r["latency_ms"]["p50"] for r in rows if r["backend"] == "ort-cpu"}
     speed = {(s["artifact"], s["batch"]): s for s in data["int8_speedup"]}

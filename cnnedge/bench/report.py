@@ -109,6 +109,7 @@ class BenchReport:
     end_to_end: list[EndToEnd] = field(default_factory=list)
     machine: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
+    engines: dict[str, dict[str, Any]] = field(default_factory=dict)  # "artifact on backend" -> Backend.settings
     started: str = ""
     seconds: float = 0.0
 
@@ -181,11 +182,18 @@ class BenchReport:
         if kernels and not self.int8_speedups() and any(r.precision == "int8" and r.label.startswith("ort-cpu")
                                                         for r in self.rows):
             out.append(f"CPU int8 kernels here: {kernels}")
+        out += self._engine_lines()
         out += self._stage_lines()
         out += self._e2e_lines()
         out += self.skipped_lines()
         out += [f"note: {n}" for n in self.notes]
         return "\n".join(out)
+
+    def _engine_lines(self) -> list[str]:
+        """What each engine was set to on this machine (threads, spinning), so a figure can be reproduced."""
+        from ..runtime.backends.base import settings_text
+
+        return [f"engine: {name}{settings_text(s)}" for name, s in self.engines.items() if s]
 
     def noise_summary(self, max_spread: float) -> str | None:
         """One line for all the rows whose runs disagreed by more than ``max_spread``, or None."""
@@ -262,7 +270,7 @@ class BenchReport:
     def to_dict(self) -> dict[str, Any]:
         fast = self.fastest()
         return {"started": self.started, "seconds": round(self.seconds, 3), "settings": self.settings,
-                "machine": self.machine, "rows": [r.to_dict() for r in self.sorted_rows()],
+                "machine": self.machine, "engines": self.engines, "rows": [r.to_dict() for r in self.sorted_rows()],
                 "fastest": None if fast is None else {"artifact": fast.artifact, "label": fast.label},
                 "int8_speedup": self.int8_speedups(),
                 "skipped": [s.to_dict() for s in self.skipped], "notes": self.notes, "warnings": self.warnings,
