@@ -16,7 +16,7 @@ import pytest
 
 from cnnedge.errors import UsageError
 from cnnedge.runtime.classifier import Classifier
-from cnnedge.runtime.gpu_decode import split_decodable, unavailable_reason
+from cnnedge.runtime.pipeline.gpu_decoder import split_decodable, unavailable_reason
 from cnnedge.runtime.stream import PipelineStats, default_workers, iter_batches, run_pipeline
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -66,7 +66,7 @@ def _alive(pid: int) -> bool:
 
 def _is_worker(pid: int) -> bool:
     try:
-        return b"cnnedge.runtime.decodepool" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        return b"cnnedge.runtime.pipeline.decode_pool" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
 
@@ -177,7 +177,7 @@ def _rss_or_0_kb(pid: int) -> int:
 
 
 def _maps_the_ring(pid: int) -> bool:
-    """A decode worker maps the shared-memory ring just before it says it is ready (see decodepool)."""
+    """A decode worker maps the shared-memory ring just before it says it is ready (see decode_pool)."""
     try:
         return "/dev/shm/" in Path(f"/proc/{pid}/maps").read_text()
     except OSError:
@@ -402,10 +402,10 @@ def test_gpu_decode_with_kept_images_is_refused_and_auto_keeps_them(tmp_path):
 def test_worker_processes_start_mid_run_and_every_file_stays_once_in_order(tmp_path, monkeypatch):
     # The default on a machine with 4+ cores: threads start at once, worker processes join once a run
     # is long enough and files wait for a decoder. The thresholds are lowered so that this short run hands over.
-    from cnnedge.runtime import decodepool
+    from cnnedge.runtime.pipeline import decode_pool
 
-    monkeypatch.setattr(decodepool, "SPAWN_AFTER_S", 0.0)
-    monkeypatch.setattr(decodepool, "SPAWN_MIN_LEFT_S", 0.0)
+    monkeypatch.setattr(decode_pool, "SPAWN_AFTER_S", 0.0)
+    monkeypatch.setattr(decode_pool, "SPAWN_MIN_LEFT_S", 0.0)
     folder = tmp_path / "imgs"
     folder.mkdir()
     _, _, x, _ = split()
@@ -429,7 +429,7 @@ def test_a_waiting_caller_decodes_queued_pieces_with_decode_one_here(tmp_path):
     decode_one_here() is False once nothing is queued."""
     import queue
 
-    from cnnedge.runtime.decodepool import DecodePool
+    from cnnedge.runtime.pipeline.decode_pool import DecodePool
     from cnnedge.runtime.pipeline import HostDecoder, Preprocessor
     from cnnedge.runtime.sources import Frame
 

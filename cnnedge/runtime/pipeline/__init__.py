@@ -1,23 +1,35 @@
 """The batched pipeline, one small type per stage; :func:`run` is the one way in.
 
     sources -> Batcher (batcher.py) -> decode stage: Decoder -> Batch (decoders.py; the CPU pool in
-    runtime/decodepool.py, the GPU decoder in runtime/gpu_decode.py) -> InferenceStage (inference.py)
+    decode_pool.py, the GPU decoder in gpu_decoder.py) -> InferenceStage (inference.py)
     -> ResultMaker (results.py) -> the caller: sinks, a batch at a time
 
 The Preprocessor (preprocessor.py) is built from the card, so no stage reads the Classifier;
 run (wiring.py) builds the stages and connects them.
+
+Names load on first use, so that a decode worker (``python -m cnnedge.runtime.pipeline.decode_pool``)
+imports only what it runs.
 """
 from __future__ import annotations
 
-from .batch import END_OF_INPUT, Batch, DeviceBuffer
-from .batcher import Batcher
-from .decoders import Decoder, DecodeStage, HostDecoder, OrderedStage
-from .inference import InferenceStage, Inferred
-from .preprocessor import Preprocessor
-from .results import NONFINITE, ResultMaker
-from .stats import PipelineStats
-from .wiring import DECODE_MODES, FILE_BATCH, LIVE_BATCH, default_batch, default_workers, run
+from typing import Any
 
-__all__ = ["Batch", "Batcher", "DECODE_MODES", "DecodeStage", "Decoder", "DeviceBuffer", "END_OF_INPUT",
-           "FILE_BATCH", "HostDecoder", "InferenceStage", "Inferred", "LIVE_BATCH", "NONFINITE", "OrderedStage",
-           "PipelineStats", "Preprocessor", "ResultMaker", "default_batch", "default_workers", "run"]
+_WHERE = {
+    "Batch": "batch", "DeviceBuffer": "batch", "END_OF_INPUT": "batch", "Batcher": "batcher",
+    "DecodeStage": "decoders", "Decoder": "decoders", "HostDecoder": "decoders", "OrderedStage": "decoders",
+    "InferenceStage": "inference", "Inferred": "inference", "Preprocessor": "preprocessor",
+    "NONFINITE": "results", "ResultMaker": "results", "PipelineStats": "stats",
+    "DECODE_MODES": "wiring", "FILE_BATCH": "wiring", "LIVE_BATCH": "wiring", "default_batch": "wiring",
+    "default_workers": "wiring", "run": "wiring",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    mod = _WHERE.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'cnnedge.runtime.pipeline' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"{__name__}.{mod}"), name)

@@ -1,7 +1,7 @@
 """The decode stage: a :class:`Decoder` turns items (files or frames) into a :class:`Batch`.
 
-:class:`HostDecoder` decodes in the calling thread; :class:`~cnnedge.runtime.decodepool.DecodePool`
-runs it on threads and worker processes, the GPU decoder (:mod:`cnnedge.runtime.gpu_decode`) runs on
+:class:`HostDecoder` decodes in the calling thread; :class:`~.decode_pool.DecodePool`
+runs it on threads and worker processes, the GPU decoder (:mod:`~.gpu_decoder`) runs on
 the device, and :class:`OrderedStage` runs any Decoder (the GPU's, a test's) on a thread of its own.
 A stage takes item lists with ``submit`` and hands Batches out in submission order.
 """

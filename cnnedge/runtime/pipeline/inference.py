@@ -57,7 +57,7 @@ class InferenceStage:
 
     def takes_device(self, rows: DeviceBuffer) -> bool:
         """Whether the backend runs on a GPU and takes these pixels as its input in one call."""
-        from ..gpu_decode import on_gpu
+        from .gpu_decoder import on_gpu
 
         be, n = self.backend, rows.shape[0]
         return (self.preprocessor.pixels_are_input and on_gpu(be.name) and be.fixed_batch in (None, n)

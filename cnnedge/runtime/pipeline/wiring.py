@@ -2,7 +2,7 @@
 
 Every stage is built here, from the model's card and backend, and then connected; nothing else
 happens here. Files and frames take the same road: the :class:`~.batcher.Batcher` groups what every
-source delivers, a decode stage (:class:`~cnnedge.runtime.decodepool.DecodePool` on the CPU, a GPU
+source delivers, a decode stage (:class:`~.decode_pool.DecodePool` on the CPU, a GPU
 decoder, or the Decoder given) turns each group into a :class:`~.batch.Batch`, the
 :class:`~.inference.InferenceStage` runs it once through the backend, and the
 :class:`~.results.ResultMaker` turns its output into Results in the caller's thread, one list per
@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 from ...errors import UsageError
-from ..decodepool import DecodePool, available_cores
-from ..gpu_decode import AHEAD, GpuDecoder, on_gpu, wanted
 from ...imaging.files import is_image_file
 from ..results import Result
 from ..sources import FileSource, LiveSource, Source, open_source
 from .batcher import Batcher
+from .decode_pool import DecodePool, available_cores
 from .decoders import Decoder, HostDecoder, OrderedStage
+from .gpu_decoder import AHEAD, GpuDecoder, on_gpu, wanted
 from .inference import Inferred, InferenceStage
 from .preprocessor import Preprocessor
 from .results import ResultMaker

@@ -7,7 +7,7 @@ start at once, share a batch in pieces, and OpenCV releases the GIL while it dec
 and resizes) and, on 4 or more workers for runs long enough to pay for starting them
 (about a core-second each), by worker processes writing whole batches of files into
 shared-memory slots, as a PyTorch DataLoader does. Once a worker is up, new file batches go
-to the processes. Worker processes are plain ``python -m cnnedge.runtime.decodepool``
+to the processes. Worker processes are plain ``python -m cnnedge.runtime.pipeline.decode_pool``
 subprocesses, so a caller's script is never re-imported (no ``__main__`` guard needed).
 
 A worker process knows only its decoder (the card's input spec and preprocessing),
@@ -36,8 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from .pipeline.batch import END_OF_INPUT, Batch
-from .pipeline.decoders import HostDecoder, skipped_rows
+from .batch import END_OF_INPUT, Batch
+from .decoders import HostDecoder, skipped_rows
 
 SPAWN_AFTER_S = 1.0  # start worker processes once a run has lasted this long ...
 SPAWN_MIN_LEFT_S = 4.0  # ... and, at its pace so far, has at least this long to go
@@ -55,7 +55,7 @@ def available_cores() -> int:
 
 
 def _worker_main() -> None:
-    """A worker process (``python -m cnnedge.runtime.decodepool``): decode chunks into the shared ring until
+    """A worker process (``python -m cnnedge.runtime.pipeline.decode_pool``): decode chunks into the shared ring until
     told to stop or the parent goes. Started as a plain subprocess, so a caller's script is never re-imported."""
     import mmap
     import pickle
@@ -411,7 +411,7 @@ class DecodePool:
         from multiprocessing.connection import Connection
 
         assert self._ring is not None and self._shm is not None
-        proc = subprocess.Popen([sys.executable, "-m", "cnnedge.runtime.decodepool"], stdin=subprocess.PIPE,
+        proc = subprocess.Popen([sys.executable, "-m", "cnnedge.runtime.pipeline.decode_pool"], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, env=worker_env(), close_fds=True)
         send = Connection(os.dup(proc.stdin.fileno()), readable=False)  # type: ignore[union-attr]
         recv = Connection(os.dup(proc.stdout.fileno()), writable=False)  # type: ignore[union-attr]

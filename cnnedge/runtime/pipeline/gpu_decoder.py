@@ -22,13 +22,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..artifacts import TABLE
-from ..card import ModelCard
-from ..errors import MissingDependency, UsageError
-from ..imaging.files import read_file
-from .pipeline.batch import Batch, DeviceBuffer
-from .pipeline.decoders import HostDecoder, skipped_rows
-from .pipeline.preprocessor import error_text
+from ...artifacts import TABLE
+from ...card import ModelCard
+from ...errors import MissingDependency, UsageError
+from ...imaging.files import read_file
+from .batch import Batch, DeviceBuffer
+from .decoders import HostDecoder, skipped_rows
+from .preprocessor import error_text
 
 _JPEG = b"\xff\xd8\xff"
 AHEAD = 3  # batches decoded ahead of the model
