@@ -283,7 +283,7 @@ def test_staging_left_by_a_killed_export_is_swept(tmp_path):
     import subprocess
     import sys
 
-    from cnnedge.export.steps import STAGING_PREFIX, sweep_stale_staging
+    from cnnedge.export.commit import STAGING_PREFIX, sweep_stale_staging
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True, check=True)
@@ -391,3 +391,79 @@ def test_export_killed_during_its_final_renames_is_completed_by_the_next(tmp_pat
     (staging / "model.onnx").write_text("newer")
     assert commit(staging, out) == ["model.onnx"]
     assert (out / "model.onnx").read_text() == "newer" and not (out / RECORD).exists()
+
+
+def scan_opset8_classifier(path: Path) -> Path:
+    """An image classifier at opset 8 whose Scan (batch axis first, as opset 8 had it) onnx's version converter
+    turns into an invalid graph: ONNX Runtime runs the file as it is, the converted one fails shape inference."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    vec = [16]
+    body = helper.make_graph(
+        [helper.make_node("Add", ["s_in", "row"], ["s_out"]), helper.make_node("Identity", ["row"], ["row_out"])],
+        "body", [helper.make_tensor_value_info(n, TensorProto.FLOAT, vec) for n in ("s_in", "row")],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, vec) for n in ("s_out", "row_out")])
+    weights = numpy_helper.from_array(np.random.default_rng(0).normal(0, 0.3, (16, 10)).astype(np.float32), "G")
+    rows = numpy_helper.from_array(np.array([0, 48, 16], np.int64), "rows_shape")
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "rows_shape"], ["rows"]),
+         helper.make_node("ReduceMean", ["rows"], ["init"], axes=[1], keepdims=0),
+         helper.make_node("Scan", ["", "init", "rows"], ["final", "seq"], body=body, num_scan_inputs=1),
+         helper.make_node("MatMul", ["final", "G"], ["y"])], "scan8",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, SIZE, SIZE])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])], [weights, rows])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 8)])
+    model.ir_version = 4
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.slow  # the digits and ONNX Runtime, twice
+def test_opset_converter_breaking_the_graph_is_blamed_on_the_conversion(tmp_path):
+    """The converter's invalid graph was reported as onnxslim's failure, naming a deleted temporary file; now one
+    line names the conversion, the user's file and what to do, and nothing is written."""
+    import numpy as np
+    import onnxruntime as ort
+
+    src = scan_opset8_classifier(tmp_path / "scan8.onnx")
+    sess = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])  # the source itself runs
+    assert sess.run(None, {"x": np.zeros((2, 3, SIZE, SIZE), np.float32)})[0].shape == (2, 10)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(str(i) for i in range(10)) + "\n")
+    flags = ["--labels", str(labels), "--scale", "1/255", "--mean", "0", "--std", "1", "--rgb", "--verify", "digits",
+             "--verify-size", "20", "--out", str(tmp_path / "out")]
+    for extra, target, todo in (([], 17, "give --opset N"), (["--opset", "13"], 13, "try another --opset")):
+        code, err = cli([str(src), *flags, *extra])
+        assert_one_line_error(code, err, str(src), f"converting its graph from opset 8 to {target}",
+                              "version converter", "invalid graph", todo, "convert scan8.onnx to opset 13")
+        assert code == 1
+        assert "onnxslim" not in err and "cnnedge-compare" not in err and "staged" not in err, err
+    assert listing(tmp_path / "out") == []
+
+
+@pytest.mark.slow  # Keras
+def test_a_stop_a_library_turns_into_its_own_error_stays_a_stop(tiny, tmp_path):
+    """tf2onnx's bare ``except:`` raises RuntimeError('Not support type ...') for whatever it caught, the
+    signal handler's Terminated included (tf2onnx/tf_utils.py); Keras' loader and ONNX Runtime's quantizer do
+    the like. Raised that way from inside a step, the stop still ends the export as a stop (exit 143), not as
+    'Keras -> ONNX failed' (exit 1), and nothing is left."""
+    import signal
+
+    from cnnedge.export import export
+    from cnnedge.runtime.interrupt import Terminated, exit_code_for
+
+    def progress(msg: str) -> None:
+        if msg.startswith("Keras -> ONNX") and msg.endswith("..."):
+            try:
+                raise Terminated(int(signal.SIGTERM))  # what the SIGTERM handler raises where it lands
+            except:  # noqa: E722 - the library's pattern, reproduced
+                raise RuntimeError("Not support type: <class 'bytes'>")
+
+    out = tmp_path / "out"
+    with pytest.raises(Terminated) as info:
+        export(tiny, out, verify="digits", verify_size=20, progress=progress)
+    assert exit_code_for(info.value) == 143
+    assert listing(out) == []

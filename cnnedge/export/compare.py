@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
-from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -48,16 +46,23 @@ def slices(items: Sequence[Any], size: int) -> Batches:
 
 @contextlib.contextmanager
 def opened(*models: "str | os.PathLike | Any") -> Iterator[list[Run]]:
-    """ONNX models (paths, or in-memory protos written to a temporary folder) opened as cnn-infer opens them, on
-    ONNX Runtime's CPU provider with one thread; their ``infer``, closed afterwards."""
+    """ONNX models (paths, or in-memory protos written to a :mod:`.scratch` folder) opened as cnn-infer opens
+    them, on ONNX Runtime's CPU provider with one thread; their ``infer``, closed afterwards. A graph that does
+    not load is named as the graph in memory, not by the temporary file it was written to."""
+    from ..errors import ModelLoadError
     from ..runtime.backends import load_backend
+    from .scratch import folder
 
-    with tempfile.TemporaryDirectory(prefix="cnnedge-compare-") as tmp, contextlib.ExitStack() as stack:
+    with folder("cnnedge-compare-") as tmp, contextlib.ExitStack() as stack:
         runs = []
         for i, m in enumerate(models):
-            if not isinstance(m, (str, os.PathLike)):
-                path = Path(tmp) / f"model{i}.onnx"
-                path.write_bytes(m.SerializeToString())
-                m = path
-            runs.append(stack.enter_context(load_backend(m, "ort-cpu", threads=1)).infer)
+            if isinstance(m, (str, os.PathLike)):
+                runs.append(stack.enter_context(load_backend(m, "ort-cpu", threads=1)).infer)
+                continue
+            path = tmp / f"model{i}.onnx"
+            path.write_bytes(m.SerializeToString())
+            try:
+                runs.append(stack.enter_context(load_backend(path, "ort-cpu", threads=1)).infer)
+            except ModelLoadError as exc:
+                raise type(exc)(str(exc).replace(str(path), "the graph in memory")) from None
         yield runs

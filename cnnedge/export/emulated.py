@@ -16,7 +16,6 @@ import json
 import shutil
 import subprocess
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -77,8 +76,10 @@ def run(model: Path, pixels: Sequence[np.ndarray], exe: str, batch: int) -> tupl
     ``exe -cpu Haswell``, and what the emulated runtime said of its CPU."""
     from ..errors import ExportError
 
-    with tempfile.TemporaryDirectory(prefix="cnnedge-emulated-") as tmp:
-        src, dst = Path(tmp) / "pixels.npy", Path(tmp) / "out.npy"
+    from .scratch import folder
+
+    with folder("cnnedge-emulated-") as tmp:
+        src, dst = tmp / "pixels.npy", tmp / "out.npy"
         np.save(src, np.stack(list(pixels)))
         cmd = [exe, "-cpu", CPU_MODEL, sys.executable, "-m", "cnnedge.export.emulated", str(model), str(src),
                str(dst), str(batch)]

@@ -208,8 +208,10 @@ def ort_cpu_ops(path: str | Path) -> dict[str, int]:
     integer kernels and the float Conv/MatMul/Gemm forms: how much of the model runs in int8 there."""
     from . import onnx_io
 
-    with tempfile.TemporaryDirectory(prefix="cnnedge-ortopt-") as tmp:
-        opt = Path(tmp) / "optimized.onnx"
+    from .scratch import folder
+
+    with folder("cnnedge-ortopt-") as tmp:
+        opt = tmp / "optimized.onnx"
         onnx_io.session(path, optimized_model_path=opt)
         import onnx
 

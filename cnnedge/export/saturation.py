@@ -53,14 +53,13 @@ def check(path: str | Path) -> Guarantee:
     provider runs them, read from the graph it optimizes the file into (its fusions applied, and any weight it
     quantizes itself at load: its ``WeightBiasQuantization`` gives a float Conv or Gemm between Q/DQ activations
     full 8-bit weights), and the file's own DequantizeLinear weights."""
-    import tempfile
-
     import onnx
 
     from . import onnx_io
+    from .scratch import folder
 
-    with tempfile.TemporaryDirectory(prefix="cnnedge-saturation-") as tmp:
-        optimized = Path(tmp) / "optimized.onnx"
+    with folder("cnnedge-saturation-") as tmp:
+        optimized = tmp / "optimized.onnx"
         onnx_io.session(path, optimized_model_path=optimized)
         run = onnx.load(str(optimized)).graph
     weights = _run_weights(run) | _file_weights(onnx.load(str(path)).graph)

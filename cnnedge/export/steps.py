@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from ..card import ModelCard, now_iso, sha256_file
 from ..errors import CnnEdgeError, ExportError, OptionError, UsageError, first_line
+from .commit import STAGING_PREFIX
 from .data import batch_for
 from .int8 import FILE_NAMES as INT8_FILES
 from .int8 import TENSORRT
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from .engine import Profile, Toolkit
     from .int8 import Int8Options
     from .sources import KerasSource, OnnxSource
+    from .stops import Watch
 
 INPUT_DTYPES = ("uint8", "float32")
 REPORT_NAME = "export_report.json"
@@ -235,10 +237,25 @@ def run(model_path: str | os.PathLike, out_dir: str | os.PathLike | None, opts: 
 
     A failure that is not already a :class:`~cnnedge.errors.CnnEdgeError` (a library's bug or limit) becomes
     one :class:`ExportError` naming the step, the model and the library's message; the original is chained.
+    A stop (Ctrl-C, SIGTERM) stays a stop, whatever a library made of it (see :mod:`.stops`).
     """
-    steps = _Steps(None, progress or (lambda _msg: None))
+    from .stops import Watch
+
+    watch = Watch()
+    steps = _Steps(None, progress or (lambda _msg: None), watch)
     try:
-        return _run(Path(model_path), out_dir, opts, check, steps)
+        return _named(model_path, steps, lambda: _run(Path(model_path), out_dir, opts, check, steps))
+    except BaseException as exc:
+        stop = watch.stop_behind(exc)
+        if stop is None or stop.__class__ is exc.__class__:
+            raise
+        raise stop from exc
+
+
+def _named(model_path: str | os.PathLike, steps: "_Steps", run: Callable[[], ExportReport]) -> ExportReport:
+    """``run()``, its failures named: the step, the model, the library's message."""
+    try:
+        return run()
     except CnnEdgeError as exc:
         if steps.current is None or isinstance(exc, (UsageError, ParityFailure)):
             raise
@@ -285,19 +302,20 @@ def _run(model_path: Path, out_dir: str | os.PathLike | None, opts: ExportOption
     blocked = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
     if blocked is not None:
         raise OptionError("out_dir", f"{out}: {blocked} exists and is not a folder; choose another output folder")
+    report = ExportReport(model=str(model_path), out_dir=str(out), thresholds=asdict(opts.thresholds),
+                          created=now_iso(), versions=_versions(kit))
+    timer.report = report
     if out.is_dir():
-        from .commit import roll_forward
+        from .commit import recover
 
-        roll_forward(out)  # an export killed while putting its files in place: complete it first
+        for line in recover(out):  # exports killed here: finish or undo what they left, first
+            _warn(report, timer, line)
     for name in planned_outputs(opts.fp16, opts.int8, opts.engine):
         if (out / name).resolve() == model_path.resolve():
             raise OptionError("out_dir", f"{out}: the export would write {name} over the model it exports; choose "
                                          "another output folder")
         refuse_overwrite(out / name, opts.force)
     # --- load: nothing is written until every input has been read and checked ------------------------------
-    report = ExportReport(model=str(model_path), out_dir=str(out), thresholds=asdict(opts.thresholds),
-                          created=now_iso(), versions=_versions(kit))
-    timer.report = report
     with timer("read model card"):  # before the model: a bad card or a missing description costs no load
         source = _open(model_path, opts)
     described = source.card is None
@@ -380,26 +398,15 @@ def _warn(report: ExportReport, timer: "_Steps", line: str) -> None:
 def _write(opts: ExportOptions, report: ExportReport, timer: "_Steps", out: Path, data: Checked, kit: "Toolkit | None",
            gpus: tuple[str, ...] | None, check: bool) -> ExportReport:
     """Every step into a staging folder, then everything into place at once; the report; the verdict."""
+    from . import scratch
+    from .commit import commit, in_flight, staging_prefix
+
     out.mkdir(parents=True, exist_ok=True)
-    sweep_stale_staging(out)
-    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=out))
+    staging = Path(tempfile.mkdtemp(prefix=staging_prefix(), dir=out))
     ws = Workspace(opts, report, timer, out, staging)
     try:
-        fp32 = _to_onnx(ws, data)
-        files = {"fp32": fp32.path}
-        if opts.fp16:
-            files["fp16"] = _to_fp16(ws, data, fp32.path)
-        if opts.int8:
-            files["int8"], files["int8-trt"] = _to_int8(ws, data, fp32)
-        _check_onnx(ws, data, files)
-        if opts.engine:
-            assert kit is not None and gpus is not None
-            _build_engines(ws, data, files, kit, gpus)
-        from ..atomic import write_text
-
-        write_text(staging / REPORT_NAME, json.dumps(report.to_dict(), indent=2) + "\n")
-        from .commit import commit
-
+        with scratch.inside(staging):
+            _steps(ws, data, kit, gpus)
         if check and not report.passed:  # the gate failed: nothing of the folder's is replaced or removed
             kept = _keep_failed(staging, out)
             raise ParityFailure("parity check failed: " + " | ".join(report.failures) + f"; nothing in {out} was "
@@ -409,7 +416,8 @@ def _write(opts: ExportOptions, report: ExportReport, timer: "_Steps", out: Path
         # left that this one does not write goes in the same commit, so the folder never mixes two models
         commit(staging, out, remove=stale_outputs(out, planned_outputs(opts.fp16, opts.int8, opts.engine)))
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if not in_flight(out, staging):
+            shutil.rmtree(staging, ignore_errors=True)
     if opts.triton is not None:
         with timer("Triton model repository"):
             report.triton = _write_triton(Path(opts.triton), report, data.base_card, opts.batch, opts.force,
@@ -420,7 +428,24 @@ def _write(opts: ExportOptions, report: ExportReport, timer: "_Steps", out: Path
     return report
 
 
-STAGING_PREFIX = ".cnn-export-"
+def _steps(ws: Workspace, data: Checked, kit: "Toolkit | None", gpus: tuple[str, ...] | None) -> None:
+    """Every artifact, checked, and the report, into the staging folder."""
+    opts, staging = ws.opts, ws.staging
+    fp32 = _to_onnx(ws, data)
+    files = {"fp32": fp32.path}
+    if opts.fp16:
+        files["fp16"] = _to_fp16(ws, data, fp32.path)
+    if opts.int8:
+        files["int8"], files["int8-trt"] = _to_int8(ws, data, fp32)
+    _check_onnx(ws, data, files)
+    if opts.engine:
+        assert kit is not None and gpus is not None
+        _build_engines(ws, data, files, kit, gpus)
+    from ..atomic import write_text
+
+    write_text(staging / REPORT_NAME, json.dumps(ws.report.to_dict(), indent=2) + "\n")
+
+
 FAILED_PREFIX = "export-failed-"
 
 
@@ -448,26 +473,6 @@ def _keep_failed(staging: Path, out: Path) -> Path:
             if not target.exists():
                 raise
     raise ExportError(f"{out}: could not find a free {FAILED_PREFIX}* folder name for the failed export's files")
-
-
-def sweep_stale_staging(out: Path) -> list[Path]:
-    """Remove staging folders left in ``out`` by exports that were killed (kill -9, power loss):
-    their name carries the exporting process's id, and that process no longer exists."""
-    removed = []
-    for d in out.glob(f"{STAGING_PREFIX}*-*"):
-        pid = d.name[len(STAGING_PREFIX):].split("-", 1)[0]
-        if not (d.is_dir() and pid.isdigit()) or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-            continue  # another export is running here right now
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue  # alive, another user's
-        shutil.rmtree(d, ignore_errors=True)
-        removed.append(d)
-    return removed
 
 
 def _read_images(opts: ExportOptions, card: ModelCard, timer: "_Steps", report: ExportReport) -> tuple[Any, Any]:
@@ -701,8 +706,8 @@ def _write_triton(repo: Path, report: ExportReport, card: ModelCard, profile: An
 class _Steps:
     """Times each step, reports progress, records it in the report."""
 
-    def __init__(self, report: ExportReport | None, say: Callable[[str], None]):
-        self.report, self.say = report, say
+    def __init__(self, report: ExportReport | None, say: Callable[[str], None], watch: "Watch | None" = None):
+        self.report, self.say, self.watch = report, say, watch
         self.current: str | None = None  # the step running now (named in an unexpected failure)
 
     @contextlib.contextmanager
@@ -711,6 +716,9 @@ class _Steps:
         self.say(f"{name} ...")
         t0 = time.perf_counter()
         yield
+        stop = self.watch.signalled() if self.watch is not None else None
+        if stop is not None:  # a library swallowed the stop: the export ends here all the same
+            raise stop
         dt = time.perf_counter() - t0
         self.current = None
         if self.report is not None:
