@@ -300,7 +300,7 @@ def main() -> None:
     # Interleaved rounds, each path's best wall-clock throughput kept. The machine is shared, so CPU time
     # per image (all threads of this process, time.process_time) is recorded as well: it does not depend on
     # what else runs, and 2 cores / CPU-per-image is what the path can reach on an idle 2-core machine.
-    from cnnedge.runtime.stream import default_workers
+    from cnnedge.runtime.pipeline import default_workers
 
     nw = default_workers() + 2  # cnn-infer's decode threads below 4 cores; the bound is the best of 2 and this many
     runs = (

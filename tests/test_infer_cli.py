@@ -19,7 +19,7 @@ import pytest
 from cnnedge.cli._run import run_cli
 from cnnedge.cli.infer import main
 from cnnedge.runtime.classifier import Classifier
-from cnnedge.runtime.stream import PipelineStats, run_pipeline
+from cnnedge.runtime.pipeline import PipelineStats
 from cnnedge.runtime.sources import LiveSource, open_source
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -146,7 +146,7 @@ def test_video_file_every_frame_and_as_live_source(tmp_path):
     # as a live source: newest frame only, never a frame twice, never one that is not in the file
     with Classifier(models()["onnx"]) as clf:
         stats = PipelineStats()
-        res = list(run_pipeline(clf, str(vid), batch=1, live=True, stats=stats))
+        res = list(clf.stream(str(vid), batch=1, live=True, stats=stats))
         src = stats.sources[0]
     got = [r.frame for r in res]
     assert got == sorted(set(got)) and all(0 <= f < 60 for f in got)
@@ -208,7 +208,7 @@ def test_two_sources_share_batches(tmp_path):
     _write_video(b, 40, size=(80, 60))
     with Classifier(models()["onnx"]) as clf:
         stats = PipelineStats()
-        res = list(run_pipeline(clf, [str(a), str(b)], batch=8, max_wait_ms=50, stats=stats))
+        res = list(clf.stream([str(a), str(b)], batch=8, max_wait_ms=50, stats=stats))
     by_src = {s: [r.frame for r in res if r.source == s] for s in (str(a), str(b))}
     assert all(v == list(range(40)) for v in by_src.values())
     mixed = {r.batch for r in res if r.source == str(a)} & {r.batch for r in res if r.source == str(b)}
@@ -296,8 +296,8 @@ def test_live_stream_reconnects_without_duplicated_or_invented_frames():
     try:
         with Classifier(models()["onnx"]) as clf:
             stats = PipelineStats()
-            results = list(run_pipeline(clf, url, batch=2, duration=4.5, keep_images=True, read_timeout_ms=1000,
-                                        open_timeout_ms=2000, stats=stats))
+            results = list(clf.stream(url, batch=2, duration=4.5, keep_images=True, read_timeout_ms=1000,
+                                  open_timeout_ms=2000, stats=stats))
         src = stats.sources[0]
         numbers = [_number(r.image) for r in results]
         assert len(numbers) > 20

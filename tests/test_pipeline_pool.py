@@ -17,7 +17,8 @@ import pytest
 from cnnedge.errors import UsageError
 from cnnedge.runtime.classifier import Classifier
 from cnnedge.runtime.pipeline.gpu_decoder import split_decodable, unavailable_reason
-from cnnedge.runtime.stream import PipelineStats, default_workers, iter_batches, run_pipeline
+from cnnedge.runtime import pipeline
+from cnnedge.runtime.pipeline import PipelineStats, default_workers
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_runtime_models import models, split  # noqa: E402
@@ -86,8 +87,8 @@ def test_every_file_once_in_order_with_failures(tmp_path, processes):
     expected = sorted(str(p) for p in (tmp_path / "imgs").iterdir())
     with Classifier(models()["onnx"], threads=1) as clf:
         stats = PipelineStats()
-        results = list(run_pipeline(clf, str(tmp_path / "imgs"), batch=4, workers=2, processes=processes,
-                                    stats=stats))
+        results = list(clf.stream(str(tmp_path / "imgs"), batch=4, workers=2, processes=processes,
+                              stats=stats))
         direct = clf.predict_batch([str(p) for p in sorted(files)])
     assert [r.path for r in results] == expected
     bad = {Path(r.path).name: r.error for r in results if r.error}
@@ -97,11 +98,11 @@ def test_every_file_once_in_order_with_failures(tmp_path, processes):
     assert stats.done == 37 and stats.failed == 2
 
 
-def test_iter_batches_gives_a_list_per_inference_call(tmp_path):
+def test_pipeline_run_gives_a_list_per_inference_call(tmp_path):
     _digits(tmp_path / "imgs", 22)
     with Classifier(models()["onnx"], threads=1) as clf:
-        batches = list(iter_batches(clf, str(tmp_path / "imgs"), batch=8, processes=False))
-        flat = list(run_pipeline(clf, str(tmp_path / "imgs"), batch=8, processes=False))
+        batches = list(pipeline.run(clf.backend, clf.card, str(tmp_path / "imgs"), batch=8, processes=False))
+        flat = list(clf.stream(str(tmp_path / "imgs"), batch=8, processes=False))
     assert [len(b) for b in batches] == [8, 8, 6]
     assert all(len({r.batch for r in b}) == 1 for b in batches)
     assert [r.path for b in batches for r in b] == [r.path for r in flat]
@@ -124,8 +125,8 @@ def test_a_crashing_worker_is_replaced_and_its_file_reported(tmp_path, monkeypat
     with Classifier(models()["onnx"], threads=1) as clf:
         stats = PipelineStats()
         crashing = CrashingDecoder(Preprocessor.from_card(clf.card), "boom")
-        results = list(run_pipeline(clf, str(tmp_path / "imgs"), batch=8, workers=2, processes=True, stats=stats,
-                                    decoder=crashing))
+        results = list(clf.stream(str(tmp_path / "imgs"), batch=8, workers=2, processes=True, stats=stats,
+                              decoder=crashing))
     assert [r.path for r in results] == expected  # nothing lost, nothing repeated
     failed = {Path(r.path).name: r.error for r in results if r.error}
     assert set(failed) == {"img00013boom.png", "img00041boom.png"}
@@ -139,9 +140,8 @@ def test_ctrl_c_leaves_no_worker_processes(tmp_path):
     script.write_text(textwrap.dedent(f"""
         import sys, time
         from cnnedge.runtime.classifier import Classifier
-        from cnnedge.runtime.stream import run_pipeline
         clf = Classifier({str(models()["onnx"])!r}, threads=1)
-        for i, r in enumerate(run_pipeline(clf, {str(tmp_path / "imgs")!r}, batch=4, workers=2, processes=True)):
+        for i, r in enumerate(clf.stream({str(tmp_path / "imgs")!r}, batch=4, workers=2, processes=True)):
             if i == 40:
                 print("running", flush=True)
             time.sleep(0.005)  # a slow consumer: the run lasts long enough to be interrupted
@@ -207,7 +207,7 @@ def test_memory_stays_flat_over_10000_files(tmp_path):
     samples: list[int] = []
     with Classifier(models()["onnx"], threads=1) as clf:
         n = 0
-        for r in run_pipeline(clf, str(folder), batch=16, workers=workers, processes=True):
+        for r in clf.stream(str(folder), batch=16, workers=workers, processes=True):
             assert r.ok, r.error
             n += 1
             if n == 2_000:  # the workers may still be starting on a loaded machine: wait for them
@@ -243,7 +243,7 @@ def test_huge_max_wait_closes_the_batch_when_every_source_has_ended(tmp_path):
     _digits(tmp_path / "imgs", 3)
     with Classifier(models()["onnx"], threads=1) as clf:
         t0 = time.perf_counter()
-        results = list(run_pipeline(clf, [str(vid), str(tmp_path / "imgs")], batch=8, max_wait_ms=1e9))
+        results = list(clf.stream([str(vid), str(tmp_path / "imgs")], batch=8, max_wait_ms=1e9))
         took = time.perf_counter() - t0
     assert len(results) == 6 and all(r.ok for r in results)
     assert took < 20, f"the batch waited {took:.1f} s for sources that had ended"
@@ -256,10 +256,11 @@ def test_default_batch_is_32_for_files_and_8_with_a_video(tmp_path):
     _digits(tmp_path / "imgs", 40)
     with Classifier(models()["onnx"], threads=1) as clf:
         stats = PipelineStats()
-        files = list(iter_batches(clf, str(tmp_path / "imgs"), stats=stats, processes=False))
+        files = list(pipeline.run(clf.backend, clf.card, str(tmp_path / "imgs"), stats=stats, processes=False))
         assert stats.batch_size == 32 and [len(b) for b in files] == [32, 8]
         stats = PipelineStats()
-        mixed = [r for b in iter_batches(clf, [str(vid), str(tmp_path / "imgs")], stats=stats) for r in b]
+        mixed = [r for b in pipeline.run(clf.backend, clf.card, [str(vid), str(tmp_path / "imgs")], stats=stats)
+                 for r in b]
         assert stats.batch_size == 8 and len(mixed) == 43 and all(r.ok for r in mixed)
         assert len(list(clf.stream(str(tmp_path / "imgs")))) == 40
 
@@ -272,12 +273,12 @@ def test_decode_option_is_checked_in_one_line(tmp_path):
     _digits(tmp_path / "imgs", 2)
     with Classifier(models()["onnx"], "ort-cpu", threads=1) as clf:
         with pytest.raises(UsageError, match="decode 'gpus'"):
-            run_pipeline(clf, str(tmp_path / "imgs"), decode="gpus")
+            clf.stream(str(tmp_path / "imgs"), decode="gpus")
         with pytest.raises(UsageError, match="needs a GPU backend .* this model runs on ort-cpu"):
-            run_pipeline(clf, str(tmp_path / "imgs"), decode="gpu")
+            clf.stream(str(tmp_path / "imgs"), decode="gpu")
         assert unavailable_reason(clf) is not None
         # auto falls back to the CPU decoder on a CPU backend
-        assert len(list(run_pipeline(clf, str(tmp_path / "imgs"), decode="auto"))) == 2
+        assert len(list(clf.stream(str(tmp_path / "imgs"), decode="auto"))) == 2
 
 
 def test_cli_decode_gpu_on_a_cpu_backend_exits_2(tmp_path):
@@ -325,8 +326,8 @@ def test_gpu_decode_agrees_with_the_cpu_path(tmp_path):
     (tmp_path / "imgs" / "z.png").write_bytes(files[0].read_bytes())  # a JPEG named .png still decodes
     _digits(tmp_path / "imgs", 3, ".png", start=100)  # PNGs fall back to the CPU decoder
     with Classifier(models()["onnx"], "ort-cuda") as clf:
-        cpu = list(run_pipeline(clf, str(tmp_path / "imgs"), batch=16, decode="cpu"))
-        gpu = list(run_pipeline(clf, str(tmp_path / "imgs"), batch=16, decode="gpu"))
+        cpu = list(clf.stream(str(tmp_path / "imgs"), batch=16, decode="cpu"))
+        gpu = list(clf.stream(str(tmp_path / "imgs"), batch=16, decode="gpu"))
     assert [r.path for r in gpu] == [r.path for r in cpu]
     agree = np.mean([a.prediction.index == b.prediction.index for a, b in zip(cpu, gpu)])
     assert agree >= 0.95
@@ -394,8 +395,8 @@ def test_gpu_decode_with_kept_images_is_refused_and_auto_keeps_them(tmp_path):
     _digits(tmp_path / "imgs", 2)
     with Classifier(models()["onnx"], "ort-cpu", threads=1) as clf:
         with pytest.raises(UsageError, match="keeps no original images"):
-            run_pipeline(clf, str(tmp_path / "imgs"), decode="gpu", keep_images=True)
-        got = list(run_pipeline(clf, str(tmp_path / "imgs"), decode="auto", keep_images=True))
+            clf.stream(str(tmp_path / "imgs"), decode="gpu", keep_images=True)
+        got = list(clf.stream(str(tmp_path / "imgs"), decode="auto", keep_images=True))
     assert [r.image.shape[:2] for r in got] == [(32, 32), (32, 32)]
 
 
@@ -415,7 +416,7 @@ def test_worker_processes_start_mid_run_and_every_file_stays_once_in_order(tmp_p
     seen: set[int] = set()
     with Classifier(models()["onnx"], threads=1) as clf:
         results = []
-        for i, r in enumerate(run_pipeline(clf, str(folder), batch=4, workers=4)):
+        for i, r in enumerate(clf.stream(str(folder), batch=4, workers=4)):
             results.append(r)
             if i % 20 == 0:
                 seen |= {k for k in _descendants(os.getpid()) if _alive(k) and _is_worker(k)}
@@ -497,8 +498,8 @@ def test_a_device_batch_goes_through_the_same_inference_stage(tmp_path):
     with Classifier(models()["onnx"], "ort-cpu", threads=1) as clf:
         double = _DeviceLikeDecoder(Preprocessor.from_card(clf.card, clf.backend.input_spec.dtype))
         stats = PipelineStats()
-        on_device = list(run_pipeline(clf, str(tmp_path / "imgs"), batch=8, decoder=double, stats=stats))
-        cpu = list(run_pipeline(clf, str(tmp_path / "imgs"), batch=8, decode="cpu", processes=False))
+        on_device = list(clf.stream(str(tmp_path / "imgs"), batch=8, decoder=double, stats=stats))
+        cpu = list(clf.stream(str(tmp_path / "imgs"), batch=8, decode="cpu", processes=False))
     assert double.copies_back == 3 and stats.batches == 3
     assert [r.path for r in on_device] == [r.path for r in cpu]
     assert [r.error is None for r in on_device] == [r.error is None for r in cpu] and stats.failed == 1

@@ -21,7 +21,7 @@ ort = pytest.importorskip("onnxruntime")
 
 def test_import_runtime_loads_no_heavy_package():
     code = ("import sys, cnnedge, cnnedge.runtime, cnnedge.runtime.backends, cnnedge.runtime.classifier, "
-            "cnnedge.runtime.stream, cnnedge.runtime.sinks, cnnedge.runtime.sources, cnnedge.cli.infer\n"
+            "cnnedge.runtime.pipeline, cnnedge.runtime.runner, cnnedge.runtime.sinks, cnnedge.runtime.sources, cnnedge.cli.infer\n"
             "from cnnedge import Classifier\n"
             "heavy = [m for m in ('tensorflow', 'keras', 'tf2onnx', 'tensorrt', 'tensorrt_rtx', 'onnx', 'torch') "
             "if m in sys.modules]\nprint(heavy)")

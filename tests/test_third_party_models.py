@@ -194,14 +194,14 @@ def test_the_default_batch_stays_under_the_pixel_limit_of_a_dynamic_size(tmp_pat
     """Files default to batches of 32, but never more than a dynamic graph's size allows: at 96x16384
     (1,572,864 pixels an image) 21; a run with no --batch then works where --batch 32 is refused."""
     from cnnedge.runtime.sources import open_source
-    from cnnedge.runtime.stream import default_batch
+    from cnnedge.runtime.pipeline import default_batch
 
     img = tmp_path / "a.png"
     cv2.imwrite(str(img), np.zeros((30, 90, 3), np.uint8))
     with Classifier(ocr, "ort-cpu", input_size=(96, 16384), warmup=False) as clf:
         src = open_source(str(img))
         try:
-            assert default_batch(clf, [src]) == 21
+            assert default_batch(clf.backend, [src]) == 21
         finally:
             src.close()
     code, err = _run(infer_cli.main, [ocr, "--source", str(img), "--backend", "ort-cpu", "--input-size",

@@ -235,7 +235,7 @@ def _end_to_end(cfg: BenchConfig, report: BenchReport, art: plan.Artifact, backe
                 files: list[str], batches: list[int], threads: int, bounds: dict, say: Callable[[str], None]) -> None:
     """The pipeline through the Classifier, on the same artifact and backend (a second session)."""
     from ..runtime.classifier import Classifier
-    from ..runtime.stream import default_workers
+    from ..runtime.pipeline import default_workers
     from .e2e import bound, run_end_to_end
 
     want = cfg.e2e_batch or max(batches)

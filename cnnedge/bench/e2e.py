@@ -109,8 +109,8 @@ def run_end_to_end(clf: "Classifier", artifact: str, files: list[str], folder: s
     timed = TimedDecoder(preprocessor_of(clf))
     stats = PipelineStats()
     t0 = time.perf_counter()
-    results = run(clf, folder, batch=batch, workers=workers, stats=stats, decode="cpu", processes=False,
-                  decoder=timed)
+    results = run(clf.backend, clf.card, folder, batch, workers=workers, stats=stats, decode="cpu", processes=False,
+                  decoder=timed, topk=clf.topk, reduce_decode=clf.reduce_decode)
     try:
         for _ in results:
             pass

@@ -29,6 +29,7 @@ from .backends.sizing import check_batch_pixels, dynamic_size_error, image_axes
 from .describe import PREPROCESS_KEYS, check_description, flag_names
 from .interrupt import DEFAULT_LOAD_TIMEOUT_S, Deadline, RunInterrupted, load_timeout_error
 from .labels import check_count, metadata_labels, read_labels
+from .pipeline.postprocessor import DEFAULT_TOPK, Postprocessor, check_topk
 from .pipeline.preprocessor import Preprocessor
 from .results import Prediction, Result
 
@@ -208,13 +209,6 @@ def _check_scores_shape(path: str, name: str, tail: tuple[int | None, ...]) -> N
                              "cnnedge reads a classifier's [N, classes] output (or [N, classes, 1, 1])")
 
 
-def _topk(k: Any) -> int:
-    """``k`` when it is a whole number >= 1 (a top-k list has at least the top class), else UsageError."""
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise UsageError(f"topk must be a whole number >= 1, got {k!r}")
-    return int(k)
-
-
 def _check_crop(path: str, card: ModelCard, from_card: bool) -> None:
     """The resize before a centre crop (input / crop_pct) stays under the decode pixel limit."""
     c = card.preprocess.crop_pct
@@ -317,10 +311,10 @@ class Classifier:
                  scale: Any = None, mean: Any = None, std: Any = None, rgb: bool | None = None,
                  resize: str | None = None, crop_pct: Any = None, pad_value: Any = None,
                  interpolation: str | None = None, output: str | None = None, input_size: Any = None,
-                 topk: int = 5, warmup: bool = True, reduce_decode: bool = True,
+                 topk: int = DEFAULT_TOPK, warmup: bool = True, reduce_decode: bool = True,
                  load_timeout_s: float | None = DEFAULT_LOAD_TIMEOUT_S, assume_preprocessing: bool = True,
                  **backend_opts: Any) -> None:
-        topk = _topk(topk)
+        topk = check_topk(topk)
         self.load_timeout_s = _timeout(load_timeout_s)
         described = dict(labels=labels, scale=scale, mean=mean, std=std, rgb=rgb, resize=resize, crop_pct=crop_pct,
                          pad_value=pad_value, interpolation=interpolation, output=output)
@@ -342,7 +336,6 @@ class Classifier:
             self._pre = self.card.preprocess
             _check_crop(be.path, self.card, be.card is not None)
             _check_int8_kernels(be, self.card)
-            self._logits = self.card.output == "logits"
             self.topk = topk
             self.reduce_decode = reduce_decode
             cv2 = opencv()  # with the decode limits set, before this process or its decode workers load it
@@ -363,6 +356,7 @@ class Classifier:
             if warmup or detect or self.card.classes == ("0", "1") and be.output_spec.shape[-1] is None:
                 self._warmup(detect, self.labels_from != "indices (no labels given)",
                              None if detect or be.card is not None else self.card.output)
+            self.postprocessor = Postprocessor.from_card(self.card, topk, be.path)
         except BaseException:
             self.backend.close()
             raise
@@ -428,7 +422,6 @@ class Classifier:
         kind = output_kind(out)
         if detect:
             self.card = self.card.replace(output=kind)
-            self._logits = kind == "logits"
         elif said is not None and said != kind:
             warnings.warn(f"{be.path}: output is said to be {said}, but the model's rows "
                           + ("are non-negative and sum to 1: they look like probabilities already, and a softmax "
@@ -478,35 +471,15 @@ class Classifier:
     def probabilities(self, out: np.ndarray) -> np.ndarray:
         """Model output -> one float32 row of class probabilities per image (a softmax only when the card says
         logits)."""
-        out = out.reshape(out.shape[0], -1)
-        if out.shape[1] != self.card.num_classes:
-            raise CardError(f"{self.backend.path}: the model output has {out.shape[1]} values per image, the card "
-                            f"names {self.card.num_classes} classes")
-        if not self._logits:
-            return out.astype(np.float32, copy=False)
-        z = out.astype(np.float32) - out.max(axis=1, keepdims=True)
-        np.exp(z, out=z)
-        return z / z.sum(axis=1, keepdims=True)
+        return self.postprocessor.probabilities(out)
 
     def postprocess(self, out: np.ndarray, topk: int | None = None) -> list[Prediction]:
         """Model output -> Predictions (softmax only when the card says logits)."""
-        k = min(self.topk if topk is None else _topk(topk), self.card.num_classes)
-        out = self.probabilities(out)
-        if k == 1:
-            idx = out.argmax(axis=1)[:, None]
-        else:
-            idx = np.argsort(-out, axis=1, kind="stable")[:, :k]
-        classes = self.card.classes
-        preds = []
-        rows = np.take_along_axis(out, idx, axis=1).tolist()
-        for ids, scores in zip(idx.tolist(), rows):
-            top = [(classes[i], s) for i, s in zip(ids, scores)]
-            preds.append(Prediction(top[0][0], top[0][1], ids[0], top))
-        return preds
+        return self.postprocessor(out, self.topk if topk is None else topk)
 
     def predict(self, image: np.ndarray | str | os.PathLike, topk: int | None = None) -> Prediction:
         """Classify one image: a BGR uint8 HxWx3 array (gray and BGRA are converted) or a path."""
-        k = self.topk if topk is None else topk if type(topk) is int and topk > 0 else _topk(topk)
+        k = self.topk if topk is None else topk if type(topk) is int and topk > 0 else check_topk(topk)
         if type(image) is not np.ndarray and not isinstance(image, np.ndarray):
             if not isinstance(image, (str, os.PathLike)):
                 raise UsageError(f"predict() takes an image array (HxWx3 BGR uint8) or a path, got "
@@ -523,7 +496,7 @@ class Classifier:
                 got = self._cv2.cvtColor(image, self._cvt, dst=dst)
                 if got is not dst:  # OpenCV allocated a new array instead (it never has for these buffers)
                     np.copyto(dst, got)
-            return self._post_one(slot.run().reshape(-1), k)
+            return self.postprocessor.one(slot.run().reshape(-1), k)
         if sh == self._hwc and image.dtype == _UINT8:  # type: ignore[union-attr]
             # already the model's size: only the colour order changes (the common camera-at-size case)
             pixels = (self._cv2.cvtColor(image, self._cvt) if self._cvt is not None else image)[None]
@@ -533,7 +506,7 @@ class Classifier:
             out = self.backend.infer(pixels)
         else:
             out = self.backend.infer(to_model_input(pixels, self._spec, self._pre))
-        return self._post_one(out.reshape(-1), k)
+        return self.postprocessor.one(out.reshape(-1), k)
 
     def _new_slot(self) -> Slot:
         """This thread's slot (threads get their own: a slot's buffers are reused by each call)."""
@@ -543,27 +516,6 @@ class Classifier:
             self._slots.clear()
         self._slots[_get_ident()] = slot
         return slot
-
-    def _post_one(self, row: np.ndarray, k: int) -> Prediction:
-        """postprocess for one image, in plain Python for small class counts (fewer numpy calls)."""
-        n = self.card.num_classes
-        if row.shape[0] != n or n > 64:
-            return self.postprocess(row[None], k)[0]
-        vals = row.tolist()
-        if self._logits:
-            m = max(vals)
-            e = [math.exp(v - m) for v in vals]
-            t = sum(e)
-            vals = [v / t for v in e]
-        k = min(k, n)
-        if k == 1:
-            i = vals.index(max(vals))
-            order = [i]
-        else:
-            order = sorted(range(n), key=vals.__getitem__, reverse=True)[:k]
-        classes = self.card.classes
-        top = [(classes[i], vals[i]) for i in order]
-        return Prediction(top[0][0], top[0][1], order[0], top)
 
     def predict_batch(self, images: Iterable[np.ndarray | str | os.PathLike], topk: int | None = None
                       ) -> list[Prediction]:
@@ -592,13 +544,16 @@ class Classifier:
 
         Options: ``max_wait_ms``, ``workers``, ``glob``, ``max_frames``, ``duration``,
         ``keep_images``, ``open_timeout_ms``, ``read_timeout_ms``, ``give_up_s``, ``topk``,
-        ``decode`` (``auto``/``cpu``/``gpu``), ``processes`` (see :func:`cnnedge.runtime.pipeline.run`).
+        ``decode`` (``auto``/``cpu``/``gpu``), ``processes`` (see :func:`cnnedge.runtime.pipeline.run`,
+        which this runs with the Classifier's backend, card, ``topk`` and ``reduce_decode``).
         """
-        from .stream import run_pipeline
+        from .pipeline.wiring import run
 
         if batch is not None:
             self.check_batch(batch, "batch")
-        return run_pipeline(self, source, batch=batch, **options)
+        topk = options.pop("topk", None)
+        return _one_at_a_time(run(self.backend, self.card, source, batch, topk=self.topk if topk is None else topk,
+                                  reduce_decode=self.reduce_decode, **options))
 
     # lifecycle -----------------------------------------------------------------------
     def close(self) -> None:
@@ -613,3 +568,12 @@ class Classifier:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _one_at_a_time(batches: Iterator[list[Result]]) -> Iterator[Result]:
+    """The pipeline's lists of Results, one Result at a time; stopping early ends the run."""
+    try:
+        for rs in batches:
+            yield from rs
+    finally:
+        batches.close()  # type: ignore[attr-defined]

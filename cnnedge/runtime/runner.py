@@ -22,13 +22,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence, TextIO
+from typing import TYPE_CHECKING, Any, Sequence, TextIO
 
 from ..errors import CnnEdgeError, ExitCode
 from .interrupt import exit_code_for
 from .sinks import Progress, Sink, display_path
+from .pipeline.stats import PipelineStats
 from . import pipeline
-from .stream import BatchModel, PipelineStats
+
+if TYPE_CHECKING:
+    from .classifier import Classifier
 
 
 @dataclass
@@ -91,7 +94,7 @@ def _target_name(partial: str) -> str:
     return re.sub(r"\.partial(-\d+)?(?=\.[^.]*$|$)", "", partial, count=1)
 
 
-def run(sources: Any, clf: BatchModel, sinks: Sequence[Sink] = (), *, batch: int | None = None,
+def run(sources: Any, clf: "Classifier", sinks: Sequence[Sink] = (), *, batch: int | None = None,
         progress: TextIO | None = None, stats: PipelineStats | None = None, stop: Any = None,
         **options: Any) -> RunSummary:
     """Classify everything ``sources`` deliver with ``clf`` and hand each Result to every sink.
@@ -100,8 +103,9 @@ def run(sources: Any, clf: BatchModel, sinks: Sequence[Sink] = (), *, batch: int
     camera index, URL, GStreamer string, an opened Source, or a list of them). ``batch``: images per
     inference call, None for the sources' default (:func:`cnnedge.runtime.pipeline.default_batch`).
     ``options``: its keyword arguments (``max_wait_ms``, ``workers``, ``glob``, ``max_frames``, ``duration``,
-    ``live``, ``open_timeout_ms``, ``read_timeout_ms``, ``give_up_s``, ``topk``); images are kept
-    for the sinks that need them. ``progress``: draw a bar there when the total is known. ``stop``: a
+    ``live``, ``open_timeout_ms``, ``read_timeout_ms``, ``give_up_s``, ``topk``: the Classifier's when
+    not given); images are kept for the sinks that need them; ``clf`` gives the backend, card and
+    ``reduce_decode``. ``progress``: draw a bar there when the total is known. ``stop``: a
     :class:`threading.Event`; setting it from any thread ends the run as Ctrl-C does.
     Returns a :class:`RunSummary`; user errors found before the run starts (a bad source, a bad
     option) raise as usual, after the sinks are closed.
@@ -110,10 +114,13 @@ def run(sources: Any, clf: BatchModel, sinks: Sequence[Sink] = (), *, batch: int
     summary = RunSummary(stats, give_up_s=options.get("give_up_s"))
     sinks = list(sinks)
     results = None
+    topk = options.pop("topk", None)
     try:
         try:
-            results = pipeline.run(clf, sources, batch=batch, stats=stats,
-                                   keep_images=any(s.needs_images for s in sinks), **options)
+            results = pipeline.run(clf.backend, clf.card, sources, batch, stats=stats,
+                                   keep_images=any(s.needs_images for s in sinks),
+                                   topk=clf.topk if topk is None else topk, reduce_decode=clf.reduce_decode,
+                                   **options)
         except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM while a stream opens: a summary, as later
             summary.interrupted = True
             summary.interrupt_code = exit_code_for(exc)

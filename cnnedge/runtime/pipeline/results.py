@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable, Sequence
-
-import numpy as np
-
-from ..results import Prediction, Result
+from ..results import Result
 from .inference import Inferred
+from .postprocessor import Postprocessor
 from .stats import PipelineStats
 
 NONFINITE = ("the model gave a non-finite score (NaN or inf) for this image: its input or its preprocessing "
@@ -18,12 +15,11 @@ NONFINITE = ("the model gave a non-finite score (NaN or inf) for this image: its
 
 class ResultMaker:
     """Turns :class:`~.inference.Inferred` batches into lists of Results and counts them in ``stats``.
-    ``postprocess``: raw output -> Predictions (the card's classes, top-k). A NaN or infinite score is a
-    failed row saying so, never a prediction. Times itself (``seconds``)."""
+    ``postprocess``: raw output -> Predictions (the card's classes, its top-k length). A NaN or infinite
+    score is a failed row saying so, never a prediction. Times itself (``seconds``)."""
 
-    def __init__(self, postprocess: Callable[[np.ndarray, int | None], Sequence[Prediction]], topk: int | None,
-                 stats: PipelineStats) -> None:
-        self.postprocess, self.topk, self.stats = postprocess, topk, stats
+    def __init__(self, postprocess: Postprocessor, stats: PipelineStats) -> None:
+        self.postprocess, self.stats = postprocess, stats
         self.seconds = 0.0
 
     def results(self, done: Inferred, limit: int | None = None) -> list[Result]:
@@ -31,7 +27,7 @@ class ResultMaker:
         returned nor counted, so the summary says what the sinks got."""
         t0 = time.perf_counter()
         batch, stats = done.batch, self.stats
-        preds = iter(self.postprocess(done.output, self.topk) if done.output is not None else [])
+        preds = iter(self.postprocess(done.output) if done.output is not None else [])
         images = batch.images
         out: list[Result] = []
         for i, f in enumerate(batch.items[:limit]):

@@ -19,8 +19,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
+from ...card import ModelCard
 from ...errors import UsageError
 from ...imaging.files import is_image_file
+from ..backends.base import Backend
 from ..results import Result
 from ..sources import FileSource, LiveSource, Source, open_source
 from .batcher import Batcher
@@ -28,6 +30,7 @@ from .decode_pool import DecodePool, available_cores
 from .decoders import Decoder, HostDecoder, OrderedStage
 from .gpu_decoder import AHEAD, GpuDecoder, on_gpu, wanted
 from .inference import Inferred, InferenceStage
+from .postprocessor import DEFAULT_TOPK, Postprocessor
 from .preprocessor import Preprocessor
 from .results import ResultMaker
 from ..limits import check_seconds, check_threads
@@ -44,14 +47,14 @@ def default_workers() -> int:
     return available_cores()
 
 
-def default_batch(model: Any, sources: Sequence[Source]) -> int:
+def default_batch(backend: Backend, sources: Sequence[Source]) -> int:
     """The batch when none is given: :data:`FILE_BATCH` for image files alone (fewer, larger inference
     calls: each call and hand-off costs the same whatever its size), else :data:`LIVE_BATCH`; never
     more than a dynamic-size graph's pixel limit allows."""
     from ..backends.sizing import most_batch
 
     want = FILE_BATCH if sources and all(isinstance(s, FileSource) for s in sources) else LIVE_BATCH
-    most = most_batch(model.backend)
+    most = most_batch(backend)
     return want if most is None else max(1, min(want, most))
 
 
@@ -65,23 +68,28 @@ class Plan:
     max_frames: int | None
     duration: float | None
     keep_images: bool
-    topk: int | None
     decode: str
     processes: bool | None
     decoder: Decoder | None
 
 
-def run(model: Any, source: Any, batch: int | None = None, *, max_wait_ms: float = 10.0,
+def run(backend: Backend, card: ModelCard, source: Any, batch: int | None = None, *, max_wait_ms: float = 10.0,
         workers: int | None = None, glob: str | None = None, max_frames: int | None = None,
         duration: float | None = None, keep_images: bool = False, topk: int | None = None,
-        live: bool = False, open_timeout_ms: int | None = None, read_timeout_ms: int | None = None,
-        give_up_s: float | None = None, stats: PipelineStats | None = None, decode: str = "auto",
-        processes: bool | None = None, decoder: Decoder | None = None) -> Iterator[list[Result]]:
-    """Classify everything ``source`` (one source spec or a list of them) delivers with ``model`` (a
-    :class:`~cnnedge.runtime.Classifier`: its card, backend and postprocess); one list of Results per
-    inference call. Options are checked and sources opened before this returns.
+        reduce_decode: bool = True, live: bool = False, open_timeout_ms: int | None = None,
+        read_timeout_ms: int | None = None, give_up_s: float | None = None, stats: PipelineStats | None = None,
+        decode: str = "auto", processes: bool | None = None,
+        decoder: Decoder | None = None) -> Iterator[list[Result]]:
+    """Classify everything ``source`` (one source spec or a list of them) delivers with ``backend``, the
+    way ``card`` (the resolved one: :attr:`Classifier.card <cnnedge.runtime.Classifier.card>`) says; one
+    list of Results per inference call. Options are checked and sources opened before this returns.
 
-    ``batch``: images per inference call; None: :func:`default_batch`. ``decode``: ``"cpu"`` (OpenCV),
+    ``batch``: images per inference call; None: :func:`default_batch`. ``topk``: each prediction's top-k
+    length (None: 5). ``reduce_decode``: decode large JPEGs at 1/2..1/8 size when that covers the input.
+    Unusable files come out as Results with an ``error``; the run stops at the end of all finite sources,
+    after ``max_frames`` results or ``duration`` seconds, or when the caller stops iterating; a live stream
+    that drops reconnects with back-off until then, or, with ``give_up_s``, ends once it has been down
+    that long (``stats.given_up``). ``decode``: ``"cpu"`` (OpenCV),
     ``"gpu"`` (nvImageCodec + CV-CUDA, the ``gpu-decode`` extra and a GPU backend) or ``"auto"`` (GPU
     when both are there). ``processes``: decode in worker processes from the start (True), never
     (False), or once the run has lasted about a second with files left (None). ``decoder``: a
@@ -96,9 +104,11 @@ def run(model: Any, source: Any, batch: int | None = None, *, max_wait_ms: float
         raise UsageError(f"decode {decode!r}: expected one of {', '.join(DECODE_MODES)}")
     check_threads(workers, "workers")  # each may be a process: --workers 10000 would start thousands
     check_seconds(duration, "duration")
+    post = Postprocessor.from_card(card, DEFAULT_TOPK if topk is None else topk, backend.path)
+    pre = Preprocessor.from_card(card, backend.input_spec.dtype, reduce_decode)
     plan = Plan(batch, max_wait_ms / 1000.0, workers or default_workers(), max_frames, duration, keep_images,
-                topk, decode, processes, decoder)
-    on_device = decoder is None and gpu_decode_wanted(model, decode, keep_images)
+                decode, processes, decoder)
+    on_device = decoder is None and gpu_decode_wanted(backend, card, decode, keep_images)
     if give_up_s is not None and give_up_s <= 0:
         raise UsageError(f"give_up_s must be positive, got {give_up_s}")
     opened = dict(glob=glob, live=live, open_timeout_ms=open_timeout_ms, read_timeout_ms=read_timeout_ms,
@@ -106,11 +116,11 @@ def run(model: Any, source: Any, batch: int | None = None, *, max_wait_ms: float
     sources = open_sources(source, {k: v for k, v in opened.items() if v is not None or k in ("glob", "live")})
     stats = stats if stats is not None else PipelineStats()
     stats.sources = sources
-    plan.batch = plan.batch if plan.batch is not None else default_batch(model, sources)
+    plan.batch = plan.batch if plan.batch is not None else default_batch(backend, sources)
     stats.batch_size = plan.batch
     totals = [s.total if isinstance(s, FileSource) else None for s in sources]
     stats.total = sum(t for t in totals if t is not None) if all(t is not None for t in totals) else None
-    return _flow(model, sources, plan, stats, on_device)
+    return _flow(backend, pre, post, sources, plan, stats, on_device)
 
 
 def open_sources(source: Any, options: dict[str, Any]) -> list[Source]:
@@ -133,7 +143,7 @@ def _all_specs(seq: Any) -> bool:
     return not all(isinstance(x, (str, os.PathLike)) and is_image_file(x) for x in seq)
 
 
-def gpu_decode_wanted(model: Any, decode: str, keep_images: bool) -> bool:
+def gpu_decode_wanted(backend: Backend, card: ModelCard, decode: str, keep_images: bool) -> bool:
     """Whether to decode on the GPU; ``gpu`` that cannot be honoured is a one-line UsageError."""
     if decode == "cpu":
         return False
@@ -142,18 +152,18 @@ def gpu_decode_wanted(model: Any, decode: str, keep_images: bool) -> bool:
             raise UsageError("--decode gpu keeps no original images, which --save-dir, --save-video and --show "
                              "need; use --decode cpu with them")
         return False
-    if decode == "auto" and not on_gpu(model.backend.name):
+    if decode == "auto" and not on_gpu(backend.name):
         return False
-    return wanted(model.backend.name, model.card, decode)
+    return wanted(backend.name, card, decode)
 
 
-def decode_stage(model: Any, pre: Preprocessor, sources: list[Source], plan: Plan, stats: PipelineStats,
+def decode_stage(backend: Backend, pre: Preprocessor, sources: list[Source], plan: Plan, stats: PipelineStats,
                  on_device: bool, ready: "queue.Queue[Any]", stop: threading.Event) -> Any:
     """The decode stage for this run: the given decoder, the GPU's, or the CPU pool."""
     host = HostDecoder(pre, keep=plan.keep_images)
     decoder = plan.decoder
     if on_device:
-        decoder = GpuDecoder(host, model.backend.device_id, plan.workers)
+        decoder = GpuDecoder(host, backend.device_id, plan.workers)
     if decoder is not None and not isinstance(decoder, HostDecoder):
         return OrderedStage(decoder, ready, stop, AHEAD)
     files_only = all(isinstance(s, FileSource) for s in sources)
@@ -161,21 +171,20 @@ def decode_stage(model: Any, pre: Preprocessor, sources: list[Source], plan: Pla
                       stop=stop, total=stats.total if files_only else None)
 
 
-def _flow(model: Any, sources: list[Source], plan: Plan, stats: PipelineStats,
-          on_device: bool) -> Iterator[list[Result]]:
+def _flow(backend: Backend, pre: Preprocessor, post: Postprocessor, sources: list[Source], plan: Plan,
+          stats: PipelineStats, on_device: bool) -> Iterator[list[Result]]:
     stop = threading.Event()
     ready: queue.Queue = queue.Queue()  # bounded by the decode stage's buffers
     done: queue.Queue = queue.Queue(maxsize=4)
-    pre = Preprocessor.from_card(model.card, model.backend.input_spec.dtype, model.reduce_decode)
-    stage = decode_stage(model, pre, sources, plan, stats, on_device, ready, stop)
+    stage = decode_stage(backend, pre, sources, plan, stats, on_device, ready, stop)
     live = any(isinstance(s, LiveSource) for s in sources)  # their frames must not wait behind a decode
     pace = threading.Semaphore(1) if live else None  # nor in a queue of batches behind a slow model
     batcher = Batcher(sources, stage, plan.batch or 1, plan.max_wait_s, stop, pace)
     stats.started = time.perf_counter()
     deadline = None if plan.duration is None else stats.started + plan.duration
-    infer = InferenceStage(model.backend, pre, ready, done, stop, deadline, None if live else stage.decode_one_here,
+    infer = InferenceStage(backend, pre, ready, done, stop, deadline, None if live else stage.decode_one_here,
                            pace.release if pace is not None else None)
-    maker = ResultMaker(model.postprocess, plan.topk, stats)
+    maker = ResultMaker(post, stats)
     stage.start()
     batcher.start()
     infer.thread.start()
