@@ -4,8 +4,9 @@
     decode_pool.py, the GPU decoder in gpu_decoder.py) -> InferenceStage (inference.py)
     -> ResultMaker (results.py) -> the caller: sinks, a batch at a time
 
-The Preprocessor (preprocessor.py) is built from the card, so no stage reads the Classifier;
-run (wiring.py) builds the stages and connects them.
+The Preprocessor (preprocessor.py) and the Postprocessor (postprocessor.py) are built from the card,
+so no stage reads the Classifier; run (wiring.py) takes a backend and its card, builds the stages and
+connects them.
 
 Names load on first use, so that a decode worker (``python -m cnnedge.runtime.pipeline.decode_pool``)
 imports only what it runs.
@@ -18,6 +19,7 @@ _WHERE = {
     "Batch": "batch", "DeviceBuffer": "batch", "END_OF_INPUT": "batch", "Batcher": "batcher",
     "DecodeStage": "decoders", "Decoder": "decoders", "HostDecoder": "decoders", "OrderedStage": "decoders",
     "InferenceStage": "inference", "Inferred": "inference", "Preprocessor": "preprocessor",
+    "Postprocessor": "postprocessor",
     "NONFINITE": "results", "ResultMaker": "results", "PipelineStats": "stats",
     "DECODE_MODES": "wiring", "FILE_BATCH": "wiring", "LIVE_BATCH": "wiring", "default_batch": "wiring",
     "default_workers": "wiring", "run": "wiring",
