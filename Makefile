@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: demo test test-fast install clean models-for-tests tools-for-tests ros2-for-tests
+.PHONY: demo test test-fast install clean models-for-tests tools-for-tests ros2-for-tests gst-for-tests
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -52,16 +52,46 @@ $(ROS2_STAMP): tests/ros2-requirements.txt $(STAMP)
 
 ros2-for-tests: $(ROS2_STAMP)
 
+# Debian's OpenCV 4.6 with GStreamer (python3-opencv, built against Debian's numpy 1.24) and the GStreamer plugins
+# (gstreamer1.0-libav decodes H.264 and MPEG-4), installed with apt-get as root, and a venv over them,
+# tests/.gst-venv (--system-site-packages, Debian's python3): cnnedge editable with no dependencies, ONNX Runtime at
+# the main venv's version and numpy held at the system's, as the README tells users beside a system OpenCV.
+# tests/test_gstreamer.py runs cnn-infer --gst there. Not root, no apt-get or a failed install: said here, and
+# those tests skip with the reason.
+GST_VENV   := tests/.gst-venv
+GST_STAMP  := $(GST_VENV)/.installed
+GST_PYTHON ?= /usr/bin/python3
+GST_APT    := python3-opencv gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-libav
+GST_PINS   := onnxruntime|flatbuffers|packaging|protobuf
+
+$(GST_STAMP): $(STAMP)
+	@if ! dpkg -s $(GST_APT) >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(GST_APT) >/dev/null; \
+	  else echo "not installed (not root, or no apt-get): $(GST_APT)"; fi; fi
+	@rm -rf $(GST_VENV)
+	@{ $(GST_PYTHON) -c 'import cv2, numpy' && \
+	  $(GST_PYTHON) -m venv --system-site-packages $(GST_VENV) && \
+	  $(GST_PYTHON) -c 'import numpy; print("numpy==" + numpy.__version__)' > $(GST_VENV)/pins.txt && \
+	  $(PY) -m pip freeze | grep -i -E '^($(GST_PINS))==' >> $(GST_VENV)/pins.txt && \
+	  $(GST_VENV)/bin/pip install --quiet -r $(GST_VENV)/pins.txt && \
+	  $(GST_VENV)/bin/pip install --quiet --no-deps -e . && \
+	  $(GST_VENV)/bin/python -c 'import cv2, onnxruntime, cnnedge.runtime.sources as s; assert s.has_gstreamer()' && \
+	  touch $@; } || \
+	{ rm -rf $(GST_VENV); echo "no GStreamer venv (see above): tests/test_gstreamer.py will skip"; }
+
+gst-for-tests: $(GST_STAMP)
+
 ## make demo: train digits-cnn on the embedded digits, export, classify a folder
 demo: $(STAMP)
 	$(PY) -m cnnedge.demo runs/demo
 
 ## make test: the whole test suite
-test: $(STAMP) models-for-tests tools-for-tests ros2-for-tests
+test: $(STAMP) models-for-tests tools-for-tests ros2-for-tests gst-for-tests
 	$(PY) -m pytest -q
 
 ## make test-fast: skip tests marked slow
-test-fast: $(STAMP) models-for-tests tools-for-tests ros2-for-tests
+test-fast: $(STAMP) models-for-tests tools-for-tests ros2-for-tests gst-for-tests
 	$(PY) -m pytest -q -m "not slow"
 
 clean:

@@ -65,14 +65,20 @@ def _add_sources(p: argparse.ArgumentParser) -> None:
     src.add_argument("--camera", action="append", type=_camera, default=[], metavar="N",
                      help=f"camera by index, {bound(_camera)}; repeat for several (e.g. --camera 0 --camera 1)")
     src.add_argument("--gst", action="append", default=[], metavar="PIPELINE",
-                     help="GStreamer pipeline ending in appsink (e.g. --gst 'v4l2src ! videoconvert ! appsink')")
+                     help="GStreamer pipeline ending in appsink; needs an OpenCV with GStreamer (Debian's, "
+                          "Ubuntu's or JetPack's python3-opencv; PyPI's has none). Live when it captures from a "
+                          "device or the network (v4l2src, nvarguscamerasrc, libcamerasrc, rtspsrc, udpsrc, "
+                          "souphttpsrc, ..., is-live=true, or --live): newest frame only, reconnecting when it "
+                          "drops; otherwise finite (filesrc, videotestsrc): every frame once, ending at its end "
+                          "(e.g. --gst 'v4l2src ! videoconvert ! appsink')")
     src.add_argument("--csi", action="append", type=_camera, default=[], metavar="N",
                      help=f"Jetson CSI camera by sensor id, {bound(_camera)}; composes the nvarguscamerasrc "
                           "pipeline (e.g. --csi 0)")
     src.add_argument("--glob", metavar="PATTERN", help="only files matching this in folders (e.g. --glob '*.jpg')")
     src.add_argument("--live", action="store_true",
                      help="replay video files like a camera: at the file's own frame rate (30 when it does not "
-                          "say), newest frame only, dropping what the model cannot keep up with "
+                          "say), newest frame only, dropping what the model cannot keep up with; a --gst pipeline "
+                          "is then live whatever its source element (a camera plugin cnn-infer does not know) "
                           "(e.g. --source clip.mp4 --live)")
     src.add_argument("--max-frames", type=_positive, metavar="N",
                      help=f"stop after N results, N {bound(_positive)} (e.g. --max-frames 500)")
@@ -80,12 +86,14 @@ def _add_sources(p: argparse.ArgumentParser) -> None:
                      help=f"stop after S seconds, S {bound(_positive_seconds)} (e.g. --duration 60)")
     src.add_argument("--open-timeout-ms", type=_timeout_ms, default=10000, metavar="MS",
                      help="give up opening a stream (URL, --source video, --gst/--csi pipeline) after MS, "
-                          f"{bound(_timeout_ms)}; local cameras (--camera, /dev/video*) take no timeout "
+                          f"{bound(_timeout_ms)}; local cameras (--camera, /dev/video*) take no timeout; cnn-infer "
+                          "enforces it itself too (OpenCV's GStreamer takes none before 4.7) "
                           "(default 10000; e.g. --open-timeout-ms 3000)")
     src.add_argument("--read-timeout-ms", type=_timeout_ms, default=5000, metavar="MS",
                      help="a stream or GStreamer pipeline read that blocks longer than MS counts as a drop and "
-                          f"reconnects, {bound(_timeout_ms)}; local cameras take no timeout (default 5000; "
-                          "e.g. --read-timeout-ms 2000)")
+                          f"reconnects (a finite pipeline ends, exit 1), {bound(_timeout_ms)}; local cameras take "
+                          "no timeout; OpenCV applies it, or cnn-infer where OpenCV cannot (GStreamer before 4.7) "
+                          "(default 5000; e.g. --read-timeout-ms 2000)")
     src.add_argument("--give-up-after", type=_positive_seconds, metavar="S",
                      help="end a camera or stream that has given no frame for S seconds (one that opens but "
                           "sends garbage too; reconnecting with back-off until then, ending at most an open and a "

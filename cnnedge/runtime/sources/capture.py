@@ -1,9 +1,12 @@
-"""OpenCV captures: the lazy ``cv2`` import, opening a capture with its timeouts (in a thread of its own, so that
-Ctrl-C and SIGTERM never wait for an open to time out), and a video file's rate."""
+"""OpenCV captures: the lazy ``cv2`` import, which timeouts OpenCV applies to which back-end, opening a capture
+(in a thread of its own, so that Ctrl-C and SIGTERM never wait for an open, and an open OpenCV does not bound
+ends at the open timeout all the same), and a video file's rate."""
 from __future__ import annotations
 
 import os
+import re
 import threading
+import time
 from typing import Any
 
 from ..interrupt import RunInterrupted, stop_requested
@@ -17,6 +20,35 @@ def cv2_module() -> Any:
     import cv2
 
     return cv2
+
+
+def opencv_version() -> tuple[int, int, int]:
+    """The imported OpenCV's version as numbers (``4.6.0`` -> (4, 6, 0); a suffix such as ``-dev`` is ignored)."""
+    nums = [int(n) for n in re.findall(r"\d+", cv2_module().__version__)[:3]]
+    return tuple(nums + [0] * (3 - len(nums)))  # type: ignore[return-value]
+
+
+#: the first OpenCV whose back-end takes CAP_PROP_OPEN_TIMEOUT_MSEC and CAP_PROP_READ_TIMEOUT_MSEC: FFmpeg's took
+#: them from 4.5.2, GStreamer's from 4.7.0 (4.6's refuses the open: "can't set property 53"; Debian 12 ships 4.6)
+TIMEOUTS_FROM = {"FFMPEG": (4, 5, 2), "ANY": (4, 5, 2), "GSTREAMER": (4, 7, 0)}
+
+
+def opencv_applies_timeouts(api: int) -> bool:
+    """Whether this OpenCV's back-end ``api`` takes the open and read timeout properties (CAP_ANY opens files and
+    URLs with FFmpeg first). Where it does not, they are not passed: cnnedge applies them itself."""
+    cv2 = cv2_module()
+    names = {getattr(cv2, f"CAP_{n}", None): n for n in TIMEOUTS_FROM}
+    first = TIMEOUTS_FROM.get(names.get(api, ""))
+    return (first is not None and hasattr(cv2, "CAP_PROP_READ_TIMEOUT_MSEC")
+            and opencv_version() >= first)
+
+
+def timeout_params(api: int, open_timeout_ms: int, read_timeout_ms: int) -> list[int]:
+    """The open parameters that hand both timeouts to OpenCV, or [] where back-end ``api`` would refuse them."""
+    cv2 = cv2_module()
+    if not opencv_applies_timeouts(api):
+        return []
+    return [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(open_timeout_ms), cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(read_timeout_ms)]
 
 
 def open_capture(target: Any, api: int, params: list[int]) -> Any:
@@ -34,29 +66,37 @@ OPEN_POLL_S = 0.1
 
 
 def open_capture_stoppably(target: Any, api: int, params: list[int], name: str,
-                           stop: threading.Event | None = None) -> Any:
+                           stop: threading.Event | None = None, timeout_s: float | None = None) -> Any:
     """:func:`open_capture` run in a daemon thread and waited on in short slices: FFmpeg's open blocks in C for up
-    to its timeout, where no signal handler runs. Ctrl-C, SIGTERM or SIGHUP (raised here when this is the main
-    thread, or seen by :func:`~cnnedge.runtime.interrupt.stop_requested`) raise at once; ``stop`` set returns
-    None. An open given up on releases its capture when it ends."""
-    opening = _Opening(target, api, params, name)
-    try:
-        while not opening.done.wait(OPEN_POLL_S):
-            if stop is not None and stop.is_set():
-                opening.abandon()
-                return None
-            if stop_requested():
-                raise RunInterrupted(f"{name}: stopped while opening")
-    except BaseException:
-        opening.abandon()
-        raise
-    return opening.result()
+    to its timeout, where no signal handler runs, and GStreamer's before 4.7 takes no timeout at all. Ctrl-C,
+    SIGTERM or SIGHUP (raised here when this is the main thread, or seen by
+    :func:`~cnnedge.runtime.interrupt.stop_requested`) raise at once; ``stop`` set, or ``timeout_s`` passed,
+    returns None. An open given up on releases its capture when it ends."""
+    return _Opening(target, api, params, name).wait(stop, timeout_s)
+
+
+class Opener:
+    """Opens one target again and again (a live source's first open and its reconnects), each open ending by
+    ``timeout_s``. An open given up on may stay blocked in C; while it is, a new open is not started (that attempt
+    fails at once), so a source that hangs its opens holds one thread, not one per reconnect."""
+
+    def __init__(self, target: Any, api: int, params: list[int], name: str, timeout_s: float | None) -> None:
+        self.target, self.api, self.params, self.name, self.timeout_s = target, api, params, name, timeout_s
+        self._last: _Opening | None = None
+
+    def open(self, stop: threading.Event | None = None) -> Any:
+        """An opened capture, or None (it cannot open, the last open is still blocked, time ran out, or ``stop``)."""
+        if self._last is not None and not self._last.done.is_set():
+            return None
+        self._last = _Opening(self.target, self.api, self.params, self.name)
+        return self._last.wait(stop, self.timeout_s)
 
 
 class _Opening:
     """One open in a daemon thread; the capture goes to whoever takes it, or is released if nobody will."""
 
     def __init__(self, target: Any, api: int, params: list[int], name: str) -> None:
+        self.name = name
         self.done = threading.Event()
         self._lock = threading.Lock()
         self._cap: Any = None
@@ -74,6 +114,22 @@ class _Opening:
             self.done.set()
             if self._abandoned:
                 self._release()
+
+    def wait(self, stop: threading.Event | None, timeout_s: float | None) -> Any:
+        """The capture once the open ends; None when ``stop`` is set or ``timeout_s`` passes first (abandoned)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        try:
+            while not self.done.wait(OPEN_POLL_S if deadline is None else
+                                     max(0.0, min(OPEN_POLL_S, deadline - time.monotonic()))):
+                if (stop is not None and stop.is_set()) or (deadline is not None and time.monotonic() >= deadline):
+                    self.abandon()
+                    return None
+                if stop_requested():
+                    raise RunInterrupted(f"{self.name}: stopped while opening")
+        except BaseException:
+            self.abandon()
+            raise
+        return self.result()
 
     def abandon(self) -> None:
         with self._lock:

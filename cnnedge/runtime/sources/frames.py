@@ -7,7 +7,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ...errors import DataError
+from ...errors import DataError, ExitCode
 from ...imaging.files import BROKEN_LINK, LINK_LOOP, NOT_REGULAR
 
 HIDDEN = "hidden"
@@ -18,6 +18,13 @@ SKIP_KINDS = (NOT_IMAGE, HIDDEN, NOT_REGULAR, BROKEN_LINK, LINK_LOOP, UNREADABLE
 
 class SourceError(DataError):
     """A source that cannot be opened (missing camera, unreachable URL, unknown path)."""
+
+
+class SourceUnavailable(SourceError):
+    """A camera, stream or pipeline that does not open now (unplugged, unreachable, a pipeline GStreamer refuses):
+    a failure (exit 1) that a retry or a supervisor may get past, not a mistake in the command (exit 2)."""
+
+    exit_code = ExitCode.FAILURE
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,10 @@ from ...imaging.files import require_regular, stat_path
 from ..limits import MAX_CAMERA_INDEX
 from .capture import OPEN_TIMEOUT_MS, READ_TIMEOUT_MS, cv2_module, video_fps
 from .files import FileSource, VideoFileSource
-from .frames import Source, SourceError
+from .frames import Source, SourceError, SourceUnavailable
 from .listing import folder_entries, list_entry, read_list_file
-from .live import LiveSource, csi_pipeline, gstreamer
+from .gst import csi_pipeline, gstreamer
+from .live import LiveSource
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts",
                   ".mjpeg", ".mjpg", ".h264", ".h265", ".3gp")
@@ -128,8 +129,8 @@ def _camera(t: Target, give_up_s: float | None = None) -> LiveSource:
         raise SourceError(f"camera {index}: not a camera index; they are 0..{MAX_CAMERA_INDEX}")
     try:
         return LiveSource(index, f"camera:{index}", cv2_module().CAP_ANY, timeouts=False, give_up_s=give_up_s)
-    except SourceError:
-        raise SourceError(f"camera {index}: cannot open (no such camera, or it is in use)") from None
+    except SourceUnavailable:
+        raise SourceUnavailable(f"camera {index}: cannot open (no such camera, or it is in use)") from None
 
 
 def _v4l2_url(t: Target, give_up_s: float | None = None) -> LiveSource:
@@ -147,7 +148,7 @@ def _csi(t: Target, **options: Any) -> LiveSource:
 
 
 def _gstreamer(t: Target, **options: Any) -> LiveSource:
-    return gstreamer(t.text, **options)
+    return gstreamer(t.text, **options)  # live: the caller says so (--live) where the pipeline does not tell
 
 
 def _stream(t: Target, **options: Any) -> LiveSource:
@@ -181,7 +182,7 @@ SOURCE_KINDS: tuple[SourceKind, ...] = (  # in the order a spec is tried against
     SourceKind("camera", lambda t: t.camera_index is not None, _camera, ("give_up_s",)),
     SourceKind("v4l2 url", lambda t: t.text.startswith("v4l2://"), _v4l2_url, ("give_up_s",)),
     SourceKind("csi camera", lambda t: t.text.startswith("csi://"), _csi, RECONNECTING),
-    SourceKind("gstreamer", _is_gstreamer, _gstreamer, RECONNECTING),
+    SourceKind("gstreamer", _is_gstreamer, _gstreamer, ("live", *RECONNECTING)),
     SourceKind("stream", lambda t: t.scheme in STREAM_SCHEMES, _stream, RECONNECTING),
     SourceKind("video device", lambda t: t.path_text.startswith("/dev/video"), _video_device, ("give_up_s",)),
     SourceKind("folder", Target.is_folder, _folder, ("glob",)),
@@ -204,7 +205,8 @@ def open_source(spec: Any, *, glob: str | None = None, live: bool = False,
     """A Source from a path, URL, camera index, ``csi://N`` or GStreamer string (see :data:`SOURCE_KINDS`).
 
     Each option goes to the constructor of the kinds that take it and does not apply to the others:
-    ``glob`` to a folder, the timeouts to streams, GStreamer and replayed videos, ``give_up_s`` to
+    ``glob`` to a folder, ``live`` to video files and GStreamer pipelines (replayed like a camera; a pipeline
+    reconnects instead of ending), the timeouts to streams, GStreamer and replayed videos, ``give_up_s`` to
     sources that reconnect (see :class:`LiveSource`). A Source given as it is comes back as it is.
     """
     if isinstance(spec, Source):
