@@ -18,7 +18,6 @@ import pytest
 import model_wheels
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
 import gpu_site  # noqa: E402
 from runtime_bench import photos, write_jpegs  # noqa: E402  (the 640x480 views gpu_prepare.sh writes)
 

@@ -20,7 +20,6 @@ from cnnedge.cli import run_cli
 from cnnedge.cli.infer import main
 from cnnedge.errors import CnnEdgeError, UsageError
 
-sys.path.insert(0, str(Path(__file__).parent))
 from test_hostile_reads import assert_quick_and_small, error_lines, infer, run  # noqa: E402
 from test_runtime_models import models, write_images  # noqa: E402
 

@@ -21,7 +21,6 @@ from typing import Callable
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
 from test_runtime_models import models, write_images  # noqa: E402
 
 pytest.importorskip("onnxruntime")

@@ -7,7 +7,6 @@ import os
 import re
 import signal
 import socket
-import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -16,7 +15,6 @@ from typing import Callable, Iterator
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
 from test_hostile_reads import _classifier_onnx, _cli, _run_default_signals, error_lines, infer  # noqa: E402
 
 cv2 = pytest.importorskip("cv2")

@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
 from test_runtime_models import helper_model  # noqa: E402
 
 MODULES = ("color", "decode", "errors", "files", "headers", "normalize", "opencv", "prepare", "resize")

@@ -22,7 +22,6 @@ from cnnedge.runtime.classifier import Classifier
 from cnnedge.runtime.pipeline import PipelineStats
 from cnnedge.runtime.sources import LiveSource, open_source
 
-sys.path.insert(0, str(Path(__file__).parent))
 from test_runtime_models import models, split, write_images  # noqa: E402
 
 pytest.importorskip("onnxruntime")

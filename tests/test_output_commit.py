@@ -14,7 +14,6 @@ from typing import Iterator
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
 from test_hostile_reads import ROOT, _classifier_onnx, _cli, bench, error_lines, infer  # noqa: E402
 from test_hostile_outputs import one_image_list  # noqa: E402
 from test_hostile_streams import PartsServer, jpeg  # noqa: E402

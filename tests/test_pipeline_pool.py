@@ -20,7 +20,6 @@ from cnnedge.runtime.pipeline.gpu_decoder import split_decodable, unavailable_re
 from cnnedge.runtime import pipeline
 from cnnedge.runtime.pipeline import PipelineStats, default_workers
 
-sys.path.insert(0, str(Path(__file__).parent))
 from test_runtime_models import models, split  # noqa: E402
 
 pytest.importorskip("onnxruntime")

@@ -19,7 +19,6 @@ from cnnedge.cli import run_cli
 from cnnedge.cli.infer import main
 from cnnedge.errors import CnnEdgeError, UsageError
 
-sys.path.insert(0, str(Path(__file__).parent))
 from test_runtime_models import models, write_images  # noqa: E402
 
 pytest.importorskip("onnxruntime")

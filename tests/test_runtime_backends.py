@@ -13,7 +13,6 @@ from cnnedge.card import sha256_file
 from cnnedge.errors import BackendUnavailable, ModelLoadError, UsageError
 from cnnedge.runtime.backends import load_backend, plan_batches
 
-sys.path.insert(0, str(Path(__file__).parent))
 from test_runtime_models import helper_model, models  # noqa: E402
 
 ort = pytest.importorskip("onnxruntime")

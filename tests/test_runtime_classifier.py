@@ -4,7 +4,6 @@ from __future__ import annotations
 import sys
 import threading
 import warnings
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -13,7 +12,6 @@ import pytest
 from cnnedge.errors import UsageError
 from cnnedge.runtime.classifier import CardMissingWarning, Classifier, Prediction
 
-sys.path.insert(0, str(Path(__file__).parent))
 from test_runtime_models import helper_model, models, split, write_images  # noqa: E402
 
 ort = pytest.importorskip("onnxruntime")

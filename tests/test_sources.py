@@ -2,7 +2,6 @@
 sources as context managers. Real files, a real video and a local MJPEG stream on 127.0.0.1."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import cv2
@@ -11,7 +10,6 @@ import pytest
 from cnnedge.runtime.sources import (OPTIONS, SOURCE_KINDS, FileSource, LiveSource, Source, Target,
                                      VideoFileSource, open_source, source_kind)
 
-sys.path.insert(0, str(Path(__file__).parent))
 from test_infer_cli import MjpegServer  # noqa: E402
 from test_runtime_models import split, write_images  # noqa: E402
 
