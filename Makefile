@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: demo test test-fast install clean models-for-tests tools-for-tests ros2-for-tests gst-for-tests
+.PHONY: demo test test-fast docs install clean models-for-tests tools-for-tests ros2-for-tests gst-for-tests
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -86,12 +86,17 @@ gst-for-tests: $(GST_STAMP)
 demo: $(STAMP)
 	$(PY) -m cnnedge.demo runs/demo
 
+## make docs: the documentation in docs/, built with mkdocs --strict into build/site (a broken link or a page
+## missing from mkdocs.yml's nav fails it); make test and make test-fast build it first
+docs: $(STAMP)
+	$(PY) -m mkdocs build --strict -d build/site
+
 ## make test: the whole test suite
-test: $(STAMP) models-for-tests tools-for-tests ros2-for-tests gst-for-tests
+test: $(STAMP) docs models-for-tests tools-for-tests ros2-for-tests gst-for-tests
 	$(PY) -m pytest -q
 
 ## make test-fast: skip tests marked slow
-test-fast: $(STAMP) models-for-tests tools-for-tests ros2-for-tests gst-for-tests
+test-fast: $(STAMP) docs models-for-tests tools-for-tests ros2-for-tests gst-for-tests
 	$(PY) -m pytest -q -m "not slow"
 
 clean:

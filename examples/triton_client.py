@@ -1,7 +1,7 @@
 """Ask a Triton Inference Server for the same answers cnn-infer gives, over HTTP or gRPC, and compare them.
 
 Shows: serving a cnnedge model with Triton. ``cnn-export model.keras --triton
-model_repository/`` writes two kinds of entry per artifact (see the README):
+model_repository/`` writes two kinds of entry per artifact (see docs/export.md, "Triton repositories"):
 
 - ``<name>_cnnedge`` (and ``<name>_fp16_engine_cnnedge``...): Triton's Python backend running
   cnnedge's runtime. This client sends each image file's encoded bytes as they are (input
@@ -19,7 +19,7 @@ difference of the scores. Exit status 0 when every label agrees.
 
 Run:
     cnn-export runs/demo/model.keras --triton model_repository/
-    (start a server: see the README, "Online serving with Triton")
+    (start a server: see docs/deploy.md, "Online serving with Triton")
     python examples/triton_client.py model_repository/ digits-cnn_cnnedge photos/ --url localhost:8000
     python examples/triton_client.py model_repository/ digits-cnn_cnnedge photos/ --grpc --url localhost:8001
 Needs: pip install 'tritonclient[http,grpc]' (the cnnedge[triton] extra).

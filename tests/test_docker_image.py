@@ -1,4 +1,4 @@
-"""The CPU image, built and run for real: docker/Dockerfile.cpu built unchanged by podman, the README's `docker run`
+"""The CPU image, built and run for real: docker/Dockerfile.cpu built unchanged by podman, docs/deploy.md's `docker run`
 command run on the demo's model and held-out digits, every answer compared with the venv's cnn-infer.
 
 docker/build_cpu_image.sh builds the image on a stand-in base (this network cannot pull base images). Where
@@ -75,8 +75,9 @@ def demo(tmp_path_factory):
 
 
 def readme_command(start: str) -> list[str]:
-    """The README's shell command beginning with ``start``, its continuation lines joined, as words."""
-    lines = (ROOT / "README.md").read_text().splitlines()
+    """docs/deploy.md's shell command beginning with ``start``, its continuation lines joined, as words (README.md
+    shows the same command; tests/test_docs.py keeps the two equal)."""
+    lines = (ROOT / "docs" / "deploy.md").read_text().splitlines()
     i = next(i for i, line in enumerate(lines) if line.startswith(start))
     text = lines[i]
     while text.endswith("\\"):
