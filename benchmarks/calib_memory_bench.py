@@ -79,7 +79,7 @@ def build(work: Path) -> Path:
     """imagenette-cnn with random weights and the card the trainer would write, exported to FP32 ONNX."""
     import keras
 
-    from cnnedge.card import InputSpec, ModelCard, Preprocess
+    from cnnedge.artifact.card import InputSpec, ModelCard, Preprocess
     from cnnedge.export import export
     from cnnedge.trainer.presets import create_model, get_preset
 

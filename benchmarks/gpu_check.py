@@ -402,7 +402,7 @@ def tensorrt(c: Check) -> dict:
     import numpy as np
 
     from cnnedge import Classifier
-    from cnnedge.card import ModelCard
+    from cnnedge.artifact.card import ModelCard
     from cnnedge.export.engine import Profile, build, detect_gpu, toolkit
 
     src = c.model("big", "model.fp16.onnx")

@@ -51,7 +51,7 @@ def build(preset: str, size: int, run: Path) -> Path:
     """A randomly initialised preset with the card the trainer would write, saved as run/model.keras."""
     import keras
 
-    from cnnedge.card import InputSpec, ModelCard, Preprocess, Provenance
+    from cnnedge.artifact.card import InputSpec, ModelCard, Preprocess, Provenance
     from cnnedge.datasets import describe, make_spec
     from cnnedge.trainer.presets import create_model, get_preset
 

@@ -31,7 +31,7 @@ def build(name: str, folder: Path) -> Path:
     """model.onnx of an untrained network, through cnnedge's own Keras -> ONNX path (card embedded)."""
     import keras
 
-    from cnnedge.card import InputSpec, ModelCard, Preprocess
+    from cnnedge.artifact.card import InputSpec, ModelCard, Preprocess
     from cnnedge.export.keras2onnx import keras_to_onnx
     from cnnedge.export.onnx_io import save
 

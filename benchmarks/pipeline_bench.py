@@ -100,7 +100,7 @@ def main() -> None:
     from runtime_bench import bound as decode_bound
 
     model = demo_model()
-    from cnnedge.card import ModelCard
+    from cnnedge.artifact.card import ModelCard
 
     import onnx
 

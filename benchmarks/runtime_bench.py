@@ -70,7 +70,7 @@ def train_and_export(photo: dict[str, np.ndarray], out: Path) -> tuple[Path, Pat
     import tensorflow as tf
     import tf2onnx
 
-    from cnnedge.card import ONNX_KEY, InputSpec, ModelCard, Preprocess
+    from cnnedge.artifact.card import ONNX_KEY, InputSpec, ModelCard, Preprocess
     from cnnedge.trainer.presets import create_model
 
     tf.config.threading.set_intra_op_parallelism_threads(2)

@@ -18,7 +18,7 @@ def __getattr__(name: str) -> Any:
 
         return Classifier
     if name == "ModelCard":
-        from .card import ModelCard
+        from .artifact.card import ModelCard
 
         return ModelCard
     raise AttributeError(f"module 'cnnedge' has no attribute {name!r}")

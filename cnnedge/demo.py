@@ -54,7 +54,7 @@ def step_export(run_dir: Path) -> None:
 
     from .export import export
 
-    from .card import sha256_file
+    from .artifact.card import sha256_file
     from .errors import CardError
     from .export import read_card
 

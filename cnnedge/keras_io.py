@@ -12,8 +12,8 @@ import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
-from .artifacts import KINDS, describe_suffixes
-from .card import ModelCard, card_path_for
+from .artifact.kinds import KINDS, describe_suffixes
+from .artifact.card import ModelCard, card_path_for
 from .errors import CardError, ModelLoadError, UnsupportedModelFile, UsageError, first_line
 from .keras_archive import check_keras_archive
 from .tfquiet import keras_warnings_off

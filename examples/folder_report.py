@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from cnnedge.atomic import write_bytes, write_text
-from cnnedge.artifacts import BACKEND_CHOICES
+from cnnedge.artifact.kinds import BACKEND_CHOICES
 from cnnedge.cli import run_cli
 from cnnedge.errors import UsageError
 from cnnedge.runtime import Classifier

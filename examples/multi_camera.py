@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # video_camera.py beside this file
 
-from cnnedge.artifacts import BACKEND_CHOICES  # noqa: E402
+from cnnedge.artifact.kinds import BACKEND_CHOICES  # noqa: E402
 from cnnedge.cli import run_cli  # noqa: E402
 from cnnedge.errors import UsageError  # noqa: E402
 from cnnedge.runtime import Classifier, Result, open_source, run  # noqa: E402

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnedge.artifacts import BACKEND_CHOICES
+from cnnedge.artifact.kinds import BACKEND_CHOICES
 from cnnedge.cli import run_cli
 from cnnedge.errors import UsageError
 

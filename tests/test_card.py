@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from cnnedge.card import (CARD_VERSION, MAX_CARD_BYTES, InputSpec, ModelCard, Preprocess, Provenance,
+from cnnedge.artifact.card import (CARD_VERSION, MAX_CARD_BYTES, InputSpec, ModelCard, Preprocess, Provenance,
                           card_path_for)
 from cnnedge.errors import CardError
 
@@ -111,7 +111,7 @@ def test_garbage_and_oversized_files(tmp_path):
 
 
 def test_engine_sidecar_garbage_is_a_card_error(tmp_path):
-    from cnnedge.sidecar import EngineSidecar
+    from cnnedge.artifact.sidecar import EngineSidecar
 
     engine = tmp_path / "model.engine"
     engine.write_bytes(b"plan")

@@ -25,7 +25,7 @@ def train_digits(run: Path) -> Path:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
 
-    from cnnedge.card import InputSpec, ModelCard, Preprocess, Provenance
+    from cnnedge.artifact.card import InputSpec, ModelCard, Preprocess, Provenance
     from cnnedge.imaging.prepare import preprocess_batch
     from cnnedge.datasets import make_spec, split_images
 
@@ -66,7 +66,7 @@ def exported(trained, tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(trained):
     """Keras outputs and labels on the digits test split, computed here, not taken from the report."""
-    from cnnedge.card import ModelCard
+    from cnnedge.artifact.card import ModelCard
     from cnnedge.keras_io import load_keras_model
     from cnnedge.imaging.prepare import preprocess_batch
     from cnnedge.datasets import split_images
@@ -138,9 +138,9 @@ def test_onnx_runs_in_onnxruntime_and_matches_keras(exported, reference, name, m
 def test_card_round_trips_through_onnx_and_sidecars(exported, trained):
     import onnx
 
-    from cnnedge.card import ModelCard, sha256_file
+    from cnnedge.artifact.card import ModelCard, sha256_file
     from cnnedge.export import read_card
-    from cnnedge.sidecar import EngineSidecar
+    from cnnedge.artifact.sidecar import EngineSidecar
 
     _, out, _ = exported
     trained_card = ModelCard.load(trained.parent / "card.json")
@@ -170,7 +170,7 @@ def test_sidecar_mismatch_is_refused_before_loading(exported, tmp_path):
     import tensorrt_rtx
 
     from cnnedge.errors import ModelLoadError
-    from cnnedge.sidecar import verify_engine
+    from cnnedge.artifact.sidecar import verify_engine
 
     _, out, _ = exported
     engine = tmp_path / "model.int8.engine"
@@ -200,7 +200,7 @@ def test_triton_configs_parse_with_tritons_schema(exported):
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
-    from cnnedge.card import sha256_file
+    from cnnedge.artifact.card import sha256_file
 
     report, out, repo = exported
     models = sorted(p.name for p in repo.iterdir())
@@ -286,7 +286,7 @@ def test_cli_float32_input_calibration_folder_and_threshold_failure(trained, tmp
                     str(calib), "--calib-method", "minmax", "--engine", "--gpu", "sm80", "--batch", "2,4,8", "-q"],
                    stderr=err)
     assert code == 0, err.getvalue()
-    from cnnedge.sidecar import EngineSidecar
+    from cnnedge.artifact.sidecar import EngineSidecar
 
     side = EngineSidecar.load(tmp_path / "f32" / "model.int8.engine")
     assert side.card.input.dtype == "float32" and side.card.precision == "int8"
@@ -325,6 +325,6 @@ def test_trainer_digits_cnn_preset_exports_within_thresholds(tmp_path):
     assert report.verify["images"] == result.metrics["test_images"]
     assert report.artifact("model.onnx").max_abs_diff <= 1e-4
     assert read_card(run / "model.int8.onnx").name == "digits-cnn"
-    from cnnedge.sidecar import EngineSidecar
+    from cnnedge.artifact.sidecar import EngineSidecar
 
     assert EngineSidecar.load(run / "model.int8.engine").compute_capabilities == ("sm86", "sm89")

@@ -19,7 +19,7 @@ SIZE = 16
 
 
 def _card(**kw):
-    from cnnedge.card import InputSpec, ModelCard, Preprocess, Provenance
+    from cnnedge.artifact.card import InputSpec, ModelCard, Preprocess, Provenance
 
     base = dict(name="tiny", classes=tuple(str(i) for i in range(10)), input=InputSpec(SIZE, SIZE, 3),
                 preprocess=Preprocess(scale=1 / 255),
@@ -97,7 +97,7 @@ def test_legacy_h5_needs_trust(tmp_path):
 
 def test_not_a_keras_file(tmp_path):
     """A file of a kind cnn-export does not take is a usage mistake (exit 2), named with every suffix it takes
-    (the one list in cnnedge.artifacts); an ONNX file that does not parse is a failure (exit 1)."""
+    (the one list in cnnedge.artifact.kinds); an ONNX file that does not parse is a failure (exit 1)."""
     (tmp_path / "model.pt").write_bytes(b"not really")
     code, err = cli([str(tmp_path / "model.pt")])
     assert_one_line_error(code, err, "not a model file cnn-export knows", ".keras/.h5/.hdf5", ".onnx")
@@ -195,7 +195,7 @@ def test_int8_without_any_calibration_source(keras, tiny, tmp_path):
     import cv2
     import numpy as np
 
-    from cnnedge.card import Provenance
+    from cnnedge.artifact.card import Provenance
 
     run = tmp_path / "run"
     run.mkdir()
@@ -283,7 +283,7 @@ def test_staging_left_by_a_killed_export_is_swept(tmp_path):
     import subprocess
     import sys
 
-    from cnnedge.export.commit import STAGING_PREFIX, sweep_stale_staging
+    from cnnedge.artifact.commit import STAGING_PREFIX, sweep_stale_staging
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True, check=True)
@@ -361,7 +361,7 @@ def test_export_killed_during_its_final_renames_is_completed_by_the_next(tmp_pat
     import json
     import subprocess
 
-    from cnnedge.export.commit import RECORD, commit, pending, roll_forward
+    from cnnedge.artifact.commit import RECORD, commit, pending, roll_forward
 
     out = tmp_path / "out"
     out.mkdir()

@@ -25,7 +25,7 @@ def outside(tmp_path_factory) -> Path:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
 
-    from cnnedge.card import InputSpec, ModelCard, Preprocess, Provenance
+    from cnnedge.artifact.card import InputSpec, ModelCard, Preprocess, Provenance
     from cnnedge.imaging.normalize import normalize
     from cnnedge.imaging.prepare import preprocess_batch
     from cnnedge.datasets import make_spec, split_images
@@ -63,7 +63,7 @@ def test_normalisation_outside_the_model_is_folded_and_passes(outside: Path) -> 
     assert fp32.top1_agreement == 1.0 and fp32.accuracy is not None and fp32.accuracy > 0.85
     with Classifier(outside.parent / "out" / "model.onnx") as clf:  # the file takes plain uint8 pixels
         assert clf.card.input.dtype == "uint8" and clf.card.preprocess.in_graph
-        from cnnedge.card import ModelCard
+        from cnnedge.artifact.card import ModelCard
 
         images, labels, _ = split_images(ModelCard.load(outside.parent / "card.json").provenance.dataset_spec, "test")
         got = np.array([p.index for p in clf.predict_batch(images)])
@@ -73,7 +73,7 @@ def test_normalisation_outside_the_model_is_folded_and_passes(outside: Path) -> 
 def test_card_claiming_in_graph_normalisation_fails_the_gate_and_says_so(outside: Path, tmp_path: Path) -> None:
     import shutil
 
-    from cnnedge.card import ModelCard
+    from cnnedge.artifact.card import ModelCard
     from cnnedge.export import ParityFailure, export
 
     run = tmp_path / "run"
@@ -93,7 +93,7 @@ def test_wrong_colour_order_on_a_colour_sensitive_model_fails_the_gate(tmp_path:
     import cv2
     import keras
 
-    from cnnedge.card import InputSpec, ModelCard, Preprocess
+    from cnnedge.artifact.card import InputSpec, ModelCard, Preprocess
     from cnnedge.export import ParityFailure, export
 
     rng = np.random.default_rng(0)
@@ -146,7 +146,7 @@ def _weights(noise: float, seed: int) -> np.ndarray:
 
 
 def _card(**pre):
-    from cnnedge.card import InputSpec, ModelCard, Preprocess
+    from cnnedge.artifact.card import InputSpec, ModelCard, Preprocess
 
     return ModelCard(name="digits-linear", classes=tuple(str(i) for i in range(10)),
                      input=InputSpec(DIGITS_SIDE, DIGITS_SIDE, 3, "NHWC", "float32", "RGB"),

@@ -305,7 +305,7 @@ def _classifier_onnx(path: Path, *, bomb: tuple[int, ...] | None = None, flatten
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from cnnedge.card import ONNX_KEY, InputSpec, ModelCard, Preprocess
+    from cnnedge.artifact.card import ONNX_KEY, InputSpec, ModelCard, Preprocess
 
     rng = np.random.default_rng(0)
     hw = None if dynamic_hw else card_hw
@@ -399,7 +399,7 @@ def test_huge_declared_input_is_one_line_not_a_memory_error(tmp_path):
     or benchmark batch is 6.4 GB, which this test's address-space limit refuses at once, as a
     smaller machine would. The same size claimed by the card of a dynamic-size graph, and a card
     claiming more than a card may, are refused as well, each in one line naming the file."""
-    from cnnedge.card import MAX_SIDE
+    from cnnedge.artifact.card import MAX_SIDE
 
     write_images(tmp_path / "imgs", 2)
     fixed = _classifier_onnx(tmp_path / "huge.onnx", card_hw=MAX_SIDE, batch=8)

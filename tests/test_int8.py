@@ -98,8 +98,8 @@ def test_head_layer_choice_is_measured_and_recorded(demo):
 
 
 def test_int8_engine_is_built_from_the_tensorrt_file(demo):
-    from cnnedge.card import sha256_file
-    from cnnedge.sidecar import EngineSidecar
+    from cnnedge.artifact.card import sha256_file
+    from cnnedge.artifact.sidecar import EngineSidecar
 
     run, report, _ = demo
     side = EngineSidecar.load(run / "model.int8.engine")
@@ -170,7 +170,7 @@ def test_s8s8_cpu_file_also_runs_as_integer_kernels(demo, tmp_path):
 def test_calibration_fingerprint_is_of_the_pixels_the_model_takes(demo):
     import hashlib
 
-    from cnnedge.card import ModelCard
+    from cnnedge.artifact.card import ModelCard
     from cnnedge.export.data import load_images, pixel_spec
     from cnnedge.export.int8 import fingerprint
 
@@ -252,7 +252,7 @@ def _pre_processed(demo, tmp: Path) -> tuple[Path, np.ndarray]:
     """The demo's FP32 graph prepared as quantize() prepares it, and 77 of its calibration images."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from cnnedge.card import ModelCard
+    from cnnedge.artifact.card import ModelCard
     from cnnedge.export.data import load_images, pixel_spec
 
     run = demo[0]
@@ -372,7 +372,7 @@ def test_the_demo_model_with_its_card_saying_in_graph_false_fails_on_its_269_tes
     inside its graph, and a card that says otherwise is convicted on the card's own test split."""
     import shutil
 
-    from cnnedge.card import ModelCard
+    from cnnedge.artifact.card import ModelCard
     from cnnedge.export import ParityFailure, export
 
     run, _, _ = demo
@@ -589,7 +589,7 @@ def test_a_failed_export_with_force_replaces_nothing_and_a_smaller_one_leaves_no
     """All or nothing under --force (issue 33): an export that fails its gate replaces none of the folder's
     files and writes no Triton entry; its files go to an export-failed-* folder. An export with fewer
     artifacts removes the earlier ones it does not replace, in the same commit."""
-    from cnnedge.card import sha256_file
+    from cnnedge.artifact.card import sha256_file
     from cnnedge.export import Int8Options, ParityFailure, export
 
     run, _, _ = demo

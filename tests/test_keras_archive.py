@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnnedge.card import InputSpec, ModelCard, Preprocess, Provenance
+from cnnedge.artifact.card import InputSpec, ModelCard, Preprocess, Provenance
 from cnnedge.errors import ModelLoadError
 from cnnedge.keras_archive import check_keras_archive
 from cnnedge.keras_io import check_model_file

@@ -150,8 +150,8 @@ def test_keras3_h5_still_loads(tmp_path):
 
 
 def test_wrong_file_type_is_a_usage_mistake_for_both_tools(tmp_path):
-    """One list of accepted suffixes (cnnedge.artifacts) in both tools' errors and help; exit 2."""
-    from cnnedge.artifacts import EXPORT_SOURCES, describe_suffixes
+    """One list of accepted suffixes (cnnedge.artifact.kinds) in both tools' errors and help; exit 2."""
+    from cnnedge.artifact.kinds import EXPORT_SOURCES, describe_suffixes
     from cnnedge.cli.export import build_parser as export_parser
     from cnnedge.cli.infer import build_parser as infer_parser
 

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-from cnnedge.card import ONNX_KEY, InputSpec, ModelCard, Preprocess, Provenance
+from cnnedge.artifact.card import ONNX_KEY, InputSpec, ModelCard, Preprocess, Provenance
 from cnnedge.cli import infer as infer_cli
 from cnnedge.cli._run import run_cli
 from cnnedge.errors import CardError, ModelLoadError, UsageError
@@ -226,7 +226,7 @@ def _sourced_card(source: str) -> str:
 
 
 def test_the_card_is_read_from_an_onnx_file_without_onnx(tmp_path):
-    from cnnedge.runtime.backends.onesource import onnx_card_json
+    from cnnedge.artifact.onesource import onnx_card_json
 
     card = _sourced_card("a" * 64)
     path = _onnx(tmp_path / "m.onnx", metadata={"author": "x" * 300, ONNX_KEY: card, "after": "y"})

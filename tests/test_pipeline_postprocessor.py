@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cnnedge.card import InputSpec, ModelCard, Preprocess
+from cnnedge.artifact.card import InputSpec, ModelCard, Preprocess
 from cnnedge.errors import CardError, UsageError
 from cnnedge.runtime.pipeline import Postprocessor
 

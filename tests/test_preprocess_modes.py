@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from cnnedge.card import InputSpec, Preprocess
+from cnnedge.artifact.card import InputSpec, Preprocess
 from cnnedge.imaging.decode import decode_image, reduce_factor
 from cnnedge.imaging.prepare import decode_for, decode_pixels, prepare_image
 from cnnedge.imaging.resize import decode_need, resize
@@ -154,7 +154,7 @@ def test_cnn_train_checks_its_resize_flags_like_every_tool(tmp_path):
 
 @pytest.mark.slow
 def test_a_trained_model_records_its_resize_mode_and_the_runtime_uses_it(tmp_path):
-    from cnnedge.card import ModelCard
+    from cnnedge.artifact.card import ModelCard
     from cnnedge.cli import train as train_cli
     from cnnedge.runtime.classifier import Classifier
 

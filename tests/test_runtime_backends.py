@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnnedge.card import sha256_file
+from cnnedge.artifact.card import sha256_file
 from cnnedge.errors import BackendUnavailable, ModelLoadError, UsageError
 from cnnedge.runtime.backends import load_backend, plan_batches
 
@@ -392,7 +392,7 @@ def test_external_data_outside_model_folder_is_refused(tmp_path):
 def _engine_with_sidecar(tmp_path: Path, **changes):
     from cnnedge.runtime.backends.trt import import_tensorrt
     from cnnedge.runtime.classifier import Classifier
-    from cnnedge.sidecar import EngineSidecar
+    from cnnedge.artifact.sidecar import EngineSidecar
 
     trt, flavour = import_tensorrt()
     eng = tmp_path / "model.engine"
@@ -441,7 +441,7 @@ def _has(mod: str) -> bool:
 
 def test_trt_profile_handling():
     from cnnedge.runtime.backends.trt import check_profile_against_sidecar, profile_batch_range
-    from cnnedge.sidecar import EngineSidecar
+    from cnnedge.artifact.sidecar import EngineSidecar
 
     assert profile_batch_range((1, 32, 32, 3), (8, 32, 32, 3), (32, 32, 32, 3), -1) == (1, 8, 32)
     assert profile_batch_range((4, 32, 32, 3), (4, 32, 32, 3), (4, 32, 32, 3), 4) == (4, 4, 4)
@@ -489,7 +489,7 @@ def test_trt_engine_matches_onnx_runtime(tmp_path):  # pragma: no cover - runs w
     from cuda.bindings import runtime as cudart
 
     from cnnedge.runtime.classifier import Classifier
-    from cnnedge.sidecar import EngineSidecar
+    from cnnedge.artifact.sidecar import EngineSidecar
 
     onnx_path = models()["onnx"]
     logger = trt.Logger(trt.Logger.ERROR)

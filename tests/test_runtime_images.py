@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from cnnedge.card import InputSpec, Preprocess
+from cnnedge.artifact.card import InputSpec, Preprocess
 from cnnedge.imaging.color import to_color
 from cnnedge.imaging.decode import decode_image, read_image, reduce_factor
 from cnnedge.imaging.errors import ImageError

@@ -52,7 +52,7 @@ def models() -> dict[str, Path]:
     import tensorflow as tf
     import tf2onnx
 
-    from cnnedge.card import ONNX_KEY, InputSpec, ModelCard, Preprocess
+    from cnnedge.artifact.card import ONNX_KEY, InputSpec, ModelCard, Preprocess
 
     try:
         tf.config.threading.set_intra_op_parallelism_threads(1)

@@ -14,7 +14,7 @@ from typing import Callable
 
 import pytest
 
-from cnnedge.card import ModelCard, sha256_file
+from cnnedge.artifact.card import ModelCard, sha256_file
 from cnnedge.trainer.loop import ARTIFACTS
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnnedge.card import ModelCard, sha256_file
+from cnnedge.artifact.card import ModelCard, sha256_file
 from cnnedge.cli._run import run_cli
 from cnnedge.cli.train import main
 from cnnedge.keras_io import load_keras_model

@@ -7,7 +7,7 @@ import pytest
 
 
 def _card(classes=("cat", "dog")):
-    from cnnedge.card import InputSpec, ModelCard, Preprocess
+    from cnnedge.artifact.card import InputSpec, ModelCard, Preprocess
 
     return ModelCard(name="net", classes=tuple(classes), input=InputSpec(32, 32, 3, "NHWC", "uint8", "RGB"),
                      preprocess=Preprocess(scale=1 / 255))

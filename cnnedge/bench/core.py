@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..artifacts import TABLE, is_gpu
+from ..artifact.kinds import TABLE, is_gpu
 from ..errors import BackendUnavailable, MissingDependency, ModelLoadError, UsageError
 from ..runtime.backends.sizing import check_batch_pixels, dynamic_size_error
 from ..runtime.interrupt import DEFAULT_LOAD_TIMEOUT_S, Deadline, RunInterrupted, exit_code_for, load_timeout_error

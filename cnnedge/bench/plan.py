@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from ..artifacts import BACKEND_CHOICES as CHOICES
-from ..artifacts import BACKEND_NAMES, KIND_ORDER, KINDS, require_kind
+from ..artifact.kinds import BACKEND_CHOICES as CHOICES
+from ..artifact.kinds import BACKEND_NAMES, KIND_ORDER, KINDS, require_kind
 from ..errors import ModelLoadError, UsageError
 
 

@@ -188,7 +188,7 @@ def add_model_flags(parser: argparse.ArgumentParser, which: tuple[str, ...] = MO
                     ) -> Any:
     """Add the model-description flags named in ``which`` as one group. Values stay text here:
     :func:`model_description` checks them all in one place, as the Python API does."""
-    from ..card import INTERPOLATIONS, OUTPUT_KINDS, RESIZE_MODES
+    from ..artifact.card import INTERPOLATIONS, OUTPUT_KINDS, RESIZE_MODES
 
     g = parser.add_argument_group(title)
     choices = {"resize": RESIZE_MODES, "interpolation": INTERPOLATIONS, "output": OUTPUT_KINDS}

@@ -13,7 +13,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Sequence, TextIO
 
-from ..artifacts import BACKEND_NAMES
+from ..artifact.kinds import BACKEND_NAMES
 from ..atomic import check_distinct, check_not_input, check_output
 from ..errors import ExitCode, UsageError, argument_names
 from ..runtime.limits import MAX_SEED

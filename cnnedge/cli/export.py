@@ -5,7 +5,7 @@ import argparse
 import sys
 from typing import Any, Sequence, TextIO
 
-from ..artifacts import EXPORT_SOURCES, describe_suffixes
+from ..artifact.kinds import EXPORT_SOURCES, describe_suffixes
 from ._args import Parser, add_model_flags, fraction, model_description, non_negative_float
 from ._run import entry
 

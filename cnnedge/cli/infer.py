@@ -15,7 +15,7 @@ import sys
 import warnings
 from typing import Any, Sequence, TextIO
 
-from ..artifacts import describe_suffixes
+from ..artifact.kinds import describe_suffixes
 from ..atomic import check_distinct, check_not_input, check_output
 from ..errors import UsageError, argument_names
 from ..runtime.limits import MAX_CAMERA_INDEX, MAX_FPS, MAX_SECONDS, MAX_TIMEOUT_MS, MIN_FPS
@@ -103,7 +103,7 @@ def _add_sources(p: argparse.ArgumentParser) -> None:
 
 
 def _add_inference(p: argparse.ArgumentParser) -> None:
-    from ..artifacts import BACKEND_CHOICES
+    from ..artifact.kinds import BACKEND_CHOICES
 
     run = p.add_argument_group("inference")
     run.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,

@@ -12,7 +12,7 @@ from typing import Any, Iterator, Sequence, overload
 
 import numpy as np
 
-from ..card import InputSpec, ModelCard
+from ..artifact.card import InputSpec, ModelCard
 from ..datasets import DATASETS, labelled_entries, load_split, make_spec
 from ..errors import DataError, UsageError
 

@@ -22,9 +22,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Sequence
 
-from ..card import ModelCard, sha256_file
+from ..artifact.card import ModelCard, sha256_file
 from ..errors import ExportError, MissingDependency, OptionError
-from ..sidecar import EngineSidecar
+from ..artifact.sidecar import EngineSidecar
 
 FLAVOURS = (("tensorrt", "tensorrt"), ("tensorrt_rtx", "tensorrt_rtx"))  # (module, sidecar flavour)
 INSTALL_HINT = ("pip install 'cnnedge[trt-rtx]' (TensorRT for RTX) or 'cnnedge[tensorrt]' (TensorRT, "

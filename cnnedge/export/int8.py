@@ -66,7 +66,9 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from ..card import ModelCard
+from ..artifact.card import ModelCard
+from ..artifact.names import CALIB_PREFIX as CACHE_PREFIX
+from ..artifact.names import INT8_CPU_NAME, INT8_TRT_NAME
 from ..errors import ExportError, UsageError, first_line
 from . import saturation
 from .saturation import WEIGHT_BITS
@@ -77,10 +79,9 @@ TENSORRT_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 CANDIDATE_OPS = ("Gemm", "MatMul")
 TAIL_OPS = ("Softmax", "Sigmoid", "Relu", "Clip", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose",
             "Identity")
-CACHE_PREFIX = "model.int8.calib-"
 CPU = "onnxruntime-cpu"
 TENSORRT = "tensorrt"
-FILE_NAMES = {CPU: "model.int8.onnx", TENSORRT: "model.int8.trt.onnx"}
+FILE_NAMES = {CPU: INT8_CPU_NAME, TENSORRT: INT8_TRT_NAME}
 # what ONNX Runtime's CPU provider turns Q/DQ groups into when it runs them as integer kernels
 INTEGER_OPS = ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm", "MatMulIntegerToFloat")
 FLOAT_OPS = ("Conv", "FusedConv", "NchwcConv", "MatMul", "FusedMatMul", "Gemm", "FusedGemm", "ConvTranspose")

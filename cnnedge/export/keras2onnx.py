@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ..card import ModelCard
+from ..artifact.card import ModelCard
 from ..errors import ExportError
 
 DEFAULT_OPSET = 17  # ONNX Runtime >= 1.14 and TensorRT 8.6+/10.x/RTX all read it; Q/DQ per-channel needs >= 13

@@ -5,12 +5,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..card import ONNX_KEY, ModelCard
+from ..artifact.card import ONNX_KEY, ModelCard
 from ..errors import CardError, ModelLoadError, first_line
 
 
 def embed_card(model: Any, card: ModelCard) -> Any:
-    """Put ``card`` in the model's ``metadata_props`` under :data:`cnnedge.card.ONNX_KEY` (replacing any)."""
+    """Put ``card`` in the model's ``metadata_props`` under :data:`cnnedge.artifact.card.ONNX_KEY` (replacing any)."""
     props = [p for p in model.metadata_props if p.key != ONNX_KEY]
     del model.metadata_props[:]
     for p in props:

@@ -12,7 +12,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..card import ModelCard
+from ..artifact.card import ModelCard
 
 INPUT_NAME = "images"
 

@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..card import ModelCard
+from ..artifact.card import ModelCard
 from .compare import outputs, side_by_side, slices, top1
 from .data import batch_for
 from .gate import FAIL, PASS, UNDECIDED, agreement_decision, drop_decision, mcnemar_exact

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..card import CARD_FILENAME, ModelCard, card_path_for
+from ..artifact.card import CARD_FILENAME, ModelCard, card_path_for
 from ..errors import CardError, ModelLoadError, OptionError
 from ..runtime.describe import REQUIRED, ModelDescription
 
@@ -24,7 +24,7 @@ def open_source(path: Path, describe: ModelDescription | None, trust: bool,
                 opset: int | None = None) -> "KerasSource | OnnxSource":
     """The source for ``path``; its card is read (or the description checked) before any model is loaded.
     ``opset``: the ONNX opset asked for (None: the export's default)."""
-    from ..artifacts import EXPORT_SOURCES, require_kind
+    from ..artifact.kinds import EXPORT_SOURCES, require_kind
 
     if require_kind(path, "cnn-export", EXPORT_SOURCES) == "onnx":
         return OnnxSource(path, describe, opset)

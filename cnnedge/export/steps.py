@@ -19,10 +19,11 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from ..card import ModelCard, now_iso, sha256_file
+from ..artifact.card import ModelCard, now_iso, sha256_file
 from ..errors import CnnEdgeError, ExportError, OptionError, UsageError, first_line
-from .commit import STAGING_PREFIX
+from ..artifact.commit import STAGING_PREFIX
 from .data import batch_for
+from ..artifact.names import ENGINE_NAMES, ONNX_NAMES, REPORT_NAME
 from .int8 import FILE_NAMES as INT8_FILES
 from .int8 import TENSORRT
 from .parity import ArtifactResult, Thresholds
@@ -37,10 +38,7 @@ if TYPE_CHECKING:
     from .stops import Watch
 
 INPUT_DTYPES = ("uint8", "float32")
-REPORT_NAME = "export_report.json"
-ONNX_NAMES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 INT8_TRT_NAME = INT8_FILES[TENSORRT]  # the TensorRT-flavoured INT8 file (see export/int8.py)
-ENGINE_NAMES = {"fp32": "model.engine", "fp16": "model.fp16.engine", "int8": "model.int8.engine"}
 
 
 class ParityFailure(ExportError):
@@ -306,7 +304,7 @@ def _run(model_path: Path, out_dir: str | os.PathLike | None, opts: ExportOption
                           created=now_iso(), versions=_versions(kit))
     timer.report = report
     if out.is_dir():
-        from .commit import recover
+        from ..artifact.commit import recover
 
         for line in recover(out):  # exports killed here: finish or undo what they left, first
             _warn(report, timer, line)
@@ -399,7 +397,7 @@ def _write(opts: ExportOptions, report: ExportReport, timer: "_Steps", out: Path
            gpus: tuple[str, ...] | None, check: bool) -> ExportReport:
     """Every step into a staging folder, then everything into place at once; the report; the verdict."""
     from . import scratch
-    from .commit import commit, in_flight, staging_prefix
+    from ..artifact.commit import commit, in_flight, staging_prefix
 
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=staging_prefix(), dir=out))
@@ -691,7 +689,7 @@ def _write_triton(repo: Path, report: ExportReport, card: ModelCard, profile: An
             models = [TritonModel(model_name(card, a.precision, "onnxruntime"), p, "onnxruntime", inp, outp),
                       TritonModel(model_name(card, a.precision, "cnnedge"), p, "cnnedge", inp, outp)]
         else:
-            from ..sidecar import EngineSidecar
+            from ..artifact.sidecar import EngineSidecar
 
             side = EngineSidecar.load(p)
             models = [TritonModel(model_name(card, a.precision, "cnnedge-engine"), p, "cnnedge-engine",

@@ -10,7 +10,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..card import ModelCard
+from ..artifact.card import ModelCard
 
 PREPROCESS = ("scale", "mean", "std", "rgb")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # RGB order

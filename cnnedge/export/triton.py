@@ -19,7 +19,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..card import ModelCard, card_path_for
+from ..artifact.card import ModelCard, card_path_for
 
 _TYPES = {"uint8": "TYPE_UINT8", "float32": "TYPE_FP32", "float16": "TYPE_FP16"}
 #: entry kind -> (name suffix, config line saying what runs it)

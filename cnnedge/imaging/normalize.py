@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..card import InputSpec, Preprocess
+from ..artifact.card import InputSpec, Preprocess
 
 
 def normalize(batch: np.ndarray, pre: Preprocess, dtype: str = "float32") -> np.ndarray:

@@ -1,6 +1,6 @@
 """The one preprocessing path: training, calibration, parity checks and the runtime all turn an image
 (or an image file's bytes) into a model input through these functions, driven by the model card
-(see :mod:`cnnedge.card` for the contract).
+(see :mod:`cnnedge.artifact.card` for the contract).
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..card import InputSpec, Preprocess
+from ..artifact.card import InputSpec, Preprocess
 from .color import to_color
 from .decode import decode_image
 from .normalize import to_model_input

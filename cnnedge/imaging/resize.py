@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from ..card import RESIZE_MODES, Preprocess
+from ..artifact.card import RESIZE_MODES, Preprocess
 from ..errors import UsageError
 from .opencv import opencv
 

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Iterator, NamedTuple
 
 import numpy as np
 
-from ..card import MAX_SIDE, InputSpec, ModelCard, Preprocess, card_path_for
+from ..artifact.card import MAX_SIDE, InputSpec, ModelCard, Preprocess, card_path_for
 from ..errors import CardError, CnnEdgeError, ModelLoadError, UsageError, arg_name, first_line
 from ..imaging.files import read_file
 from ..imaging.normalize import to_model_input

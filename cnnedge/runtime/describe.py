@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 from fractions import Fraction
 from typing import Any, Mapping
 
-from ..card import INTERPOLATIONS, MAX_SIDE, OUTPUT_KINDS, RESIZE_MODES
+from ..artifact.card import INTERPOLATIONS, MAX_SIDE, OUTPUT_KINDS, RESIZE_MODES
 from ..errors import UsageError
 
 #: each value: (flag, CLI example, API example)

@@ -163,7 +163,7 @@ RESIZE_KEYS = ("resize", "crop_pct", "pad_value", "interpolation")
 
 def _resize_problem(name: str, values: Any) -> str | None:
     """The resize part of the card, checked as the card checks it."""
-    from ..card import Preprocess
+    from ..artifact.card import Preprocess
     from ..errors import CardError
 
     if not isinstance(values, dict) or set(values) - set(RESIZE_KEYS):

@@ -24,7 +24,7 @@ import numpy as np
 
 from .. import datasets
 from ..atomic import atomic_path, write_text
-from ..card import CARD_FILENAME, InputSpec, ModelCard, Preprocess, Provenance, now_iso, sha256_file
+from ..artifact.card import CARD_FILENAME, InputSpec, ModelCard, Preprocess, Provenance, now_iso, sha256_file
 from ..errors import DataError, ModelLoadError, UsageError, arg_name, first_line
 from ..keras_io import check_model_file
 from ..tfquiet import keras_warnings_off

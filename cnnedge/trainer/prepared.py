@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..card import ModelCard
+from ..artifact.card import ModelCard
 from ..datasets import KERAS_DATASETS, SPLITS, describe, split_files
 from ..errors import DataError, UsageError
 

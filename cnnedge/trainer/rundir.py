@@ -26,8 +26,9 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
+from ..artifact.commit import SWAP_MARKER, TRAIN_STAGING, swap_files
 from ..atomic import write_text
-from ..card import CARD_FILENAME
+from ..artifact.card import CARD_FILENAME
 from ..errors import FileExistsRefused, UsageError, arg_name
 
 MODEL_FILE = "model.keras"
@@ -40,8 +41,7 @@ ARTIFACTS = (MODEL_FILE, CARD_FILENAME, CONFIG_FILE, METRICS_FILE, HISTORY_FILE,
 # What cnn-export makes from model.keras in the run folder: stale once --force replaces the model.
 EXPORT_PATTERNS = ("model.onnx", "model.*.onnx", "model.onnx.json", "model.*.onnx.json", "*.engine", "*.engine.json",
                    "export_report.json", "model.int8.calib-*.json")
-STAGING_DIR = ".cnn-train-new"
-SWAP_MARKER = "swap.json"
+STAGING_DIR = TRAIN_STAGING
 MAX_CONFIG_BYTES = 1 << 20  # a train_config.json is a few hundred bytes; a larger one is not a run's
 
 
@@ -145,32 +145,12 @@ def _finish_swap(staging: Path, out: Path, new: list[str]) -> None:
     shutil.rmtree(staging, ignore_errors=True)
 
 
-def _committed(staging: Path) -> list[str] | None:
-    try:
-        files = json.loads((staging / SWAP_MARKER).read_text())["files"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    ok = isinstance(files, list) and all(f in ARTIFACTS for f in files)
-    return files if ok else None
-
-
-def unfinished_swap(folder: str | os.PathLike) -> str | None:
-    """A one-line reason when ``folder`` holds a run a killed ``--force`` run was replacing file by file (its swap
-    committed, not finished): its model and card may come from two runs until cnn-train finishes the swap."""
-    out = Path(folder)
-    if _committed(out / STAGING_DIR) is None:
-        return None
-    return (f"{out}: a cnn-train --force run was killed while replacing the run in this folder, so its "
-            f"{MODEL_FILE} and {CARD_FILENAME} may come from two runs; run cnn-train --resume {out} (it completes "
-            "the replacement first)")
-
-
 def finish_unfinished(out: Path, log: Callable[[str], None]) -> None:
     """What a killed ``--force`` run left in ``out``: a committed swap is finished, anything else removed."""
     staging = out / STAGING_DIR
     if not staging.is_dir():
         return
-    new = _committed(staging)
+    new = swap_files(staging, ARTIFACTS)
     if new is not None:
         _finish_swap(staging, out, new)
         log(f"train: {out}: finished replacing its run with the new one a killed --force run had completed")

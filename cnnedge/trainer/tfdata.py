@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..card import InputSpec, Preprocess
+from ..artifact.card import InputSpec, Preprocess
 from ..errors import UsageError
 
 

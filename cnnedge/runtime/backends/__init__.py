@@ -30,7 +30,7 @@ backend makes over its own buffers. ``set_input_spec(spec)`` fixes a dynamic hei
 (:mod:`.sizing` calls it).
 
 ``load_backend(path, backend="auto", **opts)`` chooses from the table in
-:mod:`cnnedge.artifacts`: ``.engine``/``.plan`` -> ``trt``; ``.onnx`` -> the
+:mod:`cnnedge.artifact.kinds`: ``.engine``/``.plan`` -> ``trt``; ``.onnx`` -> the
 best ONNX Runtime provider that starts (TensorRT EP when TensorRT's libraries
 load, then CUDA EP, then CPU); ``.keras`` -> ``keras``. A named backend that is not
 installed or has no GPU is a :class:`~cnnedge.errors.BackendUnavailable`.
@@ -46,15 +46,16 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ...artifacts import (BACKEND_CHOICES, KERAS_SUFFIXES, KINDS, TABLE, backend_info, check_options,
+from ...artifact.kinds import (BACKEND_CHOICES, KERAS_SUFFIXES, KINDS, TABLE, backend_info, check_options,
                           describe_suffixes, require_kind)
+from ...artifact.names import INT8_CPU_NAME, INT8_TRT_NAME, STEM
 from ...errors import BackendUnavailable, ModelLoadError, UsageError
 from .base import Backend, Slot, TensorSpec, Timing, plan_batches
 
-BACKENDS = BACKEND_CHOICES  # "auto" and every backend of the table (cnnedge.artifacts)
+BACKENDS = BACKEND_CHOICES  # "auto" and every backend of the table (cnnedge.artifact.kinds)
 ENGINE_SUFFIXES = KINDS["engine"].suffixes
 ONNX_SUFFIXES = KINDS["onnx"].suffixes
-INT8_CPU_SUFFIX, INT8_GPU_SUFFIX = ".int8.onnx", ".int8.trt.onnx"
+INT8_CPU_SUFFIX, INT8_GPU_SUFFIX = INT8_CPU_NAME[len(STEM):], INT8_TRT_NAME[len(STEM):]
 
 __all__ = ["BACKENDS", "ENGINE_SUFFIXES", "KERAS_SUFFIXES", "ONNX_SUFFIXES", "Backend", "Slot", "TensorSpec", "Timing",
            "load_backend", "plan_batches", "kind_of"]
@@ -78,7 +79,7 @@ def load_backend(path: str | os.PathLike, backend: str = "auto", *, input_size: 
 
     ``input_size=(h, w)`` fixes the image size of a graph whose height and width are
     dynamic (see :mod:`.sizing`: the card or Ultralytics' ``imgsz`` otherwise)."""
-    from .onesource import check_one_source
+    from ...artifact.onesource import check_one_source
     from .sizing import set_input_size
 
     be = _open(path, backend, **opts)
@@ -107,8 +108,7 @@ def _open(path: str | os.PathLike, backend: str = "auto", **opts: Any) -> Backen
     if backend != "auto":
         backend_info(backend)
     kind = kind_of(path)
-    from ...export.commit import pending  # standard library only: loads no exporter
-    from ...trainer.rundir import unfinished_swap  # likewise: loads no trainer
+    from ...artifact.commit import pending, unfinished_swap
 
     half_done = pending(Path(path).parent) or unfinished_swap(Path(path).parent)
     if half_done:

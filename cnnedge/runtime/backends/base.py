@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ...card import ModelCard
+from ...artifact.card import ModelCard
 from ...errors import UsageError
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ...card import ModelCard, card_path_for
+from ...artifact.card import ModelCard, card_path_for
 from ...errors import ModelLoadError
 from .base import Backend, TensorSpec
 

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from ..._lazy import require
-from ...artifacts import ORT_PROVIDERS, TABLE
-from ...card import ONNX_KEY, ModelCard
+from ...artifact.kinds import ORT_PROVIDERS, TABLE
+from ...artifact.card import ONNX_KEY, ModelCard
 from ...errors import BackendUnavailable, CardError, CnnEdgeError, ModelLoadError, UsageError, arg_name, first_line
 from ..interrupt import RunInterrupted, register
 from ..limits import check_threads

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import BackendUnavailable, ModelLoadError
-from ...sidecar import REBUILD, EngineSidecar, verify_engine
+from ...artifact.sidecar import REBUILD, EngineSidecar, verify_engine
 from .base import Backend, Slot, TensorSpec, Timing
 
 FLAVOUR_MODULES = ("tensorrt", "tensorrt_rtx")

@@ -22,8 +22,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ...artifacts import TABLE
-from ...card import ModelCard
+from ...artifact.kinds import TABLE
+from ...artifact.card import ModelCard
 from ...errors import MissingDependency, UsageError
 from ...imaging.files import read_file
 from .batch import Batch, DeviceBuffer

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ...card import ModelCard
+from ...artifact.card import ModelCard
 from ...errors import CardError, UsageError
 from ..results import Prediction
 

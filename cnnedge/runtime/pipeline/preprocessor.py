@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ...card import InputSpec, ModelCard, Preprocess
+from ...artifact.card import InputSpec, ModelCard, Preprocess
 from ...errors import UsageError
 from ...imaging.errors import ImageError
 from ...imaging.files import read_file

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
-from ...card import ModelCard
+from ...artifact.card import ModelCard
 from ...errors import UsageError
 from ...imaging.files import is_image_file
 from ..backends.base import Backend

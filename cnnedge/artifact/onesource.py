@@ -15,10 +15,11 @@ import os
 from pathlib import Path
 from typing import BinaryIO
 
-from ...card import MAX_CARD_BYTES, ONNX_KEY, card_path_for
-from ...errors import ModelLoadError
+from .card import MAX_CARD_BYTES, ONNX_KEY, card_path_for
+from .names import SUFFIXES
+from ..errors import ModelLoadError
 
-EXPORT_SUFFIXES = (".onnx", ".fp16.onnx", ".int8.onnx", ".int8.trt.onnx", ".engine", ".fp16.engine", ".int8.engine")
+EXPORT_SUFFIXES = SUFFIXES
 _METADATA_PROPS = 14  # ModelProto.metadata_props (StringStringEntryProto: key = 1, value = 2)
 
 

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UnsupportedModelFile, UsageError
+from ..errors import UnsupportedModelFile, UsageError
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .card import MAX_CARD_BYTES, ModelCard, card_path_for, parse_json, sha256_file
-from .errors import CardError, ModelLoadError
+from ..errors import CardError, ModelLoadError
 
 SIDECAR_VERSION = 1
 FLAVOURS = ("tensorrt", "tensorrt_rtx")
@@ -54,7 +54,7 @@ class EngineSidecar:
         return json.dumps(d, indent=2, sort_keys=True)
 
     def save(self, engine_path: str | os.PathLike) -> Path:
-        from .atomic import write_text
+        from ..atomic import write_text
 
         path = card_path_for(engine_path)
         write_text(path, self.to_json() + "\n")

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from .artifacts import KERAS_SUFFIXES
-from .errors import CardError
+from .kinds import KERAS_SUFFIXES
+from ..errors import CardError
 
 CARD_VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -265,7 +265,7 @@ class ModelCard:
         return cls.from_dict(data)
 
     def save(self, path: str | os.PathLike) -> Path:
-        from .atomic import write_text
+        from ..atomic import write_text
 
         write_text(path, self.to_json() + "\n")
         return Path(path)
