@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"timed runs per combination, N {bound(_positive)}; a large spread between them is "
                           "warned about (default 3; e.g. --repeats 5)")
     how.add_argument("--threads", type=threads, metavar="N",
-                     help=f"ONNX Runtime intra-op threads, and TensorFlow's for .keras, {bound(threads)} "
+                     help=f"ONNX Runtime intra-op threads, OpenVINO's inference threads, and TensorFlow's for .keras, "
+                          f"{bound(threads)} "
                           "(default: half the cores; e.g. --threads 1)")
     how.add_argument("--seed", type=_seed, default=0, metavar="N",
                      help=f"seed of the fixed random inputs, {bound(_seed)} (default 0; e.g. --seed 1)")
