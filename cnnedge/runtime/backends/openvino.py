@@ -79,12 +79,14 @@ def _spec(port: Any, p: Path, what: str) -> TensorSpec:
 
 class _Runner:
     """One thread's infer requests: one on the LATENCY model, one per stream on the THROUGHPUT model (made
-    when first needed). ``stop`` is set by :meth:`OpenVinoBackend.stop_runs`; the run that sees it clears it."""
+    when first needed). ``stop`` is set by :meth:`OpenVinoBackend.stop_runs` while ``busy`` (the requests
+    running) is not empty: the run in flight sees it between its waits."""
 
-    __slots__ = ("latency", "streams", "stop", "busy")
+    __slots__ = ("latency", "streams", "stop", "busy", "generation")
 
-    def __init__(self, latency: Any) -> None:
+    def __init__(self, latency: Any, generation: int) -> None:
         self.latency = latency
+        self.generation = generation  # of the compiled models its requests belong to
         self.streams: list[Any] = []
         self.stop = False
         self.busy: list[Any] = []  # the requests now running, for stop_runs
@@ -137,6 +139,7 @@ class OpenVinoBackend(Backend):
         self.fixed_batch = self.input_spec.batch
         self._model = model
         self._compiled: dict[str, Any] = {}
+        self._generation = 0  # bumped when a cancel retires the compiled models (see _retire_compiled)
         self._compile_lock = threading.Lock()
         self._compile("latency")  # a model OpenVINO cannot compile is refused here, naming the file
         self.card = self._read_card(p)
@@ -167,6 +170,17 @@ class OpenVinoBackend(Backend):
         card, self.metadata = card_from_metadata(p, onnx_metadata(p))  # read_model drops metadata_props
         return card
 
+    def executed_precisions(self) -> dict[str, int]:
+        """``{"Convolution:u8": 8, ...}``: the layers of the graph OpenVINO runs at batch 1 (after its fusions) by
+        type and runtime precision, which say whether the QDQ file runs as INT8 kernels here."""
+        counts: dict[str, int] = {}
+        for op in self._compile("latency").get_runtime_model().get_ordered_ops():
+            info = op.get_rt_info()
+            kind = info["layerType"].astype(str) if "layerType" in info else op.get_type_name()
+            prec = info["runtimePrecision"].astype(str) if "runtimePrecision" in info else "?"
+            counts[f"{kind}:{prec}"] = counts.get(f"{kind}:{prec}", 0) + 1
+        return counts
+
     @property
     def streams(self) -> int:
         """How many parts a batch above 1 is split into: the THROUGHPUT model's streams (1 with one thread)."""
@@ -177,8 +191,9 @@ class OpenVinoBackend(Backend):
     # running --------------------------------------------------------------------------------------
     def _runner(self) -> _Runner:
         runner = self._local.__dict__.get("runner")
-        if runner is None:
-            runner = self._local.runner = _Runner(self._compile("latency").create_infer_request())
+        if runner is None or runner.generation != self._generation:
+            generation = self._generation
+            runner = self._local.runner = _Runner(self._compile("latency").create_infer_request(), generation)
             with self._runners_lock:
                 if len(self._runners) > 256:  # short-lived threads: forget the oldest
                     del self._runners[:128]
@@ -191,8 +206,9 @@ class OpenVinoBackend(Backend):
         with self._runners_lock:
             runners = list(self._runners)
         for runner in runners:
-            runner.stop = True
-            runner.cancel()
+            if runner.busy:  # an idle thread's next run is not stopped
+                runner.stop = True
+                runner.cancel()
 
     def _requests_for(self, runner: _Runner, n: int) -> list[Any]:
         """The requests a batch of ``n`` runs on: the LATENCY one, or one per THROUGHPUT stream."""
@@ -208,10 +224,8 @@ class OpenVinoBackend(Backend):
         runner = self._runner()
         n = batch.shape[0]
         doing = f"running a batch of {n}"
-        if runner.stop:  # stopped while idle: this run is the one that was stopped
-            runner.stop = False
-            raise RunInterrupted(f"{self.path}: the run was stopped while {doing}")
         reqs = self._requests_for(runner, n)
+        runner.stop = False  # a stop that came as the previous run ended was for that one
         parts = np.array_split(batch, len(reqs)) if len(reqs) > 1 else [batch]
         runner.busy = reqs
         done = False
@@ -251,7 +265,16 @@ class OpenVinoBackend(Backend):
                 pass
         if stuck:
             _ABANDONED.append(runner)  # releasing a running request would block until it ends
-            self._local.runner = None
+        self._retire_compiled()
+
+    def _retire_compiled(self) -> None:
+        """Compile afresh after a cancel. OpenVINO 2026.4's CPU plugin leaves a cancelled run's shapes in the graph
+        its requests share: another request whose next batch has the size of its last one then runs at the
+        cancelled batch's size (measured: a batch of 3 after a cancelled 64 ran 16 times as long, read past its
+        input and returned 64 rows). Every thread's requests are replaced at their next run."""
+        with self._compile_lock:
+            self._compiled = {}
+            self._generation += 1
 
     def _failure(self, exc: BaseException, doing: str) -> CnnEdgeError:
         text = ov_text(exc)
