@@ -22,7 +22,7 @@ ov = pytest.importorskip("openvino", reason="openvino is not installed: pip inst
 pytest.importorskip("onnxruntime")
 sys.path.insert(0, str(Path(__file__).parent))
 from test_export import train_digits  # noqa: E402
-from test_hostile_reads import _patch, _plain_onnx  # noqa: E402
+from test_hostile_reads import _classifier_onnx, _patch, _plain_onnx, assert_quick_and_small, run  # noqa: E402
 
 from cnnedge.errors import BackendUnavailable, CnnEdgeError, ModelLoadError, UsageError  # noqa: E402
 from cnnedge.runtime.backends import load_backend  # noqa: E402
@@ -155,6 +155,18 @@ def test_hostile_inputs_get_onnx_runtimes_one_line_errors(exported, tmp_path):
     junk.write_bytes(b"this is not a protobuf at all" * 10)
     with pytest.raises(ModelLoadError, match="junk.onnx: not a"):
         load_backend(junk, "openvino")
+
+
+def test_a_memory_bomb_is_one_line_not_a_crash(tmp_path):
+    """A ConstantOfShape of 400 GB: OpenVINO folds constants while compiling, so the load fails, in one line, under
+    the address-space limit of the hostile-file tests."""
+    model = _classifier_onnx(tmp_path / "bomb.onnx", bomb=(100_000, 100_000, 10))
+    r = run("import sys\nfrom cnnedge.runtime.backends import load_backend\nfrom cnnedge.errors import CnnEdgeError\n"
+            "try:\n    load_backend(sys.argv[1], 'openvino')\nexcept CnnEdgeError as e:\n"
+            "    print(type(e).__name__, '|', e)\n", str(model))
+    assert_quick_and_small(r)
+    assert r.rc == 0 and r.out.count("\n") == 1 and "ModelLoadError | " in r.out, r
+    assert "bomb.onnx" in r.out and "memory" in r.out and "ort-cpu" not in r.out, r
 
 
 def _det_model(path: Path) -> Path:

@@ -161,8 +161,13 @@ class OpenVinoBackend(Backend):
                 try:
                     got = self._core.compile_model(self._model, "CPU", self._config(hint))
                 except Exception as exc:  # noqa: BLE001
-                    raise ModelLoadError(f"{self.path}: OpenVINO cannot compile this model ({ov_text(exc)}); run "
-                                         "it with ONNX Runtime (backend ort-cpu)") from None
+                    text = ov_text(exc)
+                    if isinstance(exc, MemoryError) or "alloc" in text.lower():  # a ConstantOfShape of 400 GB
+                        raise ModelLoadError(f"{self.path}: the model asks for more memory while compiling than "
+                                             "OpenVINO could allocate here; a broken or hostile model, not one to "
+                                             "run") from None
+                    raise ModelLoadError(f"{self.path}: OpenVINO cannot compile this model ({text}); run it with "
+                                         "ONNX Runtime (backend ort-cpu)") from None
                 self._compiled[hint] = got
             return got
 
