@@ -339,5 +339,5 @@ def test_sigterm_and_ctrl_c_end_a_long_cnn_bench_run_within_seconds(tmp_path, si
             p.wait()
     reader.join(10)
     text = "".join(err)
-    assert rc == code and took < 5, (rc, took, text)
+    assert rc == code and took < 8, (rc, took, text)  # a node of this batch takes well under a second
     assert "Traceback" not in text and "interrupted" in text.lower(), text
