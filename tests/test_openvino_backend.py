@@ -120,6 +120,28 @@ def test_classifier_on_openvino_labels_as_on_onnx_runtime(exported, digits):
         assert [p.label for p in v.postprocess(v.infer(x))] == [p.label for p in o.postprocess(o.infer(x))]
 
 
+def test_cnn_infer_on_openvino_labels_every_file_as_onnx_runtime(exported, tmp_path):
+    import json
+
+    import cv2
+
+    from cnnedge.datasets import split_images
+
+    with load_backend(exported / "model.onnx") as be:
+        card = be.card
+    images, _, _ = split_images(card.provenance.dataset_spec, "test", limit=30)
+    for i, im in enumerate(images):
+        assert cv2.imwrite(str(tmp_path / f"{i:03d}.png"), im)
+    got = {}
+    for engine in ("openvino", "ort-cpu"):
+        r = _cli("infer", str(exported / "model.onnx"), "--source", str(tmp_path), "--backend", engine,
+                 "--batch", "8", "--threads", "2", "--json", "-")
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+        rows = [json.loads(ln) for ln in r.stdout.splitlines() if ln.startswith("{")]
+        got[engine] = {row["path"]: row["label"] for row in rows}
+    assert len(got["openvino"]) == 30 and got["openvino"] == got["ort-cpu"]
+
+
 def test_auto_stays_onnx_runtime_and_options_are_checked(exported):
     with load_backend(exported / "model.onnx") as be:
         assert be.name == "ort-cpu"

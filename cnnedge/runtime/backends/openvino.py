@@ -2,10 +2,13 @@
 
 Compiled once with ``openvino.Core().compile_model`` for the CPU plugin: ``INFERENCE_NUM_THREADS`` from
 ``threads``, FP32 inference precision (the plugin would pick bf16 on CPUs with AMX and change the answers), the
-batch dimension left dynamic (one compile serves every batch size). The performance hint follows the batch
-(``hint=None``): LATENCY for one image, and for larger batches THROUGHPUT, where the batch is split over the
-plugin's streams and the parts run together; ``hint="latency"`` or ``"throughput"`` forces one. With one thread
-both hints are the same, and only the LATENCY model is compiled.
+batch dimension left dynamic (one compile serves every batch size; a batch fixed by ``reshape`` took 0.95 of the
+dynamic graph's time at batch 1 and 32 on imagenette-cnn's INT8 file, not worth a compile per batch size). The
+performance hint follows the batch (``hint=None``): LATENCY for one image, and for larger batches THROUGHPUT, where
+the batch is split over the plugin's streams and the parts run together (measured: 0.73-0.75 of LATENCY's time at
+batch 32 with 2 threads, benchmarks/openvino_bench.py); ``hint="latency"`` or ``"throughput"`` forces one. With
+one thread both hints are the same, and only the LATENCY model is compiled; above, the THROUGHPUT model is compiled
+at the first batch above 1.
 
 Runs are ``start_async`` and ``wait_for`` in 50 ms slices, so a signal's Python handler runs during a long batch,
 and :meth:`OpenVinoBackend.stop_runs` (registered with :mod:`..interrupt`) cancels the requests in flight: OpenVINO
