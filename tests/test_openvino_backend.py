@@ -320,10 +320,33 @@ def test_stop_runs_cancels_a_run_in_flight_and_the_backend_runs_again(tmp_path):
         np.testing.assert_array_equal(be.infer(small), first)  # the cancelled request runs again
 
 
+def _spinner(path: Path) -> Path:
+    """A Loop of 10^15 trips: one node that never ends, which OpenVINO cannot cancel."""
+    return _plain_onnx(path, loop_trips=10 ** 15)
+
+
+def test_a_model_that_never_ends_is_refused_by_the_load_timeout_and_the_process_exits(tmp_path):
+    """The warm-up spins in one Loop node; the load timeout refuses it in one line and cnn-infer exits 1 (freeing
+    the stuck request would wait for the Loop: the backend leaves it to its thread)."""
+    from test_runtime_models import write_images
+
+    model = _spinner(tmp_path / "spin.onnx")
+    write_images(tmp_path / "imgs", 1)
+    r = _cli("infer", str(model), "--source", str(tmp_path / "imgs"), "--assume-preprocessing", "--backend",
+             "openvino", "--load-timeout-s", "2", timeout=120)
+    errors = [ln for ln in r.stderr.splitlines() if ": error:" in ln]
+    assert r.returncode == 1 and len(errors) == 1 and "Traceback" not in r.stderr, r
+    assert "spin.onnx" in errors[0] and "--load-timeout-s" in errors[0], errors
+
+
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_sigterm_and_ctrl_c_end_a_long_cnn_bench_run_within_seconds(tmp_path, sig, code):
-    model = _slow_model(tmp_path / "slow.onnx")
-    argv = [str(model), "--backend", "openvino", "--batch", "64", "--iters", "3", "--warmup", "1", "--repeats", "1",
+@pytest.mark.parametrize("kind", ["slow", "spin"])
+def test_sigterm_and_ctrl_c_end_a_long_cnn_bench_run_within_seconds(tmp_path, sig, code, kind):
+    """``slow``: a batch of 64 through 200 MatMuls, cancelled between two of them; ``spin``: a Loop that never
+    ends, which the run leaves after the stop (its request keeps spinning until the process exits)."""
+    model = _slow_model(tmp_path / "slow.onnx") if kind == "slow" else _spinner(tmp_path / "spin.onnx")
+    batch = "64" if kind == "slow" else "1"
+    argv = [str(model), "--backend", "openvino", "--batch", batch, "--iters", "3", "--warmup", "1", "--repeats", "1",
             "--threads", "1", "--load-timeout-s", "3600"]
     prog = "import sys\nfrom cnnedge.cli.bench import console\nsys.argv[0] = 'cnn-bench'\nconsole()\n"
 
@@ -348,7 +371,7 @@ def test_sigterm_and_ctrl_c_end_a_long_cnn_bench_run_within_seconds(tmp_path, si
     try:
         assert seen.wait(120), "".join(err)
         base = _cpu_seconds(p.pid)
-        while p.poll() is None and _cpu_seconds(p.pid) < base + 4.0:  # compiled and computing
+        while p.poll() is None and _cpu_seconds(p.pid) < base + 4.0:  # compiled and computing (or spinning)
             time.sleep(0.05)
         assert p.poll() is None, "".join(err)
         t0 = time.monotonic()

@@ -13,8 +13,9 @@ at the first batch above 1.
 Runs are ``start_async`` and ``wait_for`` in 50 ms slices, so a signal's Python handler runs during a long batch,
 and :meth:`OpenVinoBackend.stop_runs` (registered with :mod:`..interrupt`) cancels the requests in flight: OpenVINO
 stops between nodes, so a batch of an ordinary network ends within a node's time. A single node that never ends
-(a ``Loop`` of 10^15 trips) is not cancellable in OpenVINO: the call still returns RunInterrupted, but the request
-keeps its thread, and the process cannot exit cleanly until it ends; ONNX Runtime stops such a model.
+(a ``Loop`` of 10^15 trips) is not cancellable in OpenVINO: the call still raises RunInterrupted (or the load
+timeout's error), the stuck request is left to spin on its engine thread until the process ends (see
+:func:`_abandon`), and the process exits as usual; ONNX Runtime stops such a model outright.
 """
 from __future__ import annotations
 
@@ -37,7 +38,6 @@ from .ort import check_external_data, default_threads
 HINTS = ("latency", "throughput")
 _WAIT_MS = 50  # a run is waited for in slices this long: a signal's handler and a stop run between them
 _SETTLE_MS = 2000  # after a stop, how long a cancelled request may take to finish its node
-_ABANDONED: list["_Runner"] = []  # requests stuck in a node that never ends: kept, as freeing one waits for it
 # OpenVINO's messages quote its C++ sources: "Exception from src/inference/src/cpp/core.cpp:132:" and
 # "Check 'false' failed at src/frontends/...cpp:151:" lines carry no meaning for a user
 _SOURCE = re.compile(r"^(Exception from \S+:\d+:|Check '.*' failed at \S+:\d+:|Caught exception:)\s*", re.M)
@@ -58,6 +58,16 @@ def ov_text(exc: BaseException) -> str:
     text = _SOURCE.sub("", str(exc))
     text = " ".join(ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("Summary"))
     return (text or type(exc).__name__)[:300]
+
+
+def _abandon(request: Any) -> None:
+    """Never free ``request``: it is stuck in a node that never ends, and freeing it (by the garbage collector, or
+    when the interpreter exits) waits for that node, so the process would hang at exit; a reference taken through
+    the C API outlives every Python reference, and the process exits with its own code (measured with a Loop of
+    10^15 trips). Its engine thread spins until the process ends."""
+    import ctypes
+
+    ctypes.pythonapi.Py_IncRef(ctypes.py_object(request))
 
 
 def _dim(d: Any) -> int | None:
@@ -272,7 +282,8 @@ class OpenVinoBackend(Backend):
             except Exception:  # noqa: BLE001 - cancelled: it has finished
                 pass
         if stuck:
-            _ABANDONED.append(runner)  # releasing a running request would block until it ends
+            for req in reqs:
+                _abandon(req)
         self._retire_compiled()
 
     def _retire_compiled(self) -> None:
