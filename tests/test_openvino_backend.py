@@ -20,8 +20,7 @@ import pytest
 
 ov = pytest.importorskip("openvino", reason="openvino is not installed: pip install 'cnnedge[openvino]'")
 pytest.importorskip("onnxruntime")
-sys.path.insert(0, str(Path(__file__).parent))
-from test_export import train_digits  # noqa: E402
+from test_export import train_digits  # noqa: E402 - after the skip: it imports onnxruntime
 from test_hostile_reads import _classifier_onnx, _patch, _plain_onnx, assert_quick_and_small, run  # noqa: E402
 
 from cnnedge.errors import BackendUnavailable, CnnEdgeError, ModelLoadError, UsageError  # noqa: E402

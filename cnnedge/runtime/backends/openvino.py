@@ -131,6 +131,8 @@ class OpenVinoBackend(Backend):
                              f"batch), got {hint!r}")
         self.threads = check_threads(threads, "threads") or default_threads()
         self.hint = hint
+        chosen = "latency" if self.threads == 1 else hint or "latency at batch 1, throughput above"
+        self.settings = {"threads": self.threads, "hint": chosen}  # cnn-infer's start line, cnn-bench's engines
         check_external_data(p)
         self._core = ov.Core()
         try:
