@@ -60,13 +60,14 @@ def test_fp32_matches_onnx_runtime_at_every_batch_and_hint(exported, digits):
     path = exported / "model.onnx"
     with load_backend(path, "ort-cpu", threads=1) as o:
         ref = o.infer(digits)
-    for opts in ({"threads": 1}, {"threads": 2}, {"threads": 2, "hint": "latency"}, {"threads": 2, "hint": "throughput"}):
+    hints = ({"threads": 1}, {"threads": 2}, {"threads": 2, "hint": "latency"}, {"threads": 2, "hint": "throughput"})
+    for opts in hints:
         with load_backend(path, "openvino", **opts) as be:
             assert be.name == "openvino"
             np.testing.assert_allclose(be.infer(digits), ref, rtol=1e-4, atol=1e-5, err_msg=str(opts))
             one = np.concatenate([be.infer(digits[i:i + 1]) for i in range(8)])
             np.testing.assert_allclose(one, ref[:8], rtol=1e-4, atol=1e-5)
-    assert (ref.argmax(1) == ref.argmax(1)).all() and len(set(ref.argmax(1))) == 10  # outputs that vary
+    assert len(set(ref.argmax(1))) == 10  # a trained model whose outputs vary: the comparison means something
 
 
 def test_fp16_file_agrees_with_onnx_runtime(exported, digits):

@@ -5,7 +5,7 @@ Compiled once with ``openvino.Core().compile_model`` for the CPU plugin: ``INFER
 batch dimension left dynamic (one compile serves every batch size; a batch fixed by ``reshape`` took 0.95 of the
 dynamic graph's time at batch 1 and 32 on imagenette-cnn's INT8 file, not worth a compile per batch size). The
 performance hint follows the batch (``hint=None``): LATENCY for one image, and for larger batches THROUGHPUT, where
-the batch is split over the plugin's streams and the parts run together (measured: 0.73-0.75 of LATENCY's time at
+the batch is split over the plugin's streams and the parts run together (measured: 0.72-0.76 of LATENCY's time at
 batch 32 with 2 threads, benchmarks/openvino_bench.py); ``hint="latency"`` or ``"throughput"`` forces one. With
 one thread both hints are the same, and only the LATENCY model is compiled; above, the THROUGHPUT model is compiled
 at the first batch above 1.
