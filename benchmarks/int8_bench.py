@@ -116,6 +116,17 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def machine_facts() -> dict:
+    """The machine a benchmark ran on, its load and the time, for the JSON and the table's header line."""
+    return {"machine": f"{cpu_name()}, {os.cpu_count()} CPUs", "cpu_flags": cpu_flags(), "int8_kernels": kernels(),
+            "load_average": os.getloadavg(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def facts_line(result: dict) -> str:
+    return (f"{result['machine']}; CPU flags: {result['cpu_flags']}; int8 kernels: {result['int8_kernels']}; "
+            f"load average {result['load_average']}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="benchmarks/out/int8", help="work folder, e.g. --out /tmp/int8")
@@ -155,13 +166,10 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append({"preset": preset, "size": size, "threads": threads or "default", "batch": batch,
                                  "file": label, "p50_ms": round(med, 3), "calls": len(samples[label]),
                                  "speed_vs_fp32": round(base / med, 2)})
-    result = {"machine": f"{cpu_name()}, {os.cpu_count()} CPUs", "cpu_flags": cpu_flags(), "int8_kernels": kernels(),
-              "load_average": os.getloadavg(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "seconds": args.seconds, "rounds": args.rounds, "exports": exports, "rows": rows}
+    result = {**machine_facts(), "seconds": args.seconds, "rounds": args.rounds, "exports": exports, "rows": rows}
     root.mkdir(parents=True, exist_ok=True)
     (root / "int8_bench.json").write_text(json.dumps(result, indent=1) + "\n")
-    print(f"{result['machine']}; CPU flags: {result['cpu_flags']}; int8 kernels: {result['int8_kernels']}; "
-          f"load average {result['load_average']}")
+    print(facts_line(result))
     print("| preset | threads | batch | file | p50 ms | speed vs FP32 |\n|---|---|---:|---|---:|---:|")
     for r in rows:
         print(f"| {r['preset']} {r['size']}x{r['size']} | {r['threads']} | {r['batch']} | {r['file']} | "

@@ -17,6 +17,7 @@ _EXTRA_FOR = {
     "onnxslim": "export",
     "onnxconverter_common": "export",
     "onnxruntime": "cpu",
+    "openvino": "openvino",
     "tensorrt": "tensorrt",
     "tensorrt_rtx": "trt-rtx",
     "cuda": "gpu",

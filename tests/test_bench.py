@@ -7,6 +7,7 @@ impossible combinations listed with their reason, bad input refused in one line.
 """
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import os
@@ -21,6 +22,8 @@ import pytest
 from cnnedge.cli._run import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
+# the CPU engines cnn-bench's default plan measures an .onnx file on here (openvino: where it is installed)
+CPU_ENGINES = ("ort-cpu",) + (("openvino",) if importlib.util.find_spec("openvino") else ())
 
 
 def bench(argv: list[str]) -> tuple[int, str, str]:
@@ -85,7 +88,7 @@ def test_run_folder_every_artifact_json_plot_markdown(run_dir, tmp_path):
     rows = data["rows"]
     got = {(r["artifact"], r["backend"], r["method"], r["batch"]) for r in rows}
     onnx_files = ("model.onnx", "model.fp16.onnx", "model.int8.onnx", "model.int8.trt.onnx")
-    want = {(a, "ort-cpu", "infer", b) for a in onnx_files for b in (1, 4)}
+    want = {(a, e, "infer", b) for a in onnx_files for e in CPU_ENGINES for b in (1, 4)}
     want |= {("model.keras", "keras", m, b) for m in ("predict", "call", "tf.function") for b in (1, 4)}
     assert got == want
     for r in rows:
@@ -109,15 +112,16 @@ def test_run_folder_every_artifact_json_plot_markdown(run_dir, tmp_path):
         assert f"engine: {a} on ort-cpu, 1 thread, spinning off" in out
     # INT8 against FP32 of the same backend and batch, as measured in this run
     p50 = {(r["artifact"], r["batch"]): r["latency_ms"]["p50"] for r in rows if r["backend"] == "ort-cpu"}
-    speed = {(s["artifact"], s["batch"]): s for s in data["int8_speedup"]}
+    speed = {(s["artifact"], s["batch"]): s for s in data["int8_speedup"] if s["backend"] == "ort-cpu"}
     assert set(speed) == {(a, b) for a in ("model.int8.onnx", "model.int8.trt.onnx") for b in (1, 4)}
+    assert {s["backend"] for s in data["int8_speedup"]} == set(CPU_ENGINES)  # INT8 against FP32 on each engine
     for (a, b), sp in speed.items():
         assert sp["fp32_artifact"] == "model.onnx" and sp["backend"] == "ort-cpu"
         assert sp["speedup"] == pytest.approx(p50[("model.onnx", b)] / p50[(a, b)], rel=1e-2)
         assert f"INT8/FP32 speed here: {a} on ort-cpu, batch {b}: {sp['speedup']:.2f}x model.onnx's" in out
         assert f"{a} on ort-cpu, batch {b}: {sp['speedup']:.2f}x" in md.read_text()
     # stdout: sorted by batch-1 p50, the fastest marked
-    table = [ln for ln in out.splitlines() if " ort-cpu " in ln or " keras " in ln]
+    table = [ln for ln in out.splitlines() if any(f" {e} " in ln for e in CPU_ENGINES + ("keras",))]
     assert len(table) == len(rows)
     p50_b1 = {(r["artifact"], r["label"]): r["latency_ms"]["p50"] for r in rows if r["batch"] == 1}
     order = []
@@ -291,11 +295,13 @@ def test_a_fixed_batch_model_is_measured_at_its_batch_and_says_so(run_dir, tmp_p
     code, out, err = bench([str(tmp_path / "fixed.onnx"), "--batch", "1,4,8", "--iters", "4", "--json", str(j), "-q"])
     assert code == 0, err
     data = json.loads(j.read_text())
-    (row,) = [r for r in data["rows"]]
-    assert row["batch"] == 1 and row["requested"] == [1, 4, 8]
-    check_row(row)
-    assert "fixed.onnx on ort-cpu: takes only batch 1; batch 4 measured at 1" in data["notes"]
-    assert "note: fixed.onnx on ort-cpu: takes only batch 1; batch 8 measured at 1" in out
+    assert sorted(r["backend"] for r in data["rows"]) == sorted(CPU_ENGINES)
+    for row in data["rows"]:
+        assert row["batch"] == 1 and row["requested"] == [1, 4, 8]
+        check_row(row)
+    for engine in CPU_ENGINES:
+        assert f"fixed.onnx on {engine}: takes only batch 1; batch 4 measured at 1" in data["notes"]
+        assert f"note: fixed.onnx on {engine}: takes only batch 1; batch 8 measured at 1" in out
 
 
 @pytest.mark.slow

@@ -22,8 +22,8 @@ def test_import_runtime_loads_no_heavy_package():
     code = ("import sys, cnnedge, cnnedge.runtime, cnnedge.runtime.backends, cnnedge.runtime.classifier, "
             "cnnedge.runtime.pipeline, cnnedge.runtime.runner, cnnedge.runtime.sinks, cnnedge.runtime.sources, cnnedge.cli.infer\n"
             "from cnnedge import Classifier\n"
-            "heavy = [m for m in ('tensorflow', 'keras', 'tf2onnx', 'tensorrt', 'tensorrt_rtx', 'onnx', 'torch') "
-            "if m in sys.modules]\nprint(heavy)")
+            "heavy = [m for m in ('tensorflow', 'keras', 'tf2onnx', 'tensorrt', 'tensorrt_rtx', 'onnx', 'torch', "
+            "'openvino') if m in sys.modules]\nprint(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 

@@ -5,81 +5,23 @@ exports (files copied in by hand, an export by an older cnnedge): ``model.int8.o
 ``model.onnx`` of model B runs with exit 0 and wrong answers. Every artifact's card records the sha256 of the
 model it was exported from; :func:`check_one_source` compares the opened file's with its siblings'.
 
-The siblings' cards are read without ONNX or ONNX Runtime: :func:`onnx_card_json` walks the top-level fields of
-the ``ModelProto`` and seeks past the graph, so a large sibling costs a few reads, not a parse.
+The siblings' cards are read without ONNX or ONNX Runtime (:func:`.onnxmeta.onnx_card_json`), so a large sibling
+costs a few reads, not a parse.
 """
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-from typing import BinaryIO
 
-from .card import MAX_CARD_BYTES, ONNX_KEY, card_path_for
-from .names import SUFFIXES
 from ..errors import ModelLoadError
+from .card import MAX_CARD_BYTES, card_path_for
+from .names import SUFFIXES
+from .onnxmeta import onnx_card_json
+
+__all__ = ["EXPORT_SUFFIXES", "check_one_source", "export_stem", "onnx_card_json"]
 
 EXPORT_SUFFIXES = SUFFIXES
-_METADATA_PROPS = 14  # ModelProto.metadata_props (StringStringEntryProto: key = 1, value = 2)
-
-
-def _varint(f: BinaryIO) -> int | None:
-    shift = value = 0
-    while shift < 70:
-        b = f.read(1)
-        if not b:
-            return None
-        value |= (b[0] & 0x7F) << shift
-        if b[0] < 0x80:
-            return value
-        shift += 7
-    return None
-
-
-def _entry(data: bytes) -> tuple[str, bytes]:
-    """(key, value) of one StringStringEntryProto."""
-    import io
-
-    f, key, value = io.BytesIO(data), "", b""
-    while (tag := _varint(f)) is not None:
-        if tag & 7 != 2:
-            return "", b""
-        n = _varint(f) or 0
-        chunk = f.read(n)
-        if tag >> 3 == 1:
-            key = chunk.decode("utf-8", "replace")
-        elif tag >> 3 == 2:
-            value = chunk
-    return key, value
-
-
-def onnx_card_json(path: str | os.PathLike) -> str | None:
-    """The card text an ONNX file carries in ``metadata_props``, or None (no card, or not a readable ONNX file)."""
-    try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            while (tag := _varint(f)) is not None:
-                wire = tag & 7
-                if wire == 0:
-                    if _varint(f) is None:
-                        return None
-                elif wire in (1, 5):
-                    f.seek(8 if wire == 1 else 4, os.SEEK_CUR)
-                elif wire == 2:
-                    n = _varint(f)
-                    if n is None or f.tell() + n > size:
-                        return None
-                    if tag >> 3 == _METADATA_PROPS and n <= MAX_CARD_BYTES:
-                        key, value = _entry(f.read(n))
-                        if key == ONNX_KEY:
-                            return value.decode("utf-8", "replace")
-                    else:
-                        f.seek(n, os.SEEK_CUR)
-                else:
-                    return None
-    except OSError:
-        return None
-    return None
 
 
 def _source_of(path: Path) -> str | None:

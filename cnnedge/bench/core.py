@@ -119,7 +119,7 @@ def _measure_all(cfg: BenchConfig, report: BenchReport, pairs: list[Any], batche
     for art, backend in pairs:
         say(f"{art.name} on {backend} ...")
         opts: dict[str, Any] = {}
-        if TABLE[backend].family == "ort":
+        if "threads" in TABLE[backend].options:  # ONNX Runtime's intra-op threads, OpenVINO's
             opts["threads"] = threads
         if backend == "keras":
             _tensorflow_threads(cfg.threads, report)
@@ -244,7 +244,7 @@ def _end_to_end(cfg: BenchConfig, report: BenchReport, art: plan.Artifact, backe
     if note:
         report.notes.append(f"{art.name} on {backend} end-to-end: {note}")
     workers = cfg.workers or default_workers()
-    opts: dict[str, Any] = {"threads": threads} if TABLE[backend].family == "ort" else {}
+    opts: dict[str, Any] = {"threads": threads} if "threads" in TABLE[backend].options else {}
     if backend == "keras" and cfg.trust:
         opts["trust"] = True
     say(f"{art.name} on {backend}: end-to-end on {len(files)} images, batch {eff}, {workers} workers ...")

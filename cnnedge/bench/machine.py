@@ -12,7 +12,7 @@ from ..runtime.backends.ort import available_providers
 from ..runtime.cpu_kernels import int8_kernels
 
 LIBRARIES = ("cnnedge", "numpy", "opencv-python-headless", "opencv-python", "onnxruntime", "onnxruntime-gpu",
-             "onnx", "tensorflow", "tensorflow-cpu", "keras", "tensorrt", "tensorrt-rtx", "cuda-python",
+             "openvino", "onnx", "tensorflow", "tensorflow-cpu", "keras", "tensorrt", "tensorrt-rtx", "cuda-python",
              "matplotlib")
 
 

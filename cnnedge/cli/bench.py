@@ -45,10 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model files (.keras, .onnx, .fp16.onnx, .int8.onnx, .engine) or run folders, whose "
                         "every artifact is measured (e.g. runs/demo or runs/demo/model.int8.onnx)")
     what = p.add_argument_group("what to measure")
-    what.add_argument("--backends", default="auto", metavar="LIST",
-                      help="auto (every backend that opens each file) or a comma list of "
-                           f"{', '.join(BACKEND_NAMES)} (default auto; e.g. --backends ort-cpu,keras). keras adds "
-                           "the tutorial baselines model.predict(x) and model(x)")
+    what.add_argument("--backends", "--backend", dest="backends", default="auto", metavar="LIST",
+                      help="auto (every backend that opens each file, openvino included where it is installed) or a "
+                           f"comma list of {', '.join(BACKEND_NAMES)} (default auto; e.g. --backends ort-cpu,openvino)"
+                           ". keras adds the tutorial baselines model.predict(x) and model(x)")
     what.add_argument("--batch", default="1,8,32", metavar="LIST",
                       help="batch sizes, each >= 1 and at most what fits in a quarter of memory (default 1,8,32; "
                            "e.g. --batch 1,8,32,128); above an engine's profile max, the max is used and said so")
@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"timed runs per combination, N {bound(_positive)}; a large spread between them is "
                           "warned about (default 3; e.g. --repeats 5)")
     how.add_argument("--threads", type=threads, metavar="N",
-                     help=f"ONNX Runtime intra-op threads, and TensorFlow's for .keras, {bound(threads)} "
+                     help=f"ONNX Runtime intra-op threads, OpenVINO's inference threads, and TensorFlow's for .keras, "
+                          f"{bound(threads)} "
                           "(default: half the cores; e.g. --threads 1)")
     how.add_argument("--seed", type=_seed, default=0, metavar="N",
                      help=f"seed of the fixed random inputs, {bound(_seed)} (default 0; e.g. --seed 1)")

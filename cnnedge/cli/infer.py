@@ -107,8 +107,8 @@ def _add_inference(p: argparse.ArgumentParser) -> None:
 
     run = p.add_argument_group("inference")
     run.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
-                     help="auto picks TensorRT for .engine and the best ONNX Runtime provider for .onnx "
-                          "(e.g. --backend ort-cpu)")
+                     help="auto picks TensorRT for .engine and the best ONNX Runtime provider for .onnx; "
+                          "openvino runs .onnx on OpenVINO, only when named (e.g. --backend ort-cpu)")
     run.add_argument("--batch", type=_positive, metavar="N",
                      help=f"images per inference, N {bound(_positive)} and at most what fits in a quarter of "
                           "memory (a graph of dynamic size: 2^25 pixels a batch) (default 32 when every source is "
@@ -123,8 +123,8 @@ def _add_inference(p: argparse.ArgumentParser) -> None:
                      help="where JPEGs are decoded and resized: gpu (nvImageCodec + CV-CUDA, the gpu-decode extra "
                           "and a GPU backend), cpu, or auto: gpu when both are there (e.g. --decode cpu)")
     run.add_argument("--threads", type=workers, metavar="N",
-                     help=f"ONNX Runtime intra-op threads, {bound(workers)} (default: half the cores; "
-                          "e.g. --threads 1)")
+                     help=f"ONNX Runtime intra-op threads (OpenVINO's inference threads), {bound(workers)} "
+                          "(default: half the cores; e.g. --threads 1)")
     run.add_argument("--fp16", action="store_true", help="TensorRT execution provider builds FP16 kernels "
                      "(e.g. --backend ort-trt --fp16)")
     run.add_argument("--no-reduce-decode", dest="reduce_decode", action="store_false",

@@ -293,7 +293,7 @@ class Classifier:
     """Load a model and classify images with it. See the module docstring.
 
     ``model``: a model file, or a :class:`Backend` already opened (the Classifier closes it).
-    ``backend``: ``"auto"``, ``"ort-cpu"``, ``"ort-cuda"``, ``"ort-trt"``, ``"trt"`` or ``"keras"``.
+    ``backend``: ``"auto"``, ``"ort-cpu"``, ``"ort-cuda"``, ``"ort-trt"``, ``"openvino"``, ``"trt"`` or ``"keras"``.
     ``labels``, ``scale``, ``mean``, ``std``, ``rgb``, ``resize``, ``crop_pct``, ``pad_value``,
     ``interpolation``, ``output``: for models without a card (checked as cnn-infer checks its
     flags: a bad value is a UsageError). ``input_size=(h, w)``: the image size of a graph
@@ -304,7 +304,7 @@ class Classifier:
     refuses it with a UsageError unless scale, mean or std is given (what cnn-infer does).
     ``load_timeout_s``: the warm-up run may take this long (None: no limit) before the model is
     refused: a model that never finishes. Other keyword arguments go to the backend
-    (``threads``, ``fp16``, ``cache_dir``, ``device_id``, ``trust``).
+    (``threads``, ``fp16``, ``cache_dir``, ``device_id``, ``hint``, ``trust``).
     """
 
     def __init__(self, model: str | os.PathLike | Backend, backend: str = "auto", *, labels: Any = None,

@@ -1,10 +1,10 @@
-"""Inference backends: one small, stable interface over ONNX Runtime, TensorRT and Keras.
+"""Inference backends: one small, stable interface over ONNX Runtime, OpenVINO, TensorRT and Keras.
 
 The interface (what cnn-bench and the Classifier use; keep it small)::
 
     from cnnedge.runtime.backends import load_backend
     with load_backend("model.int8.onnx", backend="auto", threads=1) as be:
-        be.name           # "ort-cpu" | "ort-cuda" | "ort-trt" | "trt" | "keras"
+        be.name           # "ort-cpu" | "ort-cuda" | "ort-trt" | "openvino" | "trt" | "keras"
         be.input_spec     # TensorSpec(name, shape with None for a dynamic batch, numpy dtype name)
         be.output_spec    # TensorSpec of the (first) output
         be.fixed_batch    # the only batch size the artifact takes, or None
@@ -32,12 +32,12 @@ backend makes over its own buffers. ``set_input_spec(spec)`` fixes a dynamic hei
 ``load_backend(path, backend="auto", **opts)`` chooses from the table in
 :mod:`cnnedge.artifact.kinds`: ``.engine``/``.plan`` -> ``trt``; ``.onnx`` -> the
 best ONNX Runtime provider that starts (TensorRT EP when TensorRT's libraries
-load, then CUDA EP, then CPU); ``.keras`` -> ``keras``. A named backend that is not
+load, then CUDA EP, then CPU; ``openvino``, OpenVINO on the CPU, only when named); ``.keras`` -> ``keras``. A named backend that is not
 installed or has no GPU is a :class:`~cnnedge.errors.BackendUnavailable`.
 For a GPU provider ``model.int8.onnx`` is swapped for the
 ``model.int8.trt.onnx`` beside it (:func:`int8_file_for`).
 ``input_size=(h, w)`` for a graph of dynamic height and width. Options: ONNX
-Runtime ``threads``, ``fp16``, ``cache_dir``, ``device_id``;
+Runtime ``threads``, ``fp16``, ``cache_dir``, ``device_id``; OpenVINO ``threads``, ``hint``;
 TensorRT ``device_id``; Keras ``trust``, ``custom_objects``.
 """
 from __future__ import annotations
@@ -46,8 +46,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ...artifact.kinds import (BACKEND_CHOICES, KERAS_SUFFIXES, KINDS, TABLE, backend_info, check_options,
-                          describe_suffixes, require_kind)
+from ...artifact.kinds import (BACKEND_CHOICES, KERAS_SUFFIXES, KINDS, TABLE, auto_candidates, backend_info,
+                               check_options, describe_suffixes, require_kind)
 from ...artifact.names import INT8_CPU_NAME, INT8_TRT_NAME, STEM
 from ...errors import BackendUnavailable, ModelLoadError, UsageError
 from .base import Backend, Slot, TensorSpec, Timing, plan_batches
@@ -116,19 +116,20 @@ def _open(path: str | os.PathLike, backend: str = "auto", **opts: Any) -> Backen
     opts = {k: v for k, v in opts.items() if v is not None}
     wants = KINDS[kind].backends
     if backend == "auto":
-        if len(wants) == 1:
-            backend = wants[0]
+        tries = auto_candidates(kind)
+        if len(tries) == 1:
+            backend = tries[0]
         else:  # ONNX: the best provider that is installed and starts
             from .ort import OrtBackend, available_providers
 
-            check_options(wants[-1], opts)
+            check_options(tries[-1], opts)
             avail = available_providers()
             if not avail:
                 from ..._lazy import require
 
                 require("onnxruntime", "ONNX models")
             errors = []
-            for name in wants:
+            for name in tries:
                 if TABLE[name].ort_provider not in avail:
                     continue
                 try:  # ort-trt without TensorRT's library is refused here before ONNX Runtime tries it
@@ -149,6 +150,10 @@ def _open(path: str | os.PathLike, backend: str = "auto", **opts: Any) -> Backen
         from .keras_backend import KerasBackend
 
         return KerasBackend(path, **opts)
+    if family == "openvino":
+        from .openvino import OpenVinoBackend
+
+        return OpenVinoBackend(path, **opts)
     from .ort import OrtBackend
 
     return OrtBackend(int8_file_for(path, backend), backend, **opts)

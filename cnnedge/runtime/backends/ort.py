@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 
 from ..._lazy import require
+from ...artifact.card import ModelCard
 from ...artifact.kinds import ORT_PROVIDERS, TABLE
-from ...artifact.card import ONNX_KEY, ModelCard
-from ...errors import BackendUnavailable, CardError, CnnEdgeError, ModelLoadError, UsageError, arg_name, first_line
+from ...artifact.onnxmeta import card_from_metadata, not_utf8
+from ...errors import BackendUnavailable, CnnEdgeError, ModelLoadError, UsageError, arg_name, first_line
 from ..interrupt import RunInterrupted, register
 from ..limits import check_threads
 from .base import Backend, Slot, TensorSpec, Timing
@@ -354,16 +355,9 @@ class OrtBackend(Backend):
         try:
             meta = self.session.get_modelmeta().custom_metadata_map
         except UnicodeDecodeError:
-            raise ModelLoadError(f"{p}: its metadata (metadata_props) holds a key or value that is not UTF-8 "
-                                 "text; a broken or tampered file: re-export it or strip its metadata") from None
-        self.metadata = {k: v for k, v in meta.items() if k != ONNX_KEY}
-        raw = meta.get(ONNX_KEY)
-        if raw is None:
-            return None
-        try:
-            return ModelCard.from_json(raw)
-        except CardError as exc:
-            raise CardError(f"{p}: embedded {exc}") from None
+            raise not_utf8(p) from None
+        card, self.metadata = card_from_metadata(p, meta)
+        return card
 
     def _infer_impl(self, batch: np.ndarray) -> np.ndarray:
         if not self._gpu:
