@@ -62,6 +62,10 @@ class BackendUnavailable(CnnEdgeError):
     """The requested inference backend cannot run on this machine."""
 
 
+class DescriptionNeeded(UsageError):
+    """A model without a card whose pixel arithmetic nobody described: cnn-infer refuses to guess it."""
+
+
 class OptionError(UsageError):
     """A bad value for a library call's argument. ``option`` is the argument's name; ``detail`` may name other
     arguments as ``{name}``. The message names arguments; a CLI calls :meth:`render` with its flag names."""

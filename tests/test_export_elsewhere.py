@@ -348,3 +348,32 @@ def test_inverted_pixels_are_described_with_a_negative_std_or_scale(mnist, tmp_p
         assert code == 0, err + table
         got = infer_predictions(out / "model.onnx", root / "test", out)
         assert _agreement(got, mnist["files"]["test"], ref) >= 0.99
+
+
+def test_cnn_infer_measures_the_conventions_on_labelled_images_instead_of_guessing(mnist, pytorch_style_onnx,
+                                                                                    tmp_path):
+    """A card-less model, its labels and a folder of labelled images, no preprocessing flags: cnn-infer refuses
+    to guess (exit 2) and lists the conventions that score best on those images (on gray digits ImageNet's, what
+    the model was trained with, ties with -1..1, in either colour order), never the 0..255 ones; pasting the best
+    runs."""
+    from cnnedge.cli._run import run_cli
+    from cnnedge.cli.infer import main
+
+    path, _ = pytorch_style_onnx
+    root = mnist["root"]
+    base = [str(path), "--labels", str(root / "labels.txt"), "--source", str(root / "test"), "--quiet",
+            "--no-progress"]
+    err = io.StringIO()
+    with redirect_stdout(io.StringIO()):
+        code = run_cli("cnn-infer", lambda a: main(a, io.StringIO(), err), base, stderr=err)
+    line = err.getvalue().strip()
+    assert code == 2 and len(line.splitlines()) == 1 and "best on 200 labelled images: " in line, line
+    picks = line.split("best on 200 labelled images: ")[1].split(", ")
+    rates = [int(p.rsplit("(", 1)[1].rstrip("%)")) for p in picks]
+    assert len(picks) == 3 and rates == sorted(rates, reverse=True) and rates[0] > 90, picks
+    assert not any(p.startswith("--scale 1 ") for p in picks), picks  # raw 0..255 and caffe's means score worst
+    best = picks[0].rsplit(" (", 1)[0].split()
+    err = io.StringIO()
+    with redirect_stdout(io.StringIO()):
+        code = run_cli("cnn-infer", lambda a: main(a, io.StringIO(), err), base + best, stderr=err)
+    assert code == 0, err.getvalue()

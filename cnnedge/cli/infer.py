@@ -17,7 +17,7 @@ from typing import Any, Sequence, TextIO
 
 from ..artifact.kinds import describe_suffixes
 from ..atomic import check_distinct, check_not_input, check_output
-from ..errors import UsageError, argument_names
+from ..errors import DescriptionNeeded, UsageError, argument_names
 from ..runtime.limits import MAX_CAMERA_INDEX, MAX_FPS, MAX_SECONDS, MAX_TIMEOUT_MS, MIN_FPS
 from ._args import CLI_NAMES, Parser, MODELS_FROM_ELSEWHERE, add_load_timeout, add_model_flags, model_description
 from ._args import bound, float_in, int_in, threads_int
@@ -215,12 +215,21 @@ def _run(args: argparse.Namespace, sources: list[Any], out: TextIO, err: TextIO)
     inputs = [args.model, args.labels, args.labels_csv, *(s for s in sources if isinstance(s, str))]
     for flag, path in files:
         check_not_input(flag, path, inputs, IMAGE_SUFFIXES)
+    described = model_description(args)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        clf = Classifier(args.model, args.backend, **model_description(args), topk=args.topk,
-                         reduce_decode=args.reduce_decode, threads=args.threads, fp16=args.fp16 or None,
-                         load_timeout_s=args.load_timeout_s, assume_preprocessing=args.assume_preprocessing,
-                         **({"trust": True} if args.trust else {}))
+        try:
+            clf = Classifier(args.model, args.backend, **described, topk=args.topk,
+                             reduce_decode=args.reduce_decode, threads=args.threads, fp16=args.fp16 or None,
+                             load_timeout_s=args.load_timeout_s, assume_preprocessing=args.assume_preprocessing,
+                             **({"trust": True} if args.trust else {}))
+        except DescriptionNeeded as exc:
+            from ..runtime.conventions import suggestion
+
+            folder = next((s for s in sources if isinstance(s, str) and os.path.isdir(s)), None)
+            given = {k: v for k, v in described.items() if k != "labels"}
+            raise DescriptionNeeded(str(exc) + suggestion(args.model, folder, described.get("labels"), given,
+                                                          args.backend, threads=args.threads)) from None
     for w in caught:
         print(f"{PROG}: warning: {w.message}", file=err)
     with clf, ExitStack() as stack:

@@ -180,10 +180,10 @@ def check_card(predict: Callable[[np.ndarray], np.ndarray], images: Sequence[np.
 
 
 def _value_alternatives(card: ModelCard) -> list[tuple[str, dict[str, Any], str]]:
-    """The common normalisations (:func:`.suggest.conventions`: 0..1, -1..1, ImageNet, caffe, raw), in the card's
+    """The common normalisations (:func:`cnnedge.imaging.conventions.conventions`: 0..1, -1..1, ImageNet, caffe, raw), in the card's
     colour order, whose values differ from the card's: each a name, the preprocess values and the message that
     convicts the card's values."""
-    from .suggest import conventions
+    from ..imaging.conventions import conventions
 
     pre = card.preprocess
     rgb = card.input.color != "BGR"

@@ -19,7 +19,7 @@ from typing import Any, Iterable, Iterator, NamedTuple
 import numpy as np
 
 from ..artifact.card import MAX_SIDE, InputSpec, ModelCard, Preprocess, card_path_for
-from ..errors import CardError, CnnEdgeError, ModelLoadError, UsageError, arg_name, first_line
+from ..errors import CardError, CnnEdgeError, DescriptionNeeded, ModelLoadError, UsageError, arg_name, first_line
 from ..imaging.files import read_file
 from ..imaging.normalize import to_model_input
 from ..imaging.opencv import MAX_PIXELS, opencv
@@ -109,7 +109,7 @@ def resolve_card(backend: Backend, *, labels: Any = None, scale: Any = None, mea
     if dtype not in ("uint8", "float32", "float16"):
         raise ModelLoadError(f"{path}: input type {dtype} is not an image type (uint8, float32, float16)")
     if not assume_preprocessing and not any(k in desc for k in ("scale", "mean", "std")):
-        raise UsageError(f"{path} carries no model card, so nothing says how its pixels were scaled; describe it "
+        raise DescriptionNeeded(f"{path} carries no model card, so nothing says how its pixels were scaled; describe it "
                          "with --scale, --mean, --std and --rgb/--no-rgb (scale=, mean=, std=, rgb= in Python), e.g. "
                          "--scale 1/255 --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225, or pass "
                          "--assume-preprocessing (assume_preprocessing=True) to feed 0..1 RGB pixels; cnn-export "
