@@ -297,7 +297,7 @@ def test_cleanup_failure_keeps_the_graph_and_says_so(gender, faces, tmp_path, mo
 
 
 def test_staged_paths_never_reach_a_message():
-    from cnnedge.export.steps import unstaged
+    from cnnedge.export.timer import unstaged
 
     msg = ("ONNX Runtime cannot load /tmp/out/.cnn-export-4242-x1/cnnedge-int8-ab/cpu.onnx: [ONNXRuntimeError] "
            ": 10 : INVALID_GRAPH")

@@ -113,8 +113,8 @@ def flag(option: str) -> str:
 def options_from(args: argparse.Namespace) -> Any:
     """The parsed flags as the library's ExportOptions."""
     from ..export.int8 import Int8Options
+    from ..export.options import ExportOptions
     from ..export.parity import Thresholds
-    from ..export.steps import ExportOptions
 
     thresholds = Thresholds(fp32_agreement=args.min_agreement_fp32, fp32_max_diff=args.max_diff_fp32,
                             fp16_agreement=args.min_agreement_fp16, int8_agreement=args.min_agreement_int8,
@@ -135,7 +135,8 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
     out, err = stdout or sys.stdout, stderr or sys.stderr
     args = build_parser().parse_args(argv)
     from ..errors import OptionError, UsageError
-    from ..export.steps import ParityFailure, run
+    from ..export.report import ParityFailure
+    from ..export.steps import run
 
     def progress(msg: str) -> None:
         if not args.quiet:

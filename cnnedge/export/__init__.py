@@ -4,11 +4,13 @@
 >>> report = export("runs/digits/model.keras", fp16=True, int8=True, engine=True, gpu="sm89")
 >>> print(report.table())
 
-Steps, one module each: :mod:`.keras2onnx` (tf2onnx), :mod:`.cleanup` (onnxslim),
+Libraries, one module each: :mod:`.keras2onnx` (tf2onnx), :mod:`.cleanup` (onnxslim),
 :mod:`.fp16`, :mod:`.int8` (calibration, Q/DQ, range cache), :mod:`.engine`
 (TensorRT / TensorRT-RTX plans and sidecars), :mod:`.triton` (model repository),
-:mod:`.parity` (checks and table), chained by :mod:`.steps`. Importing this
-package loads none of the heavy libraries.
+:mod:`.parity` (checks and table). The steps that use them (:mod:`.onnx_files`,
+:mod:`.onnx_parity`, :mod:`.engine_files`) run under :mod:`.timer` and are chained by
+:mod:`.steps`; :mod:`.options`, :mod:`.report` and :mod:`.workspace` hold what they share.
+Importing this package loads none of the heavy libraries.
 """
 from __future__ import annotations
 
@@ -19,10 +21,18 @@ __all__ = ["export", "ExportOptions", "ExportReport", "ParityFailure", "Threshol
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("export", "run", "ExportOptions", "ExportReport", "ParityFailure"):
+    if name in ("export", "run"):
         from . import steps
 
         return getattr(steps, name)
+    if name == "ExportOptions":
+        from .options import ExportOptions
+
+        return ExportOptions
+    if name in ("ExportReport", "ParityFailure"):
+        from . import report
+
+        return getattr(report, name)
     if name in ("Thresholds", "ArtifactResult"):
         from . import parity
 

@@ -18,8 +18,14 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..artifact.card import ModelCard, card_path_for
+from ..artifact.names import INT8_TRT_NAME
+
+if TYPE_CHECKING:
+    from .options import ExportOptions
+    from .report import ExportReport
 
 _TYPES = {"uint8": "TYPE_UINT8", "float32": "TYPE_FP32", "float16": "TYPE_FP16"}
 #: entry kind -> (name suffix, config line saying what runs it)
@@ -174,3 +180,43 @@ def write_model(repo: Path, m: TritonModel, card: ModelCard, max_batch: int, for
     else:
         write_text(d / "config.pbtxt", config_text(m, card, max_batch, fixed_batch))
     return d
+
+
+def check_repository(repo: Path, card: ModelCard, opts: "ExportOptions") -> None:
+    """Refuse up front (not after the export) to overwrite a Triton model without --force."""
+    from ..atomic import refuse_overwrite
+
+    check_labels(card)
+    precisions = ["fp32"] + (["fp16"] if opts.fp16 else []) + (["int8"] if opts.int8 else [])
+    for name in planned_names(card, precisions, bool(opts.engine)):
+        refuse_overwrite(repo / name / "config.pbtxt", opts.force)
+
+
+def write_repository(repo: Path, report: "ExportReport", card: ModelCard, profile: Any, force: bool,
+                     fixed_batch: int | None = None) -> list[str]:
+    """Per artifact, the entry for Triton's own backend (when it has one) and cnnedge's Python-backend entry."""
+    from . import onnx_io
+
+    written = []
+    for a in report.artifacts:
+        p = Path(a.path)
+        if a.kind == "onnx" and p.name == INT8_TRT_NAME:
+            continue  # Triton's ONNX Runtime model is model.int8.onnx; TensorRT takes the plan
+        if a.kind == "onnx":
+            import onnx
+
+            proto = onnx.load(str(p), load_external_data=False)
+            inp, outp = onnx_io.io_names(proto)
+            models = [TritonModel(model_name(card, a.precision, "onnxruntime"), p, "onnxruntime", inp, outp),
+                      TritonModel(model_name(card, a.precision, "cnnedge"), p, "cnnedge", inp, outp)]
+        else:
+            from ..artifact.sidecar import EngineSidecar
+
+            side = EngineSidecar.load(p)
+            models = [TritonModel(model_name(card, a.precision, "cnnedge-engine"), p, "cnnedge-engine",
+                                  side.input_name, side.output_name)]
+            if report.engines and report.engines["flavour"] == "tensorrt":
+                models.insert(0, TritonModel(model_name(card, a.precision, "tensorrt"), p, "tensorrt",
+                                             side.input_name, side.output_name))
+        written += [str(write_model(repo, m, card, profile.max, force, fixed_batch)) for m in models]
+    return written

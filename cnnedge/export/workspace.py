@@ -1,0 +1,106 @@
+"""Where an export writes: the files it plans, the hidden staging folder its steps write into, and where a
+failed export's files go. What goes into place, and how, is :mod:`cnnedge.artifact.commit`'s."""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
+
+from ..artifact.card import ModelCard
+from ..artifact.names import ENGINE_NAMES, INT8_TRT_NAME, ONNX_NAMES, REPORT_NAME
+from ..errors import ExportError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .data import ImageSet
+    from .options import ExportOptions
+    from .report import ExportReport
+    from .sources import KerasSource, OnnxSource
+    from .timer import StepTimer
+
+FAILED_PREFIX = "export-failed-"
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """Where an export writes and what it tells: what every step shares."""
+
+    opts: "ExportOptions"
+    report: "ExportReport"
+    timer: "StepTimer"
+    out: Path
+    staging: Path  # the hidden folder the steps write into
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What the load phase read and checked before anything is written: the steps' input."""
+
+    source: "KerasSource | OnnxSource"
+    card: ModelCard  # the source model's
+    base_card: ModelCard  # as exported: input dtype, provenance
+    verify: "ImageSet"
+    calib: "ImageSet | None"
+    ref: "np.ndarray"  # the source model's outputs on the verification images, fed as it expects
+    probe: "np.ndarray"  # verification images as the FP32 graph takes them (the clean-up step's check)
+
+
+def planned_outputs(fp16: bool, int8: bool, engine: bool) -> list[str]:
+    """The file names an export with these options writes into its folder."""
+    precisions = ["fp32"] + (["fp16"] if fp16 else []) + (["int8"] if int8 else [])
+    names = [ONNX_NAMES[p] for p in precisions] + ([INT8_TRT_NAME] if int8 else [])
+    for p in engine_precisions(fp16, int8) if engine else []:
+        names += [ENGINE_NAMES[p], ENGINE_NAMES[p] + ".json"]
+    return names + [REPORT_NAME]
+
+
+def engine_precisions(fp16: bool, int8: bool) -> list[str]:
+    """The precisions engines are built in: those asked for, or FP32 when none is."""
+    return (["fp16"] if fp16 else []) + (["int8"] if int8 else []) or ["fp32"]
+
+
+def all_outputs() -> list[str]:
+    """Every file name an export can write into its folder (of any option combination)."""
+    return planned_outputs(True, True, True) + [ENGINE_NAMES["fp32"], ENGINE_NAMES["fp32"] + ".json"]
+
+
+def stale_outputs(out: Path, planned: list[str]) -> list[str]:
+    """The export files in ``out`` that an export writing ``planned`` would not replace: left by an earlier
+    export (of another model, or with other options), they must go with the commit."""
+    return [n for n in all_outputs() if n not in planned and (out / n).is_file()]
+
+
+@contextlib.contextmanager
+def staging_folder(out: Path) -> Iterator[Path]:
+    """A new hidden folder in ``out`` (made if needed) for the steps to write into; removed at the end, unless a
+    commit from it into ``out`` is in flight (the next export into ``out`` finishes that one)."""
+    from ..artifact.commit import in_flight, staging_prefix
+
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=staging_prefix(), dir=out))
+    try:
+        yield staging
+    finally:
+        if not in_flight(out, staging):
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def keep_failed(staging: Path, out: Path) -> Path:
+    """Move a failed export's staged files (its artifacts and report) to a new ``export-failed-<time>`` folder in
+    ``out``, where the user can look at them, away from the working set."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for i in range(1000):
+        target = out / f"{FAILED_PREFIX}{stamp}{f'-{i}' if i else ''}"
+        try:
+            os.rename(staging, target)  # refuses an existing non-empty folder: never merges into one
+            return target
+        except OSError:
+            if not target.exists():
+                raise
+    raise ExportError(f"{out}: could not find a free {FAILED_PREFIX}* folder name for the failed export's files")
