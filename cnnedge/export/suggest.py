@@ -10,7 +10,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..artifact.card import ModelCard
-from ..imaging.conventions import PREPROCESS, Convention, conventions
+from ..imaging.conventions import PREPROCESS, Convention, candidates
 
 MAX_IMAGES = 500
 BATCH = 64
@@ -22,14 +22,8 @@ def rank(predict: Callable[[np.ndarray], np.ndarray], images: Sequence[np.ndarra
     from .compare import side_by_side, slices, top1
     from .sources import source_inputs
 
-    seen, tried, runs = set(), [], []
-    for c in conventions(card.input.channels):
-        c = Convention(c.name, given.get("scale", c.scale), given.get("mean", c.mean), given.get("std", c.std),
-                       given.get("rgb", c.rgb))
-        key = (c.scale, c.mean, c.std, c.rgb)
-        if key in seen:
-            continue
-        seen.add(key)
+    tried, runs = [], []
+    for c in candidates(card.input.channels, given):
         color = card.input.color if card.input.channels == 1 else ("RGB" if c.rgb else "BGR")
         trial = card.replace(input={"color": color}, preprocess={"scale": c.scale, "mean": c.mean, "std": c.std,
                                                                  "in_graph": False})

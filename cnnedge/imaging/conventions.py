@@ -51,3 +51,16 @@ def conventions(channels: int) -> list[Convention]:
                 Convention("caffe", 1.0, order(CAFFE_MEAN, False), (1.0,), rgb),
                 Convention("raw 0..255", 1.0, (0.0,), (1.0,), rgb)]
     return out
+
+
+def candidates(channels: int, given: "dict[str, object]") -> list[Convention]:
+    """The conventions to try for a model: the user's ``given`` values kept in each, every distinct one once."""
+    seen, out = set(), []
+    for c in conventions(channels):
+        c = Convention(c.name, given.get("scale", c.scale), given.get("mean", c.mean),  # type: ignore[arg-type]
+                       given.get("std", c.std), given.get("rgb", c.rgb))  # type: ignore[arg-type]
+        key = (c.scale, c.mean, c.std, c.rgb)
+        if key not in seen:
+            seen.add(key)
+            out.append(c)
+    return out

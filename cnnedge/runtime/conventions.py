@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CnnEdgeError
-from ..imaging.conventions import PREPROCESS, Convention, conventions
+from ..imaging.conventions import PREPROCESS, Convention, candidates
 
 MAX_IMAGES = 200
 
@@ -35,14 +35,8 @@ def rank_conventions(model: str | os.PathLike, folder: str | os.PathLike, labels
         warnings.simplefilter("ignore")
         with Classifier(model, backend, labels=labels, **given, **backend_opts) as clf:
             channels = clf.card.input.channels
-        seen, scored = set(), []
-        for c in conventions(channels):
-            c = Convention(c.name, given.get("scale", c.scale), given.get("mean", c.mean), given.get("std", c.std),
-                           given.get("rgb", c.rgb))
-            key = (c.scale, c.mean, c.std, c.rgb)
-            if key in seen:
-                continue
-            seen.add(key)
+        scored = []
+        for c in candidates(channels, given):
             values = {**given, "scale": c.scale, "mean": c.mean, "std": c.std}
             if channels == 3:
                 values["rgb"] = c.rgb
