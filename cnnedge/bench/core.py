@@ -134,10 +134,10 @@ def _measure_all(cfg: BenchConfig, report: BenchReport, pairs: list[Any], batche
         except (BackendUnavailable, MissingDependency) as exc:
             report.skipped.append(Skipped(art.name, backend, str(exc)))
             continue
-        report.engines[f"{art.name} on {backend}"] = dict(be.settings)
         try:
             precision = be.card.precision if be.card is not None else art.precision
             _measure_artifact(cfg, report, art, backend, be, batches, precision)
+            report.engines[f"{art.name} on {backend}"] = dict(be.settings)  # once measured: a stop lists no more
             if files is not None:
                 _end_to_end(cfg, report, art, backend, be, files, batches, threads, bounds, say)
         finally:
