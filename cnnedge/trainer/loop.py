@@ -227,6 +227,7 @@ class _Job:
         work.mkdir(parents=True, exist_ok=True)
         history = read_history(work / HISTORY_FILE) if self.resume else []
         model = self._model(keras)
+        raise_if_stopped()
         done = len(history)
         if self.resume:
             self.log(f"resume: {work}: {done} epoch(s) done, training to {s.epochs}")
@@ -241,7 +242,7 @@ class _Job:
                 with keras_warnings_off():
                     model.fit(self.dataset("train", shuffle=True, augment=s.augment),
                               validation_data=self.dataset("val"), epochs=s.epochs, initial_epoch=done,
-                              callbacks=[self.ckpt, *callbacks], shuffle=False,
+                              callbacks=[self.ckpt, _StopOnSignal(), *callbacks], shuffle=False,
                               verbose=(1 if sys.stdout.isatty() else 2) if verbose is None else verbose)
             if self.ckpt.best_weights is not None:
                 model.set_weights(self.ckpt.best_weights)
@@ -362,6 +363,31 @@ def _finish_history(out: Path, rows: list[dict[str, Any]], title: str) -> None:
     if rows:
         write_history(out / HISTORY_FILE, rows)
         plot_history(rows, out, title)
+
+
+def raise_if_stopped() -> None:
+    """Raise KeyboardInterrupt when a stop signal came but its handler's exception was swallowed (library code with
+    a bare ``except:`` around the moment it landed): the run then went on to the end and exited 0 after Ctrl-C."""
+    from ..runtime.interrupt import stop_requested
+
+    if stop_requested():
+        raise KeyboardInterrupt
+
+
+def _StopOnSignal() -> Any:
+    """A Keras callback that checks :func:`raise_if_stopped` after every batch, so a stop always ends the fit."""
+    from .._lazy import require
+
+    keras = require("keras", "training")
+
+    class StopOnSignal(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+            raise_if_stopped()
+
+        def on_test_batch_end(self, batch: int, logs: Any = None) -> None:
+            raise_if_stopped()
+
+    return StopOnSignal()
 
 
 def _BestCheckpoint(out: Path, card: ModelCard, patience: int, history: list, log: Callable) -> Any:
