@@ -109,12 +109,12 @@ def resolve_card(backend: Backend, *, labels: Any = None, scale: Any = None, mea
     if dtype not in ("uint8", "float32", "float16"):
         raise ModelLoadError(f"{path}: input type {dtype} is not an image type (uint8, float32, float16)")
     if not assume_preprocessing and not any(k in desc for k in ("scale", "mean", "std")):
-        raise DescriptionNeeded(f"{path} carries no model card, so nothing says how its pixels were scaled; describe it "
-                         "with --scale, --mean, --std and --rgb/--no-rgb (scale=, mean=, std=, rgb= in Python), e.g. "
-                         "--scale 1/255 --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225, or pass "
-                         "--assume-preprocessing (assume_preprocessing=True) to feed 0..1 RGB pixels; cnn-export "
-                         "MODEL --labels FILE --verify LABELLED_FOLDER measures the common conventions and lists the "
-                         "best")
+        raise DescriptionNeeded(
+            f"{path} carries no model card, so nothing says how its pixels were scaled; describe it with --scale, "
+            "--mean, --std and --rgb/--no-rgb (scale=, mean=, std=, rgb= in Python), e.g. --scale 1/255 --mean "
+            "0.485,0.456,0.406 --std 0.229,0.224,0.225, or pass --assume-preprocessing (assume_preprocessing=True) to "
+            "feed 0..1 RGB pixels; with --labels and a --source folder of class folders cnn-infer measures the common "
+            "conventions on them and lists the best")
     color = "GRAY" if c == 1 else ("BGR" if desc.get("rgb") is False else "RGB")
     assumed = [k for k in ("scale", "mean", "std", "rgb", "resize") if k not in desc and (k != "rgb" or c == 3)]
     warnings.warn(f"{path} carries no model card; size and layout come from the graph"
