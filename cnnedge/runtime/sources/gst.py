@@ -58,7 +58,7 @@ def gstreamer(pipeline: str, name: str | None = None, *, live: bool = False, ope
     if not has_gstreamer():
         raise SourceError("this OpenCV build has no GStreamer support (opencv-python-headless from PyPI has none); "
                           "use an OpenCV built with GStreamer: Debian's or Ubuntu's python3-opencv, JetPack's "
-                          "(see the README: installing beside the system OpenCV)")
+                          "(see docs/deploy.md, \"Beside the system OpenCV\")")
     label = name or "gstreamer"
     if live or is_live_pipeline(pipeline):
         return LiveSource(pipeline, label, cv2.CAP_GSTREAMER, open_timeout_ms=open_timeout_ms,
