@@ -255,14 +255,18 @@ def test_a_signal_stops_cnn_bench_mid_measurement_with_what_was_measured(tmp_pat
 
     t = threading.Thread(target=watch, daemon=True)
     t.start()
+    chunks: list[str] = []
+    reader = threading.Thread(target=lambda: chunks.append(p.stdout.read()), daemon=True)
+    reader.start()
     try:
-        out = p.stdout.read()
-        rc = p.wait(timeout=240)
+        rc = p.wait(timeout=240)  # a run that hangs fails here instead of holding the suite
     finally:
         if p.poll() is None:
             p.kill()
             p.wait()
     t.join(10)
+    reader.join(10)
+    out = "".join(chunks)
     err = "".join(err_lines)
     assert sent and rc == code and time.monotonic() - sent[0] < 5, (rc, err)
     assert "first.onnx" in out and "second.onnx" not in out and "Traceback" not in err, (out, err)

@@ -15,6 +15,8 @@ import numpy as np
 from ...artifact.card import ModelCard
 from ...errors import UsageError
 
+_get_ident = threading.get_ident
+
 
 @dataclass(frozen=True)
 class Timing:
@@ -127,7 +129,7 @@ class Backend:
         # lock (a plain one: two C-level acquisitions per call on the hot path), so a session,
         # engine or device buffer is never freed under a running call.
         self._gate = threading.Lock()
-        self._busy = 0
+        self._busy: dict[int, int] = {}  # thread id -> its calls in flight
 
     # public ------------------------------------------------------------------------
     def infer(self, batch: np.ndarray) -> np.ndarray:
@@ -278,15 +280,30 @@ class Backend:
             self._leave()
 
     def _enter(self) -> None:
-        """Count a call in as in flight (close() waits for it); UsageError once closed."""
+        """Count a call in as in flight, per thread (close() waits for other threads' calls); UsageError once
+        closed."""
+        me = _get_ident()
         with self._gate:
             if self._closed:
                 raise UsageError(f"{self.name} backend for {self.path} is closed")
-            self._busy += 1
+            self._busy[me] = self._busy.get(me, 0) + 1
 
     def _leave(self) -> None:
+        me = _get_ident()
         with self._gate:
-            self._busy -= 1
+            n = self._busy.get(me, 0) - 1
+            if n > 0:
+                self._busy[me] = n
+            else:
+                self._busy.pop(me, None)
+
+    def _others_busy(self) -> bool:
+        """Whether a live thread other than this one has a call in flight. This thread's own count is not waited
+        for: a stop signal raised between a call's count and its ``try`` (Ctrl-C lands at any bytecode) leaves it
+        counted, and close() in that thread then waited for itself for ever (cnn-bench hung after SIGTERM)."""
+        me = _get_ident()
+        alive = {t.ident for t in threading.enumerate()}
+        return any(tid != me and tid in alive for tid in self._busy)
 
     def slot(self) -> "Slot | None":
         """A new :class:`Slot` for batches of one, or None when the artifact cannot take one
@@ -337,7 +354,7 @@ class Backend:
             self._closed = True
         while True:  # closing is rare: poll until the calls already running have finished
             with gate:
-                if not self._busy:
+                if not self._others_busy():
                     break
             time.sleep(0.001)
         self._close_impl()
