@@ -180,3 +180,38 @@ def load_timeout_error(path: str, seconds: float) -> ModelLoadError:
     return ModelLoadError(f"{path}: its first run did not finish in {seconds:g} s ({flag}); a model that never "
                           f"ends (a Loop of huge trip count?) or one too slow for this machine: if it is only slow, "
                           f"raise {flag}")
+
+
+class PerThread:
+    """One run handle per calling thread (ONNX Runtime's RunOptions, an OpenVINO infer request), all of them kept
+    where a stop from another thread reaches them (:meth:`handles`). The list is bounded: a program that calls from
+    many short-lived threads forgets the oldest."""
+
+    LIMIT = 256
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._all: list[Any] = []
+        self._lock = threading.Lock()
+
+    def get(self, make: Callable[[], Any], valid: Callable[[Any], bool] = lambda h: True) -> Any:
+        """This thread's handle, made by ``make`` on its first call or when ``valid`` says the old one is stale."""
+        handle = self._local.__dict__.get("handle")
+        if handle is None or not valid(handle):
+            handle = self._local.handle = make()
+            with self._lock:
+                if len(self._all) > self.LIMIT:
+                    del self._all[:self.LIMIT // 2]
+                self._all.append(handle)
+        return handle
+
+    def handles(self) -> list[Any]:
+        """Every thread's handle, for a stop."""
+        with self._lock:
+            return list(self._all)
+
+    def clear(self) -> None:
+        """Forget every handle: each thread makes a new one at its next call."""
+        with self._lock:
+            self._local = threading.local()
+            self._all = []

@@ -29,7 +29,7 @@ import numpy as np
 
 from ...artifact.card import ModelCard
 from ...errors import BackendUnavailable, CnnEdgeError, ModelLoadError, UsageError, arg_name
-from ..interrupt import RunInterrupted, register
+from ..interrupt import PerThread, RunInterrupted, register
 from ..limits import check_threads
 from .base import Backend, TensorSpec
 from ...artifact.onnxmeta import card_from_metadata, onnx_metadata
@@ -158,9 +158,7 @@ class OpenVinoBackend(Backend):
         self._compile_lock = threading.Lock()
         self._compile("latency")  # a model OpenVINO cannot compile is refused here, naming the file
         self.card = self._read_card(p)
-        self._local = threading.local()
-        self._runners: list[_Runner] = []  # every thread's, for stop_runs
-        self._runners_lock = threading.Lock()
+        self._runners = PerThread()  # every thread's, for stop_runs
         register(self)
 
     # loading --------------------------------------------------------------------------------------
@@ -210,22 +208,14 @@ class OpenVinoBackend(Backend):
 
     # running --------------------------------------------------------------------------------------
     def _runner(self) -> _Runner:
-        runner = self._local.__dict__.get("runner")
-        if runner is None or runner.generation != self._generation:
-            generation = self._generation
-            runner = self._local.runner = _Runner(self._compile("latency").create_infer_request(), generation)
-            with self._runners_lock:
-                if len(self._runners) > 256:  # short-lived threads: forget the oldest
-                    del self._runners[:128]
-                self._runners.append(runner)
-        return runner
+        generation = self._generation
+        return self._runners.get(lambda: _Runner(self._compile("latency").create_infer_request(), generation),
+                                 lambda runner: runner.generation == generation)
 
     def stop_runs(self) -> None:
         """Cancel every thread's runs in flight; each raises RunInterrupted (see the module's note on a node
         that never ends)."""
-        with self._runners_lock:
-            runners = list(self._runners)
-        for runner in runners:
+        for runner in self._runners.handles():
             if runner.busy:  # an idle thread's next run is not stopped
                 runner.stop = True
                 runner.cancel()
@@ -309,8 +299,6 @@ class OpenVinoBackend(Backend):
         return ModelLoadError(f"{self.path}: OpenVINO failed while {doing} ({text})")
 
     def _close_impl(self) -> None:
-        self._local = threading.local()
-        with self._runners_lock:
-            self._runners = []
+        self._runners.clear()
         self._compiled = {}
         self._model = None

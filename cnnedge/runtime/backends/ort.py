@@ -19,7 +19,7 @@ from ...artifact.card import ModelCard
 from ...artifact.kinds import ORT_PROVIDERS, TABLE
 from ...artifact.onnxmeta import card_from_metadata, not_utf8
 from ...errors import BackendUnavailable, CnnEdgeError, ModelLoadError, UsageError, arg_name, first_line
-from ..interrupt import RunInterrupted, register
+from ..interrupt import PerThread, RunInterrupted, register
 from ..limits import check_threads
 from .base import Backend, Slot, TensorSpec, Timing
 
@@ -130,30 +130,20 @@ class _Session:
     thread can stop (:meth:`stop_runs`: each calling thread's own ``RunOptions.terminate``);
     everything else is the session's own."""
 
-    __slots__ = ("_session", "_path", "_local", "_options", "_lock")
+    __slots__ = ("_session", "_path", "_options")
 
     def __init__(self, session: Any, path: str) -> None:
         self._session, self._path = session, path
-        self._local = threading.local()
-        self._options: list[Any] = []  # every thread's RunOptions, for stop_runs
-        self._lock = threading.Lock()
+        self._options = PerThread()  # every thread's RunOptions, for stop_runs
 
     def _run_options(self) -> Any:
-        ro = self._local.__dict__.get("ro")
-        if ro is None:
-            import onnxruntime as ort
+        import onnxruntime as ort
 
-            ro = self._local.ro = ort.RunOptions()
-            with self._lock:
-                if len(self._options) > 256:  # short-lived threads: forget the oldest
-                    del self._options[:128]
-                self._options.append(ro)
-        return ro
+        return self._options.get(ort.RunOptions)
 
     def stop_runs(self) -> None:
-        with self._lock:
-            for ro in self._options:
-                ro.terminate = True
+        for ro in self._options.handles():
+            ro.terminate = True
 
     def _failed(self, ro: Any, exc: BaseException, doing: str) -> BaseException:
         if ro.terminate:
