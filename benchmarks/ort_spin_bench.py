@@ -90,7 +90,7 @@ def main() -> None:
                             times[spin].append(timed(s, x, calls))
                     on, off = statistics.median(times[True]), statistics.median(times[False])
                     row = {"model": name, "threads": threads, "batch": batch, "on_ms": on * 1e3, "off_ms": off * 1e3,
-                           "off_over_on": off / on, "cnnedge_spins": spinning(threads, batch)}
+                           "off_over_on": off / on, "cnnedge_spins": spinning(threads)}
                     rows.append(row)
                     print(f"{name:15s} threads {threads} batch {batch:2d}: spinning on {on * 1e3:8.2f} ms, off "
                           f"{off * 1e3:8.2f} ms, off/on {off / on:.2f}; cnnedge spins: {row['cnnedge_spins']}",

@@ -48,15 +48,14 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def spinning(threads: int, batch: int | None = None, cores: int | None = None) -> bool:
+def spinning(threads: int, cores: int | None = None) -> bool:
     """Whether ONNX Runtime's intra-op threads may spin-wait between parallel sections.
 
     Spinning buys latency only with idle cores to spin on. Measured on 2 cores (benchmarks/ort_spin_bench.py):
     at 2 threads spinning off took 0.51-0.67 of the time at batch 1 and 0.77-0.90 at batch 32, as the spinning
     threads took the cores of the caller and the decode workers. So it is on only when the cores this process
     may use leave at least one free core per intra-op thread beside them (``threads * 2 < cores``), whatever the
-    batch (``batch`` is accepted for when a batch-dependent rule is measured)."""
-    del batch
+    batch."""
     return threads > 1 and threads * 2 < (cores or usable_cores())
 
 
