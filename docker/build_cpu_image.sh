@@ -7,7 +7,8 @@
 #      Debian's EXTERNALLY-MANAGED marker dropped (the real image's Python is not Debian's, pip installs into
 #      it), imported under that name. Built once per state folder, again when this script changes.
 #   2. `podman build` of the Dockerfile, the machine's CA bundle mounted read-only for pip (used by the build
-#      steps only: nothing of it is committed into the image). The image: localhost/cnnedge:cpu.
+#      steps only: nothing of it is committed into the image). The image: localhost/cnnedge:cpu; with
+#      EXTRAS=cpu,openvino in the environment (the Dockerfile's build argument), localhost/cnnedge:cpu-openvino.
 # Everything podman keeps (storage, containers.conf, storage.conf) lives in the state folder (default
 # tests/.podman, ignored by git), nothing in the machine's own podman store. Use the image by hand with:
 #   set -a; . tests/.podman/env; set +a; podman run --rm localhost/cnnedge:cpu --help
@@ -15,7 +16,12 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd); cd "$root"
 state=$(realpath -m "${1:-tests/.podman}")
-image=localhost/cnnedge:cpu
+extras=${EXTRAS:-cpu}
+case "$extras" in
+  cpu) image=localhost/cnnedge:cpu ;;
+  cpu,openvino) image=localhost/cnnedge:cpu-openvino ;;
+  *) echo "build_cpu_image.sh: EXTRAS=$extras: use cpu (the default) or cpu,openvino" >&2; exit 2 ;;
+esac
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 say() { echo "build_cpu_image.sh: $*" >&2; }
 
@@ -69,7 +75,7 @@ if [ "$have" != "$recipe" ]; then
 fi
 
 t0=$SECONDS
-podman build --pull=never --layers \
+podman build --pull=never --layers --build-arg "EXTRAS=$extras" \
   --volume /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro \
   -f docker/Dockerfile.cpu -t "$image" . >&2
 podman image prune --force >/dev/null  # the layers of earlier builds of this tag

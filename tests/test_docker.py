@@ -62,13 +62,15 @@ def test_image_specific_rules():
     assert not re.search(r"(pip3?|apt-get) install[^&]*opencv", jetson), "no OpenCV install over JetPack's"
     gpu = " ".join(i["value"] for i in instructions(DOCKER / "Dockerfile.gpu") if i["instruction"] == "RUN")
     assert "[gpu]" in gpu and "[cpu]" not in gpu, "onnxruntime and onnxruntime-gpu must never be installed together"
-    cpu = " ".join(i["value"] for i in instructions(DOCKER / "Dockerfile.cpu") if i["instruction"] == "RUN")
-    assert "[cpu]" in cpu and "gpu" not in cpu
+    cpu_ins = instructions(DOCKER / "Dockerfile.cpu")
+    cpu = " ".join(i["value"] for i in cpu_ins if i["instruction"] == "RUN")
+    assert '"/src[${EXTRAS}]"' in cpu and "gpu" not in cpu
+    assert [i["value"] for i in cpu_ins if i["instruction"] == "ARG"] == ["EXTRAS=cpu"], "cnnedge[cpu] by default"
 
 
 def test_cpu_image_installs_pinned_versions_that_satisfy_the_package():
-    """docker/constraints-cpu.txt pins every package (==) and each pin meets cnnedge[cpu]'s own requirements, so
-    the image installs one tested set; tests/test_docker_image.py checks that it installs exactly these."""
+    """docker/constraints-cpu.txt pins every package (==) and each pin meets cnnedge[cpu]'s and cnnedge[openvino]'s
+    own requirements (the OpenVINO variant, EXTRAS=cpu,openvino), so the image installs one tested set; tests/test_docker_image.py checks that it installs exactly these."""
     from packaging.requirements import Requirement
 
     lines = [ln.strip() for ln in (DOCKER / "constraints-cpu.txt").read_text().splitlines()]
@@ -76,9 +78,9 @@ def test_cpu_image_installs_pinned_versions_that_satisfy_the_package():
     assert pins and all(len(r.specifier) == 1 and next(iter(r.specifier)).operator == "==" for r in pins), pins
     versions = {r.name.lower(): next(iter(r.specifier)).version for r in pins}
     project = (DOCKER.parent / "pyproject.toml").read_text()
-    runtime = r'"((?:numpy|opencv-python-headless|onnxruntime)[<>=!~][^"]*)"'
+    runtime = r'"((?:numpy|opencv-python-headless|onnxruntime|openvino)[<>=!~][^"]*)"'
     needs = [Requirement(q) for q in re.findall(runtime, project)]
-    assert {r.name for r in needs} == {"numpy", "opencv-python-headless", "onnxruntime"}
+    assert {r.name for r in needs} == {"numpy", "opencv-python-headless", "onnxruntime", "openvino"}
     for req in needs:
         assert req.specifier.contains(versions[req.name]), f"{req.name}=={versions[req.name]} does not meet {req}"
     cpu = " ".join(i["value"] for i in instructions(DOCKER / "Dockerfile.cpu") if i["instruction"] == "RUN")

@@ -42,17 +42,49 @@ def why_podman_cannot_run() -> str | None:
     return None
 
 
-@pytest.fixture(scope="module")
-def image():
-    """The built image's name and the environment that points podman at its private store."""
+def build(extras: str) -> SimpleNamespace:
+    """docker/build_cpu_image.sh with ``EXTRAS``: the image's name, its size line and the environment that points
+    podman at its private store."""
     reason = why_podman_cannot_run()
     if reason:
         pytest.skip(reason)
-    res = subprocess.run(["bash", str(SCRIPT), str(STATE)], capture_output=True, text=True, timeout=1500)
+    res = subprocess.run(["bash", str(SCRIPT), str(STATE)], capture_output=True, text=True, timeout=1500,
+                         env={**os.environ, "EXTRAS": extras})
     assert res.returncode == 0, res.stderr[-4000:]
     env = dict(os.environ)
     env.update(line.split("=", 1) for line in (STATE / "env").read_text().splitlines())
-    return SimpleNamespace(name=res.stdout.split()[-1], env=env)
+    return SimpleNamespace(name=res.stdout.split()[-1], env=env,
+                           size=next(ln for ln in res.stderr.splitlines() if " built in " in ln))
+
+
+@pytest.fixture(scope="module")
+def image():
+    return build("cpu")
+
+
+@pytest.fixture(scope="module")
+def openvino_image(image):
+    """The variant with OpenVINO (EXTRAS=cpu,openvino), built after the default image so that it reuses its base."""
+    return build("cpu,openvino")
+
+
+def pins(section: str = "cpu") -> set[str]:
+    """docker/constraints-cpu.txt's pins for cnnedge[cpu] (``"cpu"``), or those the OpenVINO variant adds."""
+    lines = [ln.strip() for ln in CONSTRAINTS.read_text().splitlines() if ln.strip()]
+    cut = next(i for i, ln in enumerate(lines) if ln.startswith("# --build-arg EXTRAS=cpu,openvino"))
+    part = lines[:cut] if section == "cpu" else lines[cut:]
+    return {ln.lower() for ln in part if not ln.startswith("#")}
+
+
+def added_packages(image) -> set[str]:
+    """What the image's pip step added to its base, as name==version."""
+    listing = ("import importlib.metadata as m; "
+               "print('\\n'.join(sorted(f'{d.name}=={d.version}' for d in m.distributions())))")
+    res = podman(image, "--entrypoint", "python3", image.name, "-c", listing)
+    base_from = (ROOT / "docker" / "Dockerfile.cpu").read_text().split("FROM ", 1)[1].split()[0]
+    res_base = podman(image, "--entrypoint", "python3", base_from, "-c", listing)
+    assert res.returncode == 0 and res_base.returncode == 0, res.stderr + res_base.stderr
+    return {a.lower().replace("_", "-") for a in set(res.stdout.split()) - set(res_base.stdout.split())}
 
 
 def podman(image, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -97,11 +129,12 @@ def answers(jsonl: str, prefix: str) -> dict[str, tuple[str, float]]:
     return out
 
 
-def venv_answers(demo, tmp_path) -> dict[str, tuple[str, float]]:
-    ref = tmp_path / "venv.jsonl"
+def venv_answers(demo, tmp_path, backend: str = "ort-cpu") -> dict[str, tuple[str, float]]:
+    ref = tmp_path / f"venv-{backend}.jsonl"
     cli = Path(sys.executable).with_name("cnn-infer")
     res = subprocess.run([str(cli), str(demo.run / "model.int8.onnx"), "--source", str(demo.photos),
-                          "--json", str(ref), "--quiet"], capture_output=True, text=True, timeout=300)
+                          "--backend", backend, "--json", str(ref), "--quiet"],
+                         capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     return answers(ref.read_text(), str(demo.photos))
 
@@ -125,15 +158,8 @@ def test_image_holds_the_pinned_packages_only_and_runs_as_user_10001(image):
     helped = podman(image, image.name)  # CMD: --help
     assert helped.returncode == 0 and helped.stdout.startswith("usage: cnn-infer"), helped.stderr
     # what the image's pip step added to its base: cnnedge and exactly the pinned versions
-    listing = ("import importlib.metadata as m; "
-               "print('\\n'.join(sorted(f'{d.name}=={d.version}' for d in m.distributions())))")
-    res = podman(image, "--entrypoint", "python3", image.name, "-c", listing)
-    base_from = (ROOT / "docker" / "Dockerfile.cpu").read_text().split("FROM ", 1)[1].split()[0]
-    res_base = podman(image, "--entrypoint", "python3", base_from, "-c", listing)
-    assert res.returncode == 0 and res_base.returncode == 0, res.stderr + res_base.stderr
-    added = set(res.stdout.split()) - set(res_base.stdout.split())
-    pins = {line.strip() for line in CONSTRAINTS.read_text().splitlines() if line.strip() and line[0] != "#"}
-    assert {a.lower().replace("_", "-") for a in added} == {p.lower() for p in pins} | {"cnnedge==0.1.0"}, added
+    added = added_packages(image)
+    assert added == pins("cpu") | {"cnnedge==0.1.0"}, added
 
 
 def test_readme_run_command_matches_the_venv_and_writes_as_the_callers_user(image, demo, tmp_path):
@@ -161,3 +187,17 @@ def test_default_user_reads_read_only_mounts_and_matches_the_venv(image, demo, t
                  "model.int8.onnx", "--source", "/photos", "--json", "-", "--quiet")
     assert res.returncode == 0, res.stderr
     assert_same(answers(res.stdout, "/photos"), venv_answers(demo, tmp_path), demo.count)
+
+
+def test_the_openvino_variant_adds_only_openvino_and_runs_the_int8_file_as_the_venv_does(openvino_image, image,
+                                                                                         demo, tmp_path):
+    """EXTRAS=cpu,openvino: the default image's pins plus OpenVINO's, and `--backend openvino` on the demo's INT8
+    file from read-only mounts gives the venv's OpenVINO answers."""
+    added = added_packages(openvino_image)
+    assert added == pins("cpu") | pins("openvino") | {"cnnedge==0.1.0"}, added
+    print(image.size, openvino_image.size, sep="\n")  # the size cost, shown with -s; docker/README.md has it
+    res = podman(openvino_image, "-v", f"{demo.run}:/models:ro", "-v", f"{demo.photos}:/photos:ro",
+                 openvino_image.name, "model.int8.onnx", "--backend", "openvino", "--source", "/photos", "--json",
+                 "-", "--quiet")
+    assert res.returncode == 0, res.stderr
+    assert_same(answers(res.stdout, "/photos"), venv_answers(demo, tmp_path, "openvino"), demo.count)
