@@ -31,6 +31,7 @@ def test_an_input_name_with_quotes_or_line_breaks_stays_one_name(name):
     cnn = _parse(cnnedge_config_text(TritonModel("net_cnnedge", Path('a"b\n.onnx'), "cnnedge", name, "o"), _card(),
                                      32))
     assert cnn.parameters["artifact"].string_value == 'a"b\n.onnx'
+    assert cnn.parameters["backend"].string_value == "auto"  # cnnedge's backend choice, edited by hand to force one
 
 
 def test_a_fixed_batch_graph_is_declared_unbatched_with_its_batch_in_the_dims():

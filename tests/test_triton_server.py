@@ -62,8 +62,30 @@ def exported(tmp_path_factory):
         p = photos / f"{i:03d}.png"
         assert cv2.imwrite(str(p), im)
         paths.append(p)
+    written = sorted(Path(w).name for w in report.triton)
+    openvino = openvino_entry(base / "repo", f"{result.card.name}_cnnedge")
     return SimpleNamespace(base=base, repo=base / "repo", out=base / "out", card=result.card, engine=engine,
-                           paths=paths, written=sorted(Path(w).name for w in report.triton))
+                           paths=paths, written=written, openvino=openvino)
+
+
+def openvino_entry(repo: Path, name: str) -> str | None:
+    """A copy of entry ``name`` whose config's ``backend`` parameter says openvino, as a user would edit it; None
+    where OpenVINO is not installed."""
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return None
+    import shutil
+
+    copy = name.replace("_cnnedge", "_openvino_cnnedge")
+    shutil.copytree(repo / name, repo / copy)
+    cfg = repo / copy / "config.pbtxt"
+    text = cfg.read_text()
+    assert 'key: "backend", value: { string_value: "auto" }' in text, text
+    cfg.write_text(text.replace(f'name: "{name}"', f'name: "{copy}"')
+                   .replace('key: "backend", value: { string_value: "auto" }',
+                            'key: "backend", value: { string_value: "openvino" }'))
+    return copy
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +109,7 @@ def test_the_repository_loads_its_cnnedge_entries(exported, server):
     index = _index(server)
     name = exported.card.name
     assert {f"{name}_cnnedge", f"{name}_fp16_cnnedge", f"{name}_onnxruntime", f"{name}_fp16_onnxruntime"} <= set(index)
-    assert set(index) == set(exported.written)
+    assert set(index) == set(exported.written) | ({exported.openvino} if exported.openvino else set())
     for n in (f"{name}_cnnedge", f"{name}_fp16_cnnedge"):
         assert index[n]["state"] == "READY", index[n]
     for n in (f"{name}_onnxruntime", f"{name}_fp16_onnxruntime"):  # this server has no ONNX Runtime backend
@@ -170,6 +192,20 @@ def test_image_bytes_over_http_and_grpc_match_the_local_classifier_and_batch(exp
     inferences = after["inference_count"] - before["inference_count"]
     executions = after["execution_count"] - before["execution_count"]
     assert inferences == len(exported.paths) and executions < inferences  # requests were batched
+
+
+def test_an_entry_whose_backend_parameter_says_openvino_answers_as_the_local_openvino_classifier(exported, server):
+    if exported.openvino is None:
+        pytest.skip("OpenVINO is not installed (pip install 'cnnedge[openvino]')")
+    from cnnedge.runtime import Classifier
+
+    assert _index(server)[exported.openvino]["state"] == "READY"
+    with Classifier(exported.out / "model.onnx", "openvino") as clf:
+        local = [clf.predict(p) for p in exported.paths]
+    answers = _ask_all(server, exported.openvino, exported.paths, clients=2)
+    assert sorted(answers) == list(range(len(exported.paths)))
+    for i, (_, index, score, _) in answers.items():
+        assert index == local[i].index and abs(score - local[i].score) <= 1e-5, (i, score, local[i])
 
 
 def test_label_through_the_classification_extension_and_prepared_pixels(exported, server):

@@ -132,7 +132,7 @@ def config_text(m: TritonModel, card: ModelCard, max_batch: int, fixed_batch: in
 def cnnedge_config_text(m: TritonModel, card: ModelCard, max_batch: int, instances: int = 2) -> str:
     """config.pbtxt of a cnnedge entry: IMAGE (an encoded file as uint8 [1, bytes]; ragged, so files of
     any size batch together) or PIXELS (prepared uint8) in; two instances, so that one decodes while
-    the other infers."""
+    the other infers. Its ``backend`` parameter is cnnedge's (``auto``; edit it to ``openvino``, ``ort-cpu``...)."""
     spec = card.input
     return (f"name: {quoted(m.name)}\n"
             f"{KINDS[m.kind][1]}\n"
@@ -150,7 +150,8 @@ def cnnedge_config_text(m: TritonModel, card: ModelCard, max_batch: int, instanc
             "]\n"
             + _batching(max_batch)
             + f"instance_group [ {{ count: {instances}, kind: KIND_AUTO }} ]\n"
-            f'parameters {{ key: "artifact", value: {{ string_value: {quoted(m.artifact.name)} }} }}\n')
+            f'parameters {{ key: "artifact", value: {{ string_value: {quoted(m.artifact.name)} }} }}\n'
+            f'parameters {{ key: "backend", value: {{ string_value: "auto" }} }}\n')
 
 
 def write_model(repo: Path, m: TritonModel, card: ModelCard, max_batch: int, force: bool,

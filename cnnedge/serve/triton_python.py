@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..artifact.kinds import BACKEND_CHOICES
 from ..errors import CnnEdgeError, first_line
 from .batch import Answer, answer_batch
 
@@ -34,18 +35,24 @@ def _pb() -> Any:
 
 def load_entry(args: dict[str, str]) -> Any:
     """The Classifier of the entry Triton is initialising: ``parameters.artifact`` in its config, in
-    the version folder; on a GPU instance, that GPU. A refusal is one line naming the artifact."""
+    the version folder, run by ``parameters.backend`` (``auto`` when absent, as in entries exported before it);
+    on a GPU instance, that GPU. A refusal is one line naming the artifact."""
     from ..runtime import Classifier
 
     config = json.loads(args["model_config"])
-    artifact = config.get("parameters", {}).get("artifact", {}).get("string_value")
+    params = config.get("parameters", {})
+    artifact = params.get("artifact", {}).get("string_value")
     if not artifact:
         raise CnnEdgeError(f"{args['model_name']}: config.pbtxt names no artifact (parameters "
                            '{ key: "artifact" ... }); re-export with cnn-export --triton')
+    backend = params.get("backend", {}).get("string_value") or "auto"
+    if backend not in BACKEND_CHOICES:
+        raise CnnEdgeError(f"{args['model_name']}: config.pbtxt's parameter backend is {backend!r}; use one of "
+                           f"{', '.join(BACKEND_CHOICES)}")
     path = Path(args["model_repository"]) / args["model_version"] / artifact
     opts = {"device_id": int(args["model_instance_device_id"])} if args.get("model_instance_kind") == "GPU" else {}
     try:
-        return Classifier(path, **opts)
+        return Classifier(path, backend, **opts)
     except CnnEdgeError as exc:
         raise CnnEdgeError(f"{args['model_name']}: cannot serve {path.name}: {first_line(exc)}") from None
 
