@@ -61,3 +61,20 @@ def test_a_labels_file_with_a_utf8_bom_keeps_no_bom_in_the_first_name(tmp_path):
     f = tmp_path / "labels.txt"
     f.write_bytes("\ufeffcat\ndog\n".encode("utf-8"))
     assert read_labels(f) == ("cat", "dog")
+
+
+def test_an_unknown_backend_parameter_is_refused_at_load_in_one_line(tmp_path):
+    """What Triton's Python backend hands the entry's initialize(): the config as JSON, the repository and version."""
+    import json
+
+    from cnnedge.errors import CnnEdgeError
+    from cnnedge.serve.triton_python import load_entry
+
+    params = {"artifact": {"string_value": "model.onnx"}, "backend": {"string_value": "tensorflow"}}
+    args = {"model_config": json.dumps({"parameters": params}), "model_name": "net_cnnedge",
+            "model_repository": str(tmp_path), "model_version": "1"}
+    with pytest.raises(CnnEdgeError) as err:
+        load_entry(args)
+    text = str(err.value)
+    assert "\n" not in text and text.startswith("net_cnnedge: config.pbtxt's parameter backend is 'tensorflow'")
+    assert "openvino" in text and "ort-cpu" in text
