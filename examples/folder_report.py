@@ -24,7 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from cnnedge.atomic import write_bytes, write_text
+from cnnedge.staging import write_bytes, write_text
 from cnnedge.artifact.kinds import BACKEND_CHOICES
 from cnnedge.cli import run_cli
 from cnnedge.errors import UsageError

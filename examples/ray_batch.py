@@ -93,10 +93,10 @@ def run(model: str, folder: Path, out: Path, *, actors: int = 2, batch_size: int
     if fmt == "parquet":
         ds.write_parquet(str(out))  # a folder of Parquet files, written by Ray's tasks
         return len(paths)
-    from cnnedge.atomic import atomic_path
+    from cnnedge.staging import staged_path
 
     n = 0
-    with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as fh:  # one JSONL file, streamed to the driver
+    with staged_path(out) as tmp, open(tmp, "w", encoding="utf-8") as fh:  # one JSONL file, streamed to the driver
         for row in ds.iter_rows():
             rec = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
             if rec["error"]:

@@ -732,7 +732,7 @@ def test_a_nan_score_never_reaches_a_sink_as_a_prediction(tmp_path):
 
 
 def _writing(target: Path) -> Callable[[], bool]:
-    """True once the run's staged output for ``target`` (``.<name>.run-*``, see atomic.StagedOutput) holds
+    """True once the run's staged output for ``target`` (``.<name>.run-*``, see staging.StagedFile) holds
     results: from then on an interrupted run has a partial file to keep (nothing written: nothing kept)."""
     def writing() -> bool:
         try:

@@ -173,11 +173,11 @@ def test_with_force_runs_committing_at_once_each_replace(model, tmp_path):
 
 
 def test_a_commit_without_replace_keeps_a_file_that_appeared(tmp_path):
-    """The library's side: StagedOutput(replace=False) and atomic_path(replace=False) link, never rename over."""
-    from cnnedge.atomic import OutputError, StagedOutput, write_text
+    """The library's side: StagedFile(replace=False) and staged_path(replace=False) link, never rename over."""
+    from cnnedge.staging import OutputError, StagedFile, write_text
 
     target = tmp_path / "out.csv"
-    staged = StagedOutput(target, replace=False)
+    staged = StagedFile(target, replace=False)
     staged.path.write_text("mine\n")
     target.write_text("theirs\n")
     (tmp_path / "out-2.csv").write_text("the user's\n")

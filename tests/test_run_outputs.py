@@ -123,12 +123,12 @@ def test_kill_9_keeps_the_old_json_and_the_next_run_cleans_up(photos, tmp_path):
 
 def test_a_temporary_of_a_live_run_is_not_removed(tmp_path):
     """The clean-up takes only temporaries whose writer is gone: one still held open (locked) stays."""
-    from cnnedge.atomic import StagedOutput, remove_stale_staged
+    from cnnedge.staging import StagedFile, sweep_files
 
-    live = StagedOutput(tmp_path / "out.csv")
+    live = StagedFile(tmp_path / "out.csv")
     live.path.write_text("rows")
-    assert remove_stale_staged(tmp_path / "out.csv") == []
-    second = StagedOutput(tmp_path / "out.csv")  # another run into the same place leaves the first alone
+    assert sweep_files(tmp_path / "out.csv") == []
+    second = StagedFile(tmp_path / "out.csv")  # another run into the same place leaves the first alone
     assert live.path.exists() and second.path != live.path
     second.discard()
     assert live.commit() == tmp_path / "out.csv" and (tmp_path / "out.csv").read_text() == "rows"

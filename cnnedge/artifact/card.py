@@ -265,7 +265,7 @@ class ModelCard:
         return cls.from_dict(data)
 
     def save(self, path: str | os.PathLike) -> Path:
-        from ..atomic import write_text
+        from ..staging import write_text
 
         write_text(path, self.to_json() + "\n")
         return Path(path)

@@ -54,7 +54,7 @@ class EngineSidecar:
         return json.dumps(d, indent=2, sort_keys=True)
 
     def save(self, engine_path: str | os.PathLike) -> Path:
-        from ..atomic import write_text
+        from ..staging import write_text
 
         path = card_path_for(engine_path)
         write_text(path, self.to_json() + "\n")

@@ -281,12 +281,12 @@ class BenchReport:
 
     def write_json(self, path: str | os.PathLike, replace: bool = True) -> None:
         """Written atomically; ``replace=False`` (no --force) keeps a file that appeared at ``path`` meanwhile."""
-        from ..atomic import write_text
+        from ..staging import write_text
 
         write_text(path, self.json_text(), replace)
 
     def write_markdown(self, path: str | os.PathLike, replace: bool = True) -> None:
-        from ..atomic import write_text
+        from ..staging import write_text
 
         write_text(path, self.markdown(), replace)
 
@@ -298,7 +298,7 @@ class BenchReport:
         mpl.use("Agg")
         import matplotlib.pyplot as plt
 
-        from ..atomic import atomic_path
+        from ..staging import staged_path
 
         fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 8), sharex=True)
         lines: dict[tuple[str, str], list[Row]] = {}
@@ -327,7 +327,7 @@ class BenchReport:
         fig.suptitle(f"cnn-bench on {m.get('cpu', '?')} ({m.get('cores', '?')} cores"
                      + (f", {m['gpus'][0]['name']}" if m.get("gpus") else "") + ")", fontsize=9)
         fig.tight_layout()
-        with atomic_path(Path(path), replace) as tmp:
+        with staged_path(Path(path), replace) as tmp:
             fig.savefig(tmp, dpi=100, format="png")
         plt.close(fig)
 

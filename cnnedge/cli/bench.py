@@ -14,7 +14,7 @@ import sys
 from typing import TYPE_CHECKING, Sequence, TextIO
 
 from ..artifact.kinds import BACKEND_NAMES
-from ..atomic import check_distinct, check_not_input, check_output
+from ._outputs import check_distinct, check_not_input, check_output
 from ..errors import ExitCode, UsageError, argument_names
 from ..runtime.limits import MAX_SEED
 from ._args import CLI_NAMES, Parser, add_load_timeout, add_model_flags, bound, int_in, model_description, threads_int

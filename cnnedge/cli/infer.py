@@ -16,7 +16,7 @@ import warnings
 from typing import Any, Sequence, TextIO
 
 from ..artifact.kinds import describe_suffixes
-from ..atomic import check_distinct, check_not_input, check_output
+from ._outputs import check_distinct, check_not_input, check_output
 from ..errors import DescriptionNeeded, UsageError, argument_names
 from ..runtime.limits import MAX_CAMERA_INDEX, MAX_FPS, MAX_SECONDS, MAX_TIMEOUT_MS, MIN_FPS
 from ._args import CLI_NAMES, Parser, MODELS_FROM_ELSEWHERE, add_load_timeout, add_model_flags, model_description

@@ -134,7 +134,7 @@ def _errors(trt: ModuleType, logger: Any) -> str:
 def build(onnx_path: Path, engine_path: Path, card: ModelCard, kit: Toolkit, gpus: Sequence[str], profile: Profile,
           workspace_mib: int, timing_cache: Path | None) -> EngineSidecar:
     """Build ``engine_path`` (plan) from ``onnx_path`` and write its sidecar beside it."""
-    from ..atomic import write_bytes
+    from ..staging import write_bytes
 
     trt = kit.module
     logger = _logger(trt)

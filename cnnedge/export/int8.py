@@ -379,7 +379,7 @@ def quantize(fp32_path: Path, out_dir: Path, batches: Batches, n_images: int, da
         if done is not None:
             fell_back[TENSORRT] = done
         if not hit:
-            from ..atomic import write_bytes
+            from ..staging import write_bytes
 
             write_bytes(cache_out, ranges.read_bytes())
         result = Int8Result(method, used, cache_out.name, hit, data_sha256, dict(FILE_NAMES),

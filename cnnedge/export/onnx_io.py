@@ -60,9 +60,9 @@ def save(model: Any, path: str | os.PathLike) -> Path:
     """Write an ONNX model atomically (single file; these models are far below 2 GB)."""
     import onnx
 
-    from ..atomic import atomic_path
+    from ..staging import staged_path
 
-    with atomic_path(path) as tmp:
+    with staged_path(path) as tmp:
         onnx.save_model(model, str(tmp))
     return Path(path)
 

@@ -72,7 +72,7 @@ def run(model_path: str | os.PathLike, out_dir: str | os.PathLike | None, opts: 
 
 def _run(model_path: Path, out_dir: str | os.PathLike | None, opts: ExportOptions, check: bool,
          timer: "StepTimer") -> ExportReport:
-    from ..atomic import refuse_overwrite
+    from ..staging import refuse_overwrite
     from .engine import parse_gpus, toolkit
     from .keras2onnx import exported_card
     from .parity import check_card
@@ -229,7 +229,7 @@ def _write(opts: ExportOptions, report: ExportReport, timer: "StepTimer", out: P
         with timer("Triton model repository"):
             report.triton = write_repository(Path(opts.triton), report, data.base_card, opts.batch, opts.force,
                                              data.source.fixed_batch)
-        from ..atomic import write_text
+        from ..staging import write_text
 
         write_text(out / REPORT_NAME, json.dumps(report.to_dict(), indent=2) + "\n")
     return report
@@ -237,7 +237,7 @@ def _write(opts: ExportOptions, report: ExportReport, timer: "StepTimer", out: P
 
 def _steps(ws: Workspace, data: Checked, kit: "Toolkit | None", gpus: tuple[str, ...] | None) -> None:
     """Every artifact, checked, and the report, into the staging folder."""
-    from ..atomic import write_text
+    from ..staging import write_text
 
     opts = ws.opts
     fp32 = to_onnx(ws, data)

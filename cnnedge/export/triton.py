@@ -158,7 +158,7 @@ def write_model(repo: Path, m: TritonModel, card: ModelCard, max_batch: int, for
                 fixed_batch: int | None = None) -> Path:
     """Write one model directory atomically file by file; refuses to overwrite without ``force``."""
     check_labels(card)
-    from ..atomic import atomic_path, refuse_overwrite, write_text
+    from ..staging import staged_path, refuse_overwrite, write_text
 
     d = repo / m.name
     cnnedge = m.kind.startswith("cnnedge")
@@ -172,7 +172,7 @@ def write_model(repo: Path, m: TritonModel, card: ModelCard, max_batch: int, for
     for p in (d / "config.pbtxt", *(t for _, t in copies)):
         refuse_overwrite(p, force)
     for src, target in copies:
-        with atomic_path(target) as tmp:
+        with staged_path(target) as tmp:
             shutil.copyfile(src, tmp)
     write_text(d / "labels.txt", "\n".join(card.classes) + "\n")
     if cnnedge:
@@ -185,7 +185,7 @@ def write_model(repo: Path, m: TritonModel, card: ModelCard, max_batch: int, for
 
 def check_repository(repo: Path, card: ModelCard, opts: "ExportOptions") -> None:
     """Refuse up front (not after the export) to overwrite a Triton model without --force."""
-    from ..atomic import refuse_overwrite
+    from ..staging import refuse_overwrite
 
     check_labels(card)
     precisions = ["fp32"] + (["fp16"] if opts.fp16 else []) + (["int8"] if opts.int8 else [])

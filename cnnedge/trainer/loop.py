@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .. import datasets
-from ..atomic import atomic_path, write_text
+from ..staging import staged_path, write_text
 from ..artifact.card import CARD_FILENAME, InputSpec, ModelCard, Preprocess, Provenance, now_iso, sha256_file
 from ..errors import DataError, ModelLoadError, UsageError, arg_name, first_line
 from ..keras_io import check_model_file
@@ -410,7 +410,7 @@ def _BestCheckpoint(out: Path, card: ModelCard, patience: int, history: list, lo
 
         def save(self, model: Any) -> None:
             path = out / MODEL_FILE
-            with atomic_path(path) as tmp:
+            with staged_path(path) as tmp:
                 model.save(tmp)
             sha = sha256_file(path)
             c = card.replace(provenance={"source_sha256": sha, "versions": _versions()})

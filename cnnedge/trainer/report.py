@@ -10,7 +10,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..atomic import atomic_path, write_text
+from ..staging import staged_path, write_text
 from ..errors import UsageError, arg_name, first_line
 
 HISTORY_KEYS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy")
@@ -115,7 +115,7 @@ def _plt() -> Any:
 
 
 def _save(fig: Any, path: Path) -> None:
-    with atomic_path(path) as tmp:
+    with staged_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
 
 

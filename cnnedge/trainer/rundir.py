@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..artifact.commit import SWAP_MARKER, TRAIN_STAGING, swap_files
-from ..atomic import write_text
+from ..staging import write_text
 from ..artifact.card import CARD_FILENAME
 from ..errors import FileExistsRefused, UsageError, arg_name
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...atomic import atomic_path
+from ...staging import staged_path
 from ...errors import UsageError
 from ..results import Result
 from .base import Sink
@@ -60,6 +60,6 @@ class SaveDirSink(Sink):
             target = self.folder / f"{name}-{k}.jpg"
             k += 1
         self.n += 1
-        with atomic_path(target) as tmp:
+        with staged_path(target) as tmp:
             if not cv2.imwrite(str(tmp), annotate(r.image, r)):
                 raise UsageError(f"--save-dir: cannot write {target}")

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Sequence, TextIO
 
-from ...atomic import StagedOutput, refuse_overwrite, refuse_special, write_failure
+from ...staging import StagedFile, refuse_overwrite, refuse_special, write_failure
 from ..results import Result
 from .base import Sink
 
@@ -21,7 +21,7 @@ class _FileSink(Sink):
     """A text file staged beside ``path``: renamed over it at commit, kept as ``<name>.partial.<ext>``
     when closed without one. Names that are not UTF-8 are written as their own bytes. Each batch is flushed,
     so a full disk fails the run at the batch that meets it (an OutputError naming the file), never at the end.
-    Without ``force``, a file that appears at ``path`` during the run is kept (see :class:`StagedOutput`).
+    Without ``force``, a file that appears at ``path`` during the run is kept (see :class:`StagedFile`).
 
     ``path`` may be an open text stream instead (cnn-infer's ``--json -``: stdout): rows go to it a batch at a
     time, flushed, and it is neither staged nor closed."""
@@ -29,14 +29,14 @@ class _FileSink(Sink):
     def __init__(self, path: str | os.PathLike | TextIO, force: bool = False, newline: str | None = None) -> None:
         self.written = 0
         self.path: Path | None = None
-        self._staged: StagedOutput | None = None
+        self._staged: StagedFile | None = None
         if hasattr(path, "write"):
             self._fh: TextIO = path  # type: ignore[assignment]
             return
         refuse_overwrite(path, force, "--force")  # type: ignore[arg-type]
         refuse_special(path)  # type: ignore[arg-type]
         self.path = Path(path)  # type: ignore[arg-type]
-        self._staged = StagedOutput(self.path, replace=force)
+        self._staged = StagedFile(self.path, replace=force)
         self._fh = open(self._staged.path, "w", encoding="utf-8", errors="surrogateescape", newline=newline)
 
     def write(self, r: Result) -> None:

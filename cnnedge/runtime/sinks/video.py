@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ...atomic import OutputError, StagedOutput, refuse_overwrite, refuse_special, remove_stale_staged
+from ...staging import OutputError, StagedFile, refuse_overwrite, refuse_special, sweep_files
 from ...errors import UsageError
 from ...imaging.files import IMAGE_SUFFIXES
 from ..limits import check_fps
@@ -83,8 +83,8 @@ class VideoSink(Sink):
         refuse_special(path)
         self.path, self.fps, self.force = Path(path), fps, force
         check_video_format(self.path)  # before any frame is classified, not at the first one
-        remove_stale_staged(self.path)  # a killed run's leftover goes now, even if no frame comes
-        self._staged: StagedOutput | None = None
+        sweep_files(self.path)  # a killed run's leftover goes now, even if no frame comes
+        self._staged: StagedFile | None = None
         self._writer: Any = None
         self._size: tuple[int, int] | None = None
         self.frames = 0
@@ -96,7 +96,7 @@ class VideoSink(Sink):
             return
         img = annotate(r.image, r)
         if self._writer is None:
-            self._staged = StagedOutput(self.path, replace=self.force)
+            self._staged = StagedFile(self.path, replace=self.force)
             self._size = (img.shape[1], img.shape[0])
             codec = video_codec(self.path)
             self._writer = cv2.VideoWriter(str(self._staged.path), cv2.VideoWriter_fourcc(*codec), self.fps,
