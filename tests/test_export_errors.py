@@ -6,6 +6,7 @@ are refused before anything is loaded.
 """
 from __future__ import annotations
 
+import functools
 import io
 import os
 import shutil
@@ -283,7 +284,11 @@ def test_staging_left_by_a_killed_export_is_swept(tmp_path):
     import subprocess
     import sys
 
-    from cnnedge.artifact.commit import STAGING_PREFIX, sweep_stale_staging
+    from cnnedge.artifact.staged import EXPORT
+    from cnnedge.staging import sweep
+
+    STAGING_PREFIX = EXPORT.staging
+    sweep_stale_staging = functools.partial(sweep, layout=EXPORT)
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True, check=True)
@@ -361,7 +366,12 @@ def test_export_killed_during_its_final_renames_is_completed_by_the_next(tmp_pat
     import json
     import subprocess
 
-    from cnnedge.artifact.commit import RECORD, commit, pending, roll_forward
+    from cnnedge.artifact.staged import EXPORT, half_replaced as pending
+    from cnnedge.staging import StagedFolder, roll_forward as roll
+
+    RECORD = EXPORT.record
+    roll_forward = lambda folder: roll(folder, EXPORT).moved  # noqa: E731
+    commit = lambda staging, folder: StagedFolder(folder, EXPORT, staging).commit()  # noqa: E731
 
     out = tmp_path / "out"
     out.mkdir()

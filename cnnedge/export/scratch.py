@@ -3,7 +3,7 @@
 The steps write models to disk to open them as cnn-infer does, to read ONNX Runtime's optimized graph and to
 hand pixels to the emulated CPU. In ``/tmp`` such a folder outlives a kill -9 and is nobody's to remove; inside
 the staging folder it goes with the staging folder: removed when the export ends, however it ends, and by
-the next export into that folder when the exporting process was killed (see :mod:`.commit`).
+the next export into that folder when the exporting process was killed (see :mod:`cnnedge.staging`).
 """
 from __future__ import annotations
 

@@ -27,7 +27,8 @@ from .onnx_parity import check_onnx
 from .options import ExportOptions
 from .report import ExportReport, ParityFailure, library_versions
 from .triton import check_repository, write_repository
-from .workspace import Checked, Workspace, keep_failed, planned_outputs, stale_outputs, staging_folder
+from .workspace import (Checked, Workspace, keep_failed, planned_outputs, recovered_lines, stale_outputs,
+                        staging_folder)
 
 if TYPE_CHECKING:
     from .engine import Toolkit
@@ -90,9 +91,7 @@ def _run(model_path: Path, out_dir: str | os.PathLike | None, opts: ExportOption
                           created=now_iso(), versions=library_versions(kit))
     timer.report = report
     if out.is_dir():
-        from ..artifact.commit import recover
-
-        for line in recover(out):  # exports killed here: finish or undo what they left, first
+        for line in recovered_lines(out):  # exports killed here: finish or undo what they left, first
             timer.warn(line)
     for name in planned_outputs(opts.fp16, opts.int8, opts.engine):
         if (out / name).resolve() == model_path.resolve():
@@ -211,9 +210,9 @@ def _write(opts: ExportOptions, report: ExportReport, timer: "StepTimer", out: P
            kit: "Toolkit | None", gpus: tuple[str, ...] | None, check: bool) -> ExportReport:
     """Every step into a staging folder, then everything into place at once; the report; the verdict."""
     from . import scratch
-    from ..artifact.commit import commit
 
-    with staging_folder(out) as staging:
+    with staging_folder(out) as folder:
+        staging = folder.path
         ws = Workspace(opts, report, timer, out, staging)
         with scratch.inside(staging):
             _steps(ws, data, kit, gpus)
@@ -222,9 +221,9 @@ def _write(opts: ExportOptions, report: ExportReport, timer: "StepTimer", out: P
             raise ParityFailure("parity check failed: " + " | ".join(report.failures) + f"; nothing in {out} was "
                                 f"replaced: the failed files and their report are in {kept} (thresholds can be "
                                 "changed with --min-agreement-* / --max-*)", report)
-        # everything succeeded: into place, all or nothing (see .commit); with --force, what a previous export
-        # left that this one does not write goes in the same commit, so the folder never mixes two models
-        commit(staging, out, remove=stale_outputs(out, planned_outputs(opts.fp16, opts.int8, opts.engine)))
+        # everything succeeded: into place, all or nothing (see cnnedge.staging); with --force, what a previous
+        # export left that this one does not write goes in the same commit, so the folder never mixes two models
+        folder.commit(remove=stale_outputs(out, planned_outputs(opts.fp16, opts.int8, opts.engine)))
     if opts.triton is not None:
         with timer("Triton model repository"):
             report.triton = write_repository(Path(opts.triton), report, data.base_card, opts.batch, opts.force,

@@ -11,7 +11,7 @@ import re
 import time
 from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
 
-from ..artifact.commit import STAGING_PREFIX
+from ..artifact.staged import EXPORT
 from ..errors import CnnEdgeError, ExportError, UsageError, first_line
 from .report import ParityFailure
 
@@ -92,5 +92,5 @@ class StepTimer:
 def unstaged(message: str) -> str:
     """``message`` without the staging folder's paths, which are gone when the user reads it: a staged file is
     named by its own name."""
-    return re.sub(r"(?:[^\s'\"]*/)?" + re.escape(STAGING_PREFIX) + r"[^\s'\":]*/([^\s'\":/]+)", r"\1 (staged)",
+    return re.sub(r"(?:[^\s'\"]*/)?" + re.escape(EXPORT.staging) + r"[^\s'\":]*/([^\s'\":/]+)", r"\1 (staged)",
                   message)

@@ -1,11 +1,9 @@
 """Where an export writes: the files it plans, the hidden staging folder its steps write into, and where a
-failed export's files go. What goes into place, and how, is :mod:`cnnedge.artifact.commit`'s."""
+failed export's files go. What goes into place, and how, is :mod:`cnnedge.staging`'s."""
 from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +16,7 @@ from ..errors import ExportError
 if TYPE_CHECKING:
     import numpy as np
 
+    from ..staging import StagedFolder
     from .data import ImageSet
     from .options import ExportOptions
     from .report import ExportReport
@@ -77,18 +76,37 @@ def stale_outputs(out: Path, planned: list[str]) -> list[str]:
 
 
 @contextlib.contextmanager
-def staging_folder(out: Path) -> Iterator[Path]:
+def staging_folder(out: Path) -> "Iterator[StagedFolder]":
     """A new hidden folder in ``out`` (made if needed) for the steps to write into; removed at the end, unless a
     commit from it into ``out`` is in flight (the next export into ``out`` finishes that one)."""
-    from ..artifact.commit import in_flight, staging_prefix
+    from ..artifact.staged import EXPORT
+    from ..staging import StagedFolder
 
-    out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=staging_prefix(), dir=out))
+    folder = StagedFolder(out, EXPORT)
     try:
-        yield staging
+        yield folder
     finally:
-        if not in_flight(out, staging):
-            shutil.rmtree(staging, ignore_errors=True)
+        folder.discard()
+
+
+def recovered_lines(out: Path) -> list[str]:
+    """Finish or undo what exports killed while writing into ``out`` left, before a new export starts there, so
+    that the folder holds one export's files (see :func:`cnnedge.staging.recover`). One line per thing done."""
+    from ..artifact.staged import EXPORT
+    from ..staging import recover
+
+    done = recover(out, EXPORT)
+    lines = []
+    if done.rolled:
+        who = f"process {done.owner.pid}" if done.owner else "a process"
+        lines.append(f"{out}: an export ({who}) was killed while putting its files in place; " + (
+            f"completed it: {len(done.moved)} of its files moved in, the folder holds that export's set"
+            if done.whole else "its staging folder is gone, so the folder may mix two exports: export again with "
+                               "--force"))
+    if done.swept:
+        lines.append(f"{out}: removed {len(done.swept)} staging folder(s) of exports killed before putting their "
+                     f"files in place ({', '.join(d.name for d in done.swept)}); the folder's files are as they were")
+    return lines
 
 
 def keep_failed(staging: Path, out: Path) -> Path:

@@ -108,9 +108,9 @@ def _open(path: str | os.PathLike, backend: str = "auto", **opts: Any) -> Backen
     if backend != "auto":
         backend_info(backend)
     kind = kind_of(path)
-    from ...artifact.commit import pending, unfinished_swap
+    from ...artifact.staged import half_replaced
 
-    half_done = pending(Path(path).parent) or unfinished_swap(Path(path).parent)
+    half_done = half_replaced(Path(path).parent)
     if half_done:
         raise ModelLoadError(half_done)
     opts = {k: v for k, v in opts.items() if v is not None}
