@@ -122,7 +122,7 @@ def test_kill_9_keeps_the_old_json_and_the_next_run_cleans_up(photos, tmp_path):
 
 
 def test_a_temporary_of_a_live_run_is_not_removed(tmp_path):
-    """The clean-up takes only temporaries whose writer is gone: one still held open (locked) stays."""
+    """The clean-up takes only temporaries whose writer is gone: one whose writer lives stays."""
     from cnnedge.staging import StagedFile, sweep_files
 
     live = StagedFile(tmp_path / "out.csv")

@@ -45,8 +45,10 @@ if work == "file":
         os.kill(os.getpid(), signal.SIGSTOP)
     staged.commit()
 else:
-    layout = Layout(".test-stage-", ".test-commit.json") if work == "per-process" else \\
-        Layout(".test-new", ".test-new/record.json")
+    from cnnedge.artifact.staged import TRAIN
+
+    layout = {"per-process": Layout(".test-stage-", ".test-commit.json"),
+              "one-folder": Layout(".test-new", ".test-new/record.json"), "train": TRAIN}[work]
     folder = StagedFolder(target, layout)
     for name in ("a", "b", "c"):
         (folder.path / name).write_text("new")
@@ -190,3 +192,27 @@ def test_a_commit_in_this_process_leaves_nothing_and_a_live_staging_folder_is_no
     assert sweep(out, PER_PROCESS) == []  # this process's own
     assert folder.commit(remove=["old-only"]) == ["a"]
     assert _contents(out) == {"a": "new", "b": "old", "c": "old"} and hidden(out) == []
+
+
+def test_cnn_train_refuses_a_folder_where_a_live_force_run_builds_and_sweeps_a_dead_ones(tmp_path):
+    """The trainer's staging folder follows the same rule: a live owner's is refused (it is building there now),
+    a dead owner's is removed, aloud."""
+    from cnnedge.errors import FileExistsRefused
+    from cnnedge.trainer import rundir
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "train_config.json").write_text(json.dumps({"preset": "mnist-dense", "dataset_spec": {}}))
+    (run / "model.keras").write_text("old")
+    child = Stopped(-1, run, "train")
+    said: list[str] = []
+    try:
+        with pytest.raises(FileExistsRefused, match=rf"another cnn-train run \(process {child.p.pid}\) is building"):
+            rundir.check_out(run, True, said.append)
+        assert (run / ".cnn-train-new" / "a").exists() and said == []
+        child.kill()
+        rundir.check_out(run, True, said.append)
+        assert not (run / ".cnn-train-new").exists() and (run / "model.keras").read_text() == "old"
+        assert len(said) == 1 and "removed the files of a --force run that was stopped" in said[0]
+    finally:
+        child.reap()

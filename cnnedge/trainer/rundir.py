@@ -8,15 +8,14 @@ into a folder that does not exist yet, an empty one (no entries at all, hidden o
 other folder is the user's and is never written into, with or without ``--force``. Nor may the run folder
 be, or be inside, a ``--data`` folder: it would become a class of the next run on that data.
 
-A ``--force`` run into a folder that holds a run is built beside it, in
-``<out>/.cnn-train-new/``; the old run stays whole where it was. Only when the
-new run has completed (or, on Ctrl-C, has a best checkpoint) is the swap
-committed: a marker naming the new files is written atomically, then each new
-file is renamed over its old one and the old run's leftovers (its metrics,
-the exports made from its model) are removed. A kill before the marker leaves
-the old run untouched, and the next ``cnn-train`` into the folder removes the
-unfinished files; a kill during the renames is finished by the next
-``cnn-train`` (the new run had been committed). Both say what they did.
+A ``--force`` run into a folder that holds a run is built beside it, in ``<out>/.cnn-train-new/`` (a
+:class:`cnnedge.staging.StagedFolder` that names its process); the old run stays whole where it was. Only when
+the new run has completed (or, on Ctrl-C, has a best checkpoint) is the swap committed: a record naming the new
+files and the old ones that go (the old run's metrics, the exports made from its model) is written atomically,
+then each new file is renamed over its old one and the old leftovers are removed. A kill before the record
+leaves the old run untouched, and the next ``cnn-train`` into the folder removes the unfinished files; a kill
+during the renames is finished by the next ``cnn-train`` (the new run had been committed). Both say what they
+did. While a live process builds there, another ``cnn-train`` into the folder is refused.
 """
 from __future__ import annotations
 
@@ -26,9 +25,9 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from ..artifact.commit import SWAP_MARKER, TRAIN_STAGING, swap_files
-from ..staging import write_text
 from ..artifact.card import CARD_FILENAME
+from ..artifact.staged import TRAIN
+from ..staging import StagedFolder, live_staging, recover
 from ..errors import FileExistsRefused, UsageError, arg_name
 
 MODEL_FILE = "model.keras"
@@ -41,7 +40,8 @@ ARTIFACTS = (MODEL_FILE, CARD_FILENAME, CONFIG_FILE, METRICS_FILE, HISTORY_FILE,
 # What cnn-export makes from model.keras in the run folder: stale once --force replaces the model.
 EXPORT_PATTERNS = ("model.onnx", "model.*.onnx", "model.onnx.json", "model.*.onnx.json", "*.engine", "*.engine.json",
                    "export_report.json", "model.int8.calib-*.json")
-STAGING_DIR = TRAIN_STAGING
+STAGING_DIR = TRAIN.staging
+SWAP_MARKER = Path(TRAIN.record).name
 MAX_CONFIG_BYTES = 1 << 20  # a train_config.json is a few hundred bytes; a larger one is not a run's
 
 
@@ -116,45 +116,43 @@ def needs_staging(out: Path) -> bool:
 
 
 def start_staging(out: Path) -> Path:
-    staging = out / STAGING_DIR
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    return staging
+    """A new staging folder in ``out`` for a ``--force`` run to build in (see :func:`check_out` for a live one)."""
+    return StagedFolder(out, TRAIN).path
 
 
 def discard(staging: Path) -> None:
-    shutil.rmtree(staging, ignore_errors=True)
+    StagedFolder(staging.parent, TRAIN, staging).discard()
 
 
 def swap_in(staging: Path, out: Path) -> None:
     """Commit the new run in ``staging``: from here on the folder holds it, even after a kill."""
     new = [n for n in ARTIFACTS if (staging / n).is_file()]
-    write_text(staging / SWAP_MARKER, json.dumps({"files": new}) + "\n")
-    _finish_swap(staging, out, new)
+    StagedFolder(out, TRAIN, staging).commit(new, _replaced(out, new))
 
 
-def _finish_swap(staging: Path, out: Path, new: list[str]) -> None:
-    for name in new:  # a name already moved by a killed swap is simply absent here
-        if (staging / name).exists():
-            os.replace(staging / name, out / name)
-    for name in ARTIFACTS:
-        if name not in new:
-            (out / name).unlink(missing_ok=True)
-    for p in export_outputs(out):
-        p.unlink(missing_ok=True)
-    shutil.rmtree(staging, ignore_errors=True)
+def _replaced(out: Path, new: list[str]) -> list[str]:
+    """What goes from ``out`` when a run of the files ``new`` replaces its run: the old run's other files, and
+    the exports made from its model."""
+    return [n for n in ARTIFACTS if n not in new] + [p.name for p in export_outputs(out)]
 
 
 def finish_unfinished(out: Path, log: Callable[[str], None]) -> None:
-    """What a killed ``--force`` run left in ``out``: a committed swap is finished, anything else removed."""
+    """What a killed ``--force`` run left in ``out``: a committed swap is finished, anything else removed. A
+    ``--force`` run still building there (its process alive) is refused."""
     staging = out / STAGING_DIR
     if not staging.is_dir():
         return
-    new = swap_files(staging, ARTIFACTS)
-    if new is not None:
-        _finish_swap(staging, out, new)
+    who = live_staging(out, TRAIN)
+    if who is not None:
+        raise FileExistsRefused(f"{arg_name('out')} {out}: another cnn-train run (process {who.pid}) is building a "
+                                f"new run in it now; wait for it to end, or choose another {arg_name('out')}")
+    done = recover(out, TRAIN, allowed=lambda n: n in ARTIFACTS, stale=lambda new: _replaced(out, new))
+    if done.rolled and not done.damaged:
         log(f"train: {out}: finished replacing its run with the new one a killed --force run had completed")
-    else:
-        discard(staging)
+        return
+    if done.damaged:  # a record that names files a run does not write: not a swap this package committed
+        (out / TRAIN.record).unlink(missing_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+    if done.damaged or done.swept:
         log(f"train: {out}: removed the files of a --force run that was stopped before it could replace the "
             "run there; the folder holds its previous run, unchanged")
