@@ -216,3 +216,17 @@ def test_cnn_train_refuses_a_folder_where_a_live_force_run_builds_and_sweeps_a_d
         assert len(said) == 1 and "removed the files of a --force run that was stopped" in said[0]
     finally:
         child.reap()
+
+
+def test_a_pid_reused_by_a_later_process_is_dead_and_another_hosts_owner_is_left_alone():
+    from cnnedge.staging.owner import HOST, Owner, parse_token
+
+    parent = os.getppid()
+    stat = Path(f"/proc/{parent}/stat").read_text()
+    started = stat[stat.rfind(")") + 2:].split()[19]
+    assert Owner(parent, started, HOST).alive()
+    assert not Owner(parent, str(int(started) + 1), HOST).alive()  # that pid now names a later process
+    other = "0" * 8 if HOST != "0" * 8 else "1" * 8
+    assert Owner(parent + 10 ** 7, "", other).alive()  # not checkable from here
+    assert parse_token(Owner(parent, started).token + "-abc") == Owner(parent, started, HOST)
+    assert parse_token("notapid-x") is None

@@ -80,12 +80,12 @@ class StagedFolder:
         return self.target / self.layout.record
 
     def commit(self, files: Iterable[str] | None = None, remove: Iterable[str] = ()) -> list[str]:
-        """Move ``files`` (names in the staging folder; every file there when None) into the target folder and
-        delete ``remove`` (names there that this set replaces with nothing), recorded first so that a kill midway
-        is rolled forward. A stop (Ctrl-C, SIGTERM) during the renames finishes them before it is raised: the
-        record has decided for the new set. A failure leaves the record and the staging folder for the next
-        writer to complete. Returns the names moved."""
-        names = sorted(files) if files is not None else sorted(
+        """Move ``files`` (names in the staging folder, in the order given; every file there, sorted, when
+        None) into the target folder and delete ``remove`` (names there that this set replaces with nothing),
+        recorded first so that a kill midway is rolled forward. A stop (Ctrl-C, SIGTERM) during the renames
+        finishes them before it is raised: the record has decided for the new set. A failure leaves the record
+        and the staging folder for the next writer to complete. Returns the names moved."""
+        names = list(files) if files is not None else sorted(
             f.name for f in self.path.iterdir() if f.is_file() and f.name != OWNER_FILE)
         gone = sorted(n for n in remove if n not in names)
         tmp = self.path / ".record.tmp"  # in the staging folder: a kill before the rename leaves no record
@@ -94,13 +94,13 @@ class StagedFolder:
         try:
             _apply(self.target, self.path, names, gone)
         except KeyboardInterrupt:
-            self._finish(names, gone)
+            _apply(self.target, self.path, names, gone)
+            self._done()
             raise
-        self._finish(names, gone)
+        self._done()
         return names
 
-    def _finish(self, names: list[str], gone: list[str]) -> None:
-        _apply(self.target, self.path, names, gone)
+    def _done(self) -> None:
         self.record.unlink(missing_ok=True)
         shutil.rmtree(self.path, ignore_errors=True)
 

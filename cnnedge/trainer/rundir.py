@@ -144,8 +144,8 @@ def finish_unfinished(out: Path, log: Callable[[str], None]) -> None:
         return
     who = live_staging(out, TRAIN)
     if who is not None:
-        raise FileExistsRefused(f"{arg_name('out')} {out}: another cnn-train run (process {who.pid}) is building a "
-                                f"new run in it now; wait for it to end, or choose another {arg_name('out')}")
+        raise FileExistsRefused(f"{out}: another cnn-train run (process {who.pid}) is building a new run in it "
+                                "now; wait for it to end, or choose another folder")
     done = recover(out, TRAIN, allowed=lambda n: n in ARTIFACTS, stale=lambda new: _replaced(out, new))
     if done.rolled and not done.damaged:
         log(f"train: {out}: finished replacing its run with the new one a killed --force run had completed")
