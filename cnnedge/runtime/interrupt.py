@@ -81,6 +81,16 @@ def stop_requested() -> bool:
     return bool(_last_signal)
 
 
+def as_stop(exc: BaseException) -> BaseException:
+    """The exception a run stopped with: ``exc``, or, when a stop signal came and library code turned its
+    handler's KeyboardInterrupt into another error (TensorFlow's C++ returns it as a SystemError or ValueError
+    when it lands inside a dataset or model build), the KeyboardInterrupt (:class:`Terminated`) it was."""
+    seen = last_signal()
+    if isinstance(exc, KeyboardInterrupt) or seen is None:
+        return exc
+    return KeyboardInterrupt() if seen == int(signal.SIGINT) else Terminated(seen)
+
+
 def exit_code_for(exc: BaseException) -> int:
     """128 + the signal the run stopped for: 130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP."""
     if isinstance(exc, Terminated):

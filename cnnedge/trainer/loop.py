@@ -191,8 +191,13 @@ class _Job:
                 model = self._fit(keras, callbacks, verbose)
                 metrics = self._test(model)
             except BaseException as exc:
-                self._stopped(exc)
-                raise
+                from ..runtime.interrupt import as_stop
+
+                stop = as_stop(exc)
+                self._stopped(stop)
+                if stop is exc:
+                    raise
+                raise stop from exc
         finally:
             keras.mixed_precision.set_global_policy(policy)
         if staged:
