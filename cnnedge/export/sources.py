@@ -25,8 +25,10 @@ def open_source(path: Path, describe: ModelDescription | None, trust: bool,
     """The source for ``path``; its card is read (or the description checked) before any model is loaded.
     ``opset``: the ONNX opset asked for (None: the export's default)."""
     from ..artifact.kinds import EXPORT_SOURCES, require_kind
+    from ..artifact.modelfile import require_model_file
 
     if require_kind(path, "cnn-export", EXPORT_SOURCES) == "onnx":
+        require_model_file(path)
         return OnnxSource(path, describe, opset)
     from ..keras_io import check_model_file
 
