@@ -112,7 +112,7 @@ def environment(c: Check) -> dict:
     """The GPU, its driver, onnxruntime and its providers, and which of the optional packages import."""
     import onnxruntime as ort
 
-    from cnnedge.platform import gpus
+    from cnnedge.host import gpus
 
     probe = python("import importlib, json\nout = {}\nfor m in %r:\n    try:\n        mod = importlib.import_module(m)\n"
                    "        out[m] = str(getattr(mod, '__version__', 'imported'))\n    except Exception as exc:\n"
@@ -404,7 +404,7 @@ def tensorrt(c: Check) -> dict:
     from cnnedge import Classifier
     from cnnedge.artifact.card import ModelCard
     from cnnedge.export.engine import Profile, build, toolkit
-    from cnnedge.platform import gpu_sm
+    from cnnedge.host import gpu_sm
 
     src = c.model("big", "model.fp16.onnx")
     plan = c.work / "model.fp16.engine"

@@ -51,7 +51,7 @@ def step_export(run_dir: Path) -> None:
     """Export FP32, FP16 and INT8 ONNX (and TensorRT engines where a builder is installed),
     each checked against Keras on the digits test split."""
     from .export import export
-    from .platform import has_tensorrt
+    from .host import has_tensorrt
 
     from .artifact.card import sha256_file
     from .errors import CardError

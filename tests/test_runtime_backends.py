@@ -458,7 +458,7 @@ def test_trt_profile_handling():
 
 
 def test_trt_logger_keeps_errors():
-    from cnnedge.platform import trt_logger
+    from cnnedge.host import trt_logger
     from cnnedge.runtime.backends.trt import import_tensorrt
 
     try:

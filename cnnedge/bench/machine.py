@@ -5,7 +5,7 @@ import os
 import platform
 from typing import Any
 
-from ..platform import gpus, versions
+from ..host import gpus, versions
 from ..runtime.backends.ort import available_providers
 from ..runtime.cpu_kernels import int8_kernels
 

@@ -8,7 +8,7 @@ covers ``--batch MIN,OPT,MAX``. TensorRT-RTX builds for named GPU generations on
 a machine without a GPU; full TensorRT builds for the GPU present. The plan is
 written as TensorRT serialized it (no header), so ``trtexec`` and Triton read it.
 
-Builder errors arrive only through the logger (:func:`cnnedge.platform.trt_logger`),
+Builder errors arrive only through the logger (:func:`cnnedge.host.trt_logger`),
 whose messages are collected per build.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 from ..artifact.card import ModelCard, sha256_file
 from ..errors import ExportError, MissingDependency, OptionError
-from ..platform import gpu_sm, tensorrt, trt_logger
+from ..host import gpu_sm, tensorrt, trt_logger
 from ..artifact.sidecar import EngineSidecar
 
 INSTALL_HINT = ("pip install 'cnnedge[trt-rtx]' (TensorRT for RTX) or 'cnnedge[tensorrt]' (TensorRT, "

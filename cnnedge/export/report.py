@@ -83,7 +83,7 @@ def library_versions(kit: Any) -> dict[str, str]:
     """The versions of the libraries an export ran with (``kit``: the TensorRT toolkit, when engines are built),
     recorded in the report and the cards so that a result can be reproduced."""
     from .. import __version__
-    from ..platform import versions
+    from ..host import versions
 
     v = {"cnnedge": __version__, **versions(("tensorflow", "tensorflow-cpu", "keras", "tf2onnx", "onnx",
                                              "onnxruntime", "onnxslim", "onnxconverter-common"))}

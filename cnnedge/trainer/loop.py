@@ -341,7 +341,7 @@ def _check_checkpoint(path: Path) -> None:
 
 
 def _versions() -> dict[str, str]:
-    from ..platform import loaded_versions
+    from ..host import loaded_versions
 
     return {"python": platform.python_version(), **loaded_versions(
         {"cnnedge": "cnnedge", "tensorflow": "tensorflow", "keras": "keras", "numpy": "numpy", "cv2": "opencv"})}

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import BackendUnavailable, ModelLoadError
-from ...platform import tensorrt, trt_logger
+from ...host import tensorrt, trt_logger
 from ...artifact.sidecar import REBUILD, EngineSidecar, verify_engine
 from .base import Backend, Slot, TensorSpec, Timing
 
