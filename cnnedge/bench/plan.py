@@ -96,7 +96,7 @@ def preflight(artifacts: Sequence[Artifact], trust: bool = False) -> None:
 
             check_model_file(a.path, trust)
         elif a.kind == "onnx":
-            from ..runtime.backends.ort import check_external_data
+            from ..runtime.backends.ort_session import check_external_data
 
             check_external_data(a.path)  # parses the graph when the onnx package is installed
             with open(a.path, "rb") as fh:
