@@ -112,7 +112,7 @@ def environment(c: Check) -> dict:
     """The GPU, its driver, onnxruntime and its providers, and which of the optional packages import."""
     import onnxruntime as ort
 
-    from cnnedge.bench.machine import gpus
+    from cnnedge.host import gpus
 
     probe = python("import importlib, json\nout = {}\nfor m in %r:\n    try:\n        mod = importlib.import_module(m)\n"
                    "        out[m] = str(getattr(mod, '__version__', 'imported'))\n    except Exception as exc:\n"
@@ -403,12 +403,13 @@ def tensorrt(c: Check) -> dict:
 
     from cnnedge import Classifier
     from cnnedge.artifact.card import ModelCard
-    from cnnedge.export.engine import Profile, build, detect_gpu, toolkit
+    from cnnedge.export.engine import Profile, build, toolkit
+    from cnnedge.host import gpu_sm
 
     src = c.model("big", "model.fp16.onnx")
     plan = c.work / "model.fp16.engine"
     t0 = time.perf_counter()
-    build(src, plan, ModelCard.load(src.parent / "card.json"), toolkit(), (detect_gpu(),), Profile(1, 64, 256),
+    build(src, plan, ModelCard.load(src.parent / "card.json"), toolkit(), (gpu_sm(),), Profile(1, 64, 256),
           4096, None)
     built_s = round(time.perf_counter() - t0, 1)
     with Classifier(plan, backend="trt") as a, Classifier(src, backend="ort-cpu") as b:

@@ -37,12 +37,12 @@ def eight_bit(export_dir: Path, float_layers: list[str]) -> Path:
     same float layers, 8-bit weights (saturates on x86 without VNNI). Only to measure what 7 bits cost."""
     import tempfile
 
-    from cnnedge.export.int8 import CPU, Int8Options, pre_processed, quantize_with_ranges
+    from cnnedge.export.qdq import CPU, pre_processed, quantize_with_ranges
 
     cache = next(export_dir.glob("model.int8.calib-*.json"))
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
-        pre_processed(export_dir / "model.onnx", pre, Int8Options())
+        pre_processed(export_dir / "model.onnx", pre)
         return quantize_with_ranges(pre, export_dir / "model.int8.8bit.onnx", cache, CPU, float_layers, "uint8",
                                     "entropy", weight_bits=8)
 
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from cnnedge.export import Int8Options, export
-    from cnnedge.export.int8 import ort_cpu_ops
+    from cnnedge.export.ort_kernels import ort_cpu_ops
 
     root = Path(args.out)
     rows, exports = [], {}

@@ -50,9 +50,8 @@ DEMO_GPU = "sm89"  # TensorRT-RTX builds for a named GPU even on a machine witho
 def step_export(run_dir: Path) -> None:
     """Export FP32, FP16 and INT8 ONNX (and TensorRT engines where a builder is installed),
     each checked against Keras on the digits test split."""
-    import importlib.util
-
     from .export import export
+    from .host import has_tensorrt
 
     from .artifact.card import sha256_file
     from .errors import CardError
@@ -69,7 +68,7 @@ def step_export(run_dir: Path) -> None:
             print(f"reusing the export in {run_dir}: it was made from this model.keras")
             return
         print(f"the ONNX files in {run_dir} were exported from another model.keras: exporting again")
-    has_trt = any(importlib.util.find_spec(m) for m in ("tensorrt", "tensorrt_rtx"))
+    has_trt = has_tensorrt()
     if not has_trt:
         print("no TensorRT builder installed: exporting ONNX only (pip install 'cnnedge[trt-rtx]' for engines)")
     report = export(model, fp16=True, int8=True, engine=has_trt, gpu=DEMO_GPU if has_trt else None, force=True)

@@ -68,11 +68,12 @@ class DescriptionNeeded(UsageError):
 
 class OptionError(UsageError):
     """A bad value for a library call's argument. ``option`` is the argument's name; ``detail`` may name other
-    arguments as ``{name}``. The message names arguments; a CLI calls :meth:`render` with its flag names."""
+    arguments as ``{name}``. Each is named by :func:`arg_name`: the Python name, or a CLI's flag inside its
+    :func:`argument_names`."""
 
     def __init__(self, option: str, detail: str):
         self.option, self.detail = option, detail
-        super().__init__(self.render(lambda name: name))
+        super().__init__(self.render(arg_name))
 
     def render(self, name_of: "Callable[[str], str]") -> str:
         import re

@@ -14,7 +14,8 @@ from typing import Any, Mapping
 
 from .artifact.kinds import KINDS, describe_suffixes
 from .artifact.card import ModelCard, card_path_for
-from .errors import CardError, ModelLoadError, UnsupportedModelFile, UsageError, first_line
+from .artifact.modelfile import require_model_file
+from .errors import CardError, ModelLoadError, UnsupportedModelFile, first_line
 from .keras_archive import check_keras_archive
 from .tfquiet import keras_warnings_off
 
@@ -22,13 +23,7 @@ from .tfquiet import keras_warnings_off
 def check_model_file(path: str | os.PathLike, trust: bool = False) -> str:
     """The cheap checks of :func:`load_keras_model`, without importing Keras (a ``.keras`` archive's
     member sizes and declared layers included, see :mod:`cnnedge.keras_archive`); returns the suffix."""
-    p = Path(path)
-    if not p.exists():
-        raise UsageError(f"{p}: no such file")
-    if not p.is_file() and not p.is_dir():  # a FIFO would block the load for ever, a device never end
-        raise UsageError(f"{p}: not a regular file (a FIFO, device or socket); give the model file")
-    if p.is_dir():
-        raise UsageError(f"{p}: is a folder; give the model file (e.g. {p / 'model.keras'})")
+    p = require_model_file(path, folder_hint=f"e.g. {Path(path) / 'model.keras'}")
     suffix = p.suffix.lower()
     if suffix in KINDS["keras"].legacy_suffixes:
         from .keras_h5 import check_hdf5_model

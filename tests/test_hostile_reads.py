@@ -281,9 +281,7 @@ def test_ctrl_c_ends_a_long_run(tmp_path):
 def test_model_path_that_is_not_a_regular_file_is_refused(hostile, kind, suffix, tmp_path):
     model = hostile[kind].rename(hostile[kind].with_suffix(suffix))
     write_images(tmp_path / "imgs", 1)
-    runs = [infer(str(model), "--source", str(tmp_path / "imgs")), bench(str(model))]
-    if suffix == ".keras":
-        runs.append(run(_cli("export"), str(model)))
+    runs = [infer(str(model), "--source", str(tmp_path / "imgs")), bench(str(model)), run(_cli("export"), str(model))]
     for r in runs:
         assert_quick_and_small(r)
         lines = error_lines(r)

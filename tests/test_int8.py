@@ -172,7 +172,7 @@ def test_calibration_fingerprint_is_of_the_pixels_the_model_takes(demo):
 
     from cnnedge.artifact.card import ModelCard
     from cnnedge.export.data import load_images, pixel_spec
-    from cnnedge.export.int8 import fingerprint
+    from cnnedge.export.calibration import fingerprint
 
     run, report, _ = demo
     card = ModelCard.load(run / "card.json")
@@ -239,7 +239,7 @@ def test_real_mnist_int8_keeps_accuracy(tmp_path):
 
 
 def test_fingerprint_batches_is_the_fingerprint_of_the_concatenation():
-    from cnnedge.export.int8 import fingerprint, fingerprint_batches
+    from cnnedge.export.calibration import fingerprint, fingerprint_batches
 
     x = np.random.default_rng(0).integers(0, 256, (23, 5, 4, 3), dtype=np.uint8)
     chunks = [x[:7], x[7:8], x[8:], x[:0]]
@@ -270,7 +270,7 @@ def test_chunked_calibration_gives_the_one_shot_ranges(demo, tmp_path, method):
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, load_tensors_data, quantize_static
 
-    from cnnedge.export.int8 import calibrate
+    from cnnedge.export.calibration import calibrate
     from cnnedge.export.onnx_io import io_names
 
     pre, pixels = _pre_processed(demo, tmp_path)
@@ -293,7 +293,7 @@ def test_chunked_calibration_gives_the_one_shot_ranges(demo, tmp_path, method):
 
 def test_histogram_ranges_do_not_depend_on_how_the_caller_chunks(demo, tmp_path):
     """The cache key holds the data, not its chunking: calibration re-batches to its own size."""
-    from cnnedge.export.int8 import calibrate
+    from cnnedge.export.calibration import calibrate
 
     pre, pixels = _pre_processed(demo, tmp_path)
     a, na = calibrate(pre, lambda: (pixels[i:i + 3] for i in range(0, len(pixels), 3)), "entropy", tmp_path)
@@ -304,7 +304,7 @@ def test_histogram_ranges_do_not_depend_on_how_the_caller_chunks(demo, tmp_path)
 
 
 def test_rebatch_keeps_order_and_drops_the_tail_only_when_asked():
-    from cnnedge.export.int8 import rebatch
+    from cnnedge.export.calibration import rebatch
 
     x = np.arange(23)
     chunks = [x[:7], x[7:8], x[8:], x[:0]]
@@ -321,7 +321,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from cnnedge.export.int8 import calibrate
+from cnnedge.export.calibration import calibrate
 
 tmp, n = Path(sys.argv[1]), int(sys.argv[2])
 w = np.random.default_rng(0).normal(size=(16, 3, 3, 3)).astype(np.float32)

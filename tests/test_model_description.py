@@ -12,7 +12,8 @@ from cnnedge.artifact.card import ONNX_KEY, InputSpec, ModelCard, Preprocess, Pr
 from cnnedge.cli import infer as infer_cli
 from cnnedge.cli._run import run_cli
 from cnnedge.errors import CardError, ModelLoadError, UsageError
-from cnnedge.runtime.classifier import CardMissingWarning, Classifier, OutputKindWarning
+from cnnedge.runtime.card_resolution import CardMissingWarning, OutputKindWarning
+from cnnedge.runtime.classifier import Classifier
 
 onnx = pytest.importorskip("onnx")
 cv2 = pytest.importorskip("cv2")

@@ -458,13 +458,15 @@ def test_trt_profile_handling():
 
 
 def test_trt_logger_keeps_errors():
-    from cnnedge.runtime.backends.trt import _Logger, import_tensorrt
+    from cnnedge.host import trt_logger
+    from cnnedge.runtime.backends.trt import import_tensorrt
 
     try:
         trt, _ = import_tensorrt()
     except BackendUnavailable as exc:
         pytest.skip(str(exc))
-    log = _Logger(trt)
+    log = trt_logger(trt)
+    log.messages.clear()
     log.log(trt.ILogger.Severity.WARNING, "just a warning")
     log.log(trt.ILogger.Severity.ERROR, "engine plan is from another version")
     assert log.errors == ["engine plan is from another version"]

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from cnnedge.errors import UsageError
-from cnnedge.runtime.classifier import CardMissingWarning, Classifier, Prediction
+from cnnedge.runtime.card_resolution import CardMissingWarning
+from cnnedge.runtime.classifier import Classifier, Prediction
 
 from test_runtime_models import helper_model, models, split, write_images  # noqa: E402
 

@@ -24,7 +24,8 @@ from cnnedge.cli import bench as bench_cli
 from cnnedge.cli import infer as infer_cli
 from cnnedge.cli._run import run_cli
 from cnnedge.errors import UsageError
-from cnnedge.runtime.classifier import Classifier, OutputKindWarning
+from cnnedge.runtime.card_resolution import OutputKindWarning
+from cnnedge.runtime.classifier import Classifier
 
 cv2 = pytest.importorskip("cv2")
 ort = pytest.importorskip("onnxruntime")

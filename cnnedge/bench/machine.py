@@ -3,11 +3,9 @@ from __future__ import annotations
 
 import os
 import platform
-import shutil
-import subprocess
-from importlib import metadata
 from typing import Any
 
+from ..host import gpus, versions
 from ..runtime.backends.ort import available_providers
 from ..runtime.cpu_kernels import int8_kernels
 
@@ -34,35 +32,6 @@ def load_average() -> list[float] | None:
         return None
 
 
-def gpus() -> list[dict[str, str]]:
-    """NVIDIA GPUs as nvidia-smi reports them (name, driver, memory, compute capability); [] when none."""
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return []
-    try:
-        out = subprocess.run([exe, "--query-gpu=name,driver_version,memory.total,compute_cap",
-                              "--format=csv,noheader"], capture_output=True, text=True, timeout=10, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return []
-    rows = []
-    for line in out.stdout.strip().splitlines():
-        parts = [p.strip() for p in line.split(",")]
-        if len(parts) >= 4:
-            rows.append({"name": parts[0], "driver": parts[1], "memory": parts[2], "compute_capability": parts[3]})
-    return rows
-
-
-def versions() -> dict[str, str]:
-    """Installed versions, read from package metadata (nothing is imported)."""
-    out = {}
-    for name in LIBRARIES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
-
-
 def facts() -> dict[str, Any]:
     try:
         usable = len(os.sched_getaffinity(0))
@@ -78,5 +47,5 @@ def facts() -> dict[str, Any]:
         "python": platform.python_version(),
         "gpus": gpus(),
         "onnxruntime_providers": available_providers(),
-        "libraries": versions(),
+        "libraries": versions(LIBRARIES),
     }

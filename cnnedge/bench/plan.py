@@ -9,6 +9,7 @@ from typing import Iterable, Sequence
 
 from ..artifact.kinds import BACKEND_CHOICES as CHOICES
 from ..artifact.kinds import BACKEND_NAMES, KIND_ORDER, KINDS, require_kind
+from ..artifact.modelfile import require_model_file
 from ..errors import ModelLoadError, UsageError
 
 
@@ -72,11 +73,7 @@ def find_artifacts(models: Sequence[str | os.PathLike]) -> list[Artifact]:
         raise UsageError("give at least one model file or run folder (e.g. cnn-bench runs/demo)")
     found: list[Artifact] = []
     for m in models:
-        p = Path(m)
-        if not p.exists():
-            raise UsageError(f"{p}: no such file or folder")
-        if not p.is_file() and not p.is_dir():  # a FIFO would block the load for ever, a device never end
-            raise UsageError(f"{p}: not a regular file (a FIFO, device or socket); give a model file or run folder")
+        p = require_model_file(m, folders=True)
         if p.is_dir():
             inside = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith(".")
                             and any(f.suffix.lower() in k.suffixes for k in KINDS.values()))
@@ -99,7 +96,7 @@ def preflight(artifacts: Sequence[Artifact], trust: bool = False) -> None:
 
             check_model_file(a.path, trust)
         elif a.kind == "onnx":
-            from ..runtime.backends.ort import check_external_data
+            from ..runtime.backends.ort_session import check_external_data
 
             check_external_data(a.path)  # parses the graph when the onnx package is installed
             with open(a.path, "rb") as fh:

@@ -225,7 +225,16 @@ def add_load_timeout(group: "argparse._ArgumentGroup | argparse.ArgumentParser")
                             "300 for a slow machine)")
 
 
-#: how library errors name the arguments that cnn-infer and cnn-bench take as flags
-CLI_NAMES = {"load_timeout_s": "--load-timeout-s", "crop_pct": "--crop-pct", "batch": "--batch",
-             "threads": "--threads", "workers": "--workers", "duration": "--duration", "seed": "--seed",
-             "fps": "--fps"}
+def flag_names(parser: Parser, **aliases: str | tuple[str, ...]) -> dict[str, str]:
+    """How a command's errors name the library's arguments, read off its parser (for
+    :func:`cnnedge.errors.argument_names`): an option's ``dest`` is the library's keyword, named by the option's
+    first long flag (both forms of an on/off pair: ``--rgb/--no-rgb``). ``aliases`` name a keyword that no option
+    has as its ``dest`` by the ``dest`` (or several) of the options that set it: ``run_dir="resume"``."""
+    names = {}
+    for action in parser.flags:
+        longs = [s for s in action.option_strings if s.startswith("--")]
+        if longs:
+            names[action.dest] = "/".join(longs) if isinstance(action, argparse.BooleanOptionalAction) else longs[0]
+    for keyword, dests in aliases.items():
+        names[keyword] = "/".join(names[d] for d in ((dests,) if isinstance(dests, str) else dests))
+    return names

@@ -17,7 +17,7 @@ from ..artifact.kinds import BACKEND_NAMES
 from ._outputs import check_distinct, check_not_input, check_output
 from ..errors import ExitCode, UsageError, argument_names
 from ..runtime.limits import MAX_SEED
-from ._args import CLI_NAMES, Parser, add_load_timeout, add_model_flags, bound, int_in, model_description, threads_int
+from ._args import Parser, add_load_timeout, add_model_flags, bound, flag_names, int_in, model_description, threads_int
 from ._args import non_negative_int as _non_negative
 from ._args import positive_int as _positive
 from ._args import positive_seconds as _seconds
@@ -121,7 +121,7 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
     log = None if args.quiet else (lambda m: print(f"{PROG}: {m}", file=err, flush=True))
     table_to = err if STDOUT in (args.json, args.markdown) else out
     try:
-        with argument_names(CLI_NAMES):
+        with argument_names(flag_names(build_parser())):
             report = run_bench(cfg, log)
     except BenchInterrupted as stop:
         return _interrupted(stop, table_to, err)

@@ -6,7 +6,7 @@ import sys
 from typing import Any, Sequence, TextIO
 
 from ..artifact.kinds import EXPORT_SOURCES, describe_suffixes
-from ._args import Parser, add_model_flags, fraction, model_description, non_negative_float
+from ._args import Parser, add_model_flags, flag_names, fraction, model_description, non_negative_float
 from ._run import entry
 
 EXAMPLES = """examples:
@@ -99,15 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-FLAGS = {"input_dtype": "--input", "int8_options": "--int8-float/--int8-target/--int8-activations", "calib_method": "--calib-method", "calib_size": "--calib-size",
-         "verify_size": "--verify-size", "workspace_mib": "--workspace", "timing_cache": "--timing-cache",
-         "out_dir": "--out", "cleanup": "--no-cleanup", "rgb": "--rgb/--no-rgb"}  # fields whose flag is not --<name>
+def names() -> dict[str, str]:
+    """The library's argument names -> cnn-export's flags (:func:`._args.flag_names`)."""
+    return flag_names(build_parser(), workspace_mib="workspace", out_dir="out", cleanup="no_cleanup",
+                      int8_options=("int8_float", "int8_target", "int8_activations"))
 
 
 def flag(option: str) -> str:
-    from ..runtime.describe import FIELDS
-
-    return FLAGS.get(option) or (FIELDS[option][0] if option in FIELDS else "--" + option.replace("_", "-"))
+    """How cnn-export's errors name the library's argument ``option``."""
+    return names().get(option, option)
 
 
 def options_from(args: argparse.Namespace) -> Any:
@@ -134,7 +134,7 @@ def options_from(args: argparse.Namespace) -> Any:
 def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     out, err = stdout or sys.stdout, stderr or sys.stderr
     args = build_parser().parse_args(argv)
-    from ..errors import OptionError, UsageError
+    from ..errors import argument_names
     from ..export.report import ParityFailure
     from ..export.steps import run
 
@@ -143,9 +143,8 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
             print(f"cnn-export: {msg}", file=err, flush=True)
 
     try:
-        report = run(args.model, args.out, options_from(args), progress=progress)
-    except OptionError as exc:
-        raise UsageError(exc.render(flag)) from exc
+        with argument_names(names()):
+            report = run(args.model, args.out, options_from(args), progress=progress)
     except ParityFailure as exc:
         print(exc.report.table(), file=out)
         raise

@@ -19,7 +19,7 @@ from ..artifact.kinds import describe_suffixes
 from ._outputs import check_distinct, check_not_input, check_output
 from ..errors import DescriptionNeeded, UsageError, argument_names
 from ..runtime.limits import MAX_CAMERA_INDEX, MAX_FPS, MAX_SECONDS, MAX_TIMEOUT_MS, MIN_FPS
-from ._args import CLI_NAMES, Parser, MODELS_FROM_ELSEWHERE, add_load_timeout, add_model_flags, model_description
+from ._args import Parser, MODELS_FROM_ELSEWHERE, add_load_timeout, add_model_flags, flag_names, model_description
 from ._args import bound, float_in, int_in, threads_int
 from ._args import positive_int as _positive
 from ._args import positive_seconds as _positive_seconds
@@ -190,7 +190,7 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
     logger = logging.getLogger("cnnedge")
     logger.addHandler(handler)
     try:
-        with argument_names(CLI_NAMES):
+        with argument_names(flag_names(build_parser())):
             return _run(args, sources, out, err)
     finally:
         logger.removeHandler(handler)

@@ -10,7 +10,7 @@ from ..datasets.specs import MAX_SEED
 from ..imaging.opencv import MAX_PIXELS
 from ..errors import UsageError, argument_names
 from ..trainer.config import MAX_BATCH, MAX_EPOCHS, MAX_LR, MAX_SIDE, MIN_LR
-from ._args import Parser, add_model_flags, model_description
+from ._args import Parser, add_model_flags, flag_names, model_description
 from ._run import entry
 
 EXAMPLES = """examples:
@@ -133,12 +133,6 @@ def _given(argv: Sequence[str]) -> list[str]:
     return [a.option_strings[-1] for a in actions if getattr(ns, a.dest, unset) is not unset]
 
 
-def flag_names() -> dict[str, str]:
-    """The library's argument names -> this command's flags, for the library's error messages."""
-    names = {a.dest: a.option_strings[-1] for a in build_parser().flags if a.option_strings}
-    return {**names, "run_dir": "--resume"}
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
@@ -147,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print("\n".join(list_presets()))
         return 0
-    with argument_names(flag_names()):
+    with argument_names(flag_names(build_parser(), run_dir="resume")):
         result = _train(args, argv)
     print(f"cnn-train: {result.summary()}", flush=True)
     return 0

@@ -5,7 +5,8 @@
 >>> print(report.table())
 
 Libraries, one module each: :mod:`.keras2onnx` (tf2onnx), :mod:`.cleanup` (onnxslim),
-:mod:`.fp16`, :mod:`.int8` (calibration, Q/DQ, range cache), :mod:`.engine`
+:mod:`.fp16`, :mod:`.int8` (options and the INT8 step; its parts :mod:`.calibration` with the range cache,
+:mod:`.qdq`, :mod:`.layer_fallback`, :mod:`.sensitivity`, :mod:`.saturation`, :mod:`.ort_kernels`), :mod:`.engine`
 (TensorRT / TensorRT-RTX plans and sidecars), :mod:`.triton` (model repository),
 :mod:`.parity` (checks and table). The steps that use them (:mod:`.onnx_files`,
 :mod:`.onnx_parity`, :mod:`.engine_files`) run under :mod:`.timer` and are chained by

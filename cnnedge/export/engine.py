@@ -8,15 +8,12 @@ covers ``--batch MIN,OPT,MAX``. TensorRT-RTX builds for named GPU generations on
 a machine without a GPU; full TensorRT builds for the GPU present. The plan is
 written as TensorRT serialized it (no header), so ``trtexec`` and Triton read it.
 
-Builder errors arrive only through the logger, and TensorRT keeps the first
-logger it is given for the whole process: one logger per module, whose messages
-are collected per build.
+Builder errors arrive only through the logger (:func:`cnnedge.host.trt_logger`),
+whose messages are collected per build.
 """
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -24,12 +21,11 @@ from typing import Any, Sequence
 
 from ..artifact.card import ModelCard, sha256_file
 from ..errors import ExportError, MissingDependency, OptionError
+from ..host import gpu_sm, tensorrt, trt_logger
 from ..artifact.sidecar import EngineSidecar
 
-FLAVOURS = (("tensorrt", "tensorrt"), ("tensorrt_rtx", "tensorrt_rtx"))  # (module, sidecar flavour)
 INSTALL_HINT = ("pip install 'cnnedge[trt-rtx]' (TensorRT for RTX) or 'cnnedge[tensorrt]' (TensorRT, "
                 "on Jetson use JetPack's)")
-_LOGGERS: dict[str, Any] = {}
 
 
 @dataclass(frozen=True)
@@ -67,16 +63,9 @@ class Toolkit:
 
 def toolkit() -> Toolkit:
     """``tensorrt`` if it imports, else ``tensorrt_rtx``, else a MissingDependency naming the install."""
-    import importlib
-
-    errors = []
-    for mod, flavour in FLAVOURS:
-        try:
-            m = importlib.import_module(mod)
-        except ImportError as exc:
-            errors.append(f"{mod}: {exc}")
-            continue
-        return Toolkit(m, flavour, str(m.__version__))
+    m = tensorrt()
+    if m is not None:
+        return Toolkit(m, m.__name__, str(m.__version__))
     raise MissingDependency(f"--engine needs TensorRT, and neither tensorrt nor tensorrt_rtx imports; {INSTALL_HINT}")
 
 
@@ -88,7 +77,7 @@ def parse_gpus(text: str | None, flavour: str) -> tuple[str, ...]:
         if bad or not gpus:
             raise OptionError("gpu", f"{text!r}: expected compute capabilities like sm86,sm89")
         return gpus
-    present = detect_gpu()
+    present = gpu_sm()
     if present is None:
         choices = "sm80, sm86, sm89, sm120" if flavour == "tensorrt_rtx" else "the GPU the engine will run on"
         raise OptionError("engine", f": no GPU found to build for; name the target with {{gpu}} (e.g. {{gpu}} sm89; "
@@ -96,38 +85,8 @@ def parse_gpus(text: str | None, flavour: str) -> tuple[str, ...]:
     return (present,)
 
 
-def detect_gpu() -> str | None:
-    """The first GPU's compute capability as ``smXY``, from nvidia-smi; None without one."""
-    exe = shutil.which("nvidia-smi")
-    if not exe:
-        return None
-    try:
-        out = subprocess.run([exe, "--query-gpu=compute_cap", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=20, check=False).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    m = re.match(r"\s*(\d+)\.(\d+)", out or "")
-    return f"sm{m.group(1)}{m.group(2)}" if m else None
-
-
-def _logger(trt: ModuleType) -> Any:
-    key = trt.__name__
-    if key not in _LOGGERS:
-        class _Collect(trt.ILogger):
-            def __init__(self) -> None:
-                trt.ILogger.__init__(self)
-                self.messages: list[tuple[Any, str]] = []
-
-            def log(self, severity: Any, msg: str) -> None:
-                self.messages.append((severity, msg))
-
-        _LOGGERS[key] = _Collect()
-    return _LOGGERS[key]
-
-
-def _errors(trt: ModuleType, logger: Any) -> str:
-    sev = trt.ILogger.Severity
-    errs = [m for s, m in logger.messages if s in (sev.ERROR, sev.INTERNAL_ERROR)]
+def _errors(logger: Any) -> str:
+    errs = logger.errors
     return errs[-1].strip()[:400] if errs else "no error message from the builder"
 
 
@@ -137,7 +96,7 @@ def build(onnx_path: Path, engine_path: Path, card: ModelCard, kit: Toolkit, gpu
     from ..staging import write_bytes
 
     trt = kit.module
-    logger = _logger(trt)
+    logger = trt_logger(trt)
     logger.messages.clear()
     builder = trt.Builder(logger)
     flags = 0
@@ -146,7 +105,7 @@ def build(onnx_path: Path, engine_path: Path, card: ModelCard, kit: Toolkit, gpu
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
-        errs = "; ".join(parser.get_error(i).desc() for i in range(parser.num_errors)) or _errors(trt, logger)
+        errs = "; ".join(parser.get_error(i).desc() for i in range(parser.num_errors)) or _errors(logger)
         raise ExportError(f"{kit.flavour} cannot parse {onnx_path.name}: {errs[:400]}")
     if network.num_inputs != 1 or network.num_outputs != 1:
         raise ExportError(f"{onnx_path.name}: expected one input and one output, found {network.num_inputs} and "
@@ -169,7 +128,7 @@ def build(onnx_path: Path, engine_path: Path, card: ModelCard, kit: Toolkit, gpu
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise ExportError(f"{kit.flavour} {kit.version} could not build {engine_path.name} for "
-                          f"{','.join(gpus)}: {_errors(trt, logger)}")
+                          f"{','.join(gpus)}: {_errors(logger)}")
     write_bytes(engine_path, bytes(memoryview(plan)))
     if cache is not None and timing_cache is not None:
         write_bytes(timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
@@ -194,7 +153,7 @@ def _set_targets(trt: ModuleType, kit: Toolkit, config: Any, gpus: Sequence[str]
         for i, cap in enumerate(caps):
             config.set_compute_capability(cap, i)
         return
-    present = detect_gpu()
+    present = gpu_sm()
     if present is None:
         raise OptionError("engine", f"with {kit.flavour}: it builds for the GPU present, and none was found; build on "
                          "the target machine (TensorRT-RTX can build for named GPUs without one)")

@@ -68,7 +68,9 @@ def to_fp16(ws: Workspace, data: Checked, fp32: Path) -> Path:
 
 def to_int8(ws: Workspace, data: Checked, fp32: Fp32) -> tuple[Path, Path]:
     """The CPU INT8 file and the TensorRT one (what the INT8 engine is built from)."""
-    from .int8 import CPU, FILE_NAMES, TENSORRT, cache_name, fingerprint_batches, quantize
+    from .calibration import cache_name, fingerprint_batches
+    from .int8 import quantize
+    from .qdq import CPU, FILE_NAMES, TENSORRT
 
     cset, method, fixed = data.calib, ws.opts.calib_method, data.source.fixed_batch
     assert cset is not None

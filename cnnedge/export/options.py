@@ -42,7 +42,7 @@ class ExportOptions:
 
     def __post_init__(self) -> None:
         from .engine import Profile
-        from .int8 import METHODS
+        from .calibration import METHODS
 
         if self.input_dtype not in INPUT_DTYPES:
             raise OptionError("input_dtype", f"{self.input_dtype!r}; expected one of {', '.join(INPUT_DTYPES)}")

@@ -206,16 +206,17 @@ def _outputs(clf: Any, images: Sequence[np.ndarray], batch: int = BATCH) -> np.n
 
 
 def _latency_ms(clf: Any, image: np.ndarray, runs: int = 50) -> float:
-    """Median latency of one prepared image through the runtime, after a warm-up."""
+    """Median latency of one prepared image through the runtime, timed as cnn-bench times a call
+    (:func:`cnnedge.bench.measure.time_calls`: a warm-up, then every call on its own)."""
+    from ..bench.measure import time_calls
+    from ..bench.stats import latency
+
     pixels = clf.prepare(image)[None]
-    for _ in range(5):
+
+    def call() -> None:
         clf.infer_pixels(pixels)
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        clf.infer_pixels(pixels)
-        times.append(time.perf_counter() - t)
-    return float(np.median(times) * 1e3)
+
+    return latency(time_calls(call, warmup=5, iters=runs, duration=None, repeats=1).samples_ms).p50
 
 
 def compare_onnx(path: Path, precision: str, images: Sequence[np.ndarray], ref: np.ndarray,

@@ -2,7 +2,6 @@
 the error that carries it when an artifact missed its threshold."""
 from __future__ import annotations
 
-import contextlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,15 +82,11 @@ class ExportReport:
 def library_versions(kit: Any) -> dict[str, str]:
     """The versions of the libraries an export ran with (``kit``: the TensorRT toolkit, when engines are built),
     recorded in the report and the cards so that a result can be reproduced."""
-    import importlib.metadata as md
-
     from .. import __version__
+    from ..host import versions
 
-    v = {"cnnedge": __version__}
-    for pkg in ("tensorflow", "tensorflow-cpu", "keras", "tf2onnx", "onnx", "onnxruntime", "onnxslim",
-                "onnxconverter-common"):
-        with contextlib.suppress(md.PackageNotFoundError):
-            v[pkg] = md.version(pkg)
+    v = {"cnnedge": __version__, **versions(("tensorflow", "tensorflow-cpu", "keras", "tf2onnx", "onnx",
+                                             "onnxruntime", "onnxslim", "onnxconverter-common"))}
     if kit is not None:
         v[kit.flavour] = kit.version
     return v

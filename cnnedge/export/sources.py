@@ -25,8 +25,10 @@ def open_source(path: Path, describe: ModelDescription | None, trust: bool,
     """The source for ``path``; its card is read (or the description checked) before any model is loaded.
     ``opset``: the ONNX opset asked for (None: the export's default)."""
     from ..artifact.kinds import EXPORT_SOURCES, require_kind
+    from ..artifact.modelfile import require_model_file
 
     if require_kind(path, "cnn-export", EXPORT_SOURCES) == "onnx":
+        require_model_file(path)
         return OnnxSource(path, describe, opset)
     from ..keras_io import check_model_file
 
@@ -127,7 +129,7 @@ class KerasSource:
 
     def load(self) -> ModelCard:
         """The model behind the runtime's Keras backend; a card from the graph and the description as cnn-infer
-        makes it (:func:`~cnnedge.runtime.classifier.resolve_card`) for a model without one."""
+        makes it (:func:`~cnnedge.runtime.card_resolution.resolve_card`) for a model without one."""
         from ..runtime.backends import load_backend
 
         d = self.describe or ModelDescription()
@@ -196,7 +198,7 @@ class OnnxSource:
 
     def load(self) -> ModelCard:
         from ..runtime.backends import load_backend
-        from ..runtime.classifier import resolve_card
+        from ..runtime.card_resolution import resolve_card
 
         d = self.describe or ModelDescription()
         self.backend = load_backend(self.path, "ort-cpu", threads=1,
@@ -251,10 +253,10 @@ class OnnxSource:
 
 def described_card(backend: Any, d: ModelDescription) -> ModelCard:
     """The card of a model from elsewhere: its graph and the user's description, made as cnn-infer makes it
-    (:func:`~cnnedge.runtime.classifier.resolve_card`: layout, size, channels, metadata names, label count)."""
+    (:func:`~cnnedge.runtime.card_resolution.resolve_card`: layout, size, channels, metadata names, label count)."""
     import warnings
 
-    from ..runtime.classifier import CardMissingWarning, resolve_card
+    from ..runtime.card_resolution import CardMissingWarning, resolve_card
 
     values = {k: v for k, v in d.as_dict().items() if k != "input_size"}
     with warnings.catch_warnings():

@@ -18,7 +18,7 @@ __all__ = ["Classifier", "Prediction", "Result", "RunSummary", "load_backend", "
 
 _WHERE = {
     "Classifier": "classifier", "Prediction": "results", "Result": "results",
-    "CardMissingWarning": "classifier", "OutputKindWarning": "classifier", "load_backend": "backends",
+    "CardMissingWarning": "card_resolution", "OutputKindWarning": "card_resolution", "load_backend": "backends",
     "open_source": "sources", "run": "runner", "RunSummary": "runner",
 }
 _GONE = {"run_pipeline": "Classifier.stream(source, ...), or cnnedge.runtime.pipeline.run(clf.backend, clf.card, "

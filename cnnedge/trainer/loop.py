@@ -346,13 +346,10 @@ def _check_checkpoint(path: Path) -> None:
 
 
 def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for mod in ("cnnedge", "tensorflow", "keras", "numpy", "cv2"):
-        m = sys.modules.get(mod)
-        v = getattr(m, "__version__", None) if m else None
-        if v:
-            out["opencv" if mod == "cv2" else mod] = str(v)
-    return out
+    from ..host import loaded_versions
+
+    return {"python": platform.python_version(), **loaded_versions(
+        {"cnnedge": "cnnedge", "tensorflow": "tensorflow", "keras": "keras", "numpy": "numpy", "cv2": "opencv"})}
 
 
 def _require_gpu() -> None:

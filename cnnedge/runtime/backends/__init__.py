@@ -47,7 +47,8 @@ from pathlib import Path
 from typing import Any
 
 from ...artifact.kinds import (BACKEND_CHOICES, KERAS_SUFFIXES, KINDS, TABLE, auto_candidates, backend_info,
-                               check_options, describe_suffixes, require_kind)
+                               check_options, require_kind)
+from ...artifact.modelfile import require_model_file
 from ...artifact.names import INT8_CPU_NAME, INT8_TRT_NAME, STEM
 from ...errors import BackendUnavailable, ModelLoadError, UsageError
 from .base import Backend, Slot, TensorSpec, Timing, plan_batches
@@ -63,14 +64,7 @@ __all__ = ["BACKENDS", "ENGINE_SUFFIXES", "KERAS_SUFFIXES", "ONNX_SUFFIXES", "Ba
 
 def kind_of(path: str | os.PathLike) -> str:
     """``"onnx"``, ``"engine"`` or ``"keras"`` from the file name, or ModelLoadError."""
-    p = Path(path)
-    if not p.exists():
-        raise UsageError(f"{p}: no such file")
-    if not p.is_file() and not p.is_dir():  # a FIFO would block the load for ever, a device never end
-        raise UsageError(f"{p}: not a regular file (a FIFO, device or socket); give the model file")
-    if p.is_dir():
-        raise UsageError(f"{p}: is a folder; give the model file ({describe_suffixes()})")
-    return require_kind(p)
+    return require_kind(require_model_file(path))
 
 
 def load_backend(path: str | os.PathLike, backend: str = "auto", *, input_size: tuple[int, int] | None = None,

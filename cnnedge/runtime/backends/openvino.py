@@ -33,7 +33,8 @@ from ..interrupt import PerThread, RunInterrupted, register
 from ..limits import check_threads
 from .base import Backend, TensorSpec
 from ...artifact.onnxmeta import card_from_metadata, onnx_metadata
-from .ort import check_external_data, default_threads
+from .ort import default_threads
+from .ort_session import check_external_data
 
 HINTS = ("latency", "throughput")
 _WAIT_MS = 50  # a run is waited for in slices this long: a signal's handler and a stop run between them

@@ -18,10 +18,11 @@ from ..._lazy import require
 from ...artifact.card import ModelCard
 from ...artifact.kinds import ORT_PROVIDERS, TABLE
 from ...artifact.onnxmeta import card_from_metadata, not_utf8
-from ...errors import BackendUnavailable, CnnEdgeError, ModelLoadError, UsageError, arg_name, first_line
-from ..interrupt import PerThread, RunInterrupted, register
+from ...errors import BackendUnavailable, ModelLoadError, UsageError, first_line
+from ..interrupt import register
 from ..limits import check_threads
 from .base import Backend, Slot, TensorSpec, Timing
+from .ort_session import ALLOC, NODE, GuardedSession, check_external_data, ort_failure
 
 PROVIDERS = ORT_PROVIDERS  # backend name -> execution provider, from the one table
 _ORT_TYPES = {
@@ -57,116 +58,6 @@ def spinning(threads: int, cores: int | None = None) -> bool:
     may use leave at least one free core per intra-op thread beside them (``threads * 2 < cores``), whatever the
     batch."""
     return threads > 1 and threads * 2 < (cores or usable_cores())
-
-
-def check_external_data(path: str | os.PathLike) -> None:
-    """Refuse an ONNX file whose external data lies outside its folder.
-
-    Uses the ``onnx`` package when installed (without loading the data); ONNX
-    Runtime refuses such paths by itself as well, and its error is mapped too.
-    """
-    try:
-        import onnx
-        from onnx.external_data_helper import uses_external_data
-    except ImportError:
-        return
-    p = Path(path)
-    try:
-        model = onnx.load(str(p), load_external_data=False)
-    except Exception as exc:  # noqa: BLE001 - any parse failure means "not a model"
-        raise ModelLoadError(f"{p}: not a valid ONNX model ({first_line(exc)})") from None
-    root = p.resolve().parent
-    tensors = list(model.graph.initializer)
-    for node in model.graph.node:
-        for attr in node.attribute:
-            if attr.HasField("t"):
-                tensors.append(attr.t)
-    for t in tensors:
-        if not uses_external_data(t):
-            continue
-        loc = next((e.value for e in t.external_data if e.key == "location"), "")
-        target = (root / loc).resolve()
-        if os.path.isabs(loc) or not target.is_relative_to(root):
-            raise ModelLoadError(f"{p}: external data {loc!r} of tensor {t.name!r} lies outside the model's "
-                                 "folder; refusing to read it (keep external data files beside the model)")
-
-
-_ALLOC = re.compile(r"failed to allocate memory for requested buffer of size (\d+)|bad[_ ]alloc", re.I)
-_NODE = re.compile(r"while running (\w+) node")
-# ORT's "/onnxruntime_src/x.cc:360 void* f(size_t, ...) " source locations and "a == b was false." asserts
-_SOURCE = re.compile(r"\S*onnxruntime_src/\S+ .*?\)\s+|[^.]* was false\.\s*")
-
-
-def ort_failure(path: str | os.PathLike, exc: BaseException, doing: str) -> CnnEdgeError:
-    """One line for an ONNX Runtime failure while ``doing`` (``"loading"``, ``"running a batch of 8"``).
-
-    A model can ask for any amount of memory (a ``ConstantOfShape`` of 1e5x1e5x10 wants
-    400 GB) or fail on the input shape its card promised; ORT's message spans lines and
-    quotes its C++ sources. This keeps the node and the size, and names the file.
-    """
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    node = _NODE.search(text)
-    where = f" in its {node.group(1)} node" if node else ""
-    alloc = _ALLOC.search(text)
-    if alloc or isinstance(exc, MemoryError):
-        size = f"{int(alloc.group(1)) / 1e9:.3g} GB of" if alloc and alloc.group(1) else "more"
-        batch = re.search(r"batch of (\d+)", doing)
-        why = (f"a smaller {arg_name('batch')} may fit; if batch 1 fails too, a broken or hostile model"
-               if batch and int(batch.group(1)) > 1 else "a broken or hostile model, not one to run")
-        return ModelLoadError(f"{path}: the model asks for {size} memory{where} while {doing}, more than ONNX "
-                              f"Runtime could allocate here; {why}")
-    text = _SOURCE.sub("", text.split("Status Message:", 1)[-1] if node else text).strip()
-    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)[:300]
-    if "dimension" in text.lower() or "shape" in text.lower() or "rank" in text.lower():
-        return ModelLoadError(f"{path}: ONNX Runtime refused the input's shape{where} while {doing} ({text}); the "
-                              "model's card may not match its graph: re-export it")
-    return ModelLoadError(f"{path}: ONNX Runtime failed{where} while {doing} ({text})")
-
-
-class _Session:
-    """An ``InferenceSession`` whose runs fail with :func:`ort_failure`'s one line, whichever
-    path calls them (``infer``, the predict slot, a benchmark's timed call), and that another
-    thread can stop (:meth:`stop_runs`: each calling thread's own ``RunOptions.terminate``);
-    everything else is the session's own."""
-
-    __slots__ = ("_session", "_path", "_options")
-
-    def __init__(self, session: Any, path: str) -> None:
-        self._session, self._path = session, path
-        self._options = PerThread()  # every thread's RunOptions, for stop_runs
-
-    def _run_options(self) -> Any:
-        import onnxruntime as ort
-
-        return self._options.get(ort.RunOptions)
-
-    def stop_runs(self) -> None:
-        for ro in self._options.handles():
-            ro.terminate = True
-
-    def _failed(self, ro: Any, exc: BaseException, doing: str) -> BaseException:
-        if ro.terminate:
-            ro.terminate = False  # this thread's next run starts afresh
-            return RunInterrupted(f"{self._path}: the run was stopped while {doing}")
-        return ort_failure(self._path, exc, doing)
-
-    def run(self, output_names: Any, feed: Any) -> Any:
-        ro = self._run_options()
-        try:
-            return self._session.run(output_names, feed, ro)
-        except Exception as exc:  # noqa: BLE001 - ORT raises its own classes for every failure
-            shape = next(iter(getattr(v, "shape", ()) for v in feed.values()), ()) if isinstance(feed, dict) else ()
-            raise self._failed(ro, exc, f"running a batch of {shape[0]}" if shape else "running") from None
-
-    def run_with_iobinding(self, binding: Any) -> Any:
-        ro = self._run_options()
-        try:
-            return self._session.run_with_iobinding(binding, ro)
-        except Exception as exc:  # noqa: BLE001
-            raise self._failed(ro, exc, "running a batch") from None
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._session, name)
 
 
 @functools.lru_cache(maxsize=None)
@@ -296,14 +187,14 @@ class OrtBackend(Backend):
             providers.append((PROVIDERS["ort-cuda"], {"device_id": device_id}))
         providers.append("CPUExecutionProvider")
         try:
-            self.session = _Session(ort.InferenceSession(str(p), sess_options=so, providers=providers), self.path)
+            self.session = GuardedSession(ort.InferenceSession(str(p), sess_options=so, providers=providers), self.path)
         except Exception as exc:  # noqa: BLE001 - ORT raises its own classes for every failure
             text = first_line(exc)
             if "outside" in text.lower() or "external" in text.lower() and ".." in text:
                 raise ModelLoadError(f"{p}: refused external data outside the model's folder ({text})") from None
             if isinstance(exc, (FileNotFoundError,)) or "No such file" in text or "doesn't exist" in text:
                 raise UsageError(f"{p}: no such file") from None
-            if _ALLOC.search(text) or isinstance(exc, MemoryError) or _NODE.search(text):
+            if ALLOC.search(text) or isinstance(exc, MemoryError) or NODE.search(text):
                 raise ort_failure(p, exc, "loading") from None
             raise ModelLoadError(f"{p}: not a loadable ONNX model ({text})") from None
         got = self.session.get_providers()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import importlib
 import os
 import threading
 import time
@@ -26,19 +25,15 @@ from typing import Any
 import numpy as np
 
 from ...errors import BackendUnavailable, ModelLoadError
+from ...host import tensorrt, trt_logger
 from ...artifact.sidecar import REBUILD, EngineSidecar, verify_engine
 from .base import Backend, Slot, TensorSpec, Timing
 
-FLAVOUR_MODULES = ("tensorrt", "tensorrt_rtx")
-
-
 def import_tensorrt() -> tuple[ModuleType, str]:
     """The TensorRT module and its flavour name, or BackendUnavailable."""
-    for name in FLAVOUR_MODULES:
-        try:
-            return importlib.import_module(name), name
-        except ImportError:
-            continue
+    trt = tensorrt()
+    if trt is not None:
+        return trt, trt.__name__
     raise BackendUnavailable("backend trt needs TensorRT: pip install 'cnnedge[tensorrt]' (Jetson, data-centre "
                              "GPUs) or 'cnnedge[trt-rtx]' (RTX PCs)")
 
@@ -98,21 +93,6 @@ def _np_dtype(trt: ModuleType, dt: Any) -> np.dtype:
     return np.dtype(trt.nptype(dt))
 
 
-class _Logger:
-    """A TensorRT logger that keeps errors so they can be reported in one line."""
-
-    def __new__(cls, trt: ModuleType) -> Any:
-        class L(trt.ILogger):
-            def __init__(self) -> None:
-                trt.ILogger.__init__(self)
-                self.errors: list[str] = []
-
-            def log(self, severity: Any, msg: str) -> None:
-                if int(severity) <= int(trt.ILogger.Severity.ERROR):
-                    self.errors.append(msg)
-        return L()
-
-
 class TrtBackend(Backend):
     """A serialized TensorRT plan with its sidecar. Options: ``device_id``."""
 
@@ -135,7 +115,8 @@ class TrtBackend(Backend):
         self.sidecar = side
         _check(cudart.cudaSetDevice(device_id), "cudaSetDevice")
         self._trt, self._cudart = trt, cudart
-        self._logger = _Logger(trt)
+        self._logger = trt_logger(trt)
+        self._logger.messages.clear()
         self._runtime = trt.Runtime(self._logger)
         self.engine = self._runtime.deserialize_cuda_engine(p.read_bytes())
         if self.engine is None:

@@ -1,7 +1,8 @@
 """The batched pipeline, one small type per stage; :func:`run` is the one way in.
 
     sources -> Batcher (batcher.py) -> decode stage: Decoder -> Batch (decoders.py; the CPU pool in
-    decode_pool.py, the GPU decoder in gpu_decoder.py) -> InferenceStage (inference.py)
+    decode_pool.py, its worker processes in decode_worker.py, the GPU decoder in gpu_decoder.py)
+    -> InferenceStage (inference.py)
     -> ResultMaker (results.py) -> the caller: sinks, a batch at a time
 
 The Preprocessor (preprocessor.py) and the Postprocessor (postprocessor.py) are built from the card,

@@ -8,7 +8,8 @@ and resizes) and, on 4 or more workers for runs long enough to pay for starting 
 (about a core-second each), by worker processes writing whole batches of files into
 shared-memory slots, as a PyTorch DataLoader does. Once a worker is up, new file batches go
 to the processes. Worker processes are plain ``python -m cnnedge.runtime.pipeline.decode_pool``
-subprocesses, so a caller's script is never re-imported (no ``__main__`` guard needed).
+subprocesses running :func:`.decode_worker.worker_main`, so a caller's script is never re-imported (no
+``__main__`` guard needed).
 
 A worker process knows only its decoder (the card's input spec and preprocessing),
 never the model or backend. A worker that dies on a
@@ -27,8 +28,6 @@ import functools
 import itertools
 import os
 import queue
-import shutil
-import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from .batch import END_OF_INPUT, Batch
+from .decode_worker import shared_memory_ring, worker_env
 from .decoders import HostDecoder, skipped_rows
 
 SPAWN_AFTER_S = 1.0  # start worker processes once a run has lasted this long ...
@@ -54,46 +54,6 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _worker_main() -> None:
-    """A worker process (``python -m cnnedge.runtime.pipeline.decode_pool``): decode chunks into the shared ring until
-    told to stop or the parent goes. Started as a plain subprocess, so a caller's script is never re-imported."""
-    import mmap
-    import pickle
-    from multiprocessing.connection import Connection
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops us
-    rd, wr = Connection(os.dup(0), writable=False), Connection(os.dup(1), readable=False)
-    os.dup2(2, 1)  # a library's print must not corrupt the pipe
-    decoder, shm_name, ring_shape, wid = pickle.loads(rd.recv_bytes())
-    try:
-        import cv2
-
-        cv2.setNumThreads(1)  # one process per core already
-    except Exception:  # noqa: BLE001
-        pass
-    fd = os.open("/dev/shm/" + shm_name.lstrip("/"), os.O_RDWR)
-    try:
-        mm = mmap.mmap(fd, os.fstat(fd).st_size)
-    finally:
-        os.close(fd)
-    ring = np.ndarray(ring_shape, np.uint8, mm)
-    cursors = np.ndarray((ring_shape[0] + 64, 2), np.int64, mm, offset=ring.nbytes)
-    cursor = cursors[wid]
-    wr.send(("ready",))
-    while True:
-        try:
-            msg = rd.recv()
-        except (EOFError, OSError):
-            break  # the parent is gone
-        if msg is None:
-            break
-        seq, slot, items, skip = msg
-        cursor[0], cursor[1] = seq, -1
-        errors, _ = decoder.decode_rows(items, ring[slot], skip, cursor=cursor)
-        cursor[0] = -1
-        wr.send(("done", seq, errors))
-
-
 @dataclass
 class _Job:
     """One submitted list of items on its way through the pool: rows 0..n-1 of ``slot`` are its pixels."""
@@ -106,53 +66,6 @@ class _Job:
     started: float = 0.0
     last: bool = False  # the end of input, passed through in order
     left: int = 0  # pieces still decoding in threads
-
-
-def _shared_memory(size: int, ring_bytes: int) -> Any:
-    """A shared-memory block for the ring, or None when /dev/shm has not room for twice the ring (tmpfs
-    hands out pages on first write: a ring larger than what is free would end in SIGBUS)."""
-    try:
-        free = shutil.disk_usage("/dev/shm").free
-    except OSError:
-        return None
-    if free <= 2 * ring_bytes:
-        return None
-    from multiprocessing import shared_memory
-
-    try:
-        return shared_memory.SharedMemory(create=True, size=size)
-    except OSError:
-        return None
-
-
-def worker_env() -> dict[str, str]:
-    """A worker process's environment: one OpenMP thread, and this package's folder on ``PYTHONPATH``
-    only when an installed cnnedge (editable or not) is not this one (a checkout run from its folder)."""
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", "1")
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if not _installed_is(here):
-        root = os.path.dirname(here)
-        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env
-
-
-def _installed_is(package_dir: str) -> bool:
-    """Whether the installed distribution of cnnedge provides the package at ``package_dir``."""
-    import json
-    from importlib import metadata
-
-    try:
-        dist = metadata.distribution("cnnedge")
-    except metadata.PackageNotFoundError:
-        return False
-    url = json.loads(dist.read_text("direct_url.json") or "{}")
-    if url.get("dir_info", {}).get("editable"):
-        from urllib.parse import unquote, urlparse
-
-        src = unquote(urlparse(url.get("url", "")).path)
-        return os.path.realpath(os.path.join(src, "cnnedge")) == os.path.realpath(package_dir)
-    return os.path.realpath(str(dist.locate_file("cnnedge"))) == os.path.realpath(package_dir)
 
 
 class _Proc:
@@ -216,7 +129,7 @@ class DecodePool:
         nslots = max(self.workers + 3, min(want, MAX_RING_BYTES // max(1, slot_bytes)))
         ring_bytes = nslots * slot_bytes
         if self._procs_wanted:
-            self._shm = _shared_memory(ring_bytes + (nslots + 64) * 16, ring_bytes)
+            self._shm = shared_memory_ring(ring_bytes + (nslots + 64) * 16, ring_bytes)
         if self._shm is None:
             self._procs_wanted = False
         shape = (nslots, self.batch) + tuple(self.row_shape)
@@ -511,4 +424,6 @@ class DecodePool:
 
 
 if __name__ == "__main__":
-    _worker_main()
+    from .decode_worker import worker_main
+
+    worker_main()
