@@ -70,9 +70,10 @@ KIND_ORDER: dict[str, int] = {k: i for i, k in enumerate(KINDS)}
 def auto_candidates(kind: str) -> tuple[str, ...]:
     """The backends ``auto`` tries for ``kind``, best first: for ``.onnx`` ONNX Runtime's providers only.
 
-    OpenVINO is opened when named: on the 2-core EPYC of issue 31 it is 1.5-1.9x slower than ONNX Runtime on a
+    OpenVINO is not in the order: on the 2-core EPYC of issue 31 it is 1.5-1.9x slower than ONNX Runtime on a
     tiny model at batch 1 and up to 2.3x faster on batched INT8, so a fixed order picks the slower engine for
-    one of them; ``auto`` may pick it once it measures the choice per model and machine."""
+    one of them. Where no GPU provider starts, ``auto`` times ONNX Runtime's CPU provider against OpenVINO
+    instead (cnnedge.runtime.backends.engine_choice)."""
     wants = KINDS[kind].backends
     ort = tuple(n for n in wants if TABLE[n].ort_provider)
     return ort or wants

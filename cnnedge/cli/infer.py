@@ -196,6 +196,15 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
         logger.removeHandler(handler)
 
 
+def _batch_hint(args: argparse.Namespace, sources: list[Any]) -> int:
+    """The batch this run will use: ``--batch``, else the default its sources get (auto times engines at it)."""
+    if args.batch is not None:
+        return args.batch
+    from ..runtime.pipeline import planned_batch
+
+    return planned_batch(sources, args.live)
+
+
 def _run(args: argparse.Namespace, sources: list[Any], out: TextIO, err: TextIO) -> int:
     from contextlib import ExitStack
 
@@ -219,7 +228,7 @@ def _run(args: argparse.Namespace, sources: list[Any], out: TextIO, err: TextIO)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            clf = Classifier(args.model, args.backend, **described, topk=args.topk,
+            clf = Classifier(args.model, args.backend, **described, topk=args.topk, batch=_batch_hint(args, sources),
                              reduce_decode=args.reduce_decode, threads=args.threads, fp16=args.fp16 or None,
                              load_timeout_s=args.load_timeout_s, assume_preprocessing=args.assume_preprocessing,
                              **({"trust": True} if args.trust else {}))

@@ -115,7 +115,9 @@ class Classifier:
     pixels where no argument says otherwise, with a CardMissingWarning naming what was assumed; False
     refuses it with a UsageError unless scale, mean or std is given (what cnn-infer does).
     ``load_timeout_s``: the warm-up run may take this long (None: no limit) before the model is
-    refused: a model that never finishes. Other keyword arguments go to the backend
+    refused: a model that never finishes. ``batch``: the batch this Classifier will mostly run (None: 1, as
+    ``predict``), at which ``backend="auto"`` times the CPU engines of an ONNX file (``self.backend.choice`` says
+    what it picked and why). Other keyword arguments go to the backend
     (``threads``, ``fp16``, ``cache_dir``, ``device_id``, ``hint``, ``trust``).
     """
 
@@ -125,7 +127,7 @@ class Classifier:
                  interpolation: str | None = None, output: str | None = None, input_size: Any = None,
                  topk: int = DEFAULT_TOPK, warmup: bool = True, reduce_decode: bool = True,
                  load_timeout_s: float | None = DEFAULT_LOAD_TIMEOUT_S, assume_preprocessing: bool = True,
-                 **backend_opts: Any) -> None:
+                 batch: int | None = None, **backend_opts: Any) -> None:
         topk = check_topk(topk)
         self.load_timeout_s = _timeout(load_timeout_s)
         described = dict(labels=labels, scale=scale, mean=mean, std=std, rgb=rgb, resize=resize, crop_pct=crop_pct,
@@ -133,12 +135,12 @@ class Classifier:
         size = check_description({"input_size": input_size}).get("input_size")
         check_description(described)  # before loading: a bad value costs no model load
         if isinstance(model, Backend):  # an opened backend (the Classifier closes it), e.g. a ReplayBackend
-            if backend != "auto" or backend_opts or size is not None:
-                raise UsageError("Classifier(backend_instance) takes no backend name, backend options or "
-                                 "input_size; give them to load_backend")
+            if backend != "auto" or backend_opts or size is not None or batch is not None:
+                raise UsageError("Classifier(backend_instance) takes no backend name, backend options, "
+                                 "input_size or batch; give them to load_backend")
             self.backend: Backend = model
         else:
-            self.backend = load_backend(model, backend, input_size=size, **backend_opts)
+            self.backend = load_backend(model, backend, input_size=size, batch=batch, **backend_opts)
         try:
             self.card, detect, self.labels_from = resolve_card(self.backend, **described,
                                                                assume_preprocessing=assume_preprocessing)

@@ -11,6 +11,7 @@ The interface (what cnn-bench and the Classifier use; keep it small)::
         be.max_batch      # the largest batch it takes (TensorRT profile), or None
         be.min_batch      # the smallest (TensorRT profile; 1 otherwise): shorter chunks are padded
         be.card           # the ModelCard the artifact carries, or None (third-party ONNX)
+        be.choice         # auto's EngineChoice when it measured the CPU engines (str(): engine, why, when), or None
         out = be.infer(x) # x: np.ndarray in input_spec's layout and dtype -> raw output, one row per input
         out, t = be.timed_infer(x, resident=False)  # one call, t: Timing(h2d_ns, compute_ns, d2h_ns)
         s = be.slot()     # a reusable batch of one (or None): fill s.input in place, s.run() -> output
@@ -32,7 +33,9 @@ backend makes over its own buffers. ``set_input_spec(spec)`` fixes a dynamic hei
 ``load_backend(path, backend="auto", **opts)`` chooses from the table in
 :mod:`cnnedge.artifact.kinds`: ``.engine``/``.plan`` -> ``trt``; ``.onnx`` -> the
 best ONNX Runtime provider that starts (TensorRT EP when TensorRT's libraries
-load, then CUDA EP, then CPU; ``openvino``, OpenVINO on the CPU, only when named); ``.keras`` -> ``keras``. A named backend that is not
+load, then CUDA EP, then the CPU: with OpenVINO installed as well, ONNX Runtime's CPU provider or OpenVINO, whichever
+ran the file faster at the ``batch`` and ``threads`` in use, timed once per model and machine and kept in a small
+cache, :mod:`.engine_choice`; ``be.choice`` says which and why); ``.keras`` -> ``keras``. A named backend that is not
 installed or has no GPU is a :class:`~cnnedge.errors.BackendUnavailable`.
 For a GPU provider ``model.int8.onnx`` is swapped for the
 ``model.int8.trt.onnx`` beside it (:func:`int8_file_for`).
@@ -50,7 +53,7 @@ from ...artifact.kinds import (BACKEND_CHOICES, KERAS_SUFFIXES, KINDS, TABLE, au
                                check_options, require_kind)
 from ...artifact.modelfile import require_model_file
 from ...artifact.names import INT8_CPU_NAME, INT8_TRT_NAME, STEM
-from ...errors import BackendUnavailable, ModelLoadError, UsageError
+from ...errors import BackendUnavailable, ModelLoadError, UsageError, arg_name
 from .base import Backend, Slot, TensorSpec, Timing, plan_batches
 
 BACKENDS = BACKEND_CHOICES  # "auto" and every backend of the table (cnnedge.artifact.kinds)
@@ -68,15 +71,23 @@ def kind_of(path: str | os.PathLike) -> str:
 
 
 def load_backend(path: str | os.PathLike, backend: str = "auto", *, input_size: tuple[int, int] | None = None,
-                 **opts: Any) -> Backend:
+                 batch: int | None = None, **opts: Any) -> Backend:
     """Open ``path`` with the named backend, or the best available one for ``"auto"``.
 
     ``input_size=(h, w)`` fixes the image size of a graph whose height and width are
-    dynamic (see :mod:`.sizing`: the card or Ultralytics' ``imgsz`` otherwise)."""
+    dynamic (see :mod:`.sizing`: the card or Ultralytics' ``imgsz`` otherwise). ``batch``: the batch the
+    caller will mostly run (None: 1), at which ``auto`` times the CPU engines (:mod:`.engine_choice`)."""
     from ...artifact.onesource import check_one_source
     from .sizing import set_input_size
 
-    be = _open(path, backend, **opts)
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+        raise UsageError(f"{arg_name('batch')} must be a whole number >= 1 (or None), got {batch!r}")
+    if backend == "auto" and kind_of(path) == "onnx" and _measures(opts):
+        be = _open(path, backend, gpu_only=True, **opts)
+        if be is None:  # no GPU provider started: the faster CPU engine, each candidate opened as if named
+            return _choose_cpu(path, batch, input_size, opts)
+    else:
+        be = _open(path, backend, **opts)
     try:
         check_one_source(be.path or path, be.card.provenance.source_sha256 if be.card else None)
         set_input_size(be, input_size)
@@ -98,7 +109,9 @@ def int8_file_for(path: str | os.PathLike, backend: str) -> str | os.PathLike:
     return path
 
 
-def _open(path: str | os.PathLike, backend: str = "auto", **opts: Any) -> Backend:
+def _open(path: str | os.PathLike, backend: str = "auto", *, gpu_only: bool = False, **opts: Any) -> Backend | None:
+    """The backend opened, unchecked; with ``gpu_only`` (``auto`` on an ONNX file) the first GPU provider that
+    starts, or None."""
     if backend != "auto":
         backend_info(backend)
     kind = kind_of(path)
@@ -126,10 +139,14 @@ def _open(path: str | os.PathLike, backend: str = "auto", **opts: Any) -> Backen
             for name in tries:
                 if TABLE[name].ort_provider not in avail:
                     continue
+                if gpu_only and not TABLE[name].gpu:
+                    return None
                 try:  # ort-trt without TensorRT's library is refused here before ONNX Runtime tries it
                     return OrtBackend(int8_file_for(path, name), name, **opts)
                 except BackendUnavailable as exc:
                     errors.append(str(exc))
+            if gpu_only:
+                return None
             raise BackendUnavailable("no ONNX Runtime provider could start: " + "; ".join(errors))
     if backend not in wants:
         raise UsageError(f"{path}: backend {backend} cannot run a .{Path(path).suffix.lstrip('.')} file "
@@ -151,3 +168,23 @@ def _open(path: str | os.PathLike, backend: str = "auto", **opts: Any) -> Backen
     from .ort import OrtBackend
 
     return OrtBackend(int8_file_for(path, backend), backend, **opts)
+
+
+def _measures(opts: dict[str, Any]) -> bool:
+    from .engine_choice import measuring_on
+
+    return measuring_on({k: v for k, v in opts.items() if v is not None})
+
+
+def _choose_cpu(path: str | os.PathLike, batch: int | None, input_size: tuple[int, int] | None,
+                opts: dict[str, Any]) -> Backend:
+    """ONNX Runtime's CPU provider or OpenVINO, whichever runs ``path`` faster here (:mod:`.engine_choice`);
+    each candidate is opened as a named backend would be (the one-source check and the image size included)."""
+    from ..limits import check_threads
+    from .engine_choice import choose_cpu_engine
+    from .ort import default_threads
+
+    opts = {k: v for k, v in opts.items() if v is not None}
+    threads = check_threads(opts.get("threads"), "threads") or default_threads()
+    return choose_cpu_engine(path, batch, threads,
+                             lambda name: load_backend(path, name, input_size=input_size, **opts))

@@ -103,7 +103,8 @@ class Backend:
     artifact takes, or None), ``max_batch`` (the largest it takes, or None),
     ``card`` (the :class:`ModelCard` the artifact carries, or None), ``settings``
     (the engine settings chosen for this machine, e.g. ``{"threads": 2, "spinning": False}``:
-    cnn-infer's start line and cnn-bench's report show them).
+    cnn-infer's start line and cnn-bench's report show them; ``"auto"`` says why ``auto`` picked this CPU
+    engine), ``choice`` (that :class:`~.engine_choice.EngineChoice`, or None when nothing was measured).
 
     ``infer`` may be called from several threads at once: a backend whose runtime
     cannot run two calls together (a TensorRT context, a Keras function) serialises
@@ -124,6 +125,7 @@ class Backend:
         self.inference_time = 0.0  # seconds the last infer()/infer_device() spent running (as Polygraphy's runners)
         self.size_from: str | None = None  # where a dynamic graph's image size came from (sizing.py)
         self.settings: dict[str, object] = {}  # the engine settings chosen for this machine (threads, spinning ...)
+        self.choice: Any = None  # auto's EngineChoice (engine_choice.py) when it measured the CPU engines
         self._closed = False
         # close() waits for in-flight infer() calls: they count themselves in and out under this
         # lock (a plain one: two C-level acquisitions per call on the hot path), so a session,
@@ -375,6 +377,6 @@ class Backend:
 def settings_text(settings: dict[str, object]) -> str:
     """``, 2 threads, spinning off``: a backend's chosen settings as cnn-infer's start line and cnn-bench show them."""
     words = {"threads": lambda v: f"{v} thread{'s' if v != 1 else ''}",
-             "spinning": lambda v: "spinning " + ("on" if v else "off")}
+             "spinning": lambda v: "spinning " + ("on" if v else "off"), "auto": lambda v: f"auto: {v}"}
     parts = [words[k](v) if k in words else f"{k} {v}" for k, v in settings.items()]
     return "".join(", " + p for p in parts)

@@ -23,7 +23,7 @@ _WHERE = {
     "Postprocessor": "postprocessor",
     "NONFINITE": "results", "ResultMaker": "results", "PipelineStats": "stats",
     "DECODE_MODES": "wiring", "FILE_BATCH": "wiring", "LIVE_BATCH": "wiring", "default_batch": "wiring",
-    "default_workers": "wiring", "run": "wiring",
+    "default_workers": "wiring", "planned_batch": "wiring", "run": "wiring",
 }
 
 __all__ = sorted(_WHERE)

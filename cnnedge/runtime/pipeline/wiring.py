@@ -39,6 +39,7 @@ from .stats import PipelineStats
 DECODE_MODES = ("auto", "cpu", "gpu")
 FILE_BATCH = 32  # the default batch when every source is image files: throughput, no one waits on a frame
 LIVE_BATCH = 8  # the default with a camera, stream or video among the sources
+FILE_KINDS = ("image files", "folder", "list file", "image")  # the source kinds that read image files
 
 
 def default_workers() -> int:
@@ -56,6 +57,20 @@ def default_batch(backend: Backend, sources: Sequence[Source]) -> int:
     want = FILE_BATCH if sources and all(isinstance(s, FileSource) for s in sources) else LIVE_BATCH
     most = most_batch(backend)
     return want if most is None else max(1, min(want, most))
+
+
+def planned_batch(specs: Sequence[Any], live: bool = False) -> int:
+    """The batch :func:`default_batch` will give these sources, told from their specs before they are opened
+    (paths, URLs, camera indices): what ``auto`` times the CPU engines at (cnn-infer without ``--batch``)."""
+    from ...errors import CnnEdgeError
+    from ..sources.table import Target, source_kind
+
+    try:
+        files = bool(specs) and all(isinstance(s, FileSource) or not isinstance(s, Source)
+                                    and source_kind(Target(s, live)).name in FILE_KINDS for s in specs)
+    except (CnnEdgeError, OSError):  # an unreadable source: the run says so, the guess does not matter
+        files = False
+    return FILE_BATCH if files else LIVE_BATCH
 
 
 @dataclass
