@@ -47,8 +47,9 @@ def eight_bit(export_dir: Path, float_layers: list[str]) -> Path:
                                     "entropy", weight_bits=8)
 
 
-def build(preset: str, size: int, run: Path) -> Path:
-    """A randomly initialised preset with the card the trainer would write, saved as run/model.keras."""
+def build(preset: str, size: int, run: Path, **model_kwargs) -> Path:
+    """A randomly initialised preset with the card the trainer would write, saved as run/model.keras
+    (``model_kwargs`` go to ``create_model``: ``weights=None`` for a transfer preset's untrained base)."""
     import keras
 
     from cnnedge.artifact.card import InputSpec, ModelCard, Preprocess, Provenance
@@ -58,7 +59,7 @@ def build(preset: str, size: int, run: Path) -> Path:
     p = get_preset(preset)
     spec = make_spec("digits", size=(size, size))
     keras.utils.set_random_seed(0)
-    model = create_model(preset, (size, size, 3), 10)
+    model = create_model(preset, (size, size, 3), 10, **model_kwargs)
     card = ModelCard(name=preset, classes=tuple(str(i) for i in range(10)),
                      input=InputSpec(size, size, 3, "NHWC", "float32", p.color),
                      preprocess=Preprocess(resize="stretch", scale=p.scale, mean=p.mean, std=p.std, in_graph=True,

@@ -28,15 +28,16 @@ sys.path.insert(0, str(HERE))
 from int8_bench import build, facts_line, machine_facts  # noqa: E402
 
 
-def exported(preset: str, size: int, root: Path) -> Path:
-    """model.int8.onnx of ``preset`` with random weights, exported once into ``root``."""
+def exported(preset: str, size: int, root: Path, **model_kwargs) -> Path:
+    """model.int8.onnx of ``preset`` with random weights, exported once into ``root`` (``model_kwargs``: see
+    int8_bench.build)."""
     out = root / preset / "export"
     if not (out / "model.int8.onnx").is_file():
         from cnnedge.export import Int8Options, export
 
         # random weights: the fallback that keeps layers float until INT8 agrees with FP32 is off, so that the
         # whole network is timed in int8
-        export(build(preset, size, root / preset), out, int8=True, force=True, check=False, calib_size=128,
+        export(build(preset, size, root / preset, **model_kwargs), out, int8=True, force=True, check=False, calib_size=128,
                verify_size=64, int8_options=Int8Options(target_agreement=0.0))
     return out / "model.int8.onnx"
 
@@ -50,6 +51,19 @@ def time_calls(be, x, seconds: float) -> list[float]:
         be.infer(x)
         times.append((time.perf_counter() - t0) * 1e3)
     return times
+
+
+def save(path: Path, model: str, args: argparse.Namespace, rows: list[dict]) -> dict:
+    """The machine, engine versions, settings and ``rows`` written to ``path`` as JSON; prints the header line."""
+    from importlib import metadata
+
+    result = {**machine_facts(), "model": model,
+              "versions": {p: metadata.version(p) for p in ("onnxruntime", "openvino")},
+              "seconds": args.seconds, "rounds": args.rounds, "rows": rows}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"{facts_line(result)}; {result['model']}; {result['versions']}")
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,15 +106,8 @@ def main(argv: list[str] | None = None) -> int:
                              "top1_agreement_with_ort": round(agree, 3) if k == "openvino" else None})
         for be in engines.values():
             be.close()
-    from importlib import metadata
-
-    result = {**machine_facts(), "model": f"{args.preset} {args.size}x{args.size}, random weights, {model.name}",
-              "versions": {p: metadata.version(p) for p in ("onnxruntime", "openvino")},
-              "seconds": args.seconds, "rounds": args.rounds, "rows": rows}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "openvino_bench.json").write_text(json.dumps(result, indent=1) + "\n")
-    print(f"{facts_line(result)}; {result['model']}; {result['versions']}")
+    save(Path(args.out) / "openvino_bench.json", f"{args.preset} {args.size}x{args.size}, random weights, "
+         f"{model.name}", args, rows)
     print("| threads | batch | engine | p50 ms | time vs ORT INT8 |\n|---:|---:|---|---:|---:|")
     for r in rows:
         print(f"| {r['threads']} | {r['batch']} | {r['engine']} | {r['p50_ms']:.2f} | {r['ratio_to_ort']:.2f} |")
