@@ -161,3 +161,20 @@ def test_cnn_infer_prints_the_choice_at_the_batch_it_runs(model, cache, tmp_path
     assert r.returncode == 0 and "auto: " not in r.stderr, r.stderr
     r = _infer(str(model), "--source", str(photos), "--threads", "1", "--json", str(tmp_path / "c.jsonl"))
     assert r.returncode == 0 and "; cached 20" in r.stderr, r.stderr
+
+
+def test_cnn_bench_names_autos_cached_pick_in_its_engine_lines(model, cache, tmp_path):
+    with load_backend(model, batch=4, threads=1) as be:
+        picked = str(be.choice)
+    code = "import sys\nfrom cnnedge.cli.bench import console\nsys.argv[0] = 'cnn-bench'\nconsole()\n"
+    out = tmp_path / "b.json"
+    r = subprocess.run([sys.executable, "-c", code, str(model), "--backend", "ort-cpu,openvino", "--batch", "1,4",
+                        "--iters", "3", "--warmup", "1", "--repeats", "1", "--threads", "1", "--json", str(out)],
+                       capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                       cwd=str(ROOT))
+    assert r.returncode == 0, r.stderr
+    engines = json.loads(out.read_text())["engines"]
+    (entry,) = entries(cache).values()
+    assert engines["model.onnx on auto at batch 4"]["auto"] == picked.replace("measured now", f"cached {entry['date']}")
+    assert "model.onnx on auto at batch 1" not in engines  # auto never ran at batch 1: nothing to say
+    assert f"engine: model.onnx on auto at batch 4, auto: {picked.split(' (')[0]} (" in r.stdout + r.stderr

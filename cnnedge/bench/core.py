@@ -142,6 +142,22 @@ def _measure_all(cfg: BenchConfig, report: BenchReport, pairs: list[Any], batche
                 _end_to_end(cfg, report, art, backend, be, files, batches, threads, bounds, say)
         finally:
             be.close()
+    _auto_lines(report, pairs, batches, threads)
+
+
+def _auto_lines(report: BenchReport, pairs: list[Any], batches: list[int], threads: int) -> None:
+    """An engine line per ONNX file and batch for which ``auto`` already picked a CPU engine here (its cache: what
+    cnn-infer and the Classifier run it on, and why); nothing is measured for it."""
+    from ..runtime.backends.engine_choice import ENGINES, cached_choice
+
+    for art in dict.fromkeys(a for a, b in pairs if b in ENGINES):
+        for batch in batches:
+            try:
+                choice = cached_choice(art.path, batch, threads)
+            except OSError:  # the file went away after it was measured
+                choice = None
+            if choice is not None:
+                report.engines[f"{art.name} on auto at batch {batch}"] = {"auto": str(choice)}
 
 
 def _tensorflow_threads(threads: int | None, report: BenchReport) -> None:

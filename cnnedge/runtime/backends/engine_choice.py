@@ -179,19 +179,35 @@ def _decide(opened: dict[str, Backend], failed: dict[str, CnnEdgeError], batch: 
                         threads, "measured now"), "ort-cpu"
 
 
-def _open_cached(hit: dict[str, Any], threads: int, open_engine: Callable[[str], Backend]) -> Backend | None:
-    """The cached winner opened, or None (measure again) when it no longer opens."""
-    name = hit["engine"]
+def cached_choice(path: str | os.PathLike, batch: int, threads: int) -> EngineChoice | None:
+    """What ``auto`` picked for ``path`` at ``batch`` and ``threads`` on this machine, from the cache (nothing is
+    opened or measured; cnn-bench's engine lines), or None: not measured yet, or measuring is off."""
+    from . import engine_cache
+
+    if not measuring_on({}):
+        return None
+    key = engine_cache.cache_key(engine_cache.file_sha256(path), _versions(), threads, batch)
+    hit = engine_cache.lookup(key)
+    return None if hit is None else _from_entry(hit, threads)
+
+
+def _from_entry(hit: dict[str, Any], threads: int) -> EngineChoice | None:
+    name, ratio, batch = hit["engine"], hit.get("ratio"), hit.get("batch")
     if name not in ENGINES:
         return None
+    return EngineChoice(name, ratio if isinstance(ratio, (int, float)) else None, str(hit.get("reason", "")),
+                        batch if isinstance(batch, int) else 0, threads, f"cached {hit.get('date', '?')}")
+
+
+def _open_cached(hit: dict[str, Any], threads: int, open_engine: Callable[[str], Backend]) -> Backend | None:
+    """The cached winner opened, or None (measure again) when it no longer opens."""
+    choice = _from_entry(hit, threads)
+    if choice is None:
+        return None
     try:
-        be = open_engine(name)
+        return _mark(open_engine(choice.engine), choice)
     except CnnEdgeError:
         return None
-    ratio, batch = hit.get("ratio"), hit.get("batch")
-    choice = EngineChoice(name, ratio if isinstance(ratio, (int, float)) else None, str(hit.get("reason", "")),
-                          batch if isinstance(batch, int) else 0, threads, f"cached {hit.get('date', '?')}")
-    return _mark(be, choice)
 
 
 def _mark(be: Backend, choice: EngineChoice) -> Backend:
