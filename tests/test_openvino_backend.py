@@ -142,7 +142,8 @@ def test_cnn_infer_on_openvino_labels_every_file_as_onnx_runtime(exported, tmp_p
     assert len(got["openvino"]) == 30 and got["openvino"] == got["ort-cpu"]
 
 
-def test_auto_stays_onnx_runtime_and_options_are_checked(exported):
+def test_auto_with_measuring_off_stays_onnx_runtime_and_options_are_checked(exported, monkeypatch):
+    monkeypatch.setenv("CNNEDGE_AUTO_MEASURE", "0")  # measuring on: tests/test_engine_choice.py
     with load_backend(exported / "model.onnx") as be:
         assert be.name == "ort-cpu"
     with pytest.raises(UsageError, match="hint must be latency or throughput"):
