@@ -35,8 +35,9 @@ def _pb() -> Any:
 
 def load_entry(args: dict[str, str]) -> Any:
     """The Classifier of the entry Triton is initialising: ``parameters.artifact`` in its config, in
-    the version folder, run by ``parameters.backend`` (``auto`` when absent, as in entries exported before it);
-    on a GPU instance, that GPU. A refusal is one line naming the artifact."""
+    the version folder, run by ``parameters.backend`` (``auto`` when absent, as in entries exported before it:
+    on a CPU instance, the CPU engine measured at the entry's ``max_batch_size``); on a GPU instance, that GPU. A
+    refusal is one line naming the artifact."""
     from ..runtime import Classifier
 
     config = json.loads(args["model_config"])
@@ -51,8 +52,9 @@ def load_entry(args: dict[str, str]) -> Any:
                            f"{', '.join(BACKEND_CHOICES)}")
     path = Path(args["model_repository"]) / args["model_version"] / artifact
     opts = {"device_id": int(args["model_instance_device_id"])} if args.get("model_instance_kind") == "GPU" else {}
+    batch = max(1, int(config.get("max_batch_size") or 1))  # auto times the CPU engines at it
     try:
-        return Classifier(path, backend, **opts)
+        return Classifier(path, backend, batch=batch, **opts)
     except CnnEdgeError as exc:
         raise CnnEdgeError(f"{args['model_name']}: cannot serve {path.name}: {first_line(exc)}") from None
 
