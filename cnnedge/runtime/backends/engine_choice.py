@@ -4,7 +4,7 @@ Neither engine is the faster everywhere: on a 2-core EPYC OpenVINO ran the INT8 
 0.39-0.45 of ONNX Runtime's time at batch 32, and a tiny digits model 1.5-1.9x slower at batch 1 (its per-call
 overhead). So both are opened with the threads in use and timed at the batch in use, in interleaved rounds on
 random input of the model's spec within about :data:`BUDGET_S` seconds (at least :data:`MIN_ROUNDS` rounds); the
-engine whose times have the lower lower quartile wins, and the other is closed (the lower quartile, not the median: on
+engine whose times have the smaller lower quartile wins, and the other is closed (the lower quartile, not the median: on
 a shared machine other processes only ever add time to a call, and a large batch gets few calls in the budget).
 OpenVINO must take under :data:`MARGIN` of ONNX Runtime's time to win: a near tie stays with ONNX Runtime, whose
 start is cheaper. A model one engine cannot open or run is the other's, with the reason kept. The answer is
