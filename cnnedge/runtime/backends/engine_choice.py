@@ -64,13 +64,15 @@ def measuring_on(opts: dict[str, Any]) -> bool:
 
 
 def _versions() -> dict[str, str]:
-    out = {}
-    for p in _PACKAGES.values():
-        try:
-            out[p] = metadata.version(p)
-        except metadata.PackageNotFoundError:
-            out[p] = "?"
-    return out
+    """The engines' versions, without importing OpenVINO (0.2 s) when the cache names ONNX Runtime; ONNX Runtime's
+    from the module, whichever wheel brought it (onnxruntime, onnxruntime-gpu ...)."""
+    import onnxruntime
+
+    try:
+        ov = metadata.version("openvino")
+    except metadata.PackageNotFoundError:
+        ov = "?"
+    return {"onnxruntime": str(onnxruntime.__version__), "openvino": ov}
 
 
 def _measure_batch(be: Backend, batch: int) -> int:
