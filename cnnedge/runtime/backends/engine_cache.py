@@ -100,7 +100,7 @@ def lookup(key: str) -> dict[str, Any] | None:
 
 def store(key: str, entry: dict[str, Any]) -> None:
     """Add ``entry`` under ``key``, keeping the newest :data:`MAX_ENTRIES`; a warning when it cannot be written."""
-    from ...atomic import write_text
+    from ...staging import write_text
 
     path = cache_file()
     entries = _read(path)
