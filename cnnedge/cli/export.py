@@ -80,6 +80,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "(only for files you trust), e.g. cnn-export old.h5 --trust")
     p.add_argument("--force", action="store_true", help="overwrite existing output files (and Triton "
                    "entries), e.g. cnn-export model.keras --int8 --force")
+    add_gate_flags(p)
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress lines, only the final table, "
+                   "e.g. -q")
+    add_model_flags(p, title="models without a card (from elsewhere: a Keras .h5/.keras without card.json, an "
+                             "ONNX classifier)")
+    return p
+
+
+def add_gate_flags(p: argparse.ArgumentParser) -> None:
+    """The gate's thresholds and the CPU engines it checks each file on."""
     p.add_argument("--min-agreement-fp32", type=fraction, default=1.0, metavar="F",
                    help="FP32 top-1 agreement with Keras (default 1.0), e.g. 0.999")
     p.add_argument("--max-diff-fp32", type=non_negative_float, default=1e-4, metavar="F",
@@ -97,11 +107,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "installed here, ort-cpu and openvino, since --backend auto may pick any of them; ort-cpu "
                         "is always checked; naming one that is not installed is an error), e.g. --parity-engines "
                         "ort-cpu")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress lines, only the final table, "
-                   "e.g. -q")
-    add_model_flags(p, title="models without a card (from elsewhere: a Keras .h5/.keras without card.json, an "
-                             "ONNX classifier)")
-    return p
 
 
 FLAGS = {"input_dtype": "--input", "int8_options": "--int8-float/--int8-target/--int8-activations", "calib_method": "--calib-method", "calib_size": "--calib-size",

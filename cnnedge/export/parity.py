@@ -8,7 +8,8 @@ preprocessing the user declared). A card that disagrees with the export shows up
 
 Per artifact: max absolute difference of outputs, top-1 agreement with the source model,
 accuracy where labels are known (and the drop from Keras), each with its image counts, size on disk and
-latency at batch 1 through the runtime (ONNX Runtime CPU). Thresholds are per precision and can be
+latency at batch 1 through the runtime (the engine that ran it: ONNX Runtime CPU or OpenVINO, see
+:mod:`.parity_engines`). Thresholds are per precision and can be
 overridden. Verdicts are decided on evidence (:mod:`.gate`): a miss is failed only when the images show it, a
 threshold the images are too few to show met passes "undecided" with a warning, and NaN or infinite outputs
 always fail. A miss names the artifact and what it missed.
