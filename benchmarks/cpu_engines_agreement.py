@@ -165,7 +165,7 @@ def rate(a: np.ndarray, b: np.ndarray) -> dict:
     return {"agree": k, "n": n, "rate": k / n, "lower95": clopper_pearson(k, n)[0]}
 
 
-def measure(name: str, out: Path, images: list, labels: np.ndarray | None) -> dict:
+def measure(out: Path, images: list, labels: np.ndarray | None) -> dict:
     got = {(p, e): outputs(out / f, e, images) for p, f in FILES.items() for e in ENGINES}
     res: dict = {"images": len(images), "classes_predicted": int(len(set(got["fp32", "ort-cpu"].argmax(1))))}
     if labels is not None:
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         step_train(run)
         export_all(run / "model.keras", run / "export")
         images, labels, _ = split_images(load_card_for(run / "model.keras").provenance.dataset_spec, "test")
-        results["demo"] = measure("demo", run / "export", list(images), labels)
+        results["demo"] = measure(run / "export", list(images), labels)
     photo_models = [m for m in wanted if m != "demo"]
     if photo_models:
         pics = pictures()
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             model = train_photos(name, root, train, classes, args.epochs)
             export_all(model, root / name / "export", verify=str(root / "photos" / "verify"),
                        calib=str(root / "photos" / "train"))
-            results[name] = measure(name, root / name / "export", verify[0], verify[1])
+            results[name] = measure(root / name / "export", verify[0], verify[1])
     (root / "cpu_engines_agreement.json").write_text(json.dumps(results, indent=2) + "\n")
     print("\n| model | images | OV vs ORT fp32 | OV vs ORT fp16 | OV vs ORT int8 | INT8 vs FP32 on ORT | "
           "INT8 vs FP32 on OV | max abs diff OV-ORT fp32 / fp16 |")
