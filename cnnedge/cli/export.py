@@ -80,6 +80,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "(only for files you trust), e.g. cnn-export old.h5 --trust")
     p.add_argument("--force", action="store_true", help="overwrite existing output files (and Triton "
                    "entries), e.g. cnn-export model.keras --int8 --force")
+    add_gate_flags(p)
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress lines, only the final table, "
+                   "e.g. -q")
+    add_model_flags(p, title="models without a card (from elsewhere: a Keras .h5/.keras without card.json, an "
+                             "ONNX classifier)")
+    return p
+
+
+def add_gate_flags(p: argparse.ArgumentParser) -> None:
+    """The gate's thresholds and the CPU engines it checks each file on."""
     p.add_argument("--min-agreement-fp32", type=fraction, default=1.0, metavar="F",
                    help="FP32 top-1 agreement with Keras (default 1.0), e.g. 0.999")
     p.add_argument("--max-diff-fp32", type=non_negative_float, default=1e-4, metavar="F",
@@ -92,11 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="INT8 top-1 agreement (default 0.98), e.g. 0.95")
     p.add_argument("--max-drop-int8", type=non_negative_float, default=1.0, metavar="POINTS",
                    help="INT8 accuracy drop in percentage points (default 1.0), e.g. 2")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress lines, only the final table, "
-                   "e.g. -q")
-    add_model_flags(p, title="models without a card (from elsewhere: a Keras .h5/.keras without card.json, an "
-                             "ONNX classifier)")
-    return p
+    p.add_argument("--parity-engines", metavar="ENGINE,...",
+                   help="CPU engines to check every ONNX file on, each file one row per engine (default: every one "
+                        "installed here, ort-cpu and openvino, since --backend auto may pick any of them; ort-cpu "
+                        "is always checked; naming one that is not installed is an error), e.g. --parity-engines "
+                        "ort-cpu")
 
 
 def names() -> dict[str, str]:
@@ -126,7 +136,7 @@ def options_from(args: argparse.Namespace) -> Any:
                          verify=args.verify, verify_size=args.verify_size, batch=args.batch, gpu=args.gpu,
                          workspace_mib=args.workspace, timing_cache=args.timing_cache, triton=args.triton,
                          thresholds=thresholds, opset=args.opset, cleanup=not args.no_cleanup, trust=args.trust,
-                         force=args.force, int8_options=Int8Options(
+                         force=args.force, parity_engines=args.parity_engines, int8_options=Int8Options(
                              activations=args.int8_activations, target_agreement=args.int8_target,
                              float_layers=tuple(n.strip() for n in args.int8_float.split(",") if n.strip())))
 

@@ -8,8 +8,9 @@ Libraries, one module each: :mod:`.keras2onnx` (tf2onnx), :mod:`.cleanup` (onnxs
 :mod:`.fp16`, :mod:`.int8` (options and the INT8 step; its parts :mod:`.calibration` with the range cache,
 :mod:`.qdq`, :mod:`.layer_fallback`, :mod:`.sensitivity`, :mod:`.saturation`, :mod:`.ort_kernels`), :mod:`.engine`
 (TensorRT / TensorRT-RTX plans and sidecars), :mod:`.triton` (model repository),
-:mod:`.parity` (checks and table). The steps that use them (:mod:`.onnx_files`,
-:mod:`.onnx_parity`, :mod:`.engine_files`) run under :mod:`.timer` and are chained by
+:mod:`.parity` (checks and table), :mod:`.parity_engines` (the CPU engines each file is
+checked on). The steps that use them (:mod:`.onnx_files`, :mod:`.onnx_parity`,
+:mod:`.engine_files`) run under :mod:`.timer` and are chained by
 :mod:`.steps`; :mod:`.options`, :mod:`.report` and :mod:`.workspace` hold what they share.
 Importing this package loads none of the heavy libraries.
 """

@@ -1,5 +1,6 @@
-"""The ONNX files checked against the source model on the verification images, and the CPU INT8 file also on
-the CPUs it will meet; each result goes into the report."""
+"""The ONNX files checked against the source model on the verification images, on every CPU engine they will
+meet (:mod:`.parity_engines`), and the CPU INT8 file also on the CPUs it will meet; each result goes into the
+report."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,17 +10,24 @@ from .workspace import Checked, Workspace
 
 
 def check_onnx(ws: Workspace, data: Checked, files: dict[str, Path]) -> None:
-    """Each ONNX file (keyed by precision) run by ONNX Runtime and compared with the source model's outputs."""
+    """Each ONNX file (keyed by precision) run by ONNX Runtime and compared with the source model's outputs, then
+    by each other CPU engine of the plan on the same images against the same outputs. ``model.int8.trt.onnx`` is
+    TensorRT's and meets no other CPU engine: ONNX Runtime only, as before."""
     from .parity import compare_onnx
+    from .parity_engines import REFERENCE, plan
 
+    engines = plan(ws.opts.parity_engines)
+    ws.report.parity_engines = engines.describe()
     for key, p in files.items():
-        with ws.timer(f"parity {p.name}"):
-            r = compare_onnx(p, key.split("-")[0], data.verify.images, data.ref, data.verify.labels,
-                             ws.opts.thresholds)
-            r.path = str(ws.out / p.name)
-            ws.report.artifacts.append(r)
-        if key == "int8":
-            check_int8_cpus(ws, data, p, r)
+        for engine in engines.run if key != "int8-trt" else (REFERENCE,):
+            where = "" if engine == REFERENCE else f" on {engine}"
+            with ws.timer(f"parity {p.name}{where}"):
+                r = compare_onnx(p, key.split("-")[0], data.verify.images, data.ref, data.verify.labels,
+                                 ws.opts.thresholds, engine)
+                r.path = str(ws.out / p.name)
+                (ws.report.artifacts if engine == REFERENCE else ws.report.other_engines).append(r)
+            if key == "int8" and engine == REFERENCE:
+                check_int8_cpus(ws, data, p, r)
 
 
 def check_int8_cpus(ws: Workspace, data: Checked, path: Path, native: ArtifactResult) -> None:

@@ -39,6 +39,7 @@ class ExportOptions:
     trust: bool = False
     force: bool = False
     describe: Any = None  # sources.Description: a model from elsewhere, without a card
+    parity_engines: Any = None  # "ort-cpu,openvino" or a sequence; None: every installed CPU engine (.parity_engines)
 
     def __post_init__(self) -> None:
         from .engine import Profile
@@ -66,5 +67,9 @@ class ExportOptions:
             raise OptionError("int8_options", f"must be an Int8Options, found {type(self.int8_options).__name__}")
         if not isinstance(self.batch, Profile):
             object.__setattr__(self, "batch", Profile.parse(self.batch))
+        from .parity_engines import parse, plan
+
+        object.__setattr__(self, "parity_engines", parse(self.parity_engines))
+        plan(self.parity_engines)  # a named engine that is not installed is refused before anything is read
         if self.gpu and not self.engine:
             raise OptionError("gpu", "applies to {engine} builds; add {engine} or drop {gpu}")

@@ -8,7 +8,8 @@ preprocessing the user declared). A card that disagrees with the export shows up
 
 Per artifact: max absolute difference of outputs, top-1 agreement with the source model,
 accuracy where labels are known (and the drop from Keras), each with its image counts, size on disk and
-latency at batch 1 through the runtime (ONNX Runtime CPU). Thresholds are per precision and can be
+latency at batch 1 through the runtime (the engine that ran it: ONNX Runtime CPU or OpenVINO, see
+:mod:`.parity_engines`). Thresholds are per precision and can be
 overridden. Verdicts are decided on evidence (:mod:`.gate`): a miss is failed only when the images show it, a
 threshold the images are too few to show met passes "undecided" with a warning, and NaN or infinite outputs
 always fail. A miss names the artifact and what it missed.
@@ -84,6 +85,7 @@ class ArtifactResult:
     verdict: str = "not run"
     warnings: list[str] = field(default_factory=list)
     cpu: str | None = None  # the CPU's integer kernels it ran on (ONNX files): "AVX-512 VNNI", "AVX2 ... (emulated)"
+    engine: str | None = None  # the backend that ran it: "ort-cpu", "openvino", "trt" (None: not run)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,8 +93,11 @@ class ArtifactResult:
     @property
     def label(self) -> str:
         """The artifact's name as the table, warnings and failures show it: ``@ emulated AVX2`` for the CPU INT8
-        file's run on the emulated CPU (:func:`compare_emulated`)."""
-        return Path(self.path).name + (" @ emulated AVX2" if self.cpu and "emulated" in self.cpu else "")
+        file's run on the emulated CPU (:func:`compare_emulated`), ``@ openvino`` for a run on another CPU engine
+        than ONNX Runtime's."""
+        where = " @ emulated AVX2" if self.cpu and "emulated" in self.cpu else \
+            f" @ {self.engine}" if self.engine not in (None, "ort-cpu", "trt") else ""
+        return Path(self.path).name + where
 
 
 @dataclass
@@ -220,18 +225,28 @@ def _latency_ms(clf: Any, image: np.ndarray, runs: int = 50) -> float:
 
 
 def compare_onnx(path: Path, precision: str, images: Sequence[np.ndarray], ref: np.ndarray,
-                 labels: np.ndarray | None, thresholds: Thresholds) -> ArtifactResult:
-    """Open the artifact as a user will (the runtime's backend loader, the Classifier's preprocessing from the
-    card it carries) and score it against the source model's outputs ``ref`` on the same decoded images."""
+                 labels: np.ndarray | None, thresholds: Thresholds, engine: str = "ort-cpu") -> ArtifactResult:
+    """Open the artifact as a user will (the runtime's backend loader with ``engine``, the Classifier's
+    preprocessing from the card it carries) and score it against the source model's outputs ``ref`` on the same
+    decoded images. An engine other than ONNX Runtime's CPU provider that cannot open or run the file fails the
+    row, with its reason; ONNX Runtime's failure is the export's."""
+    from ..errors import CnnEdgeError, first_line
     from ..runtime.classifier import Classifier
-
-    t0 = time.perf_counter()
     from ..runtime.cpu_kernels import int8_kernels
 
-    res = ArtifactResult(str(path), "onnx", precision, path.stat().st_size, cpu=int8_kernels().name)
-    with Classifier(path, backend="ort-cpu", threads=1) as clf:
-        _score(res, _outputs(clf, images, batch_for(clf.card.input)), ref, labels)
-        res.latency_ms_b1 = _latency_ms(clf, images[0:1][0])
+    t0 = time.perf_counter()
+    res = ArtifactResult(str(path), "onnx", precision, path.stat().st_size, engine=engine,
+                         cpu=int8_kernels().name if engine == "ort-cpu" else None)
+    try:
+        with Classifier(path, backend=engine, threads=1) as clf:
+            _score(res, _outputs(clf, images, batch_for(clf.card.input)), ref, labels)
+            res.latency_ms_b1 = _latency_ms(clf, images[0:1][0])
+    except CnnEdgeError as exc:
+        if engine == "ort-cpu":
+            raise
+        res.failures, res.verdict, res.passed = [f"{engine} cannot run it: {first_line(exc)}"], FAIL, False
+        res.seconds = round(time.perf_counter() - t0, 3)
+        return res
     judge(res, thresholds)
     res.seconds = round(time.perf_counter() - t0, 3)
     return res
@@ -257,7 +272,7 @@ def compare_emulated(path: Path, precision: str, images: Sequence[np.ndarray], r
 
         raise ExportError(f"{emulated.EMULATOR} -cpu {emulated.CPU_MODEL} ran {path.name} on "
                           f"{said['kernels']['name']} kernels: the emulation did not take effect")
-    res = ArtifactResult(str(path), "onnx", precision, path.stat().st_size,
+    res = ArtifactResult(str(path), "onnx", precision, path.stat().st_size, engine="ort-cpu",
                          cpu=f"{said['kernels']['name']} (emulated: {emulated.EMULATOR} -cpu {emulated.CPU_MODEL})")
     _score(res, out, ref[:keep], None if labels is None else labels[:keep])
     judge(res, thresholds)
@@ -382,6 +397,7 @@ def compare_engine(path: Path, precision: str, images: Sequence[np.ndarray], ref
     except (CnnEdgeError, ImportError) as exc:
         res.note = f"not run here ({first_line(exc, 200)})"
         return res
+    res.engine = "trt"
     with clf:
         _score(res, _outputs(clf, images, batch_for(clf.card.input)), ref, labels)
         res.latency_ms_b1 = _latency_ms(clf, images[0:1][0])

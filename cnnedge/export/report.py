@@ -25,7 +25,9 @@ class ExportReport:
     model: str
     out_dir: str
     artifacts: list[ArtifactResult] = field(default_factory=list)
+    other_engines: list[ArtifactResult] = field(default_factory=list)  # the ONNX files on OpenVINO (.parity_engines)
     emulated: list[ArtifactResult] = field(default_factory=list)  # the CPU INT8 file on an emulated AVX2 CPU
+    parity_engines: dict[str, Any] | None = None  # parity_engines.EnginePlan: the CPU engines checked, and not
     cpu_int8: dict[str, Any] | None = None  # emulated.IsaCheck: the CPUs the CPU INT8 file was verified on
     steps: list[dict[str, Any]] = field(default_factory=list)
     source: dict[str, Any] | None = None  # a model from elsewhere: its opset and what was done to it
@@ -47,8 +49,9 @@ class ExportReport:
 
     @property
     def checked(self) -> list[ArtifactResult]:
-        """Every parity result: the artifacts as run here, then the CPU INT8 file on the emulated CPU."""
-        return self.artifacts + self.emulated
+        """Every parity result: the artifacts as run here, on the other CPU engines, then the CPU INT8 file on the
+        emulated CPU."""
+        return self.artifacts + self.other_engines + self.emulated
 
     @property
     def failures(self) -> list[str]:
@@ -68,15 +71,25 @@ class ExportReport:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["artifacts"] = [a.to_dict() for a in self.artifacts]
+        d["other_engines"] = [a.to_dict() for a in self.other_engines]
         d["emulated"] = [a.to_dict() for a in self.emulated]
         d["passed"] = self.passed
         d["total_seconds"] = round(sum(s["seconds"] for s in self.steps), 3)
         return d
 
     def table(self) -> str:
+        """One row per file per engine, the warnings, then which CPU engines were checked and which not."""
         from .parity import table
 
-        return table(self.checked)
+        return "\n".join([table(self.checked), *self.parity_lines()])
+
+    def parity_lines(self) -> list[str]:
+        """``verified on: ort-cpu, openvino`` and a line per CPU engine not checked, with its reason."""
+        plan = self.parity_engines
+        if not plan:
+            return []
+        return [f"verified on: {', '.join(plan['verified'])}"] + \
+            [f"not verified on {name}: {why}" for name, why in plan["not_verified"].items()]
 
 
 def library_versions(kit: Any) -> dict[str, str]:

@@ -220,7 +220,7 @@ def _write(opts: ExportOptions, report: ExportReport, timer: "StepTimer", out: P
             kept = keep_failed(staging, out)
             raise ParityFailure("parity check failed: " + " | ".join(report.failures) + f"; nothing in {out} was "
                                 f"replaced: the failed files and their report are in {kept} (thresholds can be "
-                                "changed with --min-agreement-* / --max-*)", report)
+                                "changed with --min-agreement-* / --max-*" + _engine_hint(report) + ")", report)
         # everything succeeded: into place, all or nothing (see cnnedge.staging); with --force, what a previous
         # export left that this one does not write goes in the same commit, so the folder never mixes two models
         folder.commit(remove=stale_outputs(out, planned_outputs(opts.fp16, opts.int8, opts.engine)))
@@ -232,6 +232,15 @@ def _write(opts: ExportOptions, report: ExportReport, timer: "StepTimer", out: P
 
         write_text(out / REPORT_NAME, json.dumps(report.to_dict(), indent=2) + "\n")
     return report
+
+
+def _engine_hint(report: ExportReport) -> str:
+    """How to leave out a CPU engine that failed a file, when one did: a deployment that never meets it may."""
+    failed = sorted({a.engine for a in report.other_engines if a.passed is False and a.engine})
+    if not failed:
+        return ""
+    keep = [e for e in (report.parity_engines or {}).get("verified", []) if e not in failed]
+    return f"; where {', '.join(failed)} will never run these files: --parity-engines {','.join(keep)}"
 
 
 def _steps(ws: Workspace, data: Checked, kit: "Toolkit | None", gpus: tuple[str, ...] | None) -> None:
