@@ -11,6 +11,8 @@ import numpy as np
 from . import saturation
 from .calibration import CALIBRATION_BATCH, Batches, rebatch
 
+# activations the CPU quantizer removes, clipping with the Q that follows instead
+FOLDED_ACTIVATIONS = ("Relu", "Clip")
 SENSITIVITY_IMAGES = 64  # calibration images the per-layer errors are measured on: every intermediate is held
 
 
@@ -30,6 +32,7 @@ def sensitivity(pre: Path, quantized: Path, batches: Batches, batch: int | None)
     qnodes = {n.name: n for n in qg.node}
     producer = {o: n for n in qg.node for o in n.output}
     inputs = {i.name for i in qg.input}
+    f_producer = {o: n for n in fg.node for o in n.output}
     pairs: list[tuple[Any, tuple[str, str], tuple[str, str]]] = []  # layer, (float, quant) before, (.., ..) after
     for layer in fg.node:
         q = qnodes.get(layer.name)
@@ -40,7 +43,7 @@ def sensitivity(pre: Path, quantized: Path, batches: Batches, batch: int | None)
         if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in producer \
                 and producer[dq.input[0]].op_type == "QuantizeLinear":
             src = producer[dq.input[0]].input[0]
-        pairs.append((layer, (layer.input[0], src), _after(layer, q, fg, qnodes, qg)))
+        pairs.append((layer, (_before(layer, src, f_producer, qnodes), src), _after(layer, q, fg, qnodes, qg)))
     wanted_f = list(dict.fromkeys(t for _, *ps in pairs for t, _ in ps))
     wanted_q = list(dict.fromkeys(t for _, *ps in pairs for _, t in ps if t not in inputs))
     fs, qs = (onnx_io.session(_with_outputs(p, w).SerializeToString()) for p, w in ((pre, wanted_f),
@@ -74,10 +77,23 @@ def sensitivity(pre: Path, quantized: Path, batches: Batches, batch: int | None)
     return sorted(ranked, key=lambda r: -r[2])
 
 
+def _before(layer: Any, src: str, f_producer: dict[str, Any], qnodes: dict[str, Any]) -> str:
+    """The FP32 tensor a layer's input is judged against before its own quantization (``src`` in the quantized
+    file): the input itself, or, where the quantizer folded the Relu or Clip before it into that quantization, the
+    activation's unclipped input: the producer then writes the activation's output name, unclipped, into the Q,
+    and the clipping is part of what the layer's input quantization does."""
+    act = f_producer.get(layer.input[0])
+    if act is not None and act.op_type in FOLDED_ACTIVATIONS and act.name not in qnodes and src in act.output:
+        return act.input[0]
+    return layer.input[0]
+
+
 def _after(layer: Any, q: Any, fg: Any, qnodes: dict[str, Any], qg: Any) -> tuple[str, str]:
     """The (FP32 tensor, quantized tensor) pair a layer's output is judged on: after its output's own Q/DQ, where
-    the quantized file has one (keeping the layer float removes it too); against the FP32 Relu's output where the
-    quantizer folded that Relu into the Q (a uint8 zero point at 0 clips as Relu does)."""
+    the quantized file has one (keeping the layer float removes it too); against the FP32 Relu's or Clip's (ReLU6)
+    output where the quantizer folded it into the Q (a uint8 zero point at 0 clips as Relu does, and the Q's range
+    ends at the Clip's maximum): compared with the unclipped output, that clipping read as noise (MobileNetV2:
+    every expand conv before a ReLU6 charged ~0.5, the conv after it less than nothing)."""
     f_out, q_out = layer.output[0], q.output[0]
     consumers = [n for n in qg.node if q_out in n.input]
     if len(consumers) == 1 and consumers[0].op_type == "QuantizeLinear":
@@ -85,7 +101,7 @@ def _after(layer: Any, q: Any, fg: Any, qnodes: dict[str, Any], qg: Any) -> tupl
         if dq:
             q_out = dq[0].output[0]
     f_next = [n for n in fg.node if f_out in n.input]
-    if len(f_next) == 1 and f_next[0].op_type == "Relu" and f_next[0].name not in qnodes:
+    if len(f_next) == 1 and f_next[0].op_type in FOLDED_ACTIVATIONS and f_next[0].name not in qnodes:
         f_out = f_next[0].output[0]
     return f_out, q_out
 
