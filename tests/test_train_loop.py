@@ -2,6 +2,7 @@
 the best checkpoint, --resume, and training on folders (with a corrupt file) and CSV files."""
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import re
@@ -19,7 +20,7 @@ from cnnedge.datasets import split_images
 from cnnedge.trainer.loop import ARTIFACTS, TrainConfig, resume, train
 from cnnedge.trainer.tfdata import Augment
 
-keras = pytest.importorskip("keras")
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("keras") is None, reason="keras is not installed")
 
 
 def _cli(argv: list[str]) -> tuple[int, str, str]:
@@ -102,14 +103,16 @@ def test_existing_run_is_not_overwritten_and_demo_reuses_it(digits_run: tuple[Pa
     assert acc >= 0.97
 
 
-class _InterruptAfter(keras.callbacks.Callback):
-    def __init__(self, epochs: int, exc: type[BaseException] = KeyboardInterrupt) -> None:
-        super().__init__()
-        self.epochs, self.exc = epochs, exc
+def _interrupt_after(epochs: int, exc: type[BaseException] = KeyboardInterrupt):
+    """A Keras callback that raises ``exc`` at the end of epoch ``epochs`` (Keras imported here, not at collection)."""
+    import keras
 
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if epoch + 1 >= self.epochs:
-            raise self.exc("stopped by the test")
+    class InterruptAfter(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            if epoch + 1 >= epochs:
+                raise exc("stopped by the test")
+
+    return InterruptAfter()
 
 
 @pytest.mark.slow
@@ -118,7 +121,7 @@ def test_interrupt_keeps_the_best_checkpoint_and_resume_continues(tmp_path: Path
     cfg = TrainConfig(preset="digits-cnn", data="digits", out=str(out), epochs=4, img_size=(16, 16), patience=0,
                       verbose=0)
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, callbacks=[_InterruptAfter(2)], log=lambda s: None)
+        train(cfg, callbacks=[_interrupt_after(2)], log=lambda s: None)
     assert not (out / "metrics.json").exists()
     history = (out / "history.csv").read_text().strip().splitlines()
     assert len(history) == 3  # header + 2 epochs
@@ -146,7 +149,7 @@ def test_crash_mid_run_keeps_a_valid_card(tmp_path: Path) -> None:
     out = tmp_path / "run"
     cfg = TrainConfig(preset="mnist-dense", data="digits", out=str(out), epochs=3, img_size=(8, 8), verbose=0)
     with pytest.raises(RuntimeError, match="stopped by the test"):
-        train(cfg, callbacks=[_InterruptAfter(1, RuntimeError)], log=lambda s: None)
+        train(cfg, callbacks=[_interrupt_after(1, RuntimeError)], log=lambda s: None)
     assert ModelCard.load(out / "card.json").name == "mnist-dense"
     load_keras_model(out / "model.keras")
 
@@ -238,11 +241,15 @@ def test_augmentation_changes_training_batches_only() -> None:
     assert any(not np.allclose(x, img) for x in seen)
 
 
-class _InterruptFirstBatch(keras.callbacks.Callback):
-    """Ctrl-C during the first epoch, before any checkpoint."""
+def _interrupt_first_batch():
+    """A Keras callback: Ctrl-C during the first epoch, before any checkpoint."""
+    import keras
 
-    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        raise KeyboardInterrupt
+    class InterruptFirstBatch(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+            raise KeyboardInterrupt
+
+    return InterruptFirstBatch()
 
 
 # a run's train_config.json (what makes a folder a run); its other files need not be real here
@@ -289,7 +296,7 @@ def test_force_replaces_the_old_run_only_once_the_new_one_has_a_checkpoint(tmp_p
     cfg = TrainConfig(preset="mnist-dense", data="digits", out=str(run), epochs=1, img_size=(8, 8), force=True,
                       verbose=0)
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, callbacks=[_InterruptFirstBatch()], log=said.append)
+        train(cfg, callbacks=[_interrupt_first_batch()], log=said.append)
     assert _snapshot(run) == before and not (run / ".cnn-train-new").exists()
     assert "still holds the previous run, unchanged" in said[-1] and "--resume" not in said[-1], said[-1]
     # a run that reaches its checkpoint replaces the old run and its stale exports; other files stay
@@ -310,7 +317,7 @@ def test_ctrl_c_before_the_first_epoch_leaves_no_run_to_refuse(tmp_path: Path) -
     said: list[str] = []
     cfg = TrainConfig(preset="mnist-dense", data="digits", out=str(run), epochs=1, img_size=(8, 8), verbose=0)
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, callbacks=[_InterruptFirstBatch()], log=said.append)
+        train(cfg, callbacks=[_interrupt_first_batch()], log=said.append)
     assert "start again with the same command" in said[-1] and "--resume" not in said[-1], said[-1]
     assert not (run / "model.keras").exists()
     # a run without a checkpoint (e.g. one killed before its first epoch) has nothing to protect

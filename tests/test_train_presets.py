@@ -1,13 +1,15 @@
 """Every preset builds, follows the model conventions and takes a few training steps on tiny data."""
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 
 from cnnedge.errors import UsageError
 from cnnedge.trainer.presets import CAFFE_MEAN_BGR, PRESETS, create_model, get_preset, list_presets
 
-keras = pytest.importorskip("keras")
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("keras") is None, reason="keras is not installed")
 
 BIG = {"vgg16-transfer", "vgg19-transfer", "mobilenetv2-transfer", "imagenette-cnn", "food101-cnn", "cifar10-wide"}
 ALL = sorted(PRESETS)
@@ -53,6 +55,8 @@ def test_preset_builds_and_trains_a_few_steps(name: str) -> None:
     p = model.predict(x[:2], verbose=0)
     np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-5)
     if get_preset(name).transfer:  # the ImageNet base stays frozen; only the head trains
+        import keras
+
         base = [layer for layer in model.layers if isinstance(layer, keras.Model)]
         assert base and not base[0].trainable
 
@@ -69,6 +73,8 @@ def test_in_graph_normalisation_matches_the_card_formula(name: str, scale: float
     model = create_model(name, (32, 32, 3), 2, weights="none")
     names = [layer.name for layer in model.layers]
     last = "mean_std" if "mean_std" in names else "scale"
+    import keras
+
     sub = keras.Model(model.input, model.get_layer(last).output)
     x = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
     want = (x * p.scale - np.asarray(p.mean, np.float32)) / np.asarray(p.std, np.float32)
