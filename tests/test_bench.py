@@ -1,4 +1,4 @@
-"""cnn-bench in-process on a real run folder: digits-cnn trained for one epoch, exported to FP32/FP16/INT8 ONNX.
+"""cnn-bench in-process on a real run folder: the session's digits-cnn, exported to FP32/FP16/INT8 ONNX.
 
 The accuracy of the model does not matter here; its latency figures do. Every
 test reads what cnn-bench wrote (JSON, PNG, Markdown, stdout) and checks it
@@ -11,6 +11,7 @@ import importlib.util
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -36,16 +37,15 @@ def bench(argv: list[str]) -> tuple[int, str, str]:
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    """A real run folder: cnn-train's digits-cnn (1 epoch) and cnn-export's FP32, FP16 and INT8 ONNX models."""
+def run_dir(demo_trained, tmp_path_factory) -> Path:
+    """A real run folder: a copy of the session's digits-cnn run and cnn-export's FP32, FP16 and INT8 ONNX
+    models in it."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from cnnedge.export import export
-    from cnnedge.trainer.loop import TrainConfig, train
 
-    run = tmp_path_factory.mktemp("bench") / "run"
-    result = train(TrainConfig(preset="digits-cnn", data="digits", out=str(run), epochs=1, verbose=0))
+    run = Path(shutil.copytree(demo_trained.run, tmp_path_factory.mktemp("bench") / "run"))
     # TensorRT-RTX builds engines without a GPU (they cannot run here: cnn-bench must say so)
-    export(result.run_dir / "model.keras", fp16=True, int8=True, engine=True, gpu="sm89", batch="1,4,8",
+    export(run / "model.keras", fp16=True, int8=True, engine=True, gpu="sm89", batch="1,4,8",
            check=False, calib_size=64, verify_size=64)
     return run
 

@@ -20,7 +20,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from _demo import demo_model, write_images
+from _demo import write_images
 
 pytestmark = pytest.mark.slow
 
@@ -66,12 +66,11 @@ def podman(image, *args: str, timeout: float = 300) -> subprocess.CompletedProce
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
+def demo(demo_int8, tmp_path_factory):
     """The demo's INT8 model and its held-out digits as class folders of PNGs (runs/demo/images)."""
     base = tmp_path_factory.mktemp("image")
-    model = demo_model(base)
-    count = write_images(model, base / "photos")
-    return SimpleNamespace(run=model.run, photos=base / "photos", count=count)
+    count = write_images(demo_int8, base / "photos")
+    return SimpleNamespace(run=demo_int8.run, photos=base / "photos", count=count)
 
 
 def readme_command(start: str) -> list[str]:

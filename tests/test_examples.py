@@ -1,7 +1,8 @@
 """The examples in examples/, run as a user runs them: subprocesses on generated videos and folders.
 
-One digits-cnn is trained for the module with the trainer's library API (a few
-epochs) and exported with the exporter's API, with a Triton model repository.
+One digits-cnn, trained once for the session with the trainer's library API (a few
+epochs: conftest.py's demo_trained), is exported here with the exporter's API, with a
+Triton model repository.
 Videos are made of real digit scans (the held-out test split), each digit
 shown for a run of frames, so every printed label can be checked against the
 digit on the frame the example says it classified.
@@ -56,16 +57,14 @@ def run_example(name: str, *args: str, timeout: float = 120) -> subprocess.Compl
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    """digits-cnn trained briefly (cnnedge.trainer) and exported (cnnedge.export) with a Triton repository."""
-    pytest.importorskip("tensorflow")
+def model(demo_trained, tmp_path_factory):
+    """digits-cnn trained briefly (cnnedge.trainer, the session's) and exported (cnnedge.export) with a Triton
+    repository."""
     from cnnedge.export import export
-    from cnnedge.trainer.loop import TrainConfig, train
 
-    base = tmp_path_factory.mktemp("model")
-    result = train(TrainConfig(preset="digits-cnn", data="digits", out=str(base / "run"), epochs=8, verbose=0))
+    base, result = tmp_path_factory.mktemp("model"), demo_trained.result
     assert result.test_accuracy > 0.8, result.summary()
-    report = export(base / "run" / "model.keras", base / "out", triton=base / "repo", verify_size=200)
+    report = export(demo_trained.run / "model.keras", base / "out", triton=base / "repo", verify_size=200)
     return SimpleNamespace(onnx=base / "out" / "model.onnx", repo=base / "repo", name=Path(report.triton[0]).name,
                            card=result.card)
 

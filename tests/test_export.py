@@ -1,66 +1,33 @@
 """cnn-export end to end on a small digits CNN: every artifact against Keras, cards, sidecars, Triton.
 
-One model is trained once for the module (a few seconds) and exported once with
-FP16, INT8, TensorRT-RTX engines for sm89 (built on this CPU-only machine) and a
-Triton repository; the tests check the files independently of the report.
+One model (tests/_small_cnn.py) is trained once for the session (a few seconds) and
+exported once with FP16, INT8, TensorRT-RTX engines for sm89 (built on this CPU-only
+machine) and a Triton repository (conftest.py's small_cnn_export); the tests check the
+files independently of the report.
 """
 from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from _small_cnn import SIZE
+
 pytestmark = pytest.mark.slow
 
-SIZE = 16
 
-
-def train_digits(run: Path) -> Path:
-    """A small CNN on the embedded digits (Rescaling inside, softmax out), with its card."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import keras
-
-    from cnnedge.artifact.card import InputSpec, ModelCard, Preprocess, Provenance
-    from cnnedge.imaging.prepare import preprocess_batch
-    from cnnedge.datasets import make_spec, split_images
-
-    spec = make_spec("digits", size=(SIZE, SIZE))
-    card = ModelCard(name="digits-test", classes=tuple(str(i) for i in range(10)),
-                     input=InputSpec(SIZE, SIZE, 3, "NHWC", "float32", "RGB"), preprocess=Preprocess(scale=1 / 255),
-                     provenance=Provenance(dataset="digits", dataset_spec=spec, versions={"keras": keras.__version__}))
-    images, labels, _ = split_images(spec, "train")
-    x = preprocess_batch(images, card.input, card.preprocess)
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential([
-        keras.Input((SIZE, SIZE, 3)), keras.layers.Rescaling(1 / 255),
-        keras.layers.Conv2D(16, 3, activation="relu"), keras.layers.MaxPooling2D(),
-        keras.layers.Conv2D(32, 3, activation="relu"), keras.layers.Flatten(),
-        keras.layers.Dense(10, activation="softmax")])
-    model.compile("adam", "sparse_categorical_crossentropy")
-    model.fit(x, labels, epochs=12, batch_size=32, verbose=0)
-    run.mkdir(parents=True, exist_ok=True)
-    model.save(run / "model.keras")
-    card.save(run / "card.json")
-    return run / "model.keras"
+@pytest.fixture(scope="module")
+def trained(small_cnn) -> Path:
+    return small_cnn
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    return train_digits(tmp_path_factory.mktemp("digits") / "run")
-
-
-@pytest.fixture(scope="module")
-def exported(trained, tmp_path_factory):
-    from cnnedge.export import export
-
-    repo = tmp_path_factory.mktemp("triton") / "repo"
-    report = export(trained, trained.parent / "out", fp16=True, int8=True, engine=True, gpu="sm89", triton=repo)
-    return report, trained.parent / "out", repo
+def exported(small_cnn_export):
+    return small_cnn_export.report, small_cnn_export.out, small_cnn_export.repo
 
 
 @pytest.fixture(scope="module")
@@ -310,14 +277,11 @@ def test_cli_float32_input_calibration_folder_and_threshold_failure(trained, tmp
     assert str(failed) in err.getvalue()
 
 
-def test_trainer_digits_cnn_preset_exports_within_thresholds(tmp_path):
+def test_trainer_digits_cnn_preset_exports_within_thresholds(demo_trained, demo_copy):
     """The network `make demo` trains (BatchNorm, 32x32), briefly trained with the trainer's own API."""
     from cnnedge.export import export, read_card
-    from cnnedge.trainer.loop import TrainConfig, train
 
-    run = tmp_path / "demo"
-    result = train(TrainConfig(preset="digits-cnn", data="digits", out=str(run), epochs=8, verbose=0),
-                   log=lambda s: None)
+    run, result = demo_copy, demo_trained.result
     report = export(run / "model.keras", fp16=True, int8=True, engine=True, gpu="sm86,sm89")
     assert report.passed, report.failures
     int8 = report.artifact("model.int8.onnx")

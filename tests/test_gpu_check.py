@@ -28,21 +28,15 @@ NVJPEG = "nvidia-nvjpeg==13.3.2.43"
 
 
 @pytest.fixture(scope="module")
-def check_folder(tmp_path_factory) -> Path:
-    """The layout gpu_prepare.sh builds, with a digits CNN trained and exported here (no 224x224 model: the
-    digits exports stand in, as the check says)."""
-    from test_export import train_digits
-
-    from cnnedge.export import export
-
+def check_folder(small_cnn, small_cnn_export, tmp_path_factory) -> Path:
+    """The layout gpu_prepare.sh builds, with the session's small digits CNN and its exports (no 224x224 model:
+    the digits exports stand in, as the check says)."""
     root = tmp_path_factory.mktemp("gpucheck")
-    keras_file = train_digits(root / "run")
-    export(keras_file, root / "out", fp16=True, int8=True)
     digits = root / "check" / "models" / "digits"
     digits.mkdir(parents=True)
     for f in ("model.onnx", "model.fp16.onnx", "model.int8.onnx", "model.int8.trt.onnx"):
-        shutil.copy(root / "out" / f, digits / f)
-    shutil.copy(root / "run" / "card.json", digits / "card.json")
+        shutil.copy(small_cnn_export.out / f, digits / f)
+    shutil.copy(small_cnn.parent / "card.json", digits / "card.json")
     photo = photos()
     write_jpegs(photo, digits / "images", 4)
     write_jpegs(photo, root / "check" / "photos", 8)

@@ -1,10 +1,11 @@
 """INT8 export: the CPU file runs as integer kernels in ONNX Runtime, the TensorRT file builds an engine.
 
 The `make demo` network (digits-cnn) is trained briefly with the trainer's own
-API on the embedded digits and exported once with --int8 --engine (TensorRT-RTX
-builds for sm89 on this CPU-only machine). What ONNX Runtime runs is read from
-its own optimized graph (``SessionOptions.optimized_model_filepath``), not from
-the export report; speed is measured in benchmarks/int8_bench.py, not here.
+API on the embedded digits and exported once per session with --int8 --engine
+(conftest.py's demo_int8; TensorRT-RTX builds for sm89 on this CPU-only machine).
+What ONNX Runtime runs is read from its own optimized graph
+(``SessionOptions.optimized_model_filepath``), not from the export report; speed
+is measured in benchmarks/int8_bench.py, not here.
 """
 from __future__ import annotations
 
@@ -39,15 +40,9 @@ def source_ops(path: Path) -> collections.Counter:
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    from cnnedge.export import export
-    from cnnedge.trainer.loop import TrainConfig, train
-
-    run = tmp_path_factory.mktemp("int8") / "demo"
-    result = train(TrainConfig(preset="digits-cnn", data="digits", out=str(run), epochs=8, verbose=0),
-                   log=lambda s: None)
-    report = export(run / "model.keras", int8=True, engine=True, gpu="sm89", batch="1,4,8")
-    return run, report, result
+def demo(demo_int8):
+    """The session's digits-cnn, exported with --int8 --engine --gpu sm89 --batch 1,4,8 into its run folder."""
+    return demo_int8.run, demo_int8.report, demo_int8.result
 
 
 def test_cpu_file_runs_every_conv_as_an_integer_kernel(demo, tmp_path):

@@ -1,10 +1,11 @@
 """--backend openvino (issue 31): the real OpenVINO from PyPI against the real ONNX Runtime on the same files.
 
-A small digits CNN is trained and exported once (model.onnx, model.fp16.onnx, model.int8.onnx); hostile and slow
-graphs are built with onnx.helper. The whole file is skipped, with the reason, where openvino is not installed.
+A small digits CNN is trained and exported once per session (conftest.py's small_cnn_export: model.onnx,
+model.fp16.onnx, model.int8.onnx); hostile and slow graphs are built with onnx.helper. The whole file is skipped, with the reason, where openvino is not installed.
 """
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import resource
@@ -18,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ov = pytest.importorskip("openvino", reason="openvino is not installed: pip install 'cnnedge[openvino]'")
+if importlib.util.find_spec("openvino") is None:  # found, not imported: the tests load it when they run
+    pytest.skip("openvino is not installed: pip install 'cnnedge[openvino]'", allow_module_level=True)
 pytest.importorskip("onnxruntime")
-from test_export import train_digits  # noqa: E402 - after the skip: it imports onnxruntime
 from test_hostile_reads import _classifier_onnx, _patch, _plain_onnx, assert_quick_and_small, run  # noqa: E402
 
 from cnnedge.errors import BackendUnavailable, CnnEdgeError, ModelLoadError, UsageError  # noqa: E402
@@ -31,13 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory) -> Path:
+def exported(small_cnn_export) -> Path:
     """model.onnx, model.fp16.onnx and model.int8.onnx of a trained digits CNN, with its card embedded."""
-    from cnnedge.export import export
-
-    run = train_digits(tmp_path_factory.mktemp("ov") / "run")
-    export(run, run.parent / "out", fp16=True, int8=True, check=False)
-    return run.parent / "out"
+    return small_cnn_export.out
 
 
 @pytest.fixture(scope="module")

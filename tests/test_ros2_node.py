@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _demo import demo_model
 
 pytestmark = pytest.mark.slow
 
@@ -49,8 +48,8 @@ def ros_env():
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    return demo_model(tmp_path_factory.mktemp("ros2"))
+def demo(demo_int8):
+    return demo_int8
 
 
 class Node:

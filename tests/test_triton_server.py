@@ -37,22 +37,19 @@ def server_root():
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """digits-cnn trained briefly, exported with FP16, a TensorRT-RTX plan (when tensorrt_rtx imports)
-    and a Triton repository; the demo's test images written as PNG files."""
-    pytest.importorskip("tensorflow")
+def exported(demo_trained, tmp_path_factory):
+    """digits-cnn trained briefly (the session's), exported with FP16, a TensorRT-RTX plan (when tensorrt_rtx
+    imports) and a Triton repository; the demo's test images written as PNG files."""
     from cnnedge.datasets import split_images
     from cnnedge.export import export
-    from cnnedge.trainer.loop import TrainConfig, train
 
-    base = tmp_path_factory.mktemp("triton")
-    result = train(TrainConfig(preset="digits-cnn", data="digits", out=str(base / "run"), epochs=4, verbose=0))
+    base, result = tmp_path_factory.mktemp("triton"), demo_trained.result
     try:
         import tensorrt_rtx  # noqa: F401
         engine = True
     except ImportError:
         engine = False
-    report = export(base / "run" / "model.keras", base / "out", fp16=True, engine=engine,
+    report = export(demo_trained.run / "model.keras", base / "out", fp16=True, engine=engine,
                     gpu="sm89" if engine else None, triton=base / "repo", verify_size=100)
     images, _, _ = split_images(result.card.provenance.dataset_spec, "test")
     photos = base / "photos"
