@@ -23,7 +23,7 @@ from cnnedge.runtime.pipeline import PipelineStats, default_workers
 from test_runtime_models import models, split  # noqa: E402
 
 pytest.importorskip("onnxruntime")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _digits(folder: Path, n: int, ext: str = ".png", start: int = 0) -> list[Path]:
@@ -117,7 +117,7 @@ def test_a_crashing_worker_is_replaced_and_its_file_reported(tmp_path, monkeypat
     _digits(tmp_path / "imgs", 60)
     for i in (13, 41):
         os.rename(tmp_path / "imgs" / f"img{i:05d}.png", tmp_path / "imgs" / f"img{i:05d}boom.png")
-    here = str(Path(__file__).parent)
+    here = str(ROOT / "tests")
     monkeypatch.setenv("PYTHONPATH", here + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH")
                                              else ""))
     expected = sorted(str(p) for p in (tmp_path / "imgs").iterdir())

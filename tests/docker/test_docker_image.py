@@ -24,7 +24,7 @@ from _demo import write_images
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "docker" / "build_cpu_image.sh"
 STATE = ROOT / "tests" / ".podman"
 CONSTRAINTS = ROOT / "docker" / "constraints-cpu.txt"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 NOISE = ("oneDNN custom operations are on", "absl::InitializeLog", "doesn't match the expected structure",
          "cpu_feature_guard", "This TensorFlow binary is optimized", "To enable the following instructions")

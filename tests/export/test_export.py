@@ -163,7 +163,7 @@ def test_sidecar_mismatch_is_refused_before_loading(exported, tmp_path):
 
 
 def test_triton_configs_parse_with_tritons_schema(exported):
-    """Triton's own backends' entries cannot load on these machines (tests/test_triton_server.py loads the
+    """Triton's own backends' entries cannot load on these machines (tests/serve/test_triton_server.py loads the
     cnnedge ones): their configs are checked against Triton's schema and its model-configuration rules."""
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2

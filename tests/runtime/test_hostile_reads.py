@@ -24,7 +24,7 @@ import pytest
 from test_runtime_models import models, write_images  # noqa: E402
 
 pytest.importorskip("onnxruntime")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 30
 AS_LIMIT = 6 << 30  # a runaway read or allocation fails here instead of taking the shared machine's memory
 MAX_RSS_MB = 1500

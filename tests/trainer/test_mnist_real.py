@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-MNIST_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
+MNIST_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mnist"
 IMAGES = MNIST_DIR / "t10k-images-idx3-ubyte.gz"
 LABELS = MNIST_DIR / "t10k-labels-idx1-ubyte.gz"
 

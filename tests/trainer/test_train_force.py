@@ -17,7 +17,7 @@ import pytest
 from cnnedge.artifact.card import ModelCard, sha256_file
 from cnnedge.trainer.loop import ARTIFACTS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 STAGING = ".cnn-train-new"
 
 pytestmark = pytest.mark.slow

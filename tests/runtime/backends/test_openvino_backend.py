@@ -28,7 +28,7 @@ from cnnedge.errors import BackendUnavailable, CnnEdgeError, ModelLoadError, Usa
 from cnnedge.runtime.backends import load_backend  # noqa: E402
 from cnnedge.runtime.interrupt import RunInterrupted  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")

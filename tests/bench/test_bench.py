@@ -22,7 +22,7 @@ import pytest
 
 from cnnedge.cli._run import run_cli
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # the CPU engines cnn-bench's default plan measures an .onnx file on here (openvino: where it is installed)
 CPU_ENGINES = ("ort-cpu",) + (("openvino",) if importlib.util.find_spec("openvino") else ())
 

@@ -1,6 +1,6 @@
 """Every Dockerfile, linted with hadolint and checked against the project's own rules on the parsed
 instructions (no GPU or Jetson image can be built here; the CPU image is built and run by podman in
-tests/test_docker_image.py)."""
+tests/docker/test_docker_image.py)."""
 from __future__ import annotations
 
 import re
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-DOCKER = Path(__file__).resolve().parents[1] / "docker"
+DOCKER = Path(__file__).resolve().parents[2] / "docker"
 FILES = sorted(DOCKER.glob("Dockerfile.*"))
 HADOLINT = shutil.which("hadolint") or str(Path(sys.executable).with_name("hadolint"))
 
@@ -68,7 +68,7 @@ def test_image_specific_rules():
 
 def test_cpu_image_installs_pinned_versions_that_satisfy_the_package():
     """docker/constraints-cpu.txt pins every package (==) and each pin meets cnnedge[cpu]'s own requirements, so
-    the image installs one tested set; tests/test_docker_image.py checks that it installs exactly these."""
+    the image installs one tested set; tests/docker/test_docker_image.py checks that it installs exactly these."""
     from packaging.requirements import Requirement
 
     lines = [ln.strip() for ln in (DOCKER / "constraints-cpu.txt").read_text().splitlines()]

@@ -11,8 +11,8 @@ The Triton test here checks the request the client builds for an entry on Triton
 ONNX Runtime backend (tritonclient's own objects against the repository's config.pbtxt,
 parsed with tritonclient's model_config_pb2): the test machines' Triton server has the
 Python backend only, so the round trip runs with the cnnedge entries, in
-tests/test_triton_server.py. The ROS 2 node runs with a real rclpy (PyPI's ROS 2 Kilted wheels) in
-tests/test_ros2_node.py; here, the guard that runs when rclpy is absent and the message conversion, which
+tests/serve/test_triton_server.py. The ROS 2 node runs with a real rclpy (PyPI's ROS 2 Kilted wheels) in
+tests/examples/test_ros2_node.py; here, the guard that runs when rclpy is absent and the message conversion, which
 need no ROS.
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 FPS = 20
 RUN = 8  # frames per digit in the generated videos

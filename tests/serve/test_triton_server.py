@@ -23,7 +23,7 @@ import pytest
 
 import triton_server as TS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 N_IMAGES = 64
 
 

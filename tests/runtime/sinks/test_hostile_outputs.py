@@ -24,7 +24,7 @@ from test_hostile_reads import assert_quick_and_small, error_lines, infer, run  
 from test_runtime_models import models, write_images  # noqa: E402
 
 pytest.importorskip("onnxruntime")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 INFER = "import sys; from cnnedge.cli.infer import console; sys.argv[0] = 'cnn-infer'; console()"
 BENCH = "import sys; from cnnedge.cli.bench import console; sys.argv[0] = 'cnn-bench'; console()"
 BENCH_QUICK = ("--backends", "ort-cpu", "--batch", "1", "--iters", "3", "--warmup", "1", "--repeats", "1")

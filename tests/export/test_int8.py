@@ -198,7 +198,7 @@ def test_auto_opens_the_int8_file_made_for_the_provider(demo, tmp_path):
             assert Path(be.path) == gpu
 
 
-MNIST_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
+MNIST_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mnist"
 
 
 @pytest.mark.skipif(not (MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file(),
@@ -356,7 +356,7 @@ def test_calibration_peak_memory_does_not_grow_with_the_images(tmp_path):
         work = tmp_path / str(n)
         work.mkdir()
         out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(work), str(n)], capture_output=True, text=True,
-                             timeout=300, cwd=Path(__file__).resolve().parents[1])
+                             timeout=300, cwd=Path(__file__).resolve().parents[2])
         assert out.returncode == 0, out.stderr[-2000:]
         peaks.append(int(out.stdout.split()[-1]))
     assert peaks[1] - peaks[0] < 60, f"peak RSS {peaks[0]} MB with 24 images, {peaks[1]} MB with 240"

@@ -24,7 +24,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ROS_VENV = ROOT / "tests" / ".ros2-venv"
 ROS_PY = ROS_VENV / "bin" / "python"
 NODE = ROOT / "examples" / "ros2_node.py"

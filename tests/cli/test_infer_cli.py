@@ -371,13 +371,13 @@ def test_existing_path_named_like_a_camera_index_wins(tmp_path, monkeypatch):
 
 
 def test_gstreamer_pipeline_gets_open_and_read_timeouts():
-    """OpenCV from 4.7 is handed both timeouts; before, its GStreamer back-end refuses them (tests/test_gstreamer.py
-    runs Debian's 4.6, where cnnedge applies them)."""
+    """OpenCV from 4.7 is handed both timeouts; before, its GStreamer back-end refuses them
+    (tests/runtime/sources/test_gstreamer.py runs Debian's 4.6, where cnnedge applies them)."""
     from cnnedge.runtime.sources import has_gstreamer
     from cnnedge.runtime.sources.capture import opencv_version
 
     if not has_gstreamer():
-        pytest.skip("this OpenCV build has no GStreamer (tests/test_gstreamer.py runs Debian's)")
+        pytest.skip("this OpenCV build has no GStreamer (tests/runtime/sources/test_gstreamer.py runs Debian's)")
     src = open_source("videotestsrc num-buffers=3 ! videoconvert ! appsink", open_timeout_ms=1234,
                       read_timeout_ms=2345)
     try:

@@ -20,7 +20,7 @@ import pytest
 from cnnedge.runtime.sources import is_live_pipeline, open_source
 from test_runtime_models import models, split
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 GST_VENV = ROOT / "tests" / ".gst-venv"
 GST_PY = GST_VENV / "bin" / "python"
 GST_INFER = GST_VENV / "bin" / "cnn-infer"

@@ -13,7 +13,7 @@ import pytest
 from cnnedge.errors import DataError, UsageError
 from cnnedge.datasets import SPLITS, load_split, make_spec, read_idx, split_images, stratified_indices
 
-MNIST_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
+MNIST_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mnist"
 
 
 def _folder(root: Path, classes=("b_cat", "a_dog"), per_class=10, corrupt=True, size=(20, 30)) -> Path:

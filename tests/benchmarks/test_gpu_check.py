@@ -17,7 +17,7 @@ import pytest
 
 import model_wheels
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 import gpu_site  # noqa: E402
 from runtime_bench import photos, write_jpegs  # noqa: E402  (the 640x480 views gpu_prepare.sh writes)
 
