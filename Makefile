@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml | $(PY)
 install: $(STAMP)
 
 # Real classifiers from PyPI wheels that tests run against, and the nvidia-pytriton wheel whose tritonserver
-# tests/test_triton_server.py serves the Triton repository with (pinned, sha256-checked; not dependencies):
+# tests/serve/test_triton_server.py serves the Triton repository with (pinned, sha256-checked; not dependencies):
 # downloaded once into tests/.wheels; a failed download is reported and the tests that need it skip.
 models-for-tests: $(STAMP)
 	$(PY) tests/model_wheels.py
@@ -25,7 +25,7 @@ models-for-tests: $(STAMP)
 # Debian's packages the tests drive, installed when missing and apt-get can (root); otherwise the tests that need
 # them skip with the reason. qemu-x86_64 (qemu-user) runs the venv as an x86 CPU without VNNI (-cpu Haswell): the
 # export checks its CPU INT8 file there, and the INT8 tests assert it. podman, buildah, runc and debootstrap build
-# and run docker/Dockerfile.cpu (docker/build_cpu_image.sh, tests/test_docker_image.py).
+# and run docker/Dockerfile.cpu (docker/build_cpu_image.sh, tests/docker/test_docker_image.py).
 TEST_TOOLS := qemu-x86_64:qemu-user podman:podman buildah:buildah runc:runc debootstrap:debootstrap
 tools-for-tests:
 	@missing=""; for t in $(TEST_TOOLS); do command -v "$${t%%:*}" >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \
@@ -36,8 +36,8 @@ tools-for-tests:
 
 # rclpy from PyPI's ROS 2 Kilted wheels (tests/ros2-requirements.txt, pinned) in a venv of its own, tests/.ros2-venv,
 # with cnnedge (editable, no dependencies) and the main venv's numpy, OpenCV and ONNX Runtime at the same versions:
-# tests/test_ros2_node.py runs examples/ros2_node.py there. A venv of its own keeps ROS's hundred packages out of
-# .venv's resolution. A failed install is reported and those tests skip with the reason.
+# tests/examples/test_ros2_node.py runs examples/ros2_node.py there. A venv of its own keeps ROS's hundred
+# packages out of .venv's resolution. A failed install is reported and those tests skip with the reason.
 ROS2_VENV  := tests/.ros2-venv
 ROS2_STAMP := $(ROS2_VENV)/.installed
 RUNTIME_PINS := numpy|opencv-python-headless|onnxruntime|flatbuffers|packaging|protobuf
@@ -48,7 +48,7 @@ $(ROS2_STAMP): tests/ros2-requirements.txt $(STAMP)
 	  $(PY) -m pip freeze | grep -i -E '^($(RUNTIME_PINS))==' > $(ROS2_VENV)/runtime-pins.txt && \
 	  $(ROS2_VENV)/bin/pip install --quiet -r tests/ros2-requirements.txt -r $(ROS2_VENV)/runtime-pins.txt && \
 	  $(ROS2_VENV)/bin/pip install --quiet --no-deps -e . && touch $@; } || \
-	{ rm -rf $(ROS2_VENV); echo "ROS 2 wheels not installed (see above): tests/test_ros2_node.py will skip"; }
+	{ rm -rf $(ROS2_VENV); echo "ROS 2 wheels not installed (see above): tests/examples/test_ros2_node.py will skip"; }
 
 ros2-for-tests: $(ROS2_STAMP)
 
@@ -56,8 +56,8 @@ ros2-for-tests: $(ROS2_STAMP)
 # (gstreamer1.0-libav decodes H.264 and MPEG-4), installed with apt-get as root, and a venv over them,
 # tests/.gst-venv (--system-site-packages, Debian's python3): cnnedge editable with no dependencies, ONNX Runtime at
 # the main venv's version and numpy held at the system's, as the README tells users beside a system OpenCV.
-# tests/test_gstreamer.py runs cnn-infer --gst there. Not root, no apt-get or a failed install: said here, and
-# those tests skip with the reason.
+# tests/runtime/sources/test_gstreamer.py runs cnn-infer --gst there. Not root, no apt-get or a failed install:
+# said here, and those tests skip with the reason.
 GST_VENV   := tests/.gst-venv
 GST_STAMP  := $(GST_VENV)/.installed
 GST_PYTHON ?= /usr/bin/python3
@@ -78,7 +78,7 @@ $(GST_STAMP): $(STAMP)
 	  $(GST_VENV)/bin/pip install --quiet --no-deps -e . && \
 	  $(GST_VENV)/bin/python -c 'import cv2, onnxruntime, cnnedge.runtime.sources as s; assert s.has_gstreamer()' && \
 	  touch $@; } || \
-	{ rm -rf $(GST_VENV); echo "no GStreamer venv (see above): tests/test_gstreamer.py will skip"; }
+	{ rm -rf $(GST_VENV); echo "no GStreamer venv (see above): tests/runtime/sources/test_gstreamer.py will skip"; }
 
 gst-for-tests: $(GST_STAMP)
 

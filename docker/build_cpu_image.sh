@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds docker/Dockerfile.cpu, unchanged, with podman on a Debian machine that cannot pull base images
-# (tests/test_docker_image.py runs it; it works by hand too). Needs root and Debian's podman, buildah, runc and
+# (tests/docker/test_docker_image.py runs it; it works by hand too). Needs root and Debian's podman, buildah, runc and
 # debootstrap (`make tools-for-tests` installs them); it installs nothing itself.
 #   1. A stand-in for the Dockerfile's base image (its FROM name, e.g. python:3.11.14-slim-bookworm):
 #      `debootstrap --variant=minbase bookworm` with python3, pip and venv, apt caches and docs removed, and

@@ -15,7 +15,7 @@ SIGTERM stop it cleanly: the node is destroyed, the model closed, exit status 0.
 Needs rclpy, sensor_msgs and std_msgs, from either
   - ROS 2 (Humble or newer) from apt, with the system Python that ROS 2 uses:
         source /opt/ros/humble/setup.bash
-  - or PyPI's ROS 2 Kilted wheels, in a Python 3.11 venv beside cnnedge (tests/test_ros2_node.py runs it so):
+  - or PyPI's ROS 2 Kilted wheels, in a Python 3.11 venv beside cnnedge (tests/examples/test_ros2_node.py runs it so):
         pip install 'cnnedge[cpu]' 'ros-kilted-rclpy[fastrtps]' ros-kilted-sensor-msgs ros-kilted-std-msgs
     (no wheels of vision_msgs or cv_bridge were found: JSON only there).
 Without them it says what to install and exits with status 2.

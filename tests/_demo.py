@@ -1,26 +1,30 @@
-"""The `make demo` model and images for tests that run it outside the venv (a container, a ROS 2 node):
-digits-cnn trained briefly with the trainer's API, exported to INT8, and its held-out digits."""
+"""The `make demo` network for tests: digits-cnn trained briefly with the trainer's API, and its held-out digits.
+conftest.py trains it once per session (``demo_trained``) and exports it once to INT8 (``demo_int8``)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 
-def demo_model(base: Path) -> SimpleNamespace:
-    """``run`` (the run folder with model.int8.onnx), ``images`` (BGR uint8), ``labels``, ``classes``."""
+def train_demo(run: Path):
+    """digits-cnn on the embedded digits, 8 epochs, into ``run``; returns the trainer's TrainResult."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     pytest.importorskip("tensorflow")
-    from cnnedge.datasets import split_images
-    from cnnedge.export import export
     from cnnedge.trainer.loop import TrainConfig, train
 
-    run = base / "demo"
-    result = train(TrainConfig(preset="digits-cnn", data="digits", out=str(run), epochs=8, verbose=0),
-                   log=lambda s: None)
-    export(run / "model.keras", int8=True)
+    return train(TrainConfig(preset="digits-cnn", data="digits", out=str(run), epochs=8, verbose=0),
+                 log=lambda s: None)
+
+
+def held_out(result) -> SimpleNamespace:
+    """The run's test split: ``images`` (BGR uint8), ``labels`` (ints) and ``classes``."""
+    from cnnedge.datasets import split_images
+
     images, labels, classes = split_images(result.card.provenance.dataset_spec, "test")
-    return SimpleNamespace(run=run, images=list(images), labels=[int(x) for x in labels], classes=list(classes))
+    return SimpleNamespace(images=list(images), labels=[int(x) for x in labels], classes=list(classes))
 
 
 def write_images(demo: SimpleNamespace, folder: Path) -> int:

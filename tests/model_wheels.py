@@ -22,7 +22,8 @@ WHEELS = {
     "rapidocr-onnxruntime==1.4.4": ("rapidocr_onnxruntime-1.4.4-py3-none-any.whl",
                                     "971d7d5f223a7a808662229df1ef69893809d8457d834e6373d3854bc1782cbf",
                                     "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx"),
-    # 3.8 MB: a real CUDA library with fat binaries for ten GPU generations (tests/test_gpu_check.py prunes it)
+    # 3.8 MB: a real CUDA library with fat binaries for ten GPU generations (tests/benchmarks/test_gpu_check.py
+    # prunes it)
     "nvidia-nvjpeg==13.3.2.43": ("nvidia_nvjpeg-13.3.2.43-py3-none-manylinux2014_x86_64.manylinux_2_17_x86_64.whl",
                                  "27f9c4a25a73f1d1ad35c342c8d657c8ff43e23877f338ef15fb2602ac2e5aa8",
                                  "nvidia/cu13/lib/libnvjpeg.so.13"),
@@ -31,7 +32,7 @@ WHEELS = {
     "tf-keras==2.21.0": ("tf_keras-2.21.0-py3-none-any.whl",
                          "f858bf3d97f892304e7fbcf5eb0942ed91674e27204f940a85de8c93cf07fe62",
                          "tf_keras/__init__.py"),
-    # 55 MB: Triton Inference Server with its Python backend only (tests/test_triton_server.py)
+    # 55 MB: Triton Inference Server with its Python backend only (tests/serve/test_triton_server.py)
     "nvidia-pytriton==0.7.0": ("nvidia_pytriton-0.7.0-py3-none-manylinux_2_35_x86_64.whl",
                                "21f063ff93bb426d0c06b7a55e7eb9efcfe62c0dddd9a908e9877e18710128df",
                                "pytriton/tritonserver/bin/tritonserver"),

@@ -1,4 +1,5 @@
-"""A camera and a listener for examples/ros2_node.py, run by tests/test_ros2_node.py with the ROS 2 venv's Python.
+"""A camera and a listener for examples/ros2_node.py, run by tests/examples/test_ros2_node.py with the ROS 2 venv's
+Python.
 
     python tests/ros2_peer.py NAMESPACE CASES.npz OUT.jsonl
 

@@ -70,7 +70,7 @@ def test_links_into_docs_and_the_tree_hold(name):
 
 
 def test_readme_docker_command_is_the_tested_one():
-    """tests/test_docker_image.py runs docs/deploy.md's command; README.md shows the same one."""
+    """tests/docker/test_docker_image.py runs docs/deploy.md's command; README.md shows the same one."""
     def command(path: Path) -> str:
         lines = path.read_text(encoding="utf-8").splitlines()
         i = next(i for i, line in enumerate(lines) if line.startswith("docker run --rm --user"))
