@@ -139,6 +139,10 @@ def available_providers() -> list[str]:
 class OrtBackend(Backend):
     """An ``onnxruntime.InferenceSession`` tuned for latency.
 
+    Sequential execution with the memory arena and memory patterns on (ONNX Runtime's defaults) was as fast as or
+    faster than each alternative at 1-2 threads and batch 1 and 32 (benchmarks/ort_settings_bench.py): parallel
+    execution took 1.0-2.0x the time, the arena off 1.2-1.6x at batch 32, memory patterns off tied.
+
     Options: ``threads`` (intra-op threads, default :func:`default_threads`),
     ``fp16`` (TensorRT EP builds FP16 kernels), ``cache_dir`` (TensorRT EP engine
     cache, default ``<model folder>/.trt_cache``), ``device_id``.
@@ -169,9 +173,6 @@ class OrtBackend(Backend):
 
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # sequential, arena and memory patterns on (ONNX Runtime's defaults) were as fast as or faster than every
-        # alternative at 1-2 threads and batch 1 and 32 (benchmarks/ort_settings_bench.py): parallel execution
-        # took 1.0-2.0x the time, the arena off 1.2-1.6x at batch 32; memory patterns off tied
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.intra_op_num_threads = check_threads(threads, "threads") or default_threads()
         so.inter_op_num_threads = 1
