@@ -18,16 +18,9 @@ noise of the run.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import statistics
-import tempfile
 from pathlib import Path
 
-import numpy as np
-
-from ort_spin_bench import ROOT, build, timed
+from ort_spin_bench import medians, parse_args, save
 
 VARIANTS = ("cnnedge", "control", "arena-off", "pattern-off", "parallel")
 
@@ -53,36 +46,15 @@ def session(path: Path, threads: int, variant: str):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--models", default="imagenette-cnn,mobilenetv2")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "out"))
-    args = ap.parse_args()
+    args = parse_args(__doc__)
     rows = []
-    rng = np.random.default_rng(1)
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in args.models.split(","):
-            path = build(name, Path(tmp))
-            for threads in (1, 2):
-                for batch in (1, 32):
-                    x = np.random.default_rng(0).integers(0, 256, (batch, 224, 224, 3), dtype=np.uint8)
-                    sessions = {v: session(path, threads, v) for v in VARIANTS}
-                    calls = 20 if batch == 1 else 2
-                    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
-                    for s in sessions.values():
-                        timed(s, x, 2)
-                    for _ in range(args.rounds):
-                        for v in rng.permutation(VARIANTS):
-                            times[v].append(timed(sessions[v], x, calls))
-                    med = {v: statistics.median(t) for v, t in times.items()}
-                    row = {"model": name, "threads": threads, "batch": batch, "cnnedge_ms": med["cnnedge"] * 1e3,
-                           **{f"{v}_over_cnnedge": med[v] / med["cnnedge"] for v in VARIANTS[1:]}}
-                    rows.append(row)
-                    print(f"{name:15s} threads {threads} batch {batch:2d}: cnnedge {med['cnnedge'] * 1e3:8.2f} ms; "
-                          + ", ".join(f"{v} {med[v] / med['cnnedge']:.2f}" for v in VARIANTS[1:]), flush=True)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "ort_settings_bench.json").write_text(json.dumps({"cpu_count": os.cpu_count(), "rows": rows}, indent=2))
+    for name, threads, batch, med in medians(args, lambda p, n: {v: session(p, n, v) for v in VARIANTS}, True):
+        row = {"model": name, "threads": threads, "batch": batch, "cnnedge_ms": med["cnnedge"] * 1e3,
+               **{f"{v}_over_cnnedge": med[v] / med["cnnedge"] for v in VARIANTS[1:]}}
+        rows.append(row)
+        print(f"{name:15s} threads {threads} batch {batch:2d}: cnnedge {med['cnnedge'] * 1e3:8.2f} ms; "
+              + ", ".join(f"{v} {med[v] / med['cnnedge']:.2f}" for v in VARIANTS[1:]), flush=True)
+    save(args, "ort_settings_bench.json", rows)
 
 
 if __name__ == "__main__":

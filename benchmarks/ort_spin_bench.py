@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Callable, Iterator
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,39 +66,57 @@ def timed(sess, x: np.ndarray, calls: int) -> float:
     return (time.perf_counter() - t) / calls
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--models", default="imagenette-cnn,mobilenetv2")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "out"))
-    args = ap.parse_args()
-    from cnnedge.runtime.backends.ort import spinning
+def parse_args(doc: str) -> argparse.Namespace:
+    """``--rounds``, ``--models``, ``--out``: the flags of the ONNX Runtime settings benchmarks."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=7, help="interleaved rounds per configuration")
+    ap.add_argument("--models", default="imagenette-cnn,mobilenetv2", help="comma-separated trainer presets")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "out"), help="folder for the JSON")
+    return ap.parse_args()
 
-    rows = []
+
+def medians(args: argparse.Namespace, make: Callable[[Path, int], dict], shuffle: bool = False) -> Iterator[tuple]:
+    """For every model of ``--models``, 1 and 2 threads, batch 1 and 32: ``(model, threads, batch, medians)``, the
+    median time per batch of each session ``make(path, threads)`` returns, timed round after round (in a shuffled
+    order with ``shuffle``)."""
+    rng = np.random.default_rng(1)
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             path = build(name, Path(tmp))
             for threads in (1, 2):
                 for batch in (1, 32):
                     x = np.random.default_rng(0).integers(0, 256, (batch, 224, 224, 3), dtype=np.uint8)
-                    sessions = {spin: session(path, threads, spin) for spin in (True, False)}
+                    sessions = make(path, threads)
                     calls = 20 if batch == 1 else 2
-                    times: dict[bool, list[float]] = {True: [], False: []}
+                    times: dict[Any, list[float]] = {k: [] for k in sessions}
                     for s in sessions.values():
                         timed(s, x, 2)
+                    keys = list(sessions)
                     for _ in range(args.rounds):
-                        for spin, s in sessions.items():
-                            times[spin].append(timed(s, x, calls))
-                    on, off = statistics.median(times[True]), statistics.median(times[False])
-                    row = {"model": name, "threads": threads, "batch": batch, "on_ms": on * 1e3, "off_ms": off * 1e3,
-                           "off_over_on": off / on, "cnnedge_spins": spinning(threads)}
-                    rows.append(row)
-                    print(f"{name:15s} threads {threads} batch {batch:2d}: spinning on {on * 1e3:8.2f} ms, off "
-                          f"{off * 1e3:8.2f} ms, off/on {off / on:.2f}; cnnedge spins: {row['cnnedge_spins']}",
-                          flush=True)
+                        for i in (rng.permutation(len(keys)) if shuffle else range(len(keys))):
+                            times[keys[i]].append(timed(sessions[keys[i]], x, calls))
+                    yield name, threads, batch, {k: statistics.median(t) for k, t in times.items()}
+
+
+def save(args: argparse.Namespace, name: str, rows: list[dict]) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "ort_spin_bench.json").write_text(json.dumps({"cpu_count": os.cpu_count(), "rows": rows}, indent=2))
+    (out / name).write_text(json.dumps({"cpu_count": os.cpu_count(), "rows": rows}, indent=2))
+
+
+def main() -> None:
+    args = parse_args(__doc__)
+    from cnnedge.runtime.backends.ort import spinning
+
+    rows = []
+    for name, threads, batch, med in medians(args, lambda p, n: {spin: session(p, n, spin) for spin in (True, False)}):
+        on, off = med[True], med[False]
+        row = {"model": name, "threads": threads, "batch": batch, "on_ms": on * 1e3, "off_ms": off * 1e3,
+               "off_over_on": off / on, "cnnedge_spins": spinning(threads)}
+        rows.append(row)
+        print(f"{name:15s} threads {threads} batch {batch:2d}: spinning on {on * 1e3:8.2f} ms, off "
+              f"{off * 1e3:8.2f} ms, off/on {off / on:.2f}; cnnedge spins: {row['cnnedge_spins']}", flush=True)
+    save(args, "ort_spin_bench.json", rows)
 
 
 if __name__ == "__main__":
