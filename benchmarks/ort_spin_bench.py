@@ -109,7 +109,7 @@ def main() -> None:
     from cnnedge.runtime.backends.ort import spinning
 
     rows = []
-    for name, threads, batch, med in medians(args, lambda p, n: {spin: session(p, n, spin) for spin in (True, False)}):
+    for name, threads, batch, med in medians(args, lambda p, n: {s: session(p, n, s) for s in (True, False)}, True):
         on, off = med[True], med[False]
         row = {"model": name, "threads": threads, "batch": batch, "on_ms": on * 1e3, "off_ms": off * 1e3,
                "off_over_on": off / on, "cnnedge_spins": spinning(threads)}

@@ -18,7 +18,6 @@ need no ROS.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import json
 import os
@@ -31,24 +30,13 @@ from types import SimpleNamespace
 import cv2
 import numpy as np
 import pytest
+from _examples import load_example
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 FPS = 20
 RUN = 8  # frames per digit in the generated videos
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
-
-
-def load_example(name: str):
-    """Import examples/<name>.py as a module (not as __main__: nothing runs)."""
-    sys.path.insert(0, str(EXAMPLES))
-    try:
-        spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
-    finally:
-        sys.path.remove(str(EXAMPLES))
 
 
 def run_example(name: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -166,12 +166,9 @@ def _ask_all(server, name: str, paths: list[Path], clients: int = 4) -> dict[int
 
 
 def _client():
-    sys.path.insert(0, str(ROOT / "examples"))
-    try:
-        import triton_client
-    finally:
-        sys.path.remove(str(ROOT / "examples"))
-    return triton_client
+    from _examples import load_example
+
+    return load_example("triton_client")
 
 
 def test_image_bytes_over_http_and_grpc_match_the_local_classifier_and_batch(exported, server):
