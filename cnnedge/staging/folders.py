@@ -19,13 +19,15 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .owner import Owner, from_record, me, parse_token
+from .owner import HOST, Owner, from_record, me, parse_token
 
 OWNER_FILE = ".owner.json"  # in a staging folder whose name carries no owner
+COMMIT_GRACE_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -151,16 +153,26 @@ def _apply(out: Path, staging: Path, names: list, gone: list) -> list[str]:
     return moved
 
 
-def _committing(data: dict) -> bool:
-    """Whether the record's owner is another process, alive: its commit is under way, not interrupted."""
+def _committing(data: dict, record: Path) -> bool:
+    """Whether the record's owner is another process, alive: its commit is under way, not interrupted. A commit is
+    renames (milliseconds), so the record of another host's process (often a container's, whose pid means nothing
+    here) that is older than :data:`COMMIT_GRACE_S` was left by a commit cut midway, not one under way."""
     who = from_record(data)
-    return who is not None and not who.mine() and who.alive()
+    if who is None or who.mine():
+        return False
+    if who.host and who.host != HOST:
+        try:
+            return time.time() - record.stat().st_mtime < COMMIT_GRACE_S
+        except OSError:
+            return False
+    return who.alive()
 
 
 def pending(target: str | os.PathLike, layout: Layout) -> bool:
     """Whether ``target`` holds a set that a killed (or failed) commit left half in place."""
-    data = _read(Path(target) / layout.record)
-    return data is not None and not _committing(data)
+    record = Path(target) / layout.record
+    data = _read(record)
+    return data is not None and not _committing(data, record)
 
 
 def staging_owner(folder: Path, layout: Layout) -> Owner | None:
@@ -210,7 +222,7 @@ def roll_forward(target: str | os.PathLike, layout: Layout, allowed: Callable[[s
     does not say (an older record)."""
     out = Path(target)
     data = _read(out / layout.record)
-    if data is None or _committing(data):
+    if data is None or _committing(data, out / layout.record):
         return Recovered()  # nothing to do, or that commit is under way
     files = data.get("files") if isinstance(data.get("files"), list) else []
     staging = out / str(data.get("staging", layout.staging) or "")

@@ -230,3 +230,26 @@ def test_a_pid_reused_by_a_later_process_is_dead_and_another_hosts_owner_is_left
     assert Owner(parent + 10 ** 7, "", other).alive()  # not checkable from here
     assert parse_token(Owner(parent, started).token + "-abc") == Owner(parent, started, HOST)
     assert parse_token("notapid-x") is None
+
+
+def test_another_hosts_commit_record_is_under_way_while_fresh_and_cut_once_older_than_a_commit_takes(tmp_path):
+    """A container writing into a mounted folder is another host here: its pid cannot be checked. Its record is
+    a commit under way for COMMIT_GRACE_S (a commit is renames), then one cut midway: readers refuse the folder
+    and the next writer rolls it forward."""
+    from cnnedge.staging.folders import COMMIT_GRACE_S
+    from cnnedge.staging.owner import HOST
+
+    out = tmp_path / "out"
+    _old_set(out)
+    (out / ".test-new").mkdir()
+    (out / ".test-new" / "a").write_text("new")
+    record = out / ".test-new" / "record.json"
+    other = "0" * 8 if HOST != "0" * 8 else "1" * 8
+    record.write_text(json.dumps({"files": ["a"], "pid": 7, "started": "12", "host": other}))
+    assert not pending(out, ONE_FOLDER) and not recover(out, ONE_FOLDER).rolled
+    old = record.stat().st_mtime - COMMIT_GRACE_S - 1
+    os.utime(record, (old, old))
+    assert pending(out, ONE_FOLDER)
+    done = recover(out, ONE_FOLDER, stale=lambda files: ["old-only"])
+    assert done.moved == ["a"] and _contents(out) == {"a": "new", "b": "old", "c": "old"}
+    assert not pending(out, ONE_FOLDER)
