@@ -116,10 +116,17 @@ def choose_cpu_engine(path: str | os.PathLike, batch: int | None, threads: int,
                       open_engine: Callable[[str], Backend]) -> Backend:
     """The faster CPU engine for ``path`` at ``batch`` and ``threads``, opened by ``open_engine(name)``, from the
     cache or measured now; ``choice`` and ``settings["auto"]`` say which and why. Both engines failing to open
-    raises ONNX Runtime's error, as ``auto`` did before."""
+    raises ONNX Runtime's error, as ``auto`` did before. A file whose export report says the gate did not run it
+    on OpenVINO stays on ONNX Runtime, unmeasured."""
+    from ...artifact.verified import unverified_engines
     from . import engine_cache
 
     batch = batch or 1
+    held_back = (unverified_engines(path) or {}).get("openvino")
+    if held_back is not None:  # the gate never ran the file there: its answers there are unchecked
+        return _mark(open_engine("ort-cpu"), EngineChoice(
+            "ort-cpu", None, f"openvino not measured: the export's gate did not run this file on it ({held_back}); "
+            "re-export with OpenVINO installed to let auto weigh it", batch, threads, "from the export report"))
     key = engine_cache.cache_key(engine_cache.file_sha256(path), _versions(), threads, batch)
     hit = engine_cache.lookup(key)
     if hit is not None:

@@ -178,3 +178,23 @@ def test_cnn_bench_names_autos_cached_pick_in_its_engine_lines(model, cache, tmp
     assert engines["model.onnx on auto at batch 4"]["auto"] == picked.replace("measured now", f"cached {entry['date']}")
     assert "model.onnx on auto at batch 1" not in engines  # auto never ran at batch 1: nothing to say
     assert f"engine: model.onnx on auto at batch 4, auto: {picked.split(' (')[0]} (" in r.stdout + r.stderr
+
+
+@pytest.mark.slow
+def test_a_file_the_gate_did_not_run_on_openvino_stays_on_onnx_runtime_and_a_verified_one_is_measured(
+        small_cnn, small_cnn_export, cache, tmp_path):
+    """The export report beside a file says which CPU engines its gate ran it on: auto never moves a file to an
+    engine its gate did not check."""
+    from cnnedge.export import export
+
+    out = tmp_path / "ort-only"
+    report = export(small_cnn, out, parity_engines="ort-cpu")
+    assert "openvino" in report.parity_engines["not_verified"]
+    with load_backend(out / "model.onnx", batch=4, threads=1) as be:
+        assert be.name == "ort-cpu" and be.choice.source == "from the export report"
+        assert "the export's gate did not run this file on it" in be.settings["auto"]
+    assert not cache.exists()  # nothing measured
+    verified = small_cnn_export.report.parity_engines
+    assert "openvino" in verified["verified"], verified
+    with load_backend(small_cnn_export.out / "model.onnx", batch=4, threads=1) as be:
+        assert be.choice.source == "measured now" and be.name in ENGINES
